@@ -1,0 +1,42 @@
+"""Error types of the toolkit.
+
+Every error a user can cause derives from `InterpError`, so the CLI can print it as one line
+and exit non-zero instead of showing a traceback. Messages say what was expected, what was
+got, and what to do.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class InterpError(Exception):
+    """Base class of every error the toolkit raises on purpose."""
+
+
+class ConfigError(InterpError, ValueError):
+    """A configuration value is out of range or of the wrong kind."""
+
+
+class InputError(InterpError, ValueError):
+    """User input (prompts, files, positions) cannot be used as given."""
+
+
+class UnsupportedModelError(InterpError):
+    """The model cannot be loaded, or its architecture is not supported by a hook."""
+
+
+class HookError(InterpError, RuntimeError):
+    """A hook could not be installed or was used outside its context."""
+
+
+def did_you_mean(got: str, options: Iterable[str], limit: int = 5) -> str:
+    """A suffix listing close matches (or the first few options) for an error message."""
+    options = sorted(options)
+    close = difflib.get_close_matches(got, options, n=3)
+    if close:
+        return f" Did you mean {', '.join(repr(c) for c in close)}?"
+    shown = ", ".join(repr(o) for o in options[:limit])
+    more = f", ... ({len(options)} in all)" if len(options) > limit else ""
+    return f" Valid options: {shown}{more}."

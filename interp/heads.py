@@ -1,0 +1,125 @@
+"""Heads, head sets and a model's head geometry.
+
+A head is a (layer, query head) pair, 0-based, labelled `L{l}H{h}`. With grouped-query
+attention (GQA) `g = n_heads // n_kv_heads` query heads share one key/value head, labelled
+`L{l}KV{k}`; editing a KV head touches its whole group, so the toolkit addresses query heads.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from interp.errors import InputError
+
+_LABEL = re.compile(r"^L(\d+)H(\d+)$")
+
+
+@dataclass(frozen=True, order=True)
+class Head:
+    """One query head: `Head(12, 3)` is layer 12, head 3, labelled `L12H3`."""
+
+    layer: int
+    head: int
+
+    @property
+    def label(self) -> str:
+        return f"L{self.layer}H{self.head}"
+
+    @classmethod
+    def parse(cls, label: str) -> Head:
+        """Parse `L12H3` (or `12.3`, the papers' notation) into a Head."""
+        text = label.strip()
+        match = _LABEL.match(text) or re.match(r"^(\d+)\.(\d+)$", text)
+        if not match:
+            raise InputError(f"Cannot parse head {label!r}: expected 'L12H3' or '12.3'.")
+        return cls(int(match.group(1)), int(match.group(2)))
+
+    def __str__(self) -> str:
+        return self.label
+
+
+@dataclass(frozen=True)
+class HeadGeometry:
+    """Attention shape of a model: what every analyzer needs to lay out its tables."""
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_model: int
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per key/value head (1 without GQA)."""
+        return self.n_heads // self.n_kv_heads
+
+    def kv_head(self, head: int) -> int:
+        """The key/value head that query head `head` reads."""
+        return head // self.group_size
+
+    def all_heads(self) -> HeadSet:
+        return HeadSet(Head(i, h) for i in range(self.n_layers) for h in range(self.n_heads))
+
+    def check(self, head: Head) -> None:
+        """Raise InputError if `head` does not exist in this model."""
+        if not (0 <= head.layer < self.n_layers and 0 <= head.head < self.n_heads):
+            raise InputError(
+                f"Head {head.label} does not exist: the model has layers 0..{self.n_layers - 1}"
+                f" and heads 0..{self.n_heads - 1}."
+            )
+
+
+class HeadSet:
+    """An immutable, sorted set of heads with a dense [layer, head] mask view."""
+
+    def __init__(self, heads: Iterable[Head | str] = ()) -> None:
+        parsed = (h if isinstance(h, Head) else Head.parse(h) for h in heads)
+        self._heads: tuple[Head, ...] = tuple(sorted(set(parsed)))
+
+    def __iter__(self) -> Iterator[Head]:
+        return iter(self._heads)
+
+    def __len__(self) -> int:
+        return len(self._heads)
+
+    def __contains__(self, head: object) -> bool:
+        return head in self._heads
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HeadSet) and self._heads == other._heads
+
+    def __hash__(self) -> int:
+        return hash(self._heads)
+
+    def __repr__(self) -> str:
+        return f"HeadSet([{', '.join(h.label for h in self._heads)}])"
+
+    @property
+    def labels(self) -> list[str]:
+        return [h.label for h in self._heads]
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted({h.layer for h in self._heads})
+
+    def heads_in(self, layer: int) -> list[int]:
+        return [h.head for h in self._heads if h.layer == layer]
+
+    def mask(self, geometry: HeadGeometry) -> torch.Tensor:
+        """Boolean [layer, head] tensor, True where a head is in the set."""
+        out = torch.zeros(geometry.n_layers, geometry.n_heads, dtype=torch.bool)
+        for head in self._heads:
+            geometry.check(head)
+            out[head.layer, head.head] = True
+        return out
+
+    def union(self, other: Iterable[Head]) -> HeadSet:
+        return HeadSet([*self._heads, *other])
+
+    def difference(self, other: Iterable[Head]) -> HeadSet:
+        drop = set(other)
+        return HeadSet(h for h in self._heads if h not in drop)

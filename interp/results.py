@@ -1,0 +1,170 @@
+"""Results as data: tidy pandas tables that carry their provenance.
+
+`HeadScores` has one row per (layer, head[, example]) with `layer`, `head`, `label`,
+`score` plus analyzer-specific columns; `TokenScores` one row per token-level finding.
+Both save to parquet with the provenance in the file's schema metadata, and loading gives
+an equal object (`==` compares table and provenance).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from interp.errors import InputError
+from interp.heads import Head, HeadGeometry, HeadSet
+
+_METADATA_KEY = b"interp.provenance"
+
+
+def toolkit_version() -> str:
+    try:
+        return version("interp-heads")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def hash_inputs(inputs: Any) -> str:
+    """SHA-256 of the JSON form of an analyzer's inputs (prompts, tests, tasks)."""
+    text = json.dumps(inputs, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What produced a result: model and weights, analyzer and parameters, inputs, when."""
+
+    model: str
+    weights_hash: str
+    analyzer: str
+    config: dict[str, Any]
+    inputs_hash: str
+    n_inputs: int
+    toolkit_version: str = field(default_factory=toolkit_version)
+    created: str = field(
+        default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Provenance:
+        return cls(**data)
+
+
+@dataclass(frozen=True, eq=False)
+class _Table:
+    data: pd.DataFrame
+    provenance: Provenance
+    required: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        missing = [c for c in self.required if c not in self.data.columns]
+        if missing:
+            raise InputError(f"{type(self).__name__} needs columns {missing}.")
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            type(other) is type(self)
+            and self.provenance == other.provenance  # type: ignore[attr-defined]
+            and self.data.equals(other.data)  # type: ignore[attr-defined]
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def save(self, path: str | Path) -> Path:
+        """Write parquet with provenance in the schema metadata; returns the path."""
+        path = Path(path)
+        table = pa.Table.from_pandas(self.data, preserve_index=False)
+        meta = {**(table.schema.metadata or {}), _METADATA_KEY: _dumps(self.provenance)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table.replace_schema_metadata(meta), path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        table = pq.read_table(path)
+        raw = (table.schema.metadata or {}).get(_METADATA_KEY)
+        if raw is None:
+            raise InputError(f"{path} has no interp provenance: was it written by interp?")
+        return cls(table.to_pandas(), Provenance.from_dict(json.loads(raw)))
+
+
+def _dumps(provenance: Provenance) -> bytes:
+    return json.dumps(provenance.to_dict(), sort_keys=True, default=str).encode()
+
+
+def head_frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    """A tidy (layer, head, label, ...) table from same-shape [layer, head] arrays."""
+    n_layers, n_heads = next(iter(columns.values())).shape
+    layer, head = np.divmod(np.arange(n_layers * n_heads, dtype=np.int64), n_heads)
+    labels = [f"L{i}H{h}" for i, h in zip(layer, head, strict=True)]
+    flat = {name: np.asarray(values).ravel() for name, values in columns.items()}
+    return pd.DataFrame({"layer": layer, "head": head, "label": labels, **flat})
+
+
+@dataclass(frozen=True, eq=False)
+class HeadScores(_Table):
+    """Per-head scores: one row per (layer, head), or per (layer, head, example)."""
+
+    required: ClassVar[tuple[str, ...]] = ("layer", "head", "label", "score")
+
+    @classmethod
+    def from_matrix(
+        cls,
+        scores: np.ndarray,
+        provenance: Provenance,
+        extra: dict[str, np.ndarray] | None = None,
+    ) -> HeadScores:
+        """Build from a [layer, head] array (and optional same-shape extra columns)."""
+        return cls(head_frame({"score": scores, **(extra or {})}), provenance)
+
+    def per_head(self) -> pd.DataFrame:
+        """Scores averaged over examples when the table has an `example` column."""
+        if "example" not in self.data.columns:
+            return self.data
+        numeric = self.data.drop(columns=["example"]).groupby(["layer", "head", "label"])
+        return numeric.mean(numeric_only=True).reset_index()
+
+    def matrix(self, geometry: HeadGeometry | None = None, column: str = "score") -> np.ndarray:
+        """A [layer, head] array of `column` (mean over examples), NaN where absent."""
+        table = self.per_head()
+        n_layers = geometry.n_layers if geometry else int(table["layer"].max()) + 1
+        n_heads = geometry.n_heads if geometry else int(table["head"].max()) + 1
+        out = np.full((n_layers, n_heads), np.nan)
+        out[table["layer"].to_numpy(), table["head"].to_numpy()] = table[column].to_numpy()
+        return out
+
+    def top(self, k: int, column: str = "score") -> HeadSet:
+        """The k highest-scoring heads (ties broken by layer, head)."""
+        table = self.per_head().sort_values(
+            [column, "layer", "head"], ascending=[False, True, True]
+        )
+        return HeadSet(Head(int(r.layer), int(r.head)) for r in table.head(k).itertuples())
+
+    def above(self, threshold: float, column: str = "score") -> HeadSet:
+        """Heads whose score is strictly above `threshold`."""
+        table = self.per_head()
+        chosen = table[table[column] > threshold]
+        return HeadSet(Head(int(r.layer), int(r.head)) for r in chosen.itertuples())
+
+
+@dataclass(frozen=True, eq=False)
+class TokenScores(_Table):
+    """Token-level findings: one row per (example, position[, layer, dim, ...])."""
+
+    required: ClassVar[tuple[str, ...]] = ("example", "position", "token")
