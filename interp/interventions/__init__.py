@@ -1,0 +1,14 @@
+"""Training-free interventions on attention heads, each a value applied in a context."""
+
+from interp.interventions.attention_edit import AttentionEdit, uniform_attention
+from interp.interventions.base import Intervention, applied_all
+from interp.interventions.head_scale import HeadScale, mean_head_outputs
+
+__all__ = [
+    "AttentionEdit",
+    "HeadScale",
+    "Intervention",
+    "applied_all",
+    "mean_head_outputs",
+    "uniform_attention",
+]

@@ -1,0 +1,94 @@
+"""Edit chosen heads' attention probabilities between softmax and A·V.
+
+The primitive that ACT, VAR, uniform masking and circuit repair build on. For each selected
+head the edit function receives that layer's post-softmax rows and returns new rows; the
+toolkit zeroes invisible keys and renormalises each row to sum to 1 over visible keys (in
+float32, guarding empty rows). It runs in prefill and at every decode step, so generation
+with the KV cache sees the same edit as full re-forwards. Cost: explicit attention for the
+selected layers only (see interp.hooks); other layers keep the fused kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from interp.errors import ConfigError
+from interp.heads import HeadSet
+from interp.hooks import AttentionRows, attention_hooks
+from interp.models import Model
+
+# fn(rows, head_index) -> new probs [batch, len(head_index), query, key] for those heads.
+EditFn = Callable[[AttentionRows, Tensor], Tensor]
+Phase = Literal["all", "prefill", "decode"]
+
+
+@dataclass(frozen=True)
+class AttentionEdit:
+    """Replace the attention rows of `heads` by `fn(rows, head_index)`, renormalised.
+
+    Attributes:
+        heads: query heads to edit (per query head, never a shared KV head).
+        fn: the edit; receives all heads' rows and the selected heads' indices in this layer.
+        phase: "all" (prefill and decode), "prefill" or "decode" forwards only.
+        renormalize: rescale edited rows to sum to 1 over visible keys.
+    """
+
+    heads: HeadSet
+    fn: EditFn
+    phase: Phase = "all"
+    renormalize: bool = True
+
+    def __post_init__(self) -> None:
+        if self.phase not in ("all", "prefill", "decode"):
+            raise ConfigError(
+                f"AttentionEdit.phase must be all/prefill/decode, got {self.phase!r}."
+            )
+
+    @contextmanager
+    def applied(self, model: Model) -> Iterator[None]:
+        self.heads.mask(model.geometry)  # validates the heads
+        with attention_hooks(model.hf, _EditHook(self)):
+            yield
+
+
+class _EditHook:
+    def __init__(self, edit: AttentionEdit) -> None:
+        self.edit = edit
+        self.by_layer = {
+            layer: torch.tensor(edit.heads.heads_in(layer)) for layer in edit.heads.layers
+        }
+
+    def wants(self, layer: int, n_queries: int) -> bool:
+        phase = self.edit.phase
+        in_phase = phase == "all" or (phase == "decode") == (n_queries == 1)
+        return layer in self.by_layer and in_phase
+
+    def __call__(self, rows: AttentionRows) -> Tensor:
+        index = self.by_layer[rows.layer].to(rows.probs.device)
+        new = self.edit.fn(rows, index).float()
+        new = new.masked_fill(~rows.visible[:, None], 0.0)
+        if self.edit.renormalize:
+            new = new / new.sum(-1, keepdim=True).clamp_min(torch.finfo(new.dtype).tiny)
+        probs = rows.probs.clone()
+        probs[:, index] = new
+        return probs
+
+
+def uniform_attention(heads: HeadSet, phase: Phase = "all") -> AttentionEdit:
+    """Each selected head attends uniformly to its visible keys: it outputs mean(V), not 0.
+
+    This is Wu et al.'s retrieval-head masking (their code zeroes the query, which gives
+    uniform attention); use phase="decode" to match their code, which masks decode only.
+    """
+
+    def uniform(rows: AttentionRows, index: Tensor) -> Tensor:
+        shape = (rows.probs.shape[0], len(index), *rows.probs.shape[2:])
+        return rows.visible[:, None].expand(shape).float()
+
+    return AttentionEdit(heads, uniform, phase=phase)
