@@ -1,0 +1,98 @@
+"""What every `interp` command shares: loading, result folders, progress, errors.
+
+`interp.cli` is the application layer: it is the one part of `interp` that imports the
+analyzers in `probes/` and `circuits/` (lazily, inside commands); the core never does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+from tqdm.auto import tqdm
+
+from interp.errors import InterpError
+
+ModelOption = typer.Option(
+    "--model",
+    "-m",
+    help="Model spec: a hub id, a checkpoint folder or a .gguf file."
+    " Default: SmolLM2-135M-Instruct, offline.",
+)
+DeviceOption = typer.Option("--device", help="Torch device, e.g. cpu or cuda.")
+StaticOption = typer.Option(
+    "--static/--no-static", help="Also export PNG/SVG/PDF figures (needs Chromium)."
+)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error to stderr and exit with `code`."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn toolkit errors into one-line messages and Ctrl-C into exit code 130."""
+    try:
+        yield
+    except InterpError as exc:
+        fail(str(exc).splitlines()[0])
+    except KeyboardInterrupt:
+        typer.secho("interrupted: partial results (if any) are in the output folder.", err=True)
+        raise typer.Exit(130) from None
+
+
+def result_folder(out: Path | None, job: str, model_spec: str) -> Path:
+    """The output folder: `out`, or results/<job>-<model>-<UTC time>."""
+    if out is None:
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model_spec).name)
+        out = Path("results") / f"{job}-{safe}-{stamp}"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def progress_bar(total: int, description: str) -> tuple[Callable[[int, int], None], Any]:
+    """A tqdm bar on stderr and the progress(done, total) callback analyzers take."""
+    bar = tqdm(total=total, desc=description, unit="prompt", file=sys.stderr)
+
+    def update(done: int, _total: int) -> None:
+        bar.update(done - bar.n)
+
+    return update, bar
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
+    path = folder / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def load_model_or_fail(spec: str | None, device: str) -> Any:
+    """Load a model with a status line (the analyzers never print)."""
+    from interp.models import DEFAULT_MODEL, load_model
+
+    typer.echo(f"loading {spec or DEFAULT_MODEL} ...", err=True)
+    return load_model(spec, device=device)
+
+
+def export_figures(figures: dict[str, Any], folder: Path, static: bool) -> list[Path]:
+    """Write figures; say so when static export is skipped for want of Chromium."""
+    from interp.figures import STATIC_FORMATS, chromium_path, export
+
+    formats = STATIC_FORMATS if static else ()
+    if static and chromium_path() is None:
+        typer.echo(
+            "note: no Chromium found, so figures are HTML only. Install Debian's `chromium`"
+            " (or set BROWSER_PATH) for PNG/SVG/PDF.",
+            err=True,
+        )
+    return export(figures, folder / "figures", formats)

@@ -1,0 +1,110 @@
+"""`interp score sinks`: attention-sink scores per head, sink tokens, massive activations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from interp.cli.common import (
+    DeviceOption,
+    ModelOption,
+    StaticOption,
+    export_figures,
+    load_model_or_fail,
+    progress_bar,
+    result_folder,
+    user_errors,
+    write_manifest,
+)
+
+
+def score_sinks(
+    model: Annotated[str | None, ModelOption] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            "--prompts",
+            "-p",
+            help="Prompt file: .jsonl with a 'text' field per line, or .txt with prompts"
+            " separated by blank lines. Default: data/prompts/sinks.jsonl.",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Output folder. Default: results/sinks-<model>-<time>."),
+    ] = None,
+    threshold: Annotated[
+        float, typer.Option(help="Sink threshold tau on mean received attention (ACT: 0.1).")
+    ] = 0.1,
+    threshold_mode: Annotated[
+        str, typer.Option(help="'absolute' (ACT code) or 'relative' (alpha/N).")
+    ] = "absolute",
+    min_queries: Annotated[
+        int, typer.Option(help="Only keys seen by at least this many queries can be sinks.")
+    ] = 1,
+    massive_threshold: Annotated[
+        float, typer.Option(help="|x_d|/RMS(x) threshold for massive activations (VAR: 20).")
+    ] = 20.0,
+    device: Annotated[str, DeviceOption] = "cpu",
+    static: Annotated[bool, StaticOption] = True,
+) -> None:
+    """Score every head's attention sinks and write tables, a manifest and figures."""
+    with user_errors():
+        from interp.figures import head_heatmap
+        from interp.prompts import data_path, load_prompts
+        from probes import sinks
+
+        config = sinks.SinkConfig(
+            threshold=threshold,
+            threshold_mode=threshold_mode,  # type: ignore[arg-type]
+            min_queries=min_queries,
+            massive_threshold=massive_threshold,
+        )
+        texts = load_prompts(prompts or data_path("prompts", "sinks.jsonl"))
+        loaded = load_model_or_fail(model, device)
+        update, bar = progress_bar(len(texts), "sinks")
+        with bar:
+            result = sinks.run(loaded, texts, config, progress=update)
+        folder = result_folder(out, "sinks", loaded.spec)
+        per_head = result.heads.per_head()
+        result.heads.save(folder / "scores.parquet")
+        per_head.to_csv(folder / "scores.csv", index=False)
+        result.sink_tokens.save(folder / "sink_tokens.parquet")
+        result.massive.save(folder / "massive.parquet")
+        dims = sinks.massive_dimensions(result.massive)
+        dims.to_csv(folder / "massive_dims.csv", index=False)
+        figures = {
+            "sink_share": head_heatmap(result.heads, "score", "Attention share on sink tokens"),
+            "first_token_share": head_heatmap(
+                result.heads, "first_token_share", "Attention share on the first token"
+            ),
+            "hidden_sink_share": head_heatmap(
+                result.heads, "hidden_sink_share", "Attention share on hidden sinks (after token 0)"
+            ),
+        }
+        written = export_figures(figures, folder, static)
+        write_manifest(
+            folder,
+            {
+                "command": "score sinks",
+                "provenance": result.heads.provenance.to_dict(),
+                "geometry": vars(loaded.geometry),
+                "rows": len(per_head),
+                "files": sorted(
+                    str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()
+                ),
+            },
+        )
+        dominant = per_head[per_head.layer >= 3]["first_token_dominant"].gt(0.5).mean()
+        top = per_head.nlargest(5, "hidden_sink_share")
+        typer.echo(f"{len(per_head)} heads scored over {len(texts)} prompts -> {folder}")
+        typer.echo(f"first token is the dominant sink for {dominant:.0%} of heads in layers >= 3")
+        typer.echo(
+            "strongest hidden sinks: "
+            + ", ".join(f"{r.label} ({r.hidden_sink_share:.2f})" for r in top.itertuples())
+        )
+        if not dims.empty:
+            typer.echo(f"massive-activation dims: {dims['dim'].head(5).tolist()}")
+        typer.echo(f"{len(written)} figure files in {folder / 'figures'}")
