@@ -211,13 +211,34 @@ def _load_folder(
 
 
 def _load_hub(name: str, device: str | torch.device, dtype: Any) -> Model:
+    """Load from the local HF cache, else download, after a quick check that the hub answers."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype or "auto")
+        return _load_hub_files(name, device, dtype, local_files_only=True)
+    except UnsupportedModelError:
+        pass
+    import huggingface_hub
+
+    try:
+        huggingface_hub.model_info(name, timeout=10)
+    except Exception as exc:  # connection, not-found and auth errors all end the search here
+        raise UnsupportedModelError(
+            f"Cannot load model {name!r}: it is not a .gguf file, not a local folder, not in"
+            f" the local HF cache, and the hub lookup failed ({type(exc).__name__}:"
+            f" {str(exc).splitlines()[0] if str(exc) else 'no detail'})."
+            " Run `interp models` to see what loads offline."
+        ) from exc
+    return _load_hub_files(name, device, dtype, local_files_only=False)
+
+
+def _load_hub_files(name: str, device: Any, dtype: Any, *, local_files_only: bool) -> Model:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
+        hf = AutoModelForCausalLM.from_pretrained(
+            name, dtype=dtype or "auto", local_files_only=local_files_only
+        )
     except (OSError, ValueError, KeyError) as exc:
         raise UnsupportedModelError(
-            f"Cannot load model {name!r}: tried a .gguf file, a local folder and the hub id"
-            f" ({str(exc).splitlines()[0]}). Run `interp models` to see what loads offline."
+            f"Cannot load model {name!r}: {str(exc).splitlines()[0]}"
         ) from exc
     revision = getattr(hf.config, "_commit_hash", None) or "unknown-revision"
     return _finish(hf, tokenizer, name, f"hub:{revision}", device)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from interp.models import DEFAULT_MODEL, cache_dir, default_gguf_path
-
 
 def models() -> None:
     """Show the default model, the cached GGUF conversions and the accepted spec forms."""
     from interp.errors import InterpError
+    from interp.models import DEFAULT_MODEL, cache_dir, default_gguf_path
 
     try:
         typer.echo(f"default: {DEFAULT_MODEL} (offline, {default_gguf_path()})")

@@ -1,0 +1,60 @@
+"""The command line as a shell user meets it: one-line errors, exit codes, result folders."""
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from interp.cli import app
+
+runner = CliRunner()
+
+
+def test_help_explains_every_option():
+    result = runner.invoke(app, ["score", "sinks", "--help"])
+    assert result.exit_code == 0
+    for option in ("--model", "--prompts", "--out", "--threshold", "--min-queries", "--static"):
+        assert option in result.output
+
+
+def test_bad_model_spec_is_one_line_and_nonzero(tmp_path):
+    result = runner.invoke(app, ["score", "sinks", "--model", str(tmp_path / "x.gguf")])
+    assert result.exit_code == 2
+    assert result.output.count("error:") == 1 and "Traceback" not in result.output
+
+
+def test_empty_prompt_file_is_rejected_before_loading(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    result = runner.invoke(app, ["score", "sinks", "--prompts", str(empty)])
+    assert result.exit_code == 2 and "holds no prompts" in result.output
+
+
+def test_malformed_jsonl_names_the_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"prompt": "no text field"}\n')
+    result = runner.invoke(app, ["score", "sinks", "--prompts", str(bad)])
+    assert result.exit_code == 2 and "bad.jsonl:2" in result.output
+
+
+@pytest.mark.integration
+def test_overlong_prompt_is_rejected(tmp_path, default_model):
+    long = tmp_path / "long.txt"
+    long.write_text("word " * 9000)
+    result = runner.invoke(app, ["score", "sinks", "--prompts", str(long), "--no-static"])
+    assert result.exit_code == 2 and "more than the model's context of 8192" in result.output
+
+
+@pytest.mark.integration
+def test_score_sinks_writes_a_complete_result_folder(tmp_path, default_model):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["score", "sinks", "--out", str(out), "--no-static"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "scores.csv")
+    assert len(table) == 270
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["provenance"]["analyzer"] == "sinks" and manifest["rows"] == 270
+    assert (out / "figures" / "sink_share.html").is_file()
+    late = table[table.layer >= 3]
+    assert (late.first_token_dominant > 0.5).mean() > 0.5

@@ -1,0 +1,149 @@
+"""The hook layer: explicit attention equals SDPA, edits land, hooks never leak."""
+
+import pytest
+import torch
+
+from interp.hooks import (
+    _ACTIVE,
+    ATTENTION_IMPLEMENTATION,
+    attention_hooks,
+    head_output_hooks,
+    residual_hooks,
+)
+
+
+class Recorder:
+    def __init__(self, layers=None, decode_only=False):
+        self.layers, self.decode_only, self.rows = layers, decode_only, []
+
+    def wants(self, layer, n_queries):
+        in_layers = self.layers is None or layer in self.layers
+        return in_layers and (n_queries == 1 or not self.decode_only)
+
+    def __call__(self, rows):
+        self.rows.append(rows)
+
+
+@torch.no_grad()
+def test_explicit_attention_matches_sdpa(tiny):
+    ids = torch.randint(3, 200, (2, 24))
+    reference = tiny.hf(ids).logits
+    recorder = Recorder()
+    with attention_hooks(tiny.hf, recorder):
+        explicit = tiny.hf(ids).logits
+    assert torch.allclose(reference, explicit, atol=1e-5)
+    assert [r.layer for r in recorder.rows] == [0, 1, 2]
+    for rows in recorder.rows:
+        assert rows.probs.shape == (2, 4, 24, 24)
+        assert torch.allclose(rows.probs.sum(-1), torch.ones(2, 4, 24), atol=1e-5)
+        assert rows.probs.triu(1).abs().max() == 0  # causal
+
+
+@torch.no_grad()
+def test_left_padding_is_masked(tiny):
+    ids = torch.randint(3, 200, (2, 12))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    reference = tiny.hf(ids, attention_mask=mask).logits
+    recorder = Recorder(layers={0})
+    with attention_hooks(tiny.hf, recorder):
+        explicit = tiny.hf(ids, attention_mask=mask).logits
+    assert torch.allclose(reference[:, 4:], explicit[:, 4:], atol=1e-5)
+    probs = recorder.rows[0].probs
+    assert probs[0, :, 4:, :4].abs().max() == 0  # no attention to padding
+
+
+@torch.no_grad()
+def test_small_blocks_give_the_same_rows(tiny, monkeypatch):
+    ids = torch.randint(3, 200, (1, 30))
+    whole = Recorder(layers={1})
+    with attention_hooks(tiny.hf, whole):
+        tiny.hf(ids)
+    monkeypatch.setattr("interp.hooks._BLOCK_BYTES", 4 * 4 * 30 * 7)  # 7 query rows a block
+    blocks = Recorder(layers={1})
+    with attention_hooks(tiny.hf, blocks):
+        tiny.hf(ids)
+    assert len(blocks.rows) == 5
+    stacked = torch.cat([r.probs for r in blocks.rows], dim=2)
+    assert torch.allclose(stacked, whole.rows[0].probs, atol=1e-6)
+
+
+@torch.no_grad()
+def test_decode_rows_come_from_the_kv_cache(tiny):
+    ids = torch.randint(3, 200, (1, 10))
+    recorder = Recorder(decode_only=True)
+    with attention_hooks(tiny.hf, recorder):
+        out = tiny.hf.generate(ids, max_new_tokens=4, do_sample=False)
+    plain = tiny.hf.generate(ids, max_new_tokens=4, do_sample=False)
+    assert torch.equal(out, plain)
+    assert len(recorder.rows) == 3 * 3  # 3 decode steps x 3 layers (first token is prefill)
+    assert [r.probs.shape[-1] for r in recorder.rows[::3]] == [11, 12, 13]
+
+
+def test_hooks_are_removed_after_an_exception(tiny):
+    before = tiny.hf.config._attn_implementation
+    with pytest.raises(RuntimeError), attention_hooks(tiny.hf, Recorder()):
+        assert tiny.hf.config._attn_implementation == ATTENTION_IMPLEMENTATION
+        raise RuntimeError("boom")
+    assert tiny.hf.config._attn_implementation == before
+    assert not _ACTIVE
+    with pytest.raises(RuntimeError), head_output_hooks(tiny.hf, lambda layer, z: z * 0):
+        raise RuntimeError("boom")
+    assert all(not m._forward_pre_hooks for m in tiny.hf.modules())
+
+
+@torch.no_grad()
+def test_contexts_nest_and_unwind(tiny):
+    ids = torch.randint(3, 200, (1, 8))
+    outer, inner = Recorder(layers={0}), Recorder(layers={0})
+    with attention_hooks(tiny.hf, outer):
+        with attention_hooks(tiny.hf, inner):
+            tiny.hf(ids)
+        tiny.hf(ids)
+    assert len(outer.rows) == 2 and len(inner.rows) == 1
+    assert not _ACTIVE
+
+
+@torch.no_grad()
+def test_attention_edits_change_the_output(tiny):
+    ids = torch.randint(3, 200, (1, 8))
+    reference = tiny.hf(ids).logits
+
+    class FirstToken:
+        def wants(self, layer, n_queries):
+            return True
+
+        def __call__(self, rows):
+            probs = torch.zeros_like(rows.probs)
+            probs[..., 0] = 1.0
+            return probs
+
+    with attention_hooks(tiny.hf, FirstToken()):
+        edited = tiny.hf(ids).logits
+    assert not torch.allclose(reference, edited, atol=1e-3)
+
+
+@torch.no_grad()
+def test_head_outputs_and_residuals_have_tl_shapes(tiny):
+    ids = torch.randint(3, 200, (2, 5))
+    shapes = {}
+
+    def record(kind):
+        def hook(layer, tensor):
+            shapes[(kind, layer)] = tensor.shape  # returns None: read only
+
+        return hook
+
+    with head_output_hooks(tiny.hf, record("z")), residual_hooks(tiny.hf, record("resid")):
+        tiny.hf(ids)
+    assert shapes[("z", 2)] == (2, 5, 4, 16)
+    assert shapes[("resid", 0)] == (2, 5, 64)
+
+
+@torch.no_grad()
+def test_residual_edit_changes_logits(tiny):
+    ids = torch.randint(3, 200, (1, 5))
+    reference = tiny.hf(ids).logits
+    with residual_hooks(tiny.hf, lambda layer, x: x * 2, layers=[1]):
+        edited = tiny.hf(ids).logits
+    assert not torch.allclose(reference, edited)

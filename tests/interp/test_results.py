@@ -1,0 +1,63 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from interp.errors import InputError
+from interp.heads import HeadSet
+from interp.results import HeadScores, Provenance, TokenScores
+
+
+def provenance(**overrides):
+    fields = dict(
+        model="tiny",
+        weights_hash="abc",
+        analyzer="test",
+        config={"tau": 0.1},
+        inputs_hash="h",
+        n_inputs=2,
+    )
+    return Provenance(**{**fields, **overrides})
+
+
+def test_from_matrix_is_tidy():
+    scores = HeadScores.from_matrix(np.arange(6.0).reshape(2, 3), provenance())
+    assert list(scores.data.columns[:4]) == ["layer", "head", "label", "score"]
+    assert scores.data.label.tolist() == ["L0H0", "L0H1", "L0H2", "L1H0", "L1H1", "L1H2"]
+    assert np.array_equal(scores.matrix(), np.arange(6.0).reshape(2, 3))
+
+
+def test_parquet_round_trip_is_exact(tmp_path):
+    extra = {"hits": np.array([[1, 2, 3], [4, 5, 6]])}
+    scores = HeadScores.from_matrix(np.random.rand(2, 3), provenance(), extra)
+    loaded = HeadScores.load(scores.save(tmp_path / "s.parquet"))
+    assert loaded == scores
+    assert loaded != HeadScores(scores.data, provenance(model="other"))
+
+
+def test_top_and_above_select_heads():
+    scores = HeadScores.from_matrix(np.array([[0.5, 0.05], [0.2, 0.2]]), provenance())
+    assert scores.top(1) == HeadSet(["L0H0"])
+    assert scores.top(3) == HeadSet(["L0H0", "L1H0", "L1H1"])
+    assert scores.above(0.1) == HeadSet(["L0H0", "L1H0", "L1H1"])
+
+
+def test_per_head_averages_examples():
+    frame = pd.DataFrame(
+        {
+            "layer": [0, 0],
+            "head": [0, 0],
+            "label": ["L0H0"] * 2,
+            "example": [0, 1],
+            "score": [0.2, 0.4],
+        }
+    )
+    assert HeadScores(frame, provenance()).per_head().score.tolist() == pytest.approx([0.3])
+
+
+def test_missing_columns_and_foreign_files_are_rejected(tmp_path):
+    with pytest.raises(InputError):
+        TokenScores(pd.DataFrame({"example": [0]}), provenance())
+    path = tmp_path / "plain.parquet"
+    pd.DataFrame({"layer": [0]}).to_parquet(path)
+    with pytest.raises(InputError, match="provenance"):
+        HeadScores.load(path)
