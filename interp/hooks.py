@@ -40,7 +40,9 @@ from interp.errors import HookError, UnsupportedModelError
 from interp.models import geometry_of
 
 ATTENTION_IMPLEMENTATION = "interp"
-_BLOCK_BYTES = int(os.environ.get("INTERP_ATTENTION_BLOCK_BYTES", 256 * 2**20))
+# Budget for one block of float32 scores [batch, head, query rows, key]: the peak extra
+# memory of explicit attention is a small multiple of it, whatever the context length.
+_BLOCK_BYTES = int(os.environ.get("INTERP_ATTENTION_BLOCK_BYTES", 64 * 2**20))
 
 
 @dataclass(frozen=True)
@@ -208,9 +210,10 @@ def _explicit_attention(
         visible = _visible(attention_mask, positions, key_index, start, stop, batch, causal)
         scores = torch.einsum("bkgqd,bksd->bkgqs", grouped_q[:, :, :, start:stop].float(), key32)
         scores = scores.reshape(batch, n_heads, stop - start, n_keys) * scale
-        scores = scores.masked_fill(~visible[:, None], float("-inf"))
+        scores.masked_fill_(~visible[:, None], float("-inf"))
         # A fully padded query row has no visible key: give it zeros, not NaN.
-        probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+        probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0)
+        del scores
         rows = AttentionRows(layer, probs, positions, visible, n_queries)
         for hook in hooks:
             edited = hook(rows)

@@ -179,7 +179,8 @@ def run(
             attention_hooks(model.hf, column_sums),
             residual_hooks(model.hf, find_massive),
         ):
-            model.hf(ids[None].to(model.device))
+            # The base model skips the LM head: sink scores need no [pos, vocab] logits.
+            model.hf.base_model(ids[None].to(model.device))
         sums = torch.stack([s.float().cpu() for s in column_sums.sums])  # type: ignore[union-attr]
         stats = sink_statistics(sums, config)
         tokens = model.tokenizer.convert_ids_to_tokens(ids.tolist())
