@@ -1,0 +1,1 @@
+"""Circuit analyzers: IOI and Colored Objects tasks, path patching, discovery and reuse."""

@@ -1,0 +1,1 @@
+"""Analyzers that score every attention head of a model, one module each."""
