@@ -54,7 +54,7 @@ def head_heatmap(
             y=list(range(n_layers)),
             customdata=labels,
             colorscale=COLORSCALE,
-            colorbar={"title": column},
+            colorbar={"title": {"text": column, "side": "right"}},
             hovertemplate="%{customdata}<br>" + column + "=%{z:.3f}<extra></extra>",
         )
     )
