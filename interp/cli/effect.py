@@ -92,7 +92,7 @@ def effect_act(
         if heads is None:
             n_candidates = len(act_candidates(loaded.geometry))
             total = min(search.max_heads or n_candidates, n_candidates) + 1
-            update, bar = progress_bar(total, "head search")
+            update, bar = progress_bar(total, "head search", unit="head")
             with bar:
                 found = search_heads(loaded, calibration, act, search, progress=update)
             scores, chosen = found.scores, found.selected
@@ -101,7 +101,7 @@ def effect_act(
             chosen = selected_heads(scores)
         scores.save(folder / "head_scores.parquet")
         scores.data.to_csv(folder / "head_scores.csv", index=False)
-        update, bar = progress_bar(len(tests), "effects")
+        update, bar = progress_bar(len(tests), "effects", unit="task")
         with bar:
             effects = measure(
                 loaded, tests, ACT(chosen, act), EffectsConfig(n_boot=n_boot, seed=seed), update

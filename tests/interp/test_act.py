@@ -161,3 +161,29 @@ def test_config_validation_round_trip_and_candidates(tiny: Model) -> None:
     geometry = tiny.geometry  # 3 layers: layers 2..L-2 is empty
     assert act_layers(geometry) == []
     assert len(act_candidates(geometry)) == 0
+
+
+@pytest.mark.integration
+def test_act_end_to_end_on_the_default_model(default_model: Model) -> None:
+    from interp.effects import EffectsConfig, measure
+    from interp.interventions.act_search import SearchConfig, search_heads
+    from interp.tasks import load_task
+
+    # Real sinks: a mid-layer head of the pretrained model has hidden sinks on a task prompt.
+    task = load_task("continents")
+    recorder = Recorder([12])
+    with torch.no_grad(), attention_hooks(default_model.hf, recorder):
+        default_model.hf(default_model.encode(task.text(task.items[0]))[None])
+    assert hidden_sinks(recorder.seen[0].probs, recorder.seen[0].visible, ActConfig()).any()
+
+    calibration = [load_task("continents", "calibration").subsample(4)]
+    search = search_heads(
+        default_model, calibration, config=SearchConfig(metric="log_prob", max_heads=3)
+    )
+    assert len(search.scores) == 3 and search.scores.data["score"].abs().max() > 0
+    heads = search.selected or search.scores.top(1)
+    effects = measure(default_model, [task.subsample(16)], ACT(heads), EffectsConfig(n_boot=500))
+    row = effects.table.data.iloc[0]
+    assert row["n"] == 16 and row["baseline"] > 0.25  # above chance (4 choices)
+    assert row["ci_low"] <= row["difference"] <= row["ci_high"]
+    assert row["improved"] - row["worsened"] == round(row["difference"] * 16)
