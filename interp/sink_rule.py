@@ -12,13 +12,26 @@ see key j, and padded keys (seen by no query) are never sinks. Memory: [.., key]
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
 ThresholdMode = Literal["absolute", "relative"]
+
+
+class SinkRule(Protocol):
+    """The rule's parameters, as the sink analyzer's and ACT's configs both carry them.
+
+    threshold: tau (absolute cutoff on m_j); threshold_mode: "absolute" or "relative"
+    (cutoff relative_alpha / N); min_queries: keys seen by fewer valid queries are never sinks.
+    """
+
+    threshold: float
+    threshold_mode: ThresholdMode
+    relative_alpha: float
+    min_queries: int
 
 
 def mean_received(
@@ -35,24 +48,18 @@ def mean_received(
 
 
 def sink_mask(
-    column_sums: Float[Tensor, "... key"],
-    seen_by: Float[Tensor, "... key"],
-    *,
-    threshold: float = 0.1,
-    threshold_mode: ThresholdMode = "absolute",
-    relative_alpha: float = 5.0,
-    min_queries: int = 1,
+    column_sums: Float[Tensor, "... key"], seen_by: Float[Tensor, "... key"], rule: SinkRule
 ) -> tuple[Bool[Tensor, "... key"], Float[Tensor, "... key"]]:
-    """Sinks S = {j : m_j > cutoff and key j is seen by >= min_queries queries}.
+    """Sinks S = {j : m_j > cutoff and key j is seen by >= rule.min_queries queries}.
 
-    The cutoff is `threshold` (absolute) or `relative_alpha / N`, N = the number of keys
-    some query sees (the valid tokens of the row). Returns (sink mask, m).
+    The cutoff is `rule.threshold` (absolute) or `rule.relative_alpha / N`, N = the number of
+    keys some query sees (the valid tokens of the row). Returns (sink mask, m).
     """
     m = mean_received(column_sums, seen_by)
-    if threshold_mode == "absolute":
-        cutoff = torch.as_tensor(threshold, dtype=m.dtype)
+    if rule.threshold_mode == "absolute":
+        cutoff = torch.as_tensor(rule.threshold, dtype=m.dtype)
     else:
         n_valid = (seen_by > 0).sum(-1, keepdim=True).clamp_min(1)
-        cutoff = relative_alpha / n_valid.to(m.dtype)
-    sinks = (m > cutoff) & (seen_by >= min_queries) & (seen_by > 0)
+        cutoff = rule.relative_alpha / n_valid.to(m.dtype)
+    sinks = (m > cutoff) & (seen_by >= rule.min_queries) & (seen_by > 0)
     return sinks, m

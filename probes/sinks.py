@@ -110,14 +110,7 @@ def sink_statistics(
     """
     n_keys = column_sums.shape[-1]
     seen_by = torch.arange(n_keys, 0, -1, dtype=column_sums.dtype)  # N - j
-    sinks, mean_received = sink_mask(
-        column_sums,
-        seen_by,
-        threshold=config.threshold,
-        threshold_mode=config.threshold_mode,
-        relative_alpha=config.relative_alpha,
-        min_queries=config.min_queries,
-    )
+    sinks, mean_received = sink_mask(column_sums, seen_by, config)
     # Rows 1..N-1 only: row 0 puts all its mass on key 0.
     received = column_sums.clone()
     received[..., 0] -= 1.0

@@ -91,14 +91,7 @@ def hidden_sinks(
     rows = visible & valid[:, :, None]  # valid query rows only
     column_sums = (probs * rows[:, None].to(probs.dtype)).sum(2)  # [batch, head, key]
     seen_by = rows.sum(1).to(probs.dtype)[:, None]  # [batch, 1, key]
-    sinks, _ = sink_mask(
-        column_sums,
-        seen_by,
-        threshold=config.threshold,
-        threshold_mode=config.threshold_mode,
-        relative_alpha=config.relative_alpha,
-        min_queries=config.min_queries,
-    )
+    sinks, _ = sink_mask(column_sums, seen_by, config)
     first = sinks & (sinks.cumsum(-1) == 1)
     return sinks & ~first
 
