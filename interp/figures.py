@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from interp.heads import HeadGeometry
-from interp.results import HeadScores
+from interp.results import EffectTable, HeadScores
 
 STATIC_FORMATS = ("png", "svg", "pdf")
 FONT = {"family": "Helvetica, Arial, sans-serif", "size": 13}
@@ -63,6 +63,39 @@ def head_heatmap(
     height = max(320, 18 * n_layers + 120)
     figure.update_layout(height=height, width=max(420, 40 * n_heads + 200))
     default = f"{scores.provenance.analyzer}: {column} ({scores.provenance.model})"
+    return style(figure, title or default)
+
+
+def effects_bars(effects: EffectTable, title: str | None = None) -> go.Figure:
+    """Baseline vs intervened accuracy per task, with bootstrap intervals as error bars.
+
+    The hover text gives the difference and its paired interval, which is narrower than
+    the two arms' intervals suggest because both arms score the same items.
+    """
+    table = effects.data
+    figure = go.Figure()
+    for arm, colour in (("baseline", "#7f7f7f"), ("intervened", "#1f77b4")):
+        figure.add_bar(
+            name=arm,
+            x=table["task"],
+            y=table[arm],
+            marker_color=colour,
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": table[f"{arm}_high"] - table[arm],
+                "arrayminus": table[arm] - table[f"{arm}_low"],
+            },
+            customdata=np.stack(
+                [table["difference"], table["ci_low"], table["ci_high"], table["n"]], axis=-1
+            ),
+            hovertemplate="%{x}: %{y:.3f}<br>difference %{customdata[0]:+.3f}"
+            " [%{customdata[1]:+.3f}, %{customdata[2]:+.3f}], n=%{customdata[3]}<extra></extra>",
+        )
+    figure.update_layout(barmode="group", height=380, width=max(420, 110 * len(table) + 200))
+    figure.update_yaxes(title="accuracy", range=[0, 1.05])
+    figure.update_xaxes(title="task")
+    default = f"Effect of the intervention ({effects.provenance.model})"
     return style(figure, title or default)
 
 

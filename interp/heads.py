@@ -109,6 +109,10 @@ class HeadSet:
     def heads_in(self, layer: int) -> list[int]:
         return [h.head for h in self._heads if h.layer == layer]
 
+    def index_by_layer(self) -> dict[int, torch.Tensor]:
+        """{layer: LongTensor of the set's query heads in that layer}, for vectorized edits."""
+        return {layer: torch.tensor(self.heads_in(layer)) for layer in self.layers}
+
     def mask(self, geometry: HeadGeometry) -> torch.Tensor:
         """Boolean [layer, head] tensor, True where a head is in the set."""
         out = torch.zeros(geometry.n_layers, geometry.n_heads, dtype=torch.bool)

@@ -168,3 +168,10 @@ class TokenScores(_Table):
     """Token-level findings: one row per (example, position[, layer, dim, ...])."""
 
     required: ClassVar[tuple[str, ...]] = ("example", "position", "token")
+
+
+@dataclass(frozen=True, eq=False)
+class EffectTable(_Table):
+    """An intervention's measured effect: one row per task (see `interp.effects`)."""
+
+    required: ClassVar[tuple[str, ...]] = ("task", "n", "baseline", "intervened", "difference")

@@ -38,6 +38,7 @@ from interp.errors import InputError
 from interp.hooks import AttentionRows, attention_hooks, residual_hooks
 from interp.models import Model
 from interp.results import HeadScores, Provenance, TokenScores, hash_inputs, head_frame
+from interp.sink_rule import sink_mask
 
 ANALYZER = "sinks"
 
@@ -109,13 +110,7 @@ def sink_statistics(
     """
     n_keys = column_sums.shape[-1]
     seen_by = torch.arange(n_keys, 0, -1, dtype=column_sums.dtype)  # N - j
-    mean_received = column_sums / seen_by
-    cutoff = (
-        config.threshold
-        if config.threshold_mode == "absolute"
-        else (config.relative_alpha / n_keys)
-    )
-    sinks = (mean_received > cutoff) & (seen_by >= config.min_queries)
+    sinks, mean_received = sink_mask(column_sums, seen_by, config)
     # Rows 1..N-1 only: row 0 puts all its mass on key 0.
     received = column_sums.clone()
     received[..., 0] -= 1.0

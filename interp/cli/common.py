@@ -60,9 +60,11 @@ def result_folder(out: Path | None, job: str, model_spec: str) -> Path:
     return out
 
 
-def progress_bar(total: int, description: str) -> tuple[Callable[[int, int], None], Any]:
+def progress_bar(
+    total: int, description: str, unit: str = "prompt"
+) -> tuple[Callable[[int, int], None], Any]:
     """A tqdm bar on stderr and the progress(done, total) callback analyzers take."""
-    bar = tqdm(total=total, desc=description, unit="prompt", file=sys.stderr)
+    bar = tqdm(total=total, desc=description, unit=unit, file=sys.stderr)
 
     def update(done: int, _total: int) -> None:
         bar.update(done - bar.n)

@@ -1,10 +1,13 @@
 """Training-free interventions on attention heads, each a value applied in a context."""
 
+from interp.interventions.act import ACT, ActConfig
 from interp.interventions.attention_edit import AttentionEdit, uniform_attention
 from interp.interventions.base import Intervention, applied_all
 from interp.interventions.head_scale import HeadScale, mean_head_outputs
 
 __all__ = [
+    "ACT",
+    "ActConfig",
     "AttentionEdit",
     "HeadScale",
     "Intervention",

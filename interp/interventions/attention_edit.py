@@ -60,9 +60,7 @@ class AttentionEdit:
 class _EditHook:
     def __init__(self, edit: AttentionEdit) -> None:
         self.edit = edit
-        self.by_layer = {
-            layer: torch.tensor(edit.heads.heads_in(layer)) for layer in edit.heads.layers
-        }
+        self.by_layer = edit.heads.index_by_layer()
 
     def wants(self, layer: int, n_queries: int) -> bool:
         phase = self.edit.phase

@@ -1,0 +1,137 @@
+"""`interp effect act`: search ACT heads on calibration splits, report effects on test splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from interp.cli.common import (
+    DeviceOption,
+    ModelOption,
+    StaticOption,
+    export_figures,
+    load_model_or_fail,
+    progress_bar,
+    result_folder,
+    user_errors,
+    write_manifest,
+)
+
+
+def effect_act(
+    task: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--task",
+            "-t",
+            help="Shipped task name, task folder, or .jsonl file (test only); repeatable."
+            " Default: every shipped task.",
+        ),
+    ] = None,
+    model: Annotated[str | None, ModelOption] = None,
+    heads: Annotated[
+        Path | None,
+        typer.Option(help="Head file from an earlier run (head_scores.parquet): skip the search."),
+    ] = None,
+    calibration_items: Annotated[
+        int | None, typer.Option(help="Calibration items per task for the search (all: 0).")
+    ] = 8,
+    test_items: Annotated[int | None, typer.Option(help="Test items per task (all: 0).")] = 0,
+    max_heads: Annotated[
+        int | None, typer.Option(help="Search a seeded random subset of heads (all: 0).")
+    ] = 27,
+    metric: Annotated[
+        str, typer.Option(help="Search metric: 'accuracy' (paper) or 'log_prob'.")
+    ] = "accuracy",
+    min_gain: Annotated[
+        float, typer.Option(help="Keep heads whose metric gain exceeds this.")
+    ] = 0.0,
+    beta: Annotated[
+        float, typer.Option(help="Scale on attention to hidden sinks (ACT: 0.4).")
+    ] = 0.4,
+    threshold: Annotated[float, typer.Option(help="Sink threshold tau on m_j (ACT: 0.1).")] = 0.1,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the intervals.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of subsampling and bootstrap.")] = 0,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Output folder. Default: results/act-<model>-<time>."),
+    ] = None,
+    device: Annotated[str, DeviceOption] = "cpu",
+    static: Annotated[bool, StaticOption] = True,
+) -> None:
+    """Run ACT: find heads on calibration splits (or load them), measure test accuracy."""
+    with user_errors():
+        from interp.effects import EffectsConfig, measure
+        from interp.errors import InputError
+        from interp.figures import effects_bars, head_heatmap
+        from interp.interventions.act import ACT, ActConfig, act_candidates
+        from interp.interventions.act_search import SearchConfig, search_heads, selected_heads
+        from interp.results import HeadScores
+        from interp.tasks import load_task, shipped_tasks
+
+        names = task or shipped_tasks()
+        act = ActConfig(beta=beta, threshold=threshold)
+        search = SearchConfig(
+            metric=metric,  # type: ignore[arg-type]
+            min_gain=min_gain,
+            max_heads=max_heads or None,
+            seed=seed,
+        )
+        tests = [load_task(n, "test").subsample(test_items or None, seed) for n in names]
+        calibration = [
+            load_task(n, "calibration").subsample(calibration_items or None, seed)
+            for n in names
+            if not n.endswith(".jsonl")
+        ]
+        if heads is None and not calibration:
+            raise InputError("The head search needs a task with a calibration split, or --heads.")
+        loaded = load_model_or_fail(model, device)
+        folder = result_folder(out, "act", loaded.spec)
+        if heads is None:
+            n_candidates = len(act_candidates(loaded.geometry))
+            total = min(search.max_heads or n_candidates, n_candidates) + 1
+            update, bar = progress_bar(total, "head search", unit="head")
+            with bar:
+                found = search_heads(loaded, calibration, act, search, progress=update)
+            scores, chosen = found.scores, found.selected
+        else:
+            scores = HeadScores.load(heads)
+            chosen = selected_heads(scores)
+        scores.save(folder / "head_scores.parquet")
+        scores.data.to_csv(folder / "head_scores.csv", index=False)
+        update, bar = progress_bar(len(tests), "effects", unit="task")
+        with bar:
+            effects = measure(
+                loaded, tests, ACT(chosen, act), EffectsConfig(n_boot=n_boot, seed=seed), update
+            )
+        effects.table.save(folder / "effects.parquet")
+        effects.table.data.to_csv(folder / "effects.csv", index=False)
+        effects.per_item.to_csv(folder / "per_item.csv", index=False)
+        figures = {
+            "effects": effects_bars(effects.table, f"ACT on {len(chosen)} heads: test accuracy"),
+            "head_search": head_heatmap(scores, "score", f"ACT head search: {metric} change"),
+        }
+        written = export_figures(figures, folder, static)
+        write_manifest(
+            folder,
+            {
+                "command": "effect act",
+                "tasks": names,
+                "heads": chosen.labels,
+                "head_search": scores.provenance.to_dict(),
+                "effects": effects.table.provenance.to_dict(),
+                "files": sorted(
+                    str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()
+                ),
+            },
+        )
+        typer.echo(f"ACT on {len(chosen)} heads: {', '.join(chosen.labels) or 'none selected'}")
+        for row in effects.table.data.itertuples():
+            typer.echo(
+                f"{row.task}: {row.baseline:.3f} -> {row.intervened:.3f}"
+                f" ({row.difference:+.3f}, 95% CI [{row.ci_low:+.3f}, {row.ci_high:+.3f}],"
+                f" +{row.improved}/-{row.worsened} of {row.n})"
+            )
+        typer.echo(f"results and {len(written)} figure files in {folder}")

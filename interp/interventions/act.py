@@ -1,0 +1,183 @@
+"""ACT, attention calibration: shrink attention to hidden sinks in selected heads.
+
+Yu et al., ICML 2024, arXiv 2406.15765; formulas from the code GATECH-EIC/ACT @a267af7
+(METHODS.md §5). Per selected head, on the prompt (prefill), in float32:
+
+* sinks S = {j : m_j > tau} with m_j = sum_{i>=j} P_ij / (N - j) (`interp.sink_rule`);
+* S' = S minus its first position (normally the first token; if that is not a sink, the first
+  hidden sink is spared);
+* per row i: s_i = sum_{j in S'} P_ij; P'_ij = beta * P_ij on S'; elsewhere
+  P'_ij = P_ij + (1 - beta) * s_i * P_ij / sum_{k not in S'} P_ik (first token included), so
+  the rows still sum to 1 and the freed mass mostly returns to the first token.
+
+Decode (toolkit rule, METHODS §5 [I]; the code is prefill-only): each head's S' found at
+prefill is carried, and every later row (decode steps, or a multi-token continuation on the
+cache) gets the same scaling and redistribution; generated tokens are never sinks and no
+entry is forced to 1. Batches: sinks per batch row, padded queries and keys excluded from
+every sum and denominator (the code edits batch row 0 only and assumes no padding).
+
+Cost: explicit attention in the selected heads' layers only (others keep SDPA); the edit is
+vectorized over a layer's selected heads. The carried state is [batch, head, key] booleans
+per selected layer. The prompt must fit one block of explicit query rows (see interp.hooks;
+`INTERP_ATTENTION_BLOCK_BYTES` raises it), since m_j needs every row before any is edited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from interp.config import Config, check_range
+from interp.errors import HookError
+from interp.heads import Head, HeadGeometry, HeadSet
+from interp.hooks import AttentionRows, attention_hooks
+from interp.models import Model
+from interp.sink_rule import ThresholdMode, sink_mask
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActConfig(Config):
+    """ACT parameters; defaults are the reference code's (METHODS §5).
+
+    Attributes:
+        beta: factor on the attention to hidden sinks S' (code: 0.4).
+        threshold: tau on m_j (code: 0.1, absolute).
+        threshold_mode: "absolute" (code) or "relative" (m_j > relative_alpha / N).
+        relative_alpha: alpha of the relative rule (5, one reimplementation's value).
+        min_queries: keys seen by fewer queries are never sinks (1 = code).
+    """
+
+    beta: float = 0.4
+    threshold: float = 0.1
+    threshold_mode: ThresholdMode = "absolute"
+    relative_alpha: float = 5.0
+    min_queries: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self, "beta", 0.0, 1.0)
+        check_range(self, "threshold", 0.0, 1.0, strict_low=True)
+        check_range(self, "relative_alpha", 0.0, strict_low=True)
+        check_range(self, "min_queries", 1)
+
+
+def act_layers(geometry: HeadGeometry) -> list[int]:
+    """The layers ACT searches by default: 2 .. L-2 (code), both ends included."""
+    return list(range(2, geometry.n_layers - 1))
+
+
+def act_candidates(geometry: HeadGeometry) -> HeadSet:
+    """Every query head in `act_layers`: the default head-search space."""
+    heads = range(geometry.n_heads)
+    return HeadSet(Head(layer, h) for layer in act_layers(geometry) for h in heads)
+
+
+def hidden_sinks(
+    probs: Float[Tensor, "batch head query key"],
+    visible: Bool[Tensor, "batch query key"],
+    config: ActConfig,
+) -> Bool[Tensor, "batch head key"]:
+    """S' per batch row and head from prefill attention: sinks minus the first one.
+
+    `probs` must hold every query row of the prompt (query i = key i). Keys the last row
+    cannot see are padding: they count neither as queries nor as keys.
+    """
+    valid = visible[:, -1]  # [batch, key]: the last row sees every non-padded token
+    rows = visible & valid[:, :, None]  # valid query rows only
+    column_sums = (probs * rows[:, None].to(probs.dtype)).sum(2)  # [batch, head, key]
+    seen_by = rows.sum(1).to(probs.dtype)[:, None]  # [batch, 1, key]
+    sinks, _ = sink_mask(column_sums, seen_by, config)
+    first = sinks & (sinks.cumsum(-1) == 1)
+    return sinks & ~first
+
+
+def calibrate_rows(
+    probs: Float[Tensor, "batch head query key"],
+    sinks: Bool[Tensor, "batch head key"],
+    beta: float,
+) -> Float[Tensor, "batch head query key"]:
+    """ACT's row edit: scale attention on `sinks` by beta, give the rest back proportionally.
+
+    A row with no mass outside the sinks (nothing to give the mass to) is left unchanged.
+    Masked (zero) entries stay zero, so rows keep summing to 1 over visible keys.
+    """
+    on_sink = sinks[:, :, None, :]
+    sink_mass = (probs * on_sink).sum(-1, keepdim=True)
+    rest = probs.sum(-1, keepdim=True) - sink_mass
+    safe_rest = rest.clamp_min(torch.finfo(probs.dtype).tiny)
+    spread = probs + (1.0 - beta) * sink_mass * probs / safe_rest
+    edited = torch.where(on_sink, beta * probs, spread)
+    return torch.where(rest > 0, edited, probs)
+
+
+@dataclass(frozen=True)
+class ACT:
+    """Attention calibration on `heads`, applied with `with ACT(heads).applied(model):`.
+
+    Attributes:
+        heads: the searched heads (see `interp.interventions.act_search.search_heads`).
+        config: beta and the sink rule.
+
+    Example:
+        >>> from tests.tiny import tiny_llama
+        >>> model = tiny_llama()
+        >>> ids = model.encode("hello world")[None]
+        >>> with ACT(HeadSet(["L1H0", "L1H3"])).applied(model):
+        ...     logits = model.hf(ids).logits
+        >>> tuple(logits.shape)
+        (1, 11, 259)
+    """
+
+    heads: HeadSet
+    config: ActConfig = field(default_factory=ActConfig)
+
+    @contextmanager
+    def applied(self, model: Model) -> Iterator[None]:
+        self.heads.mask(model.geometry)  # validates the heads
+        with attention_hooks(model.hf, _ActHook(self)):
+            yield
+
+
+class _ActHook:
+    """Detects S' at prefill per selected layer and applies the calibration to every row."""
+
+    def __init__(self, act: ACT) -> None:
+        self.config = act.config
+        self.by_layer = act.heads.index_by_layer()
+        self.carried: dict[int, Tensor] = {}  # layer -> S' [batch, selected head, prompt key]
+
+    def wants(self, layer: int, n_queries: int) -> bool:
+        return layer in self.by_layer
+
+    def __call__(self, rows: AttentionRows) -> Tensor:
+        index = self.by_layer[rows.layer].to(rows.probs.device)
+        probs = rows.probs[:, index]
+        n_keys = probs.shape[-1]
+        if n_keys == rows.n_queries:  # a prompt without cache: detect the sinks
+            if probs.shape[2] != rows.n_queries:
+                raise HookError(
+                    f"ACT needs all {rows.n_queries} prompt rows of layer {rows.layer} at once,"
+                    f" got a block of {probs.shape[2]}. Raise INTERP_ATTENTION_BLOCK_BYTES."
+                )
+            sinks = hidden_sinks(probs, rows.visible, self.config)
+            self.carried[rows.layer] = sinks
+        else:
+            sinks = self._carried(rows.layer, probs.shape[0], n_keys)
+        out = rows.probs.clone()
+        out[:, index] = calibrate_rows(probs, sinks, self.config.beta)
+        return out
+
+    def _carried(self, layer: int, batch: int, n_keys: int) -> Tensor:
+        sinks = self.carried.get(layer)
+        if sinks is None or sinks.shape[0] != batch or sinks.shape[-1] > n_keys:
+            raise HookError(
+                "ACT saw a forward on a cache without its prompt: run the prefill inside the"
+                " same `ACT(...).applied(model)` context (e.g. call generate inside it)."
+            )
+        # Tokens after the prompt are never sinks.
+        return torch.nn.functional.pad(sinks, (0, n_keys - sinks.shape[-1]), value=False)

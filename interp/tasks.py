@@ -1,0 +1,241 @@
+"""Multiple-choice tasks: loading (shipped or the user's JSONL) and choice scoring.
+
+A task file is JSONL, one {"prompt": str, "choices": [str, ...], "answer": int | str} per line
+(`answer` is the index of the right choice, or the choice itself). Shipped tasks live in
+`data/tasks/<name>/`: `task.json` (description, instruction, number of few-shot
+demonstrations) and `calibration.jsonl`, `test.jsonl`. The first `shots` calibration items are
+the demonstrations, prepended to every prompt as "{prompt} {answer}" blocks, and are left out
+of the calibration split.
+
+Scoring (`choice_logprobs`): a choice's score is the sum of its tokens' log-probabilities
+given the prompt, the choice joined with one space (" positive"). Sums are not
+length-normalised: with single-token labels, as in ACT's classification setup, this is the
+label's log-probability. Each forward reads prompt + choice[:-1], so single-token choices
+share one forward per item; prompts are left-padded into batches. Cost: one forward per item
+and distinct multi-token choice prefix; only the logits of the choice positions are kept.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from interp.errors import InputError, did_you_mean
+from interp.models import Model
+from interp.prompts import DATA_DIR
+
+TASKS_DIR = DATA_DIR / "tasks"
+Split = Literal["calibration", "test"]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One multiple-choice question; `answer` indexes `choices`."""
+
+    prompt: str
+    choices: tuple[str, ...]
+    answer: int
+
+
+@dataclass(frozen=True)
+class Task:
+    """A named list of items and the prefix (instruction, demonstrations) every prompt gets."""
+
+    name: str
+    items: tuple[Item, ...]
+    prefix: str = ""
+
+    def text(self, item: Item) -> str:
+        return self.prefix + item.prompt
+
+    def subsample(self, n: int | None, seed: int = 0) -> Task:
+        """A seeded random subset of n items (all when n is None or >= the size)."""
+        if n is None or n >= len(self.items):
+            return self
+        keep = np.sort(np.random.default_rng(seed).choice(len(self.items), n, replace=False))
+        return Task(self.name, tuple(self.items[i] for i in keep), self.prefix)
+
+
+def shipped_tasks() -> list[str]:
+    return sorted(p.name for p in TASKS_DIR.iterdir() if (p / "task.json").is_file())
+
+
+def load_items(path: str | Path) -> list[Item]:
+    """Read and validate a JSONL task file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"Task file {path} does not exist.")
+    items = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            items.append(_parse_item(line, f"{path}:{number}"))
+    if not items:
+        raise InputError(f"Task file {path} holds no items.")
+    return items
+
+
+def _parse_item(line: str, where: str) -> Item:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{where}: not valid JSON ({exc}).") from exc
+    if not isinstance(record, dict) or not {"prompt", "choices", "answer"} <= set(record):
+        raise InputError(f"{where}: expected an object with 'prompt', 'choices' and 'answer'.")
+    prompt, choices, answer = record["prompt"], record["choices"], record["answer"]
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError(f"{where}: 'prompt' must be a non-empty string.")
+    if (
+        not isinstance(choices, list)
+        or len(choices) < 2
+        or not all(isinstance(c, str) and c.strip() for c in choices)
+        or len(set(choices)) != len(choices)
+    ):
+        raise InputError(f"{where}: 'choices' must list at least two distinct non-empty strings.")
+    if isinstance(answer, str) and answer in choices:
+        answer = choices.index(answer)
+    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
+        raise InputError(
+            f"{where}: 'answer' must be a choice or its index 0..{len(choices) - 1},"
+            f" got {answer!r}."
+        )
+    return Item(prompt, tuple(choices), answer)
+
+
+def demonstrations(items: list[Item], instruction: str = "") -> str:
+    """The few-shot prefix: the instruction, then "{prompt} {answer}" blocks."""
+    blocks = [f"{item.prompt} {item.choices[item.answer]}\n\n" for item in items]
+    head = f"{instruction}\n\n" if instruction else ""
+    return head + "".join(blocks)
+
+
+def load_task(source: str | Path, split: Split = "test") -> Task:
+    """A shipped task by name (`sentiment`), a task folder, or a user's `.jsonl` file.
+
+    A folder (shipped or the user's) gives `split` with its few-shot prefix; a `.jsonl` file
+    is used whole, zero-shot.
+    """
+    if split not in ("calibration", "test"):
+        raise InputError(f"Unknown split {split!r}: use 'calibration' or 'test'.")
+    path = Path(source)
+    if path.suffix == ".jsonl":
+        return Task(path.stem, tuple(load_items(path)))
+    folder = path if path.is_dir() else TASKS_DIR / str(source)
+    if not (folder / "task.json").is_file():
+        raise InputError(
+            f"No task {str(source)!r}: give a shipped name, a task folder or a .jsonl file."
+            + did_you_mean(str(source), shipped_tasks())
+        )
+    meta = json.loads((folder / "task.json").read_text(encoding="utf-8"))
+    shots = int(meta.get("shots", 0))
+    calibration = load_items(folder / "calibration.jsonl")
+    if len(calibration) <= shots:
+        raise InputError(f"{folder}: calibration.jsonl needs more than {shots} items.")
+    prefix = demonstrations(calibration[:shots], meta.get("instruction", ""))
+    items = calibration[shots:] if split == "calibration" else load_items(folder / "test.jsonl")
+    return Task(folder.name, tuple(items), prefix)
+
+
+def choice_logprobs(model: Model, task: Task, batch_size: int = 16) -> list[np.ndarray]:
+    """Per item, the summed log-probability of each choice given the prompt (see module doc)."""
+    sequences: dict[tuple[int, ...], int] = {}  # prompt + choice[:-1] -> sequence index
+    tails: list[int] = []  # per sequence: how many last positions predict choice tokens
+    wanted: list[list[tuple[int, list[int]]]] = []  # per item: (sequence, choice ids)
+    for item in task.items:
+        prompt = model.encode(task.text(item)).tolist()
+        per_choice = []
+        for choice in item.choices:
+            ids = model.tokenizer(" " + choice, add_special_tokens=False)["input_ids"]
+            key = tuple(prompt + ids[:-1])
+            model.check_length(len(key) + 1, what="prompt with its choice")
+            if key not in sequences:
+                sequences[key] = len(sequences)
+                tails.append(len(ids))
+            per_choice.append((sequences[key], ids))
+        wanted.append(per_choice)
+    rows = _tail_logprobs(model, list(sequences), tails, batch_size)
+    scores = []
+    for per_choice in wanted:
+        # The last len(ids) rows of a sequence predict the choice's tokens.
+        scores.append(
+            np.array(
+                [
+                    float(rows[seq][-len(ids) :].gather(1, torch.tensor(ids)[:, None]).sum())
+                    for seq, ids in per_choice
+                ]
+            )
+        )
+    return scores
+
+
+@torch.no_grad()
+def _tail_logprobs(
+    model: Model,
+    sequences: list[tuple[int, ...]],
+    tails: list[int],
+    batch_size: int,
+) -> list[torch.Tensor]:
+    """Log-softmax rows [tail, vocab] of the last `tail` positions of each sequence."""
+    pad = model.tokenizer.pad_token_id
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    out: list[torch.Tensor] = [torch.empty(0)] * len(sequences)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(len(sequences[i]) for i in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, index in enumerate(chunk):  # left padding: every sequence ends at -1
+            ids[row, width - len(sequences[index]) :] = torch.tensor(sequences[index])
+            mask[row, width - len(sequences[index]) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        keep = max(tails[i] for i in chunk)  # logits only where choice tokens are predicted
+        logits = model.hf(
+            input_ids=ids.to(model.device),
+            attention_mask=mask.to(model.device),
+            position_ids=positions.to(model.device),
+            logits_to_keep=keep,
+        ).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+        for row, index in enumerate(chunk):
+            out[index] = logprobs[row]
+    return out
+
+
+@dataclass(frozen=True)
+class TaskRun:
+    """Per-item predictions of one task: `scores` [item][choice], `correct` [item] bool."""
+
+    task: str
+    scores: list[np.ndarray]
+    answers: np.ndarray
+    predictions: np.ndarray
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.predictions == self.answers
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean())
+
+    @property
+    def answer_logprob(self) -> np.ndarray:
+        """[item] log-probability of the right choice, normalised over the choices."""
+        return np.array(
+            [s[a] - np.logaddexp.reduce(s) for s, a in zip(self.scores, self.answers, strict=True)]
+        )
+
+
+def evaluate(model: Model, task: Task, batch_size: int = 16) -> TaskRun:
+    """Score every item: the prediction is the choice with the highest summed log-prob."""
+    scores = choice_logprobs(model, task, batch_size)
+    return TaskRun(
+        task=task.name,
+        scores=scores,
+        answers=np.array([item.answer for item in task.items]),
+        predictions=np.array([int(np.argmax(s)) for s in scores]),
+    )

@@ -1,0 +1,60 @@
+"""Test helpers: greedy decoding by full re-forwards and attention-row recorders."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from interp.hooks import AttentionRows
+from interp.models import Model
+
+
+def left_padded(model: Model, texts: list[str]) -> tuple[Tensor, Tensor]:
+    """(input_ids, attention_mask) of `texts`, left-padded."""
+    model.tokenizer.padding_side = "left"
+    batch = model.tokenizer(texts, return_tensors="pt", padding=True)
+    return batch["input_ids"], batch["attention_mask"]
+
+
+def cached_greedy(model: Model, ids: Tensor, mask: Tensor, steps: int) -> Tensor:
+    """Greedy tokens [batch, steps] from `generate` with the KV cache."""
+    out = model.hf.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=steps,
+        min_new_tokens=steps,
+        do_sample=False,
+        use_cache=True,
+        pad_token_id=model.tokenizer.pad_token_id,
+    )
+    return out[:, ids.shape[1] :]
+
+
+@torch.no_grad()
+def full_greedy(model: Model, ids: Tensor, mask: Tensor, steps: int) -> Tensor:
+    """Greedy tokens [batch, steps], re-forwarding the whole sequence without a cache."""
+    new = []
+    for _ in range(steps):
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        logits = model.hf(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
+        ).logits
+        token = logits[:, -1].argmax(-1, keepdim=True)
+        new.append(token)
+        ids = torch.cat([ids, token], dim=1)
+        mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+    return torch.cat(new, dim=1)
+
+
+class Recorder:
+    """Attention hook that keeps every (layer, probs, visible) it sees in `layers`."""
+
+    def __init__(self, layers: list[int]) -> None:
+        self.layers = layers
+        self.seen: list[AttentionRows] = []
+
+    def wants(self, layer: int, n_queries: int) -> bool:
+        return layer in self.layers
+
+    def __call__(self, rows: AttentionRows) -> None:
+        self.seen.append(rows)
