@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from interp.cli.models import models
+from interp.cli.retrieval import ablate_retrieval, score_retrieval
 from interp.cli.sinks import score_sinks
 
 app = typer.Typer(
@@ -13,8 +14,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 score_app = typer.Typer(help="Score every head of a model with an analyzer.", no_args_is_help=True)
+ablate_app = typer.Typer(
+    help="Mask heads and measure what breaks (the causal tests).", no_args_is_help=True
+)
 app.add_typer(score_app, name="score")
+app.add_typer(ablate_app, name="ablate")
 app.command("models")(models)
 score_app.command("sinks")(score_sinks)
+score_app.command("retrieval")(score_retrieval)
+ablate_app.command("retrieval")(ablate_retrieval)
 
 __all__ = ["app"]
