@@ -205,7 +205,7 @@ def _cropped(cache: object, length: int) -> Iterator[None]:
     try:
         yield
     finally:
-        cache.crop(length)  # type: ignore[attr-defined]
+        cache.crop(length - cache.get_seq_length())  # type: ignore[attr-defined]
 
 
 def summarize(tests: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
