@@ -36,6 +36,7 @@ LengthsOption = typer.Option(
 )
 DepthsOption = typer.Option("--depths", help="Needle depths: linspace(0, 100%, N).")
 OutOption = typer.Option("--out", "-o", help="Output folder (reused to resume a run).")
+ThresholdOption = typer.Option(help="A retrieval head has mean score > this (paper: 0.1).")
 MaxNewOption = typer.Option(help="Greedy decoding budget (paper: 50; stops at a newline).")
 
 
@@ -116,7 +117,7 @@ def score_retrieval(
     average: Annotated[
         str, typer.Option(help="'successful' (code), 'failed_as_zero' or 'all'.")
     ] = "successful",
-    threshold: Annotated[float, typer.Option(help="Retrieval head iff score > this.")] = 0.1,
+    threshold: Annotated[float, ThresholdOption] = 0.1,
     out: Annotated[Path | None, OutOption] = None,
     device: Annotated[str, DeviceOption] = "cpu",
     static: Annotated[bool, StaticOption] = True,
@@ -204,7 +205,7 @@ def ablate_retrieval(
     random_draw: Annotated[
         str, typer.Option(help="'per_test' (paper) or 'per_seed'.")
     ] = "per_test",
-    threshold: Annotated[float, typer.Option(help="Retrieval head iff score > this.")] = 0.1,
+    threshold: Annotated[float, ThresholdOption] = 0.1,
     max_new_tokens: Annotated[int, MaxNewOption] = 50,
     out: Annotated[Path | None, OutOption] = None,
     device: Annotated[str, DeviceOption] = "cpu",
