@@ -141,7 +141,7 @@ def build_tests(
             )
     hay_offsets = _offsets(model, haystack)
     return [
-        _build(model, index, needle, haystack, hay_offsets, length, depth)
+        _build(model, index, needle, haystack, hay_offsets, length, depth, max_new_tokens)
         for index, needle in enumerate(needles)
         for length, depth in grid(lengths, n_depths)
     ]
@@ -179,6 +179,7 @@ def _build(
     hay_offsets: np.ndarray,
     length: int,
     depth: float,
+    max_new_tokens: int,
 ) -> NeedleTest:
     shell, _, _ = _prompt(model, "", needle.question)
     overhead = len(_encode(model, shell, True)) + len(_offsets(model, " " + needle.needle))
@@ -201,7 +202,7 @@ def _build(
         text, add_special_tokens=not specials, return_offsets_mapping=True, return_tensors="pt"
     )
     ids = encoded["input_ids"][0]
-    model.check_length(len(ids), what="NIAH prompt")
+    model.check_length(len(ids) + max_new_tokens, what="NIAH prompt plus generation budget")
     offsets = encoded["offset_mapping"][0].numpy()
     start = offset + at
     answer_at = start + needle.needle.lower().index(needle.answer.lower())

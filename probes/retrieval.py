@@ -33,7 +33,7 @@ from torch import Tensor
 from transformers import Cache, DynamicCache
 
 from interp.config import Config, check_range
-from interp.errors import InputError
+from interp.errors import ConfigError, InputError
 from interp.heads import HeadSet
 from interp.hooks import AttentionRows, attention_hooks
 from interp.models import Model
@@ -76,7 +76,7 @@ class RetrievalConfig(Config):
         check_range(self, "success_recall", 0.0, 1.0)
         check_range(self, "threshold", 0.0, 1.0)
         if self.lengths is not None and (not self.lengths or min(self.lengths) < 1):
-            raise InputError(f"RetrievalConfig.lengths must be positive, got {self.lengths}.")
+            raise ConfigError(f"RetrievalConfig.lengths must be positive, got {self.lengths}.")
 
     def grid_lengths(self, model: Model) -> tuple[int, ...]:
         """The lengths to test on `model` (the paper's grid capped at its context)."""
@@ -127,7 +127,7 @@ def step_hits(
     return in_span & (input_ids.to(argmax.device)[safe] == token)
 
 
-def test_scores(
+def needle_scores(
     argmaxes: Int[Tensor, "step layer head"],
     tokens: Sequence[int],
     input_ids: Int[Tensor, " pos"],
@@ -171,6 +171,7 @@ class _ArgmaxHook:
         return n_queries == 1
 
     def __call__(self, rows: AttentionRows) -> None:
+        # Batch of one (tests run one at a time): [head, key] -> [head].
         self.argmax[rows.layer] = rows.probs[0, :, -1].argmax(-1)
 
 
@@ -259,11 +260,11 @@ def score_test(
         if steps
         else torch.zeros(0, geometry.n_layers, geometry.n_heads, dtype=torch.long)
     )
-    scores = test_scores(argmaxes, tokens, test.input_ids, span, config.count)
+    scores = needle_scores(argmaxes, tokens, test.input_ids, span, config.count)
     return scores, model.tokenizer.decode(tokens, skip_special_tokens=True), tokens
 
 
-def test_row(
+def result_row(
     test: NeedleTest, scores: np.ndarray, response: str, config: RetrievalConfig
 ) -> dict[str, object]:
     """The per-test table row for one scored test."""
@@ -303,7 +304,7 @@ def run(
     rows = []
     for done, test in enumerate(tests, start=1):
         scores, response, _ = score_test(model, test, config)
-        rows.append(test_row(test, scores, response, config))
+        rows.append(result_row(test, scores, response, config))
         if progress is not None:
             progress(done, len(tests), rows[-1])
     provenance = Provenance(

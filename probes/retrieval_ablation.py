@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from interp.config import Config, check_range
-from interp.errors import InputError
+from interp.errors import ConfigError, InputError
 from interp.heads import Head, HeadSet
 from interp.interventions import HeadScale, uniform_attention
 from interp.models import Model
@@ -69,7 +69,7 @@ class AblationConfig(Config):
         check_range(self, "threshold", 0.0, 1.0)
         check_range(self, "max_new_tokens", 1)
         if not self.ks or min(self.ks) < 0:
-            raise InputError(f"AblationConfig.ks must be non-negative counts, got {self.ks}.")
+            raise ConfigError(f"AblationConfig.ks must be non-negative counts, got {self.ks}.")
 
 
 @dataclass(frozen=True)

@@ -146,7 +146,7 @@ def score_retrieval(
 
         def score(test: Any) -> list[dict]:
             scores, response, _ = retrieval.score_test(loaded, test, config)
-            return [retrieval.test_row(test, scores, response, config)]
+            return [retrieval.result_row(test, scores, response, config)]
 
         rows = _run_incrementally(folder, tests, "retrieval", score)
         provenance = Provenance(

@@ -43,8 +43,8 @@ def test_set_counts_distinct_tokens_events_count_every_hit() -> None:
     # Three steps generate 10, 10, 11. Head 0 copies each time; head 1 looks at BOS.
     argmaxes = torch.tensor([[[1, 0]], [[3, 0]], [[2, 0]]])  # [step, layer=1, head=2]
     tokens = [10, 10, 11]
-    sets = retrieval.test_scores(argmaxes, tokens, ids, (1, 5), "set")
-    events = retrieval.test_scores(argmaxes, tokens, ids, (1, 5), "events")
+    sets = retrieval.needle_scores(argmaxes, tokens, ids, (1, 5), "set")
+    events = retrieval.needle_scores(argmaxes, tokens, ids, (1, 5), "events")
     np.testing.assert_allclose(sets, [[2 / 4, 0.0]])  # distinct ids {10, 11} of 4 tokens
     np.testing.assert_allclose(events, [[3 / 4, 0.0]])
 
@@ -53,10 +53,10 @@ def test_scores_ignore_wrong_token_and_empty_generation() -> None:
     ids = torch.tensor([1, 10, 11, 2])
     argmaxes = torch.tensor([[[1, 2]]])
     np.testing.assert_allclose(
-        retrieval.test_scores(argmaxes, [11], ids, (1, 3), "set"), [[0.0, 0.5]]
+        retrieval.needle_scores(argmaxes, [11], ids, (1, 3), "set"), [[0.0, 0.5]]
     )
     empty = torch.zeros(0, 2, 3, dtype=torch.long)
-    assert retrieval.test_scores(empty, [], ids, (1, 3), "set").shape == (2, 3)
+    assert retrieval.needle_scores(empty, [], ids, (1, 3), "set").shape == (2, 3)
 
 
 def test_aggregate_filters_failed_tests() -> None:
@@ -215,3 +215,34 @@ def test_masking_changes_output_and_empty_mask_is_identity(tiny) -> None:
             assert (edited - plain).abs().max() > 1e-4
         with ablation.masked(tiny, HeadSet(), ablation.AblationConfig()):
             assert torch.equal(tiny.hf(ids).logits[0, -1], plain)
+
+
+def test_cli_score_resume_and_ablate(tiny, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from interp.cli import app
+
+    folder = tmp_path / "tiny"
+    tiny.hf.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    common = ["--model", str(folder), "--lengths", "250", "--depths", "2", "--no-static"]
+    out = tmp_path / "score"
+    args = ["score", "retrieval", *common, "--max-new-tokens", "4", "--out", str(out)]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert len((out / "tests.jsonl").read_text().splitlines()) == 12  # 6 needles x 2 depths
+    again = CliRunner().invoke(app, args)  # resumes: nothing left to run, same tables
+    assert again.exit_code == 0 and "12 of 12 tests already done" in again.output
+    assert len((out / "tests.jsonl").read_text().splitlines()) == 12
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {"scores.parquet", "scores.csv", "tests.parquet"} <= set(manifest["files"])
+    ablate = [
+        "ablate", "retrieval", *common, "--scores", str(out / "scores.parquet"),
+        "--ks", "0,2", "--seeds", "2", "--max-new-tokens", "4", "--out", str(tmp_path / "abl"),
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, ablate)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "abl" / "summary.csv").is_file()
+    assert (tmp_path / "abl" / "figures" / "ablation_curve.html").is_file()
+    too_long = CliRunner().invoke(app, ["score", "retrieval", *common[:2], "--lengths", "600"])
+    assert too_long.exit_code == 2 and "context" in too_long.output
