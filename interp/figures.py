@@ -173,6 +173,6 @@ def ablation_curve(curve: pd.DataFrame, title: str) -> go.Figure:
         line={"color": "rgb(239, 85, 59)"},
     )
     figure.update_xaxes(title="heads masked (K)")
-    figure.update_yaxes(title="NIAH accuracy (ROUGE-1 recall x 100)", range=[0, 105])
+    figure.update_yaxes(title="NIAH accuracy (%)", range=[0, 105])
     figure.update_layout(width=640, height=420)
     return style(figure, title)

@@ -236,3 +236,14 @@ def rouge1_recall(reference: str, response: str) -> float:
     got = Counter(_WORD.findall(response.lower()))
     total = sum(ref.values())
     return sum(min(n, got[w]) for w, n in ref.items()) / total if total else 0.0
+
+
+def answer_match(reference: str, response: str) -> float:
+    """1.0 if the reference's words occur, in order and contiguously, in the response.
+
+    Case and punctuation are ignored. Unlike ROUGE-1 recall it gives no credit for the
+    function words ("the", "in", "a") of a wrong answer.
+    """
+    ref = " ".join(_WORD.findall(reference.lower()))
+    got = " ".join(_WORD.findall(response.lower()))
+    return float(bool(ref) and f" {ref} " in f" {got} ")

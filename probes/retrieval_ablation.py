@@ -2,8 +2,12 @@
 
 Wu et al. 2024 (arXiv 2404.15574, §4, Fig. 1 and 7; code nightdessert/Retrieval_Head
 @3ac171a): masking the top-K retrieval heads breaks needle retrieval, while masking K random
-non-retrieval heads barely changes it. Accuracy is ROUGE-1 recall of the answer phrase in
-the greedy response, x 100, averaged over tests (the paper's NIAH score).
+non-retrieval heads barely changes it. Accuracy is, by default, the share of tests whose
+greedy response contains the answer phrase (`metric="match"`), x 100; `metric="rouge1"` is
+the paper's NIAH score, ROUGE-1 recall of the answer x 100. Both are stored per test. On a
+small model that answers in full sentences ROUGE-1 credits the function words of a wrong
+answer ("found in the bakery" scores 2/7 against "in a yellow tent near Falcon Ridge"),
+which puts a floor under the masked curve.
 
 Masking uses the toolkit's interventions: `masking="zero"` is `HeadScale(alpha=0)` (the
 head's output z is 0), `masking="uniform"` is `uniform_attention` (the paper's query
@@ -35,7 +39,7 @@ from interp.heads import Head, HeadSet
 from interp.interventions import HeadScale, uniform_attention
 from interp.models import Model
 from interp.results import HeadScores, Provenance, hash_inputs
-from probes.niah import NeedleTest, rouge1_recall
+from probes.niah import NeedleTest, answer_match, rouge1_recall
 from probes.retrieval import decode, prefill
 
 ANALYZER = "retrieval-ablation"
@@ -51,6 +55,8 @@ class AblationConfig(Config):
         masking: "zero" (HeadScale alpha=0) or "uniform" (paper's uniform attention).
         positions: "decode" (reference code) or "all" (prefill too).
         random_draw: "per_test" (paper) or "per_seed".
+        metric: accuracy per test: "match" (1 if the answer phrase is in the response) or
+            "rouge1" (paper: ROUGE-1 recall of the answer). Both are stored per test.
         threshold: heads scoring above it are retrieval heads, never random controls.
         max_new_tokens: greedy budget (paper: 50; stops at a newline).
     """
@@ -60,6 +66,7 @@ class AblationConfig(Config):
     masking: Literal["zero", "uniform"] = "zero"
     positions: Literal["decode", "all"] = "decode"
     random_draw: Literal["per_test", "per_seed"] = "per_test"
+    metric: Literal["match", "rouge1"] = "match"
     threshold: float = 0.1
     max_new_tokens: int = 50
 
@@ -166,6 +173,7 @@ def run_ablation(
                     "heads": ",".join(heads.labels),
                     "response": response,
                     "recall": rouge1_recall(test.answer, response),
+                    "match": answer_match(test.answer, response),
                 }
             )
         rows.extend(test_rows)
@@ -180,7 +188,7 @@ def run_ablation(
         n_inputs=len(tests),
     )
     table = pd.DataFrame(rows)
-    curve, summary = summarize(table)
+    curve, summary = summarize(table, config.metric)
     return AblationResult(table, curve, summary, provenance)
 
 
@@ -208,12 +216,15 @@ def _cropped(cache: object, length: int) -> Iterator[None]:
         cache.crop(length - cache.get_seq_length())  # type: ignore[attr-defined]
 
 
-def summarize(tests: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(curve, summary) from the per-test table: accuracy = mean recall x 100."""
+def summarize(
+    tests: pd.DataFrame, metric: Literal["match", "rouge1"] = "match"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(curve, summary) from the per-test table: accuracy = mean of the metric x 100."""
+    column = "match" if metric == "match" else "recall"
     curve = (
-        tests.groupby(["condition", "k", "seed"], as_index=False)["recall"]
+        tests.groupby(["condition", "k", "seed"], as_index=False)[column]
         .mean()
-        .rename(columns={"recall": "accuracy"})
+        .rename(columns={column: "accuracy"})
     )
     curve["accuracy"] *= 100
     top = curve[curve.condition != "random"].set_index("k")["accuracy"].rename("top_k")

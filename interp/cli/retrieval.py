@@ -205,6 +205,9 @@ def ablate_retrieval(
     random_draw: Annotated[
         str, typer.Option(help="'per_test' (paper) or 'per_seed'.")
     ] = "per_test",
+    metric: Annotated[
+        str, typer.Option(help="'match' (answer phrase in response) or 'rouge1' (paper).")
+    ] = "match",
     threshold: Annotated[float, ThresholdOption] = 0.1,
     max_new_tokens: Annotated[int, MaxNewOption] = 50,
     out: Annotated[Path | None, OutOption] = None,
@@ -225,6 +228,7 @@ def ablate_retrieval(
             masking=masking,
             positions=positions,  # type: ignore[arg-type]
             random_draw=random_draw,
+            metric=metric,
             threshold=threshold,
             max_new_tokens=max_new_tokens,  # type: ignore[arg-type]
         )
@@ -241,7 +245,7 @@ def ablate_retrieval(
 
         rows = _run_incrementally(folder, tests, "ablation", ablate)
         table = pd.DataFrame(rows)
-        curve, summary = ablation.summarize(table)
+        curve, summary = ablation.summarize(table, config.metric)
         for name, frame in {"tests": table, "curve": curve, "summary": summary}.items():
             frame.to_parquet(folder / f"{name}.parquet", index=False)
             frame.to_csv(folder / f"{name}.csv", index=False)

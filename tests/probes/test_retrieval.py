@@ -246,3 +246,17 @@ def test_cli_score_resume_and_ablate(tiny, tmp_path) -> None:
     assert (tmp_path / "abl" / "figures" / "ablation_curve.html").is_file()
     too_long = CliRunner().invoke(app, ["score", "retrieval", *common[:2], "--lengths", "600"])
     assert too_long.exit_code == 2 and "context" in too_long.output
+
+
+def test_answer_match_gives_no_credit_to_function_words() -> None:
+    answer = "in a yellow tent near Falcon Ridge"
+    assert niah.answer_match(answer, "He was found in a Yellow tent near Falcon Ridge.") == 1.0
+    assert niah.answer_match(answer, "He was found in the bakery.") == 0.0
+    assert niah.rouge1_recall(answer, "He was found in the bakery.") > 0
+    rows = pd.DataFrame(
+        {"condition": ["none", "top"], "k": [0, 1], "seed": [0, 0], "recall": [1.0, 0.5],
+         "match": [1.0, 0.0]}
+    )  # fmt: skip
+    _, by_match = ablation.summarize(rows, "match")
+    _, by_rouge = ablation.summarize(rows, "rouge1")
+    assert by_match.top_k.tolist() == [100.0, 0.0] and by_rouge.top_k.tolist() == [100.0, 50.0]
