@@ -29,8 +29,9 @@ def test_sparse_retrieval_heads(scored) -> None:
 
 def test_masking_retrieval_heads_breaks_retrieval(default_model, scored) -> None:
     needles = niah.load_needles(data_path("needles", "heldout.jsonl"))  # not used for scoring
-    tests = niah.build_tests(default_model, needles, niah.load_haystack(), (1500,), 1, 32)
-    config = ablation.AblationConfig(ks=(0, 20), n_seeds=3, max_new_tokens=32)
+    # Depths 0 and 100%: at 50% this 135M model often misses the needle even unmasked.
+    tests = niah.build_tests(default_model, needles, niah.load_haystack(), (1000,), 2, 32)
+    config = ablation.AblationConfig(ks=(0, 20), n_seeds=2, max_new_tokens=32)
     summary = ablation.run_ablation(default_model, tests, scored.scores, config).summary
     baseline = summary.loc[summary.k == 0, "top_k"].item()
     top20 = summary.loc[summary.k == 20, "top_k"].item()
