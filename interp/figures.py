@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
@@ -149,3 +150,62 @@ def export(
                 pio.write_image(figure, path, format=fmt)
                 written.append(path)
     return written
+
+
+def ablation_curve(curve: pd.DataFrame, title: str) -> go.Figure:
+    """Accuracy vs number of masked heads: top-K heads and K random heads (every seed).
+
+    Args:
+        curve: one row per (condition, k, seed) with `accuracy`; condition is "none" (k=0),
+            "top" or "random".
+        title: the figure title.
+    """
+    figure = go.Figure()
+    top = curve[curve.condition != "random"].sort_values("k")
+    rand = curve[curve.condition == "random"]
+    baseline = curve[curve.condition == "none"]
+    if not rand.empty:
+        stats = rand.groupby("k")["accuracy"].agg(["median", "min", "max"]).reset_index()
+        stats = pd.concat(
+            [
+                baseline.assign(
+                    median=baseline.accuracy, min=baseline.accuracy, max=baseline.accuracy
+                )[["k", "median", "min", "max"]],
+                stats,
+            ]
+        ).sort_values("k")
+        figure.add_scatter(
+            x=[*stats.k, *stats.k[::-1]],
+            y=[*stats["max"], *stats["min"][::-1]],
+            fill="toself",
+            fillcolor="rgba(99, 110, 250, 0.15)",
+            line={"width": 0},
+            name="random: min-max over seeds",
+            hoverinfo="skip",
+        )
+        figure.add_scatter(
+            x=rand.k,
+            y=rand.accuracy,
+            mode="markers",
+            marker={"size": 5, "opacity": 0.5},
+            name="random: one seed",
+            marker_color="rgb(99, 110, 250)",
+        )
+        figure.add_scatter(
+            x=stats.k,
+            y=stats["median"],
+            mode="lines+markers",
+            name="random heads (median)",
+            line={"color": "rgb(99, 110, 250)"},
+        )
+    figure.add_scatter(
+        x=top.k,
+        y=top.accuracy,
+        mode="lines+markers",
+        name="top-K retrieval heads",
+        line={"color": "rgb(239, 85, 59)"},
+    )
+    figure.update_xaxes(title="heads masked (K)")
+    figure.update_yaxes(title="NIAH accuracy (%)", range=[0, 105])
+    figure.update_layout(width=640, height=420)
+    return style(figure, title)

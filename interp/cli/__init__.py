@@ -6,6 +6,7 @@ import typer
 
 from interp.cli.effect import effect_act
 from interp.cli.models import models
+from interp.cli.retrieval import ablate_retrieval, score_retrieval
 from interp.cli.sinks import score_sinks
 
 app = typer.Typer(
@@ -17,10 +18,16 @@ score_app = typer.Typer(help="Score every head of a model with an analyzer.", no
 effect_app = typer.Typer(
     help="Apply an intervention and measure its effect on tasks.", no_args_is_help=True
 )
+ablate_app = typer.Typer(
+    help="Mask heads and measure what breaks (the causal tests).", no_args_is_help=True
+)
 app.add_typer(score_app, name="score")
 app.add_typer(effect_app, name="effect")
+app.add_typer(ablate_app, name="ablate")
 app.command("models")(models)
 score_app.command("sinks")(score_sinks)
+score_app.command("retrieval")(score_retrieval)
 effect_app.command("act")(effect_act)
+ablate_app.command("retrieval")(ablate_retrieval)
 
 __all__ = ["app"]

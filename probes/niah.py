@@ -1,0 +1,249 @@
+"""Needle-in-a-haystack (NIAH) tests: needles, haystacks, the length x depth grid, ROUGE-1.
+
+Builds the tests of Wu et al. 2024 (arXiv 2404.15574, §2; code nightdessert/Retrieval_Head
+@3ac171a): a haystack cut so that the whole prompt has `length` tokens, a needle inserted at
+`depth` of the context and snapped back to the previous sentence end, then the question
+`Based on the content of the book, Question: {q}\\nAnswer:`; chat models get their chat
+template with the context wrapped in `<book>...</book>`.
+
+Snapping and span finding work on characters, through the tokenizer's offset mapping, so
+they are tokenizer-agnostic (the reference code hard-codes LLaMA period ids) and the needle
+is never re-encoded on its own (no stray BOS mid-context). Shipped sets live in
+`data/needles/*.jsonl` (fields `needle`, `question`, `answer`; the answer must occur in the
+needle) and `data/haystacks/*.txt` (original prose written for this project; all files of
+a set are joined into one haystack).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from interp.errors import InputError, UnsupportedModelError
+from interp.models import Model
+from interp.prompts import data_path
+
+QUESTION = "Based on the content of the book, Question: {question}\nAnswer:"
+# A sentence ends with . ! or ?, optionally closing quotes/brackets, then whitespace.
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+")
+_WORD = re.compile(r"\w+")
+
+
+@dataclass(frozen=True)
+class Needle:
+    """A fact to hide, the question that asks for it, and the answer phrase within it."""
+
+    needle: str
+    question: str
+    answer: str
+
+    def __post_init__(self) -> None:
+        if not (self.needle.strip() and self.question.strip() and self.answer.strip()):
+            raise InputError(f"Needle fields must be non-empty, got {self!r}.")
+        if self.answer.lower() not in self.needle.lower():
+            raise InputError(
+                f"The answer {self.answer!r} does not occur in the needle {self.needle!r};"
+                " the answer span is located inside the needle, so write it there verbatim."
+            )
+
+
+@dataclass(frozen=True)
+class NeedleTest:
+    """One NIAH test: a tokenized prompt and where the needle and answer lie in it.
+
+    Attributes:
+        needle_index: index of the needle in its set.
+        length: requested prompt length in tokens (the grid value).
+        depth: requested needle depth in [0, 1] (0 = start of the context).
+        input_ids: [pos] the tokenized prompt.
+        needle_span: (start, stop) token positions of the needle.
+        answer_span: (start, stop) token positions of the answer phrase inside the needle.
+        answer: the reference answer for ROUGE-1.
+    """
+
+    needle_index: int
+    length: int
+    depth: float
+    input_ids: torch.Tensor
+    needle_span: tuple[int, int]
+    answer_span: tuple[int, int]
+    answer: str
+
+    def key(self) -> dict[str, object]:
+        """What identifies a test across runs (for merging per-test tables)."""
+        return {"needle": self.needle_index, "length": self.length, "depth": self.depth}
+
+
+def load_needles(path: str | Path | None = None) -> list[Needle]:
+    """Needles from a JSONL file (default: the shipped `data/needles/scoring.jsonl`)."""
+    path = Path(path) if path is not None else data_path("needles", "scoring.jsonl")
+    if not path.is_file():
+        raise InputError(f"Needle file {path} does not exist.")
+    needles = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            needles.append(Needle(record["needle"], record["question"], record["answer"]))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise InputError(
+                f"{path}:{number}: expected a JSON object with 'needle', 'question' and"
+                f" 'answer' ({exc!r})."
+            ) from exc
+    if not needles:
+        raise InputError(f"Needle file {path} holds no needles.")
+    return needles
+
+
+def load_haystack(paths: Sequence[str | Path] | None = None) -> str:
+    """One haystack text from .txt files joined by blank lines (default: data/haystacks)."""
+    files = [Path(p) for p in paths] if paths else sorted(data_path("haystacks").glob("*.txt"))
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing or not files:
+        raise InputError(f"Haystack files not found: {missing or 'none given'}.")
+    return "\n\n".join(p.read_text(encoding="utf-8").strip() for p in files)
+
+
+def grid(lengths: Sequence[int], n_depths: int) -> list[tuple[int, float]]:
+    """All (length, depth) pairs, depths linspace(0, 1, n_depths) (paper: 0..100%)."""
+    depths = np.linspace(0.0, 1.0, n_depths) if n_depths > 1 else np.array([0.5])
+    return [(int(n), round(float(d), 4)) for n in lengths for d in depths]
+
+
+def build_tests(
+    model: Model,
+    needles: Sequence[Needle],
+    haystack: str,
+    lengths: Sequence[int],
+    n_depths: int,
+    max_new_tokens: int,
+) -> list[NeedleTest]:
+    """Every needle at every (length, depth) of the grid, tokenized for `model`.
+
+    Raises:
+        InputError: a length plus the generation budget exceeds the model's context, or the
+            haystack is too short for a length.
+    """
+    limit = model.context_length
+    for length in lengths:
+        if limit and length + max_new_tokens > limit:
+            raise InputError(
+                f"A {length}-token NIAH prompt plus {max_new_tokens} generated tokens exceeds"
+                f" the model's context of {limit}; use lengths <= {limit - max_new_tokens}."
+            )
+    hay_offsets = _offsets(model, haystack)
+    return [
+        _build(model, index, needle, haystack, hay_offsets, length, depth, max_new_tokens)
+        for index, needle in enumerate(needles)
+        for length, depth in grid(lengths, n_depths)
+    ]
+
+
+def _offsets(model: Model, text: str) -> np.ndarray:
+    """[token, 2] character offsets of `text` (needs a fast tokenizer)."""
+    if not getattr(model.tokenizer, "is_fast", False):
+        raise UnsupportedModelError(
+            "NIAH tests need a fast tokenizer (offset mapping) to place the needle."
+        )
+    encoded = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return np.asarray(encoded["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+
+
+def _prompt(model: Model, context: str, question: str) -> tuple[str, int, bool]:
+    """(prompt text, character offset of the context in it, whether it has special tokens)."""
+    query = QUESTION.format(question=question)
+    if getattr(model.tokenizer, "chat_template", None):
+        marker = "\x00CONTEXT\x00"
+        message = [{"role": "user", "content": f"<book>{marker}</book>\n{query}"}]
+        text = model.tokenizer.apply_chat_template(
+            message, tokenize=False, add_generation_prompt=True
+        )
+        start = text.index(marker)
+        return text.replace(marker, context), start, True
+    return f"{context}\n\n{query}", 0, False
+
+
+def _build(
+    model: Model,
+    index: int,
+    needle: Needle,
+    haystack: str,
+    hay_offsets: np.ndarray,
+    length: int,
+    depth: float,
+    max_new_tokens: int,
+) -> NeedleTest:
+    shell, _, _ = _prompt(model, "", needle.question)
+    overhead = len(_encode(model, shell, True)) + len(_offsets(model, " " + needle.needle))
+    n_context = length - overhead
+    if n_context < 1:
+        raise InputError(f"Length {length} leaves no room for a haystack around the needle.")
+    if n_context > len(hay_offsets):
+        raise InputError(
+            f"The haystack has {len(hay_offsets)} tokens, fewer than the {n_context} a"
+            f" {length}-token test needs; give longer or more haystack files."
+        )
+    context = haystack[: hay_offsets[n_context - 1, 1]]
+    # Needle at depth * context, snapped back to the previous sentence end (or the start).
+    target = round(depth * len(context))
+    ends = [m.end() for m in _SENTENCE_END.finditer(context, 0, target + 1) if m.end() <= target]
+    at = ends[-1] if ends else 0
+    inserted = f"{context[:at]}{needle.needle} {context[at:]}"
+    text, offset, specials = _prompt(model, inserted, needle.question)
+    encoded = model.tokenizer(
+        text, add_special_tokens=not specials, return_offsets_mapping=True, return_tensors="pt"
+    )
+    ids = encoded["input_ids"][0]
+    model.check_length(len(ids) + max_new_tokens, what="NIAH prompt plus generation budget")
+    offsets = encoded["offset_mapping"][0].numpy()
+    start = offset + at
+    answer_at = start + needle.needle.lower().index(needle.answer.lower())
+    return NeedleTest(
+        needle_index=index,
+        length=length,
+        depth=depth,
+        input_ids=ids,
+        needle_span=_token_span(offsets, start, start + len(needle.needle)),
+        answer_span=_token_span(offsets, answer_at, answer_at + len(needle.answer)),
+        answer=needle.answer,
+    )
+
+
+def _encode(model: Model, text: str, specials: bool) -> list[int]:
+    return model.tokenizer(text, add_special_tokens=not specials)["input_ids"]
+
+
+def _token_span(offsets: np.ndarray, begin: int, end: int) -> tuple[int, int]:
+    """Token positions [start, stop) whose characters overlap [begin, end)."""
+    overlap = (offsets[:, 0] < end) & (offsets[:, 1] > begin) & (offsets[:, 1] > offsets[:, 0])
+    hit = np.flatnonzero(overlap)
+    if len(hit) == 0:
+        raise InputError(f"No token covers characters {begin}..{end} of the prompt.")
+    return int(hit[0]), int(hit[-1]) + 1
+
+
+def rouge1_recall(reference: str, response: str) -> float:
+    """ROUGE-1 recall: share of the reference's lower-cased words found in the response."""
+    ref = Counter(_WORD.findall(reference.lower()))
+    got = Counter(_WORD.findall(response.lower()))
+    total = sum(ref.values())
+    return sum(min(n, got[w]) for w, n in ref.items()) / total if total else 0.0
+
+
+def answer_match(reference: str, response: str) -> float:
+    """1.0 if the reference's words occur, in order and contiguously, in the response.
+
+    Case and punctuation are ignored. Unlike ROUGE-1 recall it gives no credit for the
+    function words ("the", "in", "a") of a wrong answer.
+    """
+    ref = " ".join(_WORD.findall(reference.lower()))
+    got = " ".join(_WORD.findall(response.lower()))
+    return float(bool(ref) and f" {ref} " in f" {got} ")

@@ -1,0 +1,350 @@
+"""Retrieval heads: heads that copy-paste needle tokens from the context into the output.
+
+Wu et al. 2024, "Retrieval Head Mechanistically Explains Long-Context Factuality" (arXiv
+2404.15574, Eq. 1; code nightdessert/Retrieval_Head @3ac171a). In a needle-in-a-haystack
+test decoded greedily, at a step that generates token w, head h *hits* iff w is a needle
+token, the head's top-1 attended key j* lies in the needle span and x_{j*} = w. A test's
+score is |g_h| / |k|, g_h the distinct needle tokens hit and |k| the span length
+(`count="set"`, paper); the reference code adds 1/|k| per hit event (`count="events"`).
+The span is the answer phrase (`span="answer"`, as the released score files) or the whole
+needle. Scores are averaged over the tests whose response has ROUGE-1 recall > 0.5
+(the code's filter; `failed_as_zero` keeps failed tests with their scores set to 0, and
+`all` keeps them as scored). A head with mean score > 0.1 is a retrieval head.
+
+Speed and memory: the prompt minus its last token is prefilled with the fused kernel; the
+last prompt token and every generated token then run as decode steps in which an attention
+hook computes one [head, key] row per layer and keeps only its argmax, so the extra memory
+per step is O(heads x keys) for one layer at a time and the result is [layer, head] int64
+indices. Hits are computed for all layers and heads at once; there is no per-head loop and
+one host sync per step (the stop test).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+from transformers import Cache, DynamicCache
+
+from interp.config import Config, check_range
+from interp.errors import ConfigError, InputError
+from interp.heads import HeadSet
+from interp.hooks import AttentionRows, attention_hooks
+from interp.models import Model
+from interp.results import HeadScores, Provenance, hash_inputs, head_frame
+from probes.niah import NeedleTest, rouge1_recall
+
+ANALYZER = "retrieval"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetrievalConfig(Config):
+    """Parameters of the retrieval-head analyzer; defaults are Wu et al.'s.
+
+    Attributes:
+        lengths: prompt lengths in tokens. None = the paper's linspace(1K, 50K, 20), capped
+            at the model's context minus `max_new_tokens` (duplicates dropped).
+        n_depths: needle depths linspace(0, 100%, n_depths) (paper: 10).
+        max_new_tokens: greedy decoding budget (paper: 50; decoding also stops at a newline).
+        count: "set" (paper: distinct needle tokens hit) or "events" (code: every hit).
+        span: "answer" (code's answer phrase; the released scores use it) or "needle".
+        average: "successful" (code: tests with ROUGE-1 recall > success_recall),
+            "failed_as_zero" or "all".
+        success_recall: the ROUGE-1 recall a test needs to count as successful (0.5).
+        threshold: a retrieval head has mean score > threshold (0.1).
+    """
+
+    lengths: tuple[int, ...] | None = None
+    n_depths: int = 10
+    max_new_tokens: int = 50
+    count: Literal["set", "events"] = "set"
+    span: Literal["answer", "needle"] = "answer"
+    average: Literal["successful", "failed_as_zero", "all"] = "successful"
+    success_recall: float = 0.5
+    threshold: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self, "n_depths", 1)
+        check_range(self, "max_new_tokens", 1)
+        check_range(self, "success_recall", 0.0, 1.0)
+        check_range(self, "threshold", 0.0, 1.0)
+        if self.lengths is not None and (not self.lengths or min(self.lengths) < 1):
+            raise ConfigError(f"RetrievalConfig.lengths must be positive, got {self.lengths}.")
+
+    def grid_lengths(self, model: Model) -> tuple[int, ...]:
+        """The lengths to test on `model` (the paper's grid capped at its context)."""
+        if self.lengths is not None:
+            return self.lengths
+        cap = 50_000
+        if model.context_length:
+            cap = min(cap, model.context_length - self.max_new_tokens)
+        return tuple(dict.fromkeys(int(n) for n in np.linspace(min(1000, cap), cap, 20)))
+
+
+@dataclass(frozen=True)
+class RetrievalResult:
+    """What `run` returns.
+
+    Attributes:
+        scores: per (layer, head) mean score over the kept tests, with `activation`
+            (share of kept tests with >= 1 hit) and `retrieval_head` (score > threshold).
+        tests: one row per test: needle, length, depth, prompt tokens, response, recall,
+            success, kept, and the [layer, head] scores as a flat `head_scores` list.
+    """
+
+    scores: HeadScores
+    tests: pd.DataFrame = field(repr=False)
+
+
+def step_hits(
+    argmax: Int[Tensor, "layer head"],
+    token: int,
+    input_ids: Int[Tensor, " pos"],
+    span: tuple[int, int],
+) -> Bool[Tensor, "layer head"]:
+    """Which heads hit at one decode step (Wu et al., Eq. 1), for all heads at once.
+
+    Args:
+        argmax: top-1 attended key position of every head at this step.
+        token: the token generated at this step.
+        input_ids: the prompt, so x_{j*} can be read.
+        span: (start, stop) of the needle (or answer) span.
+
+    Returns:
+        True where j* lies in the span and the token there is the generated one (which
+        implies the token is a needle token).
+    """
+    start, stop = span
+    in_span = (argmax >= start) & (argmax < stop)
+    safe = argmax.clamp(0, len(input_ids) - 1)
+    return in_span & (input_ids.to(argmax.device)[safe] == token)
+
+
+def needle_scores(
+    argmaxes: Int[Tensor, "step layer head"],
+    tokens: Sequence[int],
+    input_ids: Int[Tensor, " pos"],
+    span: tuple[int, int],
+    count: Literal["set", "events"],
+) -> np.ndarray:
+    """One test's [layer, head] scores from its per-step argmax indices.
+
+    `set`: distinct needle token ids hit / span length (paper); `events`: hits / span
+    length (reference code, can exceed 1).
+    """
+    start, stop = span
+    n_span = stop - start
+    steps, n_layers, n_heads = argmaxes.shape
+    if steps == 0:
+        return np.zeros((n_layers, n_heads))
+    ids = input_ids.to(argmaxes.device)
+    token_tensor = torch.as_tensor(list(tokens), device=argmaxes.device)
+    in_span = (argmaxes >= start) & (argmaxes < stop)
+    same = ids[argmaxes.clamp(0, len(ids) - 1)] == token_tensor[:, None, None]
+    hits = in_span & same  # [step, layer, head]
+    if count == "events":
+        return (hits.sum(0).double() / n_span).cpu().numpy()
+    # Distinct token ids: index each hit by the id's rank among the span's unique ids.
+    unique, inverse = torch.unique(ids[start:stop], return_inverse=True)
+    rank = inverse[(argmaxes - start).clamp(0, n_span - 1)]  # [step, layer, head]
+    seen = torch.zeros(n_layers, n_heads, len(unique), dtype=torch.bool, device=hits.device)
+    layer_idx = torch.arange(n_layers, device=hits.device)[None, :, None].expand_as(rank)
+    head_idx = torch.arange(n_heads, device=hits.device)[None, None, :].expand_as(rank)
+    seen[layer_idx[hits], head_idx[hits], rank[hits]] = True
+    return (seen.sum(-1).double() / n_span).cpu().numpy()
+
+
+class _ArgmaxHook:
+    """Attention hook: at decode steps, keep each layer's per-head argmax key."""
+
+    def __init__(self, n_layers: int, n_heads: int, device: torch.device) -> None:
+        self.argmax = torch.zeros(n_layers, n_heads, dtype=torch.long, device=device)
+
+    def wants(self, layer: int, n_queries: int) -> bool:
+        return n_queries == 1
+
+    def __call__(self, rows: AttentionRows) -> None:
+        # Batch of one (tests run one at a time): [head, key] -> [head].
+        self.argmax[rows.layer] = rows.probs[0, :, -1].argmax(-1)
+
+
+@torch.no_grad()
+def prefill(model: Model, input_ids: Int[Tensor, " pos"]) -> Cache:
+    """KV cache of the prompt minus its last token, built with the fused kernel.
+
+    The last prompt token is left for `decode`, so the step that produces the first
+    generated token is a single-row decode step (the paper counts the first token).
+    """
+    cache = DynamicCache(config=model.hf.config)
+    if len(input_ids) > 1:
+        # logits_to_keep=1: the prefill's logits are unused; all positions' would be
+        # [pos, vocab] floats (1.5 GB at 8k tokens for a 49k vocabulary).
+        model.hf(
+            input_ids[None, :-1].to(model.device),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    return cache
+
+
+@torch.no_grad()
+def decode(
+    model: Model,
+    cache: Cache,
+    last_prompt_token: int,
+    max_new_tokens: int,
+    on_step: Callable[[int], None] | None = None,
+) -> list[int]:
+    """Greedy decoding from a prefilled cache, stopping at a newline or end of sequence.
+
+    `on_step(token)` runs after each step that yields a kept token. The cache grows by the
+    decoded tokens; `cache.crop(n)` restores it.
+    """
+    eos = set(_as_list(model.hf.generation_config.eos_token_id))
+    current = torch.tensor([[last_prompt_token]], device=model.device)
+    tokens: list[int] = []
+    for _ in range(max_new_tokens):
+        out = model.hf(current, past_key_values=cache, use_cache=True)
+        current = out.logits[:, -1].argmax(-1, keepdim=True)
+        token = int(current)  # the one host sync per step
+        if token in eos:
+            break
+        tokens.append(token)
+        if on_step is not None:
+            on_step(token)
+        if "\n" in model.tokenizer.decode([token]):
+            break
+    return tokens
+
+
+def greedy_decode(
+    model: Model,
+    input_ids: Int[Tensor, " pos"],
+    max_new_tokens: int,
+    on_step: Callable[[int], None] | None = None,
+) -> list[int]:
+    """Greedy decoding with the KV cache: `prefill` then `decode`."""
+    cache = prefill(model, input_ids)
+    return decode(model, cache, int(input_ids[-1]), max_new_tokens, on_step)
+
+
+def _as_list(value: int | list[int] | None) -> list[int]:
+    return [] if value is None else [value] if isinstance(value, int) else list(value)
+
+
+def score_test(
+    model: Model, test: NeedleTest, config: RetrievalConfig
+) -> tuple[np.ndarray, str, list[int]]:
+    """Greedy-decode one test with the argmax hook: ([layer, head] scores, text, tokens)."""
+    geometry = model.geometry
+    hook = _ArgmaxHook(geometry.n_layers, geometry.n_heads, model.device)
+    steps: list[Tensor] = []
+    with attention_hooks(model.hf, hook):
+        tokens = greedy_decode(
+            model,
+            test.input_ids,
+            config.max_new_tokens,
+            lambda _t: steps.append(hook.argmax.clone()),
+        )
+    span = test.answer_span if config.span == "answer" else test.needle_span
+    argmaxes = (
+        torch.stack(steps)
+        if steps
+        else torch.zeros(0, geometry.n_layers, geometry.n_heads, dtype=torch.long)
+    )
+    scores = needle_scores(argmaxes, tokens, test.input_ids, span, config.count)
+    return scores, model.tokenizer.decode(tokens, skip_special_tokens=True), tokens
+
+
+def result_row(
+    test: NeedleTest, scores: np.ndarray, response: str, config: RetrievalConfig
+) -> dict[str, object]:
+    """The per-test table row for one scored test."""
+    recall = rouge1_recall(test.answer, response)
+    return {
+        **test.key(),
+        "n_tokens": len(test.input_ids),
+        "response": response,
+        "recall": recall,
+        "success": recall > config.success_recall,
+        "head_scores": scores.ravel().tolist(),
+    }
+
+
+def run(
+    model: Model,
+    tests: Sequence[NeedleTest],
+    config: RetrievalConfig | None = None,
+    progress: Callable[[int, int, dict[str, object]], None] | None = None,
+) -> RetrievalResult:
+    """Score every head of `model` on NIAH `tests` (see `probes.niah.build_tests`).
+
+    Args:
+        model: a loaded model (any HF causal LM; GQA is handled per query head).
+        tests: the tests to run.
+        config: scoring options; defaults are the paper's.
+        progress: called as progress(done, total, row) after each test with its table row,
+            so a caller can save rows as they come.
+
+    Example:
+        >>> tests = niah.build_tests(tiny_model, niah.load_needles(), haystack, [200], 2, 8)
+        >>> result = run(tiny_model, tests, RetrievalConfig(max_new_tokens=8))  # doctest: +SKIP
+    """
+    config = config or RetrievalConfig()
+    if not tests:
+        raise InputError("No NIAH tests given: build some with probes.niah.build_tests.")
+    rows = []
+    for done, test in enumerate(tests, start=1):
+        scores, response, _ = score_test(model, test, config)
+        rows.append(result_row(test, scores, response, config))
+        if progress is not None:
+            progress(done, len(tests), rows[-1])
+    provenance = Provenance(
+        model=model.spec,
+        weights_hash=model.weights_hash,
+        analyzer=ANALYZER,
+        config=config.to_dict(),
+        inputs_hash=hash_inputs([[*t.key().values(), t.input_ids.tolist()] for t in tests]),
+        n_inputs=len(tests),
+    )
+    return aggregate(
+        pd.DataFrame(rows), model.geometry.n_layers, model.geometry.n_heads, config, provenance
+    )
+
+
+def aggregate(
+    tests: pd.DataFrame,
+    n_layers: int,
+    n_heads: int,
+    config: RetrievalConfig,
+    provenance: Provenance,
+) -> RetrievalResult:
+    """Per-head scores from a per-test table (so tables from several runs can be merged)."""
+    per_test = np.stack([np.asarray(s) for s in tests["head_scores"]]).reshape(
+        -1, n_layers, n_heads
+    )
+    success = tests["success"].to_numpy(dtype=bool)
+    kept = success if config.average == "successful" else np.ones_like(success)
+    if config.average == "failed_as_zero":
+        per_test = per_test * success[:, None, None]
+    chosen = per_test[kept]
+    score = chosen.mean(0) if len(chosen) else np.zeros((n_layers, n_heads))
+    activation = (chosen > 0).mean(0) if len(chosen) else np.zeros((n_layers, n_heads))
+    table = head_frame(
+        {"score": score, "activation": activation, "retrieval_head": score > config.threshold}
+    )
+    table["n_tests"] = int(kept.sum())
+    return RetrievalResult(HeadScores(table, provenance), tests.assign(kept=kept))
+
+
+def retrieval_heads(scores: HeadScores, threshold: float = 0.1) -> HeadSet:
+    """The heads whose mean retrieval score is above `threshold` (paper: 0.1)."""
+    return scores.above(threshold)

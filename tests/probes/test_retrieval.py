@@ -1,0 +1,262 @@
+"""Retrieval heads: hand-made hit rows, the NIAH builder, the fast path, the masking test."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from interp.errors import ConfigError, InputError
+from interp.heads import HeadSet
+from interp.results import Provenance
+from probes import niah, retrieval
+from probes import retrieval_ablation as ablation
+
+HAYSTACK = " ".join(f"Sentence number {i} is about a quiet harbour town." for i in range(80))
+NEEDLE = niah.Needle(
+    "The secret password is silver pelican.", "What is the secret password?", "silver pelican"
+)
+
+
+def _provenance() -> Provenance:
+    return Provenance("m", "w", "retrieval", {}, "h", 1)
+
+
+# ---------------------------------------------------------------------------------------
+# Pure hit computation on hand-made rows
+
+
+def test_step_hits_needs_span_and_same_token() -> None:
+    ids = torch.tensor([5, 6, 7, 8, 9, 7])
+    argmax = torch.tensor([[2, 5], [0, 3]])  # [layer, head]
+    hits = retrieval.step_hits(argmax, token=7, input_ids=ids, span=(1, 4))
+    # L0H0 looks at position 2 (token 7, in span); L0H1 at 5 (token 7, outside the span);
+    # L1H0 at 0 (outside); L1H1 at 3 (in span, but token 8 is not the generated 7).
+    assert hits.tolist() == [[True, False], [False, False]]
+
+
+def test_set_counts_distinct_tokens_events_count_every_hit() -> None:
+    ids = torch.tensor([1, 10, 11, 10, 12, 2])  # span (1, 5): tokens 10 11 10 12
+    # Three steps generate 10, 10, 11. Head 0 copies each time; head 1 looks at BOS.
+    argmaxes = torch.tensor([[[1, 0]], [[3, 0]], [[2, 0]]])  # [step, layer=1, head=2]
+    tokens = [10, 10, 11]
+    sets = retrieval.needle_scores(argmaxes, tokens, ids, (1, 5), "set")
+    events = retrieval.needle_scores(argmaxes, tokens, ids, (1, 5), "events")
+    np.testing.assert_allclose(sets, [[2 / 4, 0.0]])  # distinct ids {10, 11} of 4 tokens
+    np.testing.assert_allclose(events, [[3 / 4, 0.0]])
+
+
+def test_scores_ignore_wrong_token_and_empty_generation() -> None:
+    ids = torch.tensor([1, 10, 11, 2])
+    argmaxes = torch.tensor([[[1, 2]]])
+    np.testing.assert_allclose(
+        retrieval.needle_scores(argmaxes, [11], ids, (1, 3), "set"), [[0.0, 0.5]]
+    )
+    empty = torch.zeros(0, 2, 3, dtype=torch.long)
+    assert retrieval.needle_scores(empty, [], ids, (1, 3), "set").shape == (2, 3)
+
+
+def test_aggregate_filters_failed_tests() -> None:
+    rows = pd.DataFrame(
+        {
+            "success": [True, False],
+            "head_scores": [[0.4, 0.0], [1.0, 1.0]],
+        }
+    )
+    config = retrieval.RetrievalConfig()
+    kept = retrieval.aggregate(rows, 1, 2, config, _provenance()).scores.data
+    assert kept.score.tolist() == [0.4, 0.0] and kept.n_tests.tolist() == [1, 1]
+    assert kept.retrieval_head.tolist() == [True, False]
+    zero = retrieval.RetrievalConfig(average="failed_as_zero")
+    assert retrieval.aggregate(rows, 1, 2, zero, _provenance()).scores.data.score.tolist() == [
+        0.2,
+        0.0,
+    ]
+
+
+def test_rouge1_recall() -> None:
+    assert niah.rouge1_recall("silver pelican", "It is Silver, pelican!") == 1.0
+    assert niah.rouge1_recall("silver pelican", "a pelican") == 0.5
+    assert niah.rouge1_recall("silver pelican", "") == 0.0
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ConfigError, match="count"):
+        retrieval.RetrievalConfig(count="tokens")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        retrieval.RetrievalConfig(threshold=2.0)
+    config = retrieval.RetrievalConfig(lengths=(100, 200), span="needle")
+    assert retrieval.RetrievalConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ConfigError, match="masking"):
+        ablation.AblationConfig(masking="mean")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------
+# NIAH builder
+
+
+def test_needle_at_sentence_boundary_and_spans(tiny) -> None:
+    tests = niah.build_tests(tiny, [NEEDLE], HAYSTACK, [200, 300], 4, 8)
+    assert len(tests) == 8
+    for test in tests:
+        assert abs(len(test.input_ids) - test.length) <= 3
+        text = tiny.tokenizer.decode(test.input_ids)
+        start, stop = test.needle_span
+        assert tiny.tokenizer.decode(test.input_ids[start:stop]) == NEEDLE.needle
+        a, b = test.answer_span
+        assert start <= a < b <= stop
+        assert tiny.tokenizer.decode(test.input_ids[a:b]) == "silver pelican"
+        before = tiny.tokenizer.decode(test.input_ids[:start])
+        assert before == "" or before.endswith(". ")
+        assert text.endswith("Answer:")
+    shallow, deep = tests[0].needle_span[0], tests[3].needle_span[0]
+    assert shallow == 0 < deep
+
+
+def test_too_long_requests_are_refused(tiny) -> None:
+    with pytest.raises(InputError, match="context"):
+        niah.build_tests(tiny, [NEEDLE], HAYSTACK, [500], 2, 50)  # 500 + 50 > 512
+    with pytest.raises(InputError, match="haystack"):
+        niah.build_tests(tiny, [NEEDLE], "Short. Text.", [200], 2, 8)
+    with pytest.raises(InputError, match="does not occur"):
+        niah.Needle("A fact.", "Which?", "missing")
+
+
+def test_user_files_and_shipped_sets(tmp_path) -> None:
+    path = tmp_path / "needles.jsonl"
+    path.write_text(json.dumps({"needle": "X is 3.", "question": "X?", "answer": "3"}) + "\n")
+    assert niah.load_needles(path) == [niah.Needle("X is 3.", "X?", "3")]
+    (tmp_path / "bad.jsonl").write_text('{"needle": "x"}\n')
+    with pytest.raises(InputError, match=r"bad\.jsonl:1"):
+        niah.load_needles(tmp_path / "bad.jsonl")
+    assert len(niah.load_needles()) >= 5
+    assert len(niah.load_haystack().split()) > 6000
+
+
+# ---------------------------------------------------------------------------------------
+# Fast path on the tiny model
+
+
+def test_cached_greedy_matches_generate(tiny) -> None:
+    ids = torch.randint(3, 200, (40,))
+    tokens = retrieval.greedy_decode(tiny, ids, 10)
+    reference = tiny.hf.generate(ids[None], max_new_tokens=10, do_sample=False)
+    assert tokens == reference[0, 40 : 40 + len(tokens)].tolist()
+
+
+def test_hook_argmax_matches_eager_attention(tiny) -> None:
+    test = niah.build_tests(tiny, [NEEDLE], HAYSTACK, [150], 1, 6)[0]
+    config = retrieval.RetrievalConfig(max_new_tokens=6, span="needle")
+    geometry = tiny.geometry
+    hook = retrieval._ArgmaxHook(geometry.n_layers, geometry.n_heads, tiny.device)
+    steps = []
+    from interp.hooks import attention_hooks
+
+    with attention_hooks(tiny.hf, hook):
+        tokens = retrieval.greedy_decode(
+            tiny, test.input_ids, 6, lambda _t: steps.append(hook.argmax.clone())
+        )
+    full = torch.cat([test.input_ids, torch.tensor(tokens[:-1], dtype=torch.long)])
+    tiny.hf.set_attn_implementation("eager")
+    with torch.no_grad():
+        attentions = tiny.hf(full[None], output_attentions=True).attentions
+    tiny.hf.set_attn_implementation("sdpa")
+    rows = torch.stack([a[0] for a in attentions])  # [layer, head, query, key]
+    first = len(test.input_ids) - 1
+    eager = rows[:, :, first : first + len(tokens)].argmax(-1).permute(2, 0, 1)
+    assert torch.equal(torch.stack(steps), eager)
+    scores, _, _ = retrieval.score_test(tiny, test, config)
+    assert scores.shape == (geometry.n_layers, geometry.n_heads)
+
+
+def test_run_is_deterministic(tiny) -> None:
+    tests = niah.build_tests(tiny, [NEEDLE], HAYSTACK, [160, 200], 2, 5)
+    config = retrieval.RetrievalConfig(max_new_tokens=5, average="all", span="needle")
+    first = retrieval.run(tiny, tests, config)
+    second = retrieval.run(tiny, tests, config)
+    assert first.scores.data.equals(second.scores.data)
+    assert first.tests.equals(second.tests)
+    assert len(first.scores) == tiny.geometry.n_layers * tiny.geometry.n_heads
+
+
+def test_ablation_conditions_and_shared_cache(tiny) -> None:
+    tests = niah.build_tests(tiny, [NEEDLE], HAYSTACK, [150], 2, 5)
+    scores = np.arange(12, dtype=float).reshape(3, 4) / 20  # L2H3 best; 2 heads > 0.45
+    table = retrieval.HeadScores.from_matrix(scores, _provenance())
+    config = ablation.AblationConfig(ks=(0, 2, 4), n_seeds=2, max_new_tokens=5, threshold=0.45)
+    result = ablation.run_ablation(tiny, tests, table, config)
+    rows = result.tests
+    assert set(rows.condition) == {"none", "top", "random"}
+    assert len(rows) == len(tests) * (1 + 2 * (1 + 2))
+    top2 = rows[(rows.condition == "top") & (rows.k == 2)].heads.iloc[0]
+    assert top2 == "L2H2,L2H3"
+    randoms = rows[rows.condition == "random"].heads
+    assert not any(h in labels for labels in randoms for h in ("L2H2", "L2H3"))
+    # The shared prompt cache is cropped back: the unmasked response equals fresh decoding.
+    fresh = retrieval.greedy_decode(tiny, tests[0].input_ids, 5)
+    assert rows.response.iloc[0] == tiny.tokenizer.decode(fresh, skip_special_tokens=True)
+    assert set(result.summary.columns) >= {"k", "top_k", "random_median", "random_min"}
+    again = ablation.run_ablation(tiny, tests, table, config)
+    assert again.tests.equals(rows)
+
+
+def test_masking_changes_output_and_empty_mask_is_identity(tiny) -> None:
+    test = niah.build_tests(tiny, [NEEDLE], HAYSTACK, [150], 1, 8)[0]
+    ids = test.input_ids[None]
+    with torch.no_grad():
+        plain = tiny.hf(ids).logits[0, -1]
+        for masking in ("zero", "uniform"):
+            config = ablation.AblationConfig(masking=masking, positions="all")
+            with ablation.masked(tiny, HeadSet(["L1H0", "L2H3"]), config):
+                edited = tiny.hf(ids).logits[0, -1]
+            assert (edited - plain).abs().max() > 1e-4
+        with ablation.masked(tiny, HeadSet(), ablation.AblationConfig()):
+            assert torch.equal(tiny.hf(ids).logits[0, -1], plain)
+
+
+def test_cli_score_resume_and_ablate(tiny, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from interp.cli import app
+
+    folder = tmp_path / "tiny"
+    tiny.hf.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    common = ["--model", str(folder), "--lengths", "250", "--depths", "2", "--no-static"]
+    out = tmp_path / "score"
+    args = ["score", "retrieval", *common, "--max-new-tokens", "4", "--out", str(out)]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert len((out / "tests.jsonl").read_text().splitlines()) == 12  # 6 needles x 2 depths
+    again = CliRunner().invoke(app, args)  # resumes: nothing left to run, same tables
+    assert again.exit_code == 0 and "12 of 12 tests already done" in again.output
+    assert len((out / "tests.jsonl").read_text().splitlines()) == 12
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {"scores.parquet", "scores.csv", "tests.parquet"} <= set(manifest["files"])
+    ablate = [
+        "ablate", "retrieval", *common, "--scores", str(out / "scores.parquet"),
+        "--ks", "0,2", "--seeds", "2", "--max-new-tokens", "4", "--out", str(tmp_path / "abl"),
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, ablate)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "abl" / "summary.csv").is_file()
+    assert (tmp_path / "abl" / "figures" / "ablation_curve.html").is_file()
+    too_long = CliRunner().invoke(app, ["score", "retrieval", *common[:2], "--lengths", "600"])
+    assert too_long.exit_code == 2 and "context" in too_long.output
+
+
+def test_answer_match_gives_no_credit_to_function_words() -> None:
+    answer = "in a yellow tent near Falcon Ridge"
+    assert niah.answer_match(answer, "He was found in a Yellow tent near Falcon Ridge.") == 1.0
+    assert niah.answer_match(answer, "He was found in the bakery.") == 0.0
+    assert niah.rouge1_recall(answer, "He was found in the bakery.") > 0
+    rows = pd.DataFrame(
+        {"condition": ["none", "top"], "k": [0, 1], "seed": [0, 0], "recall": [1.0, 0.5],
+         "match": [1.0, 0.0]}
+    )  # fmt: skip
+    _, by_match = ablation.summarize(rows, "match")
+    _, by_rouge = ablation.summarize(rows, "rouge1")
+    assert by_match.top_k.tolist() == [100.0, 0.0] and by_rouge.top_k.tolist() == [100.0, 50.0]
