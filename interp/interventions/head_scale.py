@@ -54,14 +54,18 @@ class HeadScale:
     @contextmanager
     def applied(self, model: Model) -> Iterator[None]:
         selected = self.heads.mask(model.geometry)  # validates the heads
+        dtype, device = model.hf.dtype, model.device
+        # Per-layer tensors are built once here, so a decode step costs one op per layer.
+        if self.mode == "scale":
+            factors = torch.where(selected, self.alpha, 1.0).to(device, dtype)[..., None]
+        else:
+            chosen = selected.to(device)[..., None]
+            mean = self.reference.to(device, dtype)  # type: ignore[union-attr]
 
         def edit(layer: int, z: Float[Tensor, "batch pos head d_head"]) -> Tensor:
-            chosen = selected[layer].to(z.device)
             if self.mode == "scale":
-                factor = torch.where(chosen, self.alpha, 1.0).to(z.dtype)
-                return z * factor[:, None]
-            mean = self.reference[layer].to(z.device, z.dtype)  # type: ignore[index]
-            return torch.where(chosen[:, None], mean, z)
+                return z * factors[layer]
+            return torch.where(chosen[layer], mean[layer], z)
 
         with head_output_hooks(model.hf, edit, layers=self.heads.layers):
             yield
