@@ -35,7 +35,8 @@ from torch import Tensor
 from interp.config import Config, check_range
 from interp.errors import HookError
 from interp.heads import Head, HeadGeometry, HeadSet
-from interp.hooks import AttentionRows, attention_hooks
+from interp.hooks import AttentionRows
+from interp.interventions.attention_edit import AttentionEdit
 from interp.models import Model
 from interp.sink_rule import ThresholdMode, sink_mask
 
@@ -138,24 +139,21 @@ class ACT:
 
     @contextmanager
     def applied(self, model: Model) -> Iterator[None]:
-        self.heads.mask(model.geometry)  # validates the heads
-        with attention_hooks(model.hf, _ActHook(self)):
+        # A fresh calibrator per context: the sinks it carries belong to this prompt.
+        # Rows already sum to 1 after calibrate_rows, so no renormalisation is applied.
+        edit = AttentionEdit(self.heads, _Calibrator(self.config), renormalize=False)
+        with edit.applied(model):
             yield
 
 
-class _ActHook:
-    """Detects S' at prefill per selected layer and applies the calibration to every row."""
+class _Calibrator:
+    """The ACT edit: detects S' at prefill per selected layer and calibrates every row."""
 
-    def __init__(self, act: ACT) -> None:
-        self.config = act.config
-        self.by_layer = act.heads.index_by_layer()
+    def __init__(self, config: ActConfig) -> None:
+        self.config = config
         self.carried: dict[int, Tensor] = {}  # layer -> S' [batch, selected head, prompt key]
 
-    def wants(self, layer: int, n_queries: int) -> bool:
-        return layer in self.by_layer
-
-    def __call__(self, rows: AttentionRows) -> Tensor:
-        index = self.by_layer[rows.layer].to(rows.probs.device)
+    def __call__(self, rows: AttentionRows, index: Tensor) -> Tensor:
         probs = rows.probs[:, index]
         n_keys = probs.shape[-1]
         if n_keys == rows.n_queries:  # a prompt without cache: detect the sinks
@@ -168,9 +166,7 @@ class _ActHook:
             self.carried[rows.layer] = sinks
         else:
             sinks = self._carried(rows.layer, probs.shape[0], n_keys)
-        out = rows.probs.clone()
-        out[:, index] = calibrate_rows(probs, sinks, self.config.beta)
-        return out
+        return calibrate_rows(probs, sinks, self.config.beta)
 
     def _carried(self, layer: int, batch: int, n_keys: int) -> Tensor:
         sinks = self.carried.get(layer)
