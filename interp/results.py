@@ -149,12 +149,16 @@ class HeadScores(_Table):
         out[table["layer"].to_numpy(), table["head"].to_numpy()] = table[column].to_numpy()
         return out
 
-    def top(self, k: int, column: str = "score") -> HeadSet:
-        """The k highest-scoring heads (ties broken by layer, head)."""
+    def ranked(self, column: str = "score") -> list[Head]:
+        """Every head, highest `column` first (ties broken by layer, head)."""
         table = self.per_head().sort_values(
             [column, "layer", "head"], ascending=[False, True, True]
         )
-        return HeadSet(Head(int(r.layer), int(r.head)) for r in table.head(k).itertuples())
+        return [Head(int(r.layer), int(r.head)) for r in table.itertuples()]
+
+    def top(self, k: int, column: str = "score") -> HeadSet:
+        """The k highest-scoring heads (ties broken by layer, head)."""
+        return HeadSet(self.ranked(column)[:k])
 
     def above(self, threshold: float, column: str = "score") -> HeadSet:
         """Heads whose score is strictly above `threshold`."""

@@ -110,8 +110,7 @@ def _conditions(
     scores: HeadScores, config: AblationConfig
 ) -> Iterator[tuple[str, int, int, HeadSet, list[Head]]]:
     """(condition, k, seed, top-k heads, random pool) for every curve point."""
-    table = scores.per_head().sort_values(["score", "layer", "head"], ascending=[False, True, True])
-    ranked = [Head(int(r.layer), int(r.head)) for r in table.itertuples()]
+    ranked = scores.ranked()
     retrieval = set(scores.above(config.threshold))
     for k in sorted(set(config.ks)):
         if k > len(ranked):
