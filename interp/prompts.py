@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from interp.errors import InputError
 
@@ -22,26 +23,40 @@ def data_path(*parts: str) -> Path:
     return path
 
 
+def read_jsonl(path: str | Path, what: str) -> list[tuple[str, Any]]:
+    """(`path:line`, record) for every non-blank line of a JSONL file.
+
+    Raises InputError naming the file if it is missing, or the line if it is not JSON; the
+    callers check each record's fields and say what an empty file lacks.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} file {path} does not exist.")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            records.append((where, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{where}: not valid JSON ({exc}).") from exc
+    return records
+
+
 def load_prompts(path: str | Path) -> list[str]:
     """Read prompts from a `.jsonl` (field `text`) or `.txt` (blank-line separated) file."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"Prompt file {path} does not exist.")
-    text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
         prompts = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                prompts.append(record["text"] if isinstance(record, dict) else record)
-            except (json.JSONDecodeError, KeyError) as exc:
-                raise InputError(
-                    f"{path}:{number}: expected a JSON object with a 'text' field ({exc})."
-                ) from exc
+        for where, record in read_jsonl(path, "Prompt"):
+            if isinstance(record, dict) and "text" not in record:
+                raise InputError(f"{where}: expected a JSON object with a 'text' field.")
+            prompts.append(record["text"] if isinstance(record, dict) else record)
+    elif path.is_file():
+        prompts = [block.strip() for block in path.read_text(encoding="utf-8").split("\n\n")]
     else:
-        prompts = [block.strip() for block in text.split("\n\n")]
+        raise InputError(f"Prompt file {path} does not exist.")
     prompts = [p for p in prompts if isinstance(p, str) and p.strip()]
     if not prompts:
         raise InputError(f"Prompt file {path} holds no prompts.")

@@ -20,14 +20,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from interp.errors import InputError, did_you_mean
 from interp.models import Model
-from interp.prompts import DATA_DIR
+from interp.prompts import DATA_DIR, read_jsonl
 
 TASKS_DIR = DATA_DIR / "tasks"
 Split = Literal["calibration", "test"]
@@ -67,23 +67,13 @@ def shipped_tasks() -> list[str]:
 
 def load_items(path: str | Path) -> list[Item]:
     """Read and validate a JSONL task file."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"Task file {path} does not exist.")
-    items = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            items.append(_parse_item(line, f"{path}:{number}"))
+    items = [_parse_item(record, where) for where, record in read_jsonl(path, "Task")]
     if not items:
         raise InputError(f"Task file {path} holds no items.")
     return items
 
 
-def _parse_item(line: str, where: str) -> Item:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{where}: not valid JSON ({exc}).") from exc
+def _parse_item(record: Any, where: str) -> Item:
     if not isinstance(record, dict) or not {"prompt", "choices", "answer"} <= set(record):
         raise InputError(f"{where}: expected an object with 'prompt', 'choices' and 'answer'.")
     prompt, choices, answer = record["prompt"], record["choices"], record["answer"]

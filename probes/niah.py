@@ -16,7 +16,6 @@ a set are joined into one haystack).
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ import torch
 
 from interp.errors import InputError, UnsupportedModelError
 from interp.models import Model
-from interp.prompts import data_path
+from interp.prompts import data_path, read_jsonl
 
 QUESTION = "Based on the content of the book, Question: {question}\nAnswer:"
 # A sentence ends with . ! or ?, optionally closing quotes/brackets, then whitespace.
@@ -84,19 +83,13 @@ class NeedleTest:
 def load_needles(path: str | Path | None = None) -> list[Needle]:
     """Needles from a JSONL file (default: the shipped `data/needles/scoring.jsonl`)."""
     path = Path(path) if path is not None else data_path("needles", "scoring.jsonl")
-    if not path.is_file():
-        raise InputError(f"Needle file {path} does not exist.")
     needles = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for where, record in read_jsonl(path, "Needle"):
         try:
-            record = json.loads(line)
             needles.append(Needle(record["needle"], record["question"], record["answer"]))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (KeyError, TypeError) as exc:
             raise InputError(
-                f"{path}:{number}: expected a JSON object with 'needle', 'question' and"
-                f" 'answer' ({exc!r})."
+                f"{where}: expected a JSON object with 'needle', 'question' and 'answer' ({exc!r})."
             ) from exc
     if not needles:
         raise InputError(f"Needle file {path} holds no needles.")
