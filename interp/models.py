@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from interp.cache import build_once
 from interp.errors import InputError, UnsupportedModelError
 from interp.heads import HeadGeometry
 
@@ -180,21 +181,31 @@ def cache_dir() -> Path:
 
 
 def _gguf_cache(gguf_path: Path) -> tuple[Path, str]:
-    """De-quantize a GGUF file once into a safetensors folder; return (folder, sha256)."""
+    """De-quantize a GGUF file once into a safetensors folder; return (folder, sha256).
+
+    Concurrent first loads convert once (the others wait and reuse it); see interp.cache.
+    """
     digest = _sha256(gguf_path)
     folder = cache_dir() / "gguf" / digest[:16]
-    if not (folder / "config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        hf = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        # The weights are de-quantized float32 now; drop the GGUF marker so they save plainly.
-        hf.hf_quantizer = None
-        if hasattr(hf.config, "quantization_config"):
-            del hf.config.quantization_config
-        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-        hf.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        tmp.replace(folder)  # atomic: an interrupted conversion leaves no half cache
+    build_once(folder, lambda tmp: _convert_gguf(gguf_path, tmp), complete="config.json")
     return folder, digest
+
+
+def _convert_gguf(gguf_path: Path, out: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    hf = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    # The weights are de-quantized float32 now; drop the GGUF marker so they save plainly.
+    hf.hf_quantizer = None
+    if hasattr(hf.config, "quantization_config"):
+        del hf.config.quantization_config
+    hf.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def cached_conversions() -> list[Path]:
+    """Finished GGUF conversions in the cache (temporary and half-built folders excluded)."""
+    root = cache_dir() / "gguf"
+    return sorted(p.parent for p in root.glob("*/config.json") if ".tmp" not in p.parent.name)
 
 
 def _load_folder(
