@@ -126,6 +126,11 @@ def build_tests(
             haystack is too short for a length.
     """
     limit = model.context_length
+    if limit and max_new_tokens >= limit:
+        raise InputError(
+            f"A generation budget of {max_new_tokens} tokens leaves no room for a prompt in the"
+            f" model's context of {limit}; use max_new_tokens < {limit}."
+        )
     for length in lengths:
         if limit and length + max_new_tokens > limit:
             raise InputError(
