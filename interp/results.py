@@ -97,7 +97,14 @@ class _Table:
 
     @classmethod
     def load(cls, path: str | Path) -> Self:
-        table = pq.read_table(path)
+        """Read a saved result; InputError if the file is missing or not such a result."""
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"No result file at {path}.")
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise InputError(f"{path} is not a parquet result file written by interp.") from exc
         raw = (table.schema.metadata or {}).get(_METADATA_KEY)
         if raw is None:
             raise InputError(f"{path} has no interp provenance: was it written by interp?")

@@ -27,7 +27,7 @@ import torch
 
 from interp.errors import InputError, did_you_mean
 from interp.models import Model
-from interp.prompts import DATA_DIR, read_jsonl
+from interp.prompts import DATA_DIR, read_jsonl, read_text
 
 TASKS_DIR = DATA_DIR / "tasks"
 Split = Literal["calibration", "test"]
@@ -103,6 +103,24 @@ def demonstrations(items: list[Item], instruction: str = "") -> str:
     return head + "".join(blocks)
 
 
+def _task_meta(path: Path) -> dict[str, Any]:
+    """task.json, checked: an object with optional 'instruction' (str) and 'shots' (int >= 0)."""
+    try:
+        meta = json.loads(read_text(path, "Task description"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc}).") from exc
+    if not isinstance(meta, dict):
+        raise InputError(f"{path}: expected a JSON object with 'instruction' and 'shots'.")
+    meta.setdefault("shots", 0)
+    meta.setdefault("instruction", "")
+    shots, instruction = meta["shots"], meta["instruction"]
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
+        raise InputError(f"{path}: 'shots' must be a whole number >= 0, got {shots!r}.")
+    if not isinstance(instruction, str):
+        raise InputError(f"{path}: 'instruction' must be a string, got {instruction!r}.")
+    return meta
+
+
 def load_task(source: str | Path, split: Split = "test") -> Task:
     """A shipped task by name (`sentiment`), a task folder, or a user's `.jsonl` file.
 
@@ -120,12 +138,12 @@ def load_task(source: str | Path, split: Split = "test") -> Task:
             f"No task {str(source)!r}: give a shipped name, a task folder or a .jsonl file."
             + did_you_mean(str(source), shipped_tasks())
         )
-    meta = json.loads((folder / "task.json").read_text(encoding="utf-8"))
-    shots = int(meta.get("shots", 0))
+    meta = _task_meta(folder / "task.json")
+    shots = meta["shots"]
     calibration = load_items(folder / "calibration.jsonl")
     if len(calibration) <= shots:
         raise InputError(f"{folder}: calibration.jsonl needs more than {shots} items.")
-    prefix = demonstrations(calibration[:shots], meta.get("instruction", ""))
+    prefix = demonstrations(calibration[:shots], meta["instruction"])
     items = calibration[shots:] if split == "calibration" else load_items(folder / "test.jsonl")
     return Task(folder.name, tuple(items), prefix)
 

@@ -27,7 +27,7 @@ import torch
 
 from interp.errors import InputError, UnsupportedModelError
 from interp.models import Model
-from interp.prompts import data_path, read_jsonl
+from interp.prompts import data_path, read_jsonl, read_text
 
 QUESTION = "Based on the content of the book, Question: {question}\nAnswer:"
 # A sentence ends with . ! or ?, optionally closing quotes/brackets, then whitespace.
@@ -44,7 +44,10 @@ class Needle:
     answer: str
 
     def __post_init__(self) -> None:
-        if not (self.needle.strip() and self.question.strip() and self.answer.strip()):
+        fields = (self.needle, self.question, self.answer)
+        if not all(isinstance(f, str) for f in fields):
+            raise InputError(f"Needle fields must be strings, got {self!r}.")
+        if not all(f.strip() for f in fields):
             raise InputError(f"Needle fields must be non-empty, got {self!r}.")
         if self.answer.lower() not in self.needle.lower():
             raise InputError(
@@ -85,12 +88,12 @@ def load_needles(path: str | Path | None = None) -> list[Needle]:
     path = Path(path) if path is not None else data_path("needles", "scoring.jsonl")
     needles = []
     for where, record in read_jsonl(path, "Needle"):
+        if not isinstance(record, dict) or not {"needle", "question", "answer"} <= set(record):
+            raise InputError(f"{where}: expected an object with 'needle', 'question', 'answer'.")
         try:
             needles.append(Needle(record["needle"], record["question"], record["answer"]))
-        except (KeyError, TypeError) as exc:
-            raise InputError(
-                f"{where}: expected a JSON object with 'needle', 'question' and 'answer' ({exc!r})."
-            ) from exc
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from exc
     if not needles:
         raise InputError(f"Needle file {path} holds no needles.")
     return needles
@@ -99,10 +102,13 @@ def load_needles(path: str | Path | None = None) -> list[Needle]:
 def load_haystack(paths: Sequence[str | Path] | None = None) -> str:
     """One haystack text from .txt files joined by blank lines (default: data/haystacks)."""
     files = [Path(p) for p in paths] if paths else sorted(data_path("haystacks").glob("*.txt"))
-    missing = [str(p) for p in files if not p.is_file()]
-    if missing or not files:
-        raise InputError(f"Haystack files not found: {missing or 'none given'}.")
-    return "\n\n".join(p.read_text(encoding="utf-8").strip() for p in files)
+    if not files:
+        raise InputError("No haystack files given.")
+    texts = [read_text(p, "Haystack").strip() for p in files]
+    empty = [str(p) for p, text in zip(files, texts, strict=True) if not text]
+    if empty:
+        raise InputError(f"Haystack files hold no text: {empty}.")
+    return "\n\n".join(texts)
 
 
 def grid(lengths: Sequence[int], n_depths: int) -> list[tuple[int, float]]:
@@ -126,6 +132,11 @@ def build_tests(
             haystack is too short for a length.
     """
     limit = model.context_length
+    if limit and max_new_tokens >= limit:
+        raise InputError(
+            f"A generation budget of {max_new_tokens} tokens leaves no room for a prompt in the"
+            f" model's context of {limit}; use max_new_tokens < {limit}."
+        )
     for length in lengths:
         if limit and length + max_new_tokens > limit:
             raise InputError(

@@ -8,13 +8,13 @@ import typer
 def models() -> None:
     """Show the default model, the cached GGUF conversions and the accepted spec forms."""
     from interp.errors import InterpError
-    from interp.models import DEFAULT_MODEL, cache_dir, default_gguf_path
+    from interp.models import DEFAULT_MODEL, cache_dir, cached_conversions, default_gguf_path
 
     try:
         typer.echo(f"default: {DEFAULT_MODEL} (offline, {default_gguf_path()})")
     except InterpError as exc:
         typer.echo(f"default: {DEFAULT_MODEL} is not installed: {exc}")
-    cached = sorted((cache_dir() / "gguf").glob("*/config.json"))
+    cached = cached_conversions()
     typer.echo(f"cached GGUF conversions in {cache_dir() / 'gguf'}: {len(cached)}")
     typer.echo(
         "--model accepts: nothing or 'default'; a path to a .gguf file; a local checkpoint"

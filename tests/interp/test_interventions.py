@@ -183,3 +183,20 @@ def test_bad_phase_and_heads_raise(tiny: Model) -> None:
         HeadScale(HeadSet(["L9H0"])).applied(tiny),
     ):
         pass
+
+
+def test_contexts_closed_out_of_order_leave_no_stale_hook(tiny: Model) -> None:
+    base = logits(tiny)
+    implementation = tiny.hf.config._attn_implementation
+    with AttentionEdit(HEADS, recency).applied(tiny):
+        second_alone = logits(tiny)
+    first = uniform_attention(HEADS).applied(tiny)
+    second = AttentionEdit(HEADS, recency).applied(tiny)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # the outer context closes before the inner one
+    assert torch.equal(logits(tiny), second_alone)  # the inner edit alone is still live
+    second.__exit__(None, None, None)
+    assert not _ACTIVE
+    assert tiny.hf.config._attn_implementation == implementation
+    assert torch.equal(logits(tiny), base)

@@ -119,6 +119,8 @@ def test_needle_at_sentence_boundary_and_spans(tiny) -> None:
 def test_too_long_requests_are_refused(tiny) -> None:
     with pytest.raises(InputError, match="context"):
         niah.build_tests(tiny, [NEEDLE], HAYSTACK, [500], 2, 50)  # 500 + 50 > 512
+    with pytest.raises(InputError, match=r"no room for a prompt.*max_new_tokens < 512"):
+        niah.build_tests(tiny, [NEEDLE], HAYSTACK, [100], 2, 10**12)  # never a negative advice
     with pytest.raises(InputError, match="haystack"):
         niah.build_tests(tiny, [NEEDLE], "Short. Text.", [200], 2, 8)
     with pytest.raises(InputError, match="does not occur"):

@@ -1,0 +1,149 @@
+"""Malformed user files and specs: each public loader gives a one-line toolkit error.
+
+The cases are generated from a few file contents crossed with every loader, so a loader that
+lets any of them through (a traceback, or garbage accepted) fails here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from interp.errors import InterpError
+from interp.models import check_device, load_model
+from interp.prompts import load_prompts
+from interp.results import HeadScores
+from interp.tasks import load_items, load_task
+from probes.niah import load_haystack, load_needles
+
+NEEDLE = {"needle": "The key is red.", "question": "What colour is the key?", "answer": "red"}
+TASK_ITEM = {"prompt": "Is it?", "choices": ["yes", "no"], "answer": 0}
+
+# name -> bytes; each is wrong for every text loader below.
+BROKEN_TEXT = {
+    "empty": b"",
+    "binary": bytes(range(256)) * 4,
+    "latin1": "caf\u00e9 cr\u00e8me".encode("latin-1"),
+    "nul_only": b"\x00\x00\x00",
+    "blank": b"\n\n   \n",
+}
+LOADERS: dict[str, tuple[str, Callable[[Path], object]]] = {
+    "prompts_txt": (".txt", load_prompts),
+    "prompts_jsonl": (".jsonl", load_prompts),
+    "needles": (".jsonl", load_needles),
+    "haystack": (".txt", lambda p: load_haystack([p])),
+    "task_items": (".jsonl", load_items),
+}
+
+
+def _one_line_error(call: Callable[[], object]) -> str:
+    with pytest.raises(InterpError) as caught:
+        call()
+    message = str(caught.value)
+    assert message and "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("content", sorted(BROKEN_TEXT))
+@pytest.mark.parametrize("loader", sorted(LOADERS))
+def test_broken_files_get_one_line_errors(tmp_path, loader, content):
+    suffix, load = LOADERS[loader]
+    path = tmp_path / f"input{suffix}"
+    path.write_bytes(BROKEN_TEXT[content])
+    _one_line_error(lambda: load(path))
+
+
+@pytest.mark.parametrize("loader", sorted(LOADERS))
+def test_missing_files_and_folders_are_named(tmp_path, loader):
+    _suffix, load = LOADERS[loader]
+    assert "does not exist" in _one_line_error(lambda: load(tmp_path / "nothing.jsonl"))
+    assert "folder" in _one_line_error(lambda: load(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"text": 3},
+        {"text": None},
+        {"text": ["a"]},
+        {"prompt": "no text field"},
+        7,
+    ],
+)
+def test_prompt_records_without_string_text_are_refused(tmp_path, record):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps(record) + "\n")
+    assert "p.jsonl:2" in _one_line_error(lambda: load_prompts(path))
+
+
+@pytest.mark.parametrize("suffix", [".json", ".csv", ".parquet"])
+def test_prompt_files_of_other_kinds_are_refused(tmp_path, suffix):
+    path = tmp_path / f"p{suffix}"
+    path.write_text(json.dumps({"text": "hello"}))
+    assert ".jsonl" in _one_line_error(lambda: load_prompts(path))
+
+
+def test_upper_case_suffix_and_byte_order_mark_are_accepted(tmp_path):
+    path = tmp_path / "P.JSONL"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"text": "hello"}).encode() + b"\n")
+    assert load_prompts(path) == ["hello"]
+
+
+@pytest.mark.parametrize(
+    "field_value",
+    [("needle", 3), ("question", None), ("answer", ["red"]), ("answer", "blue")],
+)
+def test_needles_with_wrong_fields_are_refused(tmp_path, field_value):
+    field, value = field_value
+    path = tmp_path / "n.jsonl"
+    path.write_text(json.dumps({**NEEDLE, field: value}) + "\n")
+    assert "n.jsonl:1" in _one_line_error(lambda: load_needles(path))
+
+
+@pytest.mark.parametrize(
+    "meta",
+    ["{not json", "[]", '{"shots": -3}', '{"shots": 1.5}', '{"shots": true}', '{"instruction": 4}'],
+)
+def test_malformed_task_descriptions_are_refused(tmp_path, meta):
+    (tmp_path / "task.json").write_text(meta)
+    items = "".join(json.dumps(TASK_ITEM) + "\n" for _ in range(4))
+    (tmp_path / "calibration.jsonl").write_text(items)
+    (tmp_path / "test.jsonl").write_text(items)
+    assert "task.json" in _one_line_error(lambda: load_task(tmp_path))
+
+
+@pytest.mark.parametrize("content", [b"", b"GGU", b"PK\x03\x04 a zip", b"GGUF" + b"\x00" * 20])
+def test_bad_gguf_files_are_refused(tmp_path, monkeypatch, content):
+    monkeypatch.setenv("INTERP_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "model.gguf"
+    path.write_bytes(content)
+    assert "GGUF" in _one_line_error(lambda: load_model(path))
+    assert not list((tmp_path / "cache").rglob("*.tmp*"))  # nothing half-written is left
+
+
+def test_checkpoint_folder_without_tokenizer_says_so(tmp_path, tiny):
+    tiny.hf.save_pretrained(tmp_path)
+    assert "no tokenizer" in _one_line_error(lambda: load_model(tmp_path))
+
+
+@pytest.mark.parametrize("device", ["cuda:7", "gpu", "mps", "cuda"])
+def test_unavailable_devices_are_refused_before_loading(device):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    _one_line_error(lambda: check_device(device))
+    _one_line_error(lambda: load_model(None, device=device))
+
+
+@pytest.mark.parametrize("content", [None, b"", b"not parquet at all", b"PAR1"])
+def test_result_files_that_are_not_results_are_refused(tmp_path, content):
+    path = tmp_path / "scores.parquet"
+    if content is not None:
+        path.write_bytes(content)
+    _one_line_error(lambda: HeadScores.load(path))
