@@ -240,3 +240,29 @@ def answer_match(reference: str, response: str) -> float:
     ref = " ".join(_WORD.findall(reference.lower()))
     got = " ".join(_WORD.findall(response.lower()))
     return float(bool(ref) and f" {ref} " in f" {got} ")
+
+
+@dataclass(frozen=True)
+class Answers:
+    """One run of NIAH tests as a metric sees it: per test, the reference and the response."""
+
+    references: tuple[str, ...]
+    responses: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.references) != len(self.responses):
+            raise InputError("Answers needs one response per reference.")
+
+
+def answer_match_scores(run: Answers) -> np.ndarray:
+    """[test] `answer_match` of each response (an `interp.effects.Metric`)."""
+    return np.array(
+        [answer_match(r, g) for r, g in zip(run.references, run.responses, strict=True)]
+    )
+
+
+def rouge1_recall_scores(run: Answers) -> np.ndarray:
+    """[test] `rouge1_recall` of each response (an `interp.effects.Metric`)."""
+    return np.array(
+        [rouge1_recall(r, g) for r, g in zip(run.references, run.responses, strict=True)]
+    )
