@@ -82,6 +82,9 @@ def test_rouge1_recall() -> None:
     assert niah.rouge1_recall("silver pelican", "It is Silver, pelican!") == 1.0
     assert niah.rouge1_recall("silver pelican", "a pelican") == 0.5
     assert niah.rouge1_recall("silver pelican", "") == 0.0
+    # Wu et al.'s scorer (rouge_score, use_stemmer=True) stems: an inflected answer counts.
+    assert niah.rouge1_recall("red ferries", "the red ferry") == 1.0
+    assert niah.rouge1_recall("forty_seven", "forty seven") == 1.0  # ASCII words only
 
 
 def test_config_validation() -> None:
