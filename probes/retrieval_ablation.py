@@ -66,7 +66,8 @@ class AblationConfig(Config):
     """Parameters of the masking experiment.
 
     Attributes:
-        ks: numbers of heads to mask (paper: 0, 2, 5, 10, 15, 20, 30, 50, 100).
+        ks: numbers of heads to mask (paper: 0, 2, 5, 10, 15, 20, 30, 50, 100). K = 0 (no
+            mask) always runs: it is the baseline every K is paired with.
         n_seeds: random control draws per K.
         masking: "zero" (HeadScale alpha=0) or "uniform" (paper's uniform attention).
         positions: "decode" (reference code) or "all" (prefill too).
