@@ -1,34 +1,54 @@
-"""Measured effects of an intervention on tasks: baseline vs intervened accuracy, per task.
+"""Measured effects of an intervention: paired per-item scores, differences, intervals.
 
-`measure(model, tasks, intervention)` scores every task twice on the same items, without and
-with the intervention (see `interp.tasks` for the scoring rule), and returns an `Effects`:
+Every effect the toolkit reports comes from here. A *metric* scores each item of one run
+(a `Metric`: `metric(run) -> [item]` floats, higher is better, named by its `__name__`):
+`interp.tasks.choice_accuracy` and `choice_logprob` for multiple-choice tasks,
+`probes.niah.answer_match_scores` and `rouge1_recall_scores` for generated answers. The
+same items are scored without and with the intervention, and `compare` pairs the two
+arrays into one `EffectTable` row: `n`, the means `baseline` and `intervened`,
+`difference`, its interval (`ci_low`, `ci_high`), intervals of each arm, and the items that
+moved: `improved` (intervened > baseline) and `worsened`.
 
-* `table` (an `EffectTable`), one row per task: `n`, accuracy `baseline` and `intervened`,
-  `difference`, a paired-bootstrap interval of the difference (`ci_low`, `ci_high`: items
-  resampled with replacement, the same resample for both arms; percentile interval; seeded),
-  intervals of each arm from the same resamples, and the items that changed: `improved`
-  (wrong -> right) and `worsened` (right -> wrong);
-* `per_item`: every item's answer, both predictions and both correctness flags.
+Intervals: `scipy.stats.bootstrap` over items, seeded, BCa by default (`method`
+"percentile" is the option). The difference's interval is the paired bootstrap: items are
+resampled, and both arms' scores move with their item (a one-sample bootstrap of the
+per-item differences). Each arm's interval uses the same seed, hence the same resamples.
+Degenerate case: when every value is equal (e.g. an identity intervention: all differences
+0), every resample has the same mean, BCa is undefined (scipy returns NaN with a warning),
+and the interval reported is the point [value, value]; the `constant` flag names it.
 
-Cost: two task evaluations (forward passes) plus n_boot x n integer draws per task.
+`measure(model, tasks, intervention)` does this for multiple-choice tasks and returns
+`Effects`: the table and `per_item`, every item's answer, predictions and both scores.
+Cost: two task evaluations (forward passes) per task, plus n_boot resamples per interval.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar, Literal, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from interp.config import Config, check_range
 from interp.errors import InputError
 from interp.interventions.base import Intervention
 from interp.models import Model
-from interp.results import EffectTable, Provenance, hash_inputs
-from interp.tasks import Task, TaskRun, evaluate
+from interp.results import Bundle, EffectTable, ItemTable, Provenance, hash_inputs
+from interp.tasks import Task, choice_accuracy, evaluate
 
 ANALYZER = "effects"
+RunT_contra = TypeVar("RunT_contra", contravariant=True)
+
+
+class Metric(Protocol[RunT_contra]):
+    """Scores every item of one run: [item] floats, higher is better, named by `__name__`."""
+
+    __name__: str
+
+    def __call__(self, run: RunT_contra, /) -> np.ndarray: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,12 +58,14 @@ class EffectsConfig(Config):
     Attributes:
         n_boot: bootstrap resamples (2000 keeps the 95% bounds within about 0.5 points).
         confidence: two-sided interval level.
+        method: "BCa" (bias-corrected and accelerated; scipy's default) or "percentile".
         seed: seed of the resampling, so reports are reproducible.
         batch_size: sequences per forward.
     """
 
     n_boot: int = 2000
     confidence: float = 0.95
+    method: Literal["BCa", "percentile"] = "BCa"
     seed: int = 0
     batch_size: int = 16
 
@@ -55,50 +77,70 @@ class EffectsConfig(Config):
 
 
 @dataclass(frozen=True)
-class Effects:
-    """What `measure` returns: the per-task table and the per-item predictions."""
+class Effects(Bundle):
+    """What `measure` returns: the per-task table and the per-item scores."""
+
+    FILES: ClassVar[dict[str, str]] = {"table": "effects", "per_item": "per_item"}
 
     table: EffectTable
-    per_item: pd.DataFrame
+    per_item: ItemTable
+
+
+def interval(values: np.ndarray, config: EffectsConfig) -> tuple[float, float]:
+    """Bootstrap interval of mean(values); [v, v] when every value is v (see module doc)."""
+    if values.ndim != 1 or len(values) == 0:
+        raise InputError("A bootstrap interval needs a non-empty 1-D array of scores.")
+    if np.all(values == values[0]):
+        return float(values[0]), float(values[0])
+    result = stats.bootstrap(
+        (values,),
+        np.mean,
+        n_resamples=config.n_boot,
+        confidence_level=config.confidence,
+        method=config.method,
+        random_state=np.random.default_rng(config.seed),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def paired_bootstrap(
     baseline: np.ndarray, intervened: np.ndarray, config: EffectsConfig
-) -> dict[str, float]:
-    """Percentile intervals of mean(intervened - baseline) and of each arm's mean.
+) -> dict[str, float | bool]:
+    """Intervals of mean(intervened - baseline) (paired) and of each arm's mean.
 
     Args:
-        baseline: [item] 0/1 (or any score) per item without the intervention.
-        intervened: [item] the same items with it.
+        baseline: [item] scores without the intervention.
+        intervened: [item] the same items' scores with it.
+
+    Returns:
+        ci_low/ci_high (difference), baseline_low/high, intervened_low/high, and
+        `constant`: True when every paired difference is equal (a point interval).
     """
     if baseline.shape != intervened.shape or baseline.ndim != 1 or len(baseline) == 0:
         raise InputError("paired_bootstrap needs two non-empty 1-D arrays of the same length.")
-    rng = np.random.default_rng(config.seed)
-    draws = rng.integers(0, len(baseline), size=(config.n_boot, len(baseline)))
-    tail = 100 * (1 - config.confidence) / 2
-    out = {}
-    for name, values in (
-        ("ci", intervened - baseline),
-        ("baseline", baseline),
-        ("intervened", intervened),
-    ):
-        low, high = np.percentile(values[draws].mean(axis=1), [tail, 100 - tail])
-        out[f"{name}_low"], out[f"{name}_high"] = float(low), float(high)
+    difference = intervened - baseline
+    out: dict[str, float | bool] = {}
+    for name, values in (("ci", difference), ("baseline", baseline), ("intervened", intervened)):
+        out[f"{name}_low"], out[f"{name}_high"] = interval(values.astype(float), config)
+    out["constant"] = bool(np.all(difference == difference[0]))
     return out
 
 
-def effect_row(base: TaskRun, edited: TaskRun, config: EffectsConfig) -> dict[str, object]:
-    """One table row from two runs of the same task."""
-    before, after = base.correct.astype(float), edited.correct.astype(float)
+def compare(
+    baseline: np.ndarray, intervened: np.ndarray, metric: str, config: EffectsConfig
+) -> dict[str, object]:
+    """One effect row from paired per-item scores (any metric, any task)."""
+    before, after = np.asarray(baseline, float), np.asarray(intervened, float)
+    intervals = paired_bootstrap(before, after, config)
     return {
-        "task": base.task,
+        "metric": metric,
         "n": len(before),
         "baseline": before.mean(),
         "intervened": after.mean(),
         "difference": after.mean() - before.mean(),
-        **paired_bootstrap(before, after, config),
-        "improved": int(((after == 1) & (before == 0)).sum()),
-        "worsened": int(((after == 0) & (before == 1)).sum()),
+        **intervals,
+        "improved": int((after > before).sum()),
+        "worsened": int((after < before).sum()),
     }
 
 
@@ -108,16 +150,16 @@ def measure(
     intervention: Intervention,
     config: EffectsConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
+    metric: Metric = choice_accuracy,
 ) -> Effects:
-    """Score `tasks` without and with `intervention`; see the module docstring.
+    """Score `tasks` without and with `intervention` by `metric`; see the module docstring.
 
     Example:
-        >>> from interp.heads import HeadSet
         >>> from interp.interventions import HeadScale
         >>> from interp.tasks import load_task
         >>> from tests.tiny import tiny_llama
         >>> task = load_task("sentiment").subsample(4)
-        >>> effects = measure(tiny_llama(), [task], HeadScale(HeadSet(["L1H0"]), alpha=0.0))
+        >>> effects = measure(tiny_llama(), [task], HeadScale("L1H0", alpha=0.0))
         >>> effects.table.data[["task", "n"]].values.tolist()
         [['sentiment', 4]]
     """
@@ -129,7 +171,8 @@ def measure(
         base = evaluate(model, task, config.batch_size)
         with intervention.applied(model):
             edited = evaluate(model, task, config.batch_size)
-        rows.append(effect_row(base, edited, config))
+        before, after = metric(base), metric(edited)
+        rows.append({"task": task.name, **compare(before, after, metric.__name__, config)})
         items.append(
             pd.DataFrame(
                 {
@@ -138,8 +181,8 @@ def measure(
                     "answer": base.answers,
                     "baseline_prediction": base.predictions,
                     "intervened_prediction": edited.predictions,
-                    "baseline_correct": base.correct,
-                    "intervened_correct": edited.correct,
+                    "baseline_score": before,
+                    "intervened_score": after,
                 }
             )
         )
@@ -149,8 +192,15 @@ def measure(
         model=model.spec,
         weights_hash=model.weights_hash,
         analyzer=ANALYZER,
-        config={**config.to_dict(), "intervention": repr(intervention)},
+        config={
+            **config.to_dict(),
+            "metric": metric.__name__,
+            "intervention": intervention.to_dict(),
+        },
         inputs_hash=hash_inputs([[t.name, t.prefix, t.items] for t in tasks]),
         n_inputs=sum(len(t.items) for t in tasks),
     )
-    return Effects(EffectTable(pd.DataFrame(rows), provenance), pd.concat(items, ignore_index=True))
+    return Effects(
+        EffectTable(pd.DataFrame(rows), provenance),
+        ItemTable(pd.concat(items, ignore_index=True), provenance),
+    )

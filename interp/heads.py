@@ -73,11 +73,38 @@ class HeadGeometry:
             )
 
 
-class HeadSet:
-    """An immutable, sorted set of heads with a dense [layer, head] mask view."""
+HeadLike = Head | str | tuple[int, int]
 
-    def __init__(self, heads: Iterable[Head | str] = ()) -> None:
-        parsed = (h if isinstance(h, Head) else Head.parse(h) for h in heads)
+
+def _as_head(value: HeadLike) -> Head:
+    if isinstance(value, Head):
+        return value
+    if isinstance(value, str):
+        return Head.parse(value)
+    if (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        return Head(*value)
+    raise InputError(f"Cannot read {value!r} as a head: give 'L12H3', (12, 3) or Head(12, 3).")
+
+
+class HeadSet:
+    """An immutable, sorted set of heads with a dense [layer, head] mask view.
+
+    Accepts heads, labels ('L12H3', '12.3') and (layer, head) pairs; a single head or a
+    comma-separated string of labels ("L12H3,L4H0") is one set, not an iterable of letters.
+    """
+
+    def __init__(self, heads: Iterable[HeadLike] | HeadLike = ()) -> None:
+        if isinstance(heads, str):
+            heads = [part for part in heads.replace(",", " ").split() if part]
+        elif isinstance(heads, Head) or (
+            isinstance(heads, tuple) and len(heads) == 2 and all(isinstance(v, int) for v in heads)
+        ):
+            heads = [heads]  # type: ignore[list-item]
+        parsed = (_as_head(h) for h in heads)  # type: ignore[union-attr]
         self._heads: tuple[Head, ...] = tuple(sorted(set(parsed)))
 
     def __iter__(self) -> Iterator[Head]:

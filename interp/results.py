@@ -1,16 +1,20 @@
 """Results as data: tidy pandas tables that carry their provenance.
 
 `HeadScores` has one row per (layer, head[, example]) with `layer`, `head`, `label`,
-`score` plus analyzer-specific columns; `TokenScores` one row per token-level finding.
-Both save to parquet with the provenance in the file's schema metadata, and loading gives
-an equal object (`==` compares table and provenance).
+`score` plus analyzer-specific columns; `TokenScores` one row per token-level finding;
+`ItemTable` one row per item of a run (a task item, a NIAH test); `EffectTable` one row per
+measured effect. Each saves to parquet with the provenance in the file's schema metadata
+(optionally with a CSV copy beside it), and loading gives an equal object (`==` compares
+table and provenance). A result made of several tables (`Bundle`) saves them as one folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
+import typing
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -86,13 +90,23 @@ class _Table:
     def __len__(self) -> int:
         return len(self.data)
 
-    def save(self, path: str | Path) -> Path:
-        """Write parquet with provenance in the schema metadata; returns the path."""
+    def save(self, path: str | Path, *, csv: bool = False) -> Path:
+        """Write parquet with provenance in the schema metadata; returns the parquet path.
+
+        With `csv=True` a CSV copy goes to `csv_path(path)`, for spreadsheets (list
+        columns as JSON text); the parquet file is the result.
+        """
         path = Path(path)
         table = pa.Table.from_pandas(self.data, preserve_index=False)
         meta = {**(table.schema.metadata or {}), _METADATA_KEY: _dumps(self.provenance)}
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table.replace_schema_metadata(meta), path)
+        if csv:
+            flat = self.data.copy()
+            for column in flat.columns:
+                if _holds_lists(flat[column]):
+                    flat[column] = flat[column].map(lambda v: json.dumps(np.asarray(v).tolist()))
+            flat.to_csv(csv_path(path), index=False)
         return path
 
     @classmethod
@@ -108,7 +122,20 @@ class _Table:
         raw = (table.schema.metadata or {}).get(_METADATA_KEY)
         if raw is None:
             raise InputError(f"{path} has no interp provenance: was it written by interp?")
-        return cls(table.to_pandas(), Provenance.from_dict(json.loads(raw)))
+        data = table.to_pandas()
+        for column in data.columns:  # parquet lists come back as arrays; tables hold lists
+            if _holds_lists(data[column]):
+                data[column] = data[column].map(list)
+        return cls(data, Provenance.from_dict(json.loads(raw)))
+
+
+def csv_path(path: str | Path) -> Path:
+    """Where `save(path, csv=True)` writes the CSV copy of a parquet table."""
+    return Path(path).with_suffix(".csv")
+
+
+def _holds_lists(column: pd.Series) -> bool:
+    return column.dtype == object and any(isinstance(v, list | np.ndarray) for v in column)
 
 
 def _dumps(provenance: Provenance) -> bytes:
@@ -182,7 +209,57 @@ class TokenScores(_Table):
 
 
 @dataclass(frozen=True, eq=False)
-class EffectTable(_Table):
-    """An intervention's measured effect: one row per task (see `interp.effects`)."""
+class ItemTable(_Table):
+    """Per-item rows of a run: task items, NIAH tests, (condition, test) pairs, ..."""
 
-    required: ClassVar[tuple[str, ...]] = ("task", "n", "baseline", "intervened", "difference")
+
+@dataclass(frozen=True, eq=False)
+class EffectTable(_Table):
+    """Measured effects: one row per comparison (a task, a masking condition; `interp.effects`)."""
+
+    required: ClassVar[tuple[str, ...]] = (
+        "metric",
+        "n",
+        "baseline",
+        "intervened",
+        "difference",
+        "ci_low",
+        "ci_high",
+    )
+
+
+class Bundle:
+    """Mixin for a frozen dataclass whose fields are all tables: a result saved as a folder.
+
+    Each field is saved as `<FILES[field]>.parquet` (default: the field's name), each file
+    with its table's provenance, plus CSV copies; `load(folder)` reads them back, equal.
+    """
+
+    FILES: ClassVar[dict[str, str]] = {}
+
+    @property
+    def provenance(self) -> Provenance:
+        """The provenance of the first table (a bundle's tables share one run)."""
+        return getattr(self, dataclasses.fields(self)[0].name).provenance  # type: ignore[arg-type]
+
+    def save(self, folder: str | Path, *, csv: bool = True) -> list[Path]:
+        """Write every table into `folder`; returns every file written."""
+        written = []
+        for spec in dataclasses.fields(self):  # type: ignore[arg-type]
+            path = Path(folder) / f"{self.FILES.get(spec.name, spec.name)}.parquet"
+            written.append(getattr(self, spec.name).save(path, csv=csv))
+            if csv:
+                written.append(csv_path(path))
+        return written
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Self:
+        hints = typing.get_type_hints(cls)
+        return cls(
+            **{
+                spec.name: hints[spec.name].load(
+                    Path(folder) / f"{cls.FILES.get(spec.name, spec.name)}.parquet"
+                )
+                for spec in dataclasses.fields(cls)  # type: ignore[arg-type]
+            }
+        )

@@ -247,3 +247,13 @@ def evaluate(model: Model, task: Task, batch_size: int = 16) -> TaskRun:
         answers=np.array([item.answer for item in task.items]),
         predictions=np.array([int(np.argmax(s)) for s in scores]),
     )
+
+
+def choice_accuracy(run: TaskRun) -> np.ndarray:
+    """[item] 1.0 where the highest-scoring choice is the answer (the paper's metric)."""
+    return run.correct.astype(float)
+
+
+def choice_logprob(run: TaskRun) -> np.ndarray:
+    """[item] log-probability of the answer, normalised over the choices (continuous)."""
+    return run.answer_logprob

@@ -16,11 +16,12 @@ a set are joined into one haystack).
 
 from __future__ import annotations
 
+import functools
 import re
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -234,12 +235,22 @@ def _token_span(offsets: np.ndarray, begin: int, end: int) -> tuple[int, int]:
     return int(hit[0]), int(hit[-1]) + 1
 
 
+@functools.cache
+def _rouge1() -> Any:
+    from rouge_score.rouge_scorer import RougeScorer  # imports nltk: about a second
+
+    return RougeScorer(["rouge1"], use_stemmer=True)
+
+
 def rouge1_recall(reference: str, response: str) -> float:
-    """ROUGE-1 recall: share of the reference's lower-cased words found in the response."""
-    ref = Counter(_WORD.findall(reference.lower()))
-    got = Counter(_WORD.findall(response.lower()))
-    total = sum(ref.values())
-    return sum(min(n, got[w]) for w, n in ref.items()) / total if total else 0.0
+    """ROUGE-1 recall of the reference in the response, as Wu et al.'s code scores NIAH.
+
+    `rouge_score`'s `RougeScorer(["rouge1"], use_stemmer=True)` (their
+    needle_in_haystack_with_mask.py): lower-cased, split on anything but ASCII letters and
+    digits, words longer than 3 letters Porter-stemmed, so "ferries" matches "ferry" and a
+    non-ASCII letter splits a word.
+    """
+    return float(_rouge1().score(reference, response)["rouge1"].recall)
 
 
 def answer_match(reference: str, response: str) -> float:
@@ -251,3 +262,29 @@ def answer_match(reference: str, response: str) -> float:
     ref = " ".join(_WORD.findall(reference.lower()))
     got = " ".join(_WORD.findall(response.lower()))
     return float(bool(ref) and f" {ref} " in f" {got} ")
+
+
+@dataclass(frozen=True)
+class Answers:
+    """One run of NIAH tests as a metric sees it: per test, the reference and the response."""
+
+    references: tuple[str, ...]
+    responses: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.references) != len(self.responses):
+            raise InputError("Answers needs one response per reference.")
+
+
+def answer_match_scores(run: Answers) -> np.ndarray:
+    """[test] `answer_match` of each response (an `interp.effects.Metric`)."""
+    return np.array(
+        [answer_match(r, g) for r, g in zip(run.references, run.responses, strict=True)]
+    )
+
+
+def rouge1_recall_scores(run: Answers) -> np.ndarray:
+    """[test] `rouge1_recall` of each response (an `interp.effects.Metric`)."""
+    return np.array(
+        [rouge1_recall(r, g) for r, g in zip(run.references, run.responses, strict=True)]
+    )

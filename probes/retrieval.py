@@ -37,7 +37,7 @@ from interp.errors import ConfigError, InputError
 from interp.heads import HeadSet
 from interp.hooks import AttentionRows, attention_hooks
 from interp.models import Model
-from interp.results import HeadScores, Provenance, hash_inputs, head_frame
+from interp.results import Bundle, HeadScores, ItemTable, Provenance, hash_inputs, head_frame
 from probes.niah import NeedleTest, rouge1_recall
 
 ANALYZER = "retrieval"
@@ -89,8 +89,8 @@ class RetrievalConfig(Config):
 
 
 @dataclass(frozen=True)
-class RetrievalResult:
-    """What `run` returns.
+class RetrievalResult(Bundle):
+    """What `run` returns; `save(folder)` writes scores.parquet and tests.parquet.
 
     Attributes:
         scores: per (layer, head) mean score over the kept tests, with `activation`
@@ -100,7 +100,7 @@ class RetrievalResult:
     """
 
     scores: HeadScores
-    tests: pd.DataFrame = field(repr=False)
+    tests: ItemTable = field(repr=False)
 
 
 def step_hits(
@@ -303,20 +303,32 @@ def run(
         raise InputError("No NIAH tests given: build some with probes.niah.build_tests.")
     rows = []
     for done, test in enumerate(tests, start=1):
-        scores, response, _ = score_test(model, test, config)
-        rows.append(result_row(test, scores, response, config))
+        rows.append(scored_row(model, test, config))
         if progress is not None:
             progress(done, len(tests), rows[-1])
-    provenance = Provenance(
+    provenance = retrieval_provenance(model, tests, config)
+    return aggregate(
+        pd.DataFrame(rows), model.geometry.n_layers, model.geometry.n_heads, config, provenance
+    )
+
+
+def scored_row(model: Model, test: NeedleTest, config: RetrievalConfig) -> dict[str, object]:
+    """Score one test and return its per-test table row (the unit of a resumable run)."""
+    scores, response, _ = score_test(model, test, config)
+    return result_row(test, scores, response, config)
+
+
+def retrieval_provenance(
+    model: Model, tests: Sequence[NeedleTest], config: RetrievalConfig
+) -> Provenance:
+    """The provenance of a run of `tests` (known before it starts, so a run can resume)."""
+    return Provenance(
         model=model.spec,
         weights_hash=model.weights_hash,
         analyzer=ANALYZER,
         config=config.to_dict(),
         inputs_hash=hash_inputs([[*t.key().values(), t.input_ids.tolist()] for t in tests]),
         n_inputs=len(tests),
-    )
-    return aggregate(
-        pd.DataFrame(rows), model.geometry.n_layers, model.geometry.n_heads, config, provenance
     )
 
 
@@ -342,7 +354,8 @@ def aggregate(
         {"score": score, "activation": activation, "retrieval_head": score > config.threshold}
     )
     table["n_tests"] = int(kept.sum())
-    return RetrievalResult(HeadScores(table, provenance), tests.assign(kept=kept))
+    rows = tests.assign(kept=kept).reset_index(drop=True)
+    return RetrievalResult(HeadScores(table, provenance), ItemTable(rows, provenance))
 
 
 def retrieval_heads(scores: HeadScores, threshold: float = 0.1) -> HeadSet:

@@ -19,8 +19,13 @@ rebuilt under the mask for each condition; slower).
 
 Random controls draw K heads from those that are neither retrieval heads (score above the
 threshold) nor among the top K, per test (`random_draw="per_test"`, paper) or once per seed
-(`"per_seed"`), for `n_seeds` seeds; the table reports each seed's accuracy, so the spread
+(`"per_seed"`), for `n_seeds` seeds; the curve reports each seed's accuracy, so the spread
 over seeds is visible.
+
+Effects: every K is compared with the unmasked baseline (K = 0, always run) on the same
+tests through `interp.effects.compare`: top-K per test, and random-K as each test's mean
+over seeds, each with a paired bootstrap interval of the accuracy difference. The summary
+puts them on one row per K, in percent.
 """
 
 from __future__ import annotations
@@ -34,15 +39,26 @@ import numpy as np
 import pandas as pd
 
 from interp.config import Config, check_range
+from interp.effects import EffectsConfig, Metric, compare
 from interp.errors import ConfigError, InputError
 from interp.heads import Head, HeadSet
 from interp.interventions import HeadScale, uniform_attention
 from interp.models import Model
-from interp.results import HeadScores, Provenance, hash_inputs
-from probes.niah import NeedleTest, answer_match, rouge1_recall
+from interp.results import Bundle, EffectTable, HeadScores, ItemTable, Provenance, hash_inputs
+from probes.niah import (
+    Answers,
+    NeedleTest,
+    answer_match,
+    answer_match_scores,
+    rouge1_recall,
+    rouge1_recall_scores,
+)
 from probes.retrieval import decode, prefill
 
 ANALYZER = "retrieval-ablation"
+METRICS: dict[str, Metric[Answers]] = {"match": answer_match_scores, "rouge1": rouge1_recall_scores}
+KEY = ["needle", "length", "depth"]
+Condition = tuple[str, int, int, HeadSet, list[Head]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,7 +66,8 @@ class AblationConfig(Config):
     """Parameters of the masking experiment.
 
     Attributes:
-        ks: numbers of heads to mask (paper: 0, 2, 5, 10, 15, 20, 30, 50, 100).
+        ks: numbers of heads to mask (paper: 0, 2, 5, 10, 15, 20, 30, 50, 100). K = 0 (no
+            mask) always runs: it is the baseline every K is paired with.
         n_seeds: random control draws per K.
         masking: "zero" (HeadScale alpha=0) or "uniform" (paper's uniform attention).
         positions: "decode" (reference code) or "all" (prefill too).
@@ -80,21 +97,23 @@ class AblationConfig(Config):
 
 
 @dataclass(frozen=True)
-class AblationResult:
-    """What `run_ablation` returns.
+class AblationResult(Bundle):
+    """What `run_ablation` returns; every table carries the run's provenance.
 
     Attributes:
-        tests: one row per (test, condition): needle, length, depth, condition ("top" or
-            "random"), k, seed, masked heads, response, recall.
-        curve: one row per (condition, k, seed): accuracy (mean recall x 100).
-        summary: one row per k: top-K accuracy, random median, min, max over seeds.
-        provenance: model, config, inputs.
+        tests: one row per (test, condition): needle, length, depth, answer, condition
+            ("none", "top" or "random"), k, seed, masked heads, response, recall, match.
+        curve: one row per (condition, k, seed): accuracy (mean metric x 100).
+        effects: one row per (condition, k > 0): the metric's paired effect against K = 0
+            (`interp.effects.compare`, fractions, not percent).
+        summary: one row per k, in percent: top_k and random_mean with their difference
+            from the baseline and its interval, random median, min and max over seeds.
     """
 
-    tests: pd.DataFrame
-    curve: pd.DataFrame
-    summary: pd.DataFrame
-    provenance: Provenance
+    tests: ItemTable
+    curve: ItemTable
+    effects: EffectTable
+    summary: ItemTable
 
 
 def masked(model: Model, heads: HeadSet, config: AblationConfig) -> AbstractContextManager[None]:
@@ -106,24 +125,76 @@ def masked(model: Model, heads: HeadSet, config: AblationConfig) -> AbstractCont
     return uniform_attention(heads, phase="all").applied(model)
 
 
-def _conditions(
-    scores: HeadScores, config: AblationConfig
-) -> Iterator[tuple[str, int, int, HeadSet, list[Head]]]:
-    """(condition, k, seed, top-k heads, random pool) for every curve point."""
+def conditions(scores: HeadScores, config: AblationConfig) -> list[Condition]:
+    """(condition, k, seed, top-k heads, random pool) for every curve point; K = 0 always."""
     ranked = scores.ranked()
     retrieval = set(scores.above(config.threshold))
-    for k in sorted(set(config.ks)):
+    out: list[Condition] = []
+    for k in sorted({0, *config.ks}):
         if k > len(ranked):
             raise InputError(f"Cannot mask {k} heads: the model has {len(ranked)}.")
         top = HeadSet(ranked[:k])
-        yield "top", k, 0, top, []
+        out.append(("top", k, 0, top, []))
         if k == 0:
             continue
         pool = [h for h in ranked[k:] if h not in retrieval]
         if len(pool) < k:
             raise InputError(f"Only {len(pool)} non-retrieval heads to draw {k} random ones.")
-        for seed in range(config.n_seeds):
-            yield "random", k, seed, top, pool
+        out.extend(("random", k, seed, top, pool) for seed in range(config.n_seeds))
+    return out
+
+
+def ablate_test(
+    model: Model, test: NeedleTest, grid: Sequence[Condition], config: AblationConfig
+) -> list[dict[str, object]]:
+    """One test's rows: its greedy response under every condition of `grid`."""
+    rows: list[dict[str, object]] = []
+    shared = prefill(model, test.input_ids) if config.positions == "decode" else None
+    for condition, k, seed, top, pool in grid:
+        heads = top
+        if condition == "random":
+            # Seeded by (seed, k[, test]), so runs are reproducible and their tables merge.
+            where = [test.needle_index, test.length, round(test.depth * 1e4)]
+            key = [seed, k] if config.random_draw == "per_seed" else [seed, k, *where]
+            chosen = np.random.default_rng(key).choice(len(pool), size=k, replace=False)
+            heads = HeadSet(pool[i] for i in chosen)
+        response = _respond(model, test, heads, config, shared)
+        rows.append(
+            {
+                **test.key(),
+                "answer": test.answer,
+                "condition": "none" if k == 0 else condition,
+                "k": k,
+                "seed": seed,
+                "heads": ",".join(heads.labels),
+                "response": response,
+                "recall": rouge1_recall(test.answer, response),
+                "match": answer_match(test.answer, response),
+            }
+        )
+    return rows
+
+
+def ablation_provenance(
+    model: Model,
+    tests: Sequence[NeedleTest],
+    scores: HeadScores,
+    config: AblationConfig,
+    effects: EffectsConfig,
+) -> Provenance:
+    """The provenance every table of an ablation run carries."""
+    return Provenance(
+        model=model.spec,
+        weights_hash=model.weights_hash,
+        analyzer=ANALYZER,
+        config={
+            **config.to_dict(),
+            "scores_inputs_hash": scores.provenance.inputs_hash,
+            "effects": effects.to_dict(),
+        },
+        inputs_hash=hash_inputs([[*t.key().values(), t.input_ids.tolist()] for t in tests]),
+        n_inputs=len(tests),
+    )
 
 
 def run_ablation(
@@ -131,7 +202,8 @@ def run_ablation(
     tests: Sequence[NeedleTest],
     scores: HeadScores,
     config: AblationConfig | None = None,
-    progress: Callable[[int, int, list[dict[str, object]]], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    effects: EffectsConfig | None = None,
 ) -> AblationResult:
     """NIAH accuracy with no heads, the top-K heads and K random heads masked.
 
@@ -140,55 +212,25 @@ def run_ablation(
         tests: NIAH tests, ideally with needles not used to compute `scores`.
         scores: per-head retrieval scores (`probes.retrieval.run(...).scores`).
         config: the K grid, seeds and masking mode.
-        progress: called as progress(done, total, rows) after each test with its rows.
+        progress: called as progress(done, total) after each test.
+        effects: bootstrap settings of the intervals against K = 0.
 
     Example:
         >>> result = run_ablation(model, heldout_tests, scored.scores)  # doctest: +SKIP
-        >>> result.summary  # doctest: +SKIP
+        >>> result.summary.data  # doctest: +SKIP
     """
     config = config or AblationConfig()
+    effects = effects or EffectsConfig()
     if not tests:
         raise InputError("No NIAH tests given for the ablation.")
-    conditions = list(_conditions(scores, config))
+    grid = conditions(scores, config)
     rows: list[dict[str, object]] = []
     for done, test in enumerate(tests, start=1):
-        test_rows = []
-        shared = prefill(model, test.input_ids) if config.positions == "decode" else None
-        for condition, k, seed, top, pool in conditions:
-            heads = top
-            if condition == "random":
-                # Seeded by (seed, k[, test]), so runs are reproducible and their tables merge.
-                where = [test.needle_index, test.length, round(test.depth * 1e4)]
-                key = [seed, k] if config.random_draw == "per_seed" else [seed, k, *where]
-                chosen = np.random.default_rng(key).choice(len(pool), size=k, replace=False)
-                heads = HeadSet(pool[i] for i in chosen)
-            response = _respond(model, test, heads, config, shared)
-            test_rows.append(
-                {
-                    **test.key(),
-                    "condition": "none" if k == 0 else condition,
-                    "k": k,
-                    "seed": seed,
-                    "heads": ",".join(heads.labels),
-                    "response": response,
-                    "recall": rouge1_recall(test.answer, response),
-                    "match": answer_match(test.answer, response),
-                }
-            )
-        rows.extend(test_rows)
+        rows.extend(ablate_test(model, test, grid, config))
         if progress is not None:
-            progress(done, len(tests), test_rows)
-    provenance = Provenance(
-        model=model.spec,
-        weights_hash=model.weights_hash,
-        analyzer=ANALYZER,
-        config={**config.to_dict(), "scores_inputs_hash": scores.provenance.inputs_hash},
-        inputs_hash=hash_inputs([[*t.key().values(), t.input_ids.tolist()] for t in tests]),
-        n_inputs=len(tests),
-    )
-    table = pd.DataFrame(rows)
-    curve, summary = summarize(table, config.metric)
-    return AblationResult(table, curve, summary, provenance)
+            progress(done, len(tests))
+    provenance = ablation_provenance(model, tests, scores, config, effects)
+    return summarize(pd.DataFrame(rows), config, provenance, effects)
 
 
 def _respond(
@@ -216,26 +258,56 @@ def _cropped(cache: object, length: int) -> Iterator[None]:
 
 
 def summarize(
-    tests: pd.DataFrame, metric: Literal["match", "rouge1"] = "match"
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(curve, summary) from the per-test table: accuracy = mean of the metric x 100."""
-    column = "match" if metric == "match" else "recall"
+    tests: pd.DataFrame,
+    config: AblationConfig,
+    provenance: Provenance,
+    effects: EffectsConfig | None = None,
+) -> AblationResult:
+    """Curve, paired effects against K = 0, and summary from the per-test rows."""
+    effects = effects or EffectsConfig()
+    metric = METRICS[config.metric]
+    scored = tests.assign(score=metric(Answers(tuple(tests.answer), tuple(tests.response))))
     curve = (
-        tests.groupby(["condition", "k", "seed"], as_index=False)[column]
+        scored.groupby(["condition", "k", "seed"], as_index=False)["score"]
         .mean()
-        .rename(columns={column: "accuracy"})
+        .rename(columns={"score": "accuracy"})
     )
     curve["accuracy"] *= 100
-    top = curve[curve.condition != "random"].set_index("k")["accuracy"].rename("top_k")
+    baseline = scored[scored.condition == "none"].set_index(KEY)["score"].sort_index()
+    if baseline.empty or baseline.index.has_duplicates:
+        raise InputError("The ablation table needs exactly one unmasked (K = 0) row per test.")
+    rows = []
+    for (condition, k), group in scored[scored.condition != "none"].groupby(["condition", "k"]):
+        arm = group.groupby(KEY)["score"].mean().reindex(baseline.index)  # random: seed mean
+        if arm.isna().any():
+            raise InputError(f"Condition {condition} K={k} lacks rows for some tests.")
+        row = compare(baseline.to_numpy(), arm.to_numpy(), metric.__name__, effects)
+        rows.append({"condition": condition, "k": int(k), **row})
+    columns = ["condition", "k", *EffectTable.required]
+    table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
+    return AblationResult(
+        ItemTable(tests.reset_index(drop=True), provenance),
+        ItemTable(curve, provenance),
+        EffectTable(table, provenance),
+        ItemTable(_summary(curve, table), provenance),
+    )
+
+
+def _summary(curve: pd.DataFrame, effects: pd.DataFrame) -> pd.DataFrame:
+    """One row per K in percent: both arms, their difference from K = 0 and its interval."""
     rand = curve[curve.condition == "random"].groupby("k")["accuracy"]
-    summary = pd.concat(
-        [
-            top,
-            rand.median().rename("random_median"),
-            rand.min().rename("random_min"),
-            rand.max().rename("random_max"),
-            rand.size().rename("n_seeds"),
-        ],
-        axis=1,
-    ).reset_index()
-    return curve, summary
+    parts = [curve[curve.condition != "random"].set_index("k")["accuracy"].rename("top_k")]
+    for condition, name in (("top", "top_k"), ("random", "random_mean")):
+        arm = effects[effects.condition == condition].set_index("k")
+        if condition == "random":
+            parts.append((arm["intervened"] * 100).rename(name))
+        parts.extend(
+            (arm[c] * 100).rename(f"{name}_{c}") for c in ("difference", "ci_low", "ci_high")
+        )
+    parts += [
+        rand.median().rename("random_median"),
+        rand.min().rename("random_min"),
+        rand.max().rename("random_max"),
+        rand.size().rename("n_seeds"),
+    ]
+    return pd.concat(parts, axis=1).rename_axis("k").reset_index()

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -37,7 +37,7 @@ from interp.config import Config, check_range
 from interp.errors import InputError
 from interp.hooks import AttentionRows, attention_hooks, residual_hooks
 from interp.models import Model
-from interp.results import HeadScores, Provenance, TokenScores, hash_inputs, head_frame
+from interp.results import Bundle, HeadScores, Provenance, TokenScores, hash_inputs, head_frame
 from interp.sink_rule import sink_mask
 
 ANALYZER = "sinks"
@@ -71,7 +71,7 @@ class SinkConfig(Config):
 
 
 @dataclass(frozen=True)
-class SinkResult:
+class SinkResult(Bundle):
     """What `run` returns.
 
     Attributes:
@@ -79,6 +79,8 @@ class SinkResult:
         sink_tokens: every (example, layer, head, position) detected as a sink, with m_j.
         massive: every (example, layer, position, dim) with phi >= the massive threshold.
     """
+
+    FILES: ClassVar[dict[str, str]] = {"heads": "scores"}
 
     heads: HeadScores
     sink_tokens: TokenScores

@@ -7,18 +7,20 @@ analyzers in `probes/` and `circuits/` (lazily, inside commands); the core never
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from tqdm.auto import tqdm
 
 from interp.errors import InterpError
+
+if TYPE_CHECKING:
+    from interp.runs import RunRecord
 
 ModelOption = typer.Option(
     "--model",
@@ -72,10 +74,11 @@ def progress_bar(
     return update, bar
 
 
-def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
-    path = folder / "manifest.json"
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
-    return path
+def start_record(command: str, params: dict[str, Any]) -> RunRecord:
+    """The run record of a command: argv, its parsed options (`locals()` at its top), now."""
+    from interp.runs import RunRecord
+
+    return RunRecord(command, sys.argv, params)
 
 
 def load_model_or_fail(spec: str | None, device: str) -> Any:

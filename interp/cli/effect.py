@@ -15,8 +15,8 @@ from interp.cli.common import (
     load_model_or_fail,
     progress_bar,
     result_folder,
+    start_record,
     user_errors,
-    write_manifest,
 )
 
 
@@ -62,14 +62,14 @@ def effect_act(
     static: Annotated[bool, StaticOption] = True,
 ) -> None:
     """Run ACT: find heads on calibration splits (or load them), measure test accuracy."""
+    record = start_record("effect act", locals())
     with user_errors():
         from interp.effects import EffectsConfig, measure
         from interp.errors import InputError
         from interp.figures import effects_bars, head_heatmap
         from interp.interventions.act import ACT, ActConfig, act_candidates
-        from interp.interventions.act_search import SearchConfig, search_heads, selected_heads
-        from interp.results import HeadScores
-        from interp.tasks import load_task, shipped_tasks
+        from interp.interventions.act_search import HeadSearch, SearchConfig, search_heads
+        from interp.tasks import TASKS_DIR, load_task, shipped_tasks
 
         names = task or shipped_tasks()
         act = ActConfig(beta=beta, threshold=threshold)
@@ -87,6 +87,12 @@ def effect_act(
         ]
         if heads is None and not calibration:
             raise InputError("The head search needs a task with a calibration split, or --heads.")
+        record.inputs(
+            Path(n) if Path(n).suffix == ".jsonl" or Path(n).is_dir() else TASKS_DIR / n
+            for n in names
+        )
+        if heads is not None:
+            record.inputs([heads])
         loaded = load_model_or_fail(model, device)
         folder = result_folder(out, "act", loaded.spec)
         if heads is None:
@@ -95,37 +101,28 @@ def effect_act(
             update, bar = progress_bar(total, "head search", unit="head")
             with bar:
                 found = search_heads(loaded, calibration, act, search, progress=update)
-            scores, chosen = found.scores, found.selected
         else:
-            scores = HeadScores.load(heads)
-            chosen = selected_heads(scores)
-        scores.save(folder / "head_scores.parquet")
-        scores.data.to_csv(folder / "head_scores.csv", index=False)
+            found = HeadSearch.load(heads)
+        scores, chosen = found.scores, found.selected
+        record.wrote(found.save(folder / "head_scores.parquet"))
         update, bar = progress_bar(len(tests), "effects", unit="task")
         with bar:
             effects = measure(
                 loaded, tests, ACT(chosen, act), EffectsConfig(n_boot=n_boot, seed=seed), update
             )
-        effects.table.save(folder / "effects.parquet")
-        effects.table.data.to_csv(folder / "effects.csv", index=False)
-        effects.per_item.to_csv(folder / "per_item.csv", index=False)
+        record.wrote(effects.save(folder))
         figures = {
             "effects": effects_bars(effects.table, f"ACT on {len(chosen)} heads: test accuracy"),
             "head_search": head_heatmap(scores, "score", f"ACT head search: {metric} change"),
         }
         written = export_figures(figures, folder, static)
-        write_manifest(
+        record.wrote(written)
+        record.write(
             folder,
-            {
-                "command": "effect act",
-                "tasks": names,
-                "heads": chosen.labels,
-                "head_search": scores.provenance.to_dict(),
-                "effects": effects.table.provenance.to_dict(),
-                "files": sorted(
-                    str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()
-                ),
-            },
+            tasks=names,
+            heads=chosen.labels,
+            head_search=scores.provenance.to_dict(),
+            effects=effects.table.provenance.to_dict(),
         )
         typer.echo(f"ACT on {len(chosen)} heads: {', '.join(chosen.labels) or 'none selected'}")
         for row in effects.table.data.itertuples():

@@ -1,13 +1,13 @@
 """`interp score retrieval` and `interp ablate retrieval`: retrieval heads and the causal test.
 
-Both commands append one JSON line per finished test to `tests.jsonl` in the output folder
-as they go. Run again with the same `--out` and the tests already there are skipped, so a
-stopped long run loses nothing and resumes; the tables are then built from all rows.
+Both commands record each finished test in the output folder's work log as they go
+(`interp.runs.WorkLog`: `work.jsonl`, one line per test). Run again with the same `--out` and
+the tests already there are skipped, so a stopped long run loses nothing and resumes; the
+tables are then built from all rows.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,8 +21,8 @@ from interp.cli.common import (
     load_model_or_fail,
     progress_bar,
     result_folder,
+    start_record,
     user_errors,
-    write_manifest,
 )
 
 NeedlesOption = typer.Option(
@@ -53,6 +53,7 @@ def _ints(text: str | None) -> tuple[int, ...] | None:
 
 def _tests(
     loaded: Any,
+    record: Any,
     needles: Path | None,
     default: str,
     haystack: list[Path] | None,
@@ -63,46 +64,33 @@ def _tests(
     from interp.prompts import data_path
     from probes import niah
 
-    needle_set = niah.load_needles(needles or data_path("needles", default))
-    text = niah.load_haystack(haystack)
+    needle_file = needles or data_path("needles", default)
+    haystack_files = haystack or sorted(data_path("haystacks").glob("*.txt"))
+    record.inputs([needle_file, *haystack_files])
+    needle_set = niah.load_needles(needle_file)
+    text = niah.load_haystack(haystack_files)
     return niah.build_tests(loaded, needle_set, text, lengths, depths, max_new)
 
 
-def _resume(folder: Path) -> list[dict[str, Any]]:
-    path = folder / "tests.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def _run_logged(
+    folder: Path, record: Any, provenance: Any, tests: list[Any], label: str, fn: Any
+) -> list[dict[str, Any]]:
+    """Run `fn(test) -> rows` for the tests not yet in the folder's work log."""
+    from interp.runs import WorkLog, run_identity
+
+    log = WorkLog(folder, run_identity(provenance))
+    todo = sum(not log.is_done(_key(t)) for t in tests)
+    if todo < len(tests):
+        typer.echo(f"resuming: {len(tests) - todo} of {len(tests)} tests already done", err=True)
+    update, bar = progress_bar(todo, label)
+    with bar:
+        rows = log.run(tests, _key, fn, update)
+    record.wrote([log.path])
+    return rows
 
 
-def _key(row: dict[str, Any]) -> tuple[Any, ...]:
-    return row["needle"], row["length"], row["depth"]
-
-
-def _run_incrementally(folder: Path, tests: list[Any], label: str, fn: Any) -> list[dict]:
-    """Run `fn(test) -> rows` for tests not yet in tests.jsonl, appending rows as they come."""
-    rows = _resume(folder)
-    done = {_key(r) for r in rows}
-    todo = [t for t in tests if _key(t.key()) not in done]
-    if done:
-        typer.echo(
-            f"resuming: {len(tests) - len(todo)} of {len(tests)} tests already done", err=True
-        )
-    update, bar = progress_bar(len(todo), label)
-    with bar, (folder / "tests.jsonl").open("a") as sink:
-        for index, test in enumerate(todo, start=1):
-            new = fn(test)
-            for row in new:
-                sink.write(json.dumps(row) + "\n")
-            sink.flush()
-            rows.extend(new)
-            update(index, len(todo))
-    wanted = {_key(t.key()) for t in tests}
-    return [r for r in rows if _key(r) in wanted]
-
-
-def _files(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+def _key(test: Any) -> tuple[Any, ...]:
+    return tuple(test.key().values())
 
 
 def score_retrieval(
@@ -123,11 +111,11 @@ def score_retrieval(
     static: Annotated[bool, StaticOption] = True,
 ) -> None:
     """Score every head's retrieval score on a needle-in-a-haystack grid (Wu et al. 2024)."""
+    record = start_record("score retrieval", locals())
     with user_errors():
         import pandas as pd
 
         from interp.figures import head_heatmap
-        from interp.results import Provenance, hash_inputs
         from probes import retrieval
 
         config = retrieval.RetrievalConfig(
@@ -141,47 +129,39 @@ def score_retrieval(
         )
         loaded = load_model_or_fail(model, device)
         grid = config.grid_lengths(loaded)
-        tests = _tests(loaded, needles, "scoring.jsonl", haystack, grid, depths, max_new_tokens)
+        tests = _tests(
+            loaded, record, needles, "scoring.jsonl", haystack, grid, depths, max_new_tokens
+        )
         folder = result_folder(out, "retrieval", loaded.spec)
-
-        def score(test: Any) -> list[dict]:
-            scores, response, _ = retrieval.score_test(loaded, test, config)
-            return [retrieval.result_row(test, scores, response, config)]
-
-        rows = _run_incrementally(folder, tests, "retrieval", score)
-        provenance = Provenance(
-            model=loaded.spec,
-            weights_hash=loaded.weights_hash,
-            analyzer=retrieval.ANALYZER,
-            config=config.to_dict(),
-            inputs_hash=hash_inputs([[*t.key().values(), t.input_ids.tolist()] for t in tests]),
-            n_inputs=len(tests),
+        provenance = retrieval.retrieval_provenance(loaded, tests, config)
+        rows = _run_logged(
+            folder,
+            record,
+            provenance,
+            tests,
+            "retrieval",
+            lambda test: [retrieval.scored_row(loaded, test, config)],
         )
         geometry = loaded.geometry
         result = retrieval.aggregate(
             pd.DataFrame(rows), geometry.n_layers, geometry.n_heads, config, provenance
         )
-        result.scores.save(folder / "scores.parquet")
-        result.scores.data.to_csv(folder / "scores.csv", index=False)
-        result.tests.to_parquet(folder / "tests.parquet", index=False)
-        result.tests.drop(columns="head_scores").to_csv(folder / "tests.csv", index=False)
+        record.wrote(result.save(folder))
         figure = head_heatmap(result.scores, "score", f"Retrieval score ({loaded.spec})")
         written = export_figures({"retrieval_scores": figure}, folder, static)
+        record.wrote(written)
         table = result.scores.data
         found = table[table.score > threshold].sort_values("score", ascending=False)
-        write_manifest(
+        successful = int(result.tests.data.success.sum())
+        record.write(
             folder,
-            {
-                "command": "score retrieval",
-                "provenance": provenance.to_dict(),
-                "geometry": vars(geometry),
-                "tests": len(rows),
-                "successful_tests": int(result.tests.success.sum()),
-                "retrieval_heads": found.label.tolist(),
-                "files": _files(folder),
-            },
+            provenance=provenance.to_dict(),
+            geometry=vars(geometry),
+            tests=len(rows),
+            successful_tests=successful,
+            retrieval_heads=found.label.tolist(),
         )
-        typer.echo(f"{len(rows)} tests ({int(result.tests.success.sum())} successful) -> {folder}")
+        typer.echo(f"{len(rows)} tests ({successful} successful) -> {folder}")
         typer.echo(
             f"{len(found)} of {len(table)} heads score > {threshold}: "
             + ", ".join(f"{r.label} ({r.score:.2f})" for r in found.head(15).itertuples())
@@ -210,14 +190,21 @@ def ablate_retrieval(
     ] = "match",
     threshold: Annotated[float, ThresholdOption] = 0.1,
     max_new_tokens: Annotated[int, MaxNewOption] = 50,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the intervals.")] = 2000,
+    interval: Annotated[
+        str, typer.Option(help="Interval method: 'BCa' (default) or 'percentile'.")
+    ] = "BCa",
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
     out: Annotated[Path | None, OutOption] = None,
     device: Annotated[str, DeviceOption] = "cpu",
     static: Annotated[bool, StaticOption] = True,
 ) -> None:
     """NIAH accuracy with top-K retrieval heads vs K random heads masked (held-out needles)."""
+    record = start_record("ablate retrieval", locals())
     with user_errors():
         import pandas as pd
 
+        from interp.effects import EffectsConfig
         from interp.figures import ablation_curve
         from interp.results import HeadScores
         from probes import retrieval_ablation as ablation
@@ -232,38 +219,39 @@ def ablate_retrieval(
             threshold=threshold,
             max_new_tokens=max_new_tokens,  # type: ignore[arg-type]
         )
+        effects = EffectsConfig(n_boot=n_boot, seed=seed, method=interval)  # type: ignore[arg-type]
+        record.inputs([scores])
         head_scores = HeadScores.load(scores)
         loaded = load_model_or_fail(model, device)
         grid = _ints(lengths) or ()
-        tests = _tests(loaded, needles, "heldout.jsonl", haystack, grid, depths, max_new_tokens)
+        tests = _tests(
+            loaded, record, needles, "heldout.jsonl", haystack, grid, depths, max_new_tokens
+        )
         folder = result_folder(out, "ablation", loaded.spec)
-
-        def ablate(test: Any) -> list[dict]:
-            return ablation.run_ablation(loaded, [test], head_scores, config).tests.to_dict(
-                "records"
-            )
-
-        rows = _run_incrementally(folder, tests, "ablation", ablate)
-        table = pd.DataFrame(rows)
-        curve, summary = ablation.summarize(table, config.metric)
-        for name, frame in {"tests": table, "curve": curve, "summary": summary}.items():
-            frame.to_parquet(folder / f"{name}.parquet", index=False)
-            frame.to_csv(folder / f"{name}.csv", index=False)
+        provenance = ablation.ablation_provenance(loaded, tests, head_scores, config, effects)
+        conditions = ablation.conditions(head_scores, config)
+        rows = _run_logged(
+            folder,
+            record,
+            provenance,
+            tests,
+            "ablation",
+            lambda test: ablation.ablate_test(loaded, test, conditions, config),
+        )
+        result = ablation.summarize(pd.DataFrame(rows), config, provenance, effects)
+        record.wrote(result.save(folder))
+        curve = result.curve.data
         figure = ablation_curve(curve, f"Masking retrieval heads ({loaded.spec}, {masking})")
         written = export_figures({"ablation_curve": figure}, folder, static)
-        write_manifest(
+        record.wrote(written)
+        summary = result.summary.data
+        record.write(
             folder,
-            {
-                "command": "ablate retrieval",
-                "model": loaded.spec,
-                "weights_hash": loaded.weights_hash,
-                "config": config.to_dict(),
-                "scores": str(scores),
-                "scores_provenance": head_scores.provenance.to_dict(),
-                "tests": len(tests),
-                "summary": summary.to_dict("records"),
-                "files": _files(folder),
-            },
+            provenance=provenance.to_dict(),
+            scores=str(scores),
+            scores_provenance=head_scores.provenance.to_dict(),
+            tests=len(tests),
+            summary=summary.to_dict("records"),
         )
         typer.echo(f"{len(tests)} tests x {len(curve)} conditions -> {folder}")
         typer.echo(summary.to_string(index=False, float_format=lambda v: f"{v:.1f}"))

@@ -15,8 +15,8 @@ from interp.cli.common import (
     load_model_or_fail,
     progress_bar,
     result_folder,
+    start_record,
     user_errors,
-    write_manifest,
 )
 
 
@@ -51,9 +51,11 @@ def score_sinks(
     static: Annotated[bool, StaticOption] = True,
 ) -> None:
     """Score every head's attention sinks and write tables, a manifest and figures."""
+    record = start_record("score sinks", locals())
     with user_errors():
         from interp.figures import head_heatmap
         from interp.prompts import data_path, load_prompts
+        from interp.results import HeadScores, ItemTable, csv_path
         from probes import sinks
 
         config = sinks.SinkConfig(
@@ -62,19 +64,24 @@ def score_sinks(
             min_queries=min_queries,
             massive_threshold=massive_threshold,
         )
-        texts = load_prompts(prompts or data_path("prompts", "sinks.jsonl"))
+        prompt_file = prompts or data_path("prompts", "sinks.jsonl")
+        texts = load_prompts(prompt_file)
+        record.inputs([prompt_file])
         loaded = load_model_or_fail(model, device)
         update, bar = progress_bar(len(texts), "sinks")
         with bar:
             result = sinks.run(loaded, texts, config, progress=update)
         folder = result_folder(out, "sinks", loaded.spec)
+        provenance = result.heads.provenance
         per_head = result.heads.per_head()
-        result.heads.save(folder / "scores.parquet")
-        per_head.to_csv(folder / "scores.csv", index=False)
-        result.sink_tokens.save(folder / "sink_tokens.parquet")
-        result.massive.save(folder / "massive.parquet")
         dims = sinks.massive_dimensions(result.massive)
-        dims.to_csv(folder / "massive_dims.csv", index=False)
+        record.wrote(result.save(folder, csv=False))
+        for name, table in {
+            "scores_per_head": HeadScores(per_head, provenance),
+            "massive_dims": ItemTable(dims, result.massive.provenance),
+        }.items():
+            path = table.save(folder / f"{name}.parquet", csv=True)
+            record.wrote([path, csv_path(path)])
         figures = {
             "sink_share": head_heatmap(result.heads, "score", "Attention share on sink tokens"),
             "first_token_share": head_heatmap(
@@ -85,17 +92,12 @@ def score_sinks(
             ),
         }
         written = export_figures(figures, folder, static)
-        write_manifest(
+        record.wrote(written)
+        record.write(
             folder,
-            {
-                "command": "score sinks",
-                "provenance": result.heads.provenance.to_dict(),
-                "geometry": vars(loaded.geometry),
-                "rows": len(per_head),
-                "files": sorted(
-                    str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()
-                ),
-            },
+            provenance=provenance.to_dict(),
+            geometry=vars(loaded.geometry),
+            rows=len(per_head),
         )
         dominant = per_head[per_head.layer >= 3]["first_token_dominant"].gt(0.5).mean()
         top = per_head.nlargest(5, "hidden_sink_share")

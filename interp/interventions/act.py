@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float
@@ -136,6 +137,13 @@ class ACT:
 
     heads: HeadSet
     config: ActConfig = field(default_factory=ActConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "heads", HeadSet(self.heads))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The reproducible record: heads and every ACT parameter."""
+        return {"intervention": "ACT", "heads": self.heads.labels, **self.config.to_dict()}
 
     @contextmanager
     def applied(self, model: Model) -> Iterator[None]:

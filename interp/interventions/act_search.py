@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -29,7 +30,7 @@ from interp.errors import InputError
 from interp.heads import HeadSet
 from interp.interventions.act import ACT, ActConfig, act_candidates
 from interp.models import Model
-from interp.results import HeadScores, Provenance, hash_inputs
+from interp.results import HeadScores, Provenance, csv_path, hash_inputs
 from interp.tasks import Task, evaluate
 
 ANALYZER = "act_search"
@@ -73,6 +74,17 @@ class HeadSearch:
     scores: HeadScores
     selected: HeadSet
     baseline: float
+
+    def save(self, path: str | Path, *, csv: bool = True) -> list[Path]:
+        """Write the scores (every other field is a column of them); returns the files."""
+        written = [self.scores.save(path, csv=csv)]
+        return [*written, csv_path(path)] if csv else written
+
+    @classmethod
+    def load(cls, path: str | Path) -> HeadSearch:
+        """Read a saved search back: equal to the one saved."""
+        scores = HeadScores.load(path)
+        return cls(scores, selected_heads(scores), float(scores.data["baseline"].iloc[0]))
 
 
 def calibration_metric(model: Model, tasks: Sequence[Task], config: SearchConfig) -> float:

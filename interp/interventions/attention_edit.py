@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -21,6 +21,7 @@ from torch import Tensor
 from interp.errors import ConfigError
 from interp.heads import HeadSet
 from interp.hooks import AttentionRows, attention_hooks
+from interp.interventions.base import function_name
 from interp.models import Model
 
 # fn(rows, head_index) -> new probs [batch, len(head_index), query, key] for those heads.
@@ -31,6 +32,10 @@ Phase = Literal["all", "prefill", "decode"]
 @dataclass(frozen=True)
 class AttentionEdit:
     """Replace the attention rows of `heads` by `fn(rows, head_index)`, renormalised.
+
+    A value: edits with the same heads, function, phase and renormalisation compare equal
+    and hash alike. `to_dict()` names the function by its qualified name, so use a named,
+    module-level function for a reproducible record (a lambda is recorded as `<lambda>`).
 
     Attributes:
         heads: query heads to edit (per query head, never a shared KV head).
@@ -45,10 +50,21 @@ class AttentionEdit:
     renormalize: bool = True
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "heads", HeadSet(self.heads))
         if self.phase not in ("all", "prefill", "decode"):
             raise ConfigError(
                 f"AttentionEdit.phase must be all/prefill/decode, got {self.phase!r}."
             )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The reproducible record of this edit (the function by `module:qualname`)."""
+        return {
+            "intervention": "AttentionEdit",
+            "heads": self.heads.labels,
+            "fn": function_name(self.fn),
+            "phase": self.phase,
+            "renormalize": self.renormalize,
+        }
 
     @contextmanager
     def applied(self, model: Model) -> Iterator[None]:
@@ -78,15 +94,16 @@ class _EditHook:
         return probs
 
 
+def uniform_rows(rows: AttentionRows, index: Tensor) -> Tensor:
+    """The uniform edit: 1 on every visible key (renormalised to 1/n by AttentionEdit)."""
+    shape = (rows.probs.shape[0], len(index), *rows.probs.shape[2:])
+    return rows.visible[:, None].expand(shape).float()
+
+
 def uniform_attention(heads: HeadSet, phase: Phase = "all") -> AttentionEdit:
     """Each selected head attends uniformly to its visible keys: it outputs mean(V), not 0.
 
     This is Wu et al.'s retrieval-head masking (their code zeroes the query, which gives
     uniform attention); use phase="decode" to match their code, which masks decode only.
     """
-
-    def uniform(rows: AttentionRows, index: Tensor) -> Tensor:
-        shape = (rows.probs.shape[0], len(index), *rows.probs.shape[2:])
-        return rows.visible[:, None].expand(shape).float()
-
-    return AttentionEdit(heads, uniform, phase=phase)
+    return AttentionEdit(heads, uniform_rows, phase=phase)

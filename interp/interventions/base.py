@@ -2,22 +2,45 @@
 
 An intervention is a frozen dataclass naming heads and parameters. `intervention.applied(model)`
 is a context manager that installs its hooks and removes them on exit, exceptions and Ctrl-C
-included; `applied_all(model, a, b, ...)` stacks several.
+included; `applied_all(model, a, b, ...)` stacks several. Interventions compare equal and
+hash as values (tensors by content, through `tensor_digest`), and `to_dict()` gives the
+reproducible form recorded in provenance: plain JSON, functions by qualified name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
-from typing import Protocol
+from typing import Any, Protocol
+
+import torch
 
 from interp.models import Model
 
 
 class Intervention(Protocol):
-    """Anything with `applied(model)` returning a context manager."""
+    """Anything with `applied(model)` returning a context manager and a `to_dict()` record."""
 
     def applied(self, model: Model) -> AbstractContextManager[None]: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def tensor_digest(tensor: torch.Tensor) -> dict[str, Any]:
+    """A tensor's identity by content: SHA-256 of its bytes, with shape and dtype."""
+    flat = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+    return {
+        "sha256": hashlib.sha256(flat.numpy().tobytes()).hexdigest(),
+        "shape": list(tensor.shape),
+        "dtype": str(tensor.dtype).removeprefix("torch."),
+    }
+
+
+def function_name(fn: Callable[..., Any]) -> str:
+    """`module:qualname` of a function (or a callable's class), never its memory address."""
+    target = fn if hasattr(fn, "__qualname__") else type(fn)
+    return f"{target.__module__}:{target.__qualname__}"
 
 
 @contextmanager

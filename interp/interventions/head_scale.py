@@ -11,32 +11,37 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from interp.errors import ConfigError
-from interp.heads import HeadSet
+from interp.heads import HeadGeometry, HeadSet
 from interp.hooks import head_output_hooks
+from interp.interventions.base import tensor_digest
 from interp.models import Model
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class HeadScale:
     """Scale (or mean-ablate) the outputs of `heads`.
 
+    A value: equal settings compare equal and hash alike, the reference by content (it is
+    copied at construction, so later changes to the caller's tensor do not leak in).
+
     Attributes:
-        heads: query heads to act on.
+        heads: query heads to act on: a HeadSet, labels ("L18H8", ["L18H8", "L3H1"]) or
+            (layer, head) pairs.
         alpha: factor for mode "scale" (0 masks, 1 is bit-for-bit the identity).
         mode: "scale", or "mean" to replace z by `reference`.
         reference: [layer, head, d_head] mean z, required for mode "mean"
             (see `mean_head_outputs`).
 
     Example:
-        >>> with HeadScale(HeadSet(["L3H1"]), alpha=0.0).applied(model):  # doctest: +SKIP
+        >>> with HeadScale("L3H1", alpha=0.0).applied(model):  # doctest: +SKIP
         ...     model.hf.generate(ids, max_new_tokens=20)
     """
 
@@ -44,12 +49,42 @@ class HeadScale:
     alpha: float = 0.0
     mode: Literal["scale", "mean"] = "scale"
     reference: Tensor | None = None
+    _digest: dict[str, Any] | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "heads", HeadSet(self.heads))
         if self.mode not in ("scale", "mean"):
             raise ConfigError(f"HeadScale.mode must be 'scale' or 'mean', got {self.mode!r}.")
         if self.mode == "mean" and self.reference is None:
             raise ConfigError("HeadScale(mode='mean') needs a reference: see mean_head_outputs.")
+        if self.mode == "scale" and self.reference is not None:
+            raise ConfigError("HeadScale.reference is used by mode='mean' only; drop it.")
+        if self.reference is not None:
+            _check_reference(self.reference, self.heads)
+            object.__setattr__(self, "reference", self.reference.detach().clone())
+        digest = None if self.reference is None else tensor_digest(self.reference)
+        object.__setattr__(self, "_digest", digest)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The reproducible record of this intervention (the reference by its digest)."""
+        return {
+            "intervention": "HeadScale",
+            "heads": self.heads.labels,
+            "alpha": self.alpha,
+            "mode": self.mode,
+            "reference": self._digest,  # type: ignore[attr-defined]
+        }
+
+    def _key(self) -> tuple[object, ...]:
+        d = self._digest
+        reference = (d["sha256"], tuple(d["shape"]), d["dtype"]) if d else None
+        return (self.heads, self.alpha, self.mode, reference)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self._key() == other._key()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     @contextmanager
     def applied(self, model: Model) -> Iterator[None]:
@@ -60,6 +95,7 @@ class HeadScale:
             factors = torch.where(selected, self.alpha, 1.0).to(device, dtype)[..., None]
         else:
             chosen = selected.to(device)[..., None]
+            _check_reference(self.reference, self.heads, model.geometry)  # type: ignore[arg-type]
             mean = self.reference.to(device, dtype)  # type: ignore[union-attr]
 
         def edit(layer: int, z: Float[Tensor, "batch pos head d_head"]) -> Tensor:
@@ -69,6 +105,26 @@ class HeadScale:
 
         with head_output_hooks(model.hf, edit, layers=self.heads.layers):
             yield
+
+
+def _check_reference(
+    reference: Tensor, heads: HeadSet, geometry: HeadGeometry | None = None
+) -> None:
+    """Raise ConfigError unless `reference` is [layer, head, d_head] covering `heads`."""
+    shape = tuple(reference.shape)
+    if geometry is not None:
+        ok = shape == (geometry.n_layers, geometry.n_heads, geometry.d_head)
+    else:
+        ok = len(shape) == 3 and all(h.layer < shape[0] and h.head < shape[1] for h in heads)
+    if not ok:
+        want = (
+            f"({geometry.n_layers}, {geometry.n_heads}, {geometry.d_head})"
+            if geometry
+            else "[layer, head, d_head] covering the heads"
+        )
+        raise ConfigError(
+            f"HeadScale.reference has shape {shape}, expected {want}: see mean_head_outputs."
+        )
 
 
 def mean_head_outputs(model: Model, prompts: Sequence[str]) -> Float[Tensor, "layer head d_head"]:

@@ -51,7 +51,7 @@ def test_score_sinks_writes_a_complete_result_folder(tmp_path, default_model):
     out = tmp_path / "run"
     result = runner.invoke(app, ["score", "sinks", "--out", str(out), "--no-static"])
     assert result.exit_code == 0, result.output
-    table = pd.read_csv(out / "scores.csv")
+    table = pd.read_csv(out / "scores_per_head.csv")
     assert len(table) == 270
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["provenance"]["analyzer"] == "sinks" and manifest["rows"] == 270

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
+from scipy import stats
 from typer.testing import CliRunner
 
 from interp.cli import app
-from interp.effects import EffectsConfig, effect_row, measure, paired_bootstrap
+from interp.effects import Effects, EffectsConfig, compare, interval, measure, paired_bootstrap
 from interp.errors import InputError
 from interp.figures import effects_bars
 from interp.heads import HeadSet
 from interp.interventions import HeadScale
 from interp.interventions.act import ActConfig
-from interp.interventions.act_search import SearchConfig, search_heads, selected_heads
+from interp.interventions.act_search import HeadSearch, SearchConfig, search_heads, selected_heads
 from interp.models import Model
-from interp.results import EffectTable, HeadScores
-from interp.tasks import TaskRun, load_task
+from interp.results import HeadScores
+from interp.tasks import TASKS_DIR, choice_logprob, load_task
 from tests.tiny import tiny_llama
 
 CONFIG = EffectsConfig(n_boot=500)
@@ -26,40 +28,75 @@ CONFIG = EffectsConfig(n_boot=500)
 
 def test_bootstrap_intervals() -> None:
     same = np.array([1.0, 0, 1, 1, 0, 1])
-    interval = paired_bootstrap(same, same, CONFIG)
-    assert interval["ci_low"] == interval["ci_high"] == 0.0
-    assert interval["baseline_low"] < same.mean() < interval["baseline_high"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the degenerate case never reaches scipy's NaN
+        point = paired_bootstrap(same, same, CONFIG)
+    assert point["ci_low"] == point["ci_high"] == 0.0 and point["constant"]
+    assert point["baseline_low"] < same.mean() < point["baseline_high"]
     better = paired_bootstrap(np.zeros(20), np.ones(20), CONFIG)
-    assert better["ci_low"] == better["ci_high"] == 1.0
+    assert better["ci_low"] == better["ci_high"] == 1.0 and better["constant"]
     rng = np.random.default_rng(3)
     base, edited = rng.integers(0, 2, 50).astype(float), rng.integers(0, 2, 50).astype(float)
     first = paired_bootstrap(base, edited, CONFIG)
     assert first == paired_bootstrap(base, edited, CONFIG)  # seeded
     assert first["ci_low"] <= (edited - base).mean() <= first["ci_high"]
+    assert not first["constant"]
     with pytest.raises(InputError):
         paired_bootstrap(base, edited[:3], CONFIG)
 
 
-def run(predictions: list[int]) -> TaskRun:
-    return TaskRun("t", [np.zeros(2)] * 4, np.array([0, 0, 1, 1]), np.array(predictions))
+def test_intervals_are_scipys_paired_bca_and_percentile() -> None:
+    rng = np.random.default_rng(5)
+    base, edited = rng.normal(size=40), rng.normal(0.3, 1, size=40)
+    for method in ("BCa", "percentile"):
+        config = EffectsConfig(n_boot=300, method=method, seed=7)
+        ours = paired_bootstrap(base, edited, config)
+        theirs = stats.bootstrap(
+            (edited - base,),
+            np.mean,
+            n_resamples=300,
+            method=method,
+            random_state=np.random.default_rng(7),
+        ).confidence_interval
+        assert (ours["ci_low"], ours["ci_high"]) == (theirs.low, theirs.high)
+    bca = interval(edited - base, EffectsConfig(n_boot=300))
+    percentile = interval(edited - base, EffectsConfig(n_boot=300, method="percentile"))
+    assert bca != percentile
 
 
-def test_effect_row_counts_changes() -> None:
-    row = effect_row(run([0, 1, 1, 0]), run([0, 0, 0, 1]), CONFIG)
+def test_compare_counts_moves_for_any_metric() -> None:
+    row = compare(np.array([1.0, 0, 0, 1]), np.array([1.0, 1, 1, 0]), "accuracy", CONFIG)
     assert (row["baseline"], row["intervened"], row["difference"]) == (0.5, 0.75, 0.25)
-    assert (row["improved"], row["worsened"]) == (2, 1)
+    assert (row["improved"], row["worsened"], row["metric"]) == (2, 1, "accuracy")
+    logprob = compare(np.array([-2.0, -1.0]), np.array([-1.5, -1.0]), "lp", CONFIG)
+    assert (logprob["improved"], logprob["worsened"]) == (1, 0)
 
 
-def test_identity_has_no_effect_and_table_round_trips(tiny: Model, tmp_path) -> None:
+def test_identity_has_no_effect_and_results_round_trip(tiny: Model, tmp_path) -> None:
     tasks = [load_task("sentiment").subsample(4), load_task("larger").subsample(3)]
-    effects = measure(tiny, tasks, HeadScale(HeadSet(["L1H0"]), alpha=1.0), CONFIG)
+    identity = HeadScale(["L1H0"], alpha=1.0)
+    effects = measure(tiny, tasks, identity, CONFIG)
     table = effects.table.data
     assert table["task"].tolist() == ["sentiment", "larger"]
     assert table["difference"].eq(0).all() and table[["improved", "worsened"]].eq(0).all().all()
+    assert table[["ci_low", "ci_high"]].eq(0).all().all() and table["constant"].all()
     assert len(effects.per_item) == 7
-    path = effects.table.save(tmp_path / "effects.parquet")
-    assert EffectTable.load(path) == effects.table
+    assert effects.table.provenance.config["intervention"] == identity.to_dict()
+    written = effects.save(tmp_path / "run")
+    assert {p.name for p in written} >= {"effects.parquet", "per_item.parquet", "per_item.csv"}
+    assert Effects.load(tmp_path / "run") == effects
     assert len(effects_bars(effects.table).data) == 2
+
+
+def test_measure_takes_any_task_metric(tiny: Model) -> None:
+    task = load_task("sentiment").subsample(3)
+    effects = measure(tiny, [task], HeadScale("L1H0", alpha=0.0), CONFIG, metric=choice_logprob)
+    row = effects.table.data.iloc[0]
+    assert row["metric"] == "choice_logprob" and row["baseline"] < 0
+    items = effects.per_item.data
+    assert row["difference"] == pytest.approx(
+        (items.intervened_score - items.baseline_score).mean()
+    )
 
 
 def test_search_scores_every_candidate_and_round_trips(tmp_path) -> None:
@@ -73,6 +110,9 @@ def test_search_scores_every_candidate_and_round_trips(tmp_path) -> None:
     assert found.selected == HeadSet(r.label for r in table.itertuples() if r.score > 0)
     loaded = HeadScores.load(found.scores.save(tmp_path / "heads.parquet"))
     assert loaded == found.scores and selected_heads(loaded) == found.selected
+    written = found.save(tmp_path / "search.parquet")
+    assert [p.name for p in written] == ["search.parquet", "search.csv"]
+    assert HeadSearch.load(written[0]) == found
     with pytest.raises(InputError, match="candidate"):
         search_heads(model, tasks, act, candidates=HeadSet())
 
@@ -91,9 +131,16 @@ def test_cli_effect_act_writes_results(tmp_path) -> None:
     )
     assert first.exit_code == 0, first.output
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
-    assert {"effects.parquet", "effects.csv", "head_scores.parquet", "figures/effects.html"} <= set(
-        manifest["files"]
-    )
+    assert {
+        "effects.parquet",
+        "effects.csv",
+        "per_item.parquet",
+        "head_scores.parquet",
+        "figures/effects.html",
+    } <= set(manifest["files"])
+    assert manifest["command"] == "effect act" and manifest["params"]["n_boot"] == 50
+    task_file = str(TASKS_DIR / "sentiment" / "test.jsonl")
+    assert any(entry["path"] == task_file for entry in manifest["inputs"])
     assert "sentiment:" in first.output
     saved = str(tmp_path / "a" / "head_scores.parquet")
     again = runner.invoke(app, [*common, *small, "--heads", saved, "--out", str(tmp_path / "b")])

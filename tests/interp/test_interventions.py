@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
-from interp.errors import ConfigError
+from interp.errors import ConfigError, InputError
 from interp.heads import HeadSet
 from interp.hooks import _ACTIVE, attention_hooks, decoder_layers, head_output_hooks
 from interp.interventions import (
+    ACT,
+    ActConfig,
     AttentionEdit,
     HeadScale,
     applied_all,
     mean_head_outputs,
     uniform_attention,
 )
+from interp.interventions.base import tensor_digest
 from interp.models import Model
 from tests.interp.helpers import Recorder, cached_greedy, full_greedy, left_padded
 
@@ -200,3 +205,46 @@ def test_contexts_closed_out_of_order_leave_no_stale_hook(tiny: Model) -> None:
     assert not _ACTIVE
     assert tiny.hf.config._attn_implementation == implementation
     assert torch.equal(logits(tiny), base)
+
+
+def test_interventions_are_values_with_reproducible_records(tiny: Model) -> None:
+    reference = mean_head_outputs(tiny, ["abc"])
+    mean = HeadScale(HEADS, mode="mean", reference=reference)
+    same = HeadScale(HEADS, mode="mean", reference=reference.clone())
+    assert mean == same and hash(mean) == hash(same)  # raised on == before: tensor compare
+    assert mean != HeadScale(HEADS, mode="mean", reference=reference + 1)
+    assert HeadScale(HEADS, alpha=0) == HeadScale(HEADS, alpha=0.0)
+    assert hash(HeadScale(HEADS, alpha=0)) == hash(HeadScale(HEADS, alpha=0.0))
+    assert uniform_attention(HEADS) == uniform_attention(HEADS)  # a named edit, not a closure
+    assert len({ACT(HEADS), ACT(HEADS.labels), ACT(HEADS, ActConfig(beta=0.5))}) == 2
+    records = [
+        mean.to_dict(),
+        uniform_attention(HEADS, phase="decode").to_dict(),
+        AttentionEdit(HEADS, recency).to_dict(),
+        ACT(HEADS).to_dict(),
+    ]
+    text = json.dumps(records)  # plain JSON: no tensors, no memory addresses
+    assert " at 0x" not in text and "uniform_rows" in text and "test_interventions:recency" in text
+    assert records[0]["reference"] == tensor_digest(reference)
+
+
+def test_plain_head_inputs_are_accepted() -> None:
+    one = HeadSet(["L1H0"])
+    assert HeadScale("L1H0").heads == one and HeadScale(["L1H0"]).heads == one
+    assert HeadScale([(1, 0)]).heads == one and HeadScale((1, 0)).heads == one
+    assert HeadSet("L1H0, L2H3") == HeadSet(["L1H0", "L2H3"])
+    assert uniform_attention(["L1H0"]).heads == one and ACT("L1H0").heads == one
+    with pytest.raises(InputError, match="Cannot read"):
+        HeadSet([(1, 0, 2)])
+
+
+def test_wrong_reference_shape_is_refused(tiny: Model) -> None:
+    with pytest.raises(ConfigError, match="shape"):
+        HeadScale("L2H3", mode="mean", reference=torch.zeros(2, 4, 16))  # no layer 2
+    with pytest.raises(ConfigError, match="shape"):
+        HeadScale("L0H0", mode="mean", reference=torch.zeros(3, 4))
+    with pytest.raises(ConfigError, match="mode='mean'"):
+        HeadScale("L0H0", reference=torch.zeros(3, 4, 16))
+    wrong_width = HeadScale("L0H0", mode="mean", reference=torch.zeros(3, 4, 8))
+    with pytest.raises(ConfigError, match=r"expected \(3, 4, 16\)"), wrong_width.applied(tiny):
+        pass

@@ -1,10 +1,13 @@
+from dataclasses import dataclass
+from typing import ClassVar
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from interp.errors import InputError
 from interp.heads import HeadSet
-from interp.results import HeadScores, Provenance, TokenScores
+from interp.results import Bundle, HeadScores, ItemTable, Provenance, TokenScores, csv_path
 
 
 def provenance(**overrides):
@@ -61,3 +64,36 @@ def test_missing_columns_and_foreign_files_are_rejected(tmp_path):
     pd.DataFrame({"layer": [0]}).to_parquet(path)
     with pytest.raises(InputError, match="provenance"):
         HeadScores.load(path)
+
+
+def test_item_tables_with_lists_round_trip_with_a_csv_copy(tmp_path):
+    frame = pd.DataFrame({"item": [0, 1], "scores": [[0.5, 1.0], [0.0, 2.0]], "text": ["a", "b"]})
+    table = ItemTable(frame, provenance())
+    path = table.save(tmp_path / "items.parquet", csv=True)
+    assert ItemTable.load(path) == table
+    copy = pd.read_csv(csv_path(path))
+    assert copy["scores"].tolist() == ["[0.5, 1.0]", "[0.0, 2.0]"]
+
+
+@dataclass(frozen=True)
+class _Pair(Bundle):
+    FILES: ClassVar[dict[str, str]] = {"scores": "head_scores"}
+
+    scores: HeadScores
+    items: ItemTable
+
+
+def test_bundles_save_every_table_and_load_equal(tmp_path):
+    pair = _Pair(
+        HeadScores.from_matrix(np.ones((1, 2)), provenance()),
+        ItemTable(pd.DataFrame({"item": [3]}), provenance()),
+    )
+    written = pair.save(tmp_path / "out")
+    assert sorted(p.name for p in written) == [
+        "head_scores.csv",
+        "head_scores.parquet",
+        "items.csv",
+        "items.parquet",
+    ]
+    assert _Pair.load(tmp_path / "out") == pair
+    assert pair.provenance == provenance()

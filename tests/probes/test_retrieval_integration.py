@@ -21,7 +21,7 @@ def scored(default_model) -> retrieval.RetrievalResult:
 
 def test_sparse_retrieval_heads(scored) -> None:
     table = scored.scores.data
-    assert scored.tests.success.mean() >= 0.5  # the model solves the short NIAH tests
+    assert scored.tests.data.success.mean() >= 0.5  # the model solves the short NIAH tests
     n_found = int((table.score >= 0.1).sum())
     assert 5 <= n_found <= 0.1 * len(table)
     assert (table.score == 0).mean() > 0.5  # most heads never copy a needle token
@@ -32,7 +32,7 @@ def test_masking_retrieval_heads_breaks_retrieval(default_model, scored) -> None
     # Depths 0 and 100%: at 50% this 135M model often misses the needle even unmasked.
     tests = niah.build_tests(default_model, needles, niah.load_haystack(), (1000,), 2, 32)
     config = ablation.AblationConfig(ks=(0, 20), n_seeds=2, max_new_tokens=32)
-    summary = ablation.run_ablation(default_model, tests, scored.scores, config).summary
+    summary = ablation.run_ablation(default_model, tests, scored.scores, config).summary.data
     baseline = summary.loc[summary.k == 0, "top_k"].item()
     top20 = summary.loc[summary.k == 20, "top_k"].item()
     random20 = summary.loc[summary.k == 20, "random_median"].item()

@@ -1,0 +1,202 @@
+"""Run folders: a resumable log of finished work, and the manifest of what a run did.
+
+`WorkLog(folder, identity)` lets any long run (retrieval scoring, the masking test, a head
+search) stop and resume. Each finished work item is one JSON line `{"key": ..., "rows":
+[...]}` in `work.jsonl`, written with one `write` and flushed, so an item is either recorded
+whole or not at all; a line cut short by a crash is dropped when the log is reopened.
+`run(items, key, fn)` skips the items whose key is already recorded. The run's identity (a
+provenance record minus its date: model, weights, analyzer, config, inputs) is stored in
+`run.json` when the folder is first used, so a later reopening can be checked against it
+(the check and a folder lock are still to come; `stored_identity` is the seam).
+
+`RunRecord` is what a command writes to `manifest.json` at the end: argv and the parsed
+options, versions of the toolkit, torch and transformers, every input file's path and
+SHA-256, the files this run wrote (only those, even in a reused folder), and wall time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, TypeVar
+
+from interp.errors import InputError
+from interp.results import Provenance, toolkit_version
+
+T = TypeVar("T")
+LOG_FILE = "work.jsonl"
+IDENTITY_FILE = "run.json"
+MANIFEST_FILE = "manifest.json"
+
+
+def run_identity(provenance: Provenance) -> dict[str, Any]:
+    """What identifies a run for resuming: its provenance without the creation date."""
+    identity = provenance.to_dict()
+    identity.pop("created")
+    return identity
+
+
+class WorkLog:
+    """Finished work items of one run, one atomic JSON line each (see the module doc)."""
+
+    def __init__(self, folder: str | Path, identity: dict[str, Any]) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.path = self.folder / LOG_FILE
+        identity_path = self.folder / IDENTITY_FILE
+        if not identity_path.is_file():
+            identity_path.write_text(_dumps(identity) + "\n", encoding="utf-8")
+        self.stored_identity: dict[str, Any] = json.loads(identity_path.read_text("utf-8"))
+        self.done: dict[str, list[dict[str, Any]]] = self._read()
+
+    def _read(self) -> dict[str, list[dict[str, Any]]]:
+        if not self.path.is_file():
+            return {}
+        raw = self.path.read_bytes()
+        complete = raw[: raw.rfind(b"\n") + 1]
+        if len(complete) < len(raw):  # a line cut short by a crash: drop it before appending
+            with self.path.open("r+b") as handle:
+                handle.truncate(len(complete))
+        done = {}
+        for number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
+            try:
+                record = json.loads(line)
+                done[_key_text(record["key"])] = record["rows"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise InputError(f"{self.path}:{number} is not a work record ({exc}).") from exc
+        return done
+
+    def is_done(self, key: Hashable) -> bool:
+        return _key_text(key) in self.done
+
+    def record(self, key: Hashable, rows: list[dict[str, Any]]) -> None:
+        """Append one finished item: one write of one line, then flush to disk."""
+        record = {"key": key, "rows": rows}  # rows keep their column order
+        line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+        with self.path.open("ab") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.done[_key_text(key)] = rows
+
+    def run(
+        self,
+        items: Sequence[T],
+        key: Callable[[T], Hashable],
+        fn: Callable[[T], list[dict[str, Any]]],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Run `fn(item) -> rows` for the items not yet recorded; all items' rows, in order.
+
+        Rows of recorded items that are not in `items` (an earlier, larger grid) are left
+        out of the return value but kept in the log.
+        """
+        todo = [item for item in items if not self.is_done(key(item))]
+        for done, item in enumerate(todo, start=1):
+            self.record(key(item), fn(item))
+            if progress is not None:
+                progress(done, len(todo))
+        return [row for item in items for row in self.done[_key_text(key(item))]]
+
+
+def _key_text(key: Hashable) -> str:
+    return _dumps(list(key) if isinstance(key, tuple) else key)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def package_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+class RunRecord:
+    """The manifest of one command run; create it when the command starts.
+
+    Example:
+        >>> record = RunRecord("score sinks", argv=["interp", "score", "sinks"])
+        >>> record.inputs(["data/prompts/sinks.jsonl"])  # doctest: +SKIP
+        >>> record.wrote(result.save(folder))  # doctest: +SKIP
+        >>> record.write(folder, rows=270)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self, command: str, argv: Sequence[str], params: dict[str, Any] | None = None
+    ) -> None:
+        self.command = command
+        self.argv = list(argv)
+        self.params = dict(params or {})
+        self.started = dt.datetime.now(dt.UTC)
+        self._clock = time.perf_counter()
+        self.input_files: list[dict[str, str]] = []
+        self.files: list[Path] = []
+
+    def inputs(self, paths: Iterable[str | Path]) -> None:
+        """Record input files (a folder: every file in it) with their SHA-256."""
+        for path in map(Path, paths):
+            found = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+            for file in found:
+                entry = {"path": str(file), "sha256": sha256_file(file)}
+                if entry not in self.input_files:
+                    self.input_files.append(entry)
+
+    def wrote(self, paths: Path | Iterable[Path]) -> None:
+        """Record files this run wrote."""
+        for path in [paths] if isinstance(paths, Path) else paths:
+            if path not in self.files:
+                self.files.append(Path(path))
+
+    def write(self, folder: str | Path, **fields: Any) -> Path:
+        """Write `manifest.json` into `folder`: the record plus command-specific `fields`."""
+        folder = Path(folder)
+        path = folder / MANIFEST_FILE
+        finished = dt.datetime.now(dt.UTC)
+        manifest = {
+            **fields,
+            "command": self.command,
+            "argv": self.argv,
+            "params": self.params,
+            "versions": {
+                "interp-heads": toolkit_version(),
+                "torch": package_version("torch"),
+                "transformers": package_version("transformers"),
+                "python": platform.python_version(),
+            },
+            "inputs": self.input_files,
+            "files": sorted({_relative(p, folder) for p in self.files} | {MANIFEST_FILE}),
+            "started": self.started.isoformat(timespec="seconds"),
+            "finished": finished.isoformat(timespec="seconds"),
+            "wall_s": round(time.perf_counter() - self._clock, 3),
+        }
+        path.write_text(_dumps_pretty(manifest) + "\n", encoding="utf-8")
+        return path
+
+
+def _relative(path: Path, folder: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(folder.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _dumps_pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str)

@@ -1,0 +1,93 @@
+"""Run folders: the resumable work log, the manifest, and a rerun into a used folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from interp.cli import app
+from interp.errors import InputError
+from interp.runs import LOG_FILE, RunRecord, WorkLog, run_identity
+from tests.interp.test_results import provenance
+
+IDENTITY = run_identity(provenance())
+
+
+def test_work_log_runs_each_item_once_and_resumes(tmp_path: Path) -> None:
+    calls = []
+
+    def work(item: int) -> list[dict]:
+        calls.append(item)
+        return [{"item": item, "square": item * item}]
+
+    first = WorkLog(tmp_path, IDENTITY).run([1, 2, 3], lambda i: ("n", i), work)
+    assert calls == [1, 2, 3] and [r["square"] for r in first] == [1, 4, 9]
+    again = WorkLog(tmp_path, IDENTITY).run([3, 4, 1], lambda i: ("n", i), work)
+    assert calls == [1, 2, 3, 4]  # only the new item ran
+    assert [r["item"] for r in again] == [3, 4, 1]
+    assert len((tmp_path / LOG_FILE).read_text().splitlines()) == 4  # one line per item
+
+
+def test_work_log_drops_a_line_cut_short_and_keeps_its_identity(tmp_path: Path) -> None:
+    log = WorkLog(tmp_path, IDENTITY)
+    log.record(["a"], [{"x": 1}])
+    with (tmp_path / LOG_FILE).open("a") as handle:
+        handle.write('{"key": ["b"], "rows": [{"x"')  # a crash mid-line
+    reopened = WorkLog(tmp_path, {**IDENTITY, "model": "another"})
+    assert reopened.is_done(["a"]) and not reopened.is_done(["b"])
+    reopened.record(["b"], [{"x": 2}])
+    lines = (tmp_path / LOG_FILE).read_text().splitlines()
+    assert [json.loads(line)["key"] for line in lines] == [["a"], ["b"]]
+    assert reopened.stored_identity == IDENTITY  # the first run's identity stays
+    (tmp_path / LOG_FILE).write_text("not json\n")
+    with pytest.raises(InputError, match=f"{LOG_FILE}:1"):
+        WorkLog(tmp_path, IDENTITY)
+
+
+def test_run_record_lists_inputs_outputs_versions_and_time(tmp_path: Path) -> None:
+    data = tmp_path / "inputs"
+    data.mkdir()
+    (data / "a.txt").write_text("alpha")
+    record = RunRecord("score x", ["interp", "score", "x"], {"depths": 3})
+    record.inputs([data, data / "a.txt"])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "table.parquet").write_text("t")
+    record.wrote([out / "table.parquet"])
+    manifest = json.loads(record.write(out, rows=2).read_text())
+    assert manifest["inputs"] == [
+        {
+            "path": str(data / "a.txt"),
+            "sha256": "8ed3f6ad685b959ead7022518e1af76cd816f8e8ec7ccdda1ed4018e8f2223f8",
+        }
+    ]
+    assert manifest["files"] == ["manifest.json", "table.parquet"]
+    assert manifest["argv"] == ["interp", "score", "x"] and manifest["params"] == {"depths": 3}
+    assert set(manifest["versions"]) >= {"interp-heads", "torch", "transformers"}
+    assert manifest["wall_s"] >= 0 and manifest["rows"] == 2 and manifest["command"] == "score x"
+
+
+def test_rerun_into_a_used_folder_lists_only_its_own_files(tiny, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    tiny.hf.save_pretrained(model)
+    tiny.tokenizer.save_pretrained(model)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The cat sat on the mat.\n\nA second prompt here.")
+    out = tmp_path / "run"
+    stale = out / "figures" / "old_figure.html"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("from an earlier run")
+    args = ["score", "sinks", "--model", str(model), "--prompts", str(prompts), "--no-static"]
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "figures/old_figure.html" not in manifest["files"]
+    assert {"scores.parquet", "scores_per_head.csv", "figures/sink_share.html"} <= set(
+        manifest["files"]
+    )
+    assert all((out / name).is_file() for name in manifest["files"])
+    assert manifest["inputs"][0]["path"] == str(prompts)
+    assert manifest["params"]["prompts"] == str(prompts)
