@@ -74,9 +74,14 @@ class HeadGeometry:
 
 
 class HeadSet:
-    """An immutable, sorted set of heads with a dense [layer, head] mask view."""
+    """An immutable, sorted set of heads with a dense [layer, head] mask view.
 
-    def __init__(self, heads: Iterable[Head | str] = ()) -> None:
+    Takes heads or labels (`HeadSet(["L12H3", "12.4"])`); one label or Head is a set of one.
+    """
+
+    def __init__(self, heads: Head | str | Iterable[Head | str] = ()) -> None:
+        if isinstance(heads, Head | str):
+            heads = [heads]
         parsed = (h if isinstance(h, Head) else Head.parse(h) for h in heads)
         self._heads: tuple[Head, ...] = tuple(sorted(set(parsed)))
 

@@ -127,7 +127,7 @@ class ACT:
     Example:
         >>> from tests.tiny import tiny_llama
         >>> model = tiny_llama()
-        >>> ids = model.encode("hello world")[None]
+        >>> ids = model.encode("hello world").input_ids
         >>> with ACT(HeadSet(["L1H0", "L1H3"])).applied(model):
         ...     logits = model.hf(ids).logits
         >>> tuple(logits.shape)

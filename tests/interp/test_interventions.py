@@ -34,7 +34,7 @@ def recency(rows, index):
 
 def logits(model: Model, text: str = TEXT) -> torch.Tensor:
     with torch.no_grad():
-        return model.hf(model.encode(text)[None]).logits
+        return model.hf(model.encode(text).input_ids).logits
 
 
 def test_head_scale_alpha_one_is_bit_identical(tiny: Model) -> None:
@@ -183,3 +183,9 @@ def test_bad_phase_and_heads_raise(tiny: Model) -> None:
         HeadScale(HeadSet(["L9H0"])).applied(tiny),
     ):
         pass
+
+
+def test_mean_head_outputs_takes_one_string_as_one_prompt(tiny: Model) -> None:
+    assert torch.equal(
+        mean_head_outputs(tiny, "hello there"), mean_head_outputs(tiny, ["hello there"])
+    )

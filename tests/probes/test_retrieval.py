@@ -260,3 +260,9 @@ def test_answer_match_gives_no_credit_to_function_words() -> None:
     _, by_match = ablation.summarize(rows, "match")
     _, by_rouge = ablation.summarize(rows, "rouge1")
     assert by_match.top_k.tolist() == [100.0, 0.0] and by_rouge.top_k.tolist() == [100.0, 50.0]
+
+
+def test_one_haystack_path_is_one_file(tmp_path) -> None:
+    path = tmp_path / "hay.txt"
+    path.write_text("Some prose.")
+    assert niah.load_haystack(str(path)) == niah.load_haystack(path) == "Some prose."
