@@ -12,7 +12,6 @@ import datetime as dt
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -23,15 +22,9 @@ import pyarrow.parquet as pq
 
 from interp.errors import InputError
 from interp.heads import Head, HeadGeometry, HeadSet
+from interp.version import toolkit_version
 
 _METADATA_KEY = b"interp.provenance"
-
-
-def toolkit_version() -> str:
-    try:
-        return version("interp-heads")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def hash_inputs(inputs: Any) -> str:
