@@ -2,7 +2,8 @@
 
 Every figure is built from a result table (never the other way round). `export` writes HTML
 always, and PNG/SVG/PDF through kaleido when a Chromium is installed, reusing one browser
-for all figures (about 2.5 s per figure saved against launching one per call).
+for all figures (about 2.5 s per figure saved against launching one per call). Sizes,
+paper presets and the notebook renderer: docs/methods.md §7.
 """
 
 from __future__ import annotations

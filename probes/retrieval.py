@@ -17,6 +17,8 @@ hook computes one [head, key] row per layer and keeps only its argmax, so the ex
 per step is O(heads x keys) for one layer at a time and the result is [layer, head] int64
 indices. Hits are computed for all layers and heads at once; there is no per-head loop and
 one host sync per step (the stop test).
+
+Method notes, defaults and pitfalls: docs/methods.md §3.
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ in float32, no learned norm weight; every (token, dim) with phi >= 20 is reporte
 Memory: only per-key column sums are kept, [layer, head, key] floats per prompt (4.3 MB for
 30 layers x 9 heads x 4k keys); explicit attention is computed one layer and one block of
 query rows at a time (see interp.hooks), never all layers' [query, key] patterns.
+
+Method notes, defaults and pitfalls: docs/methods.md §2.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ z <- alpha * z for the selected query heads at every position, prefill and decod
 (alpha = 0 masks, 2 reinforces as in VHR). Because the output projection's bias is added
 after the sum over heads, this scales exactly the head's contribution. `mode="mean"`
 replaces z by a reference mean (Wang et al.'s mean ablation). Works with any attention
-kernel and costs one multiply per selected layer.
+kernel and costs one multiply per selected layer. Method notes: docs/methods.md §4.
 """
 
 from __future__ import annotations
