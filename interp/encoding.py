@@ -5,9 +5,11 @@ batch for several, so every row's last token sits at position -1, where next-tok
 choice scores and generation read. It is a mapping of the keyword arguments every HF causal
 LM's forward and `generate` take (`input_ids`, `attention_mask`, `position_ids`), so
 `model.hf(**encoding)` and `model.hf.generate(**encoding, max_new_tokens=20)` work as they
-are. The explicit `position_ids` number each row's real tokens 0..n-1, as if the row were
-alone: without them HF's forward numbers a padded row's tokens from the padding on, which
-shifts their rotary positions. Memory: three [batch, pos] int64 tensors.
+are (`len(encoding)` is 3, the number of those keys, as for a dict; the batch size is
+`encoding.input_ids.shape[0]`). The explicit `position_ids` number each row's real tokens
+0..n-1, as if the row were alone: without them HF's forward numbers a padded row's tokens
+from the padding on, which shifts their rotary positions. Memory: three [batch, pos] int64
+tensors.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ editable install has no `interp/_data` and reads `data/` beside the package.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -46,8 +46,14 @@ def as_texts(texts: str | Iterable[str], what: str = "prompt") -> list[str]:
     entry point that takes texts goes through this function so one string means one text.
 
     Raises:
-        InputError: an element is not a string (token ids, None, a nested list).
+        InputError: an element is not a string (token ids, None, a nested list), or `texts`
+            is a mapping such as an `Encoding` (iterating it would give its key names).
     """
+    if isinstance(texts, Mapping):
+        raise InputError(
+            f"Expected {what} text, got a {type(texts).__name__}; pass the text itself (the"
+            " model encodes it)."
+        )
     items = [texts] if isinstance(texts, str) else list(texts)
     for index, text in enumerate(items):
         if not isinstance(text, str):

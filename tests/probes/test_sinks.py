@@ -97,6 +97,8 @@ def test_one_string_is_one_prompt_not_its_characters(tiny):
     assert result.heads.data.equals(sinks.run(tiny, [text]).heads.data)
     with pytest.raises(InputError, match="not token ids"):
         sinks.run(tiny, [[3, 4, 5]])  # type: ignore[list-item]
+    with pytest.raises(InputError, match="pass the text itself"):
+        sinks.run(tiny, tiny.encode(text))  # type: ignore[arg-type]  # would give key names
 
 
 def test_massive_dimensions_summary_ranks_dims():
