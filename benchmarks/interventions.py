@@ -46,7 +46,7 @@ def main() -> None:
         f"HeadScale x{args.heads} (alpha=0)": lambda: HeadScale(heads, alpha=0.0).applied(model),
         f"ACT x{args.heads}": lambda: ACT(heads).applied(model),
     }
-    ids = model.encode(PROMPT)[None]
+    ids = model.encode(PROMPT).input_ids
 
     def generate() -> float:
         start = time.perf_counter()

@@ -16,6 +16,7 @@ from typing import Any
 _EXPORTS = {
     "load_model": "interp.models",
     "Model": "interp.models",
+    "Encoding": "interp.encoding",
     "Head": "interp.heads",
     "HeadSet": "interp.heads",
     "HeadGeometry": "interp.heads",

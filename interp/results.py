@@ -16,7 +16,6 @@ import hashlib
 import json
 import typing
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -27,15 +26,9 @@ import pyarrow.parquet as pq
 
 from interp.errors import InputError
 from interp.heads import Head, HeadGeometry, HeadSet
+from interp.version import toolkit_version
 
 _METADATA_KEY = b"interp.provenance"
-
-
-def toolkit_version() -> str:
-    try:
-        return version("interp-heads")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def hash_inputs(inputs: Any) -> str:

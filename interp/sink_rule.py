@@ -3,7 +3,7 @@
 For a head's post-softmax attention P over N tokens, key j's mean received attention is
 m_j = sum_{i>=j} P_ij / (N - j): the mean over the queries that can see j. Key j is a sink iff
 m_j > tau, tau = 0.1 absolute in the reference code; `threshold_mode="relative"` uses
-alpha / N instead (alpha = 5, a form some descriptions give; unverified, METHODS §4a).
+alpha / N instead (alpha = 5, a form some descriptions give; unverified, docs/methods.md §2).
 
 Both the sink analyzer (`probes.sinks`) and the ACT intervention use these pure functions,
 so the rule lives in one place. With padding, the denominator counts the valid queries that

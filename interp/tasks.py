@@ -154,7 +154,7 @@ def choice_logprobs(model: Model, task: Task, batch_size: int = 16) -> list[np.n
     tails: list[int] = []  # per sequence: how many last positions predict choice tokens
     wanted: list[list[tuple[int, list[int]]]] = []  # per item: (sequence, choice ids)
     for item in task.items:
-        prompt = model.encode(task.text(item)).tolist()
+        prompt = model.encode(task.text(item)).ids().tolist()
         per_choice = []
         for choice in item.choices:
             ids = model.tokenizer(" " + choice, add_special_tokens=False)["input_ids"]

@@ -100,8 +100,13 @@ def load_needles(path: str | Path | None = None) -> list[Needle]:
     return needles
 
 
-def load_haystack(paths: Sequence[str | Path] | None = None) -> str:
-    """One haystack text from .txt files joined by blank lines (default: data/haystacks)."""
+def load_haystack(paths: str | Path | Sequence[str | Path] | None = None) -> str:
+    """One haystack text from .txt files joined by blank lines (default: data/haystacks).
+
+    One path (a string or Path) is one file, never a sequence of characters.
+    """
+    if isinstance(paths, str | Path):
+        paths = [paths]
     files = [Path(p) for p in paths] if paths else sorted(data_path("haystacks").glob("*.txt"))
     if not files:
         raise InputError("No haystack files given.")

@@ -17,6 +17,8 @@ hook computes one [head, key] row per layer and keeps only its argmax, so the ex
 per step is O(heads x keys) for one layer at a time and the result is [layer, head] int64
 indices. Hits are computed for all layers and heads at once; there is no per-head loop and
 one host sync per step (the stop test).
+
+Method notes, defaults and pitfalls: docs/methods.md §3.
 """
 
 from __future__ import annotations
@@ -181,7 +183,15 @@ def prefill(model: Model, input_ids: Int[Tensor, " pos"]) -> Cache:
 
     The last prompt token is left for `decode`, so the step that produces the first
     generated token is a single-row decode step (the paper counts the first token).
+
+    Raises:
+        InputError: `input_ids` is not one [pos] sequence (e.g. a [1, pos] batch).
     """
+    if input_ids.ndim != 1:
+        raise InputError(
+            f"prefill takes one sequence of token ids [pos], got shape {tuple(input_ids.shape)};"
+            " for text use model.encode(text).ids()."
+        )
     cache = DynamicCache(config=model.hf.config)
     if len(input_ids) > 1:
         # logits_to_keep=1: the prefill's logits are unused; all positions' would be

@@ -19,6 +19,8 @@ in float32, no learned norm weight; every (token, dim) with phi >= 20 is reporte
 Memory: only per-key column sums are kept, [layer, head, key] floats per prompt (4.3 MB for
 30 layers x 9 heads x 4k keys); explicit attention is computed one layer and one block of
 query rows at a time (see interp.hooks), never all layers' [query, key] patterns.
+
+Method notes, defaults and pitfalls: docs/methods.md §2.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from interp.config import Config, check_range
 from interp.errors import InputError
 from interp.hooks import AttentionRows, attention_hooks, residual_hooks
 from interp.models import Model
+from interp.prompts import as_texts
 from interp.results import Bundle, HeadScores, Provenance, TokenScores, hash_inputs, head_frame
 from interp.sink_rule import sink_mask
 
@@ -142,7 +145,7 @@ def massive_activations(
 
 def run(
     model: Model,
-    prompts: Sequence[str],
+    prompts: str | Sequence[str],
     config: SinkConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> SinkResult:
@@ -150,7 +153,8 @@ def run(
 
     Args:
         model: a loaded model.
-        prompts: texts; each must fit the model's context (no truncation).
+        prompts: one text or a sequence of texts (a bare string is one prompt); each must
+            fit the model's context (no truncation).
         config: thresholds; defaults are the reference code's.
         progress: called as progress(done, total) after each prompt.
 
@@ -159,12 +163,14 @@ def run(
         >>> result.heads.per_head()[["label", "score"]].head(2)  # doctest: +SKIP
     """
     config = config or SinkConfig()
+    prompts = as_texts(prompts)
     if not prompts:
         raise InputError("No prompts given: the sink analyzer needs at least one.")
-    encoded = [model.encode(p) for p in prompts]  # validates lengths before any work
+    # One prompt per forward (the hooks read batch row 0); lengths are checked up front.
+    encoded = [model.encode(p) for p in prompts]
     geometry = model.geometry
     head_frames, sink_frames, massive_frames = [], [], []
-    for example, ids in enumerate(encoded):
+    for example, batch in enumerate(encoded):
         column_sums = _ColumnSums(geometry.n_layers)
         massive: dict[int, tuple[np.ndarray, ...]] = {}
 
@@ -177,11 +183,11 @@ def run(
             residual_hooks(model.hf, find_massive),
         ):
             # The base model skips the LM head: sink scores need no [pos, vocab] logits.
-            model.hf.base_model(ids[None].to(model.device))
+            model.hf.base_model(**batch)
         sums = torch.stack([s.float().cpu() for s in column_sums.sums])  # type: ignore[union-attr]
         stats = sink_statistics(sums, config)
-        tokens = model.tokenizer.convert_ids_to_tokens(ids.tolist())
-        head_frames.append(_head_frame(stats, example, len(ids)))
+        tokens = model.tokenizer.convert_ids_to_tokens(batch.ids().tolist())
+        head_frames.append(_head_frame(stats, example, len(tokens)))
         sink_frames.append(_sink_frame(stats, example, tokens))
         massive_frames.append(_massive_frame(massive, example, tokens))
         if progress:
@@ -191,7 +197,7 @@ def run(
         weights_hash=model.weights_hash,
         analyzer=ANALYZER,
         config=config.to_dict(),
-        inputs_hash=hash_inputs(list(prompts)),
+        inputs_hash=hash_inputs(prompts),
         n_inputs=len(prompts),
     )
     return SinkResult(

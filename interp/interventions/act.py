@@ -1,7 +1,7 @@
 """ACT, attention calibration: shrink attention to hidden sinks in selected heads.
 
 Yu et al., ICML 2024, arXiv 2406.15765; formulas from the code GATECH-EIC/ACT @a267af7
-(METHODS.md §5). Per selected head, on the prompt (prefill), in float32:
+(docs/methods.md §5). Per selected head, on the prompt (prefill), in float32:
 
 * sinks S = {j : m_j > tau} with m_j = sum_{i>=j} P_ij / (N - j) (`interp.sink_rule`);
 * S' = S minus its first position (normally the first token; if that is not a sink, the first
@@ -10,7 +10,7 @@ Yu et al., ICML 2024, arXiv 2406.15765; formulas from the code GATECH-EIC/ACT @a
   P'_ij = P_ij + (1 - beta) * s_i * P_ij / sum_{k not in S'} P_ik (first token included), so
   the rows still sum to 1 and the freed mass mostly returns to the first token.
 
-Decode (toolkit rule, METHODS §5 [I]; the code is prefill-only): each head's S' found at
+Decode (toolkit rule, docs/methods.md §5; the code is prefill-only): each head's S' found at
 prefill is carried, and every later row (decode steps, or a multi-token continuation on the
 cache) gets the same scaling and redistribution; generated tokens are never sinks and no
 entry is forced to 1. Batches: sinks per batch row, padded queries and keys excluded from
@@ -44,7 +44,7 @@ from interp.sink_rule import ThresholdMode, sink_mask
 
 @dataclass(frozen=True, kw_only=True)
 class ActConfig(Config):
-    """ACT parameters; defaults are the reference code's (METHODS §5).
+    """ACT parameters; defaults are the reference code's (docs/methods.md §5).
 
     Attributes:
         beta: factor on the attention to hidden sinks S' (code: 0.4).
@@ -128,7 +128,7 @@ class ACT:
     Example:
         >>> from tests.tiny import tiny_llama
         >>> model = tiny_llama()
-        >>> ids = model.encode("hello world")[None]
+        >>> ids = model.encode("hello world").input_ids
         >>> with ACT(HeadSet(["L1H0", "L1H3"])).applied(model):
         ...     logits = model.hf(ids).logits
         >>> tuple(logits.shape)

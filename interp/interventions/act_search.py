@@ -1,7 +1,7 @@
 """ACT head search: calibrate one head at a time and keep the heads that help.
 
 Yu et al. 2024 search, on a calibration set, which (layer, head) to calibrate; their code
-ships the resulting lists but not the selection rule (METHODS §5 [I]). The toolkit's rule:
+ships the resulting lists but not the selection rule (docs/methods.md §5). The toolkit's rule:
 for each candidate head (default: every head in layers 2..L-2), apply ACT to that head
 alone, score the calibration tasks, and keep the heads whose pooled calibration metric beats
 the baseline by more than `min_gain`. The metric is accuracy (the paper's); on the small

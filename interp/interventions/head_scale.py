@@ -4,7 +4,7 @@ z <- alpha * z for the selected query heads at every position, prefill and decod
 (alpha = 0 masks, 2 reinforces as in VHR). Because the output projection's bias is added
 after the sum over heads, this scales exactly the head's contribution. `mode="mean"`
 replaces z by a reference mean (Wang et al.'s mean ablation). Works with any attention
-kernel and costs one multiply per selected layer.
+kernel and costs one multiply per selected layer. Method notes: docs/methods.md §4.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from interp.heads import HeadGeometry, HeadSet
 from interp.hooks import head_output_hooks
 from interp.interventions.base import tensor_digest
 from interp.models import Model
+from interp.prompts import as_texts
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,8 +128,13 @@ def _check_reference(
         )
 
 
-def mean_head_outputs(model: Model, prompts: Sequence[str]) -> Float[Tensor, "layer head d_head"]:
-    """Mean z over all positions of `prompts`, per layer and head (for mean ablation)."""
+def mean_head_outputs(
+    model: Model, prompts: str | Sequence[str]
+) -> Float[Tensor, "layer head d_head"]:
+    """Mean z over all positions of `prompts` (one text or several), per layer and head.
+
+    The reference of mean ablation. Prompts run one at a time, so no padding enters the mean.
+    """
     geometry = model.geometry
     total = torch.zeros(geometry.n_layers, geometry.n_heads, geometry.d_head)
     count = 0
@@ -137,10 +143,10 @@ def mean_head_outputs(model: Model, prompts: Sequence[str]) -> Float[Tensor, "la
         total[layer] += z.detach().float().sum(dim=(0, 1)).cpu()
 
     with torch.no_grad(), head_output_hooks(model.hf, accumulate):
-        for prompt in prompts:
-            ids = model.encode(prompt)
-            model.hf(ids[None].to(model.device))
-            count += len(ids)
+        for prompt in as_texts(prompts):
+            batch = model.encode(prompt)
+            model.hf(**batch)
+            count += batch.input_ids.shape[1]
     if count == 0:
         raise ConfigError("mean_head_outputs needs at least one non-empty prompt.")
     return total / count

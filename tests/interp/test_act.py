@@ -86,7 +86,7 @@ def test_hidden_sinks_ignore_left_padding() -> None:
 
 def logits(model: Model, text: str = TEXT) -> torch.Tensor:
     with torch.no_grad():
-        return model.hf(model.encode(text)[None]).logits
+        return model.hf(model.encode(text).input_ids).logits
 
 
 def test_beta_one_is_identity_and_default_changes_logits(tiny: Model) -> None:
@@ -138,7 +138,7 @@ def test_decode_rows_reuse_prefill_sinks(tiny: Model) -> None:
 
 
 def test_cache_forward_without_prefill_raises(tiny: Model) -> None:
-    ids = tiny.encode(TEXT)[None]
+    ids = tiny.encode(TEXT).input_ids
     with torch.no_grad():
         cache = tiny.hf(ids, use_cache=True).past_key_values
         with pytest.raises(HookError, match="prefill"), ACT(HEADS).applied(tiny):
@@ -173,7 +173,7 @@ def test_act_end_to_end_on_the_default_model(default_model: Model) -> None:
     task = load_task("continents")
     recorder = Recorder([12])
     with torch.no_grad(), attention_hooks(default_model.hf, recorder):
-        default_model.hf(default_model.encode(task.text(task.items[0]))[None])
+        default_model.hf(default_model.encode(task.text(task.items[0])).input_ids)
     assert hidden_sinks(recorder.seen[0].probs, recorder.seen[0].visible, ActConfig()).any()
 
     calibration = [load_task("continents", "calibration").subsample(4)]

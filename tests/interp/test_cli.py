@@ -1,6 +1,8 @@
 """The command line as a shell user meets it: one-line errors, exit codes, result folders."""
 
 import json
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -16,6 +18,21 @@ def test_help_explains_every_option():
     assert result.exit_code == 0
     for option in ("--model", "--prompts", "--out", "--threshold", "--min-queries", "--static"):
         assert option in result.output
+
+
+def test_version_prints_the_toolkit_version_without_importing_torch():
+    from interp.version import toolkit_version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output == f"interp {toolkit_version()}\n"
+    script = (
+        "import sys\nfrom interp.cli import app\nsys.argv = ['interp', '--version']\n"
+        "try:\n    app()\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("interp ")
 
 
 def test_bad_model_spec_is_one_line_and_nonzero(tmp_path):

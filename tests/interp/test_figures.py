@@ -1,7 +1,11 @@
+import contextlib
+
 import numpy as np
 import pytest
 
 from interp import figures
+from interp.errors import ConfigError
+from interp.heads import HeadGeometry
 from interp.results import HeadScores, Provenance
 
 SCORES = HeadScores.from_matrix(
@@ -29,7 +33,7 @@ def test_export_writes_html_without_static_formats(tmp_path):
 @pytest.mark.skipif(figures.chromium_path() is None, reason="static export needs a Chromium")
 def test_static_export_shares_one_browser(tmp_path):
     figs = {"a": figures.head_heatmap(SCORES), "b": figures.head_heatmap(SCORES, title="B")}
-    written = figures.export(figs, tmp_path, formats=("png", "pdf"))
+    written = figures.export(figs, tmp_path, formats=("png", "pdf"), scale=2.0)
     assert sorted(p.name for p in written) == [
         "a.html",
         "a.pdf",
@@ -38,5 +42,78 @@ def test_static_export_shares_one_browser(tmp_path):
         "b.pdf",
         "b.png",
     ]
-    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+    png = (tmp_path / "a.png").read_bytes()
+    assert png[:4] == b"\x89PNG"
+    assert int.from_bytes(png[16:20], "big") == 2 * figs["a"].layout.width  # PNG width
     assert (tmp_path / "b.pdf").read_bytes()[:4] == b"%PDF"
+
+
+GQA = HeadGeometry(n_layers=3, n_heads=4, n_kv_heads=2, d_head=8, d_model=32)
+
+
+def test_heatmap_colour_range_label_size_and_font_are_settable():
+    figure = figures.head_heatmap(
+        SCORES, zmin=0.0, zmax=20.0, label="share", width=500, height=300, font_size=9
+    )
+    heatmap = figure.data[0]
+    assert (heatmap.zmin, heatmap.zmax) == (0.0, 20.0)
+    assert heatmap.colorbar.title.text == "share"
+    assert (figure.layout.width, figure.layout.height, figure.layout.font.size) == (500, 300, 9)
+
+
+def test_heatmap_labels_known_columns_for_humans():
+    figure = figures.head_heatmap(SCORES)
+    assert figure.data[0].colorbar.title.text == "attention share on sinks"
+    assert "attention share on sinks" in figure.layout.title.text
+    other = HeadScores(SCORES.data.assign(mystery_value=1.0), SCORES.provenance)
+    assert figures.head_heatmap(other, "mystery_value").data[0].colorbar.title.text == (
+        "mystery value"
+    )
+
+
+def test_paper_presets_set_width_and_font_at_the_stated_dpi():
+    one = figures.head_heatmap(SCORES, paper="one-column")
+    two = figures.head_heatmap(SCORES, paper="two-column")
+    assert one.layout.width == round(3.25 * 96) and two.layout.width == round(6.75 * 96)
+    assert one.layout.font.size == pytest.approx(8 * 96 / 72)
+    assert figures.PAPER["one-column"].scale == pytest.approx(300 / 96)
+    # An explicit size still wins over the preset.
+    assert figures.head_heatmap(SCORES, paper="one-column", width=400).layout.width == 400
+    with pytest.raises(ConfigError, match="one-column"):
+        figures.head_heatmap(SCORES, paper="one-col")  # type: ignore[arg-type]
+
+
+def test_kv_groups_are_marked_between_query_head_groups():
+    plain = figures.head_heatmap(SCORES, geometry=GQA)
+    marked = figures.head_heatmap(SCORES, geometry=GQA, kv_groups=True)
+    assert len(plain.layout.shapes) == 0
+    # 4 query heads, 2 per KV head: one separator, between heads 1 and 2.
+    assert [(s.x0, s.x1) for s in marked.layout.shapes] == [(1.5, 1.5)]
+    with pytest.raises(ConfigError, match="geometry"):
+        figures.head_heatmap(SCORES, kv_groups=True)
+
+
+def test_export_takes_one_format_as_a_string(tmp_path, monkeypatch):
+    monkeypatch.setattr(figures, "chromium_path", lambda: "/usr/bin/chromium")
+    written = []
+    monkeypatch.setattr(figures, "_browser", contextlib.nullcontext)
+    monkeypatch.setattr(figures.pio, "write_image", lambda f, path, **kw: written.append(path))
+    figures.export({"heat": figures.head_heatmap(SCORES)}, tmp_path, formats="png")
+    assert [p.name for p in written] == ["heat.png"]
+
+
+def test_notebook_renderer_adds_a_png_fallback(monkeypatch):
+    monkeypatch.setattr(figures.pio.renderers, "default", "plotly_mimetype")
+    monkeypatch.setattr(figures, "chromium_path", lambda: "/usr/bin/chromium")
+    assert figures.use_notebook_renderer() == "plotly_mimetype+png"
+    monkeypatch.setattr(figures, "chromium_path", lambda: None)
+    with pytest.warns(UserWarning, match="No Chromium"):
+        assert figures.use_notebook_renderer() == "plotly_mimetype"
+
+
+@pytest.mark.skipif(figures.chromium_path() is None, reason="static export needs a Chromium")
+def test_notebook_renderer_bundle_holds_json_and_png(monkeypatch):
+    monkeypatch.setattr(figures.pio.renderers, "default", figures.pio.renderers.default)
+    figures.use_notebook_renderer()
+    bundle = figures.pio.renderers._build_mime_bundle(figures.head_heatmap(SCORES).to_dict())
+    assert set(bundle) == {"application/vnd.plotly.v1+json", "image/png"}

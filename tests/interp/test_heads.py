@@ -39,3 +39,8 @@ def test_set_algebra():
     assert a.union(["L2H2"]) == HeadSet(["L0H0", "L1H1", "L2H2"])
     assert a.difference([Head(0, 0)]) == HeadSet(["L1H1"])
     assert torch.equal(HeadSet().mask(GEOMETRY), torch.zeros(3, 4, dtype=torch.bool))
+
+
+def test_one_label_or_head_is_a_set_of_one():
+    assert HeadSet("L1H2") == HeadSet(["L1H2"]) == HeadSet(Head(1, 2))
+    assert len(HeadSet("12.3")) == 1

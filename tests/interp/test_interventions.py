@@ -39,7 +39,7 @@ def recency(rows, index):
 
 def logits(model: Model, text: str = TEXT) -> torch.Tensor:
     with torch.no_grad():
-        return model.hf(model.encode(text)[None]).logits
+        return model.hf(model.encode(text).input_ids).logits
 
 
 def test_head_scale_alpha_one_is_bit_identical(tiny: Model) -> None:
@@ -248,3 +248,9 @@ def test_wrong_reference_shape_is_refused(tiny: Model) -> None:
     wrong_width = HeadScale("L0H0", mode="mean", reference=torch.zeros(3, 4, 8))
     with pytest.raises(ConfigError, match=r"expected \(3, 4, 16\)"), wrong_width.applied(tiny):
         pass
+
+
+def test_mean_head_outputs_takes_one_string_as_one_prompt(tiny: Model) -> None:
+    assert torch.equal(
+        mean_head_outputs(tiny, "hello there"), mean_head_outputs(tiny, ["hello there"])
+    )

@@ -24,11 +24,43 @@ def test_bad_specs_fail_with_what_was_tried(tmp_path):
 
 
 def test_encode_refuses_overlong_and_empty_input(tiny):
-    assert len(tiny.encode("abc")) == 3
     with pytest.raises(InputError, match="512"):
         tiny.encode("x" * 513)
+    with pytest.raises(InputError, match="prompt 1 has 513 tokens"):
+        tiny.encode(["ok", "x" * 513])  # one overlong text in a batch is refused too
     with pytest.raises(InputError, match="empty"):
-        tiny.check_length(0)
+        tiny.encode("")
+    with pytest.raises(InputError, match="Nothing to encode"):
+        tiny.encode([])
+
+
+def test_encode_gives_a_batch_that_hf_calls_take(tiny):
+    batch = tiny.encode("abc")
+    assert batch.input_ids.shape == (1, 3) and batch.attention_mask.tolist() == [[1, 1, 1]]
+    with torch.no_grad():
+        # A batch of one is the plain forward, bit for bit.
+        assert torch.equal(tiny.hf(**batch).logits, tiny.hf(batch.input_ids).logits)
+    out = tiny.hf.generate(**batch, max_new_tokens=2, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 5)
+
+
+def test_encode_left_pads_a_list_with_mask_and_positions(tiny):
+    batch = tiny.encode(["abcd", "xy"])
+    assert batch.lengths == [4, 2]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 1], [0, 0, 1, 1]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3], [0, 0, 0, 1]]
+    assert torch.equal(batch.ids(1), tiny.encode("xy").input_ids[0])
+    assert batch.input_ids[1, :2].tolist() == [tiny.tokenizer.pad_token_id] * 2
+    with torch.no_grad():
+        padded = tiny.hf(**batch).logits[1, -1]
+        alone = tiny.hf(**tiny.encode("xy")).logits[0, -1]
+    # Same row, different kernels' padding paths: equal to float32 rounding.
+    assert torch.allclose(padded, alone, atol=1e-5)
+
+
+def test_a_list_of_token_ids_is_refused_with_a_reason(tiny):
+    with pytest.raises(InputError, match="not token ids"):
+        tiny.encode([[3, 4, 5]])  # type: ignore[list-item]
 
 
 def test_weights_fingerprint_tracks_the_weights(tiny):
@@ -53,13 +85,25 @@ def test_default_model_loads_offline_with_its_geometry(default_model):
 @pytest.mark.integration
 def test_bridge_is_booted_on_a_copy(default_model):
     bridge = default_model.bridge
-    ids = default_model.encode("When Mary and John went to the store, John gave a drink to")
+    text = "When Mary and John went to the store, John gave a drink to"
+    ids = default_model.encode(text).input_ids
     with torch.no_grad():
-        hf_logits = default_model.hf(ids[None]).logits
-        _, cache = bridge.run_with_cache(ids[None])
+        hf_logits = default_model.hf(ids).logits
+        _, cache = bridge.run_with_cache(ids)
     assert "blocks.3.attn.hook_pattern" in cache
-    assert cache["blocks.3.attn.hook_pattern"].shape[1:] == (9, len(ids), len(ids))
+    assert cache["blocks.3.attn.hook_pattern"].shape[1:] == (9, ids.shape[1], ids.shape[1])
     # The HF model the analyzers hook is untouched: still plain HF attention modules.
     attention = default_model.hf.model.layers[0].self_attn
     assert type(attention).__module__.startswith("transformers.")
-    assert torch.equal(hf_logits, default_model.hf(ids[None]).logits)
+    assert torch.equal(hf_logits, default_model.hf(ids).logits)
+
+
+@pytest.mark.integration
+def test_bridge_prepends_bos_to_text_it_tokenizes(default_model):
+    """The documented shift: HF position p is bridge position p + 1 when the bridge tokenizes."""
+    text = "When Mary and John went to the store"
+    ids = default_model.encode(text).input_ids
+    bridged = default_model.bridge.to_tokens(text).cpu()
+    assert default_model.tokenizer.bos_token_id not in ids[0].tolist()  # SmolLM2 adds none
+    assert bridged[0, 0] == default_model.tokenizer.bos_token_id
+    assert torch.equal(bridged[:, 1:], ids)

@@ -70,7 +70,7 @@ def test_subsample_is_seeded() -> None:
 
 def brute_force(model: Model, prompt: str, choice: str) -> float:
     """Log-prob of the choice from one unpadded forward of prompt + choice."""
-    prompt_ids = model.encode(prompt)
+    prompt_ids = model.encode(prompt).ids()
     ids = model.tokenizer(" " + choice, add_special_tokens=False)["input_ids"]
     full = torch.cat([prompt_ids, torch.tensor(ids)])[None]
     with torch.no_grad():

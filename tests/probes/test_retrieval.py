@@ -331,3 +331,16 @@ def test_retrieval_result_round_trips(tiny, tmp_path) -> None:
     assert isinstance(result.tests.data.head_scores.iloc[0], list)
     result.save(tmp_path)
     assert retrieval.RetrievalResult.load(tmp_path) == result
+
+
+def test_one_haystack_path_is_one_file(tmp_path) -> None:
+    path = tmp_path / "hay.txt"
+    path.write_text("Some prose.")
+    assert niah.load_haystack(str(path)) == niah.load_haystack(path) == "Some prose."
+
+
+def test_greedy_decode_refuses_a_batch_instead_of_one_sequence(tiny) -> None:
+    batch = tiny.encode("The key is")
+    with pytest.raises(InputError, match=r"\.ids\(\)"):
+        retrieval.greedy_decode(tiny, batch.input_ids, 3)
+    assert len(retrieval.greedy_decode(tiny, batch.ids(), 3)) <= 3

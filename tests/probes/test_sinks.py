@@ -69,10 +69,10 @@ def test_run_on_tiny_model_matches_explicit_patterns(tiny):
     table = result.heads.data
     assert len(table) == 2 * 3 * 4 and set(table.example) == {0, 1}
     # Reference: full patterns from an eager forward of the same model.
-    ids = tiny.encode(prompts[1])
+    ids = tiny.encode(prompts[1]).input_ids
     tiny.hf.set_attn_implementation("eager")
     with torch.no_grad():
-        attentions = tiny.hf(ids[None], output_attentions=True).attentions
+        attentions = tiny.hf(ids, output_attentions=True).attentions
     tiny.hf.set_attn_implementation("sdpa")
     column_sums = torch.stack([a[0].sum(1) for a in attentions])
     expected = sinks.sink_statistics(column_sums, sinks.SinkConfig())["score"].ravel()
@@ -86,6 +86,19 @@ def test_run_rejects_empty_and_overlong_input(tiny):
         sinks.run(tiny, [])
     with pytest.raises(InputError, match="context"):
         sinks.run(tiny, ["x" * 600])  # tiny context is 512 tokens
+
+
+def test_one_string_is_one_prompt_not_its_characters(tiny):
+    text = "The cat sat."
+    result = sinks.run(tiny, text)
+    assert result.heads.provenance.n_inputs == 1
+    assert set(result.heads.data.example) == {0}
+    assert set(result.heads.data.n_tokens) == {len(text)}  # byte tokenizer: one per char
+    assert result.heads.data.equals(sinks.run(tiny, [text]).heads.data)
+    with pytest.raises(InputError, match="not token ids"):
+        sinks.run(tiny, [[3, 4, 5]])  # type: ignore[list-item]
+    with pytest.raises(InputError, match="pass the text itself"):
+        sinks.run(tiny, tiny.encode(text))  # type: ignore[arg-type]  # would give key names
 
 
 def test_massive_dimensions_summary_ranks_dims():
