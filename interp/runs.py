@@ -6,8 +6,14 @@ search) stop and resume. Each finished work item is one JSON line `{"key": ..., 
 whole or not at all; a line cut short by a crash is dropped when the log is reopened.
 `run(items, key, fn)` skips the items whose key is already recorded. The run's identity (a
 provenance record minus its date: model, weights, analyzer, config, inputs) is stored in
-`run.json` when the folder is first used, so a later reopening can be checked against it
-(the check and a folder lock are still to come; `stored_identity` is the seam).
+`run.json` when the folder is first used; reopening the log with another identity (another
+model, config or input set) is refused with the fields that differ, so a resume can never
+mix rows of two runs.
+
+`claim_folder(folder, record)` holds a result folder for one command: an exclusive lock
+(`.lock`, released when the command ends or its process dies) refuses a second live run,
+and a folder holding another run's results (another command or other options, by its
+manifest) or files that are no run's is refused too.
 
 `RunRecord` is what a command writes to `manifest.json` at the end: argv and the parsed
 options, versions of the toolkit, torch and transformers, every input file's path and
@@ -17,12 +23,14 @@ SHA-256, the files this run wrote (only those, even in a reused folder), and wal
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
 import platform
 import time
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,6 +42,9 @@ T = TypeVar("T")
 LOG_FILE = "work.jsonl"
 IDENTITY_FILE = "run.json"
 MANIFEST_FILE = "manifest.json"
+LOCK_FILE = ".lock"
+# Fields of an identity that may change between a run and its resumption.
+_RESUMABLE_ACROSS = ("toolkit_version", "created")
 
 
 def run_identity(provenance: Provenance) -> dict[str, Any]:
@@ -54,6 +65,17 @@ class WorkLog:
         if not identity_path.is_file():
             identity_path.write_text(_dumps(identity) + "\n", encoding="utf-8")
         self.stored_identity: dict[str, Any] = json.loads(identity_path.read_text("utf-8"))
+        differ = [
+            name
+            for name in sorted(set(identity) | set(self.stored_identity))
+            if name not in _RESUMABLE_ACROSS
+            and _dumps(identity.get(name)) != _dumps(self.stored_identity.get(name))
+        ]
+        if differ:
+            raise InputError(
+                f"{self.folder} holds a run with another {', '.join(differ)}; resuming would"
+                " mix two runs' rows. Use another --out (or delete the folder to start over)."
+            )
         self.done: dict[str, list[dict[str, Any]]] = self._read()
 
     def _read(self) -> dict[str, list[dict[str, Any]]]:
@@ -112,6 +134,59 @@ def _key_text(key: Hashable) -> str:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+
+
+@contextmanager
+def claim_folder(folder: Path, record: RunRecord) -> Iterator[Path]:
+    """Hold `folder` for the run `record` describes (see the module doc); yields the folder.
+
+    Raises:
+        InputError: the folder cannot be created, another live run holds it, or it holds
+            another run's results or files that belong to no run.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = (folder / LOCK_FILE).open("a")
+    except OSError as exc:
+        raise InputError(f"Cannot write the output folder {folder}: {exc.strerror}.") from exc
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(
+                f"Another live run is writing {folder}; wait for it or use another --out."
+            ) from None
+        _refuse_foreign_contents(folder, record)
+        yield folder
+
+
+def _refuse_foreign_contents(folder: Path, record: RunRecord) -> None:
+    manifest = folder / MANIFEST_FILE
+    if manifest.is_file():
+        try:
+            earlier = json.loads(manifest.read_text("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            earlier = {}
+        same = earlier.get("command") == record.command and _dumps(
+            _options(earlier.get("params", {}))
+        ) == _dumps(_options(json.loads(_dumps(record.params))))
+        if not same:
+            raise InputError(
+                f"{folder} holds the results of another run ({earlier.get('command', '?')}"
+                " with other options); use another --out."
+            )
+        return
+    own = {LOCK_FILE, LOG_FILE, IDENTITY_FILE}
+    if any(p.is_file() and p.name not in own for p in folder.rglob("*")):
+        raise InputError(
+            f"{folder} is not empty and holds no finished interp run (no {MANIFEST_FILE});"
+            " use an empty or new --out."
+        )
+
+
+def _options(params: dict[str, Any]) -> dict[str, Any]:
+    """The options that make two runs the same run (the output folder itself aside)."""
+    return {k: v for k, v in params.items() if k != "out"}
 
 
 def sha256_file(path: Path) -> str:

@@ -10,7 +10,7 @@ import datetime as dt
 import re
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,9 +40,16 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+# Result folders the running command holds (see result_folder); user_errors releases them.
+_HELD = ExitStack()
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn toolkit errors into one-line messages and Ctrl-C into exit code 130."""
+    """Turn toolkit errors into one-line messages and Ctrl-C into exit code 130.
+
+    The command's whole body runs inside it, so the folder lock it took is released here.
+    """
     try:
         yield
     except InterpError as exc:
@@ -50,16 +57,25 @@ def user_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         typer.secho("interrupted: partial results (if any) are in the output folder.", err=True)
         raise typer.Exit(130) from None
+    finally:
+        _HELD.close()
 
 
-def result_folder(out: Path | None, job: str, model_spec: str) -> Path:
-    """The output folder: `out`, or results/<job>-<model>-<UTC time>."""
+def result_folder(out: Path | None, job: str, model_spec: str | None, record: RunRecord) -> Path:
+    """The output folder, claimed for this run until the command ends.
+
+    `out`, or results/<job>-<model>-<UTC time>. Call it before the long work, so a folder
+    that cannot be used (a file, read-only, another live run's, another run's results) is
+    refused at once rather than after the analysis; see `interp.runs.claim_folder`.
+    """
+    from interp.models import DEFAULT_MODEL
+    from interp.runs import claim_folder
+
     if out is None:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
-        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model_spec).name)
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model_spec or DEFAULT_MODEL).name)
         out = Path("results") / f"{job}-{safe}-{stamp}"
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    return _HELD.enter_context(claim_folder(out, record))
 
 
 def progress_bar(

@@ -93,8 +93,8 @@ def effect_act(
         )
         if heads is not None:
             record.inputs([heads])
+        folder = result_folder(out, "act", model, record)
         loaded = load_model_or_fail(model, device)
-        folder = result_folder(out, "act", loaded.spec)
         if heads is None:
             n_candidates = len(act_candidates(loaded.geometry))
             total = min(search.max_heads or n_candidates, n_candidates) + 1

@@ -127,12 +127,12 @@ def score_retrieval(
             average=average,
             threshold=threshold,  # type: ignore[arg-type]
         )
+        folder = result_folder(out, "retrieval", model, record)
         loaded = load_model_or_fail(model, device)
         grid = config.grid_lengths(loaded)
         tests = _tests(
             loaded, record, needles, "scoring.jsonl", haystack, grid, depths, max_new_tokens
         )
-        folder = result_folder(out, "retrieval", loaded.spec)
         provenance = retrieval.retrieval_provenance(loaded, tests, config)
         rows = _run_logged(
             folder,
@@ -222,12 +222,12 @@ def ablate_retrieval(
         effects = EffectsConfig(n_boot=n_boot, seed=seed, method=interval)  # type: ignore[arg-type]
         record.inputs([scores])
         head_scores = HeadScores.load(scores)
+        folder = result_folder(out, "ablation", model, record)
         loaded = load_model_or_fail(model, device)
         grid = _ints(lengths) or ()
         tests = _tests(
             loaded, record, needles, "heldout.jsonl", haystack, grid, depths, max_new_tokens
         )
-        folder = result_folder(out, "ablation", loaded.spec)
         provenance = ablation.ablation_provenance(loaded, tests, head_scores, config, effects)
         conditions = ablation.conditions(head_scores, config)
         rows = _run_logged(

@@ -64,6 +64,7 @@ def score_sinks(
             min_queries=min_queries,
             massive_threshold=massive_threshold,
         )
+        folder = result_folder(out, "sinks", model, record)
         prompt_file = prompts or data_path("prompts", "sinks.jsonl")
         texts = load_prompts(prompt_file)
         record.inputs([prompt_file])
@@ -71,7 +72,6 @@ def score_sinks(
         update, bar = progress_bar(len(texts), "sinks")
         with bar:
             result = sinks.run(loaded, texts, config, progress=update)
-        folder = result_folder(out, "sinks", loaded.spec)
         provenance = result.heads.provenance
         per_head = result.heads.per_head()
         dims = sinks.massive_dimensions(result.massive)

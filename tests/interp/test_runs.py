@@ -36,7 +36,7 @@ def test_work_log_drops_a_line_cut_short_and_keeps_its_identity(tmp_path: Path) 
     log.record(["a"], [{"x": 1}])
     with (tmp_path / LOG_FILE).open("a") as handle:
         handle.write('{"key": ["b"], "rows": [{"x"')  # a crash mid-line
-    reopened = WorkLog(tmp_path, {**IDENTITY, "model": "another"})
+    reopened = WorkLog(tmp_path, {**IDENTITY, "toolkit_version": "9.9"})  # may differ
     assert reopened.is_done(["a"]) and not reopened.is_done(["b"])
     reopened.record(["b"], [{"x": 2}])
     lines = (tmp_path / LOG_FILE).read_text().splitlines()
@@ -45,6 +45,22 @@ def test_work_log_drops_a_line_cut_short_and_keeps_its_identity(tmp_path: Path) 
     (tmp_path / LOG_FILE).write_text("not json\n")
     with pytest.raises(InputError, match=f"{LOG_FILE}:1"):
         WorkLog(tmp_path, IDENTITY)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model": "another"},
+        {"weights_hash": "other-weights"},
+        {"config": {"masking": "uniform"}},
+        {"inputs_hash": "other-needles"},
+    ],
+)
+def test_resuming_another_run_is_refused_naming_what_differs(tmp_path: Path, change) -> None:
+    WorkLog(tmp_path, IDENTITY).record(["a"], [{"x": 1}])
+    (name,) = change
+    with pytest.raises(InputError, match=f"another {name}; resuming would mix"):
+        WorkLog(tmp_path, {**IDENTITY, **change})
 
 
 def test_run_record_lists_inputs_outputs_versions_and_time(tmp_path: Path) -> None:
@@ -70,17 +86,21 @@ def test_run_record_lists_inputs_outputs_versions_and_time(tmp_path: Path) -> No
     assert manifest["wall_s"] >= 0 and manifest["rows"] == 2 and manifest["command"] == "score x"
 
 
-def test_rerun_into_a_used_folder_lists_only_its_own_files(tiny, tmp_path: Path) -> None:
+def _sinks_args(tiny, tmp_path: Path) -> list[str]:
     model = tmp_path / "model"
     tiny.hf.save_pretrained(model)
     tiny.tokenizer.save_pretrained(model)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("The cat sat on the mat.\n\nA second prompt here.")
+    return ["score", "sinks", "--model", str(model), "--prompts", str(prompts), "--no-static"]
+
+
+def test_rerun_into_a_used_folder_lists_only_its_own_files(tiny, tmp_path: Path) -> None:
+    args = _sinks_args(tiny, tmp_path)
     out = tmp_path / "run"
+    assert CliRunner().invoke(app, [*args, "--out", str(out)]).exit_code == 0
     stale = out / "figures" / "old_figure.html"
-    stale.parent.mkdir(parents=True)
-    stale.write_text("from an earlier run")
-    args = ["score", "sinks", "--model", str(model), "--prompts", str(prompts), "--no-static"]
+    stale.write_text("from an earlier run of the same command")
     result = CliRunner().invoke(app, [*args, "--out", str(out)])
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
@@ -89,5 +109,57 @@ def test_rerun_into_a_used_folder_lists_only_its_own_files(tiny, tmp_path: Path)
         manifest["files"]
     )
     assert all((out / name).is_file() for name in manifest["files"])
-    assert manifest["inputs"][0]["path"] == str(prompts)
-    assert manifest["params"]["prompts"] == str(prompts)
+    assert manifest["inputs"][0]["path"] == args[5]
+    assert manifest["params"]["prompts"] == args[5]
+
+
+def _refused(args: list[str], match: str) -> None:
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.count("error:") == 1 and "Traceback" not in result.output
+    assert match in result.output, result.output
+
+
+def test_folders_of_other_runs_and_files_are_refused_before_the_work(tiny, tmp_path) -> None:
+    args = _sinks_args(tiny, tmp_path)
+    out = tmp_path / "run"
+    assert CliRunner().invoke(app, [*args, "--out", str(out)]).exit_code == 0
+    before = sorted(p.name for p in out.rglob("*"))
+    _refused([*args, "--threshold", "0.2", "--out", str(out)], "another run")
+    assert sorted(p.name for p in out.rglob("*")) == before  # nothing was mixed in
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("someone's notes")
+    _refused([*args, "--out", str(foreign)], "not empty")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    _refused([*args, "--out", str(a_file)], "Cannot write the output folder")
+    _refused([*args, "--out", str(tmp_path / ("x" * 300))], "Cannot write the output folder")
+
+
+def _hold(folder: str, ready, release) -> None:
+    from interp.runs import RunRecord, claim_folder
+
+    with claim_folder(Path(folder), RunRecord("score sinks", [], {})):
+        ready.set()
+        release.wait(60)
+
+
+def test_a_second_live_run_on_one_folder_is_refused(tiny, tmp_path) -> None:
+    import multiprocessing
+
+    args = _sinks_args(tiny, tmp_path)
+    out = tmp_path / "run"
+    context = multiprocessing.get_context("spawn")
+    ready, release = context.Event(), context.Event()
+    holder = context.Process(target=_hold, args=(str(out), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        _refused([*args, "--out", str(out)], "Another live run is writing")
+        assert not (out / "manifest.json").exists()
+    finally:
+        release.set()
+        holder.join(60)
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])  # free again once it ends
+    assert result.exit_code == 0, result.output

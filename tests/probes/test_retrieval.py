@@ -268,6 +268,18 @@ def test_cli_score_resume_and_ablate(tiny, tmp_path) -> None:
     assert (tmp_path / "abl" / "figures" / "ablation_curve.html").is_file()
     too_long = CliRunner().invoke(app, ["score", "retrieval", *common[:2], "--lengths", "600"])
     assert too_long.exit_code == 2 and "context" in too_long.output
+    for path in out.rglob("*"):  # as if killed before the end: only the work log is left
+        if path.is_file() and path.name not in ("work.jsonl", "run.json", ".lock"):
+            path.unlink()
+    other = tmp_path / "other.jsonl"
+    other.write_text(
+        json.dumps({"needle": "The word is plum.", "question": "Word?", "answer": "plum"})
+    )
+    changed = CliRunner().invoke(app, [*args, "--needles", str(other)])
+    assert changed.exit_code == 2 and "another inputs_hash" in changed.output
+    uniform = CliRunner().invoke(app, [*args, "--count", "events"])
+    assert uniform.exit_code == 2 and "another config" in uniform.output
+    assert len((out / "work.jsonl").read_text().splitlines()) == 12  # nothing mixed in
 
 
 def test_answer_match_gives_no_credit_to_function_words() -> None:
