@@ -72,6 +72,7 @@ class EffectsConfig(Config):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_range(self, "n_boot", 1)
+        check_range(self, "seed", 0)
         check_range(self, "confidence", 0.0, 1.0, strict_low=True)
         check_range(self, "batch_size", 1)
 

@@ -226,8 +226,14 @@ class RunRecord:
         self.files: list[Path] = []
 
     def inputs(self, paths: Iterable[str | Path]) -> None:
-        """Record input files (a folder: every file in it) with their SHA-256."""
+        """Record input files (a folder: every file in it) with their SHA-256.
+
+        Raises:
+            InputError: a path does not exist.
+        """
         for path in map(Path, paths):
+            if not path.exists():
+                raise InputError(f"Input {path} does not exist.")
             found = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
             for file in found:
                 entry = {"path": str(file), "sha256": sha256_file(file)}

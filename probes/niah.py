@@ -119,6 +119,11 @@ def load_haystack(paths: str | Path | Sequence[str | Path] | None = None) -> str
 
 def grid(lengths: Sequence[int], n_depths: int) -> list[tuple[int, float]]:
     """All (length, depth) pairs, depths linspace(0, 1, n_depths) (paper: 0..100%)."""
+    if n_depths < 1 or not lengths or min(lengths) < 1:
+        raise InputError(
+            f"A NIAH grid needs lengths >= 1 and at least one depth, got lengths"
+            f" {list(lengths)} and {n_depths} depths."
+        )
     depths = np.linspace(0.0, 1.0, n_depths) if n_depths > 1 else np.array([0.5])
     return [(int(n), round(float(d), 4)) for n in lengths for d in depths]
 

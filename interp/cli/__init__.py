@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import typer
+from typer._click import exceptions as click_errors  # typer >= 0.29 vendors click
+from typer.core import TyperGroup
 
 from interp.cli.effect import effect_act
 from interp.cli.models import models
@@ -10,7 +15,34 @@ from interp.cli.retrieval import ablate_retrieval, score_retrieval
 from interp.cli.sinks import score_sinks
 from interp.version import toolkit_version
 
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors (a bad option value, a missing option) as one `error:` line, exit 2.
+
+    Click and typer print them as a usage block or a rich panel; the toolkit's own errors
+    are one line (interp.cli.common.fail), and so are these. Help requested by giving no
+    arguments is still shown as help.
+    """
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click_errors.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click_errors.ClickException as exc:
+            message = " ".join(exc.format_message().split())
+            typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     help="Score, visualise and intervene on attention heads.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

@@ -40,15 +40,19 @@ ThresholdOption = typer.Option(help="A retrieval head has mean score > this (pap
 MaxNewOption = typer.Option(help="Greedy decoding budget (paper: 50; stops at a newline).")
 
 
-def _ints(text: str | None) -> tuple[int, ...] | None:
+def _ints(text: str | None, minimum: int) -> tuple[int, ...] | None:
+    """Comma-separated integers >= `minimum` (None stays None: the command's default)."""
     if text is None:
         return None
     from interp.errors import InputError
 
     try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError as exc:
-        raise InputError(f"Expected comma-separated integers, got {text!r}.") from exc
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < minimum:
+        raise InputError(f"Expected comma-separated integers >= {minimum}, got {text!r}.")
+    return values
 
 
 def _tests(
@@ -119,7 +123,7 @@ def score_retrieval(
         from probes import retrieval
 
         config = retrieval.RetrievalConfig(
-            lengths=_ints(lengths),
+            lengths=_ints(lengths, minimum=1),
             n_depths=depths,
             max_new_tokens=max_new_tokens,
             count=count,
@@ -205,12 +209,14 @@ def ablate_retrieval(
         import pandas as pd
 
         from interp.effects import EffectsConfig
+        from interp.errors import InputError
         from interp.figures import ablation_curve
         from interp.results import HeadScores
+        from probes import retrieval
         from probes import retrieval_ablation as ablation
 
         config = ablation.AblationConfig(
-            ks=_ints(ks) or (),
+            ks=_ints(ks, minimum=0) or (),
             n_seeds=seeds,
             masking=masking,
             positions=positions,  # type: ignore[arg-type]
@@ -220,11 +226,16 @@ def ablate_retrieval(
             max_new_tokens=max_new_tokens,  # type: ignore[arg-type]
         )
         effects = EffectsConfig(n_boot=n_boot, seed=seed, method=interval)  # type: ignore[arg-type]
-        record.inputs([scores])
         head_scores = HeadScores.load(scores)
+        if head_scores.provenance.analyzer != retrieval.ANALYZER:
+            raise InputError(
+                f"{scores} holds {head_scores.provenance.analyzer!r} scores; --scores takes the"
+                " scores.parquet of `interp score retrieval`."
+            )
+        record.inputs([scores])
         folder = result_folder(out, "ablation", model, record)
         loaded = load_model_or_fail(model, device)
-        grid = _ints(lengths) or ()
+        grid = _ints(lengths, minimum=1) or ()
         tests = _tests(
             loaded, record, needles, "heldout.jsonl", haystack, grid, depths, max_new_tokens
         )

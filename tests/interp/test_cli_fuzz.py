@@ -1,0 +1,222 @@
+"""Malformed invocations of every command: each is one `error:` line and exit code 2.
+
+The cases are generated: every option of every command gets the bad values of its kind
+(non-finite, out-of-range or non-numeric numbers, unknown choices, files that are missing,
+folders, empty, binary, not UTF-8 or of the wrong kind, bad model specs and output folders).
+A case fails if the command prints a traceback, prints more or less than one error line,
+exits otherwise than with 2, or accepts the garbage and runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from interp.cli import app
+from interp.results import HeadScores
+from tests.interp.test_results import provenance
+from tests.tiny import tiny_llama
+
+BAD_VALUES = {
+    "probability": ["nan", "inf", "-0.5", "1.5", "abc"],
+    "positive": ["nan", "inf", "-1", "0", "abc"],
+    "finite": ["nan", "inf", "-inf", "abc"],
+    "count": ["0", "-3", "abc", "1.5"],
+    "non_negative": ["-1", "abc", "1.5"],
+    "lengths": ["abc", "-5", "1,,x", ",", "0"],
+    "ks": ["abc", "-1", "2,x"],
+    "choice": ["bogus", ""],
+    "device": ["cuda:7", "gpu"],
+}
+FILE_KINDS = ["missing", "folder", "empty", "binary", "latin1"]
+SMALL_GRID = ["--lengths", "250", "--depths", "1", "--max-new-tokens", "2", "--no-static"]
+SMALL_ABLATION = ["--ks", "0,1", "--seeds", "1", "--n-boot", "20"]
+SMALL_SEARCH = ["--max-heads", "1", "--n-boot", "20", "--no-static"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """A tiny model folder, valid inputs for every command, and broken files of each kind."""
+    root = tmp_path_factory.mktemp("fuzz")
+    tiny = tiny_llama()
+    tiny.hf.save_pretrained(root / "model")
+    tiny.tokenizer.save_pretrained(root / "model")
+    (root / "prompts.txt").write_text("The cat sat on the mat.\n\nA second prompt.")
+    needle = {"needle": "The key is red.", "question": "What colour is the key?", "answer": "red"}
+    (root / "needles.jsonl").write_text(json.dumps(needle) + "\n")
+    task = root / "task"
+    task.mkdir()
+    (task / "task.json").write_text('{"instruction": "Answer.", "shots": 1}')
+    item = {"prompt": "Is the sky blue?", "choices": ["yes", "no"], "answer": 0}
+    (task / "calibration.jsonl").write_text((json.dumps(item) + "\n") * 4)
+    (task / "test.jsonl").write_text((json.dumps(item) + "\n") * 4)
+    matrix = np.zeros((3, 4))
+    HeadScores.from_matrix(matrix, provenance(analyzer="retrieval")).save(root / "scores.parquet")
+    HeadScores.from_matrix(matrix, provenance(analyzer="sinks")).save(root / "sinks.parquet")
+    broken = {
+        "empty": b"",
+        "binary": bytes(range(256)) * 8,
+        "latin1": "caf\u00e9 cr\u00e8me\n".encode("latin-1"),
+    }
+    for kind, content in broken.items():
+        for suffix in (".txt", ".jsonl", ".parquet"):
+            (root / f"{kind}{suffix}").write_bytes(content)
+    (root / "folder").mkdir()
+    (root / "a_file").write_text("not a folder")
+    (root / "not.gguf").write_text("not a gguf file")
+    return {"root": root, "model": root / "model", "task": task}
+
+
+def bad_path(root: Path, kind: str, suffix: str) -> str:
+    return str(root / {"missing": f"missing{suffix}", "folder": "folder"}.get(kind, kind + suffix))
+
+
+# command -> (valid arguments, {option: kind of value, or ("file", suffix)})
+def commands(f: dict[str, Path]) -> dict[str, tuple[list[str], dict[str, object]]]:
+    root, model = f["root"], str(f["model"])
+    common = {"--model": "model", "--out": "out", "--device": "device"}
+    niah = {"--needles": ("file", ".jsonl"), "--haystack": ("file", ".txt")}
+    return {
+        "score sinks": (
+            ["--model", model, "--prompts", str(root / "prompts.txt"), "--no-static"],
+            {
+                **common,
+                "--prompts": ("file", ".txt"),
+                "--threshold": "probability",
+                "--threshold-mode": "choice",
+                "--min-queries": "count",
+                "--massive-threshold": "positive",
+            },
+        ),
+        "score retrieval": (
+            ["--model", model, "--needles", str(root / "needles.jsonl"), *SMALL_GRID],
+            {
+                **common,
+                **niah,
+                "--lengths": "lengths",
+                "--depths": "count",
+                "--max-new-tokens": "count",
+                "--count": "choice",
+                "--span": "choice",
+                "--average": "choice",
+                "--threshold": "probability",
+            },
+        ),
+        "ablate retrieval": (
+            [
+                *("--model", model, "--scores", str(root / "scores.parquet")),
+                *("--needles", str(root / "needles.jsonl"), *SMALL_GRID, *SMALL_ABLATION),
+            ],
+            {
+                **common,
+                **niah,
+                "--scores": ("file", ".parquet"),
+                "--lengths": "lengths",
+                "--depths": "count",
+                "--ks": "ks",
+                "--seeds": "non_negative",
+                "--masking": "choice",
+                "--positions": "choice",
+                "--random-draw": "choice",
+                "--metric": "choice",
+                "--threshold": "probability",
+                "--max-new-tokens": "count",
+                "--n-boot": "count",
+                "--interval": "choice",
+                "--seed": "non_negative",
+            },
+        ),
+        "effect act": (
+            ["--model", model, "--task", str(f["task"]), *SMALL_SEARCH],
+            {
+                **common,
+                "--task": ("file", ".jsonl"),
+                "--heads": ("file", ".parquet"),
+                "--calibration-items": "non_negative",
+                "--test-items": "non_negative",
+                "--max-heads": "non_negative",
+                "--metric": "choice",
+                "--min-gain": "finite",
+                "--beta": "probability",
+                "--threshold": "probability",
+                "--n-boot": "count",
+                "--seed": "non_negative",
+            },
+        ),
+    }
+
+
+def cases(f: dict[str, Path]) -> list[tuple[str, list[str]]]:
+    """(label, argv) for every malformed invocation."""
+    root, out = [], f["root"]
+    for command, (valid, options) in commands(f).items():
+        for option, kind in options.items():
+            if kind == "model":
+                values = [str(out / "missing.gguf"), str(out / "not.gguf"), str(out / "folder")]
+                values += [str(out / "prompts.txt")]
+            elif kind == "out":
+                values = [str(out / "a_file"), str(out / ("x" * 300))]
+            elif isinstance(kind, tuple):
+                values = [bad_path(out, k, kind[1]) for k in FILE_KINDS]
+            else:
+                values = BAD_VALUES[str(kind)]
+            for value in values:
+                root.append(
+                    (
+                        f"{command} {option}={value[-24:]!r}",
+                        [*command.split(), *valid, option, value],
+                    )
+                )
+    root.append(
+        (
+            "ablate sinks-as-scores",
+            [
+                "ablate",
+                "retrieval",
+                *commands(f)["ablate retrieval"][0],
+                "--scores",
+                str(out / "sinks.parquet"),
+            ],
+        )
+    )
+    root.append(
+        (
+            "effect retrieval-as-heads",
+            [
+                "effect",
+                "act",
+                *commands(f)["effect act"][0],
+                "--heads",
+                str(out / "scores.parquet"),
+            ],
+        )
+    )
+    root.append(
+        (
+            "effect unknown task",
+            ["effect", "act", *commands(f)["effect act"][0], "--task", "no_such_task"],
+        )
+    )
+    return root
+
+
+def test_there_are_enough_cases(files) -> None:
+    assert len(cases(files)) >= 150
+
+
+def test_every_malformed_invocation_is_one_line_and_exit_2(files, tmp_path) -> None:
+    runner = CliRunner()
+    failures = []
+    for index, (label, argv) in enumerate(cases(files)):
+        if "--out" not in argv:
+            argv = [*argv, "--out", str(tmp_path / f"run{index}")]
+        result = runner.invoke(app, argv)
+        output = result.output
+        errors = [line for line in output.splitlines() if line.startswith("error:")]
+        if result.exit_code != 2 or len(errors) != 1 or "Traceback" in output:
+            failures.append(f"{label}: exit {result.exit_code}, {output.strip()[-160:]!r}")
+    assert not failures, f"{len(failures)} of {len(cases(files))}:\n" + "\n".join(failures)
