@@ -95,9 +95,10 @@ class _ColumnSums:
         return True
 
     def __call__(self, rows: AttentionRows) -> None:
-        block = rows.probs[0].sum(dim=1)  # [head, key]
-        current = self.sums[rows.layer]
-        self.sums[rows.layer] = block if current is None else current + block
+        if self.sums[rows.layer] is None:
+            self.sums[rows.layer] = rows.probs.new_zeros(rows.probs.shape[1], rows.n_keys)
+        block = rows.probs[0].sum(dim=1)  # [head, block key]: a prefix of the key axis
+        self.sums[rows.layer][:, : block.shape[-1]] += block  # type: ignore[index]
 
 
 def sink_statistics(
