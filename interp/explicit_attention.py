@@ -120,7 +120,11 @@ class PrepassHook(AttentionHook, Protocol):
     """
 
     def needs_prepass(self, layer: int, n_queries: int, n_keys: int) -> bool:
-        """Whether this forward's rows of `layer` must all be prepared before any edit."""
+        """Whether this forward's rows of `layer` must all be prepared before any edit.
+
+        Asked once per wanted layer and forward, before any of its blocks: a hook may
+        reset its per-forward state here.
+        """
         ...
 
     def prepare(self, rows: AttentionRows) -> None:

@@ -18,7 +18,8 @@ in float32, no learned norm weight; every (token, dim) with phi >= 20 is reporte
 
 Memory: only per-key column sums are kept, [layer, head, key] floats per prompt (4.3 MB for
 30 layers x 9 heads x 4k keys); explicit attention is computed one layer and one block of
-query rows at a time (see interp.hooks), never all layers' [query, key] patterns.
+query rows at a time, over the keys the block can see (see interp.explicit_attention), never
+all layers' [query, key] patterns.
 """
 
 from __future__ import annotations
@@ -86,7 +87,11 @@ class SinkResult:
 
 
 class _ColumnSums:
-    """Attention hook that accumulates sum_i A_ij per layer and head (batch of one)."""
+    """Attention hook that accumulates sum_i A_ij per layer and head (batch of one).
+
+    Each block covers a prefix of the keys, so it adds into the first entries of the
+    layer's [head, n_keys] sums.
+    """
 
     def __init__(self, n_layers: int) -> None:
         self.sums: list[Tensor | None] = [None] * n_layers

@@ -90,13 +90,13 @@ def hidden_sinks(
     `probs` must hold every query row of the prompt (query i = key i). Padded tokens count
     neither as queries nor as keys.
     """
-    sums, seen_by = valid_column_sums(
+    sums, seen_by = _valid_column_sums(
         probs, visible, torch.arange(probs.shape[2], device=probs.device)
     )
     return _without_first(sink_mask(sums, seen_by[:, None], config)[0])
 
 
-def valid_column_sums(
+def _valid_column_sums(
     probs: Float[Tensor, "batch head query key"],
     visible: Bool[Tensor, "batch query key"],
     query_positions: Int[Tensor, " query"],
@@ -182,11 +182,12 @@ class _Calibrator:
         self.carried: dict[int, Tensor] = {}  # layer -> S' [batch, selected head, prompt key]
 
     def needs_prepass(self, layer: int, n_queries: int, n_keys: int) -> bool:
+        self.pending.pop(layer, None)  # a new forward: drop sums an interrupted one left
         return n_keys == n_queries  # a prompt without cache: detect its sinks
 
     def prepare(self, rows: AttentionRows, index: Tensor) -> None:
         probs = rows.probs.detach()[:, index]  # S' is boolean: no gradient flows through it
-        sums, seen_by = valid_column_sums(probs, rows.visible, rows.query_positions)
+        sums, seen_by = _valid_column_sums(probs, rows.visible, rows.query_positions)
         batch, n_heads, n_rows, end = probs.shape
         if rows.layer not in self.pending:
             self.pending[rows.layer] = (

@@ -91,7 +91,9 @@ class _EditHook:
         )
 
     def prepare(self, rows: AttentionRows) -> None:
-        self.edit.fn.prepare(rows, self.by_layer[rows.layer].to(rows.probs.device))  # type: ignore[attr-defined]
+        fn = self.edit.fn
+        assert isinstance(fn, PreparedEditFn)  # needs_prepass asked for this pass
+        fn.prepare(rows, self.by_layer[rows.layer].to(rows.probs.device))
 
     def __call__(self, rows: AttentionRows) -> Tensor:
         index = self.by_layer[rows.layer].to(rows.probs.device)
