@@ -5,11 +5,13 @@ Three hook families, each a context manager that removes everything it installed
 
 * `attention_hooks(model, *hooks)`: the model runs through a registered HF attention
   function ("interp"). Layers no hook wants go straight to SDPA (the fast kernel). For a
-  wanted layer the function computes post-softmax probabilities explicitly, in float32, for
-  blocks of query rows, lets each hook read or replace them *between softmax and A·V*, and
-  multiplies by V. Memory per layer is O(batch · heads · block · keys), never all layers'
-  [query, key] patterns, so it grows linearly with context for a fixed block budget. A decode
-  step (one query row) costs one [heads, keys] row per wanted layer.
+  wanted layer `interp.explicit_attention` computes post-softmax probabilities in float32
+  for blocks of query rows, each over the keys the block can see (`AttentionRows`), lets
+  each hook read or replace them *between softmax and A·V*, and multiplies by V. Memory per
+  layer is one block's [batch, heads, block rows, keys], never all layers' [query, key]
+  patterns, so it grows linearly with context for a fixed block budget. A decode step (one
+  query row) costs one [heads, keys] row per wanted layer. A hook whose edit needs all of a
+  layer's rows first (`PrepassHook`) gets a first pass over them.
 * `head_output_hooks(model, fn)`: reads or replaces z, the per-head output before the
   output projection ([batch, pos, head, d_head], TransformerLens `hook_z`), through a
   pre-hook on the output projection. Works with any attention kernel.
@@ -22,27 +24,37 @@ looking for the decoder-layer list.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import reduce
-from typing import Any, Protocol
+from typing import Any
 
-import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from torch import Tensor, nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from interp.errors import HookError, UnsupportedModelError
+from interp.explicit_attention import AttentionHook, AttentionRows, PrepassHook, explicit_attention
 from interp.models import geometry_of
 
+__all__ = [
+    "ATTENTION_IMPLEMENTATION",
+    "LAYOUTS",
+    "AttentionHook",
+    "AttentionRows",
+    "Layout",
+    "PrepassHook",
+    "attention_hooks",
+    "decoder_layers",
+    "head_output_hooks",
+    "layout_of",
+    "residual_hooks",
+]
+
 ATTENTION_IMPLEMENTATION = "interp"
-# Budget for one block of float32 scores [batch, head, query rows, key]: the peak extra
-# memory of explicit attention is a small multiple of it, whatever the context length.
-_BLOCK_BYTES = int(os.environ.get("INTERP_ATTENTION_BLOCK_BYTES", 64 * 2**20))
 
 
 @dataclass(frozen=True)
@@ -110,43 +122,7 @@ def decoder_layers(hf: nn.Module) -> nn.ModuleList:
 
 
 # ----------------------------------------------------------------------------------------
-# Attention rows
-
-
-@dataclass(frozen=True)
-class AttentionRows:
-    """Post-softmax attention of one layer for a block of query rows.
-
-    Attributes:
-        layer: decoder layer index.
-        probs: [batch, head, query, key] float32, rows sum to 1 over visible keys.
-        query_positions: [query] index of each query row on the key axis (cache included).
-        visible: [batch, query, key] True where the key is visible to the query
-            (causal mask and padding applied).
-        n_queries: number of query rows in this forward (1 at a decode step).
-    """
-
-    layer: int
-    probs: Float[Tensor, "batch head query key"]
-    query_positions: Tensor
-    visible: Bool[Tensor, "batch query key"]
-    n_queries: int
-
-    @property
-    def is_decode(self) -> bool:
-        return self.n_queries == 1
-
-
-class AttentionHook(Protocol):
-    """Reads, and optionally replaces, attention probabilities of the layers it wants."""
-
-    def wants(self, layer: int, n_queries: int) -> bool:
-        """Whether to compute explicit rows for `layer` in a forward with `n_queries` rows."""
-        ...
-
-    def __call__(self, rows: AttentionRows) -> Tensor | None:
-        """Return replacement probs [batch, head, query, key] or None to leave them."""
-        ...
+# Attention hooks
 
 
 # id(attention module) -> (layer index, hooks) for every model inside attention_hooks().
@@ -178,78 +154,10 @@ def _interp_attention(
             f"Explicit attention does not support {unsupported or 'dropout'} yet"
             f" ({type(module).__name__}); put the model in eval mode or use head_output_hooks."
         )
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     causal = getattr(module, "is_causal", True)
-    return _explicit_attention(
-        entry[0], hooks, query, key, value, attention_mask, scaling, causal
-    ), None
-
-
-def _explicit_attention(
-    layer: int,
-    hooks: list[AttentionHook],
-    query: Float[Tensor, "batch head query d_head"],
-    key: Float[Tensor, "batch kv_head key d_head"],
-    value: Float[Tensor, "batch kv_head key d_head"],
-    attention_mask: Tensor | None,
-    scaling: float | None,
-    causal: bool,
-) -> Float[Tensor, "batch query head d_head"]:
-    batch, n_heads, n_queries, d_head = query.shape
-    n_kv, n_keys = key.shape[1], key.shape[2]
-    group = n_heads // n_kv
-    scale = scaling if scaling is not None else d_head**-0.5
-    # Query heads h = kv * group + j share kv head `kv` (HF repeat_kv order): group them
-    # instead of copying K and V `group` times.
-    grouped_q = query.reshape(batch, n_kv, group, n_queries, d_head)
-    key32, value32 = key.float(), value.float()
-    out = query.new_empty(batch, n_queries, n_heads, value.shape[-1])
-    offset = n_keys - n_queries  # queries are the last n_queries positions of the key axis
-    key_index = torch.arange(n_keys, device=query.device)
-    block = max(1, _BLOCK_BYTES // max(1, 4 * batch * n_heads * n_keys))
-    for start in range(0, n_queries, block):
-        stop = min(n_queries, start + block)
-        positions = torch.arange(start + offset, stop + offset, device=query.device)
-        visible = _visible(attention_mask, positions, key_index, start, stop, batch, causal)
-        scores = torch.einsum("bkgqd,bksd->bkgqs", grouped_q[:, :, :, start:stop].float(), key32)
-        scores = scores.reshape(batch, n_heads, stop - start, n_keys) * scale
-        scores.masked_fill_(~visible[:, None], float("-inf"))
-        # A fully padded query row has no visible key: give it zeros, not NaN.
-        probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0)
-        del scores
-        rows = AttentionRows(layer, probs, positions, visible, n_queries)
-        for hook in hooks:
-            edited = hook(rows)
-            if edited is not None:
-                rows = replace(rows, probs=edited)
-        mixed = torch.einsum(
-            "bkgqs,bksd->bqkgd",
-            rows.probs.reshape(batch, n_kv, group, stop - start, n_keys),
-            value32,
-        )
-        out[:, start:stop] = mixed.reshape(batch, stop - start, n_heads, -1).to(out.dtype)
-    return out
-
-
-def _visible(
-    attention_mask: Tensor | None,
-    positions: Tensor,
-    key_index: Tensor,
-    start: int,
-    stop: int,
-    batch: int,
-    causal: bool,
-) -> Bool[Tensor, "batch query key"]:
-    """Which keys each query row sees, from HF's 4D mask or, when SDPA skipped it, causality."""
-    if attention_mask is None:
-        if not causal:
-            return torch.ones(
-                batch, len(positions), len(key_index), dtype=torch.bool, device=positions.device
-            )
-        return (key_index[None, :] <= positions[:, None]).expand(batch, -1, -1)
-    rows = attention_mask[:, 0, start:stop, : len(key_index)]
-    if rows.dtype != torch.bool:  # additive float mask: 0 where visible
-        rows = rows == 0
-    return rows.expand(batch, -1, -1)
+    layer = entry[0]  # type: ignore[index]
+    return explicit_attention(layer, hooks, query, key, value, attention_mask, scale, causal), None
 
 
 AttentionInterface.register(ATTENTION_IMPLEMENTATION, _interp_attention)

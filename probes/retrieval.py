@@ -173,7 +173,8 @@ class _ArgmaxHook:
         return n_queries == 1
 
     def __call__(self, rows: AttentionRows) -> None:
-        # Batch of one (tests run one at a time): [head, key] -> [head].
+        # Batch of one (tests run one at a time): [head, key] -> [head]. A decode row's
+        # block holds every key, so an index on it is a position.
         self.argmax[rows.layer] = rows.probs[0, :, -1].argmax(-1)
 
 

@@ -18,7 +18,8 @@ in float32, no learned norm weight; every (token, dim) with phi >= 20 is reporte
 
 Memory: only per-key column sums are kept, [layer, head, key] floats per prompt (4.3 MB for
 30 layers x 9 heads x 4k keys); explicit attention is computed one layer and one block of
-query rows at a time (see interp.hooks), never all layers' [query, key] patterns.
+query rows at a time, over the keys the block can see (see interp.explicit_attention), never
+all layers' [query, key] patterns.
 
 Method notes, defaults and pitfalls: docs/methods.md §2.
 """
@@ -91,7 +92,11 @@ class SinkResult(Bundle):
 
 
 class _ColumnSums:
-    """Attention hook that accumulates sum_i A_ij per layer and head (batch of one)."""
+    """Attention hook that accumulates sum_i A_ij per layer and head (batch of one).
+
+    Each block covers a prefix of the keys, so it adds into the first entries of the
+    layer's [head, n_keys] sums.
+    """
 
     def __init__(self, n_layers: int) -> None:
         self.sums: list[Tensor | None] = [None] * n_layers
@@ -100,9 +105,10 @@ class _ColumnSums:
         return True
 
     def __call__(self, rows: AttentionRows) -> None:
-        block = rows.probs[0].sum(dim=1)  # [head, key]
-        current = self.sums[rows.layer]
-        self.sums[rows.layer] = block if current is None else current + block
+        if self.sums[rows.layer] is None:
+            self.sums[rows.layer] = rows.probs.new_zeros(rows.probs.shape[1], rows.n_keys)
+        block = rows.probs[0].sum(dim=1)  # [head, block key]: a prefix of the key axis
+        self.sums[rows.layer][:, : block.shape[-1]] += block  # type: ignore[index]
 
 
 def sink_statistics(

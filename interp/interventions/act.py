@@ -18,8 +18,10 @@ every sum and denominator (the code edits batch row 0 only and assumes no paddin
 
 Cost: explicit attention in the selected heads' layers only (others keep SDPA); the edit is
 vectorized over a layer's selected heads. The carried state is [batch, head, key] booleans
-per selected layer. The prompt must fit one block of explicit query rows (see interp.hooks;
-`INTERP_ATTENTION_BLOCK_BYTES` raises it), since m_j needs every row before any is edited.
+per selected layer. m_j needs every row of the prompt before any row is edited: a prompt
+that spans several blocks of explicit query rows (see interp.hooks) is scored twice, a first
+pass accumulating [batch, head, key] column sums and a second that edits, so memory stays
+one block; a prompt that fits one block is scored once.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from interp.config import Config, check_range
@@ -86,16 +88,35 @@ def hidden_sinks(
 ) -> Bool[Tensor, "batch head key"]:
     """S' per batch row and head from prefill attention: sinks minus the first one.
 
-    `probs` must hold every query row of the prompt (query i = key i). Keys the last row
-    cannot see are padding: they count neither as queries nor as keys.
+    `probs` must hold every query row of the prompt (query i = key i). Padded tokens count
+    neither as queries nor as keys.
     """
-    valid = visible[:, -1]  # [batch, key]: the last row sees every non-padded token
-    rows = visible & valid[:, :, None]  # valid query rows only
-    column_sums = (probs * rows[:, None].to(probs.dtype)).sum(2)  # [batch, head, key]
-    seen_by = rows.sum(1).to(probs.dtype)[:, None]  # [batch, 1, key]
-    sinks, _ = sink_mask(column_sums, seen_by, config)
-    first = sinks & (sinks.cumsum(-1) == 1)
-    return sinks & ~first
+    sums, seen_by = _valid_column_sums(
+        probs, visible, torch.arange(probs.shape[2], device=probs.device)
+    )
+    return _without_first(sink_mask(sums, seen_by[:, None], config)[0])
+
+
+def _valid_column_sums(
+    probs: Float[Tensor, "batch head query key"],
+    visible: Bool[Tensor, "batch query key"],
+    query_positions: Int[Tensor, " query"],
+) -> tuple[Float[Tensor, "batch head key"], Float[Tensor, "batch key"]]:
+    """Per key, the attention it receives from valid (non-padded) query rows, and their count.
+
+    A query row is padding iff it cannot see its own position (the padding mask hides a
+    padded token from every row). Sums over blocks of rows add up to those of the prompt.
+    """
+    n_keys = visible.shape[-1]
+    own = query_positions.clamp(max=n_keys - 1).expand(visible.shape[0], -1)[..., None]
+    valid = visible.gather(-1, own)[..., 0] & (query_positions < n_keys)  # [batch, query]
+    rows = visible & valid[:, :, None]
+    return (probs * rows[:, None]).sum(2), rows.sum(1).to(probs.dtype)
+
+
+def _without_first(sinks: Bool[Tensor, "... key"]) -> Bool[Tensor, "... key"]:
+    """S' = S minus its first position (normally the first token)."""
+    return sinks & (sinks.cumsum(-1) != 1)
 
 
 def calibrate_rows(
@@ -155,26 +176,48 @@ class ACT:
 
 
 class _Calibrator:
-    """The ACT edit: detects S' at prefill per selected layer and calibrates every row."""
+    """The ACT edit: detects S' from a prompt's rows per selected layer, calibrates every row.
+
+    At prefill the column sums are accumulated over all blocks of the prompt's rows in a
+    first pass (`interp.hooks.PrepassHook`), so a prompt of any length is edited exactly as
+    if it fit one block; S' is then carried to later forwards on the cache.
+    """
 
     def __init__(self, config: ActConfig) -> None:
         self.config = config
+        # layer -> (column sums [batch, head, key], seen_by [batch, key], rows prepared)
+        self.pending: dict[int, tuple[Tensor, Tensor, int]] = {}
         self.carried: dict[int, Tensor] = {}  # layer -> S' [batch, selected head, prompt key]
+
+    def needs_prepass(self, layer: int, n_queries: int, n_keys: int) -> bool:
+        self.pending.pop(layer, None)  # a new forward: drop sums an interrupted one left
+        return n_keys == n_queries  # a prompt without cache: detect its sinks
+
+    def prepare(self, rows: AttentionRows, index: Tensor) -> None:
+        probs = rows.probs.detach()[:, index]  # S' is boolean: no gradient flows through it
+        sums, seen_by = _valid_column_sums(probs, rows.visible, rows.query_positions)
+        batch, n_heads, n_rows, end = probs.shape
+        if rows.layer not in self.pending:
+            self.pending[rows.layer] = (
+                probs.new_zeros(batch, n_heads, rows.n_keys),
+                probs.new_zeros(batch, rows.n_keys),
+                0,
+            )
+        total, total_seen, done = self.pending[rows.layer]
+        total[..., :end] += sums
+        total_seen[..., :end] += seen_by
+        if done + n_rows < rows.n_queries:
+            self.pending[rows.layer] = (total, total_seen, done + n_rows)
+            return
+        del self.pending[rows.layer]
+        self.carried[rows.layer] = _without_first(
+            sink_mask(total, total_seen[:, None], self.config)[0]
+        )
 
     def __call__(self, rows: AttentionRows, index: Tensor) -> Tensor:
         probs = rows.probs[:, index]
-        n_keys = probs.shape[-1]
-        if n_keys == rows.n_queries:  # a prompt without cache: detect the sinks
-            if probs.shape[2] != rows.n_queries:
-                raise HookError(
-                    f"ACT needs all {rows.n_queries} prompt rows of layer {rows.layer} at once,"
-                    f" got a block of {probs.shape[2]}. Raise INTERP_ATTENTION_BLOCK_BYTES."
-                )
-            sinks = hidden_sinks(probs, rows.visible, self.config)
-            self.carried[rows.layer] = sinks
-        else:
-            sinks = self._carried(rows.layer, probs.shape[0], n_keys)
-        return calibrate_rows(probs, sinks, self.config.beta)
+        sinks = self._carried(rows.layer, probs.shape[0], rows.n_keys)
+        return calibrate_rows(probs, sinks[..., : probs.shape[-1]], self.config.beta)
 
     def _carried(self, layer: int, batch: int, n_keys: int) -> Tensor:
         sinks = self.carried.get(layer)

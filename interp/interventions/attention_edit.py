@@ -4,8 +4,9 @@ The primitive that ACT, VAR, uniform masking and circuit repair build on. For ea
 head the edit function receives that layer's post-softmax rows and returns new rows; the
 toolkit zeroes invisible keys and renormalises each row to sum to 1 over visible keys (in
 float32, guarding empty rows). It runs in prefill and at every decode step, so generation
-with the KV cache sees the same edit as full re-forwards. Cost: explicit attention for the
-selected layers only (see interp.hooks); other layers keep the fused kernel.
+with the KV cache sees the same edit as full re-forwards. An edit that needs all of a
+layer's rows first (ACT's sinks) also implements `PreparedEditFn`. Cost: explicit attention
+for the selected layers only (see interp.hooks); other layers keep the fused kernel.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -24,8 +25,22 @@ from interp.hooks import AttentionRows, attention_hooks
 from interp.interventions.base import function_name
 from interp.models import Model
 
-# fn(rows, head_index) -> new probs [batch, len(head_index), query, key] for those heads.
+# fn(rows, head_index) -> new probs [batch, len(head_index), query, key] for those heads,
+# over the block's keys (rows.probs.shape[-1], see AttentionRows).
 EditFn = Callable[[AttentionRows, Tensor], Tensor]
+
+
+@runtime_checkable
+class PreparedEditFn(Protocol):
+    """An edit that reads all of a layer's rows before editing any (`hooks.PrepassHook`)."""
+
+    def __call__(self, rows: AttentionRows, index: Tensor) -> Tensor: ...
+
+    def needs_prepass(self, layer: int, n_queries: int, n_keys: int) -> bool: ...
+
+    def prepare(self, rows: AttentionRows, index: Tensor) -> None: ...
+
+
 Phase = Literal["all", "prefill", "decode"]
 
 
@@ -82,6 +97,19 @@ class _EditHook:
         phase = self.edit.phase
         in_phase = phase == "all" or (phase == "decode") == (n_queries == 1)
         return layer in self.by_layer and in_phase
+
+    def needs_prepass(self, layer: int, n_queries: int, n_keys: int) -> bool:
+        fn = self.edit.fn
+        return (
+            isinstance(fn, PreparedEditFn)
+            and self.wants(layer, n_queries)
+            and fn.needs_prepass(layer, n_queries, n_keys)
+        )
+
+    def prepare(self, rows: AttentionRows) -> None:
+        fn = self.edit.fn
+        assert isinstance(fn, PreparedEditFn)  # needs_prepass asked for this pass
+        fn.prepare(rows, self.by_layer[rows.layer].to(rows.probs.device))
 
     def __call__(self, rows: AttentionRows) -> Tensor:
         index = self.by_layer[rows.layer].to(rows.probs.device)

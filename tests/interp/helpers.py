@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.nn.functional import pad
 
 from interp.hooks import AttentionRows
 from interp.models import Model
@@ -44,6 +45,14 @@ def full_greedy(model: Model, ids: Tensor, mask: Tensor, steps: int) -> Tensor:
         ids = torch.cat([ids, token], dim=1)
         mask = torch.cat([mask, torch.ones_like(token)], dim=1)
     return torch.cat(new, dim=1)
+
+
+def whole(blocks: list[AttentionRows]) -> tuple[Tensor, Tensor]:
+    """One forward's blocks as (probs [batch, head, query, n_keys], visible [batch, query,
+    n_keys]), each block padded past its narrowed key axis with zeros / False."""
+    probs = [pad(r.probs, (0, r.n_keys - r.probs.shape[-1])) for r in blocks]
+    visible = [pad(r.visible, (0, r.n_keys - r.visible.shape[-1])) for r in blocks]
+    return torch.cat(probs, dim=2), torch.cat(visible, dim=1)
 
 
 class Recorder:

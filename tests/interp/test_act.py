@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp import hooks
+from interp import explicit_attention
 from interp.errors import ConfigError, HookError
 from interp.heads import HeadSet
 from interp.hooks import attention_hooks
@@ -18,7 +18,7 @@ from interp.interventions.act import (
     hidden_sinks,
 )
 from interp.models import Model
-from tests.interp.helpers import Recorder, cached_greedy, left_padded
+from tests.interp.helpers import Recorder, cached_greedy, left_padded, whole
 
 TEXT = "The quick brown fox jumps over the lazy dog."
 HEADS = HeadSet(["L1H0", "L1H3", "L2H1"])
@@ -113,8 +113,13 @@ def test_rows_sum_to_one_and_batch_rows_match_single_runs(tiny: Model) -> None:
         assert torch.allclose(batched[row, -1], single, atol=1e-4)
 
 
-def test_decode_rows_reuse_prefill_sinks(tiny: Model) -> None:
+@pytest.mark.parametrize("block_rows", [None, 4], ids=["one_block", "blocks_of_4"])
+def test_decode_rows_reuse_prefill_sinks(tiny: Model, monkeypatch, block_rows) -> None:
     ids, mask = left_padded(tiny, [TEXT, "Hi there"])
+    if block_rows:
+        monkeypatch.setattr(
+            explicit_attention, "_BLOCK_BYTES", 4 * 2 * 4 * ids.shape[1] * block_rows
+        )
     before, after = Recorder([1]), Recorder([1])
     config = SENSITIVE
     with (
@@ -123,9 +128,11 @@ def test_decode_rows_reuse_prefill_sinks(tiny: Model) -> None:
         attention_hooks(tiny.hf, after),
     ):
         cached_greedy(tiny, ids, mask, steps=4)
-    prefill = before.seen[0]
+    prefill = [rows for rows in before.seen if not rows.is_decode]
+    assert len(prefill) == (1 if block_rows is None else -(-ids.shape[1] // block_rows))
+    probs, visible = whole(prefill)
     index = torch.tensor(HEADS.heads_in(1))
-    sinks = hidden_sinks(prefill.probs[:, index], prefill.visible, config)
+    sinks = hidden_sinks(probs[:, index], visible, config)
     assert sinks.any()
     decode = [(b, a) for b, a in zip(before.seen, after.seen, strict=True) if b.is_decode]
     assert len(decode) == 3
@@ -145,10 +152,30 @@ def test_cache_forward_without_prefill_raises(tiny: Model) -> None:
             tiny.hf(ids[:, -1:], past_key_values=cache)
 
 
-def test_prompt_split_into_blocks_raises(tiny: Model, monkeypatch) -> None:
-    monkeypatch.setattr(hooks, "_BLOCK_BYTES", 64)
-    with pytest.raises(HookError, match="BLOCK_BYTES"), ACT(HEADS).applied(tiny):
-        logits(tiny)
+@pytest.mark.parametrize("block_rows", [1, 3])
+def test_prompts_longer_than_a_block_match_one_block(tiny: Model, monkeypatch, block_rows) -> None:
+    ids, mask = left_padded(tiny, [TEXT, "Hello there", "abc"])
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+
+    def run(n_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+        recorder = Recorder([1])
+        with ACT(HEADS, SENSITIVE).applied(tiny), attention_hooks(tiny.hf, recorder):
+            with torch.no_grad():
+                out = tiny.hf(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+            tokens = cached_greedy(tiny, ids, mask, steps=6)
+        # Two prompt forwards (logits, then generate's prefill), n_blocks blocks each.
+        assert sum(not rows.is_decode for rows in recorder.seen) == 2 * n_blocks
+        return out, tokens
+
+    one, one_tokens = run(1)
+    monkeypatch.setattr(explicit_attention, "_BLOCK_BYTES", 4 * 3 * 4 * ids.shape[1] * block_rows)
+    many, many_tokens = run(-(-ids.shape[1] // block_rows))
+    with torch.no_grad():
+        plain = tiny.hf(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+    valid = mask.bool()
+    assert (one - plain)[valid].abs().max() > 1e-4  # ACT does something here
+    assert (many - one)[valid].abs().max() <= 1e-6
+    assert torch.equal(many_tokens, one_tokens)
 
 
 def test_config_validation_round_trip_and_candidates(tiny: Model) -> None:
