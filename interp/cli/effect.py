@@ -66,7 +66,7 @@ def effect_act(
         from interp.effects import EffectsConfig, measure
         from interp.errors import InputError
         from interp.figures import effects_bars, head_heatmap
-        from interp.interventions.act import ACT, ActConfig, act_candidates
+        from interp.interventions.act import ACT, ActConfig
         from interp.interventions.act_search import SearchConfig, search_heads, selected_heads
         from interp.results import HeadScores
         from interp.tasks import load_task, shipped_tasks
@@ -90,12 +90,20 @@ def effect_act(
         loaded = load_model_or_fail(model, device)
         folder = result_folder(out, "act", loaded.spec)
         if heads is None:
-            n_candidates = len(act_candidates(loaded.geometry))
-            total = min(search.max_heads or n_candidates, n_candidates) + 1
-            update, bar = progress_bar(total, "head search", unit="head")
+            update, bar = progress_bar(1, "head search", unit="step")
+
+            def step(done: int, total: int) -> None:
+                bar.total = total
+                update(done, total)
+
             with bar:
-                found = search_heads(loaded, calibration, act, search, progress=update)
+                found = search_heads(loaded, calibration, act, search, progress=step)
             scores, chosen = found.scores, found.selected
+            skipped = int((found.scores.data["skipped"] != "").sum())
+            typer.echo(
+                f"searched {len(found.scores) - skipped} heads, skipped {skipped} without"
+                f" hidden sinks; noise floor {found.noise_floor:.2e}"
+            )
         else:
             scores = HeadScores.load(heads)
             chosen = selected_heads(scores)
