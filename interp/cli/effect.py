@@ -27,7 +27,7 @@ def effect_act(
             "--task",
             "-t",
             help="Shipped task name, task folder, or .jsonl file (test only); repeatable."
-            " Default: every shipped task.",
+            " Default: the shipped tasks with headroom on the default model (see data/README.md).",
         ),
     ] = None,
     model: Annotated[str | None, ModelOption] = None,
@@ -37,11 +37,11 @@ def effect_act(
     ] = None,
     calibration_items: Annotated[
         int | None, typer.Option(help="Calibration items per task for the search (all: 0).")
-    ] = 8,
+    ] = 0,
     test_items: Annotated[int | None, typer.Option(help="Test items per task (all: 0).")] = 0,
     max_heads: Annotated[
         int | None, typer.Option(help="Search a seeded random subset of heads (all: 0).")
-    ] = 27,
+    ] = 0,
     metric: Annotated[
         str, typer.Option(help="Search metric: 'accuracy' (paper) or 'log_prob'.")
     ] = "accuracy",
@@ -67,11 +67,16 @@ def effect_act(
         from interp.errors import InputError
         from interp.figures import effects_bars, head_heatmap
         from interp.interventions.act import ACT, ActConfig
-        from interp.interventions.act_search import SearchConfig, search_heads, selected_heads
+        from interp.interventions.act_search import (
+            DEFAULT_TASKS,
+            SearchConfig,
+            search_heads,
+            selected_heads,
+        )
         from interp.results import HeadScores
-        from interp.tasks import load_task, shipped_tasks
+        from interp.tasks import load_task
 
-        names = task or shipped_tasks()
+        names = task or list(DEFAULT_TASKS)
         act = ActConfig(beta=beta, threshold=threshold)
         search = SearchConfig(
             metric=metric,  # type: ignore[arg-type]

@@ -56,6 +56,9 @@ from interp.tasks import ChoicePlan, Task, TaskRun, evaluate, left_pad, plan_cho
 
 ANALYZER = "act_search"
 NO_SINK = "no hidden sink"
+# Shipped tasks on which the default model sits between 55% and 85% (data/README.md), so
+# an effect of either sign can show; the others are at ceiling or chance.
+DEFAULT_TASKS = ("contrast", "antonyms")
 
 
 @dataclass(frozen=True, kw_only=True)
