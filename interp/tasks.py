@@ -150,11 +150,26 @@ def load_task(source: str | Path, split: Split = "test") -> Task:
     return Task(folder.name, tuple(items), prefix)
 
 
-def choice_logprobs(model: Model, task: Task, batch_size: int = 16) -> list[np.ndarray]:
-    """Per item, the summed log-probability of each choice given the prompt (see module doc)."""
+@dataclass(frozen=True)
+class ChoicePlan:
+    """The forwards that score a task's choices, and which log-probs each choice sums.
+
+    Attributes:
+        sequences: token ids of each distinct prompt + choice[:-1].
+        tails: per sequence, how many last positions predict choice tokens.
+        reads: per item, per choice: (sequence index, the choice's token ids).
+    """
+
+    sequences: tuple[tuple[int, ...], ...]
+    tails: tuple[int, ...]
+    reads: tuple[tuple[tuple[int, tuple[int, ...]], ...], ...]
+
+
+def plan_choices(model: Model, task: Task) -> ChoicePlan:
+    """Tokenize every item's prompt and choices into the forwards `choice_logprobs` runs."""
     sequences: dict[tuple[int, ...], int] = {}  # prompt + choice[:-1] -> sequence index
-    tails: list[int] = []  # per sequence: how many last positions predict choice tokens
-    wanted: list[list[tuple[int, list[int]]]] = []  # per item: (sequence, choice ids)
+    tails: list[int] = []
+    reads = []
     for item in task.items:
         prompt = model.encode(task.text(item)).ids().tolist()
         per_choice = []
@@ -165,21 +180,35 @@ def choice_logprobs(model: Model, task: Task, batch_size: int = 16) -> list[np.n
             if key not in sequences:
                 sequences[key] = len(sequences)
                 tails.append(len(ids))
-            per_choice.append((sequences[key], ids))
-        wanted.append(per_choice)
-    rows = _tail_logprobs(model, list(sequences), tails, batch_size)
-    scores = []
-    for per_choice in wanted:
-        # The last len(ids) rows of a sequence predict the choice's tokens.
-        scores.append(
-            np.array(
-                [
-                    float(rows[seq][-len(ids) :].gather(1, torch.tensor(ids)[:, None]).sum())
-                    for seq, ids in per_choice
-                ]
-            )
-        )
-    return scores
+            per_choice.append((sequences[key], tuple(ids)))
+        reads.append(tuple(per_choice))
+    return ChoicePlan(tuple(sequences), tuple(tails), tuple(reads))
+
+
+def read_choice(logprobs: torch.Tensor, ids: tuple[int, ...]) -> float:
+    """A choice's score from its sequence's log-softmax rows [tail, vocab]: the last
+    len(ids) rows predict its tokens."""
+    return float(logprobs[-len(ids) :].gather(1, torch.tensor(ids)[:, None]).sum())
+
+
+def choice_logprobs(model: Model, task: Task, batch_size: int = 16) -> list[np.ndarray]:
+    """Per item, the summed log-probability of each choice given the prompt (see module doc)."""
+    plan = plan_choices(model, task)
+    rows = _tail_logprobs(model, list(plan.sequences), list(plan.tails), batch_size)
+    return [np.array([read_choice(rows[seq], ids) for seq, ids in item]) for item in plan.reads]
+
+
+def left_pad(
+    sequences: list[tuple[int, ...]], pad: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, position_ids) [batch, pos], left-padded: all end at -1."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, sequence in enumerate(sequences):
+        ids[row, width - len(sequence) :] = torch.tensor(sequence)
+        mask[row, width - len(sequence) :] = 1
+    return ids, mask, (mask.cumsum(-1) - 1).clamp_min(0)
 
 
 @torch.no_grad()
@@ -190,18 +219,11 @@ def _tail_logprobs(
     batch_size: int,
 ) -> list[torch.Tensor]:
     """Log-softmax rows [tail, vocab] of the last `tail` positions of each sequence."""
-    pad = model.tokenizer.pad_token_id
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     out: list[torch.Tensor] = [torch.empty(0)] * len(sequences)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        width = max(len(sequences[i]) for i in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, index in enumerate(chunk):  # left padding: every sequence ends at -1
-            ids[row, width - len(sequences[index]) :] = torch.tensor(sequences[index])
-            mask[row, width - len(sequences[index]) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        ids, mask, positions = left_pad([sequences[i] for i in chunk], model.tokenizer.pad_token_id)
         keep = max(tails[i] for i in chunk)  # logits only where choice tokens are predicted
         logits = model.hf(
             input_ids=ids.to(model.device),

@@ -279,6 +279,114 @@ def _larger(rng: random.Random, index: int) -> dict:
     }
 
 
+# Headroom tasks: harder variants on which the default model is neither at ceiling nor at
+# chance (data/README.md), with short prompts (the ACT head search runs every candidate
+# head on them). Each has its own seeded generator, so the four tasks above are unchanged.
+N_HEADROOM_CALIBRATION, HEADROOM_CONTRAST, ANTONYM_SHOTS = 40, 160, 2
+
+# Antonym pairs; `antonyms` asks for the opposite of each word of each pair, with the word
+# itself among the choices (a small model tends to copy it).
+OPPOSITES = [
+    ("hot", "cold"),
+    ("big", "small"),
+    ("fast", "slow"),
+    ("happy", "sad"),
+    ("dark", "bright"),
+    ("early", "late"),
+    ("rich", "poor"),
+    ("strong", "weak"),
+    ("young", "old"),
+    ("open", "closed"),
+    ("full", "empty"),
+    ("hard", "soft"),
+    ("high", "low"),
+    ("long", "short"),
+    ("wet", "dry"),
+    ("clean", "dirty"),
+    ("easy", "difficult"),
+    ("loud", "quiet"),
+    ("thick", "thin"),
+    ("heavy", "light"),
+    ("cheap", "expensive"),
+    ("true", "false"),
+    ("wide", "narrow"),
+    ("deep", "shallow"),
+    ("sweet", "sour"),
+    ("love", "hate"),
+    ("win", "lose"),
+    ("push", "pull"),
+    ("buy", "sell"),
+    ("give", "take"),
+    ("begin", "end"),
+    ("arrive", "leave"),
+    ("remember", "forget"),
+    ("above", "below"),
+    ("inside", "outside"),
+    ("before", "after"),
+    ("always", "never"),
+    ("front", "back"),
+    ("left", "right"),
+    ("north", "south"),
+    ("east", "west"),
+    ("day", "night"),
+    ("black", "white"),
+    ("question", "answer"),
+    ("friend", "enemy"),
+    ("war", "peace"),
+    ("summer", "winter"),
+    ("top", "bottom"),
+    ("first", "last"),
+    ("laugh", "cry"),
+    ("near", "far"),
+    ("safe", "dangerous"),
+    ("polite", "rude"),
+    ("smooth", "rough"),
+    ("modern", "ancient"),
+    ("public", "private"),
+    ("future", "past"),
+    ("minimum", "maximum"),
+    ("entrance", "exit"),
+    ("accept", "refuse"),
+]
+
+
+def antonyms(rng: random.Random) -> list[dict]:
+    """The opposite of each word: 4 choices, the word itself and two other words among them."""
+    words = [word for pair in OPPOSITES for word in pair]
+    opposite = {a: b for a, b in OPPOSITES} | {b: a for a, b in OPPOSITES}
+    items = []
+    for word in words:
+        others = rng.sample([w for w in words if w not in (word, opposite[word])], 2)
+        choices = [opposite[word], word, *others]
+        rng.shuffle(choices)
+        items.append(
+            {
+                "prompt": f"Q: What is the opposite of {word}?\nA:",
+                "choices": choices,
+                "answer": choices.index(opposite[word]),
+            }
+        )
+    rng.shuffle(items)
+    return items
+
+
+def _contrast(rng: random.Random, index: int) -> dict:
+    """Sentiment of a review whose main clause and concessive clause disagree."""
+    positive = index % 2 == 0
+    main = rng.choice(GOOD if positive else BAD)
+    concession = rng.choice(BAD if positive else GOOD)
+    first, second = rng.sample(THINGS, 2)
+    if (index // 2) % 2 == 0:  # main clause first: the last adjective misleads
+        text = f"The {first} was {main}, although the {second} was {concession}."
+    else:
+        text = f"Although the {second} was {concession}, the {first} was {main}."
+    return {
+        "prompt": f"Review: {text}\nSentiment:",
+        "choices": ["positive", "negative"],
+        "answer": 0 if positive else 1,
+    }
+
+
 TASKS = {
     "sentiment": ("Binary sentiment of a one-sentence review.", "Classify each review."),
     "topic": ("Topic of a short news headline (4 classes).", "Give the topic of each headline."),
@@ -290,14 +398,26 @@ TASKS = {
         "Which of two numbers between 2 and 99 is larger: simple reasoning.",
         "Answer with the larger number.",
     ),
+    "antonyms": (
+        "Opposite of a word (4 choices, the word itself among them).",
+        "Answer with the opposite word.",
+    ),
+    "contrast": (
+        "Sentiment of a review whose main and concessive clauses disagree.",
+        "Classify each review by its main clause.",
+    ),
+    "bigger": (
+        "Which of two animals is bigger: world knowledge.",
+        "Answer with the bigger animal.",
+    ),
 }
 
 
-def write(name: str, calibration: list[dict], test: list[dict]) -> None:
+def write(name: str, calibration: list[dict], test: list[dict], shots: int = SHOTS) -> None:
     folder = HERE / name
     folder.mkdir(exist_ok=True)
     description, instruction = TASKS[name]
-    meta = {"description": description, "instruction": instruction, "shots": SHOTS}
+    meta = {"description": description, "instruction": instruction, "shots": shots}
     (folder / "task.json").write_text(json.dumps(meta, indent=2) + "\n")
     for split, items in (("calibration", calibration), ("test", test)):
         lines = [json.dumps(item, ensure_ascii=False) for item in items]
@@ -316,6 +436,15 @@ def main() -> None:
     items = continents(rng, countries)
     split = len(items) - N_TEST
     write("continents", items[:split], items[split:])
+    items = unique(_contrast, random.Random(f"{SEED}-contrast"), HEADROOM_CONTRAST)
+    write("contrast", items[:N_HEADROOM_CALIBRATION], items[N_HEADROOM_CALIBRATION:], shots=0)
+    items = antonyms(random.Random(f"{SEED}-antonyms"))
+    write(
+        "antonyms",
+        items[: ANTONYM_SHOTS + N_HEADROOM_CALIBRATION],
+        items[ANTONYM_SHOTS + N_HEADROOM_CALIBRATION :],
+        shots=ANTONYM_SHOTS,
+    )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def effect_act(
             "--task",
             "-t",
             help="Shipped task name, task folder, or .jsonl file (test only); repeatable."
-            " Default: every shipped task.",
+            " Default: the shipped tasks with headroom on the default model (see data/README.md).",
         ),
     ] = None,
     model: Annotated[str | None, ModelOption] = None,
@@ -37,11 +37,11 @@ def effect_act(
     ] = None,
     calibration_items: Annotated[
         int | None, typer.Option(help="Calibration items per task for the search (all: 0).")
-    ] = 8,
+    ] = 0,
     test_items: Annotated[int | None, typer.Option(help="Test items per task (all: 0).")] = 0,
     max_heads: Annotated[
         int | None, typer.Option(help="Search a seeded random subset of heads (all: 0).")
-    ] = 27,
+    ] = 0,
     metric: Annotated[
         str, typer.Option(help="Search metric: 'accuracy' (paper) or 'log_prob'.")
     ] = "accuracy",
@@ -67,11 +67,16 @@ def effect_act(
         from interp.effects import EffectsConfig, measure
         from interp.errors import InputError
         from interp.figures import effects_bars, head_heatmap
-        from interp.interventions.act import ACT, ActConfig, act_candidates
-        from interp.interventions.act_search import HeadSearch, SearchConfig, search_heads
-        from interp.tasks import TASKS_DIR, load_task, shipped_tasks
+        from interp.interventions.act import ACT, ActConfig
+        from interp.interventions.act_search import (
+            DEFAULT_TASKS,
+            HeadSearch,
+            SearchConfig,
+            search_heads,
+        )
+        from interp.tasks import TASKS_DIR, load_task
 
-        names = task or shipped_tasks()
+        names = task or list(DEFAULT_TASKS)
         act = ActConfig(beta=beta, threshold=threshold)
         search = SearchConfig(
             metric=metric,  # type: ignore[arg-type]
@@ -96,11 +101,19 @@ def effect_act(
         folder = result_folder(out, "act", model, record)
         loaded = load_model_or_fail(model, device)
         if heads is None:
-            n_candidates = len(act_candidates(loaded.geometry))
-            total = min(search.max_heads or n_candidates, n_candidates) + 1
-            update, bar = progress_bar(total, "head search", unit="head")
+            update, bar = progress_bar(1, "head search", unit="step")
+
+            def step(done: int, total: int) -> None:
+                bar.total = total
+                update(done, total)
+
             with bar:
-                found = search_heads(loaded, calibration, act, search, progress=update)
+                found = search_heads(loaded, calibration, act, search, progress=step)
+            skipped = int((found.scores.data["skipped"] != "").sum())
+            typer.echo(
+                f"searched {len(found.scores) - skipped} heads, skipped {skipped} without"
+                f" hidden sinks; noise floor {found.noise_floor:.2e}"
+            )
         else:
             found = HeadSearch.load(heads)
         scores, chosen = found.scores, found.selected

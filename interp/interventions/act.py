@@ -170,12 +170,12 @@ class ACT:
     def applied(self, model: Model) -> Iterator[None]:
         # A fresh calibrator per context: the sinks it carries belong to this prompt.
         # Rows already sum to 1 after calibrate_rows, so no renormalisation is applied.
-        edit = AttentionEdit(self.heads, _Calibrator(self.config), renormalize=False)
+        edit = AttentionEdit(self.heads, Calibrator(self.config), renormalize=False)
         with edit.applied(model):
             yield
 
 
-class _Calibrator:
+class Calibrator:
     """The ACT edit: detects S' from a prompt's rows per selected layer, calibrates every row.
 
     At prefill the column sums are accumulated over all blocks of the prompt's rows in a

@@ -203,11 +203,16 @@ def test_act_end_to_end_on_the_default_model(default_model: Model) -> None:
         default_model.hf(default_model.encode(task.text(task.items[0])).input_ids)
     assert hidden_sinks(recorder.seen[0].probs, recorder.seen[0].visible, ActConfig()).any()
 
+    # Search one layer's heads: gains are taken against the identity arm (same kernel), so
+    # ACT with beta = 1 gains exactly 0 on every head; real ACT moves the metric far more.
     calibration = [load_task("continents", "calibration").subsample(4)]
-    search = search_heads(
-        default_model, calibration, config=SearchConfig(metric="log_prob", max_heads=3)
-    )
-    assert len(search.scores) == 3 and search.scores.data["score"].abs().max() > 0
+    candidates = HeadSet(f"L12H{h}" for h in range(9))
+    config = SearchConfig(metric="log_prob")
+    search = search_heads(default_model, calibration, ActConfig(), config, candidates)
+    identity = search_heads(default_model, calibration, ActConfig(beta=1.0), config, candidates)
+    assert (identity.scores.data["score"] == 0.0).all() and not identity.selected
+    ran = search.scores.data[search.scores.data["skipped"] == ""]
+    assert len(ran) > 0 and ran["score"].abs().max() > 1e-3
     heads = search.selected or search.scores.top(1)
     effects = measure(default_model, [task.subsample(16)], ACT(heads), EffectsConfig(n_boot=500))
     row = effects.table.data.iloc[0]

@@ -259,3 +259,50 @@ def test_gradients_through_read_only_head_output_and_residual_hooks_are_exact(ti
     )
     assert all(torch.isfinite(g).all() for g in scaled)
     assert any(not torch.allclose(g, r) for g, r in zip(scaled, reference, strict=True))
+
+
+@torch.no_grad()
+def test_decoder_from_a_layer_reproduces_the_full_forward(tiny):
+    from interp.hooks import decoder_from
+    from tests.interp.helpers import left_padded
+
+    ids, mask = left_padded(tiny, ["The quick brown fox", "Hi"])
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    inputs = {"attention_mask": mask, "position_ids": positions, "use_cache": False}
+    cache = {}
+    with residual_hooks(tiny.hf, lambda layer, x: cache.setdefault(layer, x), layers=[0, 2]):
+        full = tiny.hf(input_ids=ids, **inputs).logits
+    layers = tiny.hf.model.layers
+    for start in (0, 2):
+        with decoder_from(tiny.hf, start):
+            assert len(tiny.hf.model.layers) == 3 - start
+            resumed = tiny.hf(inputs_embeds=cache[start], **inputs).logits
+        assert torch.equal(resumed, full)  # same kernels, same inputs: bit-exact
+    assert tiny.hf.model.layers is layers
+
+
+def test_decoder_from_restores_layers_and_refuses_scaled_embeddings(tiny):
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    from interp.errors import HookError, UnsupportedModelError
+    from interp.hooks import decoder_from
+
+    layers = tiny.hf.model.layers
+    with pytest.raises(RuntimeError, match="boom"), decoder_from(tiny.hf, 1, 2):
+        raise RuntimeError("boom")
+    assert tiny.hf.model.layers is layers
+    with pytest.raises(HookError), decoder_from(tiny.hf, 3):
+        pass
+    gemma = GemmaForCausalLM(
+        GemmaConfig(
+            vocab_size=32,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+        )
+    )
+    with pytest.raises(UnsupportedModelError, match="inputs_embeds"), decoder_from(gemma, 1):
+        pass

@@ -10,15 +10,26 @@ import torch
 
 from interp.errors import InputError
 from interp.models import Model
-from interp.tasks import Item, Task, choice_logprobs, evaluate, load_items, load_task, shipped_tasks
+from interp.tasks import (
+    TASKS_DIR,
+    Item,
+    Task,
+    choice_logprobs,
+    evaluate,
+    load_items,
+    load_task,
+    shipped_tasks,
+)
 
 
 def test_shipped_tasks_have_disjoint_splits_and_demonstrations() -> None:
-    assert set(shipped_tasks()) >= {"sentiment", "topic", "continents", "larger"}
+    assert set(shipped_tasks()) >= {"sentiment", "topic", "continents", "larger", "contrast"}
     for name in shipped_tasks():
         calibration, test = load_task(name, "calibration"), load_task(name, "test")
-        assert 40 <= len(test.items) <= 80 and len(calibration.items) >= 16
-        assert calibration.prefix == test.prefix and test.prefix.count("\n\n") >= 2
+        shots = json.loads((TASKS_DIR / name / "task.json").read_text())["shots"]
+        assert 40 <= len(test.items) <= 120 and len(calibration.items) >= 16
+        # The instruction, then one block per demonstration.
+        assert calibration.prefix == test.prefix and test.prefix.count("\n\n") == shots + 1
         prompts = {i.prompt for i in calibration.items}
         assert not prompts & {i.prompt for i in test.items}
         assert all(i.prompt not in test.prefix for i in calibration.items)
