@@ -18,7 +18,10 @@ Degenerate case: when every value is equal (e.g. an identity intervention: all d
 and the interval reported is the point [value, value]; the `constant` flag names it.
 
 `measure(model, tasks, intervention)` does this for multiple-choice tasks and returns
-`Effects`: the table and `per_item`, every item's answer, predictions and both scores.
+`Effects`: the table and `per_item`, every item's answer, predictions and both scores. Like
+with like: the baseline arm runs `intervention.identity()`, the same hooks and attention
+kernels changing nothing, so float rounding between a fused and an explicit kernel never
+shows as an effect, and an identity intervention gives exactly zero on every item.
 Cost: two task evaluations (forward passes) per task, plus n_boot resamples per interval.
 """
 
@@ -169,7 +172,8 @@ def measure(
         raise InputError("measure needs at least one task.")
     rows, items = [], []
     for done, task in enumerate(tasks, start=1):
-        base = evaluate(model, task, config.batch_size)
+        with intervention.identity().applied(model):  # same kernels as the intervened arm
+            base = evaluate(model, task, config.batch_size)
         with intervention.applied(model):
             edited = evaluate(model, task, config.batch_size)
         before, after = metric(base), metric(edited)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -165,6 +165,10 @@ class ACT:
     def to_dict(self) -> dict[str, Any]:
         """The reproducible record: heads and every ACT parameter."""
         return {"intervention": "ACT", "heads": self.heads.labels, **self.config.to_dict()}
+
+    def identity(self) -> ACT:
+        """beta = 1: the same sink detection and row edit, which then change nothing."""
+        return ACT(self.heads, replace(self.config, beta=1.0))
 
     @contextmanager
     def applied(self, model: Model) -> Iterator[None]:

@@ -81,6 +81,10 @@ class AttentionEdit:
             "renormalize": self.renormalize,
         }
 
+    def identity(self) -> AttentionEdit:
+        """The same heads, phase and renormalisation, with the rows left as they are."""
+        return AttentionEdit(self.heads, unchanged_rows, self.phase, self.renormalize)
+
     @contextmanager
     def applied(self, model: Model) -> Iterator[None]:
         self.heads.mask(model.geometry)  # validates the heads
@@ -120,6 +124,11 @@ class _EditHook:
         probs = rows.probs.clone()
         probs[:, index] = new
         return probs
+
+
+def unchanged_rows(rows: AttentionRows, index: Tensor) -> Tensor:
+    """The identity edit: the selected heads' rows as the model computed them."""
+    return rows.probs[:, index]
 
 
 def uniform_rows(rows: AttentionRows, index: Tensor) -> Tensor:

@@ -20,11 +20,21 @@ from interp.models import Model
 
 
 class Intervention(Protocol):
-    """Anything with `applied(model)` returning a context manager and a `to_dict()` record."""
+    """Anything with `applied(model)` returning a context manager, a `to_dict()` record and
+    an `identity()`.
+
+    `identity()` is the baseline arm an effect is measured against: the same hooks and
+    attention kernels in the same layers, changing nothing (HeadScale alpha=1, ACT beta=1,
+    an unedited AttentionEdit). Measuring against it, rather than against the plain model
+    whose attention runs a fused kernel, keeps float rounding out of every effect: an
+    identity intervention shows exactly none.
+    """
 
     def applied(self, model: Model) -> AbstractContextManager[None]: ...
 
     def to_dict(self) -> dict[str, Any]: ...
+
+    def identity(self) -> Intervention: ...
 
 
 def tensor_digest(tensor: torch.Tensor) -> dict[str, Any]:

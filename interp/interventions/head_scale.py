@@ -76,6 +76,10 @@ class HeadScale:
             "reference": self._digest,  # type: ignore[attr-defined]
         }
 
+    def identity(self) -> HeadScale:
+        """alpha = 1 on the same heads: bit-for-bit the plain model (z is read, not changed)."""
+        return HeadScale(self.heads, alpha=1.0)
+
     def _key(self) -> tuple[object, ...]:
         d = self._digest
         reference = (d["sha256"], tuple(d["shape"]), d["dtype"]) if d else None

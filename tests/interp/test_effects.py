@@ -15,9 +15,10 @@ from interp.effects import Effects, EffectsConfig, compare, interval, measure, p
 from interp.errors import InputError
 from interp.figures import effects_bars
 from interp.heads import HeadSet
-from interp.interventions import HeadScale
-from interp.interventions.act import ActConfig
+from interp.interventions import AttentionEdit, HeadScale, uniform_attention
+from interp.interventions.act import ACT, ActConfig
 from interp.interventions.act_search import HeadSearch, SearchConfig, search_heads, selected_heads
+from interp.interventions.attention_edit import unchanged_rows
 from interp.models import Model
 from interp.results import HeadScores
 from interp.tasks import TASKS_DIR, choice_logprob, load_task
@@ -97,6 +98,33 @@ def test_measure_takes_any_task_metric(tiny: Model) -> None:
     assert row["difference"] == pytest.approx(
         (items.intervened_score - items.baseline_score).mean()
     )
+
+
+@pytest.mark.parametrize(
+    "identity",
+    [
+        ACT("L1H0,L2H3", ActConfig(beta=1.0, threshold=0.01)),
+        AttentionEdit("L1H0,L2H3", unchanged_rows),
+        uniform_attention("L1H0").identity(),
+        HeadScale("L1H0,L2H3", alpha=1.0),
+    ],
+    ids=["act_beta_1", "unedited_rows", "uniform_identity", "alpha_1"],
+)
+def test_identity_interventions_show_exactly_no_effect(tiny: Model, identity) -> None:
+    """The baseline runs the same kernels: not even float rounding (~1e-7) shows."""
+    task = load_task("sentiment").subsample(6)
+    effects = measure(tiny, [task], identity, CONFIG, metric=choice_logprob)
+    items = effects.per_item.data
+    assert (items.intervened_score == items.baseline_score).all()
+    row = effects.table.data.iloc[0]
+    assert row["difference"] == 0.0 and row["constant"]
+
+
+def test_a_real_edit_moves_the_scores_the_identity_leaves(tiny: Model) -> None:
+    task = load_task("sentiment").subsample(6)
+    act = ACT("L1H0,L2H3", ActConfig(threshold=0.01))
+    items = measure(tiny, [task], act, CONFIG, metric=choice_logprob).per_item.data
+    assert (items.intervened_score - items.baseline_score).abs().max() > 1e-4
 
 
 def test_search_scores_every_candidate_and_round_trips(tmp_path) -> None:
