@@ -145,6 +145,7 @@ def claim_folder(folder: Path, record: RunRecord) -> Iterator[Path]:
             another run's results or files that belong to no run.
     """
     try:
+        created = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
         handle = (folder / LOCK_FILE).open("a")
     except OSError as exc:
@@ -156,8 +157,14 @@ def claim_folder(folder: Path, record: RunRecord) -> Iterator[Path]:
             raise InputError(
                 f"Another live run is writing {folder}; wait for it or use another --out."
             ) from None
-        _refuse_foreign_contents(folder, record)
-        yield folder
+        try:
+            _refuse_foreign_contents(folder, record)
+            yield folder
+        finally:
+            if created and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+                # A run that failed before writing anything leaves no empty folder behind.
+                (folder / LOCK_FILE).unlink()
+                folder.rmdir()
 
 
 def _refuse_foreign_contents(folder: Path, record: RunRecord) -> None:

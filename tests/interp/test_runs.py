@@ -135,6 +135,9 @@ def test_folders_of_other_runs_and_files_are_refused_before_the_work(tiny, tmp_p
     a_file.write_text("x")
     _refused([*args, "--out", str(a_file)], "Cannot write the output folder")
     _refused([*args, "--out", str(tmp_path / ("x" * 300))], "Cannot write the output folder")
+    bad_model = [*args[:3], str(tmp_path / "missing.gguf"), *args[4:]]
+    _refused([*bad_model, "--out", str(tmp_path / "fresh")], "No GGUF file")
+    assert not (tmp_path / "fresh").exists()  # a run that wrote nothing leaves no folder
 
 
 def _hold(folder: str, ready, release) -> None:
