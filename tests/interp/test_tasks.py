@@ -104,3 +104,14 @@ def test_choice_scores_match_unbatched_forwards(tiny: Model) -> None:
     run = evaluate(tiny, task)
     assert run.predictions.tolist() == [int(np.argmax(s)) for s in scores]
     assert np.all(run.answer_logprob <= 0)
+
+
+@pytest.mark.integration
+def test_default_act_tasks_leave_headroom_on_the_default_model(default_model: Model) -> None:
+    """ACT's default tasks sit between chance/ceiling (55-85%), so an effect of either sign
+    can show; the first four shipped tasks are at ceiling or chance on this model."""
+    from interp.interventions.act_search import DEFAULT_TASKS
+
+    for name in DEFAULT_TASKS:
+        accuracy = evaluate(default_model, load_task(name, "test")).accuracy
+        assert 0.55 <= accuracy <= 0.85, (name, accuracy)
