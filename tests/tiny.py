@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -43,3 +45,11 @@ def tiny_llama(
         eos_token_id=2,
     )
     return Model.from_hf(LlamaForCausalLM(config), tokenizer, spec="tiny-llama")
+
+
+def saved_tiny(folder: Path, **kwargs: int) -> Path:
+    """A tiny Llama (see tiny_llama) saved with its tokenizer, as a `--model` folder."""
+    model = tiny_llama(**kwargs)
+    model.hf.save_pretrained(folder)
+    model.tokenizer.save_pretrained(folder)
+    return folder

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from interp.cli import app
 from interp.results import HeadScores
 from tests.interp.test_results import provenance
-from tests.tiny import tiny_llama
+from tests.tiny import saved_tiny
 
 BAD_VALUES = {
     "probability": ["nan", "inf", "-0.5", "1.5", "abc"],
@@ -42,9 +42,7 @@ SMALL_SEARCH = ["--max-heads", "1", "--n-boot", "20", "--no-static"]
 def files(tmp_path_factory) -> dict[str, Path]:
     """A tiny model folder, valid inputs for every command, and broken files of each kind."""
     root = tmp_path_factory.mktemp("fuzz")
-    tiny = tiny_llama()
-    tiny.hf.save_pretrained(root / "model")
-    tiny.tokenizer.save_pretrained(root / "model")
+    saved_tiny(root / "model")
     (root / "prompts.txt").write_text("The cat sat on the mat.\n\nA second prompt.")
     needle = {"needle": "The key is red.", "question": "What colour is the key?", "answer": "red"}
     (root / "needles.jsonl").write_text(json.dumps(needle) + "\n")

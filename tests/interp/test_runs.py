@@ -12,6 +12,7 @@ from interp.cli import app
 from interp.errors import InputError
 from interp.runs import LOG_FILE, RunRecord, WorkLog, run_identity
 from tests.interp.test_results import provenance
+from tests.tiny import saved_tiny
 
 IDENTITY = run_identity(provenance())
 
@@ -86,17 +87,15 @@ def test_run_record_lists_inputs_outputs_versions_and_time(tmp_path: Path) -> No
     assert manifest["wall_s"] >= 0 and manifest["rows"] == 2 and manifest["command"] == "score x"
 
 
-def _sinks_args(tiny, tmp_path: Path) -> list[str]:
-    model = tmp_path / "model"
-    tiny.hf.save_pretrained(model)
-    tiny.tokenizer.save_pretrained(model)
+def _sinks_args(tmp_path: Path) -> list[str]:
+    model = saved_tiny(tmp_path / "model")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("The cat sat on the mat.\n\nA second prompt here.")
     return ["score", "sinks", "--model", str(model), "--prompts", str(prompts), "--no-static"]
 
 
-def test_rerun_into_a_used_folder_lists_only_its_own_files(tiny, tmp_path: Path) -> None:
-    args = _sinks_args(tiny, tmp_path)
+def test_rerun_into_a_used_folder_lists_only_its_own_files(tmp_path: Path) -> None:
+    args = _sinks_args(tmp_path)
     out = tmp_path / "run"
     assert CliRunner().invoke(app, [*args, "--out", str(out)]).exit_code == 0
     stale = out / "figures" / "old_figure.html"
@@ -120,8 +119,8 @@ def _refused(args: list[str], match: str) -> None:
     assert match in result.output, result.output
 
 
-def test_folders_of_other_runs_and_files_are_refused_before_the_work(tiny, tmp_path) -> None:
-    args = _sinks_args(tiny, tmp_path)
+def test_folders_of_other_runs_and_files_are_refused_before_the_work(tmp_path) -> None:
+    args = _sinks_args(tmp_path)
     out = tmp_path / "run"
     assert CliRunner().invoke(app, [*args, "--out", str(out)]).exit_code == 0
     before = sorted(p.name for p in out.rglob("*"))
@@ -148,10 +147,10 @@ def _hold(folder: str, ready, release) -> None:
         release.wait(60)
 
 
-def test_a_second_live_run_on_one_folder_is_refused(tiny, tmp_path) -> None:
+def test_a_second_live_run_on_one_folder_is_refused(tmp_path) -> None:
     import multiprocessing
 
-    args = _sinks_args(tiny, tmp_path)
+    args = _sinks_args(tmp_path)
     out = tmp_path / "run"
     context = multiprocessing.get_context("spawn")
     ready, release = context.Event(), context.Event()

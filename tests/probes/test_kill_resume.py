@@ -22,7 +22,7 @@ import pytest
 
 from probes.retrieval import RetrievalResult
 from probes.retrieval_ablation import AblationResult
-from tests.tiny import tiny_llama
+from tests.tiny import saved_tiny
 
 KILLS = 10
 GRID = ["--lengths", "200,250", "--depths", "3", "--max-new-tokens", "3", "--no-static"]
@@ -31,9 +31,7 @@ GRID = ["--lengths", "200,250", "--depths", "3", "--max-new-tokens", "3", "--no-
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("kill")
-    tiny = tiny_llama()
-    tiny.hf.save_pretrained(root / "model")
-    tiny.tokenizer.save_pretrained(root / "model")
+    saved_tiny(root / "model")
     needles = [
         {"needle": f"The key number {i} is {w}.", "question": f"Key {i}?", "answer": w}
         for i, w in enumerate(["red", "blue", "green"])
@@ -77,19 +75,21 @@ def _kill_and_resume(args: list[str], out: Path, total: int, seed: int) -> None:
     assert finished.returncode == 0, finished.stderr[-2000:]
 
 
+def _clean_and_killed(args: list[str], folder: Path, load, seed: int):
+    """(an uninterrupted run's result, the result of a run killed KILLS times and resumed)."""
+    clean = subprocess.run(_interp(*args, "--out", str(folder / "clean")), capture_output=True)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    _kill_and_resume(args, folder / "killed", total=18, seed=seed)
+    assert _finished_tests(folder / "killed") == 18  # each test recorded exactly once
+    return load(folder / "clean"), load(folder / "killed")
+
+
 def test_score_retrieval_killed_ten_times_equals_one_run(inputs, tmp_path) -> None:
     args = ["score", "retrieval", "--model", str(inputs["model"])]
     args += ["--needles", str(inputs["needles"]), *GRID]
-    clean = subprocess.run(_interp(*args, "--out", str(tmp_path / "clean")), capture_output=True)
-    assert clean.returncode == 0, clean.stderr[-2000:]
-    _kill_and_resume(args, tmp_path / "killed", total=18, seed=1)
-    once, resumed = (
-        RetrievalResult.load(tmp_path / "clean"),
-        RetrievalResult.load(tmp_path / "killed"),
-    )
+    once, resumed = _clean_and_killed(args, tmp_path, RetrievalResult.load, seed=1)
     assert resumed.tests.data.equals(once.tests.data)
     assert resumed.scores.data.equals(once.scores.data)
-    assert _finished_tests(tmp_path / "killed") == 18  # each test recorded exactly once
 
 
 def test_ablate_retrieval_killed_ten_times_equals_one_run(inputs, tmp_path) -> None:
@@ -99,13 +99,6 @@ def test_ablate_retrieval_killed_ten_times_equals_one_run(inputs, tmp_path) -> N
     args = ["ablate", "retrieval", "--model", str(inputs["model"]), "--scores"]
     args += [str(tmp_path / "scores" / "scores.parquet"), "--needles", str(inputs["needles"])]
     args += [*GRID, "--ks", "0,2", "--seeds", "2", "--n-boot", "50"]
-    clean = subprocess.run(_interp(*args, "--out", str(tmp_path / "clean")), capture_output=True)
-    assert clean.returncode == 0, clean.stderr[-2000:]
-    _kill_and_resume(args, tmp_path / "killed", total=18, seed=2)
-    once, resumed = (
-        AblationResult.load(tmp_path / "clean"),
-        AblationResult.load(tmp_path / "killed"),
-    )
+    once, resumed = _clean_and_killed(args, tmp_path, AblationResult.load, seed=2)
     assert resumed.tests.data.equals(once.tests.data)
     assert resumed.effects.data.equals(once.effects.data)
-    assert _finished_tests(tmp_path / "killed") == 18
