@@ -176,3 +176,18 @@ def test_cli_effect_act_writes_results(tmp_path) -> None:
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["heads"] == manifest["heads"]
     bad = runner.invoke(app, ["effect", "act", "--task", "nope"])
     assert bad.exit_code == 2 and "error: No task 'nope'" in bad.output
+
+
+@pytest.mark.integration
+def test_act_at_beta_one_shows_no_effect_on_the_default_model(default_model: Model) -> None:
+    """On the real model the fused and explicit kernels differ (~1e-7 in log-prob), so a
+    baseline taken from the plain model would show an 'effect' here; the identity arm shows
+    none."""
+    task = load_task("contrast").subsample(8)
+    heads = "L4H0,L12H3,L24H5"
+    effects = measure(default_model, [task], ACT(heads, ActConfig(beta=1.0)), metric=choice_logprob)
+    items = effects.per_item.data
+    assert (items.intervened_score == items.baseline_score).all()
+    plain = measure(default_model, [task], HeadScale(heads, alpha=1.0), metric=choice_logprob)
+    kernel_gap = (plain.per_item.data.baseline_score - items.baseline_score).abs().max()
+    assert kernel_gap > 0  # what the old, plain-model baseline would have reported
