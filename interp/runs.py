@@ -182,8 +182,9 @@ def _refuse_foreign_contents(folder: Path, record: RunRecord) -> None:
                 " with other options); use another --out."
             )
         return
-    own = {LOCK_FILE, LOG_FILE, IDENTITY_FILE}
-    if any(p.is_file() and p.name not in own for p in folder.rglob("*")):
+    if (folder / IDENTITY_FILE).is_file():
+        return  # a resumable run stopped before its end: WorkLog checks it is the same run
+    if any(p.is_file() and p.name != LOCK_FILE for p in folder.rglob("*")):
         raise InputError(
             f"{folder} is not empty and holds no finished interp run (no {MANIFEST_FILE});"
             " use an empty or new --out."

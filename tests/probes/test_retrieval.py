@@ -268,6 +268,9 @@ def test_cli_score_resume_and_ablate(tiny, tmp_path) -> None:
     assert (tmp_path / "abl" / "figures" / "ablation_curve.html").is_file()
     too_long = CliRunner().invoke(app, ["score", "retrieval", *common[:2], "--lengths", "600"])
     assert too_long.exit_code == 2 and "context" in too_long.output
+    (out / "manifest.json").unlink()  # killed while writing its tables, before the manifest
+    resumed = CliRunner().invoke(app, args)
+    assert resumed.exit_code == 0 and "12 of 12 tests already done" in resumed.output
     for path in out.rglob("*"):  # as if killed before the end: only the work log is left
         if path.is_file() and path.name not in ("work.jsonl", "run.json", ".lock"):
             path.unlink()
