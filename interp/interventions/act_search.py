@@ -53,7 +53,17 @@ from interp.interventions.act import ActConfig, Calibrator, act_candidates, cali
 from interp.interventions.attention_edit import AttentionEdit
 from interp.models import Model
 from interp.results import HeadScores, Provenance, csv_path, hash_inputs
-from interp.tasks import ChoicePlan, Task, TaskRun, evaluate, left_pad, plan_choices, read_choice
+from interp.tasks import (
+    ChoicePlan,
+    Task,
+    TaskRun,
+    choice_accuracy,
+    choice_logprob,
+    evaluate,
+    left_pad,
+    plan_choices,
+    read_choice,
+)
 
 ANALYZER = "act_search"
 NO_SINK = "no hidden sink"
@@ -128,9 +138,9 @@ def calibration_metric(model: Model, tasks: Sequence[Task], config: SearchConfig
 
 
 def _pooled(runs: Sequence[TaskRun], config: SearchConfig) -> float:
-    if config.metric == "accuracy":
-        return float(np.concatenate([run.correct for run in runs]).mean())
-    return float(np.concatenate([run.answer_logprob for run in runs]).mean())
+    """The search metric's mean over every item of `runs` (the effects' per-item metrics)."""
+    metric = choice_accuracy if config.metric == "accuracy" else choice_logprob
+    return float(np.concatenate([metric(run) for run in runs]).mean())
 
 
 def search_heads(
