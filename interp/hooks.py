@@ -17,6 +17,9 @@ Three hook families, each a context manager that removes everything it installed
   pre-hook on the output projection. Works with any attention kernel.
 * `residual_hooks(model, fn)`: reads or replaces the residual stream entering a decoder
   layer (TransformerLens `hook_resid_pre`), unprocessed (no folding or centring).
+* `qkv_hooks(model, fn)`: reads or replaces per-head q, k and v ([batch, pos, head or KV
+  head, d_head], TransformerLens `hook_q`/`hook_k`/`hook_v`) through forward hooks on the
+  q/k/v projections: before rotary, and before the per-head norm some models have.
 
 Module paths per architecture live in the `LAYOUTS` table; other HF causal LMs are found by
 looking for the decoder-layer list.
@@ -28,8 +31,9 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import reduce
-from typing import Any
+from typing import Any, Literal
 
+import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 from transformers import AttentionInterface
@@ -51,6 +55,7 @@ __all__ = [
     "decoder_layers",
     "head_output_hooks",
     "layout_of",
+    "qkv_hooks",
     "residual_hooks",
 ]
 
@@ -64,6 +69,10 @@ class Layout:
     layers: str  # the ModuleList of decoder layers, from the top model
     attention: str  # the attention module, from a decoder layer
     out_proj: str  # the output projection (input = concatenated z), from the attention
+    q: str = "q_proj"  # the query projection (output = concatenated q), from the attention
+    k: str = "k_proj"  # the key projection (one d_head slice per KV head)
+    v: str = "v_proj"  # the value projection (one d_head slice per KV head)
+    fused_qkv: bool = False  # q, k, v are one projection at `q` whose output is [q | k | v]
 
 
 _LLAMA_LIKE = Layout("model.layers", "self_attn", "o_proj")
@@ -87,7 +96,9 @@ LAYOUTS: dict[str, Layout] = {
         ],
         _LLAMA_LIKE,
     ),
-    "gpt2": Layout("transformer.h", "attn", "c_proj"),
+    "gpt2": Layout(
+        "transformer.h", "attn", "c_proj", q="c_attn", k="c_attn", v="c_attn", fused_qkv=True
+    ),
     "llava": Layout("model.language_model.layers", "self_attn", "o_proj"),
     "llava_next": Layout("model.language_model.layers", "self_attn", "o_proj"),
     "idefics3": Layout("model.text_model.layers", "self_attn", "o_proj"),
@@ -220,6 +231,8 @@ def attention_hooks(hf: nn.Module, *hooks: AttentionHook) -> Iterator[None]:
 
 HeadOutputFn = Callable[[int, Float[Tensor, "batch pos head d_head"]], Tensor | None]
 ResidualFn = Callable[[int, Float[Tensor, "batch pos d_model"]], Tensor | None]
+QKVKind = Literal["q", "k", "v"]
+QKVFn = Callable[[int, QKVKind, Float[Tensor, "batch pos head d_head"]], Tensor | None]
 
 
 @contextmanager
@@ -278,6 +291,70 @@ def residual_hooks(
             handle = modules[layer].register_forward_pre_hook(pre_hook(layer), with_kwargs=True)
             stack.callback(handle.remove)
         yield
+
+
+@contextmanager
+def qkv_hooks(hf: nn.Module, fn: QKVFn, layers: list[int] | None = None) -> Iterator[None]:
+    """Call `fn(layer, kind, x)` on per-head q, k and v of each wanted layer.
+
+    x is a projection's output split into heads, [batch, pos, head, d_head]: n_heads for
+    "q", n_kv_heads for "k" and "v" (under GQA a KV head serves a whole group, so editing
+    it edits every query head of the group). It is taken before rotary and before the
+    per-head q/k norm of Qwen3, Gemma3 and OLMo2 (TransformerLens `hook_q`/`hook_k`/
+    `hook_v`). `fn` returns a replacement of x's shape or None; replacements keep the
+    autograd graph, so gradients flow through them when grad is enabled. A fused
+    projection (GPT-2's c_attn) is split into q, k, v and re-joined after `fn`.
+    """
+    layout = layout_of(hf)
+    modules = decoder_layers(hf)
+    wanted = range(len(modules)) if layers is None else layers
+    geometry = geometry_of(hf)
+    heads = {"q": geometry.n_heads, "k": geometry.n_kv_heads, "v": geometry.n_kv_heads}
+
+    def call(layer: int, kind: QKVKind, out: Tensor) -> Tensor | None:
+        x = out.reshape(*out.shape[:2], heads[kind], geometry.d_head)
+        new = fn(layer, kind, x)
+        return None if new is None else new.reshape(out.shape)
+
+    def hook(layer: int, kind: QKVKind) -> Callable[..., Any]:
+        def forward_hook(_module: nn.Module, _args: tuple, out: Tensor) -> Tensor | None:
+            return call(layer, kind, out)
+
+        return forward_hook
+
+    def fused_hook(layer: int) -> Callable[..., Any]:
+        def forward_hook(_module: nn.Module, _args: tuple, out: Tensor) -> Tensor | None:
+            kinds: tuple[QKVKind, ...] = ("q", "k", "v")
+            parts = out.split([heads[kind] * geometry.d_head for kind in kinds], dim=-1)
+            new = [call(layer, kind, part) for kind, part in zip(kinds, parts, strict=True)]
+            if all(n is None for n in new):
+                return None
+            joined = [p if n is None else n for p, n in zip(parts, new, strict=True)]
+            return torch.cat(joined, dim=-1)
+
+        return forward_hook
+
+    with ExitStack() as stack:
+        for layer in wanted:
+            attention = _get(modules[layer], layout.attention)
+            if layout.fused_qkv:
+                handle = _projection(attention, layout.q).register_forward_hook(fused_hook(layer))
+                stack.callback(handle.remove)
+                continue
+            for kind in ("q", "k", "v"):
+                projection = _projection(attention, getattr(layout, kind))
+                stack.callback(projection.register_forward_hook(hook(layer, kind)).remove)
+        yield
+
+
+def _projection(attention: nn.Module, path: str) -> nn.Module:
+    try:
+        return _get(attention, path)
+    except AttributeError:
+        raise UnsupportedModelError(
+            f"{type(attention).__name__} has no projection {path!r}: set its q/k/v paths in"
+            " interp.hooks.LAYOUTS."
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------
