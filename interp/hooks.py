@@ -20,6 +20,11 @@ Three hook families, each a context manager that removes everything it installed
 * `qkv_hooks(model, fn)`: reads or replaces per-head q, k and v ([batch, pos, head or KV
   head, d_head], TransformerLens `hook_q`/`hook_k`/`hook_v`) through forward hooks on the
   q/k/v projections: before rotary, and before the per-head norm some models have.
+* `head_result_hooks(model, fn)`: reads or replaces each head's write into the residual
+  stream, z_h·W_O,h ([batch, pos, head, d_model], TransformerLens `hook_result`).
+* `output_hooks(model, fn, part)`: reads or replaces the output of a decoder layer, its
+  attention or its MLP ([batch, pos, d_model]; TransformerLens `hook_resid_post`,
+  `hook_attn_out`, `hook_mlp_out`).
 
 Module paths per architecture live in the `LAYOUTS` table; other HF causal LMs are found by
 looking for the decoder-layer list.
@@ -54,7 +59,9 @@ __all__ = [
     "attention_hooks",
     "decoder_layers",
     "head_output_hooks",
+    "head_result_hooks",
     "layout_of",
+    "output_hooks",
     "qkv_hooks",
     "residual_hooks",
 ]
@@ -73,6 +80,7 @@ class Layout:
     k: str = "k_proj"  # the key projection (one d_head slice per KV head)
     v: str = "v_proj"  # the value projection (one d_head slice per KV head)
     fused_qkv: bool = False  # q, k, v are one projection at `q` whose output is [q | k | v]
+    mlp: str = "mlp"  # the MLP, from a decoder layer
 
 
 _LLAMA_LIKE = Layout("model.layers", "self_attn", "o_proj")
@@ -231,6 +239,8 @@ def attention_hooks(hf: nn.Module, *hooks: AttentionHook) -> Iterator[None]:
 
 HeadOutputFn = Callable[[int, Float[Tensor, "batch pos head d_head"]], Tensor | None]
 ResidualFn = Callable[[int, Float[Tensor, "batch pos d_model"]], Tensor | None]
+ResultFn = Callable[[int, Float[Tensor, "batch pos head d_model"]], Tensor | None]
+OutputPart = Literal["layer", "attention", "mlp"]
 QKVKind = Literal["q", "k", "v"]
 QKVFn = Callable[[int, QKVKind, Float[Tensor, "batch pos head d_head"]], Tensor | None]
 
@@ -355,6 +365,81 @@ def _projection(attention: nn.Module, path: str) -> nn.Module:
             f"{type(attention).__name__} has no projection {path!r}: set its q/k/v paths in"
             " interp.hooks.LAYOUTS."
         ) from None
+
+
+@contextmanager
+def head_result_hooks(
+    hf: nn.Module, fn: ResultFn, layers: list[int] | None = None
+) -> Iterator[None]:
+    """Call `fn(layer, result)` on each head's output after its slice of the projection.
+
+    result[b, p, h] = z[b, p, h] @ W_O[h] ([batch, pos, head, d_model]), whose sum over
+    heads plus the bias is the attention output. `fn` returns a replacement or None; on a
+    replacement the projection's output becomes its sum over heads plus the bias. Reading
+    leaves the output untouched (the projection's own product, not the sum, so a read is
+    exact). Memory: one [batch, pos, head, d_model] tensor per hooked layer and forward.
+    """
+    layout = layout_of(hf)
+    modules = decoder_layers(hf)
+    wanted = range(len(modules)) if layers is None else layers
+    geometry = geometry_of(hf)
+    shape = (geometry.n_heads, geometry.d_head, geometry.d_model)
+
+    def forward_hook(layer: int) -> Callable[..., Any]:
+        def hook(proj: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> Tensor | None:
+            x = args[0]
+            z = x.reshape(*x.shape[:-1], geometry.n_heads, geometry.d_head)
+            # nn.Linear stores [out, in]; GPT-2's Conv1D stores [in, out].
+            weight = proj.weight.T if isinstance(proj, nn.Linear) else proj.weight
+            result = torch.einsum("bshd,hdm->bshm", z, weight.reshape(shape))
+            new = fn(layer, result)
+            if new is None:
+                return None
+            bias = getattr(proj, "bias", None)
+            summed = new.sum(dim=-2)
+            return summed if bias is None else summed + bias
+
+        return hook
+
+    with ExitStack() as stack:
+        for layer in wanted:
+            proj = _get(_get(modules[layer], layout.attention), layout.out_proj)
+            stack.callback(proj.register_forward_hook(forward_hook(layer)).remove)
+        yield
+
+
+@contextmanager
+def output_hooks(
+    hf: nn.Module, fn: ResidualFn, part: OutputPart, layers: list[int] | None = None
+) -> Iterator[None]:
+    """Call `fn(layer, x)` on the output [batch, pos, d_model] of each layer's `part`.
+
+    "layer" is the residual stream leaving the decoder layer (`hook_resid_post`), before
+    the final norm; "attention" the attention block's output after the output projection
+    (`hook_attn_out`); "mlp" the MLP's output (`hook_mlp_out`). `fn` returns a
+    replacement or None. Modules that return tuples keep their other elements.
+    """
+    layout = layout_of(hf)
+    modules = decoder_layers(hf)
+    wanted = range(len(modules)) if layers is None else layers
+    paths = {"layer": None, "attention": layout.attention, "mlp": layout.mlp}
+
+    def forward_hook(layer: int) -> Callable[..., Any]:
+        def hook(_module: nn.Module, _args: tuple, out: Any) -> Any:
+            x = out[0] if isinstance(out, tuple) else out
+            new = fn(layer, x)
+            if new is None:
+                return None
+            return (new, *out[1:]) if isinstance(out, tuple) else new
+
+        return hook
+
+    with ExitStack() as stack:
+        for layer in wanted:
+            path = paths[part]
+            module = modules[layer] if path is None else _get(modules[layer], path)
+            stack.callback(module.register_forward_hook(forward_hook(layer)).remove)
+        yield
 
 
 # ----------------------------------------------------------------------------------------
