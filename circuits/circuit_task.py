@@ -201,6 +201,21 @@ def check_n(n: Any, distinct: int, what: str) -> int:
     return int(n)
 
 
+def balanced_templates(rng: np.random.Generator, capacity: Sequence[int], n: int) -> list[int]:
+    """A template index per row: templates take turns, in a new shuffled order each round.
+
+    A template drops out once it has `capacity[t]` rows (all its distinct prompts), so any
+    n up to the sum of capacities is reachable.
+    """
+    used, order = [0] * len(capacity), []
+    while len(order) < n:
+        for t in rng.permutation(len(capacity)).tolist():
+            if used[t] < capacity[t] and len(order) < n:
+                used[t] += 1
+                order.append(t)
+    return order
+
+
 def check_choice(value: str, options: Sequence[str], what: str) -> str:
     if value not in options:
         raise ConfigError(f"Unknown {what} {value!r}." + did_you_mean(str(value), options))
