@@ -21,10 +21,11 @@ the MLPs: step 1 runs [rows, 1] inputs, one row per (sender, prompt). Step 2 cha
 nothing before p and nothing below the lowest receiver layer: it runs positions p.. only,
 one row per (sender, prompt), from that layer up, on the clean residual stream entering
 it and the clean keys and values of positions before p (a KV cache of the clean prefix,
-one prefix forward per distinct p). Receivers of k or v are KV heads under GQA; with
-`gqa_siblings="freeze"` (default) the query heads that share a receiver's KV head but are
-not receivers keep their clean z, so the patch reaches the named receivers only; `"share"`
-lets it reach the whole group.
+one prefix forward per distinct p, copied for each chunk of rows).
+
+Receivers of k or v are KV heads under GQA; with `gqa_siblings="freeze"` (default) the
+query heads that share a receiver's KV head but are not receivers keep their clean z, so
+the patch reaches the named receivers only; `"share"` lets it reach the whole group.
 
 The IOI stages (METHODS 9.1; Merullo's stage configs are unreleased, these are Wang's
 classes): heads -> logits (name movers); -> name movers' queries at END (S-inhibition);
@@ -33,7 +34,7 @@ at S1+1 (previous-token). `ioi_stage` builds each as a config.
 
 Cost: two clean-length forwards (clean, corrupted), step 1 on senders x prompts rows of
 one token, and for q/k/v receivers step 2 on senders x prompts rows of the tokens from p
-on, over the layers from the first receiver, plus a prefix forward per chunk and p.
+on, over the layers from the first receiver, plus a prefix forward per distinct p.
 Memory: the clean and corrupted z at p, [layer, prompt, head, d_head] each, plus per chunk
 of `batch_size` rows one forward's activations.
 """
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import ExitStack
+from copy import deepcopy
 from dataclasses import dataclass
 from typing import Literal
 
@@ -96,7 +98,7 @@ class PathPatchingConfig(Config):
     position: str = "END"
     gqa_siblings: Literal["freeze", "share"] = "freeze"
     freeze_mlps: bool = False
-    batch_size: int = 256
+    batch_size: int = 512
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -151,6 +153,7 @@ class _Clean:
     ld_corrupt: Float[Tensor, " prompt"]
     resid: Float[Tensor, "prompt pos d_model"] | None  # entering the lowest receiver layer
     z_full: dict[int, Tensor]  # receiver layers' clean z [prompt, pos, head, d_head]
+    prefixes: dict[int, DynamicCache | None]  # per p, the clean KV cache of positions < p
 
 
 def path_patching(
@@ -287,7 +290,8 @@ def _clean_runs(
 
     z_clean, ld_clean, resid, z_full, mlp_clean = run(task.clean, full=True)
     z_corrupt, ld_corrupt, _, _, _ = run(task.corrupted, full=False)
-    return _Clean(z_clean, z_corrupt, mlp_clean, ld_clean, ld_corrupt, resid, z_full)
+    prefixes = _prefixes(model, task, position) if receivers else {}
+    return _Clean(z_clean, z_corrupt, mlp_clean, ld_clean, ld_corrupt, resid, z_full, prefixes)
 
 
 @torch.no_grad()
@@ -398,7 +402,7 @@ def _step_two(
             z[:, :, siblings] = clean.z_full[layer][rows][:, p:, siblings].to(z.dtype)
             return z
 
-        cache = _prefix(model, task, group, p, n_senders)
+        cache = _repeated(clean.prefixes[p], n_senders)
         freeze_siblings = config.receiver != "q" and config.gqa_siblings == "freeze"
         with ExitStack() as stack:
             stack.enter_context(qkv_hooks(model.hf, patch, receivers.layers))
@@ -420,19 +424,29 @@ def _step_two(
     return out
 
 
-def _prefix(
-    model: Model, task: CircuitTask, group: Tensor, p: int, repeats: int
-) -> DynamicCache | None:
-    """The clean keys and values of positions 0..p-1 for `group`'s prompts, each row repeated."""
-    if p == 0:
+def _prefixes(model: Model, task: CircuitTask, position: Tensor) -> dict[int, DynamicCache | None]:
+    """Per distinct p, the clean keys and values of positions 0..p-1 of the prompts at p."""
+    out: dict[int, DynamicCache | None] = {}
+    for p in position.unique().tolist():
+        rows = torch.nonzero(position == p).flatten().to(model.device)
+        out[p] = (
+            None
+            if p == 0
+            else model.hf(
+                input_ids=task.clean.input_ids[rows, :p],
+                attention_mask=task.clean.attention_mask[rows, :p],
+                position_ids=task.clean.position_ids[rows, :p],
+                use_cache=True,
+                logits_to_keep=1,
+            ).past_key_values
+        )
+    return out
+
+
+def _repeated(cache: DynamicCache | None, repeats: int) -> DynamicCache | None:
+    """A copy of `cache` with each row repeated `repeats` times (a forward extends its copy)."""
+    if cache is None:
         return None
-    rows = group.to(model.device)
-    cache = model.hf(
-        input_ids=task.clean.input_ids[rows, :p],
-        attention_mask=task.clean.attention_mask[rows, :p],
-        position_ids=task.clean.position_ids[rows, :p],
-        use_cache=True,
-        logits_to_keep=1,
-    ).past_key_values
-    cache.batch_repeat_interleave(repeats)
-    return cache
+    copy = deepcopy(cache)
+    copy.batch_repeat_interleave(repeats)
+    return copy

@@ -173,15 +173,14 @@ def test_discovery_chains_stages_on_the_tiny_model() -> None:
 
 @pytest.mark.integration
 def test_ioi_discovery_on_the_default_model(default_model) -> None:
-    """Two stages on 8 prompts: the name mover found on 48 prompts leads, the circuit keeps LD."""
+    """Two stages on 8 prompts: the main name mover (L23H3 on 48 prompts) is found again."""
     task = ioi(default_model, 8, seed=1)
     config = DiscoveryConfig(stages=("logits", "name_mover_queries"), per_stage=4, max_heads=8)
     found = discover_ioi(default_model, task, config)
-    assert found.scores.data.groupby("stage").size().to_dict() == {
-        "logits": 270,
-        "name_mover_queries": 9
-        * min(found.scores.data.query("stage == 'logits'").nlargest(4, "score")["layer"]),
-    }
+    scores = found.scores.data
+    movers = scores[scores["stage"] == "logits"].nlargest(4, "score")
+    sizes = scores.groupby("stage").size().to_dict()
+    assert sizes == {"logits": 270, "name_mover_queries": 9 * int(movers["layer"].min())}
     assert "L23H3" in found.heads.labels
     table = faithfulness(default_model, task, found.heads).data.set_index("condition")
     assert table.loc["circuit", "share"] > table.loc["complement", "share"]
