@@ -48,6 +48,8 @@ class CircuitTask:
         families: per row, the template family ("BABA"/"ABBA" for IOI).
         config: the parameters that made the task (task name, n, seed, corruption, filler
             counts), recorded in results' provenance.
+
+    The two Encodings are on the model's device; ids and positions are CPU tensors.
     """
 
     name: str
