@@ -17,6 +17,14 @@ Three hook families, each a context manager that removes everything it installed
   pre-hook on the output projection. Works with any attention kernel.
 * `residual_hooks(model, fn)`: reads or replaces the residual stream entering a decoder
   layer (TransformerLens `hook_resid_pre`), unprocessed (no folding or centring).
+* `qkv_hooks(model, fn)`: reads or replaces per-head q, k and v ([batch, pos, head or KV
+  head, d_head], TransformerLens `hook_q`/`hook_k`/`hook_v`) through forward hooks on the
+  q/k/v projections: before rotary, and before the per-head norm some models have.
+* `head_result_hooks(model, fn)`: reads or replaces each head's write into the residual
+  stream, z_h·W_O,h ([batch, pos, head, d_model], TransformerLens `hook_result`).
+* `output_hooks(model, fn, part)`: reads or replaces the output of a decoder layer, its
+  attention or its MLP ([batch, pos, d_model]; TransformerLens `hook_resid_post`,
+  `hook_attn_out`, `hook_mlp_out`).
 
 Module paths per architecture live in the `LAYOUTS` table; other HF causal LMs are found by
 looking for the decoder-layer list.
@@ -28,8 +36,9 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import reduce
-from typing import Any
+from typing import Any, Literal
 
+import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 from transformers import AttentionInterface
@@ -50,7 +59,10 @@ __all__ = [
     "attention_hooks",
     "decoder_layers",
     "head_output_hooks",
+    "head_result_hooks",
     "layout_of",
+    "output_hooks",
+    "qkv_hooks",
     "residual_hooks",
 ]
 
@@ -64,6 +76,11 @@ class Layout:
     layers: str  # the ModuleList of decoder layers, from the top model
     attention: str  # the attention module, from a decoder layer
     out_proj: str  # the output projection (input = concatenated z), from the attention
+    q: str = "q_proj"  # the query projection (output = concatenated q), from the attention
+    k: str = "k_proj"  # the key projection (one d_head slice per KV head)
+    v: str = "v_proj"  # the value projection (one d_head slice per KV head)
+    fused_qkv: bool = False  # q, k, v are one projection at `q` whose output is [q | k | v]
+    mlp: str = "mlp"  # the MLP, from a decoder layer
 
 
 _LLAMA_LIKE = Layout("model.layers", "self_attn", "o_proj")
@@ -87,7 +104,9 @@ LAYOUTS: dict[str, Layout] = {
         ],
         _LLAMA_LIKE,
     ),
-    "gpt2": Layout("transformer.h", "attn", "c_proj"),
+    "gpt2": Layout(
+        "transformer.h", "attn", "c_proj", q="c_attn", k="c_attn", v="c_attn", fused_qkv=True
+    ),
     "llava": Layout("model.language_model.layers", "self_attn", "o_proj"),
     "llava_next": Layout("model.language_model.layers", "self_attn", "o_proj"),
     "idefics3": Layout("model.text_model.layers", "self_attn", "o_proj"),
@@ -220,6 +239,10 @@ def attention_hooks(hf: nn.Module, *hooks: AttentionHook) -> Iterator[None]:
 
 HeadOutputFn = Callable[[int, Float[Tensor, "batch pos head d_head"]], Tensor | None]
 ResidualFn = Callable[[int, Float[Tensor, "batch pos d_model"]], Tensor | None]
+ResultFn = Callable[[int, Float[Tensor, "batch pos head d_model"]], Tensor | None]
+OutputPart = Literal["layer", "attention", "mlp"]
+QKVKind = Literal["q", "k", "v"]
+QKVFn = Callable[[int, QKVKind, Float[Tensor, "batch pos head d_head"]], Tensor | None]
 
 
 @contextmanager
@@ -277,6 +300,145 @@ def residual_hooks(
         for layer in wanted:
             handle = modules[layer].register_forward_pre_hook(pre_hook(layer), with_kwargs=True)
             stack.callback(handle.remove)
+        yield
+
+
+@contextmanager
+def qkv_hooks(hf: nn.Module, fn: QKVFn, layers: list[int] | None = None) -> Iterator[None]:
+    """Call `fn(layer, kind, x)` on per-head q, k and v of each wanted layer.
+
+    x is a projection's output split into heads, [batch, pos, head, d_head]: n_heads for
+    "q", n_kv_heads for "k" and "v" (under GQA a KV head serves a whole group, so editing
+    it edits every query head of the group). It is taken before rotary and before the
+    per-head q/k norm of Qwen3, Gemma3 and OLMo2 (TransformerLens `hook_q`/`hook_k`/
+    `hook_v`). `fn` returns a replacement of x's shape or None; replacements keep the
+    autograd graph, so gradients flow through them when grad is enabled. A fused
+    projection (GPT-2's c_attn) is split into q, k, v and re-joined after `fn`.
+    """
+    layout = layout_of(hf)
+    modules = decoder_layers(hf)
+    wanted = range(len(modules)) if layers is None else layers
+    geometry = geometry_of(hf)
+    heads = {"q": geometry.n_heads, "k": geometry.n_kv_heads, "v": geometry.n_kv_heads}
+
+    def call(layer: int, kind: QKVKind, out: Tensor) -> Tensor | None:
+        x = out.reshape(*out.shape[:2], heads[kind], geometry.d_head)
+        new = fn(layer, kind, x)
+        return None if new is None else new.reshape(out.shape)
+
+    def hook(layer: int, kind: QKVKind) -> Callable[..., Any]:
+        def forward_hook(_module: nn.Module, _args: tuple, out: Tensor) -> Tensor | None:
+            return call(layer, kind, out)
+
+        return forward_hook
+
+    def fused_hook(layer: int) -> Callable[..., Any]:
+        def forward_hook(_module: nn.Module, _args: tuple, out: Tensor) -> Tensor | None:
+            kinds: tuple[QKVKind, ...] = ("q", "k", "v")
+            parts = out.split([heads[kind] * geometry.d_head for kind in kinds], dim=-1)
+            new = [call(layer, kind, part) for kind, part in zip(kinds, parts, strict=True)]
+            if all(n is None for n in new):
+                return None
+            joined = [p if n is None else n for p, n in zip(parts, new, strict=True)]
+            return torch.cat(joined, dim=-1)
+
+        return forward_hook
+
+    with ExitStack() as stack:
+        for layer in wanted:
+            attention = _get(modules[layer], layout.attention)
+            if layout.fused_qkv:
+                handle = _projection(attention, layout.q).register_forward_hook(fused_hook(layer))
+                stack.callback(handle.remove)
+                continue
+            for kind in ("q", "k", "v"):
+                projection = _projection(attention, getattr(layout, kind))
+                stack.callback(projection.register_forward_hook(hook(layer, kind)).remove)
+        yield
+
+
+def _projection(attention: nn.Module, path: str) -> nn.Module:
+    try:
+        return _get(attention, path)
+    except AttributeError:
+        raise UnsupportedModelError(
+            f"{type(attention).__name__} has no projection {path!r}: set its q/k/v paths in"
+            " interp.hooks.LAYOUTS."
+        ) from None
+
+
+@contextmanager
+def head_result_hooks(
+    hf: nn.Module, fn: ResultFn, layers: list[int] | None = None
+) -> Iterator[None]:
+    """Call `fn(layer, result)` on each head's output after its slice of the projection.
+
+    result[b, p, h] = z[b, p, h] @ W_O[h] ([batch, pos, head, d_model]), whose sum over
+    heads plus the bias is the attention output. `fn` returns a replacement or None; on a
+    replacement the projection's output becomes its sum over heads plus the bias. Reading
+    leaves the output untouched (the projection's own product, not the sum, so a read is
+    exact). Memory: one [batch, pos, head, d_model] tensor per hooked layer and forward.
+    """
+    layout = layout_of(hf)
+    modules = decoder_layers(hf)
+    wanted = range(len(modules)) if layers is None else layers
+    geometry = geometry_of(hf)
+    shape = (geometry.n_heads, geometry.d_head, geometry.d_model)
+
+    def forward_hook(layer: int) -> Callable[..., Any]:
+        def hook(proj: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> Tensor | None:
+            x = args[0]
+            z = x.reshape(*x.shape[:-1], geometry.n_heads, geometry.d_head)
+            # nn.Linear stores [out, in]; GPT-2's Conv1D stores [in, out].
+            weight = proj.weight.T if isinstance(proj, nn.Linear) else proj.weight
+            result = torch.einsum("bshd,hdm->bshm", z, weight.reshape(shape))
+            new = fn(layer, result)
+            if new is None:
+                return None
+            bias = getattr(proj, "bias", None)
+            summed = new.sum(dim=-2)
+            return summed if bias is None else summed + bias
+
+        return hook
+
+    with ExitStack() as stack:
+        for layer in wanted:
+            proj = _get(_get(modules[layer], layout.attention), layout.out_proj)
+            stack.callback(proj.register_forward_hook(forward_hook(layer)).remove)
+        yield
+
+
+@contextmanager
+def output_hooks(
+    hf: nn.Module, fn: ResidualFn, part: OutputPart, layers: list[int] | None = None
+) -> Iterator[None]:
+    """Call `fn(layer, x)` on the output [batch, pos, d_model] of each layer's `part`.
+
+    "layer" is the residual stream leaving the decoder layer (`hook_resid_post`), before
+    the final norm; "attention" the attention block's output after the output projection
+    (`hook_attn_out`); "mlp" the MLP's output (`hook_mlp_out`). `fn` returns a
+    replacement or None. Modules that return tuples keep their other elements.
+    """
+    layout = layout_of(hf)
+    modules = decoder_layers(hf)
+    wanted = range(len(modules)) if layers is None else layers
+    paths = {"layer": None, "attention": layout.attention, "mlp": layout.mlp}
+
+    def forward_hook(layer: int) -> Callable[..., Any]:
+        def hook(_module: nn.Module, _args: tuple, out: Any) -> Any:
+            x = out[0] if isinstance(out, tuple) else out
+            new = fn(layer, x)
+            if new is None:
+                return None
+            return (new, *out[1:]) if isinstance(out, tuple) else new
+
+        return hook
+
+    with ExitStack() as stack:
+        for layer in wanted:
+            path = paths[part]
+            module = modules[layer] if path is None else _get(modules[layer], path)
+            stack.callback(module.register_forward_hook(forward_hook(layer)).remove)
         yield
 
 
