@@ -14,10 +14,10 @@ identity arm runs the same explicit kernel. Positions are in the padded coordina
 batch the repair runs on (a `CircuitTask`'s `positions`), so one `Repair` belongs to one
 batch; `rows(start, stop)` gives the repair of a slice of it.
 
-`repair_effects` measures it on a task through `interp.effects.compare` (paired bootstrap
-intervals): accuracy among the listed choices (argmax over their logits at the last
-position) and the task's logit difference. Cost: the edited layers run explicit attention;
-two forwards of the task.
+`wrong_color_positions(task)` gives a Colored Objects task's two wrong listed colours per
+row; `repair_effects` measures a repair on a task through `interp.effects.compare` (paired
+bootstrap intervals): accuracy among the listed colours and the logit difference. Cost:
+two forwards of the task; the edited layers run explicit attention.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from circuits.circuit_task import CircuitTask
+from circuits.metrics import accuracy, last_logits, logit_difference
 from interp.effects import Effects, EffectsConfig, compare
 from interp.encoding import Encoding
 from interp.errors import HookError, InputError
@@ -41,7 +43,7 @@ from interp.hooks import AttentionRows
 from interp.interventions.attention_edit import AttentionEdit
 from interp.interventions.base import Intervention, tensor_digest
 from interp.models import Model
-from interp.results import EffectTable, ItemTable, Provenance, hash_inputs
+from interp.results import EffectTable, ItemTable, Provenance
 
 ANALYZER = "circuit_repair"
 
@@ -170,93 +172,91 @@ class Repair:
             yield
 
 
-@torch.no_grad()
-def last_logits(
-    model: Model,
-    encoding: Encoding,
-    intervention: Callable[[int, int], Intervention],
-    batch_size: int,
+def wrong_color_positions(task: CircuitTask) -> Int[Tensor, "batch 2"]:
+    """Per row, the positions of the two listed colours that are not the answer.
+
+    For a Colored Objects task: its positions "C1", "C2", "C3" are the query's listed
+    colours and each row's family ("C2") names the asked one.
+
+    Raises:
+        InputError: the task has no listed-colour positions or families.
+    """
+    names = ("C1", "C2", "C3")
+    if not set(names) <= set(task.positions) or not set(task.families) <= set(names):
+        raise InputError(
+            f"The repair's positions need a Colored Objects task (positions C1-C3 and the"
+            f" asked colour per row), got task {task.name!r} with positions"
+            f" {sorted(task.positions)}."
+        )
+    listed = torch.stack([task.positions[name] for name in names], 1)  # [batch, 3]
+    keep = torch.tensor([[name != family for name in names] for family in task.families])
+    return listed[keep].reshape(len(task), 2)
+
+
+def _last_logits(
+    model: Model, task: CircuitTask, intervention: Callable[[int, int], Intervention], size: int
 ) -> Float[Tensor, "batch vocab"]:
-    """Last-position logits of a left-padded batch, each slice under `intervention(start, stop)`."""
+    """Clean last-position logits, rows start..stop-1 under `intervention(start, stop)`.
+
+    Slices keep the batch's padded width, so the repair's positions stay where they were.
+    """
     out = []
-    for start in range(0, encoding.input_ids.shape[0], batch_size):
-        stop = min(start + batch_size, encoding.input_ids.shape[0])
-        rows = Encoding(encoding.input_ids[start:stop], encoding.attention_mask[start:stop])
-        inputs = {k: v.to(model.device) for k, v in rows.items()}
+    for start in range(0, len(task), size):
+        stop = min(start + size, len(task))
+        part = Encoding(task.clean.input_ids[start:stop], task.clean.attention_mask[start:stop])
         with intervention(start, stop).applied(model):
-            out.append(model.hf(**inputs, logits_to_keep=1).logits[:, -1].float().cpu())
+            out.append(last_logits(model, part, batch_size=size))
     return torch.cat(out)
 
 
-def choice_accuracy(
-    logits: Float[Tensor, "batch vocab"],
-    choices: Int[Tensor, "batch n"],
-    answers: Int[Tensor, " batch"],
-) -> np.ndarray:
-    """[batch] 1.0 where the answer has the highest logit among the row's listed choices."""
-    picked = choices.gather(1, logits.gather(1, choices).argmax(1, keepdim=True))[:, 0]
-    return (picked == answers).float().numpy()
-
-
 def repair_effects(
-    model: Model,
-    encoding: Encoding,
-    answers: Int[Tensor, " batch"],
-    wrong: Int[Tensor, " batch"],
-    choices: Int[Tensor, "batch n"],
-    repair: Repair,
-    *,
-    task_name: str,
-    config: EffectsConfig | None = None,
+    model: Model, task: CircuitTask, repair: Repair, config: EffectsConfig | None = None
 ) -> Effects:
-    """The repair's effect on accuracy among `choices` and on logit(answer) - logit(wrong).
+    """The repair's effect on the task's accuracy and logit difference, with intervals.
 
-    The baseline arm is `repair.identity()` (same explicit kernel, rows unchanged), so only
-    the edit shows as an effect.
+    The baseline arm is `repair.identity()` (same heads, same explicit kernel, rows
+    unchanged), so only the edit shows. Accuracy is `circuits.metrics.accuracy` (the answer
+    above the other listed choices), the logit difference logit(answer) - logit(wrong).
 
     Returns:
-        Effects: one EffectTable row per metric ("choice_accuracy", "logit_difference") with
-        paired bootstrap intervals, and the per-item scores.
+        Effects: one EffectTable row per metric ("accuracy", "logit_difference") with
+        paired bootstrap intervals (`interp.effects.compare`), and per-item scores.
+
+    Raises:
+        InputError: the repair has not one row of positions per prompt.
     """
     config = config or EffectsConfig()
-    n = encoding.input_ids.shape[0]
-    if repair.positions.shape[0] != n or not (len(answers) == len(wrong) == len(choices) == n):
+    if repair.positions.shape[0] != len(task):
         raise InputError(
-            f"repair_effects needs one answer, wrong token, choice row and repair row per prompt"
-            f" ({n} prompts)."
+            f"The repair has positions for {repair.positions.shape[0]} prompts, the task"
+            f" {task.name!r} has {len(task)}."
         )
-    if not bool((choices == answers[:, None]).any(1).all()):
-        raise InputError("Every row's answer must be one of its listed choices.")
-    base = last_logits(
-        model, encoding, lambda a, b: repair.rows(a, b).identity(), config.batch_size
-    )
-    edited = last_logits(model, encoding, repair.rows, config.batch_size)
-
-    def gap(logits: Tensor) -> np.ndarray:
-        return (logits.gather(1, answers[:, None]) - logits.gather(1, wrong[:, None]))[:, 0].numpy()
-
+    size = config.batch_size
+    base = _last_logits(model, task, lambda a, b: repair.rows(a, b).identity(), size)
+    edited = _last_logits(model, task, repair.rows, size)
     scores = {
-        "choice_accuracy": (
-            choice_accuracy(base, choices, answers),
-            choice_accuracy(edited, choices, answers),
-        ),
-        "logit_difference": (gap(base), gap(edited)),
+        name: (fn(base).float().numpy(), fn(edited).float().numpy())
+        for name, fn in (
+            ("accuracy", lambda logits: accuracy(logits, task)),
+            ("logit_difference", lambda logits: logit_difference(logits, task)),
+        )
     }
-    rows = [{"task": task_name, **compare(b, a, name, config)} for name, (b, a) in scores.items()]
+    rows = [{"task": task.name, **compare(b, a, name, config)} for name, (b, a) in scores.items()]
     items = pd.DataFrame(
         {
-            "task": task_name,
-            "item": np.arange(n),
-            **{f"baseline_{k}": v[0] for k, v in scores.items()},
-            **{f"intervened_{k}": v[1] for k, v in scores.items()},
+            "task": task.name,
+            "item": np.arange(len(task)),
+            "prompt": task.prompts,
+            **{f"baseline_{name}": pair[0] for name, pair in scores.items()},
+            **{f"intervened_{name}": pair[1] for name, pair in scores.items()},
         }
     )
     provenance = Provenance(
         model=model.spec,
         weights_hash=model.weights_hash,
         analyzer=ANALYZER,
-        config={**config.to_dict(), "intervention": repair.to_dict()},
-        inputs_hash=hash_inputs([encoding.input_ids.tolist(), answers.tolist(), wrong.tolist()]),
-        n_inputs=n,
+        config={**config.to_dict(), "task": task.config, "intervention": repair.to_dict()},
+        inputs_hash=task.inputs_hash(),
+        n_inputs=len(task),
     )
     return Effects(EffectTable(pd.DataFrame(rows), provenance), ItemTable(items, provenance))

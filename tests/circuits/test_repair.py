@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuits.repair import Repair, choice_accuracy, last_logits, repair_effects
+from circuits.circuit_task import CircuitTask
+from circuits.metrics import accuracy, logit_difference
+from circuits.repair import Repair, repair_effects, wrong_color_positions
 from interp.effects import EffectsConfig
 from interp.errors import HookError, InputError
 from interp.hooks import attention_hooks
@@ -60,39 +62,64 @@ def test_identity_is_the_unchanged_edit_and_matches_the_plain_model(tiny: Model)
     assert torch.equal(changed[:, :-1], same[:, :-1])
 
 
+def colour_task(model: Model) -> CircuitTask:
+    """TEXTS as a hand-made Colored Objects-like task: listed colours at C1-C3 per row."""
+    batch = model.encode(TEXTS)
+    tokens = model.tokenizer.convert_tokens_to_ids
+    answers, wrong, third = (torch.tensor([tokens(a), tokens(b)]) for a, b in ("rx", "by", "gz"))
+    listed = torch.tensor([[4, 17, 33], [24, 35, 40]])
+    return CircuitTask(
+        name="colours",
+        clean=batch,
+        corrupted=batch,
+        answer_ids=answers,
+        wrong_ids=wrong,
+        choice_ids=torch.stack([answers, wrong, third], 1),
+        positions={f"C{k + 1}": listed[:, k] for k in range(3)} | {"END": torch.tensor([43, 43])},
+        prompts=tuple(TEXTS),
+        corrupted_prompts=tuple(TEXTS),
+        templates=("t", "t"),
+        families=("C3", "C1"),
+        config={"task": "colours"},
+    )
+
+
+def test_wrong_colours_are_the_listed_ones_that_are_not_asked(tiny: Model) -> None:
+    task = colour_task(tiny)
+    assert wrong_color_positions(task).tolist() == [[4, 17], [35, 40]]
+    other = CircuitTask(**{**vars(task), "positions": {"END": task.positions["END"]}})
+    with pytest.raises(InputError, match="Colored Objects task"):
+        wrong_color_positions(other)
+
+
 def test_slices_of_a_batch_equal_the_whole_batch(tiny: Model) -> None:
+    task = colour_task(tiny)
     repair = Repair(HEADS, POSITIONS)
-    batch = tiny.encode(TEXTS)
-    whole = last_logits(tiny, batch, repair.rows, batch_size=2)
-    sliced = last_logits(tiny, batch, repair.rows, batch_size=1)
-    assert (whole - sliced).abs().max() < 1e-5
+    whole = repair_effects(tiny, task, repair, EffectsConfig(n_boot=10, batch_size=2))
+    sliced = repair_effects(tiny, task, repair, EffectsConfig(n_boot=10, batch_size=1))
+    columns = ["baseline_logit_difference", "intervened_logit_difference"]
+    difference = whole.per_item.data[columns] - sliced.per_item.data[columns]
+    assert float(difference.abs().max().max()) < 1e-5
 
 
 def test_repair_effects_pairs_identity_and_repair(tiny: Model) -> None:
-    repair = Repair(HEADS, POSITIONS)
-    batch = tiny.encode(TEXTS)
-    answers, wrong = torch.tensor([70, 71]), torch.tensor([72, 73])
-    choices = torch.stack([answers, wrong, torch.tensor([74, 75])], 1)
-    effects = repair_effects(
-        tiny, batch, answers, wrong, choices, repair, task_name="t", config=EffectsConfig(n_boot=50)
-    )
+    task = colour_task(tiny)
+    repair = Repair(HEADS, wrong_color_positions(task))
+    effects = repair_effects(tiny, task, repair, EffectsConfig(n_boot=50))
     table = effects.table.data.set_index("metric")
-    base = last_logits(tiny, batch, lambda a, b: repair.identity(), 2)
-    edited = last_logits(tiny, batch, lambda a, b: repair, 2)
-    gap = (edited[:, 70:72].diagonal() - edited[:, 72:74].diagonal()).mean()
-    assert table.loc["logit_difference", "intervened"] == pytest.approx(float(gap), abs=1e-5)
-    assert (
-        table.loc["choice_accuracy", "baseline"] == choice_accuracy(base, choices, answers).mean()
-    )
+    with torch.no_grad():
+        with repair.applied(tiny):
+            edited = tiny.hf(**task.clean).logits[:, -1]
+        with repair.identity().applied(tiny):
+            base = tiny.hf(**task.clean).logits[:, -1]
+    expected = logit_difference(edited, task).mean()
+    assert table.loc["logit_difference", "intervened"] == pytest.approx(float(expected), abs=1e-5)
+    assert table.loc["accuracy", "baseline"] == accuracy(base, task).float().mean().item()
     assert effects.provenance.config["intervention"]["heads"] == ["L1H0", "L2H3"]
+    assert table.loc["logit_difference", "difference"] != 0.0
     assert {"ci_low", "ci_high"} <= set(table.columns)
-
-
-def test_choice_accuracy_is_argmax_among_the_listed_choices() -> None:
-    logits = torch.zeros(2, 10)
-    logits[0, 3], logits[0, 9], logits[1, 5] = 2.0, 5.0, 1.0  # token 9 is not a listed choice
-    choices = torch.tensor([[3, 4, 5], [3, 4, 5]])
-    assert choice_accuracy(logits, choices, torch.tensor([3, 4])).tolist() == [1.0, 0.0]
+    with pytest.raises(InputError, match="positions for 1 prompts"):
+        repair_effects(tiny, task, repair.rows(0, 1))
 
 
 def test_bad_positions_are_one_line_errors(tiny: Model) -> None:
