@@ -43,7 +43,7 @@ from interp.hooks import AttentionRows
 from interp.interventions.attention_edit import AttentionEdit
 from interp.interventions.base import Intervention, tensor_digest
 from interp.models import Model
-from interp.results import EffectTable, ItemTable, Provenance
+from interp.results import EffectTable, HeadScores, ItemTable, Provenance
 
 ANALYZER = "circuit_repair"
 
@@ -170,6 +170,48 @@ class Repair:
     def applied(self, model: Model) -> Iterator[None]:
         with self.edit().applied(model):
             yield
+
+
+def repair_heads(
+    scores: HeadScores,
+    *,
+    inhibition: int = 3,
+    negative: int = 1,
+    inhibition_stage: str = "name_mover_queries",
+    logits_stage: str = "logits",
+) -> HeadSet:
+    """IOI's inhibition and negative-mover heads from its staged path-patching scores.
+
+    Merullo et al. repair with GPT2-medium's inhibition heads (path patching to the name
+    movers' queries) and its negative mover (19.1, the head that lowers the logit
+    difference most directly). On another model the analogues are: the top `inhibition`
+    heads by score of `inhibition_stage`, and the `negative` heads with the most negative
+    score (corrupting them raises the logit difference) of `logits_stage`.
+
+    Args:
+        scores: stacked stage scores with a `stage` column (`Discovery.scores`).
+
+    Raises:
+        InputError: a stage is missing from `scores`.
+    """
+    stages = set(scores.data.get("stage", ()))
+    missing = {inhibition_stage, logits_stage} - stages
+    if missing:
+        raise InputError(
+            f"Repair heads need path-patching stages {sorted(missing)}; the scores have"
+            f" {sorted(stages)}."
+        )
+    table = scores.data
+
+    def ranked(stage: str, ascending: bool, k: int) -> list[tuple[int, int]]:
+        rows = table[table["stage"] == stage].sort_values(
+            ["score", "layer", "head"], ascending=[ascending, True, True]
+        )
+        return [(int(r.layer), int(r.head)) for r in rows.head(k).itertuples()]
+
+    return HeadSet(
+        ranked(inhibition_stage, False, inhibition) + ranked(logits_stage, True, negative)
+    )
 
 
 def wrong_color_positions(task: CircuitTask) -> Int[Tensor, "batch 2"]:

@@ -17,16 +17,17 @@ returns a tidy table, one row per (task, stage) plus an "all" row per task:
 - `jaccard` = |A ∩ B| / |A ∪ B| of the two top sets ("all": of the two circuits, so a head
   both tasks use at different stages counts here but not in `shared`).
 
-Ranking: heads are ranked by |score| by default, since a negative mover (IOI's 19.1 in
-GPT2-medium, the most important head for the logit difference) has the opposite sign to
-the movers; `rank="signed"` ranks by the score itself. The paper does not say which [I].
+Ranking follows `circuits.discovery`: by score (heads whose corruption moves the logit
+difference towards the corrupted run's) by default, `rank_by="abs"` by |score|, which also
+keeps negative movers (IOI's 19.1 in GPT2-medium). The paper does not say which. The top
+set has max(1, round(top_fraction x all heads)) heads, the model's head count read from
+the largest stage table (later stages score only the heads below their receivers).
 Cost: sorting [layer, head] tables; no model runs.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -50,36 +51,53 @@ class ReuseConfig(Config):
     """How each stage's top set is chosen.
 
     Attributes:
-        top_fraction: share of all heads kept per stage (Merullo: 2%, about 8 of GPT2-medium's
-            384; on a 270-head model, ceil(5.4) = 6).
-        rank: "abs" ranks by |score| (default, see module doc), "signed" by the score.
+        top_fraction: share of all the model's heads kept per stage (Merullo: 2%, about 8
+            of GPT2-medium's 384; 5 of a 270-head model).
+        rank_by: "score" (default) or "abs" (|score|), as `circuits.discovery`.
     """
 
     top_fraction: float = 0.02
-    rank: Literal["abs", "signed"] = "abs"
+    rank_by: Literal["score", "abs"] = "score"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_range(self, "top_fraction", 0.0, 1.0, strict_low=True)
 
 
-def top_heads(scores: HeadScores, config: ReuseConfig) -> HeadSet:
-    """The stage's top `ceil(top_fraction * n_heads)` heads (ties broken by layer, head)."""
+def top_heads(scores: HeadScores, config: ReuseConfig, n_heads: int) -> HeadSet:
+    """The stage's top max(1, round(top_fraction * n_heads)) heads, ties by layer, head.
+
+    Args:
+        scores: one stage's per-head scores.
+        config: the top-set rule.
+        n_heads: all of the model's heads (the 2% is of these, not of the stage's senders).
+    """
     table = scores.per_head()
-    k = math.ceil(config.top_fraction * len(table))
-    key = table["score"].abs() if config.rank == "abs" else table["score"]
+    k = max(1, round(config.top_fraction * n_heads))
+    key = table["score"].abs() if config.rank_by == "abs" else table["score"]
     ranked = table.assign(_key=key).sort_values(
         ["_key", "layer", "head"], ascending=[False, True, True]
     )
     return HeadSet(Head(int(r.layer), int(r.head)) for r in ranked.head(k).itertuples())
 
 
-def stage_circuits(stages: StageScores, config: ReuseConfig | None = None) -> dict[str, HeadSet]:
-    """Each stage's top set of one task; their union is the task's circuit."""
+def stage_circuits(
+    stages: StageScores, config: ReuseConfig | None = None, n_heads: int | None = None
+) -> dict[str, HeadSet]:
+    """Each stage's top set of one task; their union is the task's circuit.
+
+    `n_heads` defaults to the model's head count read from the largest stage table.
+    """
     if not stages:
         raise InputError("A task's circuit needs the head scores of at least one stage.")
     config = config or ReuseConfig()
-    return {stage: top_heads(scores, config) for stage, scores in stages.items()}
+    n_heads = n_heads or _model_heads(stages.values())
+    return {stage: top_heads(scores, config, n_heads) for stage, scores in stages.items()}
+
+
+def _model_heads(tables: Iterable[HeadScores]) -> int:
+    """layers x heads of the largest table (the logits stage scores every head)."""
+    return max((int(t.data["layer"].max()) + 1) * (int(t.data["head"].max()) + 1) for t in tables)
 
 
 def circuit_of(per_stage: Mapping[str, HeadSet]) -> HeadSet:
@@ -140,7 +158,8 @@ def overlap(
                 f"Task {task!r} scores stages {list(per_stage)}, {reference!r} scores {stages}:"
                 " compare the same stages."
             )
-    sets = {task: stage_circuits(per_stage, config) for task, per_stage in scores.items()}
+    n_heads = _model_heads(t for per_stage in scores.values() for t in per_stage.values())
+    sets = {task: stage_circuits(st, config, n_heads) for task, st in scores.items()}
     ref = sets[reference]
     rows = []
     for task, other in sets.items():

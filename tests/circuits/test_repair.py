@@ -7,9 +7,10 @@ import torch
 
 from circuits.circuit_task import CircuitTask
 from circuits.metrics import accuracy, logit_difference
-from circuits.repair import Repair, repair_effects, wrong_color_positions
+from circuits.repair import Repair, repair_effects, repair_heads, wrong_color_positions
 from interp.effects import EffectsConfig
 from interp.errors import HookError, InputError
+from interp.heads import HeadSet
 from interp.hooks import attention_hooks
 from interp.interventions.attention_edit import AttentionEdit, unchanged_rows
 from interp.models import Model
@@ -144,3 +145,24 @@ def test_repairs_are_values_with_a_record() -> None:
     assert record["heads"] == ["L1H0", "L2H3"] and record["row"] == "final"
     assert len(record["positions"]["sha256"]) == 64
     assert a.rows(1, 2).positions.tolist() == [[24, 35]]
+
+
+def test_repair_heads_are_the_top_inhibition_and_most_negative_logit_heads() -> None:
+    import pandas as pd
+
+    from interp.results import HeadScores
+    from tests.interp.test_results import provenance
+
+    frame = pd.DataFrame(
+        {
+            "layer": [0, 1, 2, 0, 1],
+            "head": [0, 0, 0, 1, 1],
+            "score": [0.5, -0.9, 0.2, 0.3, 0.1],
+            "stage": ["logits", "logits", "logits", "name_mover_queries", "name_mover_queries"],
+        }
+    ).assign(label=lambda f: [f"L{a}H{b}" for a, b in zip(f["layer"], f["head"], strict=True)])
+    scores = HeadScores(frame, provenance())
+    assert repair_heads(scores, inhibition=1) == HeadSet("L0H1,L1H0")
+    assert repair_heads(scores, inhibition=2, negative=2) == HeadSet("L0H1,L1H1,L1H0,L2H0")
+    with pytest.raises(InputError, match="stages"):
+        repair_heads(scores, inhibition_stage="s_inhibition_values")

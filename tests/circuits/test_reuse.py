@@ -18,11 +18,19 @@ def scores(*top: tuple[int, int], value: float = 1.0, shape=(5, 10)) -> HeadScor
     return HeadScores.from_matrix(matrix, provenance())
 
 
-def test_top_fraction_rounds_up_and_ranks_by_magnitude():
-    table = scores((0, 1), (4, 9), value=-2.0)  # 50 heads: 2% = 1 head, 5% = 3 heads
-    assert top_heads(table, ReuseConfig()) == HeadSet("L0H1")
-    assert len(top_heads(table, ReuseConfig(top_fraction=0.05))) == 3
-    assert "L0H1" not in top_heads(table, ReuseConfig(rank="signed"))
+def test_top_fraction_of_all_heads_ranked_by_score_or_magnitude():
+    table = scores((0, 1), (4, 9), value=-2.0)  # 50 heads: 2% = 1 head, 6% = 3 heads
+    assert top_heads(table, ReuseConfig(rank_by="abs"), 50) == HeadSet("L0H1")
+    assert len(top_heads(table, ReuseConfig(top_fraction=0.06), 50)) == 3
+    assert len(top_heads(table, ReuseConfig(top_fraction=0.06), 100)) == 6
+    assert "L0H1" not in top_heads(table, ReuseConfig(), 50)  # by score: negatives last
+
+
+def test_later_stages_take_their_share_of_all_the_models_heads():
+    # the second stage scores only the 20 heads below its receivers: still 2 of 50 heads
+    full, below = scores((3, 0), (3, 1)), scores((1, 0), (1, 1), shape=(2, 10))
+    sets = stage_circuits({"logits": full, "queries": below}, ReuseConfig(top_fraction=0.04))
+    assert sets == {"logits": HeadSet("L3H0,L3H1"), "queries": HeadSet("L1H0,L1H1")}
 
 
 def test_shared_share_and_jaccard_per_stage_and_overall():
