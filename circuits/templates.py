@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from interp.errors import InputError, did_you_mean
-from interp.prompts import data_path, read_jsonl
+from interp.prompts import as_texts, data_path, read_jsonl
 
 _SLOT = re.compile(r"\{([^{}]*)\}")
 
@@ -153,6 +153,24 @@ def token_ids(tokenizer: Any, words: Sequence[str], *, what: str, strict: bool) 
                 f"The {what} {word!r} is {len(pieces)} tokens for this tokenizer ({shown});"
                 " fillers must be one token with their leading space. Drop or replace it."
             )
+    return ids
+
+
+def fillers(
+    tokenizer: Any, given: Sequence[str] | None, default: Sequence[str], what: str, least: int
+) -> dict[str, int]:
+    """Word -> single token id: the shipped list `default` filtered, or the user's list checked.
+
+    Raises:
+        InputError: a given word is not one token, or fewer than `least` words remain.
+    """
+    words = default if given is None else as_texts(given, what)
+    ids = token_ids(tokenizer, words, what=what, strict=given is not None)
+    if len(ids) < least:
+        raise InputError(
+            f"The task needs at least {least} distinct single-token {what}s for this tokenizer,"
+            f" got {len(ids)}; pass more with the {what.split()[-1]}s argument."
+        )
     return ids
 
 
