@@ -55,6 +55,16 @@ OutOption = typer.Option(
 )
 
 
+def _check_counts(**values: int) -> None:
+    """Seeds and sizes the tasks and the bootstrap take: whole numbers, seeds >= 0."""
+    from interp.errors import InputError
+
+    for name, value in values.items():
+        low = 0 if name == "seed" else 1
+        if value < low:
+            raise InputError(f"--{name.replace('_', '-')} must be at least {low}, got {value}.")
+
+
 def _check_choice(value: str, options: tuple[str, ...], what: str) -> None:
     from interp.errors import InputError, did_you_mean
 
@@ -199,6 +209,7 @@ def _single(
     """What `circuit ioi` and `circuit colored-objects` share."""
     record = start_record(command, params)
     with user_errors():
+        _check_counts(n=params["n"], seed=params["seed"])
         _check_choice(params["patching"], PATCHING, "--patching")
         _check_choice(params["rank_by"], ("score", "abs"), "--rank-by")
         options = _options(params)
@@ -311,14 +322,18 @@ def circuit_overlap(
         from circuits.reuse import ReuseConfig, overlap, stage_circuits
         from circuits.tasks import colored_objects, ioi, name_recall
         from interp.effects import EffectsConfig
+        from interp.errors import InputError
         from interp.figures import circuit_heatmaps, effects_bars
         from interp.heads import HeadSet
         from interp.results import HeadScores
 
+        _check_counts(n=n, repair_n=repair_n, seed=seed, n_boot=n_boot)
         _check_choice(rank_by, ("score", "abs"), "--rank-by")
         reuse = ReuseConfig(top_fraction=top_fraction, rank_by=rank_by)  # type: ignore[arg-type]
         effects_config = EffectsConfig(n_boot=n_boot, seed=seed)
         chosen = HeadSet(repair) if repair is not None else None
+        if chosen is not None and not chosen:
+            raise InputError("--repair names no heads: give labels such as 'L12H3,L13H4'.")
         options = {"rank_by": rank_by, "batch_size": batch_size}
         DiscoveryConfig(**options)
         folder = result_folder(out, "circuit-overlap", model, record)
@@ -363,7 +378,7 @@ def circuit_overlap(
             " dots: shared by all",
             label="path patching score",
         )
-        heads = chosen or repair_heads(ioi_scores)
+        heads = repair_heads(ioi_scores) if chosen is None else chosen
         colours = colored_objects(loaded, repair_n, seed=42 + seed)
         update, bar = progress_bar(1, "repair", unit="run")
         with bar:
