@@ -166,9 +166,12 @@ def assemble(
     width = clean.input_ids.shape[1]
     pad = torch.tensor([width - n for n in clean.lengths])
     spots = torch.tensor(here).reshape(len(pairs), len(located))
-    positions = {slot: spots[:, k] + pad for k, slot in enumerate(located)}
-    for slot, (base, offset) in derived.items():
-        positions[slot] = positions[base] + offset
+    positions = {}
+    for k, slot in enumerate(located):
+        positions[slot] = spots[:, k] + pad
+        for extra, (base, offset) in derived.items():  # right after its base: S1, S1+1, S2
+            if base == slot:
+                positions[extra] = positions[slot] + offset
     positions["END"] = torch.full((len(pairs),), width - 1)
     return CircuitTask(
         name=name,

@@ -95,8 +95,14 @@ def ioi(
 
     Example:
         >>> from interp.models import load_model
-        >>> task = ioi(load_model(), 8)  # doctest: +SKIP
-        >>> task.clean.input_ids.shape, sorted(task.positions)  # doctest: +SKIP
+        >>> model = load_model()  # the default model; the tiny test model's bytes are no names
+        >>> task = ioi(model, 8)
+        >>> task.prompts[0]
+        'Then, Keith and Vincent found a ring at the restaurant. Vincent returned it to'
+        >>> list(task.positions), task.clean.input_ids.shape
+        (['IO', 'S1', 'S1+1', 'S2', 'END'], torch.Size([8, 18]))
+        >>> accuracy(last_logits(model, task.clean), task).float().mean()
+        tensor(1.)
     """
     check_choice(corruption, ("abc", "s2_io"), "IOI corruption")
     texts = ioi_templates() if templates is None else as_texts(templates, "IOI template")

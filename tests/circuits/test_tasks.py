@@ -149,7 +149,7 @@ def test_ioi_rows_pair_clean_and_corrupted_prompts_slot_by_slot(
     assert torch.equal(clean.attention_mask, bad.attention_mask)
     assert len(set(clean.lengths)) == 2  # both templates drawn: rows are left-padded
     pos = task.positions
-    assert list(pos) == ["IO", "S1", "S2", "S1+1", "END"]
+    assert list(pos) == ["IO", "S1", "S1+1", "S2", "END"]
     assert (pos["END"] == clean.input_ids.shape[1] - 1).all()
     assert torch.equal(pos["S1+1"], pos["S1"] + 1)
     assert torch.equal(_at(clean, pos["IO"]), task.answer_ids)
