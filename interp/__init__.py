@@ -24,6 +24,7 @@ _EXPORTS = {
     "TokenScores": "interp.results",
     "Provenance": "interp.results",
     "InterpError": "interp.errors",
+    "record": "interp.hook_points",
 }
 
 __all__ = sorted(_EXPORTS)

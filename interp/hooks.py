@@ -98,7 +98,6 @@ LAYOUTS: dict[str, Layout] = {
             "gemma3_text",
             "olmo",
             "olmo2",
-            "phi3",
             "granite",
             "smollm3",
         ],
@@ -106,6 +105,15 @@ LAYOUTS: dict[str, Layout] = {
     ),
     "gpt2": Layout(
         "transformer.h", "attn", "c_proj", q="c_attn", k="c_attn", v="c_attn", fused_qkv=True
+    ),
+    "phi3": Layout(
+        "model.layers",
+        "self_attn",
+        "o_proj",
+        q="qkv_proj",
+        k="qkv_proj",
+        v="qkv_proj",
+        fused_qkv=True,
     ),
     "llava": Layout("model.language_model.layers", "self_attn", "o_proj"),
     "llava_next": Layout("model.language_model.layers", "self_attn", "o_proj"),

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, Phi3Config, Phi3ForCausalLM
 
 from interp.errors import HookError, InputError
 from interp.hook_points import HOOK_POINTS, HeadPatch, hooked, patched, record
@@ -76,14 +76,36 @@ def test_gradients_flow_through_a_qkv_replacement(tiny):
     assert scale.grad is not None and scale.grad.abs().item() > 0
 
 
-@torch.no_grad()
-def test_qkv_hooks_split_gpt2_fused_projection():
-    torch.manual_seed(0)
+def _gpt2():
     config = GPT2Config(n_layer=2, n_head=4, n_embd=32, vocab_size=50, n_positions=64)
     hf = GPT2LMHeadModel(config).eval()
-    ids = torch.randint(0, 50, (2, 7))
+    attn = hf.transformer.h[0].attn
+    return hf, attn.c_attn, (4, 4, 4)
+
+
+def _phi3():
+    config = Phi3Config(
+        num_hidden_layers=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=50,
+        pad_token_id=0,
+    )
+    hf = Phi3ForCausalLM(config).eval()
+    return hf, hf.model.layers[0].self_attn.qkv_proj, (4, 2, 2)
+
+
+@pytest.mark.parametrize("build", [_gpt2, _phi3])
+@torch.no_grad()
+def test_qkv_hooks_split_a_fused_projection(build):
+    torch.manual_seed(0)
+    hf, fused, n_heads = build()
+    ids = torch.randint(3, 50, (2, 7))
     reference = hf(ids).logits
-    seen = {}
+    seen, outputs = {}, []
+    handle = fused.register_forward_hook(lambda m, a, out: outputs.append(out))
 
     def read(layer, kind, x):
         seen[kind] = x
@@ -91,10 +113,9 @@ def test_qkv_hooks_split_gpt2_fused_projection():
 
     with qkv_hooks(hf, read, layers=[0]):
         assert torch.equal(hf(ids).logits, reference)
-    fused = hf.transformer.h[0].attn.c_attn(
-        hf.transformer.h[0].ln_1(hf.transformer.wte(ids) + hf.transformer.wpe(torch.arange(7)))
-    )
-    assert torch.equal(torch.cat([seen[k].flatten(2) for k in "qkv"], -1), fused)
+    handle.remove()
+    assert [seen[k].shape[2] for k in "qkv"] == list(n_heads)
+    assert torch.equal(torch.cat([seen[k].flatten(2) for k in "qkv"], -1), outputs[0])
 
     def zero_keys(layer, kind, x):
         return torch.zeros_like(x) if kind == "k" else None
