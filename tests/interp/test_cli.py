@@ -135,7 +135,8 @@ def test_circuit_overlap_writes_reuse_table_figure_and_repair_interval(tmp_path,
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["circuit", "ioi", "--n", "0"], "n >= 1"),
+        (["circuit", "ioi", "--n", "0"], "--n must be at least 1"),
+        (["circuit", "overlap", "--seed", "-1"], "--seed must be at least 0"),
         (["circuit", "ioi", "--patching", "bogus"], "Unknown --patching"),
         (["circuit", "colored-objects", "--max-heads", "0"], "max_heads"),
         (["circuit", "overlap", "--repair", "L99H0"], "L99H0"),
