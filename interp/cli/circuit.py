@@ -371,11 +371,12 @@ def circuit_overlap(
         circuits = {
             name: HeadSet(h for s in tops[name].values() for h in s).labels for name in tops
         }
+        pair = ("ioi", "name_recall")  # the control's map is in its own figures
         figures["overlap"] = circuit_heatmaps(
-            {name: stages["logits"] for name, stages in stage_scores.items()},
-            circuits,
+            {name: stage_scores[name]["logits"] for name in pair},
+            {name: circuits[name] for name in pair},
             "Direct effect on the logits (path patching); squares: each task's circuit,"
-            " dots: shared by all",
+            " dots: in both",
             label="path patching score",
         )
         heads = repair_heads(ioi_scores) if chosen is None else chosen
