@@ -105,6 +105,17 @@ def test_circuit_ioi_writes_tables_summary_and_figures(tmp_path, words_model):
     assert manifest["summary"]["circuit"] == summary["circuit"]
 
 
+def test_circuit_colored_objects_runs_the_stages_read_at_the_last_token(tmp_path, words_model):
+    out = tmp_path / "co"
+    argv = ["circuit", "colored-objects", "--model", str(words_model), "--n", "4"]
+    result = runner.invoke(app, [*argv, "--patching", "none", "--out", str(out), "--no-static"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task"] == "colored_objects" and summary["n"] == 4
+    assert summary["stages"] == ["logits", "name_mover_queries"]
+    assert not list(out.glob("*attribution*"))
+
+
 def test_circuit_overlap_writes_reuse_table_figure_and_repair_interval(tmp_path, words_model):
     out = tmp_path / "overlap"
     argv = ["circuit", "overlap", "--model", str(words_model), "--n", "6", "--repair-n", "6"]
