@@ -48,6 +48,8 @@ class CircuitTask:
         families: per row, the template family ("BABA"/"ABBA" for IOI).
         config: the parameters that made the task (task name, n, seed, corruption, filler
             counts), recorded in results' provenance.
+
+    The two Encodings are on the model's device; ids and positions are CPU tensors.
     """
 
     name: str
@@ -199,6 +201,21 @@ def check_n(n: Any, distinct: int, what: str) -> int:
             " distinct ones; lower n or give more fillers or templates."
         )
     return int(n)
+
+
+def balanced_templates(rng: np.random.Generator, capacity: Sequence[int], n: int) -> list[int]:
+    """A template index per row: templates take turns, in a new shuffled order each round.
+
+    A template drops out once it has `capacity[t]` rows (all its distinct prompts), so any
+    n up to the sum of capacities is reachable.
+    """
+    used, order = [0] * len(capacity), []
+    while len(order) < n:
+        for t in rng.permutation(len(capacity)).tolist():
+            if used[t] < capacity[t] and len(order) < n:
+                used[t] += 1
+                order.append(t)
+    return order
 
 
 def check_choice(value: str, options: Sequence[str], what: str) -> str:

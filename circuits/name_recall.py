@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from circuits.circuit_task import CircuitTask, PromptPair, assemble, check_n
+from circuits.circuit_task import CircuitTask, PromptPair, assemble, balanced_templates, check_n
 from circuits.templates import Template, fillers, load_templates, shipped
 from interp.errors import InputError
 from interp.models import Model
@@ -88,19 +88,19 @@ def name_recall(
     place_ids = fillers(model.tokenizer, places, ioi_data["places"], "name recall place", 1)
     firsts, lasts, where = list(first), list(last), list(place_ids)
     pairs_of_names = len(firsts) * (len(firsts) - 1) * len(lasts) * (len(lasts) - 1) * 2
-    distinct = sum(pairs_of_names * (len(where) if "PLACE" in t.slots else 1) for t in parsed)
-    n = check_n(n, distinct, "name recall")
+    capacity = [pairs_of_names * (len(where) if "PLACE" in t.slots else 1) for t in parsed]
+    n = check_n(n, sum(capacity), "name recall")
     rng = np.random.default_rng(seed)
     seen: set[tuple[int, ...]] = set()
     rows = []
-    while len(rows) < n:
-        t = int(rng.integers(len(parsed)))
-        f1, f2 = (int(k) for k in rng.choice(len(firsts), 2, replace=False))
-        l1, l2 = (int(k) for k in rng.choice(len(lasts), 2, replace=False))
-        asked, place = int(rng.integers(2)), int(rng.integers(len(where)))
-        key = (t, f1, f2, l1, l2, asked, place if "PLACE" in parsed[t].slots else -1)
-        if key in seen:
-            continue
+    for t in balanced_templates(rng, capacity, n):
+        while True:  # draw fillers until this template's prompt is new
+            f1, f2 = (int(k) for k in rng.choice(len(firsts), 2, replace=False))
+            l1, l2 = (int(k) for k in rng.choice(len(lasts), 2, replace=False))
+            asked, place = int(rng.integers(2)), int(rng.integers(len(where)))
+            key = (t, f1, f2, l1, l2, asked, place if "PLACE" in parsed[t].slots else -1)
+            if key not in seen:
+                break
         seen.add(key)
         people = ((firsts[f1], lasts[l1]), (firsts[f2], lasts[l2]))
         rows.append(_row(parsed[t], people, asked, where[place], first, last))

@@ -16,7 +16,9 @@ named positions per row in padded coordinates.
 Templates and fillers are data in `data/circuits/` (see its README). The shipped filler
 lists are filtered to words that are one token (with their leading space) for the model's
 tokenizer; fillers the user passes must be one token, or the task is refused naming the
-word. Sampling is seeded (numpy `default_rng`); the rows are distinct clean prompts.
+word. Sampling is seeded (numpy `default_rng`); the rows are distinct clean prompts, and
+templates take turns (each round in a shuffled order), so families and templates are
+balanced where Wang et al. draw a template per prompt at random.
 Metrics (`logit_difference`, `accuracy`, `last_logits`, `logit_differences`, `evaluate`)
 live in `circuits.metrics` and are re-exported here.
 """
@@ -28,7 +30,14 @@ from typing import Literal
 
 import numpy as np
 
-from circuits.circuit_task import CircuitTask, PromptPair, assemble, check_choice, check_n
+from circuits.circuit_task import (
+    CircuitTask,
+    PromptPair,
+    assemble,
+    balanced_templates,
+    check_choice,
+    check_n,
+)
 from circuits.colored_objects import colored_objects
 from circuits.metrics import accuracy, evaluate, last_logits, logit_difference, logit_differences
 from circuits.name_recall import name_recall
@@ -98,11 +107,11 @@ def ioi(
         >>> model = load_model()  # the default model; the tiny test model's bytes are no names
         >>> task = ioi(model, 8)
         >>> task.prompts[0]
-        'Then, Keith and Vincent found a ring at the restaurant. Vincent returned it to'
+        'When Gerald and Louis arrived at the hospital, Gerald gave a drink to'
         >>> list(task.positions), task.clean.input_ids.shape
         (['IO', 'S1', 'S1+1', 'S2', 'END'], torch.Size([8, 18]))
-        >>> accuracy(last_logits(model, task.clean), task).float().mean()
-        tensor(1.)
+        >>> logit_differences(model, task).shape  # IO - S at the last position, per row
+        torch.Size([8])
     """
     check_choice(corruption, ("abc", "s2_io"), "IOI corruption")
     texts = ioi_templates() if templates is None else as_texts(templates, "IOI template")
@@ -126,36 +135,36 @@ def ioi(
     object_ids = fillers(model.tokenizer, objects, data["objects"], "IOI object", 1)
     pool, places_, objects_ = list(name_ids), list(place_ids), list(object_ids)
     per_names = len(pool) * (len(pool) - 1)
-    distinct = sum(
+    capacity = [
         per_names
         * (len(places_) if "PLACE" in t.slots else 1)
         * (len(objects_) if "OBJECT" in t.slots else 1)
         for t in parsed
-    )
-    n = check_n(n, distinct, "IOI")
+    ]
+    n = check_n(n, sum(capacity), "IOI")
     rng = np.random.default_rng(seed)
     seen: set[tuple[int, ...]] = set()
     pairs = []
-    while len(pairs) < n:
-        t, (io, s) = int(rng.integers(len(parsed))), rng.choice(len(pool), 2, replace=False)
-        place, obj = int(rng.integers(len(places_))), int(rng.integers(len(objects_)))
+    for t in balanced_templates(rng, capacity, n):
         template = parsed[t]
-        key = (
-            t,
-            int(io),
-            int(s),
-            place if "PLACE" in template.slots else -1,
-            obj if "OBJECT" in template.slots else -1,
-        )
-        if key in seen:
-            continue
+        while True:  # draw fillers until this template's prompt is new
+            io, s = (int(k) for k in rng.choice(len(pool), 2, replace=False))
+            place, obj = int(rng.integers(len(places_))), int(rng.integers(len(objects_)))
+            key = (
+                t,
+                io,
+                s,
+                place if "PLACE" in template.slots else -1,
+                obj if "OBJECT" in template.slots else -1,
+            )
+            if key not in seen:
+                break
         seen.add(key)
         pairs.append(
             _ioi_pair(
-                template, pool, name_ids, int(io), int(s), places_[place], objects_[obj],
-                corruption, rng,
+                template, pool, name_ids, io, s, places_[place], objects_[obj], corruption, rng
             )
-        )  # fmt: skip
+        )
     config = {
         "task": "ioi",
         "n": n,

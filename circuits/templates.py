@@ -72,8 +72,9 @@ class Template:
                     f"{what} {text!r} has slot {{{slot}}} {found[slot]} time(s); it needs"
                     f" exactly {count}."
                 )
+        spaced = set(spaced)
         for match in _SLOT.finditer(text):
-            if match.group(1) in set(spaced) and text[match.start() - 1 : match.start()] != " ":
+            if match.group(1) in spaced and text[match.start() - 1 : match.start()] != " ":
                 raise InputError(
                     f"{what} {text!r}: slot {{{match.group(1)}}} must follow a space, so its"
                     " filler is one token with a leading space."

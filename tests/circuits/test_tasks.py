@@ -177,6 +177,9 @@ def test_ioi_is_seeded_and_its_rows_are_distinct(words: Model) -> None:
     # 6 * 5 name pairs * 2 places * 2 objects + 6 * 5 for the template without them.
     everything = _ioi(words, 150)
     assert len(set(everything.prompts)) == 150
+    # Templates take turns until one has used all its distinct prompts.
+    assert _ioi(words, 40).families.count("ABBA") == 20
+    assert everything.families.count("ABBA") == 30
     with pytest.raises(InputError, match=r"n=151 IOI prompts asked, .* only 150 distinct"):
         _ioi(words, 151)
 
