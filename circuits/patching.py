@@ -93,14 +93,14 @@ def activation_patching(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
     hf, geometry = model.hf, model.geometry
-    n_layers, n_heads = geometry.n_layers, geometry.n_heads
+    by_layer = _heads_by_layer(heads, geometry.n_layers, geometry.n_heads)
     clean, corrupted = _on(task.clean, model), _on(task.corrupted, model)
     answer, wrong = task.answer_ids.to(model.device), task.wrong_ids.to(model.device)
     resumable = _resumable(model)
-    resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_layers)]
-    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
+    resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in by_layer]
+    z_names = {layer: f"blocks.{layer}.attn.hook_z" for layer in by_layer}
     resid, clean_logits = _run(model, clean, resid_names if resumable else [])
-    source, corrupted_logits = _run(model, corrupted, z_names)
+    source, corrupted_logits = _run(model, corrupted, list(z_names.values()))
     ld_clean = _logit_difference(clean_logits, answer, wrong)
     ld_corrupt = _logit_difference(corrupted_logits, answer, wrong)
     if abs(float((ld_corrupt - ld_clean).double().mean())) < 1e-6:
@@ -108,11 +108,10 @@ def activation_patching(
             "The corruption leaves the mean logit difference unchanged, so no head can be"
             " scored against it: check the task's corrupted prompts and answers."
         )
-    by_layer = _heads_by_layer(heads, n_layers, n_heads)
     # Summed LD change per (layer, head, position or None); a prompt where the position is
     # padding contributes 0 (patching padding changes nothing).
     change: dict[tuple[int, int, int | None], float] = defaultdict(float)
-    for done, layer in enumerate(sorted(by_layer)):
+    for done, layer in enumerate(by_layer):
         jobs = _jobs(task, positions, by_layer[layer])
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start : start + batch_size]
@@ -135,6 +134,7 @@ def activation_patching(
 def _heads_by_layer(
     heads: Iterable[Head] | None, n_layers: int, n_heads: int
 ) -> dict[int, list[int]]:
+    """Layer -> its heads to score, layers in order."""
     if heads is None:
         return {layer: list(range(n_heads)) for layer in range(n_layers)}
     by_layer: dict[int, list[int]] = defaultdict(list)
@@ -144,7 +144,7 @@ def _heads_by_layer(
         by_layer[head.layer].append(head.head)
     if not by_layer:
         raise ConfigError("activation_patching needs at least one head.")
-    return dict(by_layer)
+    return dict(sorted(by_layer.items()))
 
 
 def _on(batch: Encoding, model: Model) -> dict[str, Tensor]:
@@ -230,7 +230,7 @@ def _scores(
 ) -> HeadScores:
     width = task.clean.input_ids.shape[1]
     slots = range(width) if positions == "each" else [None]
-    keys = [(layer, h, pos) for layer in sorted(by_layer) for h in by_layer[layer] for pos in slots]
+    keys = [(layer, h, pos) for layer, hs in by_layer.items() for h in hs for pos in slots]
     clean_mean = float(ld_clean.double().mean())
     corrupt_mean = float(ld_corrupt.double().mean())
     mean_change = np.array([change[key] for key in keys]) / len(task)

@@ -70,12 +70,11 @@ _PATTERNS = {
     re.compile(re.escape(form).replace(r"\{layer\}", r"(\d+)") + "$"): form for form in HOOK_POINTS
 }
 
-Activation = Tensor
-HookFn = Callable[[Activation], Tensor | None]
+HookFn = Callable[[Tensor], Tensor | None]
 PatchPoint = Literal["z", "q", "k", "v"]
 
 
-def parse(name: str, n_layers: int) -> tuple[str, int]:
+def _parse(name: str, n_layers: int) -> tuple[str, int]:
     """(name form, layer) of a TL hook name; InputError listing the valid forms otherwise."""
     for pattern, form in _PATTERNS.items():
         match = pattern.match(name)
@@ -106,7 +105,7 @@ def hooked(hf: nn.Module, fns: Mapping[str, HookFn]) -> Iterator[None]:
     by_form: dict[str, dict[int, HookFn]] = defaultdict(dict)
     n_layers = len(decoder_layers(hf))
     for name, fn in fns.items():
-        form, layer = parse(name, n_layers)
+        form, layer = _parse(name, n_layers)
         by_form[HOOK_POINTS[form].family][layer] = fn
 
     def per_layer(table: dict[int, HookFn]) -> Callable[[int, Tensor], Tensor | None]:
@@ -166,11 +165,13 @@ class _PatternHook:
     def __call__(self, rows: AttentionRows) -> Tensor | None:
         if not self.called:
             self.called = True
-            self.replacement = self.fns[rows.layer](self.whole)  # type: ignore[arg-type]
-            if self.replacement is not None and self.replacement.shape != self.whole.shape:  # type: ignore[union-attr]
+            whole = self.whole
+            assert whole is not None  # prepare saw every block first
+            self.replacement = self.fns[rows.layer](whole)
+            if self.replacement is not None and self.replacement.shape != whole.shape:
                 raise HookError(
                     f"A hook_pattern function returned {tuple(self.replacement.shape)} for"
-                    f" layer {rows.layer}; expected {tuple(self.whole.shape)}."  # type: ignore[union-attr]
+                    f" layer {rows.layer}; expected {tuple(whole.shape)}."
                 )
         if self.replacement is None:
             return None

@@ -211,6 +211,21 @@ def test_pattern_replacement_lands_and_a_wrong_shape_raises(tiny):
     assert _no_hooks_left(tiny.hf)
 
 
+@torch.no_grad()
+def test_a_pattern_split_into_blocks_is_whole_and_replaced_in_every_block(tiny, monkeypatch):
+    batch = tiny.encode(["the first prompt is longest", "a short one"])  # padded, 27 tokens
+    name = "blocks.1.attn.hook_pattern"
+    whole = record(tiny, batch, [name])[name]
+    uniform = {name: lambda p: torch.tril(torch.ones_like(p)) / torch.arange(1, 28)[:, None]}
+    with hooked(tiny.hf, uniform):
+        one_block = tiny.hf(**batch).logits
+    monkeypatch.setattr("interp.explicit_attention._BLOCK_BYTES", 4 * 2 * 4 * 27 * 5)  # 5 rows
+    assert torch.allclose(record(tiny, batch, [name])[name], whole, atol=1e-6)
+    with hooked(tiny.hf, uniform):
+        assert torch.allclose(tiny.hf(**batch).logits, one_block, atol=1e-5)
+    assert not torch.allclose(tiny.hf(**batch).logits[0], one_block[0], atol=1e-3)
+
+
 POINT_NAMES = [f"blocks.{layer}.attn.hook_{p}" for layer in range(3) for p in "zqkv"]
 
 
