@@ -7,6 +7,10 @@ both keeping only the last position's logits. Both include recording the corrupt
 The goal is at most 0.6x the naive loop's time; the two must give the same logit
 differences, and the script prints the largest gap.
 
+Attribution patching of every head (`circuits.attribution.attribution_patching`: the
+corrupted run's z, one clean forward and one backward) against one plain clean forward of
+the same prompts (all positions' logits, as `model.hf(**batch)` gives). Goal: at most 3x.
+
 Usage: python benchmarks/circuits.py [--prompts 100] [--batch-size 64] [--device cpu]
 """
 
@@ -22,6 +26,7 @@ import torch
 sys.path.append(sys.path.pop(0))
 from measure import measure
 
+from circuits.attribution import attribution_patching
 from circuits.metrics import logit_difference
 from circuits.patching import activation_patching
 from circuits.tasks import ioi
@@ -79,6 +84,25 @@ def activation_patching_vs_naive(model: Model, task, batch_size: int, device: st
     print(f"  max |LD gap|       {gap:.2e}")
 
 
+def attribution_vs_forward(model: Model, task, device: str) -> None:
+    """All heads' attribution patching vs one clean forward, measured in the same run."""
+    warm = task.select([0, 1])
+    attribution_patching(model, warm)
+
+    def forward() -> None:
+        with torch.no_grad():
+            model.hf(**task.clean)
+
+    forward()
+    plain = measure(forward, device)
+    ours = measure(lambda: attribution_patching(model, task), device)
+    n_heads = model.geometry.n_layers * model.geometry.n_heads
+    print(f"attribution patching, {n_heads} heads x {len(task)} IOI prompts (one batch)")
+    print(f"  attribution        {ours.seconds:8.2f} s")
+    print(f"  clean forward      {plain.seconds:8.2f} s")
+    print(f"  ratio              {ours.seconds / plain.seconds:8.3f} x   (goal <= 3)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=100)
@@ -89,6 +113,7 @@ def main() -> None:
     task = ioi(model, args.prompts)
     print(f"default model on {args.device}, torch threads {torch.get_num_threads()}")
     activation_patching_vs_naive(model, task, args.batch_size, args.device)
+    attribution_vs_forward(model, task, args.device)
 
 
 if __name__ == "__main__":

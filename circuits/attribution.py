@@ -6,8 +6,8 @@ z at position t from the clean to the corrupted run changes the logit difference
     delta[h, t] = (z_corrupt[h, t] - z_clean[h, t]) . dLD/dz[h, t]   (gradient at the clean run)
 
 so one clean forward with one backward, plus the corrupted run's z, estimate all heads and
-positions together. Each z is taken as its own leaf (`dLD/dz` is the total derivative through
-every later layer), so no weight gradients are computed. `score` is normalised like
+positions together. `dLD/dz` is the total derivative through every later layer; only the
+gradients with respect to z are computed, none for weights. `score` is normalised like
 activation and path patching: mean delta / (LD_corrupt - LD_clean), positive for heads whose
 corruption lowers LD; per head it sums the positions.
 
@@ -75,18 +75,25 @@ def attribution_patching(model: Model, task: CircuitTask) -> Attribution:
             model.hf(**task.corrupted, logits_to_keep=1).logits[:, -1], task
         )
 
-    leaves: list[Tensor] = []
+    tracked: list[Tensor] = []
 
-    def as_leaf(_layer: int, z: Tensor) -> Tensor:
-        leaves.append(z.detach().requires_grad_(True))
-        return leaves[-1]
+    def track(_layer: int, z: Tensor) -> Tensor:
+        # z itself feeds the output projection, so dLD/dz flows through every later layer
+        # (later heads included). Frozen weights leave nothing upstream in the graph: then
+        # the first z becomes the graph's leaf.
+        tracked.append(z if z.requires_grad else z.detach().requires_grad_(True))
+        return tracked[-1]
 
-    with torch.enable_grad(), head_output_hooks(model.hf, as_leaf):
-        ld_clean = logit_difference(model.hf(**task.clean, logits_to_keep=1).logits[:, -1], task)
-        grads = torch.autograd.grad(ld_clean.sum(), leaves)
+    with torch.enable_grad(), head_output_hooks(model.hf, track):
+        logits = model.hf(**task.clean, logits_to_keep=1).logits[:, -1]
+        ld_clean = logit_difference(logits, task)
+        grads = torch.autograd.grad(ld_clean.sum(), tracked)
     # [layer, prompt, pos, head]: each prompt's own gradient (the sum's terms are independent).
     delta = torch.stack(
-        [((zc - z.detach()) * g).sum(-1) for zc, z, g in zip(z_corrupt, leaves, grads, strict=True)]
+        [
+            ((zc - z.detach()) * g).sum(-1)
+            for zc, z, g in zip(z_corrupt, tracked, grads, strict=True)
+        ]
     ).float()
     delta = delta.mean(1).cpu()  # [layer, pos, head]
     denominator = float((ld_corrupt.float().mean() - ld_clean.detach().float().mean()).cpu())

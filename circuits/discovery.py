@@ -270,7 +270,6 @@ def _groups(keys: Sequence[str]) -> Tensor:
     return onehot
 
 
-@torch.no_grad()
 def mean_ablated_ld(
     model: Model, task: CircuitTask, keep: HeadSet, means: list[Tensor]
 ) -> Float[Tensor, " prompt"]:
@@ -282,6 +281,7 @@ def mean_ablated_ld(
     return _ablated_lds(model, task, [keep], means, batch_size=len(task))[0]
 
 
+@torch.no_grad()
 def _ablated_lds(
     model: Model, task: CircuitTask, sets: Sequence[HeadSet], means: list[Tensor], batch_size: int
 ) -> Float[Tensor, "set prompt"]:

@@ -17,19 +17,24 @@ receiver's layer; a head in the receiver's layer has no path to it and is left o
 
 Step 1 is exact on one token. With every head's z frozen, nothing reads position p from
 another position, so p's residual stream depends only on its own token, the frozen z and
-the MLPs: step 1 runs [rows, 1] inputs, one row per (sender, prompt). Step 2 runs full
-prompts, one row per (sender, prompt), from the lowest receiver layer up (the residual
-below it is clean). Receivers of k or v are KV heads under GQA; with `gqa_siblings="freeze"`
-(default) the query heads that share a receiver's KV head but are not receivers keep their
-clean z, so the patch reaches the named receivers only; `"share"` lets it reach the group.
+the MLPs: step 1 runs [rows, 1] inputs, one row per (sender, prompt). Step 2 changes
+nothing before p and nothing below the lowest receiver layer: it runs positions p.. only,
+one row per (sender, prompt), from that layer up, on the clean residual stream entering
+it and the clean keys and values of positions before p (a KV cache of the clean prefix,
+one prefix forward per distinct p, copied for each chunk of rows).
+
+Receivers of k or v are KV heads under GQA; with `gqa_siblings="freeze"` (default) the
+query heads that share a receiver's KV head but are not receivers keep their clean z, so
+the patch reaches the named receivers only; `"share"` lets it reach the whole group.
 
 The IOI stages (METHODS 9.1; Merullo's stage configs are unreleased, these are Wang's
 classes): heads -> logits (name movers); -> name movers' queries at END (S-inhibition);
 -> S-inhibition heads' values at S2 (induction, duplicate-token); -> induction heads' keys
 at S1+1 (previous-token). `ioi_stage` builds each as a config.
 
-Cost: two clean-length forwards (clean, corrupted), step 1 on rows x 1 token, and for q/k/v
-receivers step 2 on senders x prompts full rows over the layers from the first receiver.
+Cost: two clean-length forwards (clean, corrupted), step 1 on senders x prompts rows of
+one token, and for q/k/v receivers step 2 on senders x prompts rows of the tokens from p
+on, over the layers from the first receiver, plus a prefix forward per distinct p.
 Memory: the clean and corrupted z at p, [layer, prompt, head, d_head] each, plus per chunk
 of `batch_size` rows one forward's activations.
 """
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import ExitStack
+from copy import deepcopy
 from dataclasses import dataclass
 from typing import Literal
 
@@ -46,6 +52,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from transformers import DynamicCache
 
 from circuits.tasks import CircuitTask, logit_difference
 from interp.config import Config, check_range
@@ -91,7 +98,7 @@ class PathPatchingConfig(Config):
     position: str = "END"
     gqa_siblings: Literal["freeze", "share"] = "freeze"
     freeze_mlps: bool = False
-    batch_size: int = 256
+    batch_size: int = 512
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -146,6 +153,7 @@ class _Clean:
     ld_corrupt: Float[Tensor, " prompt"]
     resid: Float[Tensor, "prompt pos d_model"] | None  # entering the lowest receiver layer
     z_full: dict[int, Tensor]  # receiver layers' clean z [prompt, pos, head, d_head]
+    prefixes: dict[int, DynamicCache | None]  # per p, the clean KV cache of positions < p
 
 
 def path_patching(
@@ -282,7 +290,8 @@ def _clean_runs(
 
     z_clean, ld_clean, resid, z_full, mlp_clean = run(task.clean, full=True)
     z_corrupt, ld_corrupt, _, _, _ = run(task.corrupted, full=False)
-    return _Clean(z_clean, z_corrupt, mlp_clean, ld_clean, ld_corrupt, resid, z_full)
+    prefixes = _prefixes(model, task, position) if receivers else {}
+    return _Clean(z_clean, z_corrupt, mlp_clean, ld_clean, ld_corrupt, resid, z_full, prefixes)
 
 
 @torch.no_grad()
@@ -352,46 +361,92 @@ def _step_two(
     n_senders: int,
     recorded: dict[int, Tensor],
 ) -> Float[Tensor, "row vocab"]:
-    """Full clean prompts from the lowest receiver layer, only the receivers patched."""
+    """Clean prompts with only the receivers patched; rows (sender, prompt), sender-major.
+
+    Positions before p are clean, so each group of prompts sharing p reuses the clean
+    keys and values there (`_prefix`) and runs only positions p.. from the lowest
+    receiver layer, on the clean residual stream entering it.
+    """
     assert clean.resid is not None
     device = model.device
     geometry = model.geometry
     receivers = config.receiver_heads
     n_prompts = position.shape[0]
-    prompt_idx = torch.arange(n_prompts).repeat(n_senders).to(device)
-    at_p = position.to(device)[prompt_idx]
-    rows = torch.arange(prompt_idx.shape[0], device=device)
+    out: Tensor | None = None
+    for p in position.unique().tolist():
+        group = torch.nonzero(position == p).flatten()
+        prompt_idx = group.repeat_interleave(n_senders)  # prompt-major, as the cache repeats
+        sender_idx = torch.arange(n_senders).repeat(len(group))
+        source = (sender_idx * n_prompts + prompt_idx).to(device)  # step 1's sender-major rows
+        rows = prompt_idx.to(device)
 
-    def patch(layer: int, kind: str, x: Tensor) -> Tensor | None:
-        if kind != config.receiver:
-            return None
-        slots = _slots(model, config, receivers, layer).to(device)
-        x = x.clone()
-        x[rows[:, None], at_p[:, None], slots[None, :]] = recorded[layer].to(x.dtype)
-        return x
+        def patch(layer: int, kind: str, x: Tensor, source: Tensor = source) -> Tensor | None:
+            if kind != config.receiver:
+                return None
+            slots = _slots(model, config, receivers, layer).to(device)
+            x = x.clone()
+            x[:, 0, slots] = recorded[layer][source].to(x.dtype)
+            return x
 
-    def keep_siblings(layer: int, z: Tensor) -> Tensor | None:
-        mine = set(receivers.heads_in(layer))
-        groups = {geometry.kv_head(h) for h in mine}
-        siblings = [h for h in range(geometry.n_heads) if geometry.kv_head(h) in groups]
-        siblings = [h for h in siblings if h not in mine]
-        if not siblings:
-            return None
-        z = z.clone()
-        z[:, :, siblings] = clean.z_full[layer][prompt_idx][:, :, siblings].to(z.dtype)
-        return z
+        def keep_siblings(layer: int, z: Tensor, rows: Tensor = rows, p: int = p) -> Tensor | None:
+            mine = set(receivers.heads_in(layer))
+            groups = {geometry.kv_head(h) for h in mine}
+            siblings = [
+                h
+                for h in range(geometry.n_heads)
+                if geometry.kv_head(h) in groups and h not in mine
+            ]
+            if not siblings:
+                return None
+            z = z.clone()
+            z[:, :, siblings] = clean.z_full[layer][rows][:, p:, siblings].to(z.dtype)
+            return z
 
-    freeze_siblings = config.receiver != "q" and config.gqa_siblings == "freeze"
-    with ExitStack() as stack:
-        stack.enter_context(qkv_hooks(model.hf, patch, receivers.layers))
-        if freeze_siblings:
-            stack.enter_context(head_output_hooks(model.hf, keep_siblings, receivers.layers))
-        stack.enter_context(decoder_from(model.hf, receivers.layers[0]))
-        logits = model.hf(
-            inputs_embeds=clean.resid[prompt_idx],
-            attention_mask=task.clean.attention_mask[prompt_idx],
-            position_ids=task.clean.position_ids[prompt_idx],
-            use_cache=False,
-            logits_to_keep=1,
-        ).logits
-    return logits[:, -1]
+        cache = _repeated(clean.prefixes[p], n_senders)
+        freeze_siblings = config.receiver != "q" and config.gqa_siblings == "freeze"
+        with ExitStack() as stack:
+            stack.enter_context(qkv_hooks(model.hf, patch, receivers.layers))
+            if freeze_siblings:
+                stack.enter_context(head_output_hooks(model.hf, keep_siblings, receivers.layers))
+            stack.enter_context(decoder_from(model.hf, receivers.layers[0]))
+            logits = model.hf(
+                inputs_embeds=clean.resid[rows, p:],
+                attention_mask=task.clean.attention_mask[rows],
+                position_ids=task.clean.position_ids[rows, p:],
+                past_key_values=cache,
+                use_cache=cache is not None,
+                logits_to_keep=1,
+            ).logits[:, -1]
+        if out is None:
+            out = logits.new_empty(n_senders * n_prompts, logits.shape[-1])
+        out[source] = logits
+    assert out is not None
+    return out
+
+
+def _prefixes(model: Model, task: CircuitTask, position: Tensor) -> dict[int, DynamicCache | None]:
+    """Per distinct p, the clean keys and values of positions 0..p-1 of the prompts at p."""
+    out: dict[int, DynamicCache | None] = {}
+    for p in position.unique().tolist():
+        rows = torch.nonzero(position == p).flatten().to(model.device)
+        out[p] = (
+            None
+            if p == 0
+            else model.hf(
+                input_ids=task.clean.input_ids[rows, :p],
+                attention_mask=task.clean.attention_mask[rows, :p],
+                position_ids=task.clean.position_ids[rows, :p],
+                use_cache=True,
+                logits_to_keep=1,
+            ).past_key_values
+        )
+    return out
+
+
+def _repeated(cache: DynamicCache | None, repeats: int) -> DynamicCache | None:
+    """A copy of `cache` with each row repeated `repeats` times (a forward extends its copy)."""
+    if cache is None:
+        return None
+    copy = deepcopy(cache)
+    copy.batch_repeat_interleave(repeats)
+    return copy
