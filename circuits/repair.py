@@ -38,7 +38,7 @@ from circuits.metrics import accuracy, last_logits, logit_difference
 from interp.effects import Effects, EffectsConfig, compare
 from interp.encoding import Encoding
 from interp.errors import HookError, InputError
-from interp.heads import HeadSet
+from interp.heads import HeadGeometry, HeadSet
 from interp.hooks import AttentionRows
 from interp.interventions.attention_edit import AttentionEdit
 from interp.interventions.base import Intervention, tensor_digest
@@ -212,6 +212,25 @@ def repair_heads(
     return HeadSet(
         ranked(inhibition_stage, False, inhibition) + ranked(logits_stage, True, negative)
     )
+
+
+def random_heads_like(heads: HeadSet, geometry: HeadGeometry, seed: int) -> HeadSet:
+    """As many heads as `heads`, drawn uniformly from the same layers' other heads (seeded).
+
+    The control for a repair: an effect that random heads of the same layers also give is
+    not the chosen heads' doing.
+    """
+    low, high = min(heads.layers), max(heads.layers)
+    pool = [
+        (layer, head)
+        for layer in range(low, high + 1)
+        for head in range(geometry.n_heads)
+        if (layer, head) not in {(h.layer, h.head) for h in heads}
+    ]
+    if len(pool) < len(heads):
+        raise InputError(f"Layers {low}-{high} hold too few other heads to draw {len(heads)}.")
+    picked = np.random.default_rng(seed).choice(len(pool), len(heads), replace=False)
+    return HeadSet(pool[int(i)] for i in picked)
 
 
 def wrong_color_positions(task: CircuitTask) -> Int[Tensor, "batch 2"]:

@@ -308,6 +308,10 @@ def circuit_overlap(
             " S-inhibition stage and its most negative logits head (Merullo's roles)."
         ),
     ] = None,
+    random_controls: Annotated[
+        int,
+        typer.Option(help="Repairs with as many random heads of the same layers (controls)."),
+    ] = 2,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the interval.")] = 2000,
     batch_size: Annotated[int, BatchOption] = 256,
     out: Annotated[Path | None, OutOption] = None,
@@ -317,17 +321,27 @@ def circuit_overlap(
     """Circuit reuse: IOI vs name recall (control: Colored Objects), and the repair."""
     record = start_record("circuit overlap", locals())
     with user_errors():
+        import pandas as pd
+
         from circuits.discovery import DiscoveryConfig
-        from circuits.repair import Repair, repair_effects, repair_heads, wrong_color_positions
+        from circuits.repair import (
+            Repair,
+            random_heads_like,
+            repair_effects,
+            repair_heads,
+            wrong_color_positions,
+        )
         from circuits.reuse import ReuseConfig, overlap, stage_circuits
         from circuits.tasks import colored_objects, ioi, name_recall
         from interp.effects import EffectsConfig
         from interp.errors import InputError
         from interp.figures import circuit_heatmaps, effects_bars
         from interp.heads import HeadSet
-        from interp.results import HeadScores
+        from interp.results import EffectTable, HeadScores
 
         _check_counts(n=n, repair_n=repair_n, seed=seed, n_boot=n_boot)
+        if random_controls < 0:
+            raise InputError(f"--random-controls must be at least 0, got {random_controls}.")
         _check_choice(rank_by, ("score", "abs"), "--rank-by")
         reuse = ReuseConfig(top_fraction=top_fraction, rank_by=rank_by)  # type: ignore[arg-type]
         effects_config = EffectsConfig(n_boot=n_boot, seed=seed)
@@ -381,17 +395,33 @@ def circuit_overlap(
         )
         heads = repair_heads(ioi_scores) if chosen is None else chosen
         colours = colored_objects(loaded, repair_n, seed=42 + seed)
-        update, bar = progress_bar(1, "repair", unit="run")
+        positions = wrong_color_positions(colours)
+        arms = {"chosen": heads}
+        for draw in range(random_controls):
+            arms[f"random_{draw}"] = random_heads_like(heads, loaded.geometry, seed + draw)
+        update, bar = progress_bar(len(arms), "repair", unit="head set")
+        repairs = {}
         with bar:
-            effects = repair_effects(
-                loaded, colours, Repair(heads, wrong_color_positions(colours)), effects_config
-            )
-            update(1, 1)
-        record.wrote(effects.save(folder / "repair"))
-        figures["repair"] = effects_bars(
-            effects.table, f"Repair of Colored Objects with {', '.join(heads.labels)}"
+            for done, (arm, arm_heads) in enumerate(arms.items(), start=1):
+                repairs[arm] = repair_effects(
+                    loaded, colours, Repair(arm_heads, positions), effects_config
+                )
+                update(done, len(arms))
+        for arm, effects in repairs.items():
+            record.wrote(effects.save(folder / ("repair" if arm == "chosen" else f"repair_{arm}")))
+        accuracy_rows = pd.concat(
+            [
+                e.table.data[e.table.data.metric == "accuracy"].assign(
+                    task=f"{arm}: {','.join(arms[arm].labels)}"
+                )
+                for arm, e in repairs.items()
+            ],
+            ignore_index=True,
         )
-        rows = effects.table.data.set_index("metric")
+        figures["repair"] = effects_bars(
+            EffectTable(accuracy_rows, repairs["chosen"].table.provenance),
+            "Repair of Colored Objects: accuracy among the listed colours",
+        )
         summary = {
             "tasks": summaries,
             "reference": "ioi",
@@ -399,15 +429,8 @@ def circuit_overlap(
             "control": "colored_objects",
             "reuse": _reuse_summary(table.data),
             "repair": {
-                "heads": heads.labels,
                 "n": len(colours),
-                **{
-                    metric: {
-                        k: float(rows.loc[metric, k])
-                        for k in ("baseline", "intervened", "difference", "ci_low", "ci_high")
-                    }
-                    for metric in rows.index
-                },
+                **{arm: _effect_summary(arms[arm], e) for arm, e in repairs.items()},
             },
             "accuracy": summaries["ioi"]["accuracy"],
             "logit_difference": summaries["ioi"]["logit_difference"],
@@ -421,12 +444,13 @@ def circuit_overlap(
                 f" {row.n_shared}/{row.n_reference} = {row.shared_share:.0%},"
                 f" Jaccard {row.jaccard:.2f}"
             )
-        for metric, row in rows.iterrows():
-            typer.echo(
-                f"repair ({', '.join(heads.labels)}) {metric}: {row.baseline:.3f} ->"
-                f" {row.intervened:.3f} ({row.difference:+.3f}, 95% CI"
-                f" [{row.ci_low:+.3f}, {row.ci_high:+.3f}])"
-            )
+        for arm, effects in repairs.items():
+            for row in effects.table.data.itertuples():
+                typer.echo(
+                    f"repair, {arm} ({', '.join(arms[arm].labels)}) {row.metric}:"
+                    f" {row.baseline:.3f} -> {row.intervened:.3f} ({row.difference:+.3f},"
+                    f" 95% CI [{row.ci_low:+.3f}, {row.ci_high:+.3f}])"
+                )
         typer.echo(f"results and figures in {folder}")
 
 
@@ -443,6 +467,15 @@ def _stacked(stages: dict[str, Any]) -> Any:
     import pandas as pd
 
     return pd.concat([s.data for s in stages.values()], ignore_index=True)
+
+
+def _effect_summary(heads: Any, effects: Any) -> dict[str, Any]:
+    rows = effects.table.data.set_index("metric")
+    keys = ("baseline", "intervened", "difference", "ci_low", "ci_high")
+    return {
+        "heads": heads.labels,
+        **{metric: {k: float(rows.loc[metric, k]) for k in keys} for metric in rows.index},
+    }
 
 
 def _reuse_summary(table: Any) -> dict[str, Any]:

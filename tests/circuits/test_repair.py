@@ -7,7 +7,13 @@ import torch
 
 from circuits.circuit_task import CircuitTask
 from circuits.metrics import accuracy, logit_difference
-from circuits.repair import Repair, repair_effects, repair_heads, wrong_color_positions
+from circuits.repair import (
+    Repair,
+    random_heads_like,
+    repair_effects,
+    repair_heads,
+    wrong_color_positions,
+)
 from interp.effects import EffectsConfig
 from interp.errors import HookError, InputError
 from interp.heads import HeadSet
@@ -166,3 +172,17 @@ def test_repair_heads_are_the_top_inhibition_and_most_negative_logit_heads() -> 
     assert repair_heads(scores, inhibition=2, negative=2) == HeadSet("L0H1,L1H1,L1H0,L2H0")
     with pytest.raises(InputError, match="stages"):
         repair_heads(scores, inhibition_stage="s_inhibition_values")
+
+
+def test_random_heads_like_draw_other_heads_of_the_same_layers() -> None:
+    from interp.heads import HeadGeometry
+
+    geometry = HeadGeometry(n_layers=6, n_heads=4, n_kv_heads=2, d_head=8, d_model=32)
+    chosen = HeadSet("L2H0,L2H1,L4H3")
+    draws = [random_heads_like(chosen, geometry, seed) for seed in range(20)]
+    for drawn in draws:
+        assert len(drawn) == 3 and not set(drawn) & set(chosen)
+        assert all(2 <= h.layer <= 4 for h in drawn)
+    assert random_heads_like(chosen, geometry, 3) == draws[3] and len(set(draws)) > 1
+    with pytest.raises(InputError, match="too few"):
+        random_heads_like(HeadSet("L1H0,L1H1,L1H2"), geometry, 0)

@@ -137,9 +137,10 @@ def test_circuit_overlap_writes_reuse_table_figure_and_repair_interval(tmp_path,
         effects.difference <= effects.ci_high
     ).all()
     assert (out / "figures" / "overlap.html").is_file()
-    assert (
-        summary["repair"]["heads"] == ["L1H0", "L1H3"] and "logit_difference" in summary["repair"]
-    )
+    chosen, control = summary["repair"]["chosen"], summary["repair"]["random_0"]
+    assert chosen["heads"] == ["L1H0", "L1H3"] and "logit_difference" in chosen
+    assert control["heads"] == ["L1H1", "L1H2"]  # the other heads of the same layer
+    assert (out / "repair_random_1" / "effects.parquet").is_file()
     assert {"accuracy", "logit_difference", "circuit", "faithfulness"} <= set(summary)
 
 
