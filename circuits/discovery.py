@@ -15,8 +15,9 @@ the task's corrupted prompts, Wang's p_ABC), taken per position. Reported as the
 F(C) / F(M) of the full model's F(M), and F(M \\ C) / F(M) for the circuit ablated; F of the
 empty circuit is every head ablated.
 
-Deviations from the papers, as options: `rank_by="abs"` ranks by |score| (keeping negative
-movers, which Wang's circuit includes by hand); `selection="top_fraction"` and
+Heads are ranked by |score| (Wang's circuit includes the negative name movers, which only a
+magnitude ranking picks; Merullo does not say). Deviations, as options: `rank_by="score"`
+keeps only heads that support the answer; `selection="top_fraction"` and
 `"threshold"` choose over all stages' normalised scores at once; `means="all_positions"`
 averages z over every real token instead of per position; `means="template"` per position
 within each template (when one task mixes templates whose token layouts differ).
@@ -71,8 +72,9 @@ class DiscoveryConfig(Config):
         stages: the IOI stages to run, in order.
         per_stage: heads chosen per stage; Merullo's top 2% of the model's heads when 0.
         max_heads: cap on the circuit (the union over stages).
-        rank_by: "score" (default; heads whose corruption lowers the logit difference) or
-            "abs" (|score|, also negative heads).
+        rank_by: "abs" (default: |score|, so heads that push against the answer count
+            too, as Wang's negative name movers do) or "score" (only heads whose
+            corruption lowers the logit difference).
         selection: "per_stage_top_k" (Merullo), "top_fraction" (`fraction` of all heads by
             stage-normalised score), "threshold" (normalised score above `threshold`).
         fraction: for "top_fraction".
@@ -84,7 +86,7 @@ class DiscoveryConfig(Config):
     stages: tuple[str, ...] = tuple(IOI_STAGES)
     per_stage: int = 0
     max_heads: int = 27
-    rank_by: Literal["score", "abs"] = "score"
+    rank_by: Literal["score", "abs"] = "abs"
     selection: Literal["per_stage_top_k", "top_fraction", "threshold"] = "per_stage_top_k"
     fraction: float = 0.1
     threshold: float = 0.1

@@ -139,16 +139,15 @@ def test_choose_circuit_rules() -> None:
         ]
     )
     scores = HeadScores(stages, Provenance("m", "w", "a", {}, "h", 1))
-    top2 = choose_circuit(scores, DiscoveryConfig(per_stage=2), 270)
+    top2 = choose_circuit(scores, DiscoveryConfig(per_stage=2, rank_by="score"), 270)
     assert top2 == HeadSet("L9H1 L9H2 L5H0 L5H1")  # stage-normalised: 0.02 ranks like 0.8
-    assert choose_circuit(scores, DiscoveryConfig(per_stage=2, max_heads=2), 270) == HeadSet(
-        "L9H1 L5H0"
-    )
-    by_abs = choose_circuit(scores, DiscoveryConfig(per_stage=1, rank_by="abs"), 270)
+    capped = DiscoveryConfig(per_stage=2, max_heads=2, rank_by="score")
+    assert choose_circuit(scores, capped, 270) == HeadSet("L9H1 L5H0")
+    by_abs = choose_circuit(scores, DiscoveryConfig(per_stage=1), 270)  # |score|, the default
     assert by_abs == HeadSet("L8H0 L5H0")
-    above = DiscoveryConfig(selection="threshold", threshold=0.45)
+    above = DiscoveryConfig(selection="threshold", threshold=0.45, rank_by="score")
     assert choose_circuit(scores, above, 270) == HeadSet("L9H1 L5H0 L5H1")
-    fraction = DiscoveryConfig(selection="top_fraction", fraction=3 / 7)
+    fraction = DiscoveryConfig(selection="top_fraction", fraction=3 / 7, rank_by="score")
     assert choose_circuit(scores, fraction, 270) == HeadSet("L9H1 L5H0 L5H1")
     assert DiscoveryConfig().heads_per_stage(270) == 5  # Merullo's 2%
     with pytest.raises(ConfigError, match="start with 'logits'"):
