@@ -17,11 +17,11 @@ returns a tidy table, one row per (task, stage) plus an "all" row per task:
 - `jaccard` = |A ∩ B| / |A ∪ B| of the two top sets ("all": of the two circuits, so a head
   both tasks use at different stages counts here but not in `shared`).
 
-Ranking follows `circuits.discovery`: by score (heads whose corruption moves the logit
-difference towards the corrupted run's) by default, `rank_by="abs"` by |score|, which also
-keeps negative movers (IOI's 19.1 in GPT2-medium). The paper does not say which. The top
-set has max(1, round(top_fraction x all heads)) heads, the model's head count read from
-the largest stage table (later stages score only the heads below their receivers).
+Ranking follows `circuits.discovery`: by |score| by default, which keeps negative movers
+(IOI's 19.1 in GPT2-medium, the most important head for the logit difference, whose score
+has the other sign), `rank_by="score"` by the score itself. The paper does not say which.
+The top set has max(1, round(top_fraction x all heads)) heads, the model's head count read
+from the largest stage table (later stages score only the heads below their receivers).
 Cost: sorting [layer, head] tables; no model runs.
 """
 
@@ -53,11 +53,11 @@ class ReuseConfig(Config):
     Attributes:
         top_fraction: share of all the model's heads kept per stage (Merullo: 2%, about 8
             of GPT2-medium's 384; 5 of a 270-head model).
-        rank_by: "score" (default) or "abs" (|score|), as `circuits.discovery`.
+        rank_by: "abs" (|score|, default) or "score", as `circuits.discovery`.
     """
 
     top_fraction: float = 0.02
-    rank_by: Literal["score", "abs"] = "score"
+    rank_by: Literal["score", "abs"] = "abs"
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -247,7 +247,7 @@ def circuit_ioi(
     seed: Annotated[int, SeedOption] = 0,
     per_stage: Annotated[int, PerStageOption] = 0,
     max_heads: Annotated[int, MaxHeadsOption] = 27,
-    rank_by: Annotated[str, RankOption] = "score",
+    rank_by: Annotated[str, RankOption] = "abs",
     patching: Annotated[str, PatchingOption] = "attribution",
     batch_size: Annotated[int, BatchOption] = 256,
     out: Annotated[Path | None, OutOption] = None,
@@ -272,7 +272,7 @@ def circuit_colored_objects(
     seed: Annotated[int, SeedOption] = 42,
     per_stage: Annotated[int, PerStageOption] = 0,
     max_heads: Annotated[int, MaxHeadsOption] = 27,
-    rank_by: Annotated[str, RankOption] = "score",
+    rank_by: Annotated[str, RankOption] = "abs",
     patching: Annotated[str, PatchingOption] = "attribution",
     batch_size: Annotated[int, BatchOption] = 256,
     out: Annotated[Path | None, OutOption] = None,
@@ -300,7 +300,7 @@ def circuit_overlap(
     top_fraction: Annotated[
         float, typer.Option(help="Share of all heads in each stage's top set (Merullo: 0.02).")
     ] = 0.02,
-    rank_by: Annotated[str, RankOption] = "score",
+    rank_by: Annotated[str, RankOption] = "abs",
     repair: Annotated[
         str | None,
         typer.Option(

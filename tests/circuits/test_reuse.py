@@ -20,10 +20,10 @@ def scores(*top: tuple[int, int], value: float = 1.0, shape=(5, 10)) -> HeadScor
 
 def test_top_fraction_of_all_heads_ranked_by_score_or_magnitude():
     table = scores((0, 1), (4, 9), value=-2.0)  # 50 heads: 2% = 1 head, 6% = 3 heads
-    assert top_heads(table, ReuseConfig(rank_by="abs"), 50) == HeadSet("L0H1")
+    assert top_heads(table, ReuseConfig(), 50) == HeadSet("L0H1")  # by |score|
     assert len(top_heads(table, ReuseConfig(top_fraction=0.06), 50)) == 3
     assert len(top_heads(table, ReuseConfig(top_fraction=0.06), 100)) == 6
-    assert "L0H1" not in top_heads(table, ReuseConfig(), 50)  # by score: negatives last
+    assert "L0H1" not in top_heads(table, ReuseConfig(rank_by="score"), 50)  # negatives last
 
 
 def test_later_stages_take_their_share_of_all_the_models_heads():
