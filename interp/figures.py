@@ -364,3 +364,90 @@ def ablation_curve(curve: pd.DataFrame, title: str) -> go.Figure:
     figure.update_yaxes(title="NIAH accuracy (%)", range=[0, 105])
     figure.update_layout(width=640, height=420)
     return style(figure, title)
+
+
+def circuit_heatmaps(
+    scores: Mapping[str, HeadScores],
+    circuits: Mapping[str, Sequence[str]],
+    title: str,
+    column: str = "score",
+    label: str = "score",
+) -> go.Figure:
+    """Side-by-side layer x head maps of several tasks' head scores, circuits marked.
+
+    One panel per task on a shared, symmetric colour range (scores of either sign, such as
+    patching effects, compare across panels). Heads in a task's circuit get an open square;
+    heads in every task's circuit (the shared ones) a filled dot inside it.
+
+    Args:
+        scores: task name -> its per-head scores (e.g. path patching to the logits).
+        circuits: task name -> head labels of its circuit ("L12H3"); same keys as `scores`.
+        title: the figure title.
+        column: the column to colour by.
+        label: colour-bar title.
+
+    Raises:
+        ConfigError: the two mappings name different tasks, or there are none.
+    """
+    if not scores or list(scores) != list(circuits):
+        raise ConfigError(
+            f"circuit_heatmaps needs the same tasks in scores and circuits, got {list(scores)}"
+            f" and {list(circuits)}."
+        )
+    from plotly.subplots import make_subplots
+
+    from interp.heads import HeadSet
+
+    matrices = {task: table.matrix(column=column) for task, table in scores.items()}
+    bound = max(float(np.nanmax(np.abs(m))) for m in matrices.values()) or 1.0
+    shared = set.intersection(*(set(c) for c in circuits.values()))
+    figure = make_subplots(rows=1, cols=len(scores), subplot_titles=list(scores), shared_yaxes=True)
+    for col, (task, matrix) in enumerate(matrices.items(), start=1):
+        n_layers, n_heads = matrix.shape
+        names = np.array([[f"L{i}H{h}" for h in range(n_heads)] for i in range(n_layers)])
+        figure.add_trace(
+            go.Heatmap(
+                z=matrix,
+                x=list(range(n_heads)),
+                y=list(range(n_layers)),
+                zmin=-bound,
+                zmax=bound,
+                zmid=0,
+                colorscale="RdBu_r",
+                showscale=col == 1,
+                colorbar={"title": {"text": label, "side": "right"}},
+                customdata=names,
+                hovertemplate=f"{task} %{{customdata}}<br>{label}: %{{z:.3f}}<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
+        for kind, heads in (("circuit", circuits[task]), ("shared", shared)):
+            marked = list(HeadSet(heads))
+            figure.add_scatter(
+                x=[h.head for h in marked],
+                y=[h.layer for h in marked],
+                mode="markers",
+                marker={
+                    "symbol": "square-open" if kind == "circuit" else "circle",
+                    "size": 12 if kind == "circuit" else 5,
+                    "color": "black",
+                    "line": {"width": 2},
+                },
+                name=f"{kind} heads",
+                legendgroup=kind,
+                showlegend=col == 1,
+                hoverinfo="skip",
+                row=1,
+                col=col,
+            )
+        figure.update_xaxes(title="head", dtick=1, row=1, col=col)
+    figure.update_yaxes(title="layer", autorange="reversed", row=1, col=1)
+    figure.update_yaxes(autorange="reversed")
+    n_layers, n_heads = next(iter(matrices.values())).shape
+    figure.update_layout(
+        width=len(scores) * max(320, 34 * n_heads + 80) + 120,
+        height=max(360, 18 * n_layers + 140),
+        legend={"orientation": "h", "y": -0.12},
+    )
+    return style(figure, title)

@@ -84,4 +84,16 @@ score_app.command("retrieval")(score_retrieval)
 effect_app.command("act")(effect_act)
 ablate_app.command("retrieval")(ablate_retrieval)
 
+# circuits (issue 9)
+from interp.cli.circuit import circuit_colored_objects, circuit_ioi, circuit_overlap  # noqa: E402
+
+circuit_app = typer.Typer(
+    help="Circuits: IOI and Colored Objects, discovery, faithfulness, reuse and repair.",
+    no_args_is_help=True,
+)
+app.add_typer(circuit_app, name="circuit")
+circuit_app.command("ioi")(circuit_ioi)
+circuit_app.command("colored-objects")(circuit_colored_objects)
+circuit_app.command("overlap")(circuit_overlap)
+
 __all__ = ["app"]

@@ -1,6 +1,7 @@
 """The command line as a shell user meets it: one-line errors, exit codes, result folders."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -75,3 +76,86 @@ def test_score_sinks_writes_a_complete_result_folder(tmp_path, default_model):
     assert (out / "figures" / "sink_share.html").is_file()
     late = table[table.layer >= 3]
     assert (late.first_token_dominant > 0.5).mean() > 0.5
+
+
+# ---- interp circuit (issue 9) -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def words_model(tmp_path_factory):
+    from tests.circuits.word_model import saved_words_tiny
+
+    return saved_words_tiny(tmp_path_factory.mktemp("words") / "model")
+
+
+def test_circuit_ioi_writes_tables_summary_and_figures(tmp_path, words_model):
+    out = tmp_path / "ioi"
+    argv = ["circuit", "ioi", "--model", str(words_model), "--n", "6", "--out", str(out)]
+    result = runner.invoke(app, [*argv, "--patching", "both", "--no-static"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0.0 <= summary["accuracy"] <= 1.0 and isinstance(summary["logit_difference"], float)
+    assert summary["circuit"] and all(re.fullmatch(r"L\d+H\d+", h) for h in summary["circuit"])
+    assert isinstance(summary["faithfulness"], float)
+    assert summary["stages"][0] == "logits" and "attribution_rank_correlation" in summary
+    for name in ("items", "path_patching", "circuit", "faithfulness", "activation_patching"):
+        assert (out / f"ioi_{name}.parquet").is_file(), name
+    assert (out / "figures" / "ioi_activation_patching.html").is_file()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["summary"]["circuit"] == summary["circuit"]
+
+
+def test_circuit_colored_objects_runs_the_stages_read_at_the_last_token(tmp_path, words_model):
+    out = tmp_path / "co"
+    argv = ["circuit", "colored-objects", "--model", str(words_model), "--n", "4"]
+    result = runner.invoke(app, [*argv, "--patching", "none", "--out", str(out), "--no-static"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task"] == "colored_objects" and summary["n"] == 4
+    assert summary["stages"] == ["logits", "name_mover_queries"]
+    assert not list(out.glob("*attribution*"))
+
+
+def test_circuit_overlap_writes_reuse_table_figure_and_repair_interval(tmp_path, words_model):
+    out = tmp_path / "overlap"
+    argv = ["circuit", "overlap", "--model", str(words_model), "--n", "6", "--repair-n", "6"]
+    # two layers: IOI's chain of stages may end at the logits, so name the repair heads
+    argv += ["--repair", "L1H0,L1H3", "--n-boot", "50"]
+    result = runner.invoke(app, [*argv, "--out", str(out), "--no-static"])
+    assert result.exit_code == 0, result.output
+    reuse = pd.read_parquet(out / "reuse.parquet")
+    assert set(reuse.task) == {"name_recall", "colored_objects"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(reuse.stage) == {*summary["stages_compared"], "all"}
+    assert reuse.set_index("task").control.to_dict() == {
+        "name_recall": False,
+        "colored_objects": True,
+    }
+    effects = pd.read_parquet(out / "repair" / "effects.parquet").set_index("metric")
+    assert set(effects.index) == {"accuracy", "logit_difference"}
+    assert (effects.ci_low <= effects.difference).all() and (
+        effects.difference <= effects.ci_high
+    ).all()
+    assert (out / "figures" / "overlap.html").is_file()
+    chosen, control = summary["repair"]["chosen"], summary["repair"]["random_0"]
+    assert chosen["heads"] == ["L1H0", "L1H3"] and "logit_difference" in chosen
+    assert control["heads"] == ["L1H1", "L1H2"]  # the other heads of the same layer
+    assert (out / "repair_random_1" / "effects.parquet").is_file()
+    assert {"accuracy", "logit_difference", "circuit", "faithfulness"} <= set(summary)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["circuit", "ioi", "--n", "0"], "--n must be at least 1"),
+        (["circuit", "overlap", "--seed", "-1"], "--seed must be at least 0"),
+        (["circuit", "ioi", "--patching", "bogus"], "Unknown --patching"),
+        (["circuit", "colored-objects", "--max-heads", "0"], "max_heads"),
+        (["circuit", "overlap", "--repair", "L99H0"], "L99H0"),
+        (["circuit", "overlap", "--top-fraction", "0"], "top_fraction"),
+    ],
+)
+def test_circuit_bad_inputs_are_one_line_errors(tmp_path, words_model, argv, message):
+    result = runner.invoke(app, [*argv, "--model", str(words_model), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and result.output.count("error:") == 1, result.output
+    assert message in result.output and "Traceback" not in result.output

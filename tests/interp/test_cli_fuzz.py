@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from interp.cli import app
 from interp.results import HeadScores
+from tests.circuits.word_model import saved_words_tiny
 from tests.interp.test_results import provenance
 from tests.tiny import saved_tiny
 
@@ -31,6 +32,7 @@ BAD_VALUES = {
     "ks": ["abc", "-1", "2,x"],
     "choice": ["bogus", ""],
     "device": ["cuda:7", "gpu"],
+    "heads": ["bogus", "L99H0", "L1H9", ""],
 }
 FILE_KINDS = ["missing", "folder", "empty", "binary", "latin1"]
 SMALL_GRID = ["--lengths", "250", "--depths", "1", "--max-new-tokens", "2", "--no-static"]
@@ -66,6 +68,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     (root / "folder").mkdir()
     (root / "a_file").write_text("not a folder")
     (root / "not.gguf").write_text("not a gguf file")
+    saved_words_tiny(root / "words")  # circuit tasks need single-token fillers
     return {"root": root, "model": root / "model", "task": task}
 
 
@@ -143,6 +146,41 @@ def commands(f: dict[str, Path]) -> dict[str, tuple[list[str], dict[str, object]
                 "--threshold": "probability",
                 "--n-boot": "count",
                 "--seed": "non_negative",
+            },
+        ),
+        **circuit_commands(f),
+    }
+
+
+def circuit_commands(f: dict[str, Path]) -> dict[str, tuple[list[str], dict[str, object]]]:
+    """`interp circuit ...` (issue 9), on the word-level tiny model."""
+    common = {"--model": "model", "--out": "out", "--device": "device"}
+    words = ["--model", str(f["root"] / "words"), "--n", "4", "--no-static"]
+    discovery = {
+        "--n": "count",
+        "--seed": "non_negative",
+        "--per-stage": "non_negative",
+        "--max-heads": "count",
+        "--rank-by": "choice",
+        "--patching": "choice",
+        "--batch-size": "count",
+    }
+    return {
+        # colored-objects shares these options' code with ioi
+        "circuit ioi": (words, {**common, **discovery, "--corruption": "choice"}),
+        "circuit overlap": (
+            [*words, "--repair-n", "4", "--repair", "L1H0", "--n-boot", "20"],
+            {
+                **common,
+                "--n": "count",
+                "--repair-n": "count",
+                "--seed": "non_negative",
+                "--top-fraction": "probability",
+                "--rank-by": "choice",
+                "--repair": "heads",
+                "--random-controls": "non_negative",
+                "--n-boot": "count",
+                "--batch-size": "count",
             },
         ),
     }

@@ -117,3 +117,21 @@ def test_notebook_renderer_bundle_holds_json_and_png(monkeypatch):
     figures.use_notebook_renderer()
     bundle = figures.pio.renderers._build_mime_bundle(figures.head_heatmap(SCORES).to_dict())
     assert set(bundle) == {"application/vnd.plotly.v1+json", "image/png"}
+
+
+def test_circuit_heatmaps_mark_each_circuit_and_the_shared_heads():
+    circuit_heatmaps = figures.circuit_heatmaps
+
+    a = HeadScores.from_matrix(np.arange(12.0).reshape(3, 4) - 6, SCORES.provenance)
+    b = HeadScores.from_matrix(np.ones((3, 4)), SCORES.provenance)
+    figure = circuit_heatmaps(
+        {"ioi": a, "copy": b}, {"ioi": ["L2H3", "L0H1"], "copy": ["L2H3"]}, "t"
+    )
+    heatmaps = [t for t in figure.data if t.type == "heatmap"]
+    assert [h.zmin for h in heatmaps] == [-6.0, -6.0] and heatmaps[0].zmax == 6.0
+    marks = {(t.xaxis, t.name): (list(t.x), list(t.y)) for t in figure.data if t.type == "scatter"}
+    assert marks[("x", "circuit heads")] == ([1, 3], [0, 2])
+    assert marks[("x2", "circuit heads")] == ([3], [2])
+    assert marks[("x2", "shared heads")] == ([3], [2])
+    with pytest.raises(ConfigError, match="same tasks"):
+        circuit_heatmaps({"ioi": a}, {"copy": []}, "t")

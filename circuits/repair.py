@@ -1,0 +1,323 @@
+"""Circuit-reuse repair: make chosen heads attend from the final token to given positions.
+
+Merullo et al. (ICLR 2024, §5) repair GPT2-medium on Colored Objects with IOI's circuit:
+the final-token attention row of the inhibition heads (12.3, 13.4, 13.13) and/or the
+negative mover (19.1) is set to 1/2 on each of the two *wrong* listed colours and 0
+elsewhere, post-softmax. The heads then suppress the wrong colours as they suppress the
+subject in IOI; accuracy rose from 49.6% to 93.7% with both edits.
+
+`Repair(heads, positions)` does this for any heads and per-row key positions: in every
+selected head the last query row (the last position of the forward, where left-padded
+prompts all end) becomes uniform over that row's `positions`, and every other row is left
+as the model computed it. It is an `AttentionEdit` (prefill only), so rows sum to 1 and the
+identity arm runs the same explicit kernel. Positions are in the padded coordinates of the
+batch the repair runs on (a `CircuitTask`'s `positions`), so one `Repair` belongs to one
+batch; `rows(start, stop)` gives the repair of a slice of it.
+
+`wrong_color_positions(task)` gives a Colored Objects task's two wrong listed colours per
+row; `repair_effects` measures a repair on a task through `interp.effects.compare` (paired
+bootstrap intervals): accuracy among the listed colours and the logit difference. Cost:
+two forwards of the task; the edited layers run explicit attention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from circuits.circuit_task import CircuitTask
+from circuits.metrics import accuracy, last_logits, logit_difference
+from interp.effects import Effects, EffectsConfig, compare
+from interp.encoding import Encoding
+from interp.errors import HookError, InputError
+from interp.heads import HeadGeometry, HeadSet
+from interp.hooks import AttentionRows
+from interp.interventions.attention_edit import AttentionEdit
+from interp.interventions.base import Intervention, tensor_digest
+from interp.models import Model
+from interp.results import EffectTable, HeadScores, ItemTable, Provenance
+
+ANALYZER = "circuit_repair"
+
+
+class _FinalRowOnto:
+    """The edit function: the last query row of each selected head -> 1 on its row's positions.
+
+    AttentionEdit renormalises the row to 1/k on each of the k positions.
+    """
+
+    def __init__(self, positions: Int[Tensor, "batch k"], digest: str) -> None:
+        self.positions = positions
+        self.digest = digest
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _FinalRowOnto) and other.digest == self.digest
+
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
+    def __call__(self, rows: AttentionRows, index: Tensor) -> Tensor:
+        probs = rows.probs[:, index]  # [batch, head, query, key]
+        final = rows.query_positions == rows.n_keys - 1  # [query]: the forward's last row
+        if not final.any():
+            return probs
+        batch, n_keys = probs.shape[0], probs.shape[-1]
+        positions = self.positions.to(probs.device)
+        if positions.shape[0] != batch:
+            raise HookError(
+                f"Repair positions are for {positions.shape[0]} rows, the forward has {batch}:"
+                " build the repair for this batch (Repair.rows for a slice)."
+            )
+        if int(positions.max()) >= n_keys:
+            raise InputError(
+                f"Repair position {int(positions.max())} is past the prompt's {n_keys} tokens."
+            )
+        visible = rows.visible[:, final][:, -1].gather(1, positions)  # [batch, k]
+        if not bool(visible.all()):
+            row = int((~visible).any(1).nonzero()[0])
+            raise InputError(
+                f"Repair positions {positions[row].tolist()} of row {row} include padding or"
+                " future tokens: give positions inside the prompt, in padded coordinates."
+            )
+        target = torch.zeros(batch, n_keys, device=probs.device)
+        target.scatter_(1, positions, 1.0)
+        edited = probs.clone()
+        edited[:, :, final] = target[:, None, None, :].expand(-1, len(index), int(final.sum()), -1)
+        return edited
+
+
+@dataclass(frozen=True, eq=False)
+class Repair:
+    """Set `heads`' final-position attention uniform over each row's `positions`.
+
+    Attributes:
+        heads: query heads to edit: a HeadSet, labels ("L12H3,L13H4") or (layer, head) pairs.
+        positions: [batch, k] key positions per batch row, in the padded coordinates of the
+            batch it runs on (Colored Objects: the two wrong listed colours).
+
+    Example:
+        >>> import torch
+        >>> from tests.tiny import tiny_llama
+        >>> model = tiny_llama()
+        >>> batch = model.encode(["The red cup and the blue pen."])
+        >>> with Repair("L1H0", torch.tensor([[4, 17]])).applied(model):
+        ...     logits = model.hf(**batch).logits
+    """
+
+    heads: HeadSet
+    positions: Tensor
+    _digest: dict[str, Any] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "heads", HeadSet(self.heads))
+        positions = torch.as_tensor(self.positions)
+        if (
+            positions.ndim != 2
+            or positions.shape[1] < 1
+            or positions.dtype not in (torch.int32, torch.int64)
+            or bool((positions < 0).any())
+        ):
+            raise InputError(
+                "Repair.positions must be a [batch, k >= 1] tensor of non-negative integer"
+                f" positions, got shape {tuple(positions.shape)} ({positions.dtype})."
+            )
+        if not len(self.heads):
+            raise InputError("Repair needs at least one head.")
+        object.__setattr__(self, "positions", positions.detach().long().cpu().clone())
+        object.__setattr__(self, "_digest", tensor_digest(self.positions))
+
+    def edit(self) -> AttentionEdit:
+        """The AttentionEdit this repair is: prefill rows, renormalised."""
+        fn = _FinalRowOnto(self.positions, self._digest["sha256"])
+        return AttentionEdit(self.heads, fn, phase="prefill")
+
+    def rows(self, start: int, stop: int) -> Repair:
+        """The repair of batch rows start..stop-1 (to run a batch in slices)."""
+        return Repair(self.heads, self.positions[start:stop])
+
+    def identity(self) -> Intervention:
+        """The same heads through the same explicit kernel, rows unchanged."""
+        return self.edit().identity()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The reproducible record (positions by their digest)."""
+        return {
+            "intervention": "Repair",
+            "heads": self.heads.labels,
+            "row": "final",
+            "positions": self._digest,
+        }
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            type(other) is type(self)
+            and self.heads == other.heads  # type: ignore[attr-defined]
+            and self._digest == other._digest  # type: ignore[attr-defined]
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.heads, self._digest["sha256"]))
+
+    @contextmanager
+    def applied(self, model: Model) -> Iterator[None]:
+        with self.edit().applied(model):
+            yield
+
+
+def repair_heads(
+    scores: HeadScores,
+    *,
+    inhibition: int = 3,
+    negative: int = 1,
+    inhibition_stage: str = "name_mover_queries",
+    logits_stage: str = "logits",
+) -> HeadSet:
+    """IOI's inhibition and negative-mover heads from its staged path-patching scores.
+
+    Merullo et al. repair with GPT2-medium's inhibition heads (path patching to the name
+    movers' queries) and its negative mover (19.1, the head that lowers the logit
+    difference most directly). On another model the analogues are: the top `inhibition`
+    heads by score of `inhibition_stage`, and the `negative` heads with the most negative
+    score (corrupting them raises the logit difference) of `logits_stage`.
+
+    Args:
+        scores: stacked stage scores with a `stage` column (`Discovery.scores`).
+
+    Raises:
+        InputError: a stage is missing from `scores`.
+    """
+    stages = set(scores.data.get("stage", ()))
+    missing = {inhibition_stage, logits_stage} - stages
+    if missing:
+        raise InputError(
+            f"Repair heads need path-patching stages {sorted(missing)}; the scores have"
+            f" {sorted(stages)}."
+        )
+    table = scores.data
+
+    def ranked(stage: str, ascending: bool, k: int) -> list[tuple[int, int]]:
+        rows = table[table["stage"] == stage].sort_values(
+            ["score", "layer", "head"], ascending=[ascending, True, True]
+        )
+        return [(int(r.layer), int(r.head)) for r in rows.head(k).itertuples()]
+
+    return HeadSet(
+        ranked(inhibition_stage, False, inhibition) + ranked(logits_stage, True, negative)
+    )
+
+
+def random_heads_like(heads: HeadSet, geometry: HeadGeometry, seed: int) -> HeadSet:
+    """As many heads as `heads`, drawn uniformly from the same layers' other heads (seeded).
+
+    The control for a repair: an effect that random heads of the same layers also give is
+    not the chosen heads' doing.
+    """
+    low, high = min(heads.layers), max(heads.layers)
+    pool = [
+        (layer, head)
+        for layer in range(low, high + 1)
+        for head in range(geometry.n_heads)
+        if (layer, head) not in {(h.layer, h.head) for h in heads}
+    ]
+    if len(pool) < len(heads):
+        raise InputError(f"Layers {low}-{high} hold too few other heads to draw {len(heads)}.")
+    picked = np.random.default_rng(seed).choice(len(pool), len(heads), replace=False)
+    return HeadSet(pool[int(i)] for i in picked)
+
+
+def wrong_color_positions(task: CircuitTask) -> Int[Tensor, "batch 2"]:
+    """Per row, the positions of the two listed colours that are not the answer.
+
+    For a Colored Objects task: its positions "C1", "C2", "C3" are the query's listed
+    colours and each row's family ("C2") names the asked one.
+
+    Raises:
+        InputError: the task has no listed-colour positions or families.
+    """
+    names = ("C1", "C2", "C3")
+    if not set(names) <= set(task.positions) or not set(task.families) <= set(names):
+        raise InputError(
+            f"The repair's positions need a Colored Objects task (positions C1-C3 and the"
+            f" asked colour per row), got task {task.name!r} with positions"
+            f" {sorted(task.positions)}."
+        )
+    listed = torch.stack([task.positions[name] for name in names], 1)  # [batch, 3]
+    keep = torch.tensor([[name != family for name in names] for family in task.families])
+    return listed[keep].reshape(len(task), 2)
+
+
+def _last_logits(
+    model: Model, task: CircuitTask, intervention: Callable[[int, int], Intervention], size: int
+) -> Float[Tensor, "batch vocab"]:
+    """Clean last-position logits, rows start..stop-1 under `intervention(start, stop)`.
+
+    Slices keep the batch's padded width, so the repair's positions stay where they were.
+    """
+    out = []
+    for start in range(0, len(task), size):
+        stop = min(start + size, len(task))
+        part = Encoding(task.clean.input_ids[start:stop], task.clean.attention_mask[start:stop])
+        with intervention(start, stop).applied(model):
+            out.append(last_logits(model, part, batch_size=size))
+    return torch.cat(out)
+
+
+def repair_effects(
+    model: Model, task: CircuitTask, repair: Repair, config: EffectsConfig | None = None
+) -> Effects:
+    """The repair's effect on the task's accuracy and logit difference, with intervals.
+
+    The baseline arm is `repair.identity()` (same heads, same explicit kernel, rows
+    unchanged), so only the edit shows. Accuracy is `circuits.metrics.accuracy` (the answer
+    above the other listed choices), the logit difference logit(answer) - logit(wrong).
+
+    Returns:
+        Effects: one EffectTable row per metric ("accuracy", "logit_difference") with
+        paired bootstrap intervals (`interp.effects.compare`), and per-item scores.
+
+    Raises:
+        InputError: the repair has not one row of positions per prompt.
+    """
+    config = config or EffectsConfig()
+    if repair.positions.shape[0] != len(task):
+        raise InputError(
+            f"The repair has positions for {repair.positions.shape[0]} prompts, the task"
+            f" {task.name!r} has {len(task)}."
+        )
+    size = config.batch_size
+    base = _last_logits(model, task, lambda a, b: repair.rows(a, b).identity(), size)
+    edited = _last_logits(model, task, repair.rows, size)
+    scores = {
+        name: (fn(base).float().numpy(), fn(edited).float().numpy())
+        for name, fn in (
+            ("accuracy", lambda logits: accuracy(logits, task)),
+            ("logit_difference", lambda logits: logit_difference(logits, task)),
+        )
+    }
+    rows = [{"task": task.name, **compare(b, a, name, config)} for name, (b, a) in scores.items()]
+    items = pd.DataFrame(
+        {
+            "task": task.name,
+            "item": np.arange(len(task)),
+            "prompt": task.prompts,
+            **{f"baseline_{name}": pair[0] for name, pair in scores.items()},
+            **{f"intervened_{name}": pair[1] for name, pair in scores.items()},
+        }
+    )
+    provenance = Provenance(
+        model=model.spec,
+        weights_hash=model.weights_hash,
+        analyzer=ANALYZER,
+        config={**config.to_dict(), "task": task.config, "intervention": repair.to_dict()},
+        inputs_hash=task.inputs_hash(),
+        n_inputs=len(task),
+    )
+    return Effects(EffectTable(pd.DataFrame(rows), provenance), ItemTable(items, provenance))
