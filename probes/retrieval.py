@@ -196,7 +196,8 @@ class _Argmaxes:
         self.batch_row: dict[int, int] = {}  # prompt index -> its row in the batch
 
     def __call__(self, step: Step) -> None:
-        stacked = torch.stack(self.hook.argmax, dim=1)  # type: ignore[arg-type]
+        device = step.padding.device  # layers may live on several devices
+        stacked = torch.stack([a.to(device) for a in self.hook.argmax], dim=1)  # type: ignore[union-attr]
         self.steps.append(stacked - step.padding[:, None, None])
         self.kept.append(step.kept)
         self.batch_row.update((prompt, row) for row, prompt in enumerate(step.rows))

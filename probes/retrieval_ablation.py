@@ -142,7 +142,8 @@ def row_masks(
         factors = torch.where(selected, 0.0, 1.0).to(model.device, model.hf.dtype)[..., None]
 
         def zero(layer: int, z: Tensor) -> Tensor:
-            return z * factors[layer][:, None]  # [row, 1, head, 1] over [row, pos, head, d]
+            # [row, 1, head, 1] over [row, pos, head, d], on the layer's device
+            return z * factors[layer].to(z.device)[:, None]
 
         return head_output_hooks(model.hf, zero, layers=layers)
     return attention_hooks(model.hf, _UniformRows(selected.to(model.device), layers))
@@ -152,7 +153,7 @@ class _UniformRows:
     """Per-row `uniform_attention`: chosen (row, head) pairs attend uniformly to visible keys."""
 
     def __init__(self, selected: Tensor, layers: list[int]) -> None:
-        self.selected = selected  # [layer, row, head] bool
+        self.selected = selected  # [layer, row, head] bool; rows x heads in the hook
         self.layers = set(layers)
 
     def wants(self, layer: int, n_queries: int) -> bool:
@@ -162,7 +163,7 @@ class _UniformRows:
         # AttentionEdit's arithmetic for uniform_rows: 1 on visible keys, renormalised.
         uniform = rows.visible[:, None].float()
         uniform = uniform / uniform.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-        chosen = self.selected[rows.layer][:, :, None, None]  # [row, head, 1, 1]
+        chosen = self.selected[rows.layer].to(rows.probs.device)[:, :, None, None]
         return torch.where(chosen, uniform, rows.probs)
 
 
