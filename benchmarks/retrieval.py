@@ -98,7 +98,7 @@ def grid(model: Any, args: argparse.Namespace) -> None:
     )
     t_single, _, single = measure(lambda: retrieval.run(model, tests, config, batch_size=1), device)
     prompts = [t.input_ids for t in tests]
-    decoding = retrieval.generation_config(config)
+    decoding = niah.decoding(config.max_new_tokens)
     t_driver, _, generations = measure(
         lambda: generate(model, prompts, decoding, batch_size=1), device
     )
@@ -157,7 +157,7 @@ def lengths_table(model: Any, args: argparse.Namespace) -> None:
     needle = niah.load_needles()[:1]
     haystack = niah.load_haystack()
     config = retrieval.RetrievalConfig(max_new_tokens=args.max_new_tokens)
-    decoding = retrieval.generation_config(config)
+    decoding = niah.decoding(config.max_new_tokens)
     memory = "CUDA max_memory_allocated" if device.type == "cuda" else "CPU peak RSS (sampled)"
     print(f"model {model.spec} on {device}; peak memory = {memory} growth during the call")
     print(

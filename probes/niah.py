@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from interp.errors import InputError, UnsupportedModelError
-from interp.generation import default_batch_size
+from interp.generation import GenerationConfig, default_batch_size
 from interp.models import Model
 from interp.prompts import data_path, read_jsonl, read_text
 
@@ -246,6 +246,11 @@ def _token_span(offsets: np.ndarray, begin: int, end: int) -> tuple[int, int]:
     if len(hit) == 0:
         raise InputError(f"No token covers characters {begin}..{end} of the prompt.")
     return int(hit[0]), int(hit[-1]) + 1
+
+
+def decoding(max_new_tokens: int) -> GenerationConfig:
+    """Wu et al.'s NIAH decoding: greedy, at most `max_new_tokens`, ending at a newline or EOS."""
+    return GenerationConfig(max_new_tokens=max_new_tokens, stop=("\n",))
 
 
 def batches(tests: Sequence[NeedleTest], batch_size: int) -> list[list[int]]:

@@ -38,12 +38,12 @@ from torch import Tensor
 
 from interp.config import Config, check_range
 from interp.errors import ConfigError, InputError
-from interp.generation import GenerationConfig, Step, generate
+from interp.generation import Step, generate
 from interp.heads import HeadSet
 from interp.hooks import AttentionRows, attention_hooks
 from interp.models import Model
 from interp.results import Bundle, HeadScores, ItemTable, Provenance, hash_inputs, head_frame
-from probes.niah import NeedleTest, batches, rouge1_recall, test_batch_size
+from probes.niah import NeedleTest, batches, decoding, rouge1_recall, test_batch_size
 
 ANALYZER = "retrieval"
 
@@ -181,11 +181,6 @@ class _ArgmaxHook:
         self.argmax[rows.layer] = rows.probs[:, :, -1].argmax(-1)
 
 
-def generation_config(config: RetrievalConfig) -> GenerationConfig:
-    """The paper's decoding: greedy, at most `max_new_tokens`, ending at a newline or EOS."""
-    return GenerationConfig(max_new_tokens=config.max_new_tokens, stop=("\n",))
-
-
 class _Argmaxes:
     """`on_step` callback: each row's argmax key positions at the steps that keep a token."""
 
@@ -222,7 +217,7 @@ def score_tests(
         generations = generate(
             model,
             [t.input_ids for t in tests],
-            generation_config(config),
+            decoding(config.max_new_tokens),
             on_step=argmaxes,
             batch_size=len(tests),
         )

@@ -46,7 +46,7 @@ from torch import Tensor
 from interp.config import Config, check_range
 from interp.effects import EffectsConfig, Metric, compare
 from interp.errors import ConfigError, InputError
-from interp.generation import GenerationConfig, decode, prefill
+from interp.generation import decode, prefill
 from interp.heads import Head, HeadSet
 from interp.hooks import AttentionRows, attention_hooks, head_output_hooks
 from interp.models import Model
@@ -57,6 +57,7 @@ from probes.niah import (
     answer_match,
     answer_match_scores,
     batches,
+    decoding,
     rouge1_recall,
     rouge1_recall_scores,
     test_batch_size,
@@ -195,7 +196,7 @@ def ablate_tests(
     heads (random draws differ per test). With `positions="decode"` the unmasked prompt
     cache is built once and every condition decodes from a copy of it.
     """
-    generation = GenerationConfig(max_new_tokens=config.max_new_tokens, stop=("\n",))
+    generation = decoding(config.max_new_tokens)
     prompts = [t.input_ids for t in tests]
     shared = prefill(model, prompts) if config.positions == "decode" else None
     rows: list[list[dict[str, object]]] = [[] for _ in tests]

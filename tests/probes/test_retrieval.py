@@ -233,7 +233,7 @@ def test_ablation_conditions_and_shared_cache(tiny) -> None:
     assert not any(h in labels for labels in randoms for h in ("L2H2", "L2H3"))
     # Every condition decodes a copy of the shared prompt cache: the unmasked response equals
     # fresh decoding.
-    fresh = generate(tiny, tests[0].input_ids, retrieval.generation_config(config))[0]
+    fresh = generate(tiny, tests[0].input_ids, niah.decoding(config.max_new_tokens))[0]
     assert rows.response.iloc[0] == fresh.text
     summary = result.summary.data
     assert set(summary.columns) >= {
