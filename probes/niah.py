@@ -276,7 +276,7 @@ def batches(tests: Sequence[NeedleTest], batch_size: int) -> list[list[int]]:
     return groups
 
 
-def test_batch_size(model: Model, tests: Sequence[NeedleTest], max_new_tokens: int) -> int:
+def batch_size_for(model: Model, tests: Sequence[NeedleTest], max_new_tokens: int) -> int:
     """The default tests per forward on `model`'s device, for the longest of `tests`."""
     longest = max((len(t.input_ids) for t in tests), default=1)
     return default_batch_size(model, longest + max_new_tokens)

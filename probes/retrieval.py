@@ -43,7 +43,7 @@ from interp.heads import HeadSet
 from interp.hooks import AttentionRows, attention_hooks
 from interp.models import Model
 from interp.results import Bundle, HeadScores, ItemTable, Provenance, hash_inputs, head_frame
-from probes.niah import NeedleTest, batches, decoding, rouge1_recall, test_batch_size
+from probes.niah import NeedleTest, batch_size_for, batches, decoding, rouge1_recall
 
 ANALYZER = "retrieval"
 
@@ -270,7 +270,7 @@ def run(
     config = config or RetrievalConfig()
     if not tests:
         raise InputError("No NIAH tests given: build some with probes.niah.build_tests.")
-    size = batch_size or test_batch_size(model, tests, config.max_new_tokens)
+    size = batch_size or batch_size_for(model, tests, config.max_new_tokens)
     rows: dict[int, dict[str, object]] = {}
     for group in batches(tests, size):
         scored = scored_rows(model, [tests[i] for i in group], config)

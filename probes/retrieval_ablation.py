@@ -56,11 +56,11 @@ from probes.niah import (
     NeedleTest,
     answer_match,
     answer_match_scores,
+    batch_size_for,
     batches,
     decoding,
     rouge1_recall,
     rouge1_recall_scores,
-    test_batch_size,
 )
 
 ANALYZER = "retrieval-ablation"
@@ -317,7 +317,7 @@ def run_ablation(
     if not tests:
         raise InputError("No NIAH tests given for the ablation.")
     grid = conditions(scores, config)
-    size = batch_size or test_batch_size(model, tests, config.max_new_tokens)
+    size = batch_size or batch_size_for(model, tests, config.max_new_tokens)
     per_test: dict[int, list[dict[str, object]]] = {}
     for group in batches(tests, size):
         done = ablate_tests(model, [tests[i] for i in group], grid, config)

@@ -175,7 +175,7 @@ def score_retrieval(
             tests,
             "retrieval",
             lambda group: [[row] for row in retrieval.scored_rows(loaded, group, config)],
-            batch_size or niah.test_batch_size(loaded, tests, max_new_tokens),
+            batch_size or niah.batch_size_for(loaded, tests, max_new_tokens),
         )
         geometry = loaded.geometry
         result = retrieval.aggregate(
@@ -280,7 +280,7 @@ def ablate_retrieval(
             tests,
             "ablation",
             lambda group: ablation.ablate_tests(loaded, group, conditions, config),
-            batch_size or niah.test_batch_size(loaded, tests, max_new_tokens),
+            batch_size or niah.batch_size_for(loaded, tests, max_new_tokens),
         )
         result = ablation.summarize(pd.DataFrame(rows), config, provenance, effects)
         record.wrote(result.save(folder))
