@@ -270,7 +270,7 @@ def run(
     config = config or RetrievalConfig()
     if not tests:
         raise InputError("No NIAH tests given: build some with probes.niah.build_tests.")
-    size = batch_size or batch_size_for(model, tests, config.max_new_tokens)
+    size = batch_size_for(model, tests, config.max_new_tokens) if batch_size is None else batch_size
     rows: dict[int, dict[str, object]] = {}
     for group in batches(tests, size):
         scored = scored_rows(model, [tests[i] for i in group], config)

@@ -317,7 +317,7 @@ def run_ablation(
     if not tests:
         raise InputError("No NIAH tests given for the ablation.")
     grid = conditions(scores, config)
-    size = batch_size or batch_size_for(model, tests, config.max_new_tokens)
+    size = batch_size_for(model, tests, config.max_new_tokens) if batch_size is None else batch_size
     per_test: dict[int, list[dict[str, object]]] = {}
     for group in batches(tests, size):
         done = ablate_tests(model, [tests[i] for i in group], grid, config)

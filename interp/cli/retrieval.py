@@ -122,6 +122,13 @@ def _never(test: Any) -> list[dict[str, Any]]:
     raise AssertionError(f"test {_key(test)} should have run")
 
 
+def _check_batch_size(batch_size: int | None) -> None:
+    from interp.errors import InputError
+
+    if batch_size is not None and batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}.")
+
+
 def _key(test: Any) -> tuple[Any, ...]:
     return tuple(test.key().values())
 
@@ -161,6 +168,7 @@ def score_retrieval(
             average=average,
             threshold=threshold,  # type: ignore[arg-type]
         )
+        _check_batch_size(batch_size)
         folder = result_folder(out, "retrieval", model, record)
         loaded = load_model_or_fail(model, device)
         grid = config.grid_lengths(loaded)
@@ -168,6 +176,7 @@ def score_retrieval(
             loaded, record, needles, "scoring.jsonl", haystack, grid, depths, max_new_tokens
         )
         provenance = retrieval.retrieval_provenance(loaded, tests, config)
+        size = batch_size or niah.batch_size_for(loaded, tests, max_new_tokens)
         rows = _run_logged(
             folder,
             record,
@@ -175,7 +184,7 @@ def score_retrieval(
             tests,
             "retrieval",
             lambda group: [[row] for row in retrieval.scored_rows(loaded, group, config)],
-            batch_size or niah.batch_size_for(loaded, tests, max_new_tokens),
+            size,
         )
         geometry = loaded.geometry
         result = retrieval.aggregate(
@@ -265,6 +274,7 @@ def ablate_retrieval(
                 " scores.parquet of `interp score retrieval`."
             )
         record.inputs([scores])
+        _check_batch_size(batch_size)
         folder = result_folder(out, "ablation", model, record)
         loaded = load_model_or_fail(model, device)
         grid = _ints(lengths, minimum=1) or ()
@@ -273,6 +283,7 @@ def ablate_retrieval(
         )
         provenance = ablation.ablation_provenance(loaded, tests, head_scores, config, effects)
         conditions = ablation.conditions(head_scores, config)
+        size = batch_size or niah.batch_size_for(loaded, tests, max_new_tokens)
         rows = _run_logged(
             folder,
             record,
@@ -280,7 +291,7 @@ def ablate_retrieval(
             tests,
             "ablation",
             lambda group: ablation.ablate_tests(loaded, group, conditions, config),
-            batch_size or niah.batch_size_for(loaded, tests, max_new_tokens),
+            size,
         )
         result = ablation.summarize(pd.DataFrame(rows), config, provenance, effects)
         record.wrote(result.save(folder))
