@@ -105,6 +105,7 @@ def commands(f: dict[str, Path]) -> dict[str, tuple[list[str], dict[str, object]
                 "--span": "choice",
                 "--average": "choice",
                 "--threshold": "probability",
+                "--batch-size": "count",
             },
         ),
         "ablate retrieval": (
@@ -129,6 +130,7 @@ def commands(f: dict[str, Path]) -> dict[str, tuple[list[str], dict[str, object]
                 "--n-boot": "count",
                 "--interval": "choice",
                 "--seed": "non_negative",
+                "--batch-size": "count",
             },
         ),
         "effect act": (
