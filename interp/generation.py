@@ -1,0 +1,417 @@
+"""The one generation driver: batched greedy or seeded sampling with the KV cache.
+
+`generate(model, prompts, config)` decodes a list of prompts (texts, optionally through the
+tokenizer's chat template, or token ids) in left-padded batches of similar length and
+returns one `Generation` per prompt, in the given order: the prompt ids, the response ids
+(the prompt/response boundary is `len(prompt_ids)`), the decoded text and why it stopped.
+
+How a batch runs: the prompts minus their last token are prefilled in one forward with
+the model's own (fused) kernel; the last prompt token and every generated token then run
+as decode steps of one query row per batch row, so attention hooks (`interp.hooks`) see
+each token that produces a response token as a single-row step, the first one included.
+A batch without padding passes neither mask nor position ids (exactly the forward of an
+unbatched prompt); a padded batch passes its attention mask and per-row positions.
+
+Stopping is per row: a row finishes at the end-of-sequence token (not kept in its
+response), when its decoded response contains a stop string (the response keeps the token
+that completed it, so `text` is exactly the decoded `response_ids`), or after
+`max_new_tokens`. A finished row stops growing; it is fed padding until its batch ends.
+A prompt that does not fit the context with its budget is a one-line error (nothing is
+truncated).
+
+Sampling (temperature > 0) draws each prompt's tokens from its own random stream, seeded by
+(config.seed, prompt index), by inverse-CDF sampling over the top-p nucleus, so a prompt's
+sample does not depend on which prompts share its batch.
+
+Memory: the KV cache of one batch, [layer, batch, kv_head, pos, d_head] keys and values,
+plus one step's logits [batch, vocab]; the prefill keeps only the last position's logits.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+from transformers import DynamicCache
+
+from interp.config import Config, check_range
+from interp.encoding import Encoding
+from interp.errors import ConfigError, InputError
+from interp.models import Model
+
+__all__ = [
+    "Generation",
+    "GenerationConfig",
+    "Prefilled",
+    "Step",
+    "decode",
+    "default_batch_size",
+    "encode_prompts",
+    "generate",
+    "prefill",
+]
+
+FinishReason = Literal["eos", "stop", "length"]
+Prompt = str | Sequence[int] | Tensor
+# Tokens per batch (prompt plus budget, summed over rows) that `default_batch_size` aims
+# for on CPU, where larger batches stop paying once the matrix products are compute-bound.
+_CPU_BATCH_TOKENS = 8192
+_MAX_BATCH = 64
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationConfig(Config):
+    """How to decode.
+
+    Attributes:
+        max_new_tokens: generation budget per prompt.
+        temperature: 0 decodes greedily (argmax, first index on ties); > 0 samples.
+        top_p: nucleus mass kept when sampling (1.0 keeps every token).
+        seed: seed of the sampling streams (one per prompt index).
+        stop: strings that end a row once its decoded response contains one.
+        stop_at_eos: end a row at the model's end-of-sequence token(s).
+    """
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+    stop_at_eos: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self, "max_new_tokens", 1)
+        check_range(self, "temperature", 0.0)
+        check_range(self, "top_p", 0.0, 1.0, strict_low=True)
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ConfigError(f"GenerationConfig.stop must be non-empty strings, got {self.stop}.")
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One prompt's generation.
+
+    Attributes:
+        prompt_ids: [pos] the prompt as the model saw it (after any chat template).
+        response_ids: [new] the generated tokens (an ending EOS is not included).
+        text: `response_ids` decoded, special tokens skipped.
+        finish_reason: "eos", "stop" (a stop string) or "length" (the budget ran out).
+    """
+
+    prompt_ids: Int[Tensor, " pos"]
+    response_ids: Int[Tensor, " new"]
+    text: str
+    finish_reason: FinishReason
+
+    @property
+    def boundary(self) -> int:
+        """Index of the first response token in `token_ids`."""
+        return len(self.prompt_ids)
+
+    @property
+    def token_ids(self) -> Int[Tensor, " total"]:
+        """Prompt then response: the sequence whose positions hooks report."""
+        return torch.cat([self.prompt_ids, self.response_ids])
+
+
+@dataclass(frozen=True)
+class Step:
+    """One decode step of one batch, as `on_step` sees it (after the step's forward).
+
+    Attributes:
+        index: 0 for the step that produced each row's first response token.
+        rows: the prompt index (in `generate`'s list) of every batch row, in batch order:
+            attention hooks see the batch's rows in this order in every forward.
+        tokens: [batch] the token each row chose (padding for rows finished earlier).
+        kept: [batch] True where the token joins the row's response (False for finished
+            rows and for an EOS that ends a row).
+        logits: [batch, vocab] the logits the tokens were chosen from.
+        padding: [batch] left padding of each row: key index k of a row's attention is
+            position k - padding[row] of its prompt-then-response sequence.
+    """
+
+    index: int
+    rows: tuple[int, ...]
+    tokens: Int[Tensor, " batch"]
+    kept: Bool[Tensor, " batch"]
+    logits: Float[Tensor, "batch vocab"]
+    padding: Int[Tensor, " batch"]
+
+
+@dataclass
+class Prefilled:
+    """A batch after its prefill: what `decode` continues from.
+
+    Attributes:
+        batch: the left-padded prompts.
+        rows: the prompt index of each batch row.
+        cache: the KV cache of every prompt minus its last token.
+    """
+
+    batch: Encoding
+    rows: tuple[int, ...]
+    cache: DynamicCache
+
+    def copy(self) -> Prefilled:
+        """An independent copy (decoding grows the cache in place)."""
+        return Prefilled(self.batch, self.rows, copy.deepcopy(self.cache))
+
+
+def encode_prompts(
+    model: Model, prompts: Prompt | Sequence[Prompt], *, chat: bool = False
+) -> list[Tensor]:
+    """Each prompt as [pos] token ids (texts tokenized, through the chat template if `chat`).
+
+    Raises:
+        InputError: an empty prompt, token ids with `chat`, a model without a chat
+            template with `chat`, or a batch tensor instead of rows.
+    """
+    if isinstance(prompts, str | Tensor) or (
+        isinstance(prompts, Sequence) and prompts and isinstance(prompts[0], int)
+    ):
+        prompts = [prompts]  # type: ignore[list-item]
+    if not prompts:
+        raise InputError("No prompts given: pass a text, token ids, or a list of them.")
+    if chat and not getattr(model.tokenizer, "chat_template", None):
+        raise InputError(f"{model.spec}'s tokenizer has no chat template; use chat=False.")
+    out = []
+    for index, prompt in enumerate(prompts):  # type: ignore[arg-type]
+        if isinstance(prompt, str):
+            if chat:
+                messages = [{"role": "user", "content": prompt}]
+                text = model.tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=True
+                )
+                ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+            else:
+                ids = model.tokenizer(prompt)["input_ids"]
+            out.append(torch.tensor(ids, dtype=torch.long))
+            continue
+        if chat:
+            raise InputError(f"Prompt {index} is token ids; chat=True takes texts.")
+        ids = torch.as_tensor(prompt, dtype=torch.long)
+        if ids.ndim != 1:
+            raise InputError(
+                f"Prompt {index} has shape {tuple(ids.shape)}; pass each prompt as [pos] ids"
+                " (a list of rows, e.g. [encoding.ids(i) for i in ...])."
+            )
+        out.append(ids.cpu())
+    return out
+
+
+def default_batch_size(model: Model, n_tokens: int) -> int:
+    """How many prompts of `n_tokens` (prompt plus budget) to decode at once on the device.
+
+    CPU: about 8k tokens per batch. CUDA: a quarter of the free memory over a row's KV
+    cache with room for its activations (four times the cache). At most 64.
+    """
+    n_tokens = max(1, n_tokens)
+    device = model.device
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        g = model.geometry
+        element = torch.finfo(model.hf.dtype).bits // 8
+        per_row = 2 * g.n_layers * g.n_kv_heads * g.d_head * element * n_tokens * 4
+        return int(min(_MAX_BATCH, max(1, free // 4 // per_row)))
+    return int(min(_MAX_BATCH, max(1, _CPU_BATCH_TOKENS // n_tokens)))
+
+
+@torch.no_grad()
+def prefill(
+    model: Model, prompts: Sequence[Tensor], rows: Sequence[int] | None = None
+) -> Prefilled:
+    """Left-pad `prompts` ([pos] ids each) into one batch and cache all but their last token.
+
+    Args:
+        model: the model (hooks and interventions active around this call apply).
+        prompts: the batch's prompts.
+        rows: the prompt index of each (default 0..n-1), reported in every `Step`.
+    """
+    pad = model.tokenizer.pad_token_id
+    batch = Encoding.left_padded(
+        [p.tolist() for p in prompts], 0 if pad is None else pad, model.device
+    )
+    cache = DynamicCache(config=model.hf.config)
+    if batch.input_ids.shape[1] > 1:
+        # logits_to_keep=1: the prefill's logits are unused; all positions' would be
+        # [batch, pos, vocab] floats (1.5 GB per row at 8k tokens for a 49k vocabulary).
+        model.hf(
+            batch.input_ids[:, :-1],
+            **_padding_kwargs(batch, slice(None, -1)),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    return Prefilled(batch, tuple(range(len(prompts)) if rows is None else rows), cache)
+
+
+def _padding_kwargs(batch: Encoding, columns: slice) -> dict[str, Tensor]:
+    """Mask and positions for a padded batch; none for an unpadded one (the plain forward)."""
+    if bool(batch.attention_mask.all()):
+        return {}
+    return {
+        "attention_mask": batch.attention_mask[:, columns],
+        "position_ids": batch.position_ids[:, columns],
+    }
+
+
+@torch.no_grad()
+def decode(
+    model: Model,
+    prefilled: Prefilled,
+    config: GenerationConfig,
+    on_step: Callable[[Step], None] | None = None,
+) -> list[Generation]:
+    """Decode a prefilled batch to the end of its last row; grows `prefilled.cache`.
+
+    Returns one Generation per batch row, in batch order.
+    """
+    batch, cache = prefilled.batch, prefilled.cache
+    n_rows, width = batch.input_ids.shape
+    device = batch.input_ids.device
+    eos = _eos_ids(model) if config.stop_at_eos else set()
+    pad = model.tokenizer.pad_token_id or 0
+    lengths = batch.lengths
+    padding = torch.tensor([width - n for n in lengths], device=device)
+    padded = bool((padding > 0).any())
+    streams = [np.random.default_rng([config.seed, row]) for row in prefilled.rows]
+    longest_stop = max((len(s) for s in config.stop), default=0)
+    responses: list[list[int]] = [[] for _ in range(n_rows)]
+    reasons: list[FinishReason | None] = [None] * n_rows
+    current = batch.input_ids[:, -1:]
+    mask = batch.attention_mask
+    positions = torch.tensor(lengths, device=device)[:, None] - 1
+    for index in range(config.max_new_tokens):
+        extra = {"attention_mask": mask, "position_ids": positions} if padded else {}
+        logits = model.hf(current, **extra, past_key_values=cache, use_cache=True).logits[:, -1]
+        tokens = _choose(logits, config, streams)
+        chosen = tokens.tolist()  # the one host sync per step
+        kept = []
+        for row, token in enumerate(chosen):
+            keep = reasons[row] is None and token not in eos
+            kept.append(keep)
+            if reasons[row] is not None:
+                continue
+            if not keep:
+                reasons[row] = "eos"
+                continue
+            responses[row].append(token)
+            if longest_stop and _stopped(model, responses[row], config.stop, longest_stop):
+                reasons[row] = "stop"
+            elif len(responses[row]) == config.max_new_tokens:
+                reasons[row] = "length"
+        if on_step is not None:
+            keep_mask = torch.tensor(kept, device=device)
+            on_step(Step(index, prefilled.rows, tokens, keep_mask, logits, padding))
+        if all(r is not None for r in reasons):
+            break
+        done = torch.tensor([r is not None for r in reasons], device=device)
+        current = torch.where(done, pad, tokens)[:, None]
+        if padded:
+            mask = torch.cat([mask, mask.new_ones(n_rows, 1)], dim=1)
+            positions = positions + 1
+    return [
+        Generation(
+            prompt_ids=batch.ids(row).cpu(),
+            response_ids=torch.tensor(responses[row], dtype=torch.long),
+            text=model.tokenizer.decode(responses[row], skip_special_tokens=True),
+            finish_reason=reasons[row] or "length",
+        )
+        for row in range(n_rows)
+    ]
+
+
+def generate(
+    model: Model,
+    prompts: Prompt | Sequence[Prompt],
+    config: GenerationConfig,
+    *,
+    chat: bool = False,
+    on_step: Callable[[Step], None] | None = None,
+    batch_size: int | None = None,
+) -> list[Generation]:
+    """Generate a response to every prompt, in left-padded batches of similar length.
+
+    Args:
+        model: a loaded model; hooks and interventions active around the call apply to
+            every forward (prefill and decode steps).
+        prompts: a text, [pos] token ids, or a list of either.
+        config: budget, sampling and stopping.
+        chat: wrap each text as a user message in the tokenizer's chat template.
+        on_step: called after every decode step of every batch (see `Step`).
+        batch_size: prompts per batch (default: `default_batch_size` for the longest).
+
+    Returns:
+        One Generation per prompt, in the order given.
+
+    Raises:
+        InputError: a prompt is empty or, with the budget, longer than the context.
+
+    Example:
+        >>> from tests.tiny import tiny_llama
+        >>> model = tiny_llama()
+        >>> out = generate(model, ["abc", "hello"], GenerationConfig(max_new_tokens=4))
+        >>> [len(g.response_ids) for g in out], out[0].finish_reason
+        ([4, 4], 'length')
+    """
+    ids = encode_prompts(model, prompts, chat=chat)
+    for index, row in enumerate(ids):
+        what = "prompt" if len(ids) == 1 else f"prompt {index}"
+        model.check_length(len(row), what=what)
+        model.check_length(len(row) + config.max_new_tokens, what=f"{what} plus max_new_tokens")
+    if batch_size is None:
+        batch_size = default_batch_size(model, max(map(len, ids)) + config.max_new_tokens)
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}.")
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together
+    results: dict[int, Generation] = {}
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        prefilled = prefill(model, [ids[i] for i in rows], rows)
+        results.update(zip(rows, decode(model, prefilled, config, on_step), strict=True))
+    return [results[i] for i in range(len(ids))]
+
+
+def _eos_ids(model: Model) -> set[int]:
+    value = model.hf.generation_config.eos_token_id
+    if value is None:
+        value = model.tokenizer.eos_token_id
+    return set() if value is None else {value} if isinstance(value, int) else set(value)
+
+
+def _stopped(model: Model, response: list[int], stop: tuple[str, ...], longest: int) -> bool:
+    """Whether the response's end holds a stop string (earlier text was checked before).
+
+    Decodes only the last `longest + 8` tokens: every token adds at least one character
+    except the few that decode to nothing, so that tail covers any newly completed string.
+    """
+    tail = model.tokenizer.decode(response[-(longest + 8) :])
+    return any(s in tail for s in stop)
+
+
+def _choose(
+    logits: Float[Tensor, "batch vocab"],
+    config: GenerationConfig,
+    streams: list[np.random.Generator],
+) -> Int[Tensor, " batch"]:
+    """Greedy argmax, or one inverse-CDF draw per row from its top-p nucleus."""
+    if config.temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / config.temperature, dim=-1)
+    sorted_probs, order = probs.sort(-1, descending=True)
+    # Keep the smallest prefix whose mass reaches top_p (the first token always).
+    inside = (sorted_probs.cumsum(-1) - sorted_probs) < config.top_p
+    nucleus = sorted_probs * inside
+    cumulative = nucleus.cumsum(-1)
+    draws = torch.tensor([s.random() for s in streams], device=logits.device)
+    target = draws[:, None] * cumulative[:, -1:]
+    index = (cumulative <= target).sum(-1, keepdim=True)
+    index = torch.minimum(index, inside.sum(-1, keepdim=True) - 1)
+    return order.gather(-1, index)[:, 0]
