@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from interp.errors import InputError
+from interp.generation import GenerationConfig, Step, encode_prompts, generate
 from interp.models import Model
 from interp.prompts import data_path, read_jsonl
 
@@ -92,20 +93,8 @@ def load_problems(path: str | Path | None = None) -> list[Problem]:
 
 
 def prompt_ids(model: Model, text: str, *, chat: bool) -> list[int]:
-    """Token ids of a prompt: through the model's chat template (with the assistant turn
-    opened) when `chat`, else the tokenizer's plain encoding."""
-    tokenizer = model.tokenizer
-    if chat:
-        if not getattr(tokenizer, "chat_template", None):
-            raise InputError(
-                f"{model.spec}'s tokenizer has no chat template; use chat=False (--no-chat)."
-            )
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-        )
-        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-        return [int(i) for i in ids]
-    return [int(i) for i in tokenizer(text)["input_ids"]]
+    """Token ids of a prompt, as the generation driver encodes it (chat template if `chat`)."""
+    return encode_prompts(model, text, chat=chat)[0].tolist()
 
 
 def problem_prompt(problem: Problem) -> str:
@@ -115,40 +104,36 @@ def problem_prompt(problem: Problem) -> str:
 def generate_traces(
     model: Model,
     problems: Sequence[Problem],
-    config: Any,
+    config: GenerationConfig,
     *,
     chat: bool = True,
-    batch_size: int = 8,
-    progress: Callable[[int, int], None] | None = None,
+    batch_size: int | None = None,
+    on_step: Callable[[Step], None] | None = None,
 ) -> list[Trace]:
     """Answer each problem with the generation driver; one trace per problem.
+
+    One driver call for all problems, so a problem's sample depends only on the seed and
+    its index (not on the batch size).
 
     Args:
         model: the model that reasons.
         problems: the problems (`load_problems()`).
-        config: an `interp.generation.GenerationConfig` (seed, temperature, budget).
+        config: budget, seed and temperature (greedy at 0).
         chat: wrap the prompt in the model's chat template.
-        batch_size: prompts per generation batch.
-        progress: called with (done, total) after each batch.
+        batch_size: prompts per generation batch (default: the driver's).
+        on_step: called after every decode step (`interp.generation.Step`), for progress.
 
     Raises:
         InputError: a problem got an empty response.
     """
-    from interp.generation import generate
-
-    traces: list[Trace] = []
-    for start in range(0, len(problems), batch_size):
-        chunk = problems[start : start + batch_size]
-        prompts = [problem_prompt(p) for p in chunk]
-        outputs = generate(model, prompts, config, chat=chat, batch_size=batch_size)
-        for problem, output in zip(chunk, outputs, strict=True):
-            response = [int(i) for i in output.response_ids.tolist()]
-            if not response:
-                raise InputError(f"The model gave an empty response to problem {problem.id}.")
-            prompt = [int(i) for i in output.prompt_ids.tolist()]
-            traces.append(Trace(problem.id, tuple(prompt + response), len(prompt)))
-        if progress is not None:
-            progress(len(traces), len(problems))
+    prompts = [problem_prompt(p) for p in problems]
+    outputs = generate(model, prompts, config, chat=chat, batch_size=batch_size, on_step=on_step)
+    traces = []
+    for problem, output in zip(problems, outputs, strict=True):
+        if not len(output.response_ids):
+            raise InputError(f"The model gave an empty response to problem {problem.id}.")
+        ids = tuple(int(i) for i in output.token_ids.tolist())
+        traces.append(Trace(problem.id, ids, output.boundary))
     return traces
 
 
