@@ -13,10 +13,12 @@ same pool (tokens with a defined FAI), over `n_seeds` draws. Per trace it measur
   (`continuation` tokens) of the trace cut at `cut` of its response, with and without
   the block (keys before the cut only; the random arm draws as many from before the cut).
 
-The unedited arm is the edit's `identity()` (same heads and kernels), so only the block
+The unedited arm runs in the same batch through the same edit with nothing blocked (what
+the edit's `identity()` computes: same heads, kernels and renormalisation), so only the block
 shows. `summarize` pairs the per-trace values through `interp.effects.compare`: each arm
 against no block, and anchors against random (random = the mean over seeds). Cost per trace:
-(2 + n_seeds) forwards and greedy continuations, explicit attention in the band's layers.
+one forward and one greedy continuation of a batch of 2 + n_seeds identical rows, explicit
+attention in the band's layers.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from torch import Tensor
 
 from interp.config import Config, check_range
 from interp.effects import EffectsConfig, compare
+from interp.errors import InputError
 from interp.generation import GenerationConfig, generate
 from interp.heads import HeadSet
 from interp.hooks import AttentionRows
@@ -43,24 +46,33 @@ from probes.anchor_traces import Trace
 
 @dataclass(frozen=True)
 class BlockKeys:
-    """Edit function: zero each query's attention to the listed keys before it (positions
-    on the key axis of a batch of one)."""
+    """Edit function: zero each query's attention to its row's listed keys before it.
 
-    keys: tuple[int, ...]
+    `keys[b]` are positions on the key axis of batch row b (a row with none is unedited).
+    """
+
+    keys: tuple[tuple[int, ...], ...]
 
     def __call__(self, rows: AttentionRows, index: Tensor) -> Tensor:
         probs = rows.probs[:, index]
-        n_keys = probs.shape[-1]
-        blocked = torch.zeros(n_keys, dtype=torch.bool, device=probs.device)
-        keys = torch.tensor([k for k in self.keys if k < n_keys], dtype=torch.long)
-        blocked[keys.to(probs.device)] = True
+        batch, n_keys = probs.shape[0], probs.shape[-1]
+        if batch != len(self.keys):
+            raise InputError(
+                f"BlockKeys lists keys for {len(self.keys)} rows; the batch has {batch}."
+            )
+        blocked = torch.zeros(batch, n_keys, dtype=torch.bool)
+        for row, keys in enumerate(self.keys):
+            blocked[row, [k for k in keys if k < n_keys]] = True
         later = rows.query_positions[:, None] > torch.arange(n_keys, device=probs.device)
-        return probs.masked_fill((later & blocked)[None, None], 0.0)
+        hidden = later[None] & blocked.to(probs.device)[:, None]  # [batch, query, key]
+        return probs.masked_fill(hidden[:, None], 0.0)
 
 
-def block_keys(heads: HeadSet, keys: Sequence[int]) -> AttentionEdit:
-    """The AttentionEdit that blocks later tokens' attention to `keys` in `heads`."""
-    return AttentionEdit(heads, BlockKeys(tuple(sorted(int(k) for k in keys))))
+def block_keys(heads: HeadSet, keys: Sequence[Sequence[int]]) -> AttentionEdit:
+    """The AttentionEdit that blocks later tokens' attention to `keys[b]` in batch row b."""
+    return AttentionEdit(
+        heads, BlockKeys(tuple(tuple(sorted(int(k) for k in row)) for row in keys))
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,15 +106,18 @@ class CausalResult(Bundle):
 
 
 def _logprobs(model: Model, ids: Tensor, edit: AttentionEdit) -> np.ndarray:
+    """[row, pos - 1] log p(token i + 1) of each row of the batch `ids` under `edit`."""
     with torch.no_grad(), edit.applied(model):
-        logits = model.hf(ids[None], use_cache=False).logits[0, :-1].float()
-    return torch.log_softmax(logits, -1).gather(-1, ids[1:, None])[:, 0].double().cpu().numpy()
+        logits = model.hf(ids, use_cache=False).logits[:, :-1].float()
+    logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
+    return logp.double().cpu().numpy()
 
 
-def _continuation(model: Model, context: Tensor, edit: AttentionEdit, n: int) -> set[int]:
+def _continuations(model: Model, context: Tensor, edit: AttentionEdit, n: int) -> list[set[int]]:
+    rows = len(edit.fn.keys)  # type: ignore[attr-defined]
     with torch.no_grad(), edit.applied(model):
-        out = generate(model, [context], GenerationConfig(max_new_tokens=n), batch_size=1)
-    return set(out[0].response_ids.tolist())
+        out = generate(model, [context] * rows, GenerationConfig(max_new_tokens=n), batch_size=rows)
+    return [set(g.response_ids.tolist()) for g in out]
 
 
 def _jaccard(a: set[int], b: set[int]) -> float:
@@ -114,6 +129,9 @@ def trace_effects(
 ) -> list[dict[str, object]]:
     """Per arm (anchors, and random per seed) of one trace: logprob_change and jaccard.
 
+    All arms and the unedited row run as one batch of identical sequences, the unedited
+    row through the same edit with nothing blocked (what `identity()` computes).
+
     Args:
         tokens: the trace's rows of the per-token table (`probes.anchors`).
         heads: the global heads.
@@ -121,30 +139,24 @@ def trace_effects(
     anchors = tokens.position[tokens.is_anchor].to_numpy()
     if not len(anchors):
         return []
-    ids = torch.tensor(trace.ids, device=model.device)
     cut = trace.n_prompt + max(1, int(config.cut * trace.n_response))
     pool = tokens.position[np.isfinite(tokens.fai)].to_numpy()
+    early = pool[pool < cut]
+    n_early = min(len(early), int((anchors < cut).sum()))
     arms = [("anchors", -1, anchors, anchors[anchors < cut])]
     for seed in range(config.seed, config.seed + config.n_seeds):
         rng = np.random.default_rng([seed, len(trace.ids)])
-        early = pool[pool < cut]
-        n_early = min(len(early), int((anchors < cut).sum()))
-        arms.append(
-            (
-                "random",
-                seed,
-                rng.choice(pool, len(anchors), replace=False),
-                rng.choice(early, n_early, replace=False),
-            )
-        )
-    identity = block_keys(heads, ()).identity()
-    base_logprob = _logprobs(model, ids, identity)
-    base_text = _continuation(model, ids[:cut], identity, config.continuation)
+        keys = rng.choice(pool, len(anchors), replace=False)
+        arms.append(("random", seed, keys, rng.choice(early, n_early, replace=False)))
+    batch = len(arms) + 1
+    ids = torch.tensor([trace.ids] * batch, device=model.device)
+    logprob = _logprobs(model, ids, block_keys(heads, [(), *(a[2] for a in arms)]))
+    texts = _continuations(
+        model, ids[0, :cut], block_keys(heads, [(), *(a[3] for a in arms)]), config.continuation
+    )
     rows = []
-    for arm, seed, keys, early_keys in arms:
+    for row, (arm, seed, keys, _) in enumerate(arms, start=1):
         later = np.arange(1, len(trace.ids)) > keys.min()  # logprob index i is token i + 1
-        edited = _logprobs(model, ids, block_keys(heads, keys))
-        text = _continuation(model, ids[:cut], block_keys(heads, early_keys), config.continuation)
         rows.append(
             {
                 "trace": trace.name,
@@ -152,10 +164,10 @@ def trace_effects(
                 "seed": seed,
                 "n_blocked": len(keys),
                 "n_later": int(later.sum()),
-                "baseline_logprob": float(base_logprob[later].mean()),
-                "blocked_logprob": float(edited[later].mean()),
-                "logprob_change": float((edited - base_logprob)[later].mean()),
-                "jaccard": _jaccard(base_text, text),
+                "baseline_logprob": float(logprob[0, later].mean()),
+                "blocked_logprob": float(logprob[row, later].mean()),
+                "logprob_change": float((logprob[row] - logprob[0])[later].mean()),
+                "jaccard": _jaccard(texts[0], texts[row]),
             }
         )
     return rows

@@ -68,8 +68,8 @@ def test_shipped_problems_and_generated_traces(tiny) -> None:
 
 
 def test_block_keys_zeroes_later_attention_and_keeps_rows_distributions(tiny) -> None:
-    ids = torch.arange(3, 23)[None]
-    edit = causal.block_keys(anchors.HeadSet(["L1H0", "L1H3"]), [4, 9])
+    ids = torch.arange(3, 23)[None].repeat(2, 1)
+    edit = causal.block_keys(anchors.HeadSet(["L1H0", "L1H3"]), [[4, 9], []])
     seen = []
 
     class Spy:
@@ -81,10 +81,14 @@ def test_block_keys_zeroes_later_attention_and_keeps_rows_distributions(tiny) ->
 
     with edit.applied(tiny), attention_hooks(tiny.hf, Spy()), torch.no_grad():
         tiny.hf(ids)
-    probs = torch.cat(seen, dim=2)[0]  # [head, query, key]
+    probs, free = torch.cat(seen, dim=2)  # [head, query, key] of each row
     assert probs[[0, 3]][:, 5:, 4].abs().max() == 0 and probs[[0, 3]][:, 10:, 9].abs().max() == 0
-    assert probs[1, 5:, 4].min() > 0  # other heads untouched
+    assert probs[1, 5:, 4].min() > 0 and free[[0, 3]][:, 5:, 4].min() > 0  # others untouched
     torch.testing.assert_close(probs.sum(-1), torch.ones(4, 20), atol=1e-5, rtol=0)
+    with edit.identity().applied(tiny), attention_hooks(tiny.hf, Spy()), torch.no_grad():
+        seen.clear()
+        tiny.hf(ids)
+    assert torch.equal(torch.cat(seen, dim=2)[1], free)  # a row with nothing blocked
 
 
 def test_causal_check_runs_and_identity_rows_are_exact(tiny) -> None:
