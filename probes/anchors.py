@@ -50,6 +50,7 @@ from interp.results import Bundle, HeadScores, Provenance, TokenScores, hash_inp
 from probes.anchor_traces import Trace
 
 ANALYZER = "anchors"
+_ENTROPY_ROWS = 256  # positions per chunk of the entropy computation
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -303,15 +304,15 @@ def token_rows(
 
 def _entropy_logprob(logits: Tensor, ids: Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Per position p: entropy of the distribution token p was drawn from (row p − 1) and
-    log p(token p); NaN at p = 0."""
-    logp = torch.log_softmax(logits[:-1].float(), dim=-1)
-    entropy = -(logp.exp() * logp).sum(-1)
-    chosen = logp.gather(-1, ids[1:, None])[:, 0]
-    nan = torch.full((1,), float("nan"), device=logits.device)
-    return (
-        torch.cat([nan, entropy]).double().cpu().numpy(),
-        torch.cat([nan, chosen]).double().cpu().numpy(),
-    )
+    log p(token p); NaN at p = 0. In chunks of rows, so the temporaries stay small next to
+    the logits the forward already holds."""
+    entropy, chosen = [torch.full((1,), float("nan"))], [torch.full((1,), float("nan"))]
+    for start in range(0, len(ids) - 1, _ENTROPY_ROWS):
+        stop = min(start + _ENTROPY_ROWS, len(ids) - 1)
+        logp = torch.log_softmax(logits[start:stop].float(), dim=-1)
+        entropy.append(-(logp.exp() * logp).sum(-1).cpu())
+        chosen.append(logp.gather(-1, ids[start + 1 : stop + 1, None])[:, 0].cpu())
+    return torch.cat(entropy).double().numpy(), torch.cat(chosen).double().numpy()
 
 
 def _trace_rows(

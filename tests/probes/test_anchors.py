@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from interp.errors import ConfigError
 from interp.models import Model
@@ -55,6 +56,13 @@ def _check_against_reference(model: Model, traces: list[Trace], config) -> None:
         assert np.isnan(rows.delta_waad.iloc[-1])
         assert rows.is_preplan.sum() == anchors.top_count(len(delta), config.q)
         assert rows.is_anchor.sum() == anchors.top_count(int(np.isfinite(fai).sum()), config.q)
+        with torch.no_grad():
+            logp = torch.log_softmax(model.hf(torch.tensor([t.ids])).logits[0], -1).double()
+        before = np.array(response) - 1  # token p was drawn from row p - 1
+        entropy = -(logp.exp() * logp).sum(-1).numpy()[before]
+        chosen_logp = logp[before, torch.tensor(t.ids)[response]].numpy()
+        np.testing.assert_allclose(rows.entropy.to_numpy(), entropy, rtol=0, atol=TOL)
+        np.testing.assert_allclose(rows.logprob.to_numpy(), chosen_logp, rtol=0, atol=TOL)
         chosen = rows.delta_waad[rows.is_preplan]
         assert chosen.min() >= rows.delta_waad[~rows.is_preplan].max()
 
