@@ -107,6 +107,7 @@ def score_anchors(
 
         from interp.cli.retrieval import _ints
         from interp.effects import EffectsConfig
+        from interp.errors import InputError
         from interp.figures import head_heatmap
         from interp.generation import GenerationConfig
         from interp.prompts import data_path
@@ -133,11 +134,14 @@ def score_anchors(
         generation = GenerationConfig(
             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
         )
+        shipped = load_problems()
+        if not 1 <= problems <= len(shipped):
+            raise InputError(f"--problems must lie in 1..{len(shipped)}, got {problems}.")
         folder = result_folder(out, "anchors", model, record)
         loaded = load_model_or_fail(model, device)
         source = traces or data_path("problems", "problems.jsonl")
         record.inputs([source])
-        chosen = [] if traces else load_problems()[: max(problems, 1)]
+        chosen = [] if traces else shipped[:problems]
         identity = Provenance(
             model=loaded.spec,
             weights_hash=loaded.weights_hash,

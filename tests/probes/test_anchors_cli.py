@@ -55,3 +55,16 @@ def test_bad_trace_file_is_one_error_line(tmp_path) -> None:
     assert result.exit_code == 2
     assert "traces.jsonl:2: missing field 'response'" in result.output
     assert result.output.count("error:") == 1 and "Traceback" not in result.output
+
+
+def test_bad_options_are_one_error_line_before_loading(tmp_path) -> None:
+    for option, message in (
+        (["--q", "1.5"], "AnchorConfig.q must lie in"),
+        (["--shift", "2"], "AnchorConfig.shift must be one of"),
+        (["--rule", "both"], "CreditConfig.rule must be one of"),
+        (["--problems", "0"], "--problems must lie in 1..44"),
+        (["--h-lo", "50", "--h-hi", "20"], "is below h_lo"),
+    ):
+        result = runner.invoke(app, ["score", "anchors", *option, "--out", str(tmp_path / "x")])
+        assert result.exit_code == 2 and message in result.output, (option, result.output)
+        assert "loading" not in result.output and not (tmp_path / "x").exists()
