@@ -84,7 +84,11 @@ def token_strip(tokens: TokenScores, trace: str, title: str | None = None) -> go
             col=1,
         )
     figure.update_xaxes(title="response token", row=2, col=1)
-    figure.update_layout(width=min(1400, 300 + 4 * len(table)), height=340)
+    figure.update_layout(
+        width=min(1400, 300 + 4 * len(table)),
+        height=380,
+        legend={"orientation": "h", "x": 0, "y": -0.3},
+    )
     default = f"Preplan and anchor tokens: {trace} ({tokens.provenance.model})"
     return style(figure, default if title is None else title)
 
