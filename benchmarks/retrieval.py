@@ -1,16 +1,24 @@
-"""Retrieval-head analyzer vs plain greedy generation: time and peak memory at 1k-8k tokens.
+"""Retrieval-head analyzer vs plain greedy generation: one test per length, and a batched grid.
 
-For each context length one NIAH test is built on the default model (or --model). The
-analyzer (`probes.retrieval.score_test`: fused-kernel prefill, one attention row per layer
-per decode step, argmax inside the hook) and plain greedy generation (`model.hf.generate`,
-same prompt, same number of new tokens, default attention kernel) run alternately
-`--repeats` times; the fastest run of each is reported, and the ratios analyzer / plain.
+Lengths: for each context length one NIAH test is built on the default model (or --model).
+The analyzer on that one test (`probes.retrieval.score_tests`: fused-kernel prefill, one
+attention row per layer per decode step, argmax inside the hook) and plain greedy
+generation (`model.hf.generate`, same prompt, same number of new tokens, default attention
+kernel) run alternately `--repeats` times; the fastest run of each is reported, and the
+ratios analyzer / plain.
+
+Grid: every scoring needle x `--grid-lengths` x `--grid-depths` (24 tests by default) is
+scored in batches (`probes.retrieval.run`, `--batch-size`, default suited to the device),
+then at batch 1, and plain greedy generation (`model.hf.generate`, batch 1) makes the same
+number of new tokens for each test. Reported: each time, batched analyzer / batch-1 plain
+(goal <= 0.5) from this one run, and whether the batched tables equal the batch-1 tables.
 
 Peak memory: on CUDA, torch.cuda.max_memory_allocated above the memory allocated before the
 call; on CPU, the peak resident set size (RSS, sampled every millisecond by a thread) above
 the RSS before the call. The output says which.
 
 Usage: python benchmarks/retrieval.py [--lengths 1000,2000,4000,8000] [--device cpu]
+       [--grid-lengths 500,1000] [--grid-depths 2] [--part lengths|grid|both]
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from typing import Any
 import psutil
 import torch
 
+from interp.generation import Generation, generate
 from interp.models import load_model
 from probes import niah, retrieval
 
@@ -73,6 +82,55 @@ def measure(fn: Callable[[], Any], device: torch.device) -> tuple[float, float, 
     return seconds, (rss.peak - rss.start) / 2**20, result
 
 
+def grid(model: Any, args: argparse.Namespace) -> None:
+    """Batched scoring of a test grid vs batch-1 plain greedy generation of the same tests."""
+    lengths = [int(n) for n in args.grid_lengths.split(",")]
+    needles = niah.load_needles()
+    tests = niah.build_tests(
+        model, needles, niah.load_haystack(), lengths, args.grid_depths, args.max_new_tokens
+    )
+    config = retrieval.RetrievalConfig(lengths=tuple(lengths), max_new_tokens=args.max_new_tokens)
+    size = args.batch_size or niah.test_batch_size(model, tests, args.max_new_tokens)
+    device = model.device
+    retrieval.run(model, tests[:2], config, batch_size=2)  # warm-up
+    t_batched, _, batched = measure(
+        lambda: retrieval.run(model, tests, config, batch_size=size), device
+    )
+    t_single, _, single = measure(lambda: retrieval.run(model, tests, config, batch_size=1), device)
+    prompts = [t.input_ids for t in tests]
+    decoding = retrieval.generation_config(config)
+    t_driver, _, generations = measure(
+        lambda: generate(model, prompts, decoding, batch_size=1), device
+    )
+    steps = [n_steps(g) for g in generations]
+
+    def plain() -> None:
+        for test, n in zip(tests, steps, strict=True):
+            ids = test.input_ids[None].to(device)
+            model.hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+
+    t_plain, _, _ = measure(plain, device)
+    equal = batched.tests.data.equals(single.tests.data) and batched.scores.data.equals(
+        single.scores.data
+    )
+    n_tokens = [len(t.input_ids) for t in tests]
+    print(
+        f"grid: {len(tests)} tests ({len(needles)} needles x lengths {lengths} x"
+        f" {args.grid_depths} depths; {min(n_tokens)}-{max(n_tokens)} tokens, up to"
+        f" {args.max_new_tokens} new, {sum(steps)} new in all), batch size {size}"
+    )
+    print(f"{'plain greedy, batch 1':>28} {t_plain:8.2f} s  (HF generate, same new tokens)")
+    print(f"{'plain driver, batch 1':>28} {t_driver:8.2f} s  {t_driver / t_plain:5.2f}x plain")
+    print(f"{'analyzer, batch 1':>28} {t_single:8.2f} s  {t_single / t_plain:5.2f}x plain")
+    print(f"{'analyzer, batched':>28} {t_batched:8.2f} s  {t_batched / t_plain:5.2f}x plain")
+    print(f"batched tables equal the batch-1 tables: {equal}", flush=True)
+
+
+def n_steps(generation: Generation) -> int:
+    """Decode steps the driver ran: the kept tokens, plus the step that chose an EOS."""
+    return len(generation.response_ids) + (generation.finish_reason == "eos")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None)
@@ -80,13 +138,26 @@ def main() -> None:
     parser.add_argument("--lengths", default="1000,2000,4000,8000")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--grid-lengths", default="500,1000")
+    parser.add_argument("--grid-depths", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--part", choices=["lengths", "grid", "both"], default="both")
     args = parser.parse_args()
     model = load_model(args.model, device=args.device)
+    if args.part != "lengths":
+        grid(model, args)
+    if args.part != "grid":
+        lengths_table(model, args)
+
+
+def lengths_table(model: Any, args: argparse.Namespace) -> None:
+    """One test per length: the analyzer vs plain greedy generation, time and memory."""
     device = model.device
     lengths = [int(n) for n in args.lengths.split(",")]
     needle = niah.load_needles()[:1]
     haystack = niah.load_haystack()
     config = retrieval.RetrievalConfig(max_new_tokens=args.max_new_tokens)
+    decoding = retrieval.generation_config(config)
     memory = "CUDA max_memory_allocated" if device.type == "cuda" else "CPU peak RSS (sampled)"
     print(f"model {model.spec} on {device}; peak memory = {memory} growth during the call")
     print(
@@ -98,21 +169,21 @@ def main() -> None:
             test = niah.build_tests(model, needle, haystack, [length], 1, args.max_new_tokens)[0]
             ids = test.input_ids[None].to(device)
             if length == lengths[0]:  # warm-up: first-call allocations are not the method's
-                retrieval.score_test(model, test, config)
+                retrieval.score_tests(model, [test], config)
                 model.hf.generate(ids, max_new_tokens=2, do_sample=False)
             plain, analyzer = [], []
             for _ in range(args.repeats):
                 analyzer.append(
-                    measure(lambda t=test: retrieval.score_test(model, t, config), device)
+                    measure(lambda t=test: retrieval.score_tests(model, [t], config), device)
                 )
-                n_new = len(analyzer[-1][2][2])
+                n_new = n_steps(generate(model, test.input_ids, decoding)[0])
 
-                def generate(n: int = n_new, ids: torch.Tensor = ids) -> Any:
+                def plain_generate(n: int = n_new, ids: torch.Tensor = ids) -> Any:
                     return model.hf.generate(
                         ids, max_new_tokens=n, min_new_tokens=n, do_sample=False
                     )
 
-                plain.append(measure(generate, device))
+                plain.append(measure(plain_generate, device))
             t_plain = min(p[0] for p in plain)
             t_ours = min(a[0] for a in analyzer)
             m_plain = min(p[1] for p in plain)

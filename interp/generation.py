@@ -159,9 +159,18 @@ class Prefilled:
     rows: tuple[int, ...]
     cache: DynamicCache
 
-    def copy(self) -> Prefilled:
-        """An independent copy (decoding grows the cache in place)."""
-        return Prefilled(self.batch, self.rows, copy.deepcopy(self.cache))
+    def select(self, rows: Sequence[int]) -> Prefilled:
+        """An independent copy of batch rows `rows` (in that order), to decode once.
+
+        Decoding grows the cache in place, so a prefill shared by several decodes (each
+        under another intervention, say) is decoded through copies.
+        """
+        index = torch.tensor(list(rows), dtype=torch.long, device=self.batch.input_ids.device)
+        cache = copy.deepcopy(self.cache)
+        if list(rows) != list(range(len(self.rows))):
+            cache.batch_select_indices(index)
+        batch = Encoding(self.batch.input_ids[index], self.batch.attention_mask[index])
+        return Prefilled(batch, tuple(self.rows[i] for i in rows), cache)
 
 
 def encode_prompts(

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from interp.errors import InputError, UnsupportedModelError
+from interp.generation import default_batch_size
 from interp.models import Model
 from interp.prompts import data_path, read_jsonl, read_text
 
@@ -34,6 +35,8 @@ QUESTION = "Based on the content of the book, Question: {question}\nAnswer:"
 # A sentence ends with . ! or ?, optionally closing quotes/brackets, then whitespace.
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+")
 _WORD = re.compile(r"\w+")
+# Prompts batched together are at most this many times as long as the batch's shortest.
+_SIMILAR = 1.1
 
 
 @dataclass(frozen=True)
@@ -243,6 +246,35 @@ def _token_span(offsets: np.ndarray, begin: int, end: int) -> tuple[int, int]:
     if len(hit) == 0:
         raise InputError(f"No token covers characters {begin}..{end} of the prompt.")
     return int(hit[0]), int(hit[-1]) + 1
+
+
+def batches(tests: Sequence[NeedleTest], batch_size: int) -> list[list[int]]:
+    """Indices of `tests` in groups of at most `batch_size` of similar prompt length.
+
+    Sorted by prompt length (stably); a group also ends before a prompt more than
+    `_SIMILAR` times as long as its shortest, so padding wastes at most that share of a
+    prefill (the grid's lengths fall into separate groups).
+    """
+    if batch_size < 1:
+        raise InputError(f"The batch size must be at least 1, got {batch_size}.")
+    order = sorted(range(len(tests)), key=lambda i: len(tests[i].input_ids))
+    groups: list[list[int]] = []
+    for index in order:
+        n = len(tests[index].input_ids)
+        if (
+            not groups
+            or len(groups[-1]) == batch_size
+            or n > _SIMILAR * len(tests[groups[-1][0]].input_ids)
+        ):
+            groups.append([])
+        groups[-1].append(index)
+    return groups
+
+
+def test_batch_size(model: Model, tests: Sequence[NeedleTest], max_new_tokens: int) -> int:
+    """The default tests per forward on `model`'s device, for the longest of `tests`."""
+    longest = max((len(t.input_ids) for t in tests), default=1)
+    return default_batch_size(model, longest + max_new_tokens)
 
 
 @functools.cache

@@ -11,12 +11,15 @@ needle. Scores are averaged over the tests whose response has ROUGE-1 recall > 0
 (the code's filter; `failed_as_zero` keeps failed tests with their scores set to 0, and
 `all` keeps them as scored). A head with mean score > 0.1 is a retrieval head.
 
-Speed and memory: the prompt minus its last token is prefilled with the fused kernel; the
-last prompt token and every generated token then run as decode steps in which an attention
-hook computes one [head, key] row per layer and keeps only its argmax, so the extra memory
-per step is O(heads x keys) for one layer at a time and the result is [layer, head] int64
-indices. Hits are computed for all layers and heads at once; there is no per-head loop and
-one host sync per step (the stop test).
+Speed and memory: tests of similar length run as one left-padded batch through the
+generation driver (`interp.generation`): the prompts minus their last token are prefilled
+with the fused kernel; the last prompt token and every generated token then run as decode
+steps in which an attention hook computes one [batch, head, key] row per layer and keeps
+only its argmax, so the extra memory per step is O(batch x heads x keys) for one layer at
+a time and the result is [batch, layer, head] int64 indices, shifted by each row's padding
+into positions of that row. Each row stops on its own (newline or EOS) and only its own
+steps count, so a test scores the same in any batch. Hits are computed for all layers and
+heads at once; there is no per-head loop and one host sync per step (the stop test).
 
 Method notes, defaults and pitfalls: docs/methods.md §3.
 """
@@ -32,15 +35,15 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
-from transformers import Cache, DynamicCache
 
 from interp.config import Config, check_range
 from interp.errors import ConfigError, InputError
+from interp.generation import GenerationConfig, Step, generate
 from interp.heads import HeadSet
 from interp.hooks import AttentionRows, attention_hooks
 from interp.models import Model
 from interp.results import Bundle, HeadScores, ItemTable, Provenance, hash_inputs, head_frame
-from probes.niah import NeedleTest, rouge1_recall
+from probes.niah import NeedleTest, batches, rouge1_recall, test_batch_size
 
 ANALYZER = "retrieval"
 
@@ -164,115 +167,72 @@ def needle_scores(
 
 
 class _ArgmaxHook:
-    """Attention hook: at decode steps, keep each layer's per-head argmax key."""
+    """Attention hook: at decode steps, keep each layer's per-row, per-head argmax key."""
 
-    def __init__(self, n_layers: int, n_heads: int, device: torch.device) -> None:
-        self.argmax = torch.zeros(n_layers, n_heads, dtype=torch.long, device=device)
+    def __init__(self, n_layers: int) -> None:
+        self.argmax: list[Tensor | None] = [None] * n_layers
 
     def wants(self, layer: int, n_queries: int) -> bool:
         return n_queries == 1
 
     def __call__(self, rows: AttentionRows) -> None:
-        # Batch of one (tests run one at a time): [head, key] -> [head]. A decode row's
-        # block holds every key, so an index on it is a position.
-        self.argmax[rows.layer] = rows.probs[0, :, -1].argmax(-1)
+        # [batch, head, query=1, key] -> [batch, head]. A decode row's block holds every
+        # key, so an index on it is a key index of the padded batch.
+        self.argmax[rows.layer] = rows.probs[:, :, -1].argmax(-1)
 
 
-@torch.no_grad()
-def prefill(model: Model, input_ids: Int[Tensor, " pos"]) -> Cache:
-    """KV cache of the prompt minus its last token, built with the fused kernel.
+def generation_config(config: RetrievalConfig) -> GenerationConfig:
+    """The paper's decoding: greedy, at most `max_new_tokens`, ending at a newline or EOS."""
+    return GenerationConfig(max_new_tokens=config.max_new_tokens, stop=("\n",))
 
-    The last prompt token is left for `decode`, so the step that produces the first
-    generated token is a single-row decode step (the paper counts the first token).
 
-    Raises:
-        InputError: `input_ids` is not one [pos] sequence (e.g. a [1, pos] batch).
+class _Argmaxes:
+    """`on_step` callback: each row's argmax key positions at the steps that keep a token."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.hook = _ArgmaxHook(n_layers)
+        self.steps: list[Tensor] = []  # per step [batch, layer, head], positions in each row
+        self.kept: list[Tensor] = []  # per step [batch]
+        self.batch_row: dict[int, int] = {}  # prompt index -> its row in the batch
+
+    def __call__(self, step: Step) -> None:
+        device = step.padding.device  # layers may live on several devices
+        stacked = torch.stack([a.to(device) for a in self.hook.argmax], dim=1)  # type: ignore[union-attr]
+        self.steps.append(stacked - step.padding[:, None, None])
+        self.kept.append(step.kept)
+        self.batch_row.update((prompt, row) for row, prompt in enumerate(step.rows))
+
+    def of(self, prompt: int) -> Int[Tensor, "step layer head"]:
+        """The argmax positions of prompt `prompt` at each step that produced a kept token."""
+        row = self.batch_row[prompt]
+        return torch.stack(self.steps)[torch.stack(self.kept)[:, row], row]
+
+
+def score_tests(
+    model: Model, tests: Sequence[NeedleTest], config: RetrievalConfig
+) -> list[tuple[np.ndarray, str]]:
+    """Decode `tests` as one left-padded batch with the argmax hook: ([layer, head], text) each.
+
+    Every decode step's argmax keys are shifted by each row's left padding into positions
+    of that row's own prompt-then-response sequence, and only the steps whose token joins
+    the row's response count, so each test scores as it would alone.
     """
-    if input_ids.ndim != 1:
-        raise InputError(
-            f"prefill takes one sequence of token ids [pos], got shape {tuple(input_ids.shape)};"
-            " for text use model.encode(text).ids()."
-        )
-    cache = DynamicCache(config=model.hf.config)
-    if len(input_ids) > 1:
-        # logits_to_keep=1: the prefill's logits are unused; all positions' would be
-        # [pos, vocab] floats (1.5 GB at 8k tokens for a 49k vocabulary).
-        model.hf(
-            input_ids[None, :-1].to(model.device),
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-    return cache
-
-
-@torch.no_grad()
-def decode(
-    model: Model,
-    cache: Cache,
-    last_prompt_token: int,
-    max_new_tokens: int,
-    on_step: Callable[[int], None] | None = None,
-) -> list[int]:
-    """Greedy decoding from a prefilled cache, stopping at a newline or end of sequence.
-
-    `on_step(token)` runs after each step that yields a kept token. The cache grows by the
-    decoded tokens; `cache.crop(n)` restores it.
-    """
-    eos = set(_as_list(model.hf.generation_config.eos_token_id))
-    current = torch.tensor([[last_prompt_token]], device=model.device)
-    tokens: list[int] = []
-    for _ in range(max_new_tokens):
-        out = model.hf(current, past_key_values=cache, use_cache=True)
-        current = out.logits[:, -1].argmax(-1, keepdim=True)
-        token = int(current)  # the one host sync per step
-        if token in eos:
-            break
-        tokens.append(token)
-        if on_step is not None:
-            on_step(token)
-        if "\n" in model.tokenizer.decode([token]):
-            break
-    return tokens
-
-
-def greedy_decode(
-    model: Model,
-    input_ids: Int[Tensor, " pos"],
-    max_new_tokens: int,
-    on_step: Callable[[int], None] | None = None,
-) -> list[int]:
-    """Greedy decoding with the KV cache: `prefill` then `decode`."""
-    cache = prefill(model, input_ids)
-    return decode(model, cache, int(input_ids[-1]), max_new_tokens, on_step)
-
-
-def _as_list(value: int | list[int] | None) -> list[int]:
-    return [] if value is None else [value] if isinstance(value, int) else list(value)
-
-
-def score_test(
-    model: Model, test: NeedleTest, config: RetrievalConfig
-) -> tuple[np.ndarray, str, list[int]]:
-    """Greedy-decode one test with the argmax hook: ([layer, head] scores, text, tokens)."""
-    geometry = model.geometry
-    hook = _ArgmaxHook(geometry.n_layers, geometry.n_heads, model.device)
-    steps: list[Tensor] = []
-    with attention_hooks(model.hf, hook):
-        tokens = greedy_decode(
+    argmaxes = _Argmaxes(model.geometry.n_layers)
+    with attention_hooks(model.hf, argmaxes.hook):
+        generations = generate(
             model,
-            test.input_ids,
-            config.max_new_tokens,
-            lambda _t: steps.append(hook.argmax.clone()),
+            [t.input_ids for t in tests],
+            generation_config(config),
+            on_step=argmaxes,
+            batch_size=len(tests),
         )
-    span = test.answer_span if config.span == "answer" else test.needle_span
-    argmaxes = (
-        torch.stack(steps)
-        if steps
-        else torch.zeros(0, geometry.n_layers, geometry.n_heads, dtype=torch.long)
-    )
-    scores = needle_scores(argmaxes, tokens, test.input_ids, span, config.count)
-    return scores, model.tokenizer.decode(tokens, skip_special_tokens=True), tokens
+    out = []
+    for index, (test, generation) in enumerate(zip(tests, generations, strict=True)):
+        span = test.answer_span if config.span == "answer" else test.needle_span
+        tokens = generation.response_ids.tolist()
+        scores = needle_scores(argmaxes.of(index), tokens, test.input_ids, span, config.count)
+        out.append((scores, generation.text))
+    return out
 
 
 def result_row(
@@ -295,6 +255,7 @@ def run(
     tests: Sequence[NeedleTest],
     config: RetrievalConfig | None = None,
     progress: Callable[[int, int, dict[str, object]], None] | None = None,
+    batch_size: int | None = None,
 ) -> RetrievalResult:
     """Score every head of `model` on NIAH `tests` (see `probes.niah.build_tests`).
 
@@ -304,6 +265,8 @@ def run(
         config: scoring options; defaults are the paper's.
         progress: called as progress(done, total, row) after each test with its table row,
             so a caller can save rows as they come.
+        batch_size: tests per forward, grouped by prompt length (default: what suits the
+            device, `interp.generation.default_batch_size`). The tables do not depend on it.
 
     Example:
         >>> tests = niah.build_tests(tiny_model, niah.load_needles(), haystack, [200], 2, 8)
@@ -312,21 +275,28 @@ def run(
     config = config or RetrievalConfig()
     if not tests:
         raise InputError("No NIAH tests given: build some with probes.niah.build_tests.")
-    rows = []
-    for done, test in enumerate(tests, start=1):
-        rows.append(scored_row(model, test, config))
-        if progress is not None:
-            progress(done, len(tests), rows[-1])
+    size = batch_size or test_batch_size(model, tests, config.max_new_tokens)
+    rows: dict[int, dict[str, object]] = {}
+    for group in batches(tests, size):
+        scored = scored_rows(model, [tests[i] for i in group], config)
+        for index, row in zip(group, scored, strict=True):
+            rows[index] = row
+            if progress is not None:
+                progress(len(rows), len(tests), row)
     provenance = retrieval_provenance(model, tests, config)
-    return aggregate(
-        pd.DataFrame(rows), model.geometry.n_layers, model.geometry.n_heads, config, provenance
-    )
+    table = pd.DataFrame([rows[i] for i in range(len(tests))])
+    return aggregate(table, model.geometry.n_layers, model.geometry.n_heads, config, provenance)
 
 
-def scored_row(model: Model, test: NeedleTest, config: RetrievalConfig) -> dict[str, object]:
-    """Score one test and return its per-test table row (the unit of a resumable run)."""
-    scores, response, _ = score_test(model, test, config)
-    return result_row(test, scores, response, config)
+def scored_rows(
+    model: Model, tests: Sequence[NeedleTest], config: RetrievalConfig
+) -> list[dict[str, object]]:
+    """Score a batch of tests; one per-test table row each (the unit of a resumable run)."""
+    scored = score_tests(model, tests, config)
+    return [
+        result_row(test, scores, response, config)
+        for test, (scores, response) in zip(tests, scored, strict=True)
+    ]
 
 
 def retrieval_provenance(

@@ -9,13 +9,16 @@ small model that answers in full sentences ROUGE-1 credits the function words of
 answer ("found in the bakery" scores 2/7 against "in a yellow tent near Falcon Ridge"),
 which puts a floor under the masked curve.
 
-Masking uses the toolkit's interventions: `masking="zero"` is `HeadScale(alpha=0)` (the
-head's output z is 0), `masking="uniform"` is `uniform_attention` (the paper's query
-zeroing: the head outputs the mean of V). `positions="decode"` (default, as the reference
-code) masks the decode steps only, from the step that yields the first answer token; the
-prompt's KV cache is then the same for every condition, so it is built once per test and
-cropped back after each condition. `positions="all"` also masks the prefill (the cache is
-rebuilt under the mask for each condition; slower).
+Masking computes what the toolkit's interventions compute, per batch row: `masking="zero"`
+is `HeadScale(alpha=0)` (the head's output z is 0), `masking="uniform"` is
+`uniform_attention` (the paper's query zeroing: the head outputs the mean of V). Tests run
+in left-padded batches through `interp.generation`, one batch per condition, each row with
+its own heads (random draws differ per test), so the tables equal a batch-of-one run.
+`positions="decode"` (default, as the reference code) masks the decode steps only, from
+the step that yields the first answer token; the prompts' KV cache is then the same for
+every condition, so it is built once per batch and each condition decodes from a copy.
+`positions="all"` also masks the prefill (the cache is rebuilt under the mask for each
+condition; slower).
 
 Random controls draw K heads from those that are neither retrieval heads (score above the
 threshold) nor among the top K, per test (`random_draw="per_test"`, paper) or once per seed
@@ -30,19 +33,22 @@ puts them on one row per K, in percent.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import pandas as pd
+import torch
+from torch import Tensor
 
 from interp.config import Config, check_range
 from interp.effects import EffectsConfig, Metric, compare
 from interp.errors import ConfigError, InputError
+from interp.generation import GenerationConfig, decode, prefill
 from interp.heads import Head, HeadSet
-from interp.interventions import HeadScale, uniform_attention
+from interp.hooks import AttentionRows, attention_hooks, head_output_hooks
 from interp.models import Model
 from interp.results import Bundle, EffectTable, HeadScores, ItemTable, Provenance, hash_inputs
 from probes.niah import (
@@ -50,10 +56,11 @@ from probes.niah import (
     NeedleTest,
     answer_match,
     answer_match_scores,
+    batches,
     rouge1_recall,
     rouge1_recall_scores,
+    test_batch_size,
 )
-from probes.retrieval import decode, prefill
 
 ANALYZER = "retrieval-ablation"
 METRICS: dict[str, Metric[Answers]] = {"match": answer_match_scores, "rouge1": rouge1_recall_scores}
@@ -116,13 +123,48 @@ class AblationResult(Bundle):
     summary: ItemTable
 
 
-def masked(model: Model, heads: HeadSet, config: AblationConfig) -> AbstractContextManager[None]:
-    """The context that masks `heads` (nothing when the set is empty)."""
-    if not len(heads):
+def row_masks(
+    model: Model, heads: Sequence[HeadSet], config: AblationConfig
+) -> AbstractContextManager[None]:
+    """The context that masks `heads[row]` in each batch row (nothing where a set is empty).
+
+    Per row it computes exactly what `HeadScale(heads, alpha=0)` (`masking="zero"`) or
+    `uniform_attention(heads)` (`"uniform"`) computes for that row; for "uniform", only
+    among rows that mask the same layers (see `_kernel_groups`).
+    """
+    if not any(len(h) for h in heads):
         return nullcontext()
+    geometry = model.geometry
+    selected = torch.stack([h.mask(geometry) for h in heads], dim=1)  # [layer, row, head]
+    layers = sorted({layer for h in heads for layer in h.layers})
     if config.masking == "zero":
-        return HeadScale(heads, alpha=0.0).applied(model)
-    return uniform_attention(heads, phase="all").applied(model)
+        # HeadScale's factors, one row each: z * 0 on masked heads, z * 1 (exact) elsewhere.
+        factors = torch.where(selected, 0.0, 1.0).to(model.device, model.hf.dtype)[..., None]
+
+        def zero(layer: int, z: Tensor) -> Tensor:
+            # [row, 1, head, 1] over [row, pos, head, d], on the layer's device
+            return z * factors[layer].to(z.device)[:, None]
+
+        return head_output_hooks(model.hf, zero, layers=layers)
+    return attention_hooks(model.hf, _UniformRows(selected.to(model.device), layers))
+
+
+class _UniformRows:
+    """Per-row `uniform_attention`: chosen (row, head) pairs attend uniformly to visible keys."""
+
+    def __init__(self, selected: Tensor, layers: list[int]) -> None:
+        self.selected = selected  # [layer, row, head] bool; rows x heads in the hook
+        self.layers = set(layers)
+
+    def wants(self, layer: int, n_queries: int) -> bool:
+        return layer in self.layers
+
+    def __call__(self, rows: AttentionRows) -> Tensor:
+        # AttentionEdit's arithmetic for uniform_rows: 1 on visible keys, renormalised.
+        uniform = rows.visible[:, None].float()
+        uniform = uniform / uniform.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        chosen = self.selected[rows.layer].to(rows.probs.device)[:, :, None, None]
+        return torch.where(chosen, uniform, rows.probs)
 
 
 def conditions(scores: HeadScores, config: AblationConfig) -> list[Condition]:
@@ -144,35 +186,82 @@ def conditions(scores: HeadScores, config: AblationConfig) -> list[Condition]:
     return out
 
 
-def ablate_test(
-    model: Model, test: NeedleTest, grid: Sequence[Condition], config: AblationConfig
-) -> list[dict[str, object]]:
-    """One test's rows: its greedy response under every condition of `grid`."""
-    rows: list[dict[str, object]] = []
-    shared = prefill(model, test.input_ids) if config.positions == "decode" else None
+def ablate_tests(
+    model: Model, tests: Sequence[NeedleTest], grid: Sequence[Condition], config: AblationConfig
+) -> list[list[dict[str, object]]]:
+    """Each test's rows: its greedy response under every condition of `grid`.
+
+    The tests run as one left-padded batch per condition, each row masked with its own
+    heads (random draws differ per test). With `positions="decode"` the unmasked prompt
+    cache is built once and every condition decodes from a copy of it.
+    """
+    generation = GenerationConfig(max_new_tokens=config.max_new_tokens, stop=("\n",))
+    prompts = [t.input_ids for t in tests]
+    shared = prefill(model, prompts) if config.positions == "decode" else None
+    rows: list[list[dict[str, object]]] = [[] for _ in tests]
     for condition, k, seed, top, pool in grid:
-        heads = top
-        if condition == "random":
-            # Seeded by (seed, k[, test]), so runs are reproducible and their tables merge.
-            where = [test.needle_index, test.length, round(test.depth * 1e4)]
-            key = [seed, k] if config.random_draw == "per_seed" else [seed, k, *where]
-            chosen = np.random.default_rng(key).choice(len(pool), size=k, replace=False)
-            heads = HeadSet(pool[i] for i in chosen)
-        response = _respond(model, test, heads, config, shared)
-        rows.append(
-            {
-                **test.key(),
-                "answer": test.answer,
-                "condition": "none" if k == 0 else condition,
-                "k": k,
-                "seed": seed,
-                "heads": ",".join(heads.labels),
-                "response": response,
-                "recall": rouge1_recall(test.answer, response),
-                "match": answer_match(test.answer, response),
-            }
-        )
+        heads = [_heads(test, condition, k, seed, top, pool, config) for test in tests]
+        responses: dict[int, str] = {}
+        for group in _kernel_groups(heads, config):
+            masks = row_masks(model, [heads[i] for i in group], config)
+            if shared is None:  # positions="all": build the cache under the mask
+                with masks:
+                    out = decode(model, prefill(model, [prompts[i] for i in group]), generation)
+            else:
+                batch = shared.select(group)
+                with masks:
+                    out = decode(model, batch, generation)
+            responses.update((i, g.text) for i, g in zip(group, out, strict=True))
+        for index, test in enumerate(tests):
+            response = responses[index]
+            rows[index].append(
+                {
+                    **test.key(),
+                    "answer": test.answer,
+                    "condition": "none" if k == 0 else condition,
+                    "k": k,
+                    "seed": seed,
+                    "heads": ",".join(heads[index].labels),
+                    "response": response,
+                    "recall": rouge1_recall(test.answer, response),
+                    "match": answer_match(test.answer, response),
+                }
+            )
     return rows
+
+
+def _heads(
+    test: NeedleTest,
+    condition: str,
+    k: int,
+    seed: int,
+    top: HeadSet,
+    pool: list[Head],
+    config: AblationConfig,
+) -> HeadSet:
+    """The heads one test masks under one condition."""
+    if condition != "random":
+        return top
+    # Seeded by (seed, k[, test]), so runs are reproducible and their tables merge.
+    where = [test.needle_index, test.length, round(test.depth * 1e4)]
+    key = [seed, k] if config.random_draw == "per_seed" else [seed, k, *where]
+    chosen = np.random.default_rng(key).choice(len(pool), size=k, replace=False)
+    return HeadSet(pool[i] for i in chosen)
+
+
+def _kernel_groups(heads: Sequence[HeadSet], config: AblationConfig) -> list[list[int]]:
+    """Rows that can share a forward and still compute exactly as they would alone.
+
+    Zeroing z acts after attention, so any rows can. Uniform attention runs the explicit
+    kernel in the masked layers, so only rows masking the same layers share a forward
+    (another row's layer would move this row's unmasked layer off the fused kernel).
+    """
+    if config.masking == "zero":
+        return [list(range(len(heads)))]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, chosen in enumerate(heads):
+        groups.setdefault(tuple(chosen.layers), []).append(index)
+    return list(groups.values())
 
 
 def ablation_provenance(
@@ -204,6 +293,7 @@ def run_ablation(
     config: AblationConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
     effects: EffectsConfig | None = None,
+    batch_size: int | None = None,
 ) -> AblationResult:
     """NIAH accuracy with no heads, the top-K heads and K random heads masked.
 
@@ -212,8 +302,10 @@ def run_ablation(
         tests: NIAH tests, ideally with needles not used to compute `scores`.
         scores: per-head retrieval scores (`probes.retrieval.run(...).scores`).
         config: the K grid, seeds and masking mode.
-        progress: called as progress(done, total) after each test.
+        progress: called as progress(done, total) after each batch of tests.
         effects: bootstrap settings of the intervals against K = 0.
+        batch_size: tests per forward, grouped by prompt length (default: what suits the
+            device). The tables do not depend on it.
 
     Example:
         >>> result = run_ablation(model, heldout_tests, scored.scores)  # doctest: +SKIP
@@ -224,37 +316,16 @@ def run_ablation(
     if not tests:
         raise InputError("No NIAH tests given for the ablation.")
     grid = conditions(scores, config)
-    rows: list[dict[str, object]] = []
-    for done, test in enumerate(tests, start=1):
-        rows.extend(ablate_test(model, test, grid, config))
+    size = batch_size or test_batch_size(model, tests, config.max_new_tokens)
+    per_test: dict[int, list[dict[str, object]]] = {}
+    for group in batches(tests, size):
+        done = ablate_tests(model, [tests[i] for i in group], grid, config)
+        per_test.update(zip(group, done, strict=True))
         if progress is not None:
-            progress(done, len(tests))
+            progress(len(per_test), len(tests))
+    rows = [row for index in range(len(tests)) for row in per_test[index]]
     provenance = ablation_provenance(model, tests, scores, config, effects)
     return summarize(pd.DataFrame(rows), config, provenance, effects)
-
-
-def _respond(
-    model: Model, test: NeedleTest, heads: HeadSet, config: AblationConfig, shared: object
-) -> str:
-    last = int(test.input_ids[-1])
-    if shared is None:  # positions="all": build the cache under the mask
-        with masked(model, heads, config):
-            cache = prefill(model, test.input_ids)
-            tokens = decode(model, cache, last, config.max_new_tokens)
-    else:
-        n_prefill = len(test.input_ids) - 1
-        with _cropped(shared, n_prefill), masked(model, heads, config):
-            tokens = decode(model, shared, last, config.max_new_tokens)  # type: ignore[arg-type]
-    return model.tokenizer.decode(tokens, skip_special_tokens=True)
-
-
-@contextmanager
-def _cropped(cache: object, length: int) -> Iterator[None]:
-    """Give the shared prompt cache back at `length` tokens after a condition decodes."""
-    try:
-        yield
-    finally:
-        cache.crop(length - cache.get_seq_length())  # type: ignore[attr-defined]
 
 
 def summarize(

@@ -1,9 +1,11 @@
 """`interp score retrieval` and `interp ablate retrieval`: retrieval heads and the causal test.
 
-Both commands record each finished test in the output folder's work log as they go
-(`interp.runs.WorkLog`: `work.jsonl`, one line per test). Run again with the same `--out` and
-the tests already there are skipped, so a stopped long run loses nothing and resumes; the
-tables are then built from all rows.
+Both commands run the tests in batches of similar length (`--batch-size`, default suited to
+the device) and record each finished test in the output folder's work log as its batch
+ends (`interp.runs.WorkLog`: `work.jsonl`, one line per test). Run again with the same
+`--out` and the tests already there are skipped, so a stopped long run loses at most one
+batch and resumes; the tables are then built from all rows, in the tests' order, and do
+not depend on the batch size.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ DepthsOption = typer.Option("--depths", help="Needle depths: linspace(0, 100%, N
 OutOption = typer.Option("--out", "-o", help="Output folder (reused to resume a run).")
 ThresholdOption = typer.Option(help="A retrieval head has mean score > this (paper: 0.1).")
 MaxNewOption = typer.Option(help="Greedy decoding budget (paper: 50; stops at a newline).")
+BatchOption = typer.Option(
+    "--batch-size", help="Tests per forward (default: what suits the device and lengths)."
+)
 
 
 def _ints(text: str | None, minimum: int) -> tuple[int, ...] | None:
@@ -77,20 +82,44 @@ def _tests(
 
 
 def _run_logged(
-    folder: Path, record: Any, provenance: Any, tests: list[Any], label: str, fn: Any
+    folder: Path,
+    record: Any,
+    provenance: Any,
+    tests: list[Any],
+    label: str,
+    fn: Any,
+    batch_size: int,
 ) -> list[dict[str, Any]]:
-    """Run `fn(test) -> rows` for the tests not yet in the folder's work log."""
+    """Run `fn(tests) -> rows per test` in batches on the tests not yet in the work log."""
     from interp.runs import WorkLog, run_identity
+    from probes.niah import batches
 
     log = WorkLog(folder, run_identity(provenance))
-    todo = sum(not log.is_done(_key(t)) for t in tests)
-    if todo < len(tests):
-        typer.echo(f"resuming: {len(tests) - todo} of {len(tests)} tests already done", err=True)
-    update, bar = progress_bar(todo, label)
+    todo = [t for t in tests if not log.is_done(_key(t))]
+    if len(todo) < len(tests):
+        typer.echo(
+            f"resuming: {len(tests) - len(todo)} of {len(tests)} tests already done", err=True
+        )
+    groups = [[todo[i] for i in group] for group in batches(todo, batch_size)]
+    group_of = {_key(t): group for group in groups for t in group}
+    results: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+
+    def batched(test: Any) -> list[dict[str, Any]]:
+        # WorkLog records one test at a time; the first test of a batch runs the batch.
+        if _key(test) not in results:
+            group = group_of[_key(test)]
+            results.update(zip(map(_key, group), fn(group), strict=True))
+        return results.pop(_key(test))
+
+    update, bar = progress_bar(len(todo), label)
     with bar:
-        rows = log.run(tests, _key, fn, update)
+        log.run([t for group in groups for t in group], _key, batched, update)
     record.wrote([log.path])
-    return rows
+    return log.run(tests, _key, _never)  # every test is done: all rows, in the tests' order
+
+
+def _never(test: Any) -> list[dict[str, Any]]:
+    raise AssertionError(f"test {_key(test)} should have run")
 
 
 def _key(test: Any) -> tuple[Any, ...]:
@@ -110,6 +139,7 @@ def score_retrieval(
         str, typer.Option(help="'successful' (code), 'failed_as_zero' or 'all'.")
     ] = "successful",
     threshold: Annotated[float, ThresholdOption] = 0.1,
+    batch_size: Annotated[int | None, BatchOption] = None,
     out: Annotated[Path | None, OutOption] = None,
     device: Annotated[str, DeviceOption] = "cpu",
     static: Annotated[bool, StaticOption] = True,
@@ -120,7 +150,7 @@ def score_retrieval(
         import pandas as pd
 
         from interp.figures import head_heatmap
-        from probes import retrieval
+        from probes import niah, retrieval
 
         config = retrieval.RetrievalConfig(
             lengths=_ints(lengths, minimum=1),
@@ -144,7 +174,8 @@ def score_retrieval(
             provenance,
             tests,
             "retrieval",
-            lambda test: [retrieval.scored_row(loaded, test, config)],
+            lambda group: [[row] for row in retrieval.scored_rows(loaded, group, config)],
+            batch_size or niah.test_batch_size(loaded, tests, max_new_tokens),
         )
         geometry = loaded.geometry
         result = retrieval.aggregate(
@@ -199,6 +230,7 @@ def ablate_retrieval(
         str, typer.Option(help="Interval method: 'BCa' (default) or 'percentile'.")
     ] = "BCa",
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    batch_size: Annotated[int | None, BatchOption] = None,
     out: Annotated[Path | None, OutOption] = None,
     device: Annotated[str, DeviceOption] = "cpu",
     static: Annotated[bool, StaticOption] = True,
@@ -212,7 +244,7 @@ def ablate_retrieval(
         from interp.errors import InputError
         from interp.figures import ablation_curve
         from interp.results import HeadScores
-        from probes import retrieval
+        from probes import niah, retrieval
         from probes import retrieval_ablation as ablation
 
         config = ablation.AblationConfig(
@@ -247,7 +279,8 @@ def ablate_retrieval(
             provenance,
             tests,
             "ablation",
-            lambda test: ablation.ablate_test(loaded, test, conditions, config),
+            lambda group: ablation.ablate_tests(loaded, group, conditions, config),
+            batch_size or niah.test_batch_size(loaded, tests, max_new_tokens),
         )
         result = ablation.summarize(pd.DataFrame(rows), config, provenance, effects)
         record.wrote(result.save(folder))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from contextlib import nullcontext
 
 import numpy as np
 import pandas as pd
@@ -11,7 +13,10 @@ import torch
 
 from interp.effects import EffectsConfig, compare
 from interp.errors import ConfigError, InputError
+from interp.generation import GenerationConfig, generate
 from interp.heads import HeadSet
+from interp.hooks import attention_hooks
+from interp.interventions import HeadScale, uniform_attention
 from interp.results import Provenance
 from probes import niah, retrieval
 from probes import retrieval_ablation as ablation
@@ -146,36 +151,61 @@ def test_user_files_and_shipped_sets(tmp_path) -> None:
 # Fast path on the tiny model
 
 
-def test_cached_greedy_matches_generate(tiny) -> None:
-    ids = torch.randint(3, 200, (40,))
-    tokens = retrieval.greedy_decode(tiny, ids, 10)
-    reference = tiny.hf.generate(ids[None], max_new_tokens=10, do_sample=False)
-    assert tokens == reference[0, 40 : 40 + len(tokens)].tolist()
-
-
-def test_hook_argmax_matches_eager_attention(tiny) -> None:
-    test = niah.build_tests(tiny, [NEEDLE], HAYSTACK, [150], 1, 6)[0]
-    config = retrieval.RetrievalConfig(max_new_tokens=6, span="needle")
-    geometry = tiny.geometry
-    hook = retrieval._ArgmaxHook(geometry.n_layers, geometry.n_heads, tiny.device)
-    steps = []
-    from interp.hooks import attention_hooks
-
-    with attention_hooks(tiny.hf, hook):
-        tokens = retrieval.greedy_decode(
-            tiny, test.input_ids, 6, lambda _t: steps.append(hook.argmax.clone())
-        )
-    full = torch.cat([test.input_ids, torch.tensor(tokens[:-1], dtype=torch.long)])
+def test_hook_argmax_matches_eager_attention_in_a_padded_batch(tiny) -> None:
+    tests = niah.build_tests(tiny, [NEEDLE], HAYSTACK, [150, 190], 1, 6)
+    assert len(tests[0].input_ids) != len(tests[1].input_ids)  # the batch is padded
+    recorder = retrieval._Argmaxes(tiny.geometry.n_layers)
+    config = GenerationConfig(max_new_tokens=6)
+    with attention_hooks(tiny.hf, recorder.hook):
+        out = generate(tiny, [t.input_ids for t in tests], config, on_step=recorder)
     tiny.hf.set_attn_implementation("eager")
-    with torch.no_grad():
-        attentions = tiny.hf(full[None], output_attentions=True).attentions
+    for index, generation in enumerate(out):  # each row alone, all attention at once
+        full = generation.token_ids[:-1]
+        with torch.no_grad():
+            attentions = tiny.hf(full[None], output_attentions=True).attentions
+        rows = torch.stack([a[0] for a in attentions])  # [layer, head, query, key]
+        first = generation.boundary - 1
+        eager = rows[:, :, first : first + len(generation.response_ids)].argmax(-1)
+        assert torch.equal(recorder.of(index), eager.permute(2, 0, 1))
     tiny.hf.set_attn_implementation("sdpa")
-    rows = torch.stack([a[0] for a in attentions])  # [layer, head, query, key]
-    first = len(test.input_ids) - 1
-    eager = rows[:, :, first : first + len(tokens)].argmax(-1).permute(2, 0, 1)
-    assert torch.equal(torch.stack(steps), eager)
-    scores, _, _ = retrieval.score_test(tiny, test, config)
-    assert scores.shape == (geometry.n_layers, geometry.n_heads)
+
+
+def _copying_tests(tiny) -> list[niah.NeedleTest]:
+    """Prompts that repeat the model's own continuation, so its heads hit the span."""
+    generator = torch.Generator().manual_seed(5)
+    tests = []
+    for index, n in enumerate((60, 45, 52)):
+        seed = torch.randint(3, 259, (n,), generator=generator)
+        config = GenerationConfig(max_new_tokens=8)
+        continuation = generate(tiny, seed, config)[0].response_ids.tolist()
+        ids = torch.cat([seed, torch.tensor(continuation * 4)])
+        tests.append(niah.NeedleTest(index, n, 0.5, ids, (0, len(ids)), (n, len(ids)), "x"))
+    return tests
+
+
+# Computed with the batch-1 decode loop that retrieval had before the generation driver.
+_BEFORE_DRIVER = {
+    "set": [{0: 1, 2: 1, 3: 1}, {3: 1, 4: 1, 5: 1, 10: 1}, {}],
+    "events": [{0: 2, 2: 1, 3: 7}, {3: 1, 4: 1, 5: 1, 10: 1}, {}],
+}
+
+
+@pytest.mark.parametrize("count", ["set", "events"])
+def test_batched_scores_equal_batch_one_and_the_decode_loop_before(tiny, count) -> None:
+    tests = _copying_tests(tiny)  # 92, 77 and 84 tokens: padded batches
+    config = retrieval.RetrievalConfig(max_new_tokens=10, average="all", count=count)
+    alone = retrieval.run(tiny, tests, config, batch_size=1)
+    for size in (2, 3):
+        batched = retrieval.run(tiny, tests, config, batch_size=size)
+        assert batched.scores.data.equals(alone.scores.data)
+        assert batched.tests.data.equals(alone.tests.data)
+    for test, scores, expected in zip(
+        tests, alone.tests.data.head_scores, _BEFORE_DRIVER[count], strict=True
+    ):
+        n_span = test.answer_span[1] - test.answer_span[0]
+        assert {i: v for i, v in enumerate(scores) if v} == {
+            i: c / n_span for i, c in expected.items()
+        }
 
 
 def test_run_is_deterministic(tiny) -> None:
@@ -201,9 +231,10 @@ def test_ablation_conditions_and_shared_cache(tiny) -> None:
     assert top2 == "L2H2,L2H3"
     randoms = rows[rows.condition == "random"].heads
     assert not any(h in labels for labels in randoms for h in ("L2H2", "L2H3"))
-    # The shared prompt cache is cropped back: the unmasked response equals fresh decoding.
-    fresh = retrieval.greedy_decode(tiny, tests[0].input_ids, 5)
-    assert rows.response.iloc[0] == tiny.tokenizer.decode(fresh, skip_special_tokens=True)
+    # Every condition decodes a copy of the shared prompt cache: the unmasked response equals
+    # fresh decoding.
+    fresh = generate(tiny, tests[0].input_ids, retrieval.generation_config(config))[0]
+    assert rows.response.iloc[0] == fresh.text
     summary = result.summary.data
     assert set(summary.columns) >= {
         "k",
@@ -220,18 +251,57 @@ def test_ablation_conditions_and_shared_cache(tiny) -> None:
         assert getattr(again, name).data.equals(getattr(result, name).data), name
 
 
-def test_masking_changes_output_and_empty_mask_is_identity(tiny) -> None:
-    test = niah.build_tests(tiny, [NEEDLE], HAYSTACK, [150], 1, 8)[0]
-    ids = test.input_ids[None]
+def test_row_masks_equal_the_interventions_row_by_row(tiny) -> None:
+    tests = niah.build_tests(tiny, [NEEDLE], HAYSTACK, [150], 1, 8) * 3
+    batch = tiny.encode([tiny.tokenizer.decode(t.input_ids) for t in tests])
+    # Uniform attention is exact per row only among rows masking the same layers (the
+    # ablation batches them so); zeroing z is exact for any rows.
+    cases = {
+        "zero": (lambda h: HeadScale(h, alpha=0.0), ["L1H0,L2H3", "", "L0H1"]),
+        "uniform": (uniform_attention, ["L1H0,L2H3", "L1H1,L2H0", "L1H3,L2H3"]),
+    }
     with torch.no_grad():
-        plain = tiny.hf(ids).logits[0, -1]
-        for masking in ("zero", "uniform"):
+        plain = tiny.hf(**batch).logits[:, -1]
+        for masking, (intervention, labels) in cases.items():
+            heads = [HeadSet(label.split(",") if label else []) for label in labels]
             config = ablation.AblationConfig(masking=masking, positions="all")
-            with ablation.masked(tiny, HeadSet(["L1H0", "L2H3"]), config):
-                edited = tiny.hf(ids).logits[0, -1]
-            assert (edited - plain).abs().max() > 1e-4
-        with ablation.masked(tiny, HeadSet(), ablation.AblationConfig()):
-            assert torch.equal(tiny.hf(ids).logits[0, -1], plain)
+            with ablation.row_masks(tiny, heads, config):
+                edited = tiny.hf(**batch).logits[:, -1]
+            assert (edited[0] - plain[0]).abs().max() > 1e-4
+            for row, chosen in enumerate(heads):
+                with intervention(chosen).applied(tiny) if len(chosen) else nullcontext():
+                    alone = tiny.hf(**batch).logits[row, -1]
+                assert torch.equal(edited[row], alone), (masking, row)
+        with ablation.row_masks(tiny, [HeadSet()] * 3, ablation.AblationConfig()):
+            assert torch.equal(tiny.hf(**batch).logits[:, -1], plain)
+
+
+# Responses of the batch-1 decode loop from before the generation driver (sha256 prefix).
+_ABLATION_BEFORE_DRIVER = {
+    ("zero", "decode", "per_test"): "db8f78233a034da4",
+    ("uniform", "all", "per_test"): "2ca521bf88a3c6d4",
+    ("zero", "all", "per_seed"): "5dc13e9c5bafb39c",
+}
+
+
+@pytest.mark.parametrize("options", list(_ABLATION_BEFORE_DRIVER))
+def test_batched_ablation_equals_batch_one_and_the_decode_loop_before(tiny, options) -> None:
+    tests = niah.build_tests(tiny, [NEEDLE], HAYSTACK, [150, 170], 2, 6)  # padded batches
+    scores = retrieval.HeadScores.from_matrix(
+        np.arange(12, dtype=float).reshape(3, 4) / 20, _provenance()
+    )
+    masking, positions, draw = options
+    config = ablation.AblationConfig(
+        ks=(0, 2, 4), n_seeds=2, max_new_tokens=6, threshold=0.45, masking=masking,
+        positions=positions, random_draw=draw,
+    )  # fmt: skip
+    effects = EffectsConfig(n_boot=200)
+    alone = ablation.run_ablation(tiny, tests, scores, config, effects=effects, batch_size=1)
+    batched = ablation.run_ablation(tiny, tests, scores, config, effects=effects, batch_size=4)
+    for name in ("tests", "curve", "effects", "summary"):
+        assert getattr(batched, name).data.equals(getattr(alone, name).data), name
+    digest = hashlib.sha256("\x00".join(alone.tests.data.response).encode()).hexdigest()
+    assert digest[:16] == _ABLATION_BEFORE_DRIVER[options]
 
 
 def test_cli_score_resume_and_ablate(tiny, tmp_path) -> None:
@@ -253,6 +323,11 @@ def test_cli_score_resume_and_ablate(tiny, tmp_path) -> None:
     assert again.exit_code == 0 and "12 of 12 tests already done" in again.output
     assert len((out / "work.jsonl").read_text().splitlines()) == 12
     assert retrieval.RetrievalResult.load(out).tests.data.equals(saved.tests.data)
+    small = [*args[:-1], str(tmp_path / "small"), "--batch-size", "5"]  # 3 batches
+    assert CliRunner().invoke(app, small).exit_code == 0
+    smaller = retrieval.RetrievalResult.load(tmp_path / "small")
+    assert smaller.tests.data.equals(saved.tests.data)
+    assert smaller.scores.data.equals(saved.scores.data)
     manifest = json.loads((out / "manifest.json").read_text())
     assert {"scores.parquet", "scores.csv", "tests.parquet", "work.jsonl"} <= set(manifest["files"])
     ablate = [
@@ -354,8 +429,11 @@ def test_one_haystack_path_is_one_file(tmp_path) -> None:
     assert niah.load_haystack(str(path)) == niah.load_haystack(path) == "Some prose."
 
 
-def test_greedy_decode_refuses_a_batch_instead_of_one_sequence(tiny) -> None:
-    batch = tiny.encode("The key is")
-    with pytest.raises(InputError, match=r"\.ids\(\)"):
-        retrieval.greedy_decode(tiny, batch.input_ids, 3)
-    assert len(retrieval.greedy_decode(tiny, batch.ids(), 3)) <= 3
+def test_batches_group_similar_lengths() -> None:
+    lengths = [300, 200, 205, 310, 201, 302, 100]
+    tests = [niah.NeedleTest(i, n, 0.0, torch.ones(n), (0, 1), (0, 1), "x")
+             for i, n in enumerate(lengths)]  # fmt: skip
+    assert niah.batches(tests, 2) == [[6], [1, 4], [2], [0, 5], [3]]
+    assert niah.batches(tests, 8) == [[6], [1, 4, 2], [0, 5, 3]]
+    with pytest.raises(InputError, match="at least 1"):
+        niah.batches(tests, 0)
