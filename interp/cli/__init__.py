@@ -9,6 +9,7 @@ import typer
 from typer._click import exceptions as click_errors  # typer >= 0.29 vendors click
 from typer.core import TyperGroup
 
+from interp.cli.anchors import score_anchors
 from interp.cli.effect import effect_act
 from interp.cli.models import models
 from interp.cli.retrieval import ablate_retrieval, score_retrieval
@@ -83,6 +84,7 @@ score_app.command("sinks")(score_sinks)
 score_app.command("retrieval")(score_retrieval)
 effect_app.command("act")(effect_act)
 ablate_app.command("retrieval")(ablate_retrieval)
+score_app.command("anchors")(score_anchors)
 
 # circuits (issue 9)
 from interp.cli.circuit import circuit_colored_objects, circuit_ioi, circuit_overlap  # noqa: E402

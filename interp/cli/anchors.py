@@ -1,0 +1,256 @@
+"""`interp score anchors`: preplan and anchor tokens in reasoning traces (Li et al. 2025).
+
+Generates reasoning traces for the shipped problems (or reads the user's), splits the
+band's heads into local and global by back-distance, scores every response token (WAAD,
+FAI, preplan, anchor), exports per-token credit γ as JSONL, reports the paper's analysis
+statistics and the causal check with intervals, and draws the figures. Every stage records
+its finished work in the folder's work log (`interp.runs.WorkLog`): generation as one
+item, each pass and the causal check per trace, so a stopped run resumes with the same
+`--out`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from interp.cli.common import (
+    DeviceOption,
+    ModelOption,
+    StaticOption,
+    export_figures,
+    load_model_or_fail,
+    progress_bar,
+    result_folder,
+    start_record,
+    user_errors,
+)
+
+TracesOption = typer.Option(
+    "--traces",
+    help="JSONL of your traces ('prompt'/'response' text or 'prompt_ids'/'response_ids')."
+    " Text is used as it is (no chat template). Default: answer the shipped problems.",
+)
+
+
+def _per_trace(
+    log: Any,
+    traces: Sequence[Any],
+    stage: str,
+    batch_size: int,
+    fn: Callable[[Sequence[Any]], list[list[dict[str, Any]]]],
+) -> list[dict[str, Any]]:
+    """`fn(batch) -> rows per trace` for the traces `stage` has not logged, in batches of
+    the traces still to do; each trace is logged on its own. Returns all traces' rows."""
+    todo = [t for t in traces if not log.is_done((stage, t.name))]
+    if len(todo) < len(traces):
+        typer.echo(f"resuming {stage}: {len(traces) - len(todo)} traces already done", err=True)
+    pending: dict[str, list[dict[str, Any]]] = {}
+
+    def one(trace: Any) -> list[dict[str, Any]]:
+        if trace.name not in pending:
+            start = todo.index(trace)
+            batch = todo[start : start + batch_size]
+            pending.update(zip([t.name for t in batch], fn(batch), strict=True))
+        return pending.pop(trace.name)
+
+    update, bar = progress_bar(len(todo), stage, unit="trace")
+    with bar:
+        return log.run(traces, lambda t: (stage, t.name), one, update)
+
+
+def score_anchors(
+    model: Annotated[str | None, ModelOption] = None,
+    traces: Annotated[Path | None, TracesOption] = None,
+    problems: Annotated[int, typer.Option(help="How many shipped problems to answer.")] = 44,
+    chat: Annotated[
+        bool, typer.Option("--chat/--no-chat", help="Wrap generated prompts in the chat template.")
+    ] = True,
+    max_new_tokens: Annotated[int, typer.Option(help="Response budget per problem.")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 = greedy (paper: 0.7).")] = 0.7,
+    seed: Annotated[int, typer.Option(help="Seed of sampling and random controls.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Traces per forward.")] = 4,
+    window: Annotated[int, typer.Option(help="WAAD window W (paper: 10).")] = 10,
+    h_lo: Annotated[int, typer.Option(help="FAI's nearest query offset (paper: 10).")] = 10,
+    h_hi: Annotated[
+        int, typer.Option(help="FAI's farthest query offset (v2: 100; 0 = response end).")
+    ] = 100,
+    q: Annotated[float, typer.Option(help="Top-q share for preplan and anchors (0.4).")] = 0.4,
+    shift: Annotated[int, typer.Option(help="1 attaches row t-1 to token t.")] = 0,
+    layers: Annotated[
+        str | None, typer.Option(help="Band layers, comma-separated (default: paper's band).")
+    ] = None,
+    rule: Annotated[str, typer.Option(help="Credit rule: coupled, global or local.")] = "coupled",
+    gamma_amp: Annotated[float, typer.Option(help="γ of credited tokens (paper: 1.5).")] = 1.5,
+    alpha: Annotated[float, typer.Option(help="Coupled rule's α (placeholder 0.5).")] = 0.5,
+    k: Annotated[int, typer.Option(help="Coupled rule's look-back k (placeholder 3).")] = 3,
+    causal_seeds: Annotated[int, typer.Option(help="Random-token draws per trace.")] = 5,
+    continuation: Annotated[int, typer.Option(help="Greedy tokens compared (Jaccard).")] = 32,
+    causal: Annotated[
+        bool, typer.Option("--causal/--no-causal", help="Run the causal check.")
+    ] = True,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the intervals.")] = 2000,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder.")] = None,
+    device: Annotated[str, DeviceOption] = "cpu",
+    static: Annotated[bool, StaticOption] = True,
+) -> None:
+    """Find preplan and anchor tokens in reasoning traces; export per-token credit."""
+    record = start_record("score anchors", locals())
+    with user_errors():
+        import json
+
+        import numpy as np
+        import pandas as pd
+
+        from interp.cli.retrieval import _ints
+        from interp.effects import EffectsConfig
+        from interp.errors import InputError
+        from interp.figures import head_heatmap
+        from interp.generation import GenerationConfig
+        from interp.prompts import data_path
+        from interp.results import Provenance, hash_inputs
+        from interp.runs import WorkLog, run_identity
+        from probes import anchor_causal, anchor_credit, anchor_figures, anchors
+        from probes.anchor_stats import PeakStatsConfig, peak_statistics
+        from probes.anchor_traces import Trace, generate_traces, load_problems, read_traces
+
+        config = anchors.AnchorConfig(
+            window=window,
+            h_lo=h_lo,
+            h_hi=h_hi,
+            q=q,
+            shift=shift,  # type: ignore[arg-type]
+            layers=_ints(layers, minimum=0) or (),
+            batch_size=batch_size,
+        )
+        credit = anchor_credit.CreditConfig(rule=rule, gamma_amp=gamma_amp, alpha=alpha, k=k)  # type: ignore[arg-type]
+        causal_config = anchor_causal.CausalConfig(
+            n_seeds=causal_seeds, continuation=continuation, seed=seed
+        )
+        effects = EffectsConfig(n_boot=n_boot, seed=seed)
+        generation = GenerationConfig(
+            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
+        )
+        shipped = load_problems()
+        if not 1 <= problems <= len(shipped):
+            raise InputError(f"--problems must lie in 1..{len(shipped)}, got {problems}.")
+        folder = result_folder(out, "anchors", model, record)
+        loaded = load_model_or_fail(model, device)
+        source = traces or data_path("problems", "problems.jsonl")
+        record.inputs([source])
+        chosen = [] if traces else shipped[:problems]
+        identity = Provenance(
+            model=loaded.spec,
+            weights_hash=loaded.weights_hash,
+            analyzer=anchors.ANALYZER,
+            config={
+                **config.to_dict(),
+                **credit.to_dict(),
+                **causal_config.to_dict(),
+                **generation.to_dict(),
+                "chat": chat,
+                "n_boot": n_boot,
+            },
+            inputs_hash=hash_inputs([source.read_text("utf-8"), [p.id for p in chosen]]),
+            n_inputs=len(chosen),
+        )
+        log = WorkLog(folder, run_identity(identity))
+        if traces:
+            items = read_traces(traces, loaded)  # prompts as the model saw them
+        else:
+            update, bar = progress_bar(len(chosen), "generation", unit="problem")
+            finished: set[int] = set()
+
+            def on_step(step: Any) -> None:
+                ended = step.kept.logical_not().tolist()
+                finished.update(r for r, end in zip(step.rows, ended, strict=True) if end)
+                update(len(finished), len(chosen))
+
+            def answer(_: str) -> list[dict[str, Any]]:
+                made = generate_traces(
+                    loaded, chosen, generation, chat=chat, batch_size=batch_size, on_step=on_step
+                )
+                update(len(chosen), len(chosen))
+                return [t.to_dict() for t in made]
+
+            with bar:
+                rows = log.run(["traces"], lambda item: item, answer)
+            items = [Trace.from_dict(row) for row in rows]
+        provenance = anchors.anchors_provenance(loaded, items, config)
+        distance_rows = _per_trace(
+            log,
+            items,
+            "pass 1",
+            batch_size,
+            lambda batch: [
+                [{"sums": s.tolist()}] for s in anchors.distance_sums(loaded, batch, config)
+            ],
+        )
+        sums = np.sum([np.array(r["sums"]) for r in distance_rows], axis=0)
+        heads = anchors.head_split(
+            sums, sum(t.n_response for t in items), loaded, config, provenance
+        )
+        token_rows = _per_trace(
+            log,
+            items,
+            "pass 2",
+            batch_size,
+            lambda batch: anchors.token_rows(loaded, batch, heads, config),
+        )
+        tokens = anchors.token_table(token_rows, provenance)
+        record.wrote(heads.save(folder / "heads.parquet", csv=True))
+        record.wrote(tokens.save(folder / "tokens.parquet", csv=True))
+        record.wrote(anchor_credit.write_credit(folder / "credit.jsonl", tokens, credit))
+        traces_file = folder / "traces.jsonl"
+        traces_file.write_text("".join(json.dumps(t.to_dict()) + "\n" for t in items), "utf-8")
+        record.wrote(traces_file)
+        statistics = peak_statistics(tokens, PeakStatsConfig(seed=seed), effects)
+        record.wrote(statistics.save(folder / "statistics.parquet", csv=True))
+        summary_fields: dict[str, Any] = {"statistics": statistics.data.to_dict("records")}
+        if causal:
+            glob = anchors.heads_with_role(heads, "global")
+            by_trace = dict(tuple(tokens.data.groupby("trace", sort=False)))
+            causal_rows = _per_trace(
+                log,
+                items,
+                "causal check",
+                1,
+                lambda batch: [
+                    anchor_causal.trace_effects(
+                        loaded, batch[0], by_trace[batch[0].name], glob, causal_config
+                    )
+                ],
+            )
+            result = anchor_causal.summarize(pd.DataFrame(causal_rows), provenance, effects)
+            record.wrote(result.save(folder))
+            summary_fields["causal"] = result.effects.data.to_dict("records")
+        first = items[0]
+        local = anchor_figures.local_head_for_map(heads.data)
+        pattern = anchor_figures.head_pattern(loaded, first, local)
+        figures = {
+            "head_distance": head_heatmap(heads, "score", f"Back-distance d(l,h) ({loaded.spec})"),
+            "token_strip": anchor_figures.token_strip(tokens, first.name),
+            "local_head_map": anchor_figures.attention_map(
+                pattern, local, first.n_prompt, f"Most local head on {first.name}"
+            ),
+        }
+        written = export_figures(figures, folder, static)
+        record.wrote(written)
+        record.write(
+            folder,
+            provenance=provenance.to_dict(),
+            traces=len(items),
+            response_tokens=len(tokens),
+            local_heads=anchors.heads_with_role(heads, "local").labels,
+            global_heads=anchors.heads_with_role(heads, "global").labels,
+            **summary_fields,
+        )
+        typer.echo(f"{len(items)} traces, {len(tokens)} response tokens -> {folder}")
+        columns = ["metric", "n", "baseline", "intervened", "difference", "ci_low", "ci_high"]
+        typer.echo(statistics.data[["statistic", *columns]].to_string(index=False))
+        if causal:
+            typer.echo(result.effects.data[["comparison", *columns]].to_string(index=False))
+        typer.echo(f"{len(written)} figure files in {folder / 'figures'}")

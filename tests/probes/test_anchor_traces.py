@@ -1,0 +1,117 @@
+"""Trace files, shipped problems, generated traces and the causal check on the tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from interp.errors import InputError
+from interp.generation import GenerationConfig
+from interp.hooks import attention_hooks
+from probes import anchor_causal as causal
+from probes import anchors
+from probes.anchor_traces import Trace, generate_traces, load_problems, read_traces
+
+
+def _write(path, lines) -> str:
+    path.write_text("\n".join(json.dumps(x) if not isinstance(x, str) else x for x in lines))
+    return str(path)
+
+
+def test_reads_text_and_id_traces(tiny, tmp_path) -> None:
+    path = _write(
+        tmp_path / "t.jsonl",
+        [
+            {"id": "one", "prompt": "2+2?", "response": "It is 4."},
+            {"prompt_ids": [5, 6, 7], "response_ids": [8, 9]},
+        ],
+    )
+    first, second = read_traces(path, tiny)
+    assert first.name == "one" and first.n_prompt == 4 and first.n_response == 8
+    assert second == Trace("line-2", (5, 6, 7, 8, 9), 3)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ({"prompt": "q"}, "t.jsonl:2: missing field 'response'"),
+        ({"response": "a"}, "t.jsonl:2: missing field 'prompt'"),
+        ({"prompt": "q", "response": ""}, "t.jsonl:2: empty response"),
+        ({"prompt_ids": [4], "response_ids": []}, "t.jsonl:2: empty response"),
+        ({"prompt_ids": [4]}, "t.jsonl:2: missing field 'response_ids'"),
+        ({"prompt_ids": [4], "response_ids": [9999]}, "t.jsonl:2: 'response_ids' must be"),
+        ("[1, 2]", "t.jsonl:2: expected a JSON object"),
+        ("{not json", "t.jsonl:2: not valid JSON"),
+    ],
+)
+def test_bad_trace_lines_name_the_line(tiny, tmp_path, line, message) -> None:
+    path = _write(tmp_path / "t.jsonl", [{"prompt": "ok", "response": "fine"}, line])
+    with pytest.raises(InputError, match=message) as caught:
+        read_traces(path, tiny)
+    assert "\n" not in str(caught.value)
+
+
+def test_shipped_problems_and_generated_traces(tiny) -> None:
+    problems = load_problems()
+    assert len(problems) >= 40 and len({p.id for p in problems}) == len(problems)
+    config = GenerationConfig(max_new_tokens=6, temperature=0.7, seed=3, stop_at_eos=False)
+    traces = generate_traces(tiny, problems[:3], config, chat=False, batch_size=2)
+    again = generate_traces(tiny, problems[:3], config, chat=False, batch_size=3)
+    assert traces == again  # seeded, independent of batching
+    assert [t.n_response for t in traces] == [6, 6, 6]
+    question = tiny.tokenizer(problems[0].question)["input_ids"]
+    assert list(traces[0].ids[: traces[0].n_prompt])[-len(question) :] == question
+
+
+def test_block_keys_zeroes_later_attention_and_keeps_rows_distributions(tiny) -> None:
+    ids = torch.arange(3, 23)[None].repeat(2, 1)
+    edit = causal.block_keys(anchors.HeadSet(["L1H0", "L1H3"]), [[4, 9], []])
+    seen = []
+
+    class Spy:
+        def wants(self, layer, n_queries):
+            return layer == 1
+
+        def __call__(self, rows):
+            seen.append(rows.probs.clone())
+
+    with edit.applied(tiny), attention_hooks(tiny.hf, Spy()), torch.no_grad():
+        tiny.hf(ids)
+    probs, free = torch.cat(seen, dim=2)  # [head, query, key] of each row
+    assert probs[[0, 3]][:, 5:, 4].abs().max() == 0 and probs[[0, 3]][:, 10:, 9].abs().max() == 0
+    assert probs[1, 5:, 4].min() > 0 and free[[0, 3]][:, 5:, 4].min() > 0  # others untouched
+    torch.testing.assert_close(probs.sum(-1), torch.ones(4, 20), atol=1e-5, rtol=0)
+    with edit.identity().applied(tiny), attention_hooks(tiny.hf, Spy()), torch.no_grad():
+        seen.clear()
+        tiny.hf(ids)
+    assert torch.equal(torch.cat(seen, dim=2)[1], free)  # a row with nothing blocked
+
+
+def test_causal_check_runs_and_identity_rows_are_exact(tiny) -> None:
+    rng = np.random.default_rng(0)
+    traces = [Trace(f"t{i}", tuple(int(x) for x in rng.integers(3, 259, 40)), 8) for i in range(3)]
+    config = anchors.AnchorConfig(h_lo=3, h_hi=15)
+    result = anchors.run(tiny, traces, config)
+    glob = anchors.heads_with_role(result.heads, "global")
+    rows = []
+    for trace in traces:
+        table = result.tokens.data[result.tokens.data.trace == trace.name]
+        rows += causal.trace_effects(
+            tiny, trace, table, glob, causal.CausalConfig(n_seeds=2, continuation=4)
+        )
+    assert len(rows) == 3 * 3
+    summary = causal.summarize(pd.DataFrame(rows), result.tokens.provenance).effects.data
+    assert summary.metric.tolist() == [
+        "later_logprob",
+        "jaccard",
+        "later_logprob",
+        "jaccard",
+        "logprob_change",
+        "jaccard",
+    ]
+    assert np.isfinite(summary.difference).all()
+    assert (pd.DataFrame(rows).logprob_change != 0).all()

@@ -1,0 +1,70 @@
+"""`interp score anchors` on a saved tiny model: outputs, resume, trace-file errors."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from interp.cli import app
+from interp.results import TokenScores
+from probes.anchor_credit import read_credit
+from tests.tiny import saved_tiny
+
+runner = CliRunner()
+ARGS = ["--problems", "3", "--max-new-tokens", "24", "--no-chat", "--h-lo", "2", "--h-hi", "8"]
+ARGS += ["--causal-seeds", "2", "--continuation", "3", "--n-boot", "100", "--no-static"]
+
+
+def test_score_anchors_writes_tables_credit_figures_and_resumes(tmp_path) -> None:
+    model = saved_tiny(tmp_path / "model")
+    out = tmp_path / "run"
+    args = ["score", "anchors", "--model", str(model), *ARGS, "--out", str(out)]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    tokens = TokenScores.load(out / "tokens.parquet")
+    assert set(tokens.data.trace) == {"math-00", "math-01", "math-02"}
+    assert {"waad", "fai", "delta_waad", "is_preplan", "is_anchor"} <= set(tokens.data.columns)
+    credit = read_credit(out / "credit.jsonl")
+    assert [len(r["gamma"]) for r in credit] == tokens.data.groupby("trace").size().tolist()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["traces"] == 3 and len(manifest["causal"]) == 6
+    assert {"figures/token_strip.html", "figures/local_head_map.html"} <= set(manifest["files"])
+    causal = pd.read_parquet(out / "causal_effects.parquet")
+    statistics = pd.read_parquet(out / "statistics.parquet")
+
+    # Stop after the generation and two traces of pass 1: the rerun finishes the same run.
+    log = out / "work.jsonl"
+    log.write_text("".join(log.read_text().splitlines(keepends=True)[:3]))
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "resuming pass 1: 2 traces already done" in again.output
+    assert TokenScores.load(out / "tokens.parquet").data.equals(tokens.data)
+    assert pd.read_parquet(out / "causal_effects.parquet").equals(causal)
+    assert pd.read_parquet(out / "statistics.parquet").equals(statistics)
+
+
+def test_bad_trace_file_is_one_error_line(tmp_path) -> None:
+    model = saved_tiny(tmp_path / "model")
+    bad = tmp_path / "traces.jsonl"
+    bad.write_text('{"prompt": "q", "response": "a"}\n{"prompt": "q"}\n')
+    result = runner.invoke(
+        app, ["score", "anchors", "--model", str(model), "--traces", str(bad), "--no-static"]
+    )
+    assert result.exit_code == 2
+    assert "traces.jsonl:2: missing field 'response'" in result.output
+    assert result.output.count("error:") == 1 and "Traceback" not in result.output
+
+
+def test_bad_options_are_one_error_line_before_loading(tmp_path) -> None:
+    for option, message in (
+        (["--q", "1.5"], "AnchorConfig.q must lie in"),
+        (["--shift", "2"], "AnchorConfig.shift must be one of"),
+        (["--rule", "both"], "CreditConfig.rule must be one of"),
+        (["--problems", "0"], "--problems must lie in 1..44"),
+        (["--h-lo", "50", "--h-hi", "20"], "is below h_lo"),
+    ):
+        result = runner.invoke(app, ["score", "anchors", *option, "--out", str(tmp_path / "x")])
+        assert result.exit_code == 2 and message in result.output, (option, result.output)
+        assert "loading" not in result.output and not (tmp_path / "x").exists()
