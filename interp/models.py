@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 
 from interp.cache import build_once
 from interp.encoding import Encoding
@@ -241,6 +247,30 @@ def load_model(
             f"Model spec {name!r} is neither a .gguf file nor a checkpoint folder."
         )
     return _load_hub(name, load)
+
+
+def load_config(spec: str | os.PathLike | None = None) -> PretrainedConfig:
+    """The config of the model `load_model(spec)` would load, without loading weights.
+
+    A GGUF file's config is read from its metadata (or from its finished conversion) and
+    says float32, the dtype `load_model` de-quantizes to; a hub id fetches config.json only.
+
+    Raises:
+        UnsupportedModelError: the spec names no readable config.
+    """
+    name = None if spec is None else str(spec)
+    default = name is None or name.lower() in _DEFAULT_ALIASES
+    path = default_gguf_path() if default else Path(name).expanduser()  # type: ignore[arg-type]
+    try:
+        if path.suffix == ".gguf":
+            config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+            config.dtype = torch.float32
+            return config
+        return AutoConfig.from_pretrained(path if path.is_dir() else name)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UnsupportedModelError(
+            f"Cannot read the config of {name!r}: {_first_line(exc)}"
+        ) from exc
 
 
 @dataclass(frozen=True)
