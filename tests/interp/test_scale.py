@@ -8,10 +8,15 @@ about twice the largest deviation seen on these inputs (noted beside it).
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 import torch
+from typer.testing import CliRunner
 
+import interp.models
+from interp.cli import app
 from interp.effects import Effects, EffectsConfig, measure
 from interp.errors import InputError
 from interp.hooks import decoder_from, decoder_layers, residual_hooks
@@ -161,3 +166,33 @@ def test_decoder_from_offloaded(offloaded) -> None:
             use_cache=False,
         ).logits
     torch.testing.assert_close(resumed, full, rtol=0, atol=1e-5)
+
+
+@pytest.mark.integration
+def test_cli_passes_the_placement_through(tmp_path, monkeypatch) -> None:
+    calls: list[dict] = []
+    real = interp.models.load_model
+
+    def spy(spec=None, **kwargs):
+        calls.append(kwargs)
+        return real(spec, **kwargs)
+
+    monkeypatch.setattr(interp.models, "load_model", spy)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(PROMPT)
+    args = ["score", "sinks", "--prompts", str(prompts), "--no-static", "--dtype", "bfloat16"]
+    split = ["--device-map", json.dumps(_split()), "--offload-folder", str(tmp_path / "off")]
+    result = CliRunner().invoke(app, [*args, *split, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert calls == [
+        {
+            "device": None,
+            "dtype": "bfloat16",
+            "device_map": _split(),
+            "max_memory": None,
+            "offload_folder": tmp_path / "off",
+        }
+    ]
+    assert len(pd.read_csv(tmp_path / "run" / "scores_per_head.csv")) == 270
+    both = CliRunner().invoke(app, [*args, "--device", "cuda:0", "--device-map", "auto"])
+    assert both.exit_code == 2 and "not both" in both.output
