@@ -154,8 +154,9 @@ def plan_memory(
     attention = b * n * (s.d_model + 4 * d_q + 2 * d_kv) * size
     forward = kept + max(mlp, attention)
 
-    rows = _block_rows(b, s.n_heads, n, torch.device(device))
-    block = b * s.n_heads * min(rows, n) * n * FLOAT32  # the last (widest) block
+    rows = min(n, _block_rows(b, s.n_heads, n, torch.device(device)))
+    widest = (n // rows) * rows  # keys of the last full block (a block sees keys < its end)
+    block = b * s.n_heads * max(rows * widest, (n - widest) * n) * FLOAT32
     # Explicit attention replaces the kernel: the scaled float32 queries, the output, and
     # blocks of scores and probabilities (two at once while softmax runs).
     explicit = attention + b * n * d_q * (FLOAT32 + size) + 2 * block
@@ -186,7 +187,7 @@ def plan_memory(
                 "explicit layer",
                 kept + max(mlp, explicit) - forward,
                 weights + kept + max(mlp, explicit),
-                f"one hooked layer: blocks of {min(rows, n)} rows x {n} keys,"
+                f"one hooked layer: blocks of {rows} rows x up to {n} keys,"
                 f" {block / 2**20:.0f} MiB each",
             ),
         ],

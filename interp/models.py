@@ -263,6 +263,9 @@ def load_config(spec: str | os.PathLike | None = None) -> PretrainedConfig:
     path = default_gguf_path() if default else Path(name).expanduser()  # type: ignore[arg-type]
     try:
         if path.suffix == ".gguf":
+            converted = _gguf_folder(path)[0]
+            if (converted / "config.json").is_file():
+                return AutoConfig.from_pretrained(converted)
             config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
             config.dtype = torch.float32
             return config
@@ -314,10 +317,15 @@ def _gguf_cache(gguf_path: Path) -> tuple[Path, str]:
         raise UnsupportedModelError(
             f"{gguf_path} is not a GGUF file (it does not start with the GGUF magic bytes)."
         )
-    digest = sha256_file(gguf_path)
-    folder = cache_dir() / "gguf" / digest[:16]
+    folder, digest = _gguf_folder(gguf_path)
     build_once(folder, lambda tmp: _convert_gguf(gguf_path, tmp), complete="config.json")
     return folder, digest
+
+
+def _gguf_folder(gguf_path: Path) -> tuple[Path, str]:
+    """Where the conversion of a GGUF file is cached (keyed by its SHA-256), and the hash."""
+    digest = sha256_file(gguf_path)
+    return cache_dir() / "gguf" / digest[:16], digest
 
 
 def _convert_gguf(gguf_path: Path, out: Path) -> None:
