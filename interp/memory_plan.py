@@ -17,13 +17,14 @@ moment, modelled from what the code keeps:
 * retrieval: a forward's prefill (SDPA), then decode steps that add `max_new_tokens` to the
   cache and copy one layer's cache as it grows; one attention row per step is negligible;
 * ACT: explicit attention in the selected layers only, with its row edit's temporaries:
-  about four copies of the selected heads' share of a block, and the block cloned;
+  the block's rows, their clone and about two copies of the selected heads' share of a
+  block (the count measured on the default model; the rest follows from the code);
 * full logits: what returning every position's logits adds ([N, vocab]).
 
 Checked against measured peaks on the default model (benchmarks/memory_plan.py). Not
 modelled: the allocator's free-page cache (glibc keeps freed memory; measure with
-MALLOC_MMAP_THRESHOLD_ set to see live bytes), the process and libraries (~0.4 GiB of
-Python, torch and transformers on CPU), and gradients.
+MALLOC_MMAP_THRESHOLD_ set to see live bytes), the process and its libraries (Python,
+torch, transformers: a few hundred MiB), and gradients.
 """
 
 from __future__ import annotations
@@ -166,7 +167,9 @@ def plan_memory(
     retrieval = cache(max_new_tokens) + 2 * b * (n + max_new_tokens) * d_kv * size
 
     share = (act_heads_per_layer or s.n_heads) / s.n_heads
-    act_edit = explicit + block * (1 + 4 * share)  # the row edit's copies and the clone
+    # The edit holds the block's rows, their clone and about two copies of the selected
+    # heads' share (4 blocks with every head selected, measured at 1k-4k tokens).
+    act_edit = explicit + round(2 * share * block)
     act = kept + max(mlp, act_edit) - forward
 
     logits = b * n * s.vocab * size
