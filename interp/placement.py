@@ -147,7 +147,8 @@ def parse_device_map(text: str | None) -> DeviceMap | None:
     if not isinstance(parsed, dict):
         raise InputError(
             f"--device-map {text!r} is neither a strategy ({', '.join(STRATEGIES)}) nor a JSON"
-            ' object such as \'{"model.layers.10": "disk", "": "cpu"}\'.'
+            ' object mapping every module to a device or "disk", e.g.'
+            ' \'{"model.embed_tokens": "cpu", "model.layers.0": "disk", ...}\'.'
         )
     return parsed
 

@@ -32,7 +32,7 @@ DeviceOption = typer.Option("--device", help="Torch device, e.g. cpu or cuda.")
 DeviceMapOption = typer.Option(
     "--device-map",
     help="Split the model with accelerate instead of --device: auto, balanced,"
-    ' balanced_low_0, sequential, or a JSON map such as \'{"model.layers.9": "disk", ...}\'.',
+    ' balanced_low_0, sequential, or a JSON map of every module to a device or "disk".',
 )
 MaxMemoryOption = typer.Option(
     "--max-memory", help="Per-device limits for --device-map, e.g. cpu=4GiB,0=20GiB."
@@ -125,18 +125,18 @@ def load_model_or_fail(
     With a device map the default --device (cpu) is ignored; another --device is an error.
     """
     from interp.models import DEFAULT_MODEL, load_model
-    from interp.placement import parse_device_map, parse_max_memory
+    from interp.placement import Placement, parse_device_map, parse_dtype, parse_max_memory
 
+    chosen = {
+        "device": None if device_map is not None and device == "cpu" else device,
+        "device_map": parse_device_map(device_map),
+        "max_memory": parse_max_memory(max_memory),
+        "offload_folder": offload_folder,
+    }
+    Placement.of(**chosen)  # checked before the status line: a bad value is the only line
+    parse_dtype(dtype)
     typer.echo(f"loading {spec or DEFAULT_MODEL} ...", err=True)
-    split = device_map is not None
-    return load_model(
-        spec,
-        device=None if split and device == "cpu" else device,
-        dtype=dtype,
-        device_map=parse_device_map(device_map),
-        max_memory=parse_max_memory(max_memory),
-        offload_folder=offload_folder,
-    )
+    return load_model(spec, dtype=dtype, **chosen)
 
 
 def export_figures(figures: dict[str, Any], folder: Path, static: bool) -> list[Path]:

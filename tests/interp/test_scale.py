@@ -27,6 +27,7 @@ from interp.placement import parse_device_map, parse_dtype, parse_max_memory
 from interp.prompts import data_path
 from interp.tasks import choice_logprob, load_task
 from probes import niah, retrieval, sinks
+from tests.tiny import saved_tiny
 
 OFFLOADED = (2, 14, 27)  # decoder layers whose weights stay on disk
 HEADS = ["L2H1", "L14H3", "L27H8", "L5H0"]  # in offloaded layers, and one on the CPU
@@ -196,3 +197,23 @@ def test_cli_passes_the_placement_through(tmp_path, monkeypatch) -> None:
     assert len(pd.read_csv(tmp_path / "run" / "scores_per_head.csv")) == 270
     both = CliRunner().invoke(app, [*args, "--device", "cuda:0", "--device-map", "auto"])
     assert both.exit_code == 2 and "not both" in both.output
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--device-map", "bogus"],
+        ["--device-map", '{"model.layers.0": "tape"}'],
+        ["--dtype", "float8"],
+        ["--max-memory", "cpu"],
+        ["--max-memory", "cpu=1GiB"],  # without --device-map
+    ],
+)
+def test_bad_placement_options_are_one_line_errors(tmp_path, option) -> None:
+    model = saved_tiny(tmp_path / "model")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(PROMPT)
+    args = ["score", "sinks", "--model", str(model), "--prompts", str(prompts), "--no-static"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run"), *option])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and result.output.startswith("error:")
