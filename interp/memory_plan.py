@@ -185,7 +185,13 @@ def plan_memory(
                 weights + forward + retrieval,
                 f"prefill, then {max_new_tokens} decode steps",
             ),
-            ("act", act, weights + forward + act, "explicit rows and the edit, chosen layers"),
+            (
+                "act",
+                act,
+                weights + forward + act,
+                f"explicit rows and the edit, {act_heads_per_layer or s.n_heads} of"
+                f" {s.n_heads} heads per chosen layer",
+            ),
             (
                 "explicit layer",
                 kept + max(mlp, explicit) - forward,
