@@ -86,11 +86,17 @@ def test_command_line_placement_parsing() -> None:
 
 
 @pytest.mark.integration
-def test_offloaded_layers_are_on_disk(offloaded) -> None:
+def test_offloaded_layers_are_on_disk(default_model, offloaded) -> None:
     layers = decoder_layers(offloaded.hf)
     assert all(p.is_meta for i in OFFLOADED for p in layers[i].parameters())
     assert not any(p.is_meta for p in layers[0].parameters())
     assert offloaded.device == torch.device("cpu")  # the input embedding's execution device
+    # from_hf fingerprints offloaded weights from accelerate's weights map: same hash.
+    wrapped = Model.from_hf(offloaded.hf, offloaded.tokenizer)
+    assert (
+        wrapped.weights_hash
+        == Model.from_hf(default_model.hf, default_model.tokenizer).weights_hash
+    )
 
 
 @pytest.mark.integration
