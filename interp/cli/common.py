@@ -29,6 +29,20 @@ ModelOption = typer.Option(
     " Default: SmolLM2-135M-Instruct, offline.",
 )
 DeviceOption = typer.Option("--device", help="Torch device, e.g. cpu or cuda.")
+DeviceMapOption = typer.Option(
+    "--device-map",
+    help="Split the model with accelerate instead of --device: auto, balanced,"
+    ' balanced_low_0, sequential, or a JSON map of every module to a device or "disk".',
+)
+MaxMemoryOption = typer.Option(
+    "--max-memory", help="Per-device limits for --device-map, e.g. cpu=4GiB,0=20GiB."
+)
+OffloadFolderOption = typer.Option(
+    "--offload-folder", help="Where weights offloaded to disk are written, if they must be."
+)
+DtypeOption = typer.Option(
+    "--dtype", help="Weight dtype: float32, bfloat16 or float16. Default: the checkpoint's."
+)
 StaticOption = typer.Option(
     "--static/--no-static", help="Also export PNG/SVG/PDF figures (needs Chromium)."
 )
@@ -97,12 +111,32 @@ def start_record(command: str, params: dict[str, Any]) -> RunRecord:
     return RunRecord(command, sys.argv, params)
 
 
-def load_model_or_fail(spec: str | None, device: str) -> Any:
-    """Load a model with a status line (the analyzers never print)."""
-    from interp.models import DEFAULT_MODEL, load_model
+def load_model_or_fail(
+    spec: str | None,
+    device: str,
+    *,
+    device_map: str | None = None,
+    dtype: str | None = None,
+    max_memory: str | None = None,
+    offload_folder: Path | None = None,
+) -> Any:
+    """Load a model with a status line (the analyzers never print).
 
+    With a device map the default --device (cpu) is ignored; another --device is an error.
+    """
+    from interp.models import DEFAULT_MODEL, load_model
+    from interp.placement import Placement, parse_device_map, parse_dtype, parse_max_memory
+
+    chosen = {
+        "device": None if device_map is not None and device == "cpu" else device,
+        "device_map": parse_device_map(device_map),
+        "max_memory": parse_max_memory(max_memory),
+        "offload_folder": offload_folder,
+    }
+    Placement.of(**chosen)  # checked before the status line: a bad value is the only line
+    parse_dtype(dtype)
     typer.echo(f"loading {spec or DEFAULT_MODEL} ...", err=True)
-    return load_model(spec, device=device)
+    return load_model(spec, dtype=dtype, **chosen)
 
 
 def export_figures(figures: dict[str, Any], folder: Path, static: bool) -> list[Path]:

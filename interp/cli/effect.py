@@ -8,8 +8,12 @@ from typing import Annotated
 import typer
 
 from interp.cli.common import (
+    DeviceMapOption,
     DeviceOption,
+    DtypeOption,
+    MaxMemoryOption,
     ModelOption,
+    OffloadFolderOption,
     StaticOption,
     export_figures,
     load_model_or_fail,
@@ -59,6 +63,10 @@ def effect_act(
         typer.Option("--out", "-o", help="Output folder. Default: results/act-<model>-<time>."),
     ] = None,
     device: Annotated[str, DeviceOption] = "cpu",
+    device_map: Annotated[str | None, DeviceMapOption] = None,
+    max_memory: Annotated[str | None, MaxMemoryOption] = None,
+    offload_folder: Annotated[Path | None, OffloadFolderOption] = None,
+    dtype: Annotated[str | None, DtypeOption] = None,
     static: Annotated[bool, StaticOption] = True,
 ) -> None:
     """Run ACT: find heads on calibration splits (or load them), measure test accuracy."""
@@ -99,7 +107,14 @@ def effect_act(
         if heads is not None:
             record.inputs([heads])
         folder = result_folder(out, "act", model, record)
-        loaded = load_model_or_fail(model, device)
+        loaded = load_model_or_fail(
+            model,
+            device,
+            device_map=device_map,
+            dtype=dtype,
+            max_memory=max_memory,
+            offload_folder=offload_folder,
+        )
         if heads is None:
             update, bar = progress_bar(1, "head search", unit="step")
 

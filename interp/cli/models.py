@@ -1,15 +1,50 @@
-"""`interp models`: what can be loaded, and the default."""
+"""`interp models`: what can be loaded, the default, and a memory plan before loading."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
+from interp.cli.common import DtypeOption, user_errors
 
-def models() -> None:
+
+def models(
+    plan: Annotated[
+        str | None,
+        typer.Option(
+            "--plan",
+            help="Print the memory plan of this model spec ('default', a .gguf file, a"
+            " folder or a hub id; reads the config only) instead of the model list.",
+        ),
+    ] = None,
+    tokens: Annotated[int, typer.Option(help="Prompt length N of the plan.")] = 4096,
+    batch: Annotated[int, typer.Option(help="Prompts per forward in the plan.")] = 1,
+    dtype: Annotated[str | None, DtypeOption] = None,
+    device: Annotated[
+        str, typer.Option(help="Device the plan is for (sets the explicit-attention block).")
+    ] = "cpu",
+) -> None:
     """Show the default model, the cached GGUF conversions and the accepted spec forms."""
     from interp.errors import InterpError
     from interp.models import DEFAULT_MODEL, cache_dir, cached_conversions, default_gguf_path
 
+    if plan is not None:
+        with user_errors():
+            from interp.memory_plan import format_plan, plan_memory
+            from interp.models import load_config
+            from interp.placement import parse_dtype
+
+            config = load_config(plan)
+            typer.echo(f"{plan}: {type(config).__name__}")
+            typer.echo(
+                format_plan(
+                    plan_memory(
+                        config, tokens, dtype=parse_dtype(dtype), batch=batch, device=device
+                    )
+                )
+            )
+        return
     try:
         typer.echo(f"default: {DEFAULT_MODEL} (offline, {default_gguf_path()})")
     except InterpError as exc:
@@ -22,3 +57,4 @@ def models() -> None:
         " only when named). Supported: any HF causal LM whose attention uses HF's attention"
         " interface (Llama, Mistral, Qwen2/3, Gemma, GPT-2, ...)."
     )
+    typer.echo("`interp models --plan SPEC --tokens N`: memory needed, before loading.")

@@ -8,8 +8,12 @@ from typing import Annotated
 import typer
 
 from interp.cli.common import (
+    DeviceMapOption,
     DeviceOption,
+    DtypeOption,
+    MaxMemoryOption,
     ModelOption,
+    OffloadFolderOption,
     StaticOption,
     export_figures,
     load_model_or_fail,
@@ -48,6 +52,10 @@ def score_sinks(
         float, typer.Option(help="|x_d|/RMS(x) threshold for massive activations (VAR: 20).")
     ] = 20.0,
     device: Annotated[str, DeviceOption] = "cpu",
+    device_map: Annotated[str | None, DeviceMapOption] = None,
+    max_memory: Annotated[str | None, MaxMemoryOption] = None,
+    offload_folder: Annotated[Path | None, OffloadFolderOption] = None,
+    dtype: Annotated[str | None, DtypeOption] = None,
     static: Annotated[bool, StaticOption] = True,
 ) -> None:
     """Score every head's attention sinks and write tables, a manifest and figures."""
@@ -68,7 +76,14 @@ def score_sinks(
         prompt_file = prompts or data_path("prompts", "sinks.jsonl")
         texts = load_prompts(prompt_file)
         record.inputs([prompt_file])
-        loaded = load_model_or_fail(model, device)
+        loaded = load_model_or_fail(
+            model,
+            device,
+            device_map=device_map,
+            dtype=dtype,
+            max_memory=max_memory,
+            offload_folder=offload_folder,
+        )
         update, bar = progress_bar(len(texts), "sinks")
         with bar:
             result = sinks.run(loaded, texts, config, progress=update)

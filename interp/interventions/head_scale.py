@@ -94,19 +94,25 @@ class HeadScale:
     @contextmanager
     def applied(self, model: Model) -> Iterator[None]:
         selected = self.heads.mask(model.geometry)  # validates the heads
-        dtype, device = model.hf.dtype, model.device
-        # Per-layer tensors are built once here, so a decode step costs one op per layer.
         if self.mode == "scale":
-            factors = torch.where(selected, self.alpha, 1.0).to(device, dtype)[..., None]
+            factors = torch.where(selected, self.alpha, 1.0)[..., None]  # [layer, head, 1]
         else:
-            chosen = selected.to(device)[..., None]
             _check_reference(self.reference, self.heads, model.geometry)  # type: ignore[arg-type]
-            mean = self.reference.to(device, dtype)  # type: ignore[union-attr]
+        # Each layer's operands, moved once to the device and dtype of its z (under a
+        # device_map layers live on different devices), so a decode step costs one op.
+        operands: dict[int, tuple[Tensor, ...]] = {}
 
         def edit(layer: int, z: Float[Tensor, "batch pos head d_head"]) -> Tensor:
+            if layer not in operands:
+                if self.mode == "scale":
+                    operands[layer] = (factors[layer].to(z.device, z.dtype),)
+                else:
+                    mean = self.reference[layer].to(z.device, z.dtype)  # type: ignore[index]
+                    operands[layer] = (selected[layer, :, None].to(z.device), mean)
             if self.mode == "scale":
-                return z * factors[layer]
-            return torch.where(chosen[layer], mean[layer], z)
+                return z * operands[layer][0]
+            chosen, mean = operands[layer]
+            return torch.where(chosen, mean, z)
 
         with head_output_hooks(model.hf, edit, layers=self.heads.layers):
             yield

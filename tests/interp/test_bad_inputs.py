@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from interp.errors import InterpError
-from interp.models import check_device, load_model
+from interp.models import load_model
+from interp.placement import check_device
 from interp.prompts import load_prompts
 from interp.results import HeadScores
 from interp.tasks import load_items, load_task
