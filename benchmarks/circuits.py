@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
-# This script's name shadows the `circuits` package: its folder (first on the path when run
-# as a script) goes last, where `measure` is still found.
-sys.path.append(sys.path.pop(0))
+# This script's name shadows the `circuits` package, and an editable install's finder comes
+# after the path: the repository root takes the script folder's place at the front, and the
+# folder goes last, where `measure` is still found.
+sys.path.append(sys.path[0])
+sys.path.insert(0, str(Path(sys.path.pop(0)).resolve().parent))
 from measure import measure
 
 from circuits.attribution import attribution_patching

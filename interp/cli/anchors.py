@@ -18,11 +18,16 @@ from typing import Annotated, Any
 import typer
 
 from interp.cli.common import (
+    DeviceMapOption,
     DeviceOption,
+    DtypeOption,
+    MaxMemoryOption,
     ModelOption,
+    OffloadFolderOption,
     StaticOption,
     export_figures,
     load_model_or_fail,
+    placement,
     progress_bar,
     result_folder,
     start_record,
@@ -95,6 +100,10 @@ def score_anchors(
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the intervals.")] = 2000,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder.")] = None,
     device: Annotated[str, DeviceOption] = "cpu",
+    device_map: Annotated[str | None, DeviceMapOption] = None,
+    max_memory: Annotated[str | None, MaxMemoryOption] = None,
+    offload_folder: Annotated[Path | None, OffloadFolderOption] = None,
+    dtype: Annotated[str | None, DtypeOption] = None,
     static: Annotated[bool, StaticOption] = True,
 ) -> None:
     """Find preplan and anchor tokens in reasoning traces; export per-token credit."""
@@ -138,7 +147,7 @@ def score_anchors(
         if not 1 <= problems <= len(shipped):
             raise InputError(f"--problems must lie in 1..{len(shipped)}, got {problems}.")
         folder = result_folder(out, "anchors", model, record)
-        loaded = load_model_or_fail(model, device)
+        loaded = load_model_or_fail(model, device, **placement(locals()))
         source = traces or data_path("problems", "problems.jsonl")
         record.inputs([source])
         chosen = [] if traces else shipped[:problems]

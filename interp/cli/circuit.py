@@ -198,6 +198,13 @@ def _echo_task(summary: dict[str, Any]) -> None:
         f" logit difference; ablating it leaves {summary['faithfulness_complement']:.0%}:"
         f" {', '.join(summary['circuit'])}"
     )
+    if "check" in summary:
+        check = summary["check"]
+        typer.echo(
+            f"on {check['n']} prompts of {check['templates']} templates discovery did not see,"
+            f" it keeps {check['faithfulness']:.0%}; ablating it leaves"
+            f" {check['faithfulness_complement']:.0%}"
+        )
 
 
 def _single(
@@ -205,24 +212,48 @@ def _single(
     params: dict[str, Any],
     build: Any,
     stages: tuple[str, ...],
+    prepare_check: Any = None,
 ) -> None:
-    """What `circuit ioi` and `circuit colored-objects` share."""
+    """What `circuit ioi` and `circuit colored-objects` share.
+
+    `prepare_check`, when given, reads the input of a second task (other templates) before
+    the model loads and returns its builder; the discovered circuit's faithfulness is
+    measured again on it, unseen by discovery.
+    """
     record = start_record(command, params)
     with user_errors():
         _check_counts(n=params["n"], seed=params["seed"])
         _check_choice(params["patching"], PATCHING, "--patching")
         _check_choice(params["rank_by"], ("score", "abs"), "--rank-by")
         options = _options(params)
+        build_check = prepare_check() if prepare_check is not None else None
         job = "circuit-" + command.split()[-1]
         folder = result_folder(params["out"], job, params["model"], record)
         loaded = load_model_or_fail(params["model"], params["device"])
         task = build(loaded)
-        summary, figures, _ = _analyse(
+        summary, figures, found = _analyse(
             loaded, task, stages, options, params["patching"], params["batch_size"], folder, record
         )
+        if build_check is not None:
+            summary["check"] = _check_circuit(loaded, build_check(loaded), found, folder, record)
         _finish(folder, record, summary, figures, params["static"])
         _echo_task(summary)
         typer.echo(f"results and figures in {folder}")
+
+
+def _check_circuit(loaded: Any, task: Any, found: Any, folder: Path, record: Any) -> dict:
+    """Faithfulness of the discovered circuit on a task discovery did not see."""
+    from circuits.discovery import faithfulness
+
+    faithful = faithfulness(loaded, task, found.heads)
+    _save(faithful, folder, f"{task.name}_check_faithfulness", record)
+    share = faithful.data.set_index("condition")["share"]
+    return {
+        "n": len(task),
+        "templates": len(set(task.templates)),
+        "faithfulness": float(share["circuit"]),
+        "faithfulness_complement": float(share["complement"]),
+    }
 
 
 def _options(params: dict[str, Any]) -> dict[str, Any]:
@@ -249,12 +280,22 @@ def circuit_ioi(
     max_heads: Annotated[int, MaxHeadsOption] = 27,
     rank_by: Annotated[str, RankOption] = "abs",
     patching: Annotated[str, PatchingOption] = "attribution",
+    check_templates: Annotated[
+        Path | None,
+        typer.Option(
+            help='JSONL of IOI templates ({"template": ...} per line) to check the circuit\'s'
+            " faithfulness on. Default: the shipped held-out templates."
+        ),
+    ] = None,
     batch_size: Annotated[int, BatchOption] = 256,
     out: Annotated[Path | None, OutOption] = None,
     device: Annotated[str, DeviceOption] = "cpu",
     static: Annotated[bool, StaticOption] = True,
 ) -> None:
-    """IOI: accuracy, the circuit by four path-patching stages, its faithfulness, head maps."""
+    """IOI: accuracy, the circuit by four path-patching stages, its faithfulness, head maps.
+
+    The circuit's faithfulness is measured again on templates discovery did not see.
+    """
     params = dict(locals())
     from circuits.path_patching import IOI_STAGES
 
@@ -263,7 +304,19 @@ def circuit_ioi(
 
         return ioi(loaded, n, corruption=corruption, seed=seed)  # type: ignore[arg-type]
 
-    _single("circuit ioi", params, build, tuple(IOI_STAGES))
+    def prepare_check() -> Any:
+        """Reads the check templates before the model loads; builds the task after."""
+        from circuits.tasks import ioi, ioi_templates
+        from circuits.templates import load_templates
+
+        templates = (
+            ioi_templates("heldout")
+            if check_templates is None
+            else load_templates(check_templates, "IOI template")
+        )
+        return lambda loaded: ioi(loaded, n, templates=templates, corruption=corruption, seed=seed)  # type: ignore[arg-type]
+
+    _single("circuit ioi", params, build, tuple(IOI_STAGES), prepare_check)
 
 
 def circuit_colored_objects(

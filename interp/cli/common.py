@@ -111,6 +111,14 @@ def start_record(command: str, params: dict[str, Any]) -> RunRecord:
     return RunRecord(command, sys.argv, params)
 
 
+PLACEMENT = ("device_map", "dtype", "max_memory", "offload_folder")
+
+
+def placement(params: dict[str, Any]) -> dict[str, Any]:
+    """The placement options among a command's parameters, for `load_model_or_fail`."""
+    return {name: params[name] for name in PLACEMENT}
+
+
 def load_model_or_fail(
     spec: str | None,
     device: str,

@@ -17,6 +17,7 @@ from interp.cli.common import (
     StaticOption,
     export_figures,
     load_model_or_fail,
+    placement,
     progress_bar,
     result_folder,
     start_record,
@@ -107,14 +108,7 @@ def effect_act(
         if heads is not None:
             record.inputs([heads])
         folder = result_folder(out, "act", model, record)
-        loaded = load_model_or_fail(
-            model,
-            device,
-            device_map=device_map,
-            dtype=dtype,
-            max_memory=max_memory,
-            offload_folder=offload_folder,
-        )
+        loaded = load_model_or_fail(model, device, **placement(locals()))
         if heads is None:
             update, bar = progress_bar(1, "head search", unit="step")
 

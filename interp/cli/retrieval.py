@@ -16,11 +16,16 @@ from typing import Annotated, Any
 import typer
 
 from interp.cli.common import (
+    DeviceMapOption,
     DeviceOption,
+    DtypeOption,
+    MaxMemoryOption,
     ModelOption,
+    OffloadFolderOption,
     StaticOption,
     export_figures,
     load_model_or_fail,
+    placement,
     progress_bar,
     result_folder,
     start_record,
@@ -149,6 +154,10 @@ def score_retrieval(
     batch_size: Annotated[int | None, BatchOption] = None,
     out: Annotated[Path | None, OutOption] = None,
     device: Annotated[str, DeviceOption] = "cpu",
+    device_map: Annotated[str | None, DeviceMapOption] = None,
+    max_memory: Annotated[str | None, MaxMemoryOption] = None,
+    offload_folder: Annotated[Path | None, OffloadFolderOption] = None,
+    dtype: Annotated[str | None, DtypeOption] = None,
     static: Annotated[bool, StaticOption] = True,
 ) -> None:
     """Score every head's retrieval score on a needle-in-a-haystack grid (Wu et al. 2024)."""
@@ -170,7 +179,7 @@ def score_retrieval(
         )
         _check_batch_size(batch_size)
         folder = result_folder(out, "retrieval", model, record)
-        loaded = load_model_or_fail(model, device)
+        loaded = load_model_or_fail(model, device, **placement(locals()))
         grid = config.grid_lengths(loaded)
         tests = _tests(
             loaded, record, needles, "scoring.jsonl", haystack, grid, depths, max_new_tokens
@@ -242,6 +251,10 @@ def ablate_retrieval(
     batch_size: Annotated[int | None, BatchOption] = None,
     out: Annotated[Path | None, OutOption] = None,
     device: Annotated[str, DeviceOption] = "cpu",
+    device_map: Annotated[str | None, DeviceMapOption] = None,
+    max_memory: Annotated[str | None, MaxMemoryOption] = None,
+    offload_folder: Annotated[Path | None, OffloadFolderOption] = None,
+    dtype: Annotated[str | None, DtypeOption] = None,
     static: Annotated[bool, StaticOption] = True,
 ) -> None:
     """NIAH accuracy with top-K retrieval heads vs K random heads masked (held-out needles)."""
@@ -276,7 +289,7 @@ def ablate_retrieval(
         record.inputs([scores])
         _check_batch_size(batch_size)
         folder = result_folder(out, "ablation", model, record)
-        loaded = load_model_or_fail(model, device)
+        loaded = load_model_or_fail(model, device, **placement(locals()))
         grid = _ints(lengths, minimum=1) or ()
         tests = _tests(
             loaded, record, needles, "heldout.jsonl", haystack, grid, depths, max_new_tokens

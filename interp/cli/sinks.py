@@ -17,6 +17,7 @@ from interp.cli.common import (
     StaticOption,
     export_figures,
     load_model_or_fail,
+    placement,
     progress_bar,
     result_folder,
     start_record,
@@ -76,14 +77,7 @@ def score_sinks(
         prompt_file = prompts or data_path("prompts", "sinks.jsonl")
         texts = load_prompts(prompt_file)
         record.inputs([prompt_file])
-        loaded = load_model_or_fail(
-            model,
-            device,
-            device_map=device_map,
-            dtype=dtype,
-            max_memory=max_memory,
-            offload_folder=offload_folder,
-        )
+        loaded = load_model_or_fail(model, device, **placement(locals()))
         update, bar = progress_bar(len(texts), "sinks")
         with bar:
             result = sinks.run(loaded, texts, config, progress=update)

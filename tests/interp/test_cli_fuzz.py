@@ -33,7 +33,11 @@ BAD_VALUES = {
     "choice": ["bogus", ""],
     "device": ["cuda:7", "gpu"],
     "heads": ["bogus", "L99H0", "L1H9", ""],
+    "dtype": ["float8", "bogus"],
+    "device_map": ["bogus", "{not json", "[1, 2]"],
+    "max_memory": ["abc", "cpu=", "=8GiB"],
 }
+PLACEMENT = {"--dtype": "dtype", "--device-map": "device_map", "--max-memory": "max_memory"}
 FILE_KINDS = ["missing", "folder", "empty", "binary", "latin1"]
 SMALL_GRID = ["--lengths", "250", "--depths", "1", "--max-new-tokens", "2", "--no-static"]
 SMALL_ABLATION = ["--ks", "0,1", "--seeds", "1", "--n-boot", "20"]
@@ -86,6 +90,7 @@ def commands(f: dict[str, Path]) -> dict[str, tuple[list[str], dict[str, object]
             ["--model", model, "--prompts", str(root / "prompts.txt"), "--no-static"],
             {
                 **common,
+                **PLACEMENT,
                 "--prompts": ("file", ".txt"),
                 "--threshold": "probability",
                 "--threshold-mode": "choice",
@@ -98,6 +103,7 @@ def commands(f: dict[str, Path]) -> dict[str, tuple[list[str], dict[str, object]
             {
                 **common,
                 **niah,
+                **PLACEMENT,
                 "--lengths": "lengths",
                 "--depths": "count",
                 "--max-new-tokens": "count",
@@ -169,7 +175,15 @@ def circuit_commands(f: dict[str, Path]) -> dict[str, tuple[list[str], dict[str,
     }
     return {
         # colored-objects shares these options' code with ioi
-        "circuit ioi": (words, {**common, **discovery, "--corruption": "choice"}),
+        "circuit ioi": (
+            words,
+            {
+                **common,
+                **discovery,
+                "--corruption": "choice",
+                "--check-templates": ("file", ".jsonl"),
+            },
+        ),
         "circuit overlap": (
             [*words, "--repair-n", "4", "--repair", "L1H0", "--n-boot", "20"],
             {
