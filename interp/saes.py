@@ -24,7 +24,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +35,7 @@ from sae_lens.config import SAETrainerConfig
 from sae_lens.training.sae_trainer import SAETrainer
 from torch import Tensor
 
+from interp.config import Config, check_range
 from interp.errors import ConfigError, InputError, did_you_mean
 from interp.heads import Head
 from interp.hook_points import hooked
@@ -274,7 +275,7 @@ def _head_means(
 
 
 @dataclass(frozen=True, kw_only=True)
-class SAETrainConfig:
+class SAETrainConfig(Config):
     """Training settings for a sae-lens standard (ReLU, L1) SAE.
 
     Attributes:
@@ -296,21 +297,11 @@ class SAETrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("d_sae", "batch_size", "epochs"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"SAETrainConfig.{name} must be >= 1, got {getattr(self, name)}.")
-        if self.l1_coefficient < 0 or self.lr <= 0:
-            raise ConfigError(
-                f"SAETrainConfig needs l1_coefficient >= 0 and lr > 0, got {self.l1_coefficient},"
-                f" {self.lr}."
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SAETrainConfig:
-        return cls(**data)
+            check_range(self, name, 1)
+        check_range(self, "l1_coefficient", 0)
+        check_range(self, "lr", 0, strict_low=True)
 
 
 @dataclass
