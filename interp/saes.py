@@ -24,7 +24,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -98,6 +98,18 @@ class Activations:
     def rows(self) -> Float[Tensor, "row d_model"]:
         """The SAE's training rows: one per token, or one per (text, head)."""
         return self.values.reshape(-1, self.values.shape[-1])
+
+    def select(self, texts: Sequence[int] | Tensor) -> Activations:
+        """The "head_mean" activations of some texts; the data hash records which."""
+        if self.reduction != "head_mean":
+            raise InputError("select picks texts of head outputs; token rows have no text axis.")
+        index = torch.as_tensor(texts, dtype=torch.long).reshape(-1)
+        return replace(
+            self,
+            values=self.values[index],
+            data_hash=hash_inputs([self.data_hash, index.tolist()]),
+            n_texts=len(index),
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Activations):

@@ -1,0 +1,69 @@
+"""SAE circuit identification: code sets, ROC AUC, and the planted circuit recovered."""
+
+import numpy as np
+import pytest
+import torch
+
+from circuits.sae_circuits import SAECircuitConfig, node_scores, roc_auc, sae_circuit
+from interp.errors import ConfigError, InputError
+from interp.heads import Head, HeadSet
+from interp.results import HeadScores, Provenance
+from interp.saes import collect_heads
+from tests.circuits.planted import planted_model, planted_prompts
+
+
+def test_node_scores_count_codes_seen_on_positives_and_never_on_negatives():
+    positive = torch.tensor([[1, 5, 7], [2, 5, 7], [1, 6, 7]])  # [text, head]
+    negative = torch.tensor([[1, 5, 8], [3, 5, 9]])
+    columns = node_scores(positive, negative)
+    assert columns["score"].tolist() == [1.0, 1.0, 1.0]  # {2}, {6}, {7}
+    assert columns["negative_only"].tolist() == [1, 0, 2]
+    assert columns["distinct"].tolist() == [3, 2, 3]
+    normalised = node_scores(positive, negative, normalise=True)["score"]
+    np.testing.assert_array_equal(normalised, [1 / 3, 1 / 2, 1 / 3])
+    with pytest.raises(InputError):
+        node_scores(positive, negative[:, :2])
+
+
+def _scores(values: list[float]) -> HeadScores:
+    provenance = Provenance("m", "w", "test", {}, "h", 0)
+    return HeadScores.from_matrix(np.array([values]), provenance)
+
+
+def test_roc_auc_is_the_chance_a_circuit_head_outscores_another():
+    scores = _scores([3.0, 0.0, 2.0, 1.0])
+    assert roc_auc(scores, HeadSet([Head(0, 0), Head(0, 2)])) == 1.0
+    assert roc_auc(scores, HeadSet([Head(0, 1)])) == 0.0
+    assert roc_auc(scores, HeadSet([Head(0, 3), Head(0, 0)])) == 0.75
+    assert roc_auc(_scores([1.0, 1.0, 0.0]), HeadSet([Head(0, 0), Head(0, 2)])) == 0.25  # a tie
+    with pytest.raises(InputError):
+        roc_auc(scores, HeadSet([]))
+
+
+def test_the_planted_model_hides_the_trigger_from_heads_outside_the_circuit():
+    model, circuit = planted_model()
+    positives, negatives = planted_prompts(4)
+    rows = collect_heads(model, positives + negatives).values  # [text, head, d_model]
+    same = (rows[:4] == rows[4:]).all(-1).all(0)  # per head, bit-equal on every pair
+    assert same.tolist() == [Head(0, h) not in circuit for h in range(8)]
+
+
+def test_planted_circuit_is_recovered_with_auc_one():
+    model, circuit = planted_model()
+    positives, negatives = planted_prompts(20)
+    found = sae_circuit(model, positives, negatives)
+    assert roc_auc(found.nodes, circuit) == 1.0
+    outside = found.nodes.data[~found.nodes.data["label"].isin([h.label for h in circuit])]
+    assert (outside["score"] == 0).all()
+    assert found.nodes.provenance.config == SAECircuitConfig().to_dict()
+    assert found.sae.provenance.n_inputs == SAECircuitConfig().n_train
+
+
+def test_bad_settings_and_inputs_are_errors():
+    model, _ = planted_model()
+    with pytest.raises(ConfigError):
+        SAECircuitConfig(n_train=0)
+    with pytest.raises(InputError, match="empty"):
+        sae_circuit(model, ["ab#c"], [])
+    with pytest.raises(InputError, match="n_train"):
+        sae_circuit(model, ["ab#c"], ["ab$c"], SAECircuitConfig(n_train=3))
