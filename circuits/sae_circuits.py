@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 from jaxtyping import Int
 from scipy.stats import rankdata
@@ -39,7 +40,15 @@ from interp.models import Model
 from interp.results import HeadScores, Provenance, hash_inputs
 from interp.saes import Activations, SAETrainConfig, TrainedSAE, collect_heads, train_sae
 
-__all__ = ["SAECircuit", "SAECircuitConfig", "codes", "node_scores", "roc_auc", "sae_circuit"]
+__all__ = [
+    "SAECircuit",
+    "SAECircuitConfig",
+    "codes",
+    "node_scores",
+    "roc_auc",
+    "sae_circuit",
+    "score_heads",
+]
 
 ANALYZER = "sae_circuit"
 
@@ -153,42 +162,60 @@ def sae_circuit(
     if not positives or not negatives:
         raise InputError("sae_circuit needs positive and negative prompts; one set is empty.")
     texts = [*positives, *negatives]
-    if config.n_train > len(texts):
-        raise InputError(f"n_train {config.n_train} is more than the {len(texts)} prompts given.")
     acts = collect_heads(model, texts, batch_size=config.batch_size, progress=progress)
+    return score_heads(acts, len(positives), config)
+
+
+def score_heads(
+    acts: Activations, n_positive: int, config: SAECircuitConfig | None = None
+) -> SAECircuit:
+    """`sae_circuit` on head outputs already collected: positives first, then negatives.
+
+    Collecting once and scoring with several seeds is how the paper's spread over trials
+    is measured without a forward per trial.
+    """
+    config = config or SAECircuitConfig()
+    if acts.reduction != "head_mean":
+        raise InputError("score_heads needs head outputs from collect_heads, not token rows.")
+    if not 0 < n_positive < acts.n_texts:
+        raise InputError(
+            f"n_positive {n_positive} must leave both sets non-empty of {acts.n_texts}."
+        )
+    if config.n_train > acts.n_texts:
+        raise InputError(f"n_train {config.n_train} is more than the {acts.n_texts} prompts given.")
     generator = torch.Generator().manual_seed(config.seed)
-    chosen = torch.randperm(len(texts), generator=generator)[: config.n_train]
-    n_rows = config.n_train * len(acts.heads)
+    chosen = torch.randperm(acts.n_texts, generator=generator)[: config.n_train]
     trained = train_sae(
         acts.select(chosen),
         SAETrainConfig(
             d_sae=config.d_sae,
-            l1_coefficient=config.sparsity * model.geometry.d_model,
+            l1_coefficient=config.sparsity * acts.values.shape[-1],
             lr=config.lr,
-            batch_size=n_rows,  # full batch, as the paper
+            batch_size=config.n_train * len(acts.heads),  # full batch, as the paper
             epochs=config.epochs,
             seed=config.seed,
         ),
     )
     seen = codes(trained, acts)
-    columns = node_scores(
-        seen[: len(positives)], seen[len(positives) :], normalise=config.normalise
-    )
-    shape = (model.geometry.n_layers, model.geometry.n_heads)
+    columns = node_scores(seen[:n_positive], seen[n_positive:], normalise=config.normalise)
     provenance = Provenance(
-        model=model.spec,
-        weights_hash=model.weights_hash,
+        model=acts.model,
+        weights_hash=acts.weights_hash,
         analyzer=ANALYZER,
         config=config.to_dict(),
-        inputs_hash=hash_inputs([list(positives), list(negatives)]),
-        n_inputs=len(texts),
+        inputs_hash=hash_inputs([acts.data_hash, n_positive]),
+        n_inputs=acts.n_texts,
     )
-    nodes = HeadScores.from_matrix(
-        columns.pop("score").reshape(shape),
-        provenance,
-        {name: values.reshape(shape) for name, values in columns.items()},
+    table = pd.DataFrame(
+        {
+            "layer": [head.layer for head in acts.heads],
+            "head": [head.head for head in acts.heads],
+            "label": [head.label for head in acts.heads],
+            "score": columns.pop("score"),
+            **columns,
+        }
     )
-    return SAECircuit(nodes, trained)
+    return SAECircuit(HeadScores(table, provenance), trained)
 
 
 def roc_auc(scores: HeadScores, circuit: HeadSet, column: str = "score") -> float:

@@ -4,12 +4,19 @@ import numpy as np
 import pytest
 import torch
 
-from circuits.sae_circuits import SAECircuitConfig, node_scores, roc_auc, sae_circuit
+from circuits.sae_circuits import (
+    SAECircuitConfig,
+    node_scores,
+    roc_auc,
+    sae_circuit,
+    score_heads,
+)
 from interp.errors import ConfigError, InputError
 from interp.heads import Head, HeadSet
 from interp.results import HeadScores, Provenance
 from interp.saes import collect_heads
 from tests.circuits.planted import planted_model, planted_prompts
+from tests.tiny import tiny_llama
 
 
 def test_node_scores_count_codes_seen_on_positives_and_never_on_negatives():
@@ -57,6 +64,20 @@ def test_planted_circuit_is_recovered_with_auc_one():
     assert (outside["score"] == 0).all()
     assert found.nodes.provenance.config == SAECircuitConfig().to_dict()
     assert found.sae.provenance.n_inputs == SAECircuitConfig().n_train
+
+
+def test_scoring_collected_heads_of_some_layers_keeps_their_labels():
+    model = tiny_llama(n_layers=3)
+    positives, negatives = planted_prompts(6)
+    acts = collect_heads(model, positives + negatives, layers=[1, 2])
+    one = score_heads(acts, 6, SAECircuitConfig(epochs=50, seed=1))
+    again = score_heads(acts, 6, SAECircuitConfig(epochs=50, seed=1))
+    assert one.nodes.data.equals(again.nodes.data)
+    assert one.nodes.data["label"].tolist() == [
+        f"L{layer}H{h}" for layer in (1, 2) for h in range(4)
+    ]
+    with pytest.raises(InputError, match="n_positive"):
+        score_heads(acts, 12)
 
 
 def test_bad_settings_and_inputs_are_errors():

@@ -68,6 +68,16 @@ def test_collect_heads_is_each_heads_output_averaged_over_real_positions(model):
         torch.testing.assert_close(heads.values[row, 4:].sum(0), attn_out, rtol=1e-4, atol=1e-6)
 
 
+def test_select_keeps_some_texts_of_head_outputs_and_records_which(model, acts):
+    heads = collect_heads(model, TEXTS)
+    picked = heads.select([3, 1])
+    assert torch.equal(picked.values, heads.values[[3, 1]]) and picked.n_texts == 2
+    hashes = {heads.data_hash, picked.data_hash, heads.select([1, 3]).data_hash}
+    assert len(hashes) == 3
+    with pytest.raises(InputError):
+        acts.select([0])
+
+
 def test_collection_reports_progress(model):
     calls = []
     collect_heads(model, TEXTS, batch_size=2, progress=lambda done, total: calls.append(done))
