@@ -2,7 +2,7 @@
 
 O'Neill & Bui 2024 (arXiv 2405.12522; reference code charlieoneill11/sae-circuits @10fd2e7):
 each head's output z_h·W_O,h, averaged over a prompt's positions, is one [d_model] row
-(`interp.saes.collect_heads`); one SAE shared by every head is trained on the rows of a few
+(`interp.activations.collect_heads`); one SAE shared by every head is trained on the rows of a few
 prompts drawn from positives and negatives together; a head's *code* on a prompt is its
 row's argmax latent. A head's node score is the number of codes it shows on positive
 prompts (the model can do the task) and never on negatives, |codes(pos) \\ codes(neg)|,
@@ -33,12 +33,13 @@ from jaxtyping import Int
 from scipy.stats import rankdata
 from torch import Tensor
 
+from interp.activations import Activations, collect_heads
 from interp.config import Config, check_range
 from interp.errors import InputError
 from interp.heads import HeadSet
 from interp.models import Model
 from interp.results import HeadScores, Provenance, hash_inputs
-from interp.saes import Activations, SAETrainConfig, TrainedSAE, collect_heads, train_sae
+from interp.saes import SAETrainConfig, TrainedSAE, train_sae
 
 __all__ = [
     "SAECircuit",

@@ -11,10 +11,10 @@ from circuits.sae_circuits import (
     sae_circuit,
     score_heads,
 )
+from interp.activations import collect_heads
 from interp.errors import ConfigError, InputError
 from interp.heads import Head, HeadSet
 from interp.results import HeadScores, Provenance
-from interp.saes import collect_heads
 from tests.circuits.planted import planted_model, planted_prompts
 from tests.tiny import tiny_llama
 
