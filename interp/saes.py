@@ -108,10 +108,10 @@ class TrainedSAE:
     def hook(self) -> str:
         return str(self.provenance.config["hook"])
 
-    def check(self, model: Model, hook: str | None = None) -> None:
-        """InputError unless this SAE was trained on `model`'s weights (and on `hook`)."""
+    def check(self, model: Model | None = None, hook: str | None = None) -> None:
+        """InputError unless this SAE was trained on `model`'s weights and on `hook`."""
         trained = self.provenance
-        if trained.weights_hash != model.weights_hash:
+        if model is not None and trained.weights_hash != model.weights_hash:
             raise InputError(
                 f"This SAE was trained on {trained.model} (weights {trained.weights_hash[:19]}),"
                 f" not on {model.spec} (weights {model.weights_hash[:19]}): train one on it."
@@ -138,15 +138,17 @@ class TrainedSAE:
         config = folder / "cfg.json"
         if not config.is_file():
             raise InputError(f"No SAE at {folder}: expected sae-lens's cfg.json there.")
-        metadata = json.loads(config.read_text()).get("metadata", {})
+        try:
+            metadata = json.loads(config.read_text()).get("metadata", {})
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{config} is not valid JSON: {exc.msg} (line {exc.lineno}).") from exc
         if _PROVENANCE_KEY not in metadata:
             raise InputError(f"The SAE at {folder} has no interp provenance: train it with interp.")
         sae = SAE.load_from_disk(folder)
         if not isinstance(sae, StandardSAE):
             raise InputError(f"The SAE at {folder} is a {type(sae).__name__}, not a StandardSAE.")
         trained = cls(sae, Provenance.from_dict(metadata[_PROVENANCE_KEY]))
-        if model is not None:
-            trained.check(model, hook)
+        trained.check(model, hook)
         return trained
 
     def __eq__(self, other: object) -> bool:

@@ -82,6 +82,8 @@ def test_loading_for_another_model_or_hook_is_a_one_line_error(tmp_path, trained
     assert "\n" not in str(error.value)
     with pytest.raises(InputError, match=r"blocks\.2\.hook_resid_post"):
         TrainedSAE.load(folder, model=tiny_llama(), hook="blocks.2.hook_resid_post")
+    with pytest.raises(InputError, match=r"blocks\.2\.hook_resid_post"):
+        TrainedSAE.load(folder, hook="blocks.2.hook_resid_post")
 
 
 def test_loading_what_is_not_an_interp_sae_is_an_input_error(tmp_path, trained):
@@ -92,4 +94,7 @@ def test_loading_what_is_not_an_interp_sae_is_an_input_error(tmp_path, trained):
     del config["metadata"]["interp_provenance"]
     (folder / "cfg.json").write_text(json.dumps(config))
     with pytest.raises(InputError, match="no interp provenance"):
+        TrainedSAE.load(folder)
+    (folder / "cfg.json").write_text("{not json")
+    with pytest.raises(InputError, match="not valid JSON"):
         TrainedSAE.load(folder)
