@@ -9,6 +9,15 @@ prompts (the model can do the task) and never on negatives, |codes(pos) \\ codes
 optionally divided by |codes(pos) ∪ codes(neg)|. The paper softmaxes the scores over heads
 before its ROC; softmax is monotone, so the ranking and the ROC AUC are the same without it.
 
+Edges: for each ordered pair of heads (h1, h2), the code pairs (code of h1, code of h2) seen
+together on some positive prompt and on no negative one (`normalise`: divided by the
+distinct pairs on positives plus those on negatives, as the reference code). Ordered pairs
+are ranked by that count and flattened into heads (h1, h2, h1, h2, ...); the first
+`edge_entries` heads of that list (reference code: heads-per-layer² / 2, i.e. the top
+heads-per-layer² / 4 pairs) each add 1 to their head's edge-derived node score. Ties keep
+pair order (h1, then h2), where the reference's unstable sort leaves them arbitrary, and a
+head is never paired with itself (the reference ranks those zero-count pairs too).
+
 The SAE is sae-lens's standard ReLU SAE trained by its `SAETrainer` (`interp.saes`). Where
 it differs from the paper's hand-written one: the paper averages the squared error over
 d_model and renormalises decoder rows to unit norm each step; sae-lens sums the error over
@@ -29,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from scipy.stats import rankdata
 from torch import Tensor
 
@@ -45,6 +54,8 @@ __all__ = [
     "SAECircuit",
     "SAECircuitConfig",
     "codes",
+    "edge_node_scores",
+    "edge_scores",
     "node_scores",
     "roc_auc",
     "sae_circuit",
@@ -66,8 +77,11 @@ class SAECircuitConfig(Config):
         epochs: full-batch training steps (paper: 500).
         n_train: prompts the SAE trains on, drawn at random from positives and negatives
             together (paper: 10; 5-10 suffice).
-        normalise: divide each node score by the head's number of distinct codes (the
-            reference code's `normalise`, off in its main results).
+        normalise: divide each node score by the head's number of distinct codes, each
+            edge count by the pair's distinct code pairs (the reference code's
+            `normalise`, off in its main results).
+        edge_entries: heads taken from the flattened edge ranking; 0 means the reference
+            code's heads-per-layer² // 2.
         batch_size: prompts per forward when collecting head outputs.
         seed: seeds the draw of training prompts and the SAE.
     """
@@ -78,6 +92,7 @@ class SAECircuitConfig(Config):
     epochs: int = 500
     n_train: int = 10
     normalise: bool = False
+    edge_entries: int = 0
     batch_size: int = 16
     seed: int = 0
 
@@ -85,6 +100,7 @@ class SAECircuitConfig(Config):
         super().__post_init__()
         for name in ("d_sae", "epochs", "n_train", "batch_size"):
             check_range(self, name, 1)
+        check_range(self, "edge_entries", 0)
         check_range(self, "sparsity", 0)
         check_range(self, "lr", 0, strict_low=True)
 
@@ -96,10 +112,15 @@ class SAECircuit:
     Attributes:
         nodes: `score` (|codes(pos) \\ codes(neg)|, normalised if asked), `positive_only`,
             `negative_only`, `distinct` (codes over both) per head.
+        edges: [head, head] code pairs seen on positives and never on negatives, heads in
+            `nodes` order (normalised if asked; 0 on the diagonal).
+        edge_nodes: `score` per head: its entries among the top of the edge ranking.
         sae: the shared SAE with its provenance.
     """
 
     nodes: HeadScores
+    edges: np.ndarray
+    edge_nodes: HeadScores
     sae: TrainedSAE
 
 
@@ -108,6 +129,29 @@ def codes(sae: TrainedSAE, acts: Activations) -> Int[Tensor, "text head"]:
     values = acts.values.to(sae.sae.device, sae.sae.dtype)  # [text, head, d_model]
     with torch.no_grad():
         return sae.sae.encode(values).argmax(-1).cpu()
+
+
+def _code_sets(
+    positive: Int[Tensor, "pos_text group"], negative: Int[Tensor, "neg_text group"], n_values: int
+) -> dict[str, np.ndarray]:
+    """Per column (group): distinct values on positives, on negatives, and only on either."""
+    if positive.shape[1] != negative.shape[1]:
+        raise InputError(
+            f"Positive codes cover {positive.shape[1]} heads, negative {negative.shape[1]}."
+        )
+    groups = positive.shape[1]
+    offset = torch.arange(groups) * n_values  # one key space per group
+    pos, neg = torch.unique(positive + offset), torch.unique(negative + offset)
+
+    def per_group(keys: Tensor) -> np.ndarray:
+        return torch.bincount(keys // n_values, minlength=groups).numpy()
+
+    return {
+        "positive_only": per_group(pos[~torch.isin(pos, neg)]),
+        "negative_only": per_group(neg[~torch.isin(neg, pos)]),
+        "positive": per_group(pos),
+        "negative": per_group(neg),
+    }
 
 
 def node_scores(
@@ -121,22 +165,55 @@ def node_scores(
     Returns:
         {"score", "positive_only", "negative_only", "distinct"}, each a [head] array.
     """
-    if positive.shape[1] != negative.shape[1]:
-        raise InputError(
-            f"Positive codes cover {positive.shape[1]} heads, negative {negative.shape[1]}."
-        )
-    columns: dict[str, list[float]] = {
-        k: [] for k in ("positive_only", "negative_only", "distinct")
+    n_values = int(max(positive.max(), negative.max())) + 1
+    sets = _code_sets(positive, negative, n_values)
+    distinct = sets["positive"] + sets["negative_only"]
+    score = sets["positive_only"].astype(np.float64)
+    return {
+        "score": score / distinct if normalise else score,
+        "positive_only": sets["positive_only"],
+        "negative_only": sets["negative_only"],
+        "distinct": distinct,
     }
-    for head in range(positive.shape[1]):
-        seen_pos, seen_neg = set(positive[:, head].tolist()), set(negative[:, head].tolist())
-        columns["positive_only"].append(len(seen_pos - seen_neg))
-        columns["negative_only"].append(len(seen_neg - seen_pos))
-        columns["distinct"].append(len(seen_pos | seen_neg))
-    out = {name: np.asarray(values, dtype=np.int64) for name, values in columns.items()}
-    score = out["positive_only"].astype(np.float64)
-    out["score"] = score / out["distinct"] if normalise else score
+
+
+def edge_scores(
+    positive: Int[Tensor, "pos_text head"],
+    negative: Int[Tensor, "neg_text head"],
+    *,
+    normalise: bool = False,
+    block: int = 16,
+) -> Float[np.ndarray, "head head"]:
+    """Per ordered pair of heads: code pairs seen together on positives, never on negatives.
+
+    Computed `block` first heads at a time: [text, block x head] pair keys per step.
+    """
+    n_heads = positive.shape[1]
+    n_codes = int(max(positive.max(), negative.max())) + 1
+    out = np.zeros((n_heads, n_heads))
+    for first in range(0, n_heads, block):
+        rows = slice(first, min(first + block, n_heads))
+
+        def pairs(codes: Tensor, rows: slice = rows) -> Tensor:  # [text, block * head]
+            return (codes[:, rows, None] * n_codes + codes[:, None, :]).flatten(1)
+
+        sets = _code_sets(pairs(positive), pairs(negative), n_codes**2)
+        count = sets["positive_only"].astype(np.float64)
+        if normalise:
+            total = sets["positive"] + sets["negative"]
+            count = np.divide(count, total, out=np.zeros_like(count), where=total > 0)
+        out[rows] = count.reshape(-1, n_heads)
+    np.fill_diagonal(out, 0)
     return out
+
+
+def edge_node_scores(edges: Float[np.ndarray, "head head"], entries: int) -> np.ndarray:
+    """Per head: its entries among the first `entries` of the flattened edge ranking."""
+    n_heads = edges.shape[0]
+    first, second = np.nonzero(~np.eye(n_heads, dtype=bool))  # ordered pairs, h1 then h2
+    order = np.argsort(-edges[first, second], kind="stable")
+    flat = np.stack([first[order], second[order]], axis=1).ravel()  # h1, h2, h1, h2, ...
+    return np.bincount(flat[:entries], minlength=n_heads).astype(np.float64)
 
 
 def sae_circuit(
@@ -198,7 +275,11 @@ def score_heads(
         ),
     )
     seen = codes(trained, acts)
-    columns = node_scores(seen[:n_positive], seen[n_positive:], normalise=config.normalise)
+    positive, negative = seen[:n_positive], seen[n_positive:]
+    columns = node_scores(positive, negative, normalise=config.normalise)
+    edges = edge_scores(positive, negative, normalise=config.normalise)
+    per_layer = len(acts.heads) // len(acts.layers)
+    entries = config.edge_entries or per_layer**2 // 2
     provenance = Provenance(
         model=acts.model,
         weights_hash=acts.weights_hash,
@@ -207,16 +288,16 @@ def score_heads(
         inputs_hash=hash_inputs([acts.data_hash, n_positive]),
         n_inputs=acts.n_texts,
     )
-    table = pd.DataFrame(
-        {
-            "layer": [head.layer for head in acts.heads],
-            "head": [head.head for head in acts.heads],
-            "label": [head.label for head in acts.heads],
-            "score": columns.pop("score"),
-            **columns,
-        }
+    heads = {
+        "layer": [head.layer for head in acts.heads],
+        "head": [head.head for head in acts.heads],
+        "label": [head.label for head in acts.heads],
+    }
+    nodes = pd.DataFrame({**heads, "score": columns.pop("score"), **columns})
+    edge_nodes = pd.DataFrame({**heads, "score": edge_node_scores(edges, entries)})
+    return SAECircuit(
+        HeadScores(nodes, provenance), edges, HeadScores(edge_nodes, provenance), trained
     )
-    return SAECircuit(HeadScores(table, provenance), trained)
 
 
 def roc_auc(scores: HeadScores, circuit: HeadSet, column: str = "score") -> float:

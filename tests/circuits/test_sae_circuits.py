@@ -6,6 +6,8 @@ import torch
 
 from circuits.sae_circuits import (
     SAECircuitConfig,
+    edge_node_scores,
+    edge_scores,
     node_scores,
     roc_auc,
     sae_circuit,
@@ -30,6 +32,25 @@ def test_node_scores_count_codes_seen_on_positives_and_never_on_negatives():
     np.testing.assert_array_equal(normalised, [1 / 3, 1 / 2, 1 / 3])
     with pytest.raises(InputError):
         node_scores(positive, negative[:, :2])
+
+
+def test_edge_scores_count_code_pairs_seen_on_positives_and_never_on_negatives():
+    positive = torch.tensor([[0, 1, 2], [0, 1, 3]])  # [text, head]
+    negative = torch.tensor([[0, 1, 2]])
+    expected = [[0, 0, 1], [0, 0, 1], [1, 1, 0]]  # only pairs with head 2's code 3 are new
+    for block in (1, 2, 16):
+        np.testing.assert_array_equal(edge_scores(positive, negative, block=block), expected)
+    normalised = edge_scores(positive, negative, normalise=True)  # / (2 on pos + 1 on neg)
+    np.testing.assert_array_equal(normalised, np.array(expected) / 3)
+    assert edge_scores(positive, positive).sum() == 0
+
+
+def test_edge_node_scores_flatten_the_top_pairs_into_heads():
+    edges = np.array([[0, 0, 1], [0, 0, 1], [1, 1, 0]], dtype=float)
+    # pairs by count, ties in (h1, h2) order: (0,2) (1,2) (2,0) (2,1) (0,1) (1,0)
+    assert edge_node_scores(edges, 4).tolist() == [1, 1, 2]
+    assert edge_node_scores(edges, 5).tolist() == [1, 1, 3]  # the fifth entry is h1 of (2,0)
+    assert edge_node_scores(edges, 0).tolist() == [0, 0, 0]
 
 
 def _scores(values: list[float]) -> HeadScores:
@@ -62,6 +83,13 @@ def test_planted_circuit_is_recovered_with_auc_one():
     assert roc_auc(found.nodes, circuit) == 1.0
     outside = found.nodes.data[~found.nodes.data["label"].isin([h.label for h in circuit])]
     assert (outside["score"] == 0).all()
+    # edges: no new code pair between two heads outside the circuit, some with any inside
+    inside = np.array([Head(0, h) in circuit for h in range(8)])
+    off_diagonal = ~np.eye(8, dtype=bool)
+    assert (found.edges[~inside][:, ~inside] == 0).all()
+    involved = (inside[:, None] | inside[None, :]) & off_diagonal
+    assert (found.edges[involved] > 0).all()
+    assert found.edge_nodes.data["score"].sum() == 8**2 // 2
     assert found.nodes.provenance.config == SAECircuitConfig().to_dict()
     assert found.sae.provenance.n_inputs == SAECircuitConfig().n_train
 
