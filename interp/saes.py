@@ -1,0 +1,274 @@
+"""Sparse autoencoders on the toolkit's activations, trained and saved with sae-lens.
+
+`train_sae` trains a sae-lens `StandardTrainingSAE` with sae-lens's own `SAETrainer` on
+`interp.activations.Activations`, fed by an in-memory iterator over their rows (the
+trainer's `DataProvider` seam: sae-lens's own activation store only reads
+TransformerLens/HF models by hook name, not tensors), and returns the inference
+`StandardSAE` with its provenance. `TrainedSAE.save` writes sae-lens's folder format
+(`cfg.json` + `sae_weights.safetensors`, loadable with `sae_lens.SAE.load_from_disk`) with
+the toolkit's `Provenance` inside the config's metadata; `TrainedSAE.load` checks it against
+the model and hook it is used with (docs/methods.md §10).
+
+Memory: the rows stay where they are (one shuffled index per epoch); the SAE holds
+2·d_in·d_sae weights, and Adam twice that again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from sae_lens import SAE, StandardSAE, StandardTrainingSAE, StandardTrainingSAEConfig
+from sae_lens.config import SAETrainerConfig
+from sae_lens.training.sae_trainer import SAETrainer
+from torch import Tensor
+
+from interp.activations import Activations
+from interp.config import Config, check_range
+from interp.errors import InputError
+from interp.models import Model
+from interp.results import Provenance
+
+__all__ = ["Reconstruction", "SAETrainConfig", "TrainedSAE", "reconstruction", "train_sae"]
+
+Progress = Callable[[int, int], None]
+_PROVENANCE_KEY = "interp_provenance"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SAETrainConfig(Config):
+    """Training settings for a sae-lens standard (ReLU, L1) SAE.
+
+    Attributes:
+        d_sae: number of latents.
+        l1_coefficient: weight of the decoder-norm-weighted L1 penalty (sae-lens's
+            `StandardTrainingSAEConfig`; 5.0 is its tutorials' value).
+        lr: Adam learning rate (sae-lens's default 3e-4), constant.
+        batch_size: rows per step; a dataset smaller than this trains full-batch.
+        epochs: passes over the rows, reshuffled each epoch (a partial last batch is
+            dropped, as sae-lens counts every step as a full batch).
+        seed: seeds the weight initialisation and the shuffles.
+    """
+
+    d_sae: int = 256
+    l1_coefficient: float = 5.0
+    lr: float = 3e-4
+    batch_size: int = 4096
+    epochs: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("d_sae", "batch_size", "epochs"):
+            check_range(self, name, 1)
+        check_range(self, "l1_coefficient", 0)
+        check_range(self, "lr", 0, strict_low=True)
+
+
+@dataclass
+class _Rows(Iterator[Tensor]):
+    """sae-lens `DataProvider` over in-memory rows: shuffled batches, epoch after epoch."""
+
+    rows: Tensor
+    batch_size: int
+    n_steps: int
+    generator: torch.Generator
+    progress: Progress | None = None
+    step: int = 0
+    order: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+
+    def __next__(self) -> Tensor:
+        per_epoch = len(self.rows) // self.batch_size
+        start = (self.step % per_epoch) * self.batch_size
+        if start == 0:
+            self.order = torch.randperm(len(self.rows), generator=self.generator)
+        self.step += 1
+        if self.progress is not None:
+            self.progress(min(self.step, self.n_steps), self.n_steps)
+        return self.rows[self.order[start : start + self.batch_size]]
+
+
+@dataclass(frozen=True, eq=False)
+class TrainedSAE:
+    """A sae-lens inference SAE and the provenance of its training.
+
+    `provenance.config` holds the hook, layers, reduction and `SAETrainConfig`;
+    `provenance.inputs_hash` is the training texts' hash. Equal means same provenance,
+    same sae-lens config and bit-equal weights.
+    """
+
+    sae: StandardSAE
+    provenance: Provenance
+
+    @property
+    def hook(self) -> str:
+        return str(self.provenance.config["hook"])
+
+    def check(self, model: Model | None = None, hook: str | None = None) -> None:
+        """InputError unless this SAE was trained on `model`'s weights and on `hook`."""
+        trained = self.provenance
+        if model is not None and trained.weights_hash != model.weights_hash:
+            raise InputError(
+                f"This SAE was trained on {trained.model} (weights {trained.weights_hash[:19]}),"
+                f" not on {model.spec} (weights {model.weights_hash[:19]}): train one on it."
+            )
+        if hook is not None and hook != self.hook:
+            raise InputError(f"This SAE was trained on {self.hook!r}, not on {hook!r}.")
+
+    def save(self, folder: str | Path) -> Path:
+        """Write sae-lens's folder format; the provenance rides in the config's metadata."""
+        folder = Path(folder)
+        self.sae.save_model(folder)
+        return folder
+
+    @classmethod
+    def load(
+        cls, folder: str | Path, *, model: Model | None = None, hook: str | None = None
+    ) -> TrainedSAE:
+        """Load a saved SAE; with `model` (and `hook`) check it was trained on them.
+
+        Raises:
+            InputError: no SAE folder there, no toolkit provenance, or another model/hook.
+        """
+        folder = Path(folder)
+        config = folder / "cfg.json"
+        if not config.is_file():
+            raise InputError(f"No SAE at {folder}: expected sae-lens's cfg.json there.")
+        try:
+            metadata = json.loads(config.read_text()).get("metadata", {})
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{config} is not valid JSON: {exc.msg} (line {exc.lineno}).") from exc
+        if _PROVENANCE_KEY not in metadata:
+            raise InputError(f"The SAE at {folder} has no interp provenance: train it with interp.")
+        sae = SAE.load_from_disk(folder)
+        if not isinstance(sae, StandardSAE):
+            raise InputError(f"The SAE at {folder} is a {type(sae).__name__}, not a StandardSAE.")
+        trained = cls(sae, Provenance.from_dict(metadata[_PROVENANCE_KEY]))
+        trained.check(model, hook)
+        return trained
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TrainedSAE):
+            return NotImplemented
+        mine, theirs = self.sae.state_dict(), other.sae.state_dict()
+        return (
+            self.provenance == other.provenance
+            and self.sae.cfg.to_dict() == other.sae.cfg.to_dict()
+            and mine.keys() == theirs.keys()
+            and all(torch.equal(mine[key], theirs[key]) for key in mine)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def train_sae(
+    acts: Activations, config: SAETrainConfig | None = None, *, progress: Progress | None = None
+) -> TrainedSAE:
+    """Train a sae-lens standard SAE on collected activations with sae-lens's trainer.
+
+    sae-lens's `SAETrainer.fit` draws its own tqdm bar on stderr (it takes no callback);
+    `progress` gets (steps done, steps in all) from the data iterator.
+
+    Args:
+        acts: from `interp.activations` (`collect_tokens`, `collect_heads`); `acts.rows()`
+            are the samples.
+        config: training settings (default `SAETrainConfig()`).
+        progress: called once per step.
+
+    Returns:
+        The trained inference SAE with its provenance.
+
+    Example:
+        >>> from interp.activations import collect_tokens
+        >>> from tests.tiny import tiny_llama
+        >>> acts = collect_tokens(tiny_llama(), ["hello world"], "blocks.1.hook_resid_post")
+        >>> trained = train_sae(acts, SAETrainConfig(d_sae=32, epochs=2))  # doctest: +SKIP
+        >>> trained.sae.cfg.d_sae  # doctest: +SKIP
+        32
+    """
+    config = config or SAETrainConfig()
+    rows = acts.rows()
+    if len(rows) == 0:
+        raise InputError("No activation rows to train on: the dataset is empty.")
+    batch_size = min(config.batch_size, len(rows))
+    n_steps = config.epochs * (len(rows) // batch_size)
+    provenance = Provenance(
+        model=acts.model,
+        weights_hash=acts.weights_hash,
+        analyzer="interp.saes.train_sae",
+        config={
+            "hook": acts.hook,
+            "layers": list(acts.layers),
+            "reduction": acts.reduction,
+            "train": config.to_dict(),
+        },
+        inputs_hash=acts.data_hash,
+        n_inputs=acts.n_texts,
+    )
+    device = str(rows.device)
+    sae_config = StandardTrainingSAEConfig(
+        d_in=rows.shape[-1],
+        d_sae=config.d_sae,
+        l1_coefficient=config.l1_coefficient,
+        device=device,
+    )
+    sae_config.metadata.model_name = acts.model
+    sae_config.metadata.hook_name = acts.hook
+    sae_config.metadata[_PROVENANCE_KEY] = provenance.to_dict()
+    trainer_config = SAETrainerConfig(
+        total_training_samples=n_steps * batch_size,
+        train_batch_size_samples=batch_size,
+        lr=config.lr,
+        lr_end=config.lr,  # the trainer asserts it is set; a constant schedule ignores it
+        device=device,
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    data = _Rows(rows, batch_size, n_steps, generator, progress)
+    # Seeded, without touching the caller's RNG (building the inference SAE draws too).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        training = StandardTrainingSAE(sae_config)
+        SAETrainer(cfg=trainer_config, sae=training, data_provider=data).fit()
+        sae = _inference(training)
+    return TrainedSAE(sae, provenance)
+
+
+def _inference(training: StandardTrainingSAE) -> StandardSAE:
+    """The inference SAE with the trained weights (what sae-lens saves for inference)."""
+    sae = SAE.from_dict(training.cfg.get_inference_sae_cfg_dict())
+    assert isinstance(sae, StandardSAE), type(sae)
+    sae.load_state_dict(training.state_dict())
+    return sae.eval()
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """How well an SAE reconstructs activations.
+
+    Attributes:
+        mse: mean over rows of the summed squared error (sae-lens's training MSE).
+        variance_explained: 1 - summed squared error / summed squared deviation from the mean.
+        l0: mean number of active latents per row.
+    """
+
+    mse: float
+    variance_explained: float
+    l0: float
+
+
+def reconstruction(sae: SAE, acts: Activations) -> Reconstruction:
+    """Score an SAE's reconstruction of collected activations (no gradients)."""
+    rows = acts.rows().to(sae.device, sae.dtype)
+    with torch.no_grad():
+        latents = sae.encode(rows)
+        error = (sae.decode(latents) - rows).pow(2).sum(-1)  # [row]
+        spread = (rows - rows.mean(0)).pow(2).sum()
+    return Reconstruction(
+        mse=float(error.mean()),
+        variance_explained=float(1 - error.sum() / spread) if spread > 0 else math.nan,
+        l0=float((latents > 0).sum(-1).float().mean()),
+    )
