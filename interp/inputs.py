@@ -218,6 +218,7 @@ def prepare_images(
     texts: list[str],
     images: list[list[Image.Image]],
     device: torch.device,
+    dtype: torch.dtype,
 ) -> ModelInputs:
     """Run a VLM processor on a left-padded batch and mark each position's kind.
 
@@ -262,7 +263,11 @@ def prepare_images(
     if model_type not in _OWN_POSITIONS:
         # As in interp.encoding: number each row's tokens as if it were alone.
         batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp_min(0)
-    kwargs = {key: value.to(device) for key, value in batch.items()}
+    # Pixels in the model's dtype (a float16 LLaVA on a GPU takes float16 pixel_values).
+    kwargs = {
+        key: value.to(device, dtype if value.is_floating_point() else None)
+        for key, value in batch.items()
+    }
     return ModelInputs(kwargs, kinds.to(device))
 
 

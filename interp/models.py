@@ -225,7 +225,13 @@ class Model:
                 " image tokens."
             )
         inputs = prepare_images(
-            self.processor, config.model_type, int(token_id), items, rows, self.device
+            self.processor,
+            config.model_type,
+            int(token_id),
+            items,
+            rows,
+            self.device,
+            self.hf.dtype,
         )
         for index, length in enumerate(inputs.lengths):
             self.check_length(length, what="prompt" if len(items) == 1 else f"prompt {index}")

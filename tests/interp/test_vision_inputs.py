@@ -215,3 +215,12 @@ def test_image_token_count_that_differs_from_the_processors():
     model.hf.config.image_token_id = 3  # the model looks for another token than the processor's
     with pytest.raises(InputError, match=r"has 0 image tokens .* expanded its images into 16"):
         model.prepare("hi", _image(10, 10))
+
+
+def test_pixels_come_in_the_models_dtype():
+    model = tiny_llava()
+    model.hf.to(torch.bfloat16)
+    inputs = model.prepare("hi", _image(20, 20))
+    assert inputs["pixel_values"].dtype == torch.bfloat16
+    assert inputs.input_ids.dtype == torch.long
+    assert model.hf(**inputs).logits.dtype == torch.bfloat16
