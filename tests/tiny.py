@@ -19,6 +19,9 @@ from transformers import (
     LlamaForCausalLM,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextProcessor,
     LlavaProcessor,
     PreTrainedTokenizerFast,
 )
@@ -26,6 +29,9 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from transformers.models.idefics3.configuration_idefics3 import Idefics3VisionConfig
 from transformers.models.idefics3.image_processing_pil_idefics3 import (
     Idefics3ImageProcessorPil,
+)
+from transformers.models.llava_next.image_processing_pil_llava_next import (
+    LlavaNextImageProcessorPil,
 )
 
 from interp.models import Model
@@ -91,18 +97,9 @@ def tiny_llava(n_layers: int = 3, n_heads: int = 4, n_kv_heads: int = 2, seed: i
     patches plus CLS give 16 image features after the CLS is dropped ("default").
     """
     torch.manual_seed(seed)
-    tokenizer = byte_tokenizer()
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=8,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-    )
+    tokenizer = _image_tokenizer()
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size=_CROP)
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, **_LLAVA)
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(**_VISION, projection_dim=32),
         text_config=_llama_config(len(tokenizer), n_layers, n_heads, n_kv_heads, 512),
@@ -111,6 +108,47 @@ def tiny_llava(n_layers: int = 3, n_heads: int = 4, n_kv_heads: int = 2, seed: i
     )
     hf = LlavaForConditionalGeneration(config)
     return Model.from_hf(hf, processor=processor, spec="tiny-llava")
+
+
+def tiny_llava_next(
+    n_layers: int = 3, n_heads: int = 4, n_kv_heads: int = 2, seed: int = 0
+) -> Model:
+    """A random-init LLaVA-NeXT: as `tiny_llava`, plus any-resolution tiles.
+
+    An image is fitted to the best of 32x32, 32x64 and 64x32 and cut into 32x32 tiles; its
+    token count (tiles, the base image and one `image_newline` a row) depends on its size.
+    """
+    torch.manual_seed(seed)
+    tokenizer = _image_tokenizer()
+    pinpoints = [[32, 32], [32, 64], [64, 32]]
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": 32}, crop_size=_CROP, image_grid_pinpoints=pinpoints
+    )
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, **_LLAVA)
+    config = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(**_VISION, projection_dim=32),
+        text_config=_llama_config(len(tokenizer), n_layers, n_heads, n_kv_heads, 512),
+        image_token_id=processor.image_token_id,
+        image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-1,
+    )
+    hf = LlavaNextForConditionalGeneration(config)
+    return Model.from_hf(hf, processor=processor, spec="tiny-llava-next")
+
+
+_CROP = {"height": 32, "width": 32}
+# The CLIP tower adds a CLS feature, which LLaVA's "default" strategy drops.
+_LLAVA = {
+    "patch_size": 8,
+    "vision_feature_select_strategy": "default",
+    "num_additional_image_tokens": 1,
+}
+
+
+def _image_tokenizer() -> PreTrainedTokenizerFast:
+    tokenizer = byte_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    return tokenizer
 
 
 def tiny_idefics3(

@@ -15,11 +15,21 @@ from interp.explicit_attention import AttentionRows
 from interp.hooks import attention_hooks, head_output_hooks
 from interp.inputs import ModelInputs, TokenKind, load_image
 from interp.models import Model, load_model
-from tests.tiny import tiny_idefics3, tiny_llama, tiny_llava
+from tests.tiny import tiny_idefics3, tiny_llama, tiny_llava, tiny_llava_next
 
-# Image tokens per image: LLaVA's 16 patches (CLS dropped); Idefics3's 16 patches shuffled 2x2.
-TOKENS_PER_IMAGE = {"llava": 16, "idefics3": 4}
-BUILDERS = {"llava": tiny_llava, "idefics3": tiny_idefics3}
+BUILDERS = {"llava": tiny_llava, "llava_next": tiny_llava_next, "idefics3": tiny_idefics3}
+
+
+def tokens_per_image(name: str, model: Model, height: int, width: int) -> int:
+    """Image tokens of one image, from the model family's rule (not from the code under test).
+
+    LLaVA: 16 patches (CLS dropped). Idefics3: 16 patches shuffled 2x2 into 4. LLaVA-NeXT:
+    the processor's own count for the image size (tiles, base image and newlines).
+    """
+    if name == "llava_next":
+        counts = model.processor._get_num_multimodal_tokens(image_sizes=[(height, width)])
+        return counts["num_image_tokens"][0]
+    return {"llava": 16, "idefics3": 4}[name]
 
 
 @pytest.fixture(scope="module", params=sorted(BUILDERS))
@@ -45,7 +55,7 @@ def test_images_of_several_sizes_give_the_processors_token_count(vlm):
     texts = [f"picture {i}" for i in range(len(sizes))]
     inputs = model.prepare(texts, [_image(h, w, seed=i) for i, (h, w) in enumerate(sizes)])
     _check_kinds(model, inputs)
-    assert inputs.n_image_tokens == [TOKENS_PER_IMAGE[name]] * len(sizes)
+    assert inputs.n_image_tokens == [tokens_per_image(name, model, h, w) for h, w in sizes]
     logits = model.hf(**inputs).logits
     assert logits.shape[:2] == inputs.input_ids.shape
     assert bool(torch.isfinite(logits).all())
@@ -53,22 +63,22 @@ def test_images_of_several_sizes_give_the_processors_token_count(vlm):
 
 def test_batch_of_two_has_a_span_per_row_and_matches_each_row_alone(vlm):
     name, model = vlm
-    n = TOKENS_PER_IMAGE[name]
     texts = ["a long caption before the image: <image> and after", "<image> short"]
     images = [_image(30, 40, seed=1), [_image(50, 20, seed=2)]]
+    counts = [tokens_per_image(name, model, 30, 40), tokens_per_image(name, model, 50, 20)]
     inputs = model.prepare(texts, images)
     _check_kinds(model, inputs)
     spans = [inputs.image_span(0), inputs.image_span(1)]
     assert spans[0] != spans[1]
     for row, (start, stop) in enumerate(spans):
-        assert stop - start == n
+        assert stop - start == counts[row]
         assert bool((inputs.kinds[row, start:stop] == TokenKind.IMAGE).all())
         assert inputs.image_runs(row) == [(start, stop)]
     batched = model.hf(**inputs).logits[:, -1]
     for row in range(2):
         alone = model.prepare(texts[row], images[row])
         (start, stop) = alone.image_span(0)
-        assert stop - start == n
+        assert stop - start == counts[row]
         width = inputs.input_ids.shape[1]
         assert spans[row] == (
             start + width - alone.input_ids.shape[1],
@@ -83,7 +93,7 @@ def test_rows_without_images_and_prompts_without_placeholders(vlm):
     name, model = vlm
     inputs = model.prepare(["a cat", "no image here"], [_image(20, 30), None])
     _check_kinds(model, inputs)
-    assert inputs.n_image_tokens == [TOKENS_PER_IMAGE[name], 0]
+    assert inputs.n_image_tokens == [tokens_per_image(name, model, 20, 30), 0]
     assert inputs.image_span(1) is None
     # With no placeholder in the text, the image goes in front of it.
     _, stop = inputs.image_span(0)
@@ -224,3 +234,14 @@ def test_pixels_come_in_the_models_dtype():
     assert inputs["pixel_values"].dtype == torch.bfloat16
     assert inputs.input_ids.dtype == torch.long
     assert model.hf(**inputs).logits.dtype == torch.bfloat16
+
+
+def test_generate_takes_the_inputs_and_a_padded_row_generates_as_alone(vlm):
+    _, model = vlm
+    texts, images = ["a cat on a mat", "hi"], [_image(20, 30), _image(9, 9, seed=3)]
+    batched = model.hf.generate(**model.prepare(texts, images), max_new_tokens=4, do_sample=False)
+    for row in range(2):
+        alone = model.hf.generate(
+            **model.prepare(texts[row], images[row]), max_new_tokens=4, do_sample=False
+        )
+        assert batched[row, -4:].tolist() == alone[0, -4:].tolist()
