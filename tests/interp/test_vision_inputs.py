@@ -157,6 +157,64 @@ def test_hooks_act_on_the_inner_language_model(vlm):
     assert model.hf.config._attn_implementation == before
 
 
+def test_qwen2_5_vl_geometry_and_hooks_are_its_language_models():
+    """Qwen2.5-VL's processor needs torchvision, so its inputs are made by hand here."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    text = {
+        "vocab_size": 300,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]},
+    }
+    vision = {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "patch_size": 8,
+        "window_size": 16,
+        "out_hidden_size": 64,
+        "fullatt_block_indexes": [1],
+    }
+    config = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=290,
+        video_token_id=291,
+        vision_start_token_id=292,
+    )
+    model = Model.from_hf(Qwen2_5_VLForConditionalGeneration(config), tiny_llama().tokenizer)
+    assert (model.geometry.n_layers, model.geometry.n_heads, model.geometry.n_kv_heads) == (3, 4, 2)
+    grid = (1, 4, 6)  # [time, height, width] in 8x8 patches, merged 2x2 into 6 image tokens
+    ids = torch.tensor([[5, 6, 292] + [290] * 6 + [7, 8, 9]])
+    kwargs = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "pixel_values": torch.randn(24, 3 * 2 * 8 * 8),
+        "image_grid_thw": torch.tensor([grid]),
+    }
+    plain = model.hf(**kwargs).logits
+    seen = []
+
+    class Record:
+        def wants(self, layer: int, n_queries: int) -> bool:
+            return True
+
+        def __call__(self, rows: AttentionRows) -> None:
+            seen.append((rows.layer, tuple(rows.probs.shape)))
+
+    with attention_hooks(model.hf, Record()):
+        hooked = model.hf(**kwargs).logits
+    torch.testing.assert_close(hooked, plain, atol=1e-5, rtol=1e-5)
+    assert sorted(set(seen)) == [(layer, (1, 4, 12, 12)) for layer in range(3)]
+    with pytest.raises(InputError, match="wrapped without its processor"):
+        model.prepare("hi", _image(10, 10))
+
+
 def test_text_path_is_unchanged_for_a_text_only_model():
     model = tiny_llama()
     inputs = model.prepare(["hello", "hi"])
