@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import torch
@@ -33,7 +33,11 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from interp.encoding import Encoding
-from interp.errors import InputError
+from interp.errors import InputError, UnsupportedModelError
+from interp.prompts import as_texts
+
+if TYPE_CHECKING:
+    from interp.models import Model
 
 ImageLike: TypeAlias = "Image.Image | str | os.PathLike | np.ndarray"
 # Per text: no image, one image, or several (in placeholder order).
@@ -138,6 +142,73 @@ class ModelInputs(Mapping[str, Tensor]):
 
     def __len__(self) -> int:
         return len(self.kwargs)
+
+
+def prepare(model: Model, texts: str | Sequence[str], images: RowImages = None) -> ModelInputs:
+    """Texts with optional images as a left-padded batch of model kwargs plus token kinds.
+
+    Without images it is `model.encode` plus kinds; with images the model's processor
+    expands each image placeholder into its image tokens, and a text with no placeholder
+    gets its images' placeholders in front. `Model.prepare` calls this.
+
+    Args:
+        model: a `Model`; images need a vision-language model wrapped with its processor.
+        texts: one text, or a list of texts (one batch row each).
+        images: for one text, None, an image or a list of images; for a list of texts, a
+            list with one such entry per text. An image is a PIL image, a path or a numpy
+            array.
+
+    Raises:
+        InputError: images for a text-only model (or a VLM wrapped without its processor);
+            a missing or unreadable image file; placeholders that do not match the images;
+            image tokens that do not match the processor's count; a row longer than the
+            context.
+
+    Example:
+        >>> from tests.tiny import tiny_idefics3
+        >>> model = tiny_idefics3()
+        >>> model.prepare("a cat", np.zeros((20, 30, 3), np.uint8)).n_image_tokens
+        [4]
+    """
+    items = as_texts(texts)
+    if not items:
+        raise InputError("Nothing to prepare: give a string or a list of strings.")
+    rows = row_images(items, images, single_text=isinstance(texts, str))
+    if model.processor is None:
+        if any(rows):
+            raise InputError(
+                f"{model.spec} was wrapped without its processor: pass"
+                " Model.from_hf(hf, processor=processor) to give it images."
+                if is_vision_model(model.hf)
+                else f"{model.spec} is a text-only model: it takes no images."
+            )
+        return ModelInputs.from_encoding(model.encode(items))
+    config = model.hf.config
+    token_id = getattr(config, "image_token_id", None)
+    if token_id is None:
+        token_id = getattr(config, "image_token_index", None)
+    if token_id is None:
+        raise UnsupportedModelError(
+            f"{type(model.hf).__name__}'s config names no image_token_id: cannot find its"
+            " image tokens."
+        )
+    inputs = prepare_images(
+        model.processor,
+        config.model_type,
+        int(token_id),
+        items,
+        rows,
+        model.device,
+        model.hf.dtype,
+    )
+    for index, length in enumerate(inputs.lengths):
+        model.check_length(length, what="prompt" if len(items) == 1 else f"prompt {index}")
+    return inputs
+
+
+def is_vision_model(hf: Any) -> bool:
+    """Whether `hf` takes images: its config has a vision tower's config."""
+    return getattr(hf.config, "vision_config", None) is not None
 
 
 def load_image(image: Any) -> Image.Image:

@@ -37,7 +37,7 @@ from interp.cache import build_once
 from interp.encoding import Encoding
 from interp.errors import InputError, UnsupportedModelError
 from interp.heads import HeadGeometry
-from interp.inputs import ModelInputs, RowImages, prepare_images, row_images
+from interp.inputs import ModelInputs, RowImages, is_vision_model, prepare
 from interp.placement import DeviceMap, Placement, execution_device, parse_dtype
 from interp.prompts import as_texts
 from interp.results import sha256_file
@@ -176,66 +176,11 @@ class Model:
     def prepare(self, texts: str | Sequence[str], images: RowImages = None) -> ModelInputs:
         """Texts with optional images as a left-padded batch of model kwargs plus token kinds.
 
-        The one way analyzers take inputs: `model.hf(**inputs)` runs the batch, and
-        `inputs.kinds` says which positions are text, image or padding (see
-        `interp.inputs`). Without images it is `encode` plus kinds; with images the
-        model's processor expands each image placeholder into its image tokens, and a
-        text with no placeholder gets its images' placeholders in front.
-
-        Args:
-            texts: one text, or a list of texts (one batch row each).
-            images: for one text, None, an image or a list of images; for a list of texts,
-                a list with one such entry per text. An image is a PIL image, a path or a
-                numpy array.
-
-        Raises:
-            InputError: images for a text-only model (or a VLM wrapped without its
-                processor); a missing or unreadable image file; placeholders that do not
-                match the images; image tokens that do not match the processor's count; a
-                row longer than the context.
-
-        Example:
-            >>> from tests.tiny import tiny_idefics3
-            >>> import numpy as np
-            >>> model = tiny_idefics3()
-            >>> inputs = model.prepare("a cat", np.zeros((20, 30, 3), np.uint8))
-            >>> inputs.n_image_tokens
-            [4]
+        The one way analyzers take inputs: `model.hf(**inputs)` runs the batch and
+        `inputs.kinds` says which positions are text, image or padding. Arguments, errors
+        and an example: `interp.inputs.prepare`.
         """
-        items = as_texts(texts)
-        if not items:
-            raise InputError("Nothing to prepare: give a string or a list of strings.")
-        rows = row_images(items, images, single_text=isinstance(texts, str))
-        if self.processor is None:
-            if any(rows):
-                raise InputError(
-                    f"{self.spec} is a text-only model: it takes no images."
-                    if not is_vision_model(self.hf)
-                    else f"{self.spec} was wrapped without its processor: pass"
-                    " Model.from_hf(hf, processor=processor) to give it images."
-                )
-            return ModelInputs.from_encoding(self.encode(items))
-        config = self.hf.config
-        token_id = getattr(config, "image_token_id", None) or getattr(
-            config, "image_token_index", None
-        )
-        if token_id is None:
-            raise UnsupportedModelError(
-                f"{type(self.hf).__name__}'s config names no image_token_id: cannot find its"
-                " image tokens."
-            )
-        inputs = prepare_images(
-            self.processor,
-            config.model_type,
-            int(token_id),
-            items,
-            rows,
-            self.device,
-            self.hf.dtype,
-        )
-        for index, length in enumerate(inputs.lengths):
-            self.check_length(length, what="prompt" if len(items) == 1 else f"prompt {index}")
-        return inputs
+        return prepare(self, texts, images)
 
     def check_length(self, n_tokens: int, what: str = "input") -> None:
         """Raise InputError if `n_tokens` does not fit the model's context."""
@@ -268,11 +213,6 @@ class Model:
         if self._bridge is None:
             self._bridge = _boot_bridge(self)
         return self._bridge
-
-
-def is_vision_model(hf: PreTrainedModel) -> bool:
-    """Whether `hf` takes images: its config has a vision tower's config."""
-    return getattr(hf.config, "vision_config", None) is not None
 
 
 def geometry_of(hf: PreTrainedModel) -> HeadGeometry:
