@@ -111,8 +111,9 @@ class ModelInputs(Mapping[str, Tensor]):
     def image_runs(self, row: int = 0) -> list[tuple[int, int]]:
         """Each run of consecutive image tokens in a row, as [start, stop) padded positions.
 
-        One run per image for LLaVA-1.5/NeXT and Qwen2.5-VL; Idefics3 with image splitting
-        has one run per tile, separated by its tile tags.
+        One run per image for LLaVA-1.5/NeXT and Qwen2.5-VL (images whose placeholders
+        touch in the text merge into one run); Idefics3 has one run per image, or per tile
+        with image splitting, separated by its tags.
         """
         flags = self.image_mask[row].to(torch.int8)
         edges = torch.diff(flags, prepend=flags.new_zeros(1), append=flags.new_zeros(1))
@@ -343,10 +344,10 @@ def prepare_images(
 
 
 def _with_placeholders(index: int, text: str, n_images: int, token: str, placeholder: str) -> str:
-    """The text with one placeholder per image: put in front if it has none."""
+    """The text with one placeholder per image: put in front, a line each, if it has none."""
     found = text.count(token)
     if found == 0 and n_images:
-        return placeholder * n_images + "\n" + text
+        return "".join(placeholder + "\n" for _ in range(n_images)) + text
     if found != n_images:
         raise InputError(
             f"Prompt {index} has {found} image placeholder(s) {token!r} but {n_images}"

@@ -103,6 +103,18 @@ def test_rows_without_images_and_prompts_without_placeholders(vlm):
         inputs.require_images("Vision-aware head divergence")
 
 
+def test_several_images_in_one_prompt_give_one_run_each(vlm):
+    name, model = vlm
+    sizes = [(20, 30), (40, 24)]
+    inputs = model.prepare("two pictures", [_image(h, w, seed=i) for i, (h, w) in enumerate(sizes)])
+    _check_kinds(model, inputs)
+    runs = inputs.image_runs(0)
+    assert [stop - start for start, stop in runs] == [
+        tokens_per_image(name, model, *s) for s in sizes
+    ]
+    assert model.hf(**inputs).logits.shape[:2] == inputs.input_ids.shape
+
+
 def test_idefics3_split_images_give_one_run_per_tile():
     model = tiny_idefics3(split=True)
     inputs = model.prepare("tiles", _image(60, 64))
