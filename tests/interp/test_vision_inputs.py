@@ -241,18 +241,27 @@ def _no_install(*args: object, **kwargs: object) -> None:
     raise AssertionError(f"tried to run {args}")
 
 
-def test_load_model_reads_a_vlm_folder_with_its_processor(tmp_path: Path, monkeypatch):
-    model = tiny_llava()
-    model.hf.save_pretrained(tmp_path)
-    model.processor.save_pretrained(tmp_path)
-    loaded = load_model(tmp_path)
-    assert loaded.processor is not None
+def _saved(model: Model, folder: Path) -> Path:
+    model.hf.save_pretrained(folder)
+    model.processor.save_pretrained(folder)
+    return folder
+
+
+def test_load_model_reads_a_vlm_folder_with_its_processor(vlm, tmp_path: Path):
+    name, model = vlm
+    loaded = load_model(_saved(model, tmp_path))
+    assert type(loaded.hf) is type(model.hf)
+    assert type(loaded.processor) is type(model.processor)
     assert loaded.geometry == model.geometry
+    inputs = loaded.prepare("a cat", _image(30, 40))
+    assert inputs.n_image_tokens == [tokens_per_image(name, model, 30, 40)]
+    torch.testing.assert_close(loaded.hf(**inputs).logits, model.hf(**inputs).logits)
+
+
+def test_bridge_boots_a_vlm_from_its_folder_without_installing(tmp_path: Path, monkeypatch):
+    loaded = load_model(_saved(tiny_llava(), tmp_path))
     inputs = loaded.prepare("a cat", _image(30, 30))
-    assert inputs.n_image_tokens == [16]
     logits = loaded.hf(**inputs).logits
-    torch.testing.assert_close(logits, model.hf(**inputs).logits)
-    # The bridge boots from the folder's processor, never pip-installing anything.
     monkeypatch.setattr(subprocess, "check_call", _no_install)
     bridge = loaded.bridge
     assert bridge.processor is loaded.processor
