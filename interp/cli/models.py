@@ -55,6 +55,7 @@ def models(
         "--model accepts: nothing or 'default'; a path to a .gguf file; a local checkpoint"
         " folder (config.json + weights); or a hub id such as Qwen/Qwen2.5-0.5B (downloads,"
         " only when named). Supported: any HF causal LM whose attention uses HF's attention"
-        " interface (Llama, Mistral, Qwen2/3, Gemma, GPT-2, ...)."
+        " interface (Llama, Mistral, Qwen2/3, Gemma, GPT-2, ...), and vision-language"
+        " models with their processor (LLaVA-1.5/NeXT, Idefics3/SmolVLM, Qwen2.5-VL)."
     )
     typer.echo("`interp models --plan SPEC --tokens N`: memory needed, before loading.")

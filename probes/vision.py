@@ -1,0 +1,203 @@
+"""Vision-language heads: how much attention each head puts on the image.
+
+Image attention share (the image-centric test of VAR, Kang et al., ICLR 2025, arXiv
+2503.03321; code seilk/VisAttnSink): for head h of layer l and query row i,
+vis_i = sum_{j in I_vis} A_ij, the post-softmax attention row i puts on the image tokens
+I_vis of its prompt. The image tokens of each row are found from its expanded input ids
+(`Model.prepare`, `ModelInputs.kinds`), so rows of a left-padded batch each have their own
+span. Per (prompt, layer, head) the table reports the mean of vis_i over the scored query
+rows: by default the text rows after the image's end (VAR's scope: text queries that can
+see the whole image), or only the last row (`queries="last"`, the position that predicts
+the next token).
+
+Memory: one [batch, head] accumulator per layer; explicit attention is computed one layer
+and one block of query rows at a time (interp.explicit_attention), never all layers'
+[query, key] patterns. Cost: one forward of the base model per batch, without the LM head.
+
+Method notes: docs/methods.md §10.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Bool
+from PIL import Image
+from torch import Tensor
+
+from interp.config import Config, check_range
+from interp.errors import InputError
+from interp.hooks import AttentionRows, attention_hooks
+from interp.inputs import ModelInputs, RowImages, TokenKind
+from interp.models import Model
+from interp.prompts import as_texts
+from interp.results import HeadScores, Provenance, hash_inputs, head_frame
+
+ANALYZER = "image_attention"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageAttentionConfig(Config):
+    """Parameters of the image-attention analyzer.
+
+    Attributes:
+        queries: which query rows are averaged: "after_image" (VAR's scope: every text
+            row after the image's last token) or "last" (the last row only).
+        batch_size: prompts per forward (left-padded together).
+    """
+
+    queries: Literal["after_image", "last"] = "after_image"
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self, "batch_size", 1)
+
+
+def scored_queries(inputs: ModelInputs, queries: str) -> Bool[Tensor, "batch pos"]:
+    """The query rows each prompt averages over: text after its image's end, or its last row.
+
+    Raises:
+        InputError: a prompt without an image, or with no text after its image.
+    """
+    inputs.require_images("Image attention")
+    if queries == "last":
+        chosen = torch.zeros_like(inputs.kinds, dtype=torch.bool)
+        chosen[:, -1] = True
+        return chosen
+    positions = torch.arange(inputs.kinds.shape[1], device=inputs.kinds.device)
+    last_image = torch.where(inputs.image_mask, positions, -1).amax(-1, keepdim=True)
+    chosen = (positions > last_image) & (inputs.kinds == TokenKind.TEXT)
+    empty = (~chosen.any(-1)).nonzero().flatten().tolist()
+    if empty:
+        raise InputError(
+            f"Prompt {empty[0]} has no text after its image: put the question after the image,"
+            " or score the last row with queries='last'."
+        )
+    return chosen
+
+
+class _ImageShare:
+    """Attention hook summing vis_i over the chosen query rows, per layer, prompt and head."""
+
+    def __init__(self, n_layers: int, image: Tensor, chosen: Tensor) -> None:
+        self.image = image.float()  # [batch, key]
+        self.chosen = chosen.float()  # [batch, query position]
+        self.sums: list[Tensor | None] = [None] * n_layers
+
+    def wants(self, layer: int, n_queries: int) -> bool:
+        return True
+
+    def __call__(self, rows: AttentionRows) -> None:
+        n_keys = rows.probs.shape[-1]  # the block's keys: a prefix of the key axis
+        image = self.image[:, None, None, :n_keys].to(rows.probs.device)
+        vis = (rows.probs * image).sum(-1)  # [batch, head, query]
+        chosen = self.chosen[:, rows.query_positions].to(vis.device)  # [batch, query]
+        block = (vis * chosen[:, None, :]).sum(-1)  # [batch, head]
+        total = self.sums[rows.layer]
+        self.sums[rows.layer] = block if total is None else total + block
+
+
+def image_attention(
+    model: Model,
+    prompts: str | Sequence[str],
+    images: RowImages | Sequence[RowImages],
+    config: ImageAttentionConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> HeadScores:
+    """Each head's share of attention on the image tokens, per prompt.
+
+    Args:
+        model: a vision-language model with its processor.
+        prompts: one text or a list; images go in front of a text without a placeholder.
+        images: as `Model.prepare` takes them: for one text its image(s), for a list one
+            entry per text. Every prompt needs an image.
+        config: which query rows to average, batch size.
+        progress: called as progress(done, total) after each batch.
+
+    Returns:
+        `HeadScores` with one row per (layer, head, example): `score` the mean image share
+        of the scored rows, `n_queries` their number, `n_image_tokens` the prompt's.
+
+    Raises:
+        InputError: a prompt without an image, or with no text after it; images for a
+            text-only model.
+
+    Example:
+        >>> from tests.tiny import tiny_llava
+        >>> import numpy as np
+        >>> scores = image_attention(tiny_llava(), "what is it?", np.zeros((32, 32, 3), np.uint8))
+        >>> scores.data[["label", "score"]].shape
+        (12, 2)
+    """
+    config = config or ImageAttentionConfig()
+    texts = as_texts(prompts)
+    if not texts:
+        raise InputError("No prompts given: image attention needs at least one.")
+    entries = [images] if isinstance(prompts, str) else list(images)  # type: ignore[arg-type]
+    if len(entries) != len(texts):
+        raise InputError(
+            f"Got {len(texts)} prompts and {len(entries)} image entries: give one per prompt."
+        )
+    frames = []
+    starts = range(0, len(texts), config.batch_size)
+    for done, start in enumerate(starts, 1):
+        stop = start + config.batch_size
+        inputs = model.prepare(texts[start:stop], entries[start:stop])
+        frames.extend(_score_batch(model, inputs, config, first_example=start))
+        if progress:
+            progress(done, len(starts))
+    provenance = Provenance(
+        model=model.spec,
+        weights_hash=model.weights_hash,
+        analyzer=ANALYZER,
+        config=config.to_dict(),
+        inputs_hash=hash_inputs({"prompts": texts, "images": _describe(entries)}),
+        n_inputs=len(texts),
+    )
+    return HeadScores(pd.concat(frames, ignore_index=True), provenance)
+
+
+def _score_batch(
+    model: Model, inputs: ModelInputs, config: ImageAttentionConfig, first_example: int
+) -> list[pd.DataFrame]:
+    chosen = scored_queries(inputs, config.queries)
+    share = _ImageShare(model.geometry.n_layers, inputs.image_mask, chosen)
+    with torch.no_grad(), attention_hooks(model.hf, share):
+        model.hf.base_model(**inputs)  # no LM head: the score needs no logits
+    sums = torch.stack(share.sums).float().cpu()  # type: ignore[arg-type]  # [layer, batch, head]
+    n_queries = chosen.sum(-1).cpu()
+    frames = []
+    for row in range(sums.shape[1]):
+        mean = (sums[:, row] / n_queries[row]).numpy()
+        frame = head_frame({"score": mean})
+        frame.insert(3, "example", first_example + row)
+        frame["n_queries"] = int(n_queries[row])
+        frame["n_image_tokens"] = inputs.n_image_tokens[row]
+        frames.append(frame)
+    return frames
+
+
+def _describe(entries: list) -> list:
+    """The images as hashable data: paths as given, pixels by their SHA-256."""
+
+    def one(image: object) -> object:
+        if isinstance(image, list | tuple):
+            return [one(i) for i in image]
+        if isinstance(image, np.ndarray):
+            return [list(image.shape), str(image.dtype), _sha(image.tobytes())]
+        if isinstance(image, Image.Image):
+            return [list(image.size), image.mode, _sha(image.tobytes())]
+        return None if image is None else str(image)
+
+    return [one(entry) for entry in entries]
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,84 @@
+"""Image attention share per head (probes.vision) on tiny random LLaVA and Idefics3."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from interp.errors import ConfigError, InputError
+from interp.models import Model
+from probes.vision import ImageAttentionConfig, image_attention
+from tests.tiny import tiny_idefics3, tiny_llava
+
+BUILDERS = {"llava": tiny_llava, "idefics3": tiny_idefics3}
+TEXTS = ["<image> what is in the picture?", "a photo: <image> of what?"]
+
+
+@pytest.fixture(scope="module", params=sorted(BUILDERS))
+def vlm(request: pytest.FixtureRequest) -> Model:
+    return BUILDERS[request.param]()
+
+
+def _images() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (24, 40, 3), dtype=np.uint8) for _ in TEXTS]
+
+
+def _eager_shares(model: Model, queries: str) -> np.ndarray:
+    """[example, layer, head] mean image share from HF's own eager attention weights."""
+    inputs = model.prepare(TEXTS, _images())
+    before = model.hf.config._attn_implementation
+    model.hf.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            attentions = model.hf(**inputs, output_attentions=True).attentions
+    finally:
+        model.hf.set_attn_implementation(before)
+    probs = torch.stack(attentions, 1)  # [batch, layer, head, query, key]
+    image = inputs.image_mask.float()
+    vis = (probs * image[:, None, None, None, :]).sum(-1)  # [batch, layer, head, query]
+    width = image.shape[1]
+    chosen = torch.zeros_like(image, dtype=torch.bool)
+    for row in range(len(TEXTS)):
+        if queries == "last":
+            chosen[row, -1] = True
+        else:
+            chosen[row, inputs.image_span(row)[1] : width] = True
+    weights = chosen.float()[:, None, None, :]
+    return ((vis * weights).sum(-1) / weights.sum(-1)).numpy()
+
+
+@pytest.mark.parametrize("queries", ["after_image", "last"])
+def test_image_share_equals_the_share_in_hfs_eager_attention(vlm, queries):
+    config = ImageAttentionConfig(queries=queries, batch_size=2)
+    scores = image_attention(vlm, TEXTS, _images(), config).data
+    expected = _eager_shares(vlm, queries)
+    got = np.stack(
+        [
+            scores[scores.example == e]
+            .pivot(index="layer", columns="head", values="score")
+            .to_numpy()
+            for e in range(len(TEXTS))
+        ]
+    )
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert ((scores.score > 0) & (scores.score < 1)).all()
+
+
+def test_a_prompt_scores_the_same_alone_and_in_a_padded_batch(vlm):
+    together = image_attention(vlm, TEXTS, _images()).data
+    alone = image_attention(vlm, TEXTS[1], _images()[1]).data
+    row = together[together.example == 1].reset_index(drop=True)
+    np.testing.assert_allclose(row.score, alone.score, atol=1e-5)
+    assert row.n_queries.tolist() == alone.n_queries.tolist()
+
+
+def test_errors():
+    model = tiny_llava()
+    with pytest.raises(InputError, match="needs an image with every prompt; prompt 1"):
+        image_attention(model, ["a", "b"], [_images()[0], None])
+    with pytest.raises(InputError, match="no text after its image"):
+        image_attention(model, "caption: <image>", _images()[0])
+    with pytest.raises(ConfigError):
+        ImageAttentionConfig(queries="first")  # type: ignore[arg-type]
