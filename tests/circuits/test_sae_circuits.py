@@ -71,8 +71,11 @@ def test_roc_auc_is_the_chance_a_circuit_head_outscores_another():
 def test_the_planted_model_hides_the_trigger_from_heads_outside_the_circuit():
     model, circuit = planted_model()
     positives, negatives = planted_prompts(4)
-    rows = collect_heads(model, positives + negatives).values  # [text, head, d_model]
-    same = (rows[:4] == rows[4:]).all(-1).all(0)  # per head, bit-equal on every pair
+    # Each side in its own batch of the same shape: BLAS may round rows of one batch
+    # differently by their place in it (with several threads), never the same place twice.
+    plus = collect_heads(model, positives).values  # [text, head, d_model]
+    minus = collect_heads(model, negatives).values
+    same = (plus == minus).all(-1).all(0)  # per head, bit-equal on every pair
     assert same.tolist() == [Head(0, h) not in circuit for h in range(8)]
 
 
