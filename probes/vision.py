@@ -1,4 +1,4 @@
-"""Vision-language heads: how much attention each head puts on the image.
+"""Vision-language heads: how much attention each head puts on the image, and VHD.
 
 Image attention share (the image-centric test of VAR, Kang et al., ICLR 2025, arXiv
 2503.03321; code seilk/VisAttnSink): for head h of layer l and query row i,
@@ -10,9 +10,16 @@ rows: by default the text rows after the image's end (VAR's scope: text queries 
 see the whole image), or only the last row (`queries="last"`, the position that predicts
 the next token).
 
-Memory: one [batch, head] accumulator per layer; explicit attention is computed one layer
-and one block of query rows at a time (interp.explicit_attention), never all layers'
-[query, key] patterns. Cost: one forward of the base model per batch, without the LM head.
+Vision-aware head divergence (VHD; He et al., ACL 2025, arXiv 2412.13949): per head, the
+distance between its output with and without the prompt's image tokens at the last
+position, with the paper's outlier filter (`vision_head_divergence`; computed by
+`interp.interventions.vhr.divergence`, which VHR's selection shares). Cost: one forward of
+twice the batch; memory [batch, layer, head].
+
+Memory (image attention): one [batch, head] accumulator per layer; explicit attention is
+computed one layer and one block of query rows at a time (interp.explicit_attention), never
+all layers' [query, key] patterns. Cost: one forward of the base model per batch, without
+the LM head.
 
 Method notes: docs/methods.md §10.
 """
@@ -35,11 +42,13 @@ from interp.config import Config, check_range
 from interp.errors import InputError
 from interp.hooks import AttentionRows, attention_hooks
 from interp.inputs import ModelInputs, RowImages, TokenKind
+from interp.interventions.vhr import divergence
 from interp.models import Model
 from interp.prompts import as_texts
 from interp.results import HeadScores, Provenance, hash_inputs, head_frame
 
 ANALYZER = "image_attention"
+VHD_ANALYZER = "vision_head_divergence"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,26 +146,43 @@ def image_attention(
         (12, 2)
     """
     config = config or ImageAttentionConfig()
+
+    def score(inputs: ModelInputs, first: int) -> list[pd.DataFrame]:
+        return _score_batch(model, inputs, config, first_example=first)
+
+    return _run(model, prompts, images, config, config.batch_size, ANALYZER, score, progress)
+
+
+def _run(
+    model: Model,
+    prompts: str | Sequence[str],
+    images: RowImages | Sequence[RowImages],
+    config: Config,
+    batch_size: int,
+    analyzer: str,
+    score: Callable[[ModelInputs, int], list[pd.DataFrame]],
+    progress: Callable[[int, int], None] | None,
+) -> HeadScores:
+    """Prepare the prompts in batches, score each (one frame per prompt), add provenance."""
     texts = as_texts(prompts)
     if not texts:
-        raise InputError("No prompts given: image attention needs at least one.")
+        raise InputError(f"No prompts given: {analyzer} needs at least one.")
     entries = [images] if isinstance(prompts, str) else list(images)  # type: ignore[arg-type]
     if len(entries) != len(texts):
         raise InputError(
             f"Got {len(texts)} prompts and {len(entries)} image entries: give one per prompt."
         )
     frames = []
-    starts = range(0, len(texts), config.batch_size)
+    starts = range(0, len(texts), batch_size)
     for done, start in enumerate(starts, 1):
-        stop = start + config.batch_size
-        inputs = model.prepare(texts[start:stop], entries[start:stop])
-        frames.extend(_score_batch(model, inputs, config, first_example=start))
+        stop = start + batch_size
+        frames.extend(score(model.prepare(texts[start:stop], entries[start:stop]), start))
         if progress:
             progress(done, len(starts))
     provenance = Provenance(
         model=model.spec,
         weights_hash=model.weights_hash,
-        analyzer=ANALYZER,
+        analyzer=analyzer,
         config=config.to_dict(),
         inputs_hash=hash_inputs({"prompts": texts, "images": _describe(entries)}),
         n_inputs=len(texts),
@@ -182,6 +208,82 @@ def _score_batch(
         frame["n_image_tokens"] = inputs.n_image_tokens[row]
         frames.append(frame)
     return frames
+
+
+@dataclass(frozen=True, kw_only=True)
+class VhdConfig(Config):
+    """Parameters of the VHD analyzer (He et al. 2025).
+
+    Attributes:
+        outlier_filter: zero the VHD of heads whose VHD and text activation are both above
+            their layer's mean + std (paper: on).
+        batch_size: prompts per forward (each runs with its no-image branch: twice this).
+    """
+
+    outlier_filter: bool = True
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self, "batch_size", 1)
+
+
+def vision_head_divergence(
+    model: Model,
+    prompts: str | Sequence[str],
+    images: RowImages | Sequence[RowImages],
+    config: VhdConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> HeadScores:
+    """Each head's vision-aware head divergence (VHD) at the last position, per prompt.
+
+    VHD = ||z(prompt) - z(prompt without its image tokens)||_2 of the head's output before
+    the output projection, the two run as a left-padded batch of two
+    (`interp.interventions.vhr.divergence`).
+
+    Args:
+        model: a vision-language model with its processor.
+        prompts: one text or a list; the last token must be text (after the image).
+        images: as `Model.prepare` takes them; every prompt needs an image.
+        config: outlier filter, batch size.
+        progress: called as progress(done, total) after each batch.
+
+    Returns:
+        `HeadScores`, one row per (layer, head, example): `score` the VHD after the outlier
+        filter, `vhd` before it, `text_activation` ||z(no image)||^2, `chosen` whether the
+        head is above its layer's median score (VHR's choice), `n_image_tokens`.
+
+    Raises:
+        InputError: a prompt without an image, or ending with its image.
+
+    Example:
+        >>> from tests.tiny import tiny_llava
+        >>> import numpy as np
+        >>> image = np.zeros((32, 32, 3), np.uint8)
+        >>> scores = vision_head_divergence(tiny_llava(), "what is it?", image)
+        >>> scores.data[["label", "score", "chosen"]].shape
+        (12, 3)
+    """
+    config = config or VhdConfig()
+
+    def score(inputs: ModelInputs, first: int) -> list[pd.DataFrame]:
+        result = divergence(model, inputs, outlier_filter=config.outlier_filter)
+        frames = []
+        for row in range(result.vhd.shape[0]):
+            frame = head_frame(
+                {
+                    "score": result.score[row].numpy(),
+                    "vhd": result.vhd[row].numpy(),
+                    "text_activation": result.text_activation[row].numpy(),
+                    "chosen": result.chosen[row].numpy(),
+                }
+            )
+            frame.insert(3, "example", first + row)
+            frame["n_image_tokens"] = inputs.n_image_tokens[row]
+            frames.append(frame)
+        return frames
+
+    return _run(model, prompts, images, config, config.batch_size, VHD_ANALYZER, score, progress)
 
 
 def _describe(entries: list) -> list:

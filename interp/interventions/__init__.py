@@ -4,6 +4,7 @@ from interp.interventions.act import ACT, ActConfig
 from interp.interventions.attention_edit import AttentionEdit, uniform_attention
 from interp.interventions.base import Intervention, applied_all
 from interp.interventions.head_scale import HeadScale, mean_head_outputs
+from interp.interventions.vhr import VHR, VhrConfig
 
 __all__ = [
     "ACT",
@@ -11,6 +12,8 @@ __all__ = [
     "AttentionEdit",
     "HeadScale",
     "Intervention",
+    "VHR",
+    "VhrConfig",
     "applied_all",
     "mean_head_outputs",
     "uniform_attention",
