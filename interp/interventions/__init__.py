@@ -8,11 +8,11 @@ from interp.interventions.vhr import VHR, VhrConfig
 
 __all__ = [
     "ACT",
+    "VHR",
     "ActConfig",
     "AttentionEdit",
     "HeadScale",
     "Intervention",
-    "VHR",
     "VhrConfig",
     "applied_all",
     "mean_head_outputs",

@@ -39,9 +39,10 @@ from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
 from interp.config import Config, check_range
-from interp.errors import HookError, InputError, UnsupportedModelError
+from interp.errors import InputError, UnsupportedModelError
 from interp.hooks import decoder_input_hooks, head_output_hooks
 from interp.inputs import ModelInputs
+from interp.interventions.prompt_state import PromptState, prompt_state
 from interp.models import Model
 
 
@@ -248,80 +249,42 @@ class VHR:
 
     @contextmanager
     def applied(self, model: Model) -> Iterator[None]:
-        token_id = getattr(model.hf.config, "image_token_id", None)
-        if token_id is None:
-            raise UnsupportedModelError(f"{model.spec} has no image token: VHR needs a VLM.")
-        state = _Reinforcer(self.config, model.geometry.n_layers, int(token_id))
-        handle = model.hf.register_forward_pre_hook(state.read_prompt, with_kwargs=True)
-        try:
+        with prompt_state(model, "VHR") as prompt:
+            state = _Reinforcer(self.config, model.geometry.n_layers, prompt)
             with (
                 decoder_input_hooks(model.hf, state.before_decoder),
                 head_output_hooks(model.hf, state.edit),  # the selection scores every layer
             ):
                 yield
-        finally:
-            handle.remove()
 
 
 class _Reinforcer:
-    """VHR's state in one context: the prompt the heads were chosen on and their factors."""
+    """VHR's state in one context: the heads chosen on the current prompt, as factors."""
 
-    def __init__(self, config: VhrConfig, n_layers: int, image_token_id: int) -> None:
-        self.config, self.image_token_id = config, image_token_id
+    def __init__(self, config: VhrConfig, n_layers: int, prompt: PromptState) -> None:
+        self.config, self.n_layers, self.prompt = config, n_layers, prompt
         self.layers = set(vhr_layers(n_layers, config))
-        self.n_layers = n_layers
-        self.ids: Tensor | None = None  # the current forward's input ids
-        self.pixels: Tensor | None = None
-        self.prompt: tuple[Tensor, Tensor | None] | None = None  # ids and pixels chosen on
         self.factors: dict[int, Tensor] = {}  # layer -> [batch, head]
         self.selection: _Selection | None = None
-
-    def read_prompt(self, _module: nn.Module, _args: tuple, kwargs: dict) -> None:
-        self.ids, self.pixels = kwargs.get("input_ids"), kwargs.get("pixel_values")
 
     def before_decoder(self, decoder: nn.Module, kwargs: dict[str, Any]) -> None:
         if self.selection is not None:  # the selection's own forward
             return
-        past = kwargs.get("past_key_values")
-        if past is not None and past.get_seq_length() > 0:
-            self._check_batch(kwargs["inputs_embeds"].shape[0])
+        if self.prompt.decoding:
+            self.prompt.check_batch(kwargs["inputs_embeds"].shape[0])
             return
-        if self.ids is None:
-            raise HookError("VHR needs input_ids in the model's forward to find the image tokens.")
-        if self._continues():
+        if not self.prompt.is_new_prompt():
             return
         self.selection = _Selection(self.config, self.layers, self.n_layers)
         try:
             with torch.no_grad():
-                decoder(**without_images(kwargs, self.ids == self.image_token_id))
+                decoder(**without_images(kwargs, self.prompt.image))
             chosen = self.selection.result().chosen
         finally:
             self.selection = None
         alpha = self.config.alpha
         self.factors = {layer: torch.where(chosen[:, layer], alpha, 1.0) for layer in self.layers}
-        self.prompt = (self.ids, self.pixels)
-
-    def _continues(self) -> bool:
-        """Whether this forward re-reads the prompt the heads were chosen on (plus tokens)."""
-        if self.prompt is None or self.ids is None:
-            return False
-        ids, pixels = self.prompt
-        same_pixels = (pixels is None) == (self.pixels is None) and (
-            pixels is None or torch.equal(pixels, self.pixels)  # type: ignore[arg-type]
-        )
-        return (
-            self.ids.shape[0] == ids.shape[0]
-            and self.ids.shape[1] >= ids.shape[1]
-            and torch.equal(self.ids[:, : ids.shape[1]], ids)
-            and same_pixels
-        )
-
-    def _check_batch(self, batch: int) -> None:
-        if self.prompt is None or self.prompt[0].shape[0] != batch:
-            raise HookError(
-                "VHR saw a forward on a cache without its prompt: run the prefill inside the"
-                " same `VHR().applied(model)` context (e.g. call generate inside it)."
-            )
+        self.prompt.remember()
 
     def edit(self, layer: int, z: Float[Tensor, "batch pos head d_head"]) -> Tensor | None:
         if self.selection is not None:
