@@ -39,7 +39,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from interp.config import Config, check_range
-from interp.errors import ConfigError
+from interp.errors import ConfigError, UnsupportedModelError
 from interp.heads import Head, HeadSet
 from interp.hooks import AttentionRows, residual_hooks
 from interp.interventions.attention_edit import AttentionEdit
@@ -161,7 +161,7 @@ class VAR:
     Example:
         >>> from tests.tiny import tiny_llava
         >>> import numpy as np
-        >>> model = tiny_llava()
+        >>> model = tiny_llava(n_layers=4)
         >>> inputs = model.prepare("what is it?", np.zeros((32, 32, 3), np.uint8))
         >>> with VAR(VarConfig(tau=2.0, sink_dims=(0, 1, 2))).applied(model):
         ...     out = model.hf.generate(**inputs, max_new_tokens=3, do_sample=False)
@@ -183,6 +183,11 @@ class VAR:
     def applied(self, model: Model) -> Iterator[None]:
         geometry = model.geometry
         layers = var_layers(geometry.n_layers, self.config)
+        if not layers:
+            raise UnsupportedModelError(
+                f"VAR edits layers 2..L-2 and {model.spec} has {geometry.n_layers} layers:"
+                " nothing to edit (include_last_layer=True adds layer L-1)."
+            )
         heads = HeadSet(Head(layer, h) for layer in layers for h in range(geometry.n_heads))
         with prompt_state(model, "VAR") as prompt:
             state = _Redistributor(self.config, prompt, layers)

@@ -158,7 +158,13 @@ def test_errors():
         VarConfig(convention="yaml")  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         VarConfig(sink_dims=())
-    with pytest.raises(UnsupportedModelError, match="needs a VLM"), VAR().applied(tiny_llama()):
+    with (
+        pytest.raises(UnsupportedModelError, match="needs a VLM"),
+        VAR().applied(tiny_llama(n_layers=5)),
+    ):
+        pass
+    three_layers = tiny_llava(n_layers=3)
+    with pytest.raises(UnsupportedModelError, match="nothing to edit"), VAR().applied(three_layers):
         pass
 
 
