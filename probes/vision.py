@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -45,10 +45,11 @@ from interp.inputs import ModelInputs, RowImages, TokenKind
 from interp.interventions.vhr import divergence
 from interp.models import Model
 from interp.prompts import as_texts
-from interp.results import HeadScores, Provenance, hash_inputs, head_frame
+from interp.results import HeadScores, Provenance, TokenScores, hash_inputs, head_frame
 
 ANALYZER = "image_attention"
 VHD_ANALYZER = "vision_head_divergence"
+TableT = TypeVar("TableT", HeadScores, TokenScores)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,10 +151,12 @@ def image_attention(
     def score(inputs: ModelInputs, first: int) -> list[pd.DataFrame]:
         return _score_batch(model, inputs, config, first_example=first)
 
-    return _run(model, prompts, images, config, config.batch_size, ANALYZER, score, progress)
+    return run_batches(
+        model, prompts, images, config, config.batch_size, ANALYZER, score, progress, HeadScores
+    )
 
 
-def _run(
+def run_batches(
     model: Model,
     prompts: str | Sequence[str],
     images: RowImages | Sequence[RowImages],
@@ -162,8 +165,12 @@ def _run(
     analyzer: str,
     score: Callable[[ModelInputs, int], list[pd.DataFrame]],
     progress: Callable[[int, int], None] | None,
-) -> HeadScores:
-    """Prepare the prompts in batches, score each (one frame per prompt), add provenance."""
+    table: type[TableT],
+) -> TableT:
+    """Prepare the prompts in batches, score each (frames per prompt), add provenance.
+
+    Returns a `table` (HeadScores, TokenScores) of the frames, with the run's provenance.
+    """
     texts = as_texts(prompts)
     if not texts:
         raise InputError(f"No prompts given: {analyzer} needs at least one.")
@@ -187,7 +194,7 @@ def _run(
         inputs_hash=hash_inputs({"prompts": texts, "images": _describe(entries)}),
         n_inputs=len(texts),
     )
-    return HeadScores(pd.concat(frames, ignore_index=True), provenance)
+    return table(pd.concat(frames, ignore_index=True), provenance)
 
 
 def _score_batch(
@@ -283,7 +290,9 @@ def vision_head_divergence(
             frames.append(frame)
         return frames
 
-    return _run(model, prompts, images, config, config.batch_size, VHD_ANALYZER, score, progress)
+    return run_batches(
+        model, prompts, images, config, config.batch_size, VHD_ANALYZER, score, progress, HeadScores
+    )
 
 
 def _describe(entries: list) -> list:

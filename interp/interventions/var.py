@@ -104,12 +104,16 @@ def var_layers(n_layers: int, config: VarConfig) -> list[int]:
 
 def sink_ratio(
     residual: Float[Tensor, "batch pos d_model"], dims: tuple[int, ...] | None
-) -> Float[Tensor, "batch pos"]:
-    """phi = max_{d in dims} |x_d| / RMS(x), in float32 (every dim if `dims` is None)."""
+) -> tuple[Float[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """phi = max_{d in dims} |x_d| / RMS(x) in float32 (every dim if `dims` is None), and
+    the dimension that gives it."""
     x = residual.float()
     rms = torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
     picked = x if dims is None else x[..., list(dims)]
-    return (picked.abs() / rms).amax(-1)
+    phi, where = (picked.abs() / rms).max(-1)
+    if dims is not None:
+        where = torch.tensor(dims, device=where.device)[where]
+    return phi, where
 
 
 def redistribute(
@@ -217,7 +221,7 @@ class _Redistributor:
         if not self.new_prompt:
             return
         real = self.prompt.mask.bool().to(x.device)  # type: ignore[union-attr]
-        self.sinks[layer] = (sink_ratio(x, self.config.sink_dims) >= self.config.tau) & real
+        self.sinks[layer] = (sink_ratio(x, self.config.sink_dims)[0] >= self.config.tau) & real
 
     def __call__(self, rows: AttentionRows, index: Tensor) -> Tensor:
         probs = rows.probs[:, index]

@@ -147,8 +147,12 @@ def test_sink_ratio_is_phi_over_the_sink_dims():
     x[0, 0] = torch.tensor([8.0, 0.0, 0.0, 0.0])  # RMS 4: phi 2 on dim 0
     x[0, 1] = torch.tensor([1.0, -1.0, 1.0, -1.0])
     expected_all = torch.tensor([[8.0 / (16 + 1e-6) ** 0.5, 1.0 / (1 + 1e-6) ** 0.5]])
-    torch.testing.assert_close(sink_ratio(x, None), expected_all)
-    torch.testing.assert_close(sink_ratio(x, (1, 2)), torch.tensor([[0.0, expected_all[0, 1]]]))
+    phi, dims = sink_ratio(x, None)
+    torch.testing.assert_close(phi, expected_all)
+    assert dims.tolist() == [[0, 0]]
+    phi, dims = sink_ratio(x, (2, 1))
+    torch.testing.assert_close(phi, torch.tensor([[0.0, expected_all[0, 1]]]))
+    assert dims.tolist() == [[2, 2]]
 
 
 def test_errors():
@@ -174,7 +178,7 @@ def test_sinks_come_from_the_residual_entering_each_layer(vlm):
     phi: dict[int, torch.Tensor] = {}
 
     def read(layer: int, x: torch.Tensor) -> None:
-        phi[layer] = sink_ratio(x, None)
+        phi[layer] = sink_ratio(x, None)[0]
 
     with torch.no_grad(), residual_hooks(vlm.hf, read, layers=[2, 3]):
         vlm.hf(**inputs)
