@@ -41,7 +41,7 @@ class PromptState:
         self._prompt: tuple[Tensor, Tensor | None] | None = None
 
     def read(self, _module: nn.Module, _args: tuple, kwargs: dict[str, Any]) -> None:
-        """Forward pre-hook (with kwargs) on the top model."""
+        """Forward pre-hook (with kwargs) on the base model."""
         ids = kwargs.get("input_ids")
         if ids is None:
             raise HookError(f"{self.name} needs input_ids in the model's forward, not embeddings.")
@@ -106,9 +106,9 @@ def image_token_id(model: Model, name: str) -> int:
 
 @contextmanager
 def prompt_state(model: Model, name: str) -> Iterator[PromptState]:
-    """A `PromptState` fed by a pre-hook on the top model, removed on exit."""
+    """A `PromptState` fed by a pre-hook on the base model, removed on exit."""
     state = PromptState(name, image_token_id(model, name))
-    handle = model.hf.register_forward_pre_hook(state.read, with_kwargs=True)
+    handle = model.hf.base_model.register_forward_pre_hook(state.read, with_kwargs=True)
     try:
         yield state
     finally:
