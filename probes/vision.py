@@ -9,6 +9,9 @@ span. Per (prompt, layer, head) the table reports the mean of vis_i over the sco
 rows: by default the text rows after the image's end (VAR's scope: text queries that can
 see the whole image), or only the last row (`queries="last"`, the position that predicts
 the next token).
+The non-sink visual share (VAR's image-centric test) is r_i = sum_{j in I_vis, not a sink}
+A_ij / vis_i, with the sinks of layer l the tokens whose residual entering l has phi >= tau
+(`probes.visual_sinks`); `nonsink_share` is its mean over the scored rows with vis_i > 0.
 
 Vision-aware head divergence (VHD; He et al., ACL 2025, arXiv 2412.13949): per head, the
 distance between its output with and without the prompt's image tokens at the last
@@ -40,8 +43,9 @@ from torch import Tensor
 
 from interp.config import Config, check_range
 from interp.errors import InputError
-from interp.hooks import AttentionRows, attention_hooks
+from interp.hooks import AttentionRows, attention_hooks, residual_hooks
 from interp.inputs import ModelInputs, RowImages, TokenKind
+from interp.interventions.var import sink_ratio
 from interp.interventions.vhr import divergence
 from interp.models import Model
 from interp.prompts import as_texts
@@ -59,15 +63,20 @@ class ImageAttentionConfig(Config):
     Attributes:
         queries: which query rows are averaged: "after_image" (VAR's scope: every text
             row after the image's last token) or "last" (the last row only).
+        tau: phi threshold of a sink token, for the non-sink share r_i (VAR: 20).
+        sink_dims: VAR's D_sink for phi; None takes every dimension.
         batch_size: prompts per forward (left-padded together).
     """
 
     queries: Literal["after_image", "last"] = "after_image"
+    tau: float = 20.0
+    sink_dims: tuple[int, ...] | None = None
     batch_size: int = 8
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_range(self, "batch_size", 1)
+        check_range(self, "tau", 0.0, strict_low=True)
 
 
 def scored_queries(inputs: ModelInputs, queries: str) -> Bool[Tensor, "batch pos"]:
@@ -94,24 +103,46 @@ def scored_queries(inputs: ModelInputs, queries: str) -> Bool[Tensor, "batch pos
 
 
 class _ImageShare:
-    """Attention hook summing vis_i over the chosen query rows, per layer, prompt and head."""
+    """Attention hook summing vis_i and r_i over the chosen query rows, per layer and head.
 
-    def __init__(self, n_layers: int, image: Tensor, chosen: Tensor) -> None:
-        self.image = image.float()  # [batch, key]
+    The sinks of each layer come from its residual (`find_sinks`, a residual hook that
+    runs before the layer's attention).
+    """
+
+    def __init__(self, config: ImageAttentionConfig, inputs: ModelInputs, chosen: Tensor) -> None:
+        self.config = config
+        self.image = inputs.image_mask  # [batch, key]
+        self.real = inputs.kinds != TokenKind.PADDING
         self.chosen = chosen.float()  # [batch, query position]
-        self.sums: list[Tensor | None] = [None] * n_layers
+        self.sinks: Tensor | None = None  # [batch, key] of the layer being run
+        self.sums: dict[str, dict[int, Tensor]] = {"vis": {}, "nonsink": {}, "rows": {}}
+
+    def find_sinks(self, layer: int, x: Tensor) -> None:
+        phi = sink_ratio(x.detach(), self.config.sink_dims)[0]
+        self.sinks = (phi >= self.config.tau) & self.real.to(phi.device)
 
     def wants(self, layer: int, n_queries: int) -> bool:
         return True
 
     def __call__(self, rows: AttentionRows) -> None:
+        assert self.sinks is not None  # find_sinks ran on this layer's residual
         n_keys = rows.probs.shape[-1]  # the block's keys: a prefix of the key axis
-        image = self.image[:, None, None, :n_keys].to(rows.probs.device)
+        device = rows.probs.device
+        image = self.image[:, None, None, :n_keys].to(device)
+        nonsink_keys = image & ~self.sinks[:, None, None, :n_keys].to(device)
         vis = (rows.probs * image).sum(-1)  # [batch, head, query]
-        chosen = self.chosen[:, rows.query_positions].to(vis.device)  # [batch, query]
-        block = (vis * chosen[:, None, :]).sum(-1)  # [batch, head]
-        total = self.sums[rows.layer]
-        self.sums[rows.layer] = block if total is None else total + block
+        nonsink = (rows.probs * nonsink_keys).sum(-1)
+        chosen = self.chosen[:, rows.query_positions].to(device)[:, None, :]  # [batch, 1, query]
+        # r_i is undefined where a row puts nothing on the image: those rows are left out.
+        share = torch.where(vis > 0, nonsink / vis.clamp_min(torch.finfo(vis.dtype).tiny), 0.0)
+        blocks = {
+            "vis": (vis * chosen).sum(-1),  # [batch, head]
+            "nonsink": (share * chosen).sum(-1),
+            "rows": ((vis > 0) * chosen).sum(-1),
+        }
+        for name, block in blocks.items():
+            total = self.sums[name].get(rows.layer)
+            self.sums[name][rows.layer] = block if total is None else total + block
 
 
 def image_attention(
@@ -133,7 +164,8 @@ def image_attention(
 
     Returns:
         `HeadScores` with one row per (layer, head, example): `score` the mean image share
-        of the scored rows, `n_queries` their number, `n_image_tokens` the prompt's.
+        of the scored rows, `nonsink_share` the mean r_i over those with vis_i > 0 (NaN if
+        none), `n_queries` their number, `n_image_tokens` the prompt's.
 
     Raises:
         InputError: a prompt without an image, or with no text after it; images for a
@@ -201,15 +233,24 @@ def _score_batch(
     model: Model, inputs: ModelInputs, config: ImageAttentionConfig, first_example: int
 ) -> list[pd.DataFrame]:
     chosen = scored_queries(inputs, config.queries)
-    share = _ImageShare(model.geometry.n_layers, inputs.image_mask, chosen)
-    with torch.no_grad(), attention_hooks(model.hf, share):
+    share = _ImageShare(config, inputs, chosen)
+    with (
+        torch.no_grad(),
+        residual_hooks(model.hf, share.find_sinks),
+        attention_hooks(model.hf, share),
+    ):
         model.hf.base_model(**inputs)  # no LM head: the score needs no logits
-    sums = torch.stack(share.sums).float().cpu()  # type: ignore[arg-type]  # [layer, batch, head]
+    sums = {  # [layer, batch, head]
+        name: torch.stack([by_layer[layer] for layer in sorted(by_layer)]).float().cpu()
+        for name, by_layer in share.sums.items()
+    }
     n_queries = chosen.sum(-1).cpu()
     frames = []
-    for row in range(sums.shape[1]):
-        mean = (sums[:, row] / n_queries[row]).numpy()
-        frame = head_frame({"score": mean})
+    for row in range(len(n_queries)):
+        mean = (sums["vis"][:, row] / n_queries[row]).numpy()
+        rows_seen = sums["rows"][:, row]
+        nonsink = torch.where(rows_seen > 0, sums["nonsink"][:, row] / rows_seen, torch.nan)
+        frame = head_frame({"score": mean, "nonsink_share": nonsink.numpy()})
         frame.insert(3, "example", first_example + row)
         frame["n_queries"] = int(n_queries[row])
         frame["n_image_tokens"] = inputs.n_image_tokens[row]
