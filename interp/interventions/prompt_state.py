@@ -40,9 +40,9 @@ class PromptState:
         self.decoding = False
         self._prompt: tuple[Tensor, Tensor | None] | None = None
 
-    def read(self, _module: nn.Module, _args: tuple, kwargs: dict[str, Any]) -> None:
-        """Forward pre-hook (with kwargs) on the base model."""
-        ids = kwargs.get("input_ids")
+    def read(self, _module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        """Forward pre-hook (with kwargs) on the base model (LLaVA-NeXT passes ids first)."""
+        ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None:
             raise HookError(f"{self.name} needs input_ids in the model's forward, not embeddings.")
         past = kwargs.get("past_key_values")

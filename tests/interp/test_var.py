@@ -1,4 +1,4 @@
-"""VAR (interp.interventions.var) on hand-made rows and tiny random LLaVA and Idefics3 models.
+"""VAR (interp.interventions.var) on hand-made rows and tiny random LLaVA, LLaVA-NeXT and Idefics3.
 
 Random tiny models have no massive activations at tau = 20, so the model tests use tau = 2.5
 on every dimension, which marks a few tokens (image tokens among them) as sinks.
@@ -16,9 +16,9 @@ from interp.hooks import attention_hooks, residual_hooks
 from interp.interventions.attention_edit import AttentionEdit
 from interp.interventions.var import VAR, VarConfig, redistribute, sink_ratio, var_layers
 from interp.models import Model
-from tests.tiny import tiny_idefics3, tiny_llama, tiny_llava
+from tests.tiny import tiny_idefics3, tiny_llama, tiny_llava, tiny_llava_next
 
-BUILDERS = {"llava": tiny_llava, "idefics3": tiny_idefics3}
+BUILDERS = {"llava": tiny_llava, "llava_next": tiny_llava_next, "idefics3": tiny_idefics3}
 TEXTS = ["<image> what is in the picture?", "a photo: <image> of what?"]
 CONFIG = VarConfig(tau=2.5, min_image_share=0.05)
 

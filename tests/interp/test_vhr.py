@@ -11,9 +11,9 @@ from interp.hooks import attention_hooks, head_output_hooks
 from interp.interventions.vhr import VHR, VhrConfig, above_median, filter_outliers, vhr_layers
 from interp.models import Model
 from probes.vision import VhdConfig, vision_head_divergence
-from tests.tiny import tiny_idefics3, tiny_llava
+from tests.tiny import tiny_idefics3, tiny_llava, tiny_llava_next
 
-BUILDERS = {"llava": tiny_llava, "idefics3": tiny_idefics3}
+BUILDERS = {"llava": tiny_llava, "llava_next": tiny_llava_next, "idefics3": tiny_idefics3}
 TEXTS = ["<image> what is in the picture?", "a photo: <image> of what?"]
 
 
