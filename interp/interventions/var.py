@@ -24,7 +24,8 @@ code keeps p_code = 1 - p and tests the sink share 1 - r_i <= rho_code = 1 - rho
 batch row; padding is never a sink, an image token or a scored row.
 
 Cost: explicit attention in VAR's layers (others keep SDPA), one [batch, pos] ratio per
-layer at the prompt. Memory: [layer, batch, pos] booleans.
+layer at the prompt, and per edited block two small matrix products with the key classes.
+Memory: [layer, batch, key, 3] floats (the key classes).
 """
 
 from __future__ import annotations
@@ -40,9 +41,7 @@ from torch import Tensor
 
 from interp.config import Config, check_range
 from interp.errors import ConfigError, UnsupportedModelError
-from interp.heads import Head, HeadSet
-from interp.hooks import AttentionRows, residual_hooks
-from interp.interventions.attention_edit import AttentionEdit
+from interp.hooks import AttentionRows, attention_hooks, residual_hooks
 from interp.interventions.prompt_state import PromptState, prompt_state
 from interp.models import Model
 
@@ -123,36 +122,49 @@ def redistribute(
     scope: Bool[Tensor, "batch query"],
     config: VarConfig,
 ) -> Float[Tensor, "batch head query key"]:
-    """VAR's row edit on the rows it selects; every other row is returned unchanged."""
-    on_sink = sinks[:, None, None, :]
-    targets = (image & ~sinks)[:, None, None, :]  # V': non-sink image tokens
-    vis = (probs * image[:, None, None, :]).sum(-1)  # [batch, head, query]
-    nonsink = (probs * targets).sum(-1)
-    has_visual_sink = (sinks & image).any(-1)[:, None, None]
+    """VAR's row edit on the rows it selects; every other row is returned unchanged.
+
+    `scope` marks the rows VAR may edit (after the image); a batch row without a visual
+    sink is never edited.
+    """
+    scope = scope & (sinks & image).any(-1, keepdim=True)
+    return _redistribute(probs, _key_classes(sinks, image), scope, config)
+
+
+def _key_classes(sinks: Bool[Tensor, "batch key"], image: Bool[Tensor, "batch key"]) -> Tensor:
+    """[batch, key, 3] float: image token, non-sink image token (V'), sink (S)."""
+    return torch.stack([image, image & ~sinks, sinks], -1).float()
+
+
+def _redistribute(
+    probs: Float[Tensor, "batch head query key"],
+    keys: Float[Tensor, "batch key 3"],
+    scope: Bool[Tensor, "batch query"],
+    config: VarConfig,
+) -> Float[Tensor, "batch head query key"]:
+    """The edit as one factor per entry: 1 - p on S, 1 + budget / sum_V' A on V', else 1.
+
+    Few kernels per call (a decode step runs it in every VAR layer): the three row sums are
+    one product with the key classes, and the factors another. Unselected rows get factors
+    of exactly 1, so they (and every row at p = 0) come back bit for bit.
+    """
+    sums = torch.matmul(probs, keys[:, None])  # [batch, head, query, 3]
+    vis, nonsink, sink_mass = sums.unbind(-1)
     selected = (
         scope[:, None, :]
-        & has_visual_sink
         & (vis > 0)
         & (vis >= config.min_image_share)
         & (nonsink >= config.min_nonsink_share * vis)
         & (nonsink > 0)  # somewhere to put the budget
     )
     moved = config.moved
-    budget = moved * (probs * on_sink).sum(-1, keepdim=True)
-    safe = nonsink.clamp_min(torch.finfo(probs.dtype).tiny)[..., None]
-    edited = torch.where(
-        on_sink, (1.0 - moved) * probs, torch.where(targets, probs + budget * probs / safe, probs)
+    gain = moved * sink_mass / nonsink.clamp_min(torch.finfo(probs.dtype).tiny)
+    zero = probs.new_zeros(())
+    coefficients = torch.stack(  # [batch, head, query, 2]: on V', on S
+        [torch.where(selected, gain, zero), torch.where(selected, -moved, zero)], -1
     )
-    return torch.where(selected[..., None], edited, probs)
-
-
-def positions_after(
-    image: Bool[Tensor, "batch pos"], query_positions: Int[Tensor, " query"]
-) -> Bool[Tensor, "batch query"]:
-    """Query rows after each batch row's last image token."""
-    positions = torch.arange(image.shape[1], device=image.device)
-    last = torch.where(image, positions, -1).amax(-1)  # [batch]
-    return query_positions[None, :].to(image.device) > last[:, None]
+    factors = torch.matmul(coefficients, keys[:, None, :, 1:].transpose(-1, -2))
+    return probs * (factors + 1.0)
 
 
 @dataclass(frozen=True)
@@ -192,22 +204,31 @@ class VAR:
                 f"VAR edits layers 2..L-2 and {model.spec} has {geometry.n_layers} layers:"
                 " nothing to edit (include_last_layer=True adds layer L-1)."
             )
-        heads = HeadSet(Head(layer, h) for layer in layers for h in range(geometry.n_heads))
         with prompt_state(model, "VAR") as prompt:
             state = _Redistributor(self.config, prompt, layers)
-            edit = AttentionEdit(heads, state, renormalize=False)
-            with residual_hooks(model.hf, state.find_sinks, layers=layers), edit.applied(model):
+            with (
+                residual_hooks(model.hf, state.find_sinks, layers=layers),
+                attention_hooks(model.hf, state),
+            ):
                 yield
 
 
 class _Redistributor:
-    """VAR's state in one context: each layer's sinks and the image tokens of the prompt."""
+    """VAR's state in one context: each layer's sinks and the image tokens of the prompt.
+
+    Per layer the key classes are kept padded past the prompt (tokens after it are neither
+    sinks nor image tokens), grown by doubling, so a decode step only slices them.
+    """
 
     def __init__(self, config: VarConfig, prompt: PromptState, layers: list[int]) -> None:
         self.config, self.prompt, self.first_layer = config, prompt, layers[0]
-        self.sinks: dict[int, Tensor] = {}  # layer -> [batch, prompt pos]
-        self.image: Tensor | None = None  # [batch, prompt pos]
+        self.layers = set(layers)
+        self.keys: dict[int, Tensor] = {}  # layer -> [batch, key capacity, 3]
+        self.last_image: Tensor | None = None  # [batch] last image position (-1: none)
         self.new_prompt = False
+
+    def wants(self, layer: int, n_queries: int) -> bool:
+        return layer in self.layers
 
     def find_sinks(self, layer: int, x: Float[Tensor, "batch pos d_model"]) -> None:
         if self.prompt.decoding:
@@ -217,19 +238,23 @@ class _Redistributor:
             self.new_prompt = self.prompt.is_new_prompt()
             if self.new_prompt:
                 self.prompt.remember()
-                self.image = self.prompt.image.to(x.device)
+                image = self.prompt.image.to(x.device)
+                positions = torch.arange(image.shape[1], device=x.device)
+                self.last_image = torch.where(image, positions, -1).amax(-1)
         if not self.new_prompt:
             return
         real = self.prompt.mask.bool().to(x.device)  # type: ignore[union-attr]
-        self.sinks[layer] = (sink_ratio(x, self.config.sink_dims)[0] >= self.config.tau) & real
+        sinks = (sink_ratio(x, self.config.sink_dims)[0] >= self.config.tau) & real
+        image = self.prompt.image.to(x.device)
+        has_visual_sink = (sinks & image).any(-1)  # [batch]: rows without one are never edited
+        self.keys[layer] = _key_classes(sinks, image) * has_visual_sink[:, None, None]
 
-    def __call__(self, rows: AttentionRows, index: Tensor) -> Tensor:
-        probs = rows.probs[:, index]
-        sinks, image = self.sinks[rows.layer], self.image
-        assert image is not None  # find_sinks ran on the prompt before any attention row
-        n_block = probs.shape[-1]
-        grow = max(0, n_block - sinks.shape[-1])  # tokens after the prompt: never sinks
-        sinks = torch.nn.functional.pad(sinks, (0, grow), value=False)[:, :n_block]
-        image_keys = torch.nn.functional.pad(image, (0, grow), value=False)[:, :n_block]
-        scope = positions_after(image, rows.query_positions)
-        return redistribute(probs, sinks, image_keys, scope, self.config)
+    def __call__(self, rows: AttentionRows) -> Tensor:
+        n_block = rows.probs.shape[-1]
+        keys = self.keys[rows.layer]
+        if keys.shape[1] < n_block:  # tokens after the prompt: no class
+            keys = torch.nn.functional.pad(keys, (0, 0, 0, max(n_block, 2 * keys.shape[1])))
+            self.keys[rows.layer] = keys
+        assert self.last_image is not None  # find_sinks ran on the prompt
+        scope = rows.query_positions[None, :] > self.last_image[:, None]  # [batch, query]
+        return _redistribute(rows.probs, keys[:, :n_block], scope, self.config)
