@@ -172,7 +172,8 @@ class VAR:
     """Visual attention redistribution, applied with `with VAR().applied(model):`.
 
     Inside the context the first forward on a prompt finds its sinks; decode steps and
-    re-forwards that extend the prompt reuse them.
+    re-forwards that extend the prompt reuse them. Combined with VHR, VHR's selection
+    forward (the prompts plus their no-image branches) runs without VAR's edit.
 
     Example:
         >>> from tests.tiny import tiny_llava
@@ -230,7 +231,13 @@ class _Redistributor:
     def wants(self, layer: int, n_queries: int) -> bool:
         return layer in self.layers
 
+    def _foreign(self, batch: int) -> bool:
+        """A decoder forward the base model did not start (VHR's selection): left alone."""
+        return self.prompt.ids is None or batch != self.prompt.ids.shape[0]
+
     def find_sinks(self, layer: int, x: Float[Tensor, "batch pos d_model"]) -> None:
+        if self._foreign(x.shape[0]):
+            return
         if self.prompt.decoding:
             self.prompt.check_batch(x.shape[0])
             return
@@ -249,7 +256,9 @@ class _Redistributor:
         has_visual_sink = (sinks & image).any(-1)  # [batch]: rows without one are never edited
         self.keys[layer] = _key_classes(sinks, image) * has_visual_sink[:, None, None]
 
-    def __call__(self, rows: AttentionRows) -> Tensor:
+    def __call__(self, rows: AttentionRows) -> Tensor | None:
+        if self._foreign(rows.probs.shape[0]):
+            return None
         n_block = rows.probs.shape[-1]
         keys = self.keys[rows.layer]
         if keys.shape[1] < n_block:  # tokens after the prompt: no class

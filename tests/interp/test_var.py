@@ -13,6 +13,7 @@ import torch
 from interp.errors import ConfigError, UnsupportedModelError
 from interp.heads import Head, HeadSet
 from interp.hooks import attention_hooks, residual_hooks
+from interp.interventions import VHR, applied_all
 from interp.interventions.attention_edit import AttentionEdit
 from interp.interventions.var import VAR, VarConfig, redistribute, sink_ratio, var_layers
 from interp.models import Model
@@ -140,6 +141,28 @@ def test_generation_with_the_cache_equals_re_forwarding(vlm):
             ids = torch.cat([ids, token], 1)
             mask = torch.cat([mask, torch.ones_like(token)], 1)
     assert torch.equal(torch.cat(steps, 1), cached)
+
+
+def test_with_vhr_generation_with_the_cache_equals_re_forwarding():
+    model = tiny_llava(n_layers=5)
+    inputs = model.prepare(TEXTS, _images())
+    n_new = 4
+    with torch.no_grad(), applied_all(model, VHR(), VAR(CONFIG)):
+        cached = model.hf.generate(**inputs, max_new_tokens=n_new, do_sample=False)[:, -n_new:]
+        ids, mask = inputs.input_ids, inputs.attention_mask
+        for _ in range(n_new):
+            positions = (mask.cumsum(-1) - 1).clamp_min(0)
+            logits = model.hf(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                pixel_values=inputs["pixel_values"],
+                use_cache=False,
+            ).logits[:, -1]
+            token = logits.argmax(-1, keepdim=True)
+            ids = torch.cat([ids, token], 1)
+            mask = torch.cat([mask, torch.ones_like(token)], 1)
+    assert torch.equal(ids[:, -n_new:], cached)
 
 
 def test_sink_ratio_is_phi_over_the_sink_dims():
