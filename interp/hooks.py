@@ -25,6 +25,9 @@ Three hook families, each a context manager that removes everything it installed
 * `output_hooks(model, fn, part)`: reads or replaces the output of a decoder layer, its
   attention or its MLP ([batch, pos, d_model]; TransformerLens `hook_resid_post`,
   `hook_attn_out`, `hook_mlp_out`).
+* `decoder_input_hooks(model, fn)`: reads or replaces the keyword arguments of the decoder
+  (the module holding the layers: a VLM's language model), after a VLM has merged its
+  image features into `inputs_embeds`, and may run the decoder itself on other inputs.
 
 Module paths per architecture live in the `LAYOUTS` table; other HF causal LMs are found by
 looking for the decoder-layer list.
@@ -57,6 +60,7 @@ __all__ = [
     "Layout",
     "PrepassHook",
     "attention_hooks",
+    "decoder_input_hooks",
     "decoder_layers",
     "head_output_hooks",
     "head_result_hooks",
@@ -448,6 +452,37 @@ def output_hooks(
             module = modules[layer] if path is None else _get(modules[layer], path)
             stack.callback(module.register_forward_hook(forward_hook(layer)).remove)
         yield
+
+
+DecoderInputFn = Callable[[nn.Module, dict[str, Any]], dict[str, Any] | None]
+
+
+@contextmanager
+def decoder_input_hooks(hf: nn.Module, fn: DecoderInputFn) -> Iterator[None]:
+    """Call `fn(decoder, kwargs)` before each forward of the decoder stack.
+
+    The decoder is the module that holds the layer list (a VLM's language model, a causal
+    LM's base model); in a VLM its `inputs_embeds` already hold the image features. `fn`
+    returns replacement kwargs or None, and may call `decoder(**other)` itself (the hook
+    sees that call too, so guard against re-entry).
+    """
+    parent_path = layout_of(hf).layers.rpartition(".")[0]
+    decoder = _get(hf, parent_path) if parent_path else hf
+
+    def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if args:
+            raise HookError(
+                f"{type(module).__name__} got positional arguments; decoder_input_hooks reads"
+                " keyword arguments only."
+            )
+        new = fn(module, kwargs)
+        return None if new is None else (args, new)
+
+    handle = decoder.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 # ----------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from interp.cli.effect import effect_act
 from interp.cli.models import models
 from interp.cli.retrieval import ablate_retrieval, score_retrieval
 from interp.cli.sinks import score_sinks
+from interp.cli.vision import score_vision
 from interp.version import toolkit_version
 
 
@@ -85,6 +86,7 @@ score_app.command("retrieval")(score_retrieval)
 effect_app.command("act")(effect_act)
 ablate_app.command("retrieval")(ablate_retrieval)
 score_app.command("anchors")(score_anchors)
+score_app.command("vision")(score_vision)
 
 # circuits (issue 9)
 from interp.cli.circuit import circuit_colored_objects, circuit_ioi, circuit_overlap  # noqa: E402

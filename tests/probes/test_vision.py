@@ -74,6 +74,36 @@ def test_a_prompt_scores_the_same_alone_and_in_a_padded_batch(vlm):
     assert row.n_queries.tolist() == alone.n_queries.tolist()
 
 
+def test_nonsink_share_equals_the_share_in_hfs_eager_attention(vlm):
+    """r_i with sinks from HF's hidden states (tau = 2.5 marks some image tokens)."""
+    config = ImageAttentionConfig(tau=2.5, batch_size=2)
+    scores = image_attention(vlm, TEXTS, _images(), config).data
+    inputs = vlm.prepare(TEXTS, _images())
+    before = vlm.hf.config._attn_implementation
+    vlm.hf.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            out = vlm.hf(**inputs, output_attentions=True, output_hidden_states=True)
+    finally:
+        vlm.hf.set_attn_implementation(before)
+    image = inputs.image_mask
+    real = inputs.attention_mask.bool()
+    found_sinks = False
+    for layer, probs in enumerate(out.attentions):  # [batch, head, query, key]
+        x = out.hidden_states[layer].float()
+        phi = (x.abs() / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)).amax(-1)
+        sinks = (phi >= 2.5) & real
+        found_sinks |= bool((sinks & image).any())
+        vis = (probs * image[:, None, None]).sum(-1)
+        nonsink = (probs * (image & ~sinks)[:, None, None]).sum(-1)
+        for row in range(len(TEXTS)):
+            after = slice(inputs.image_span(row)[1], None)
+            r = (nonsink[row, :, after] / vis[row, :, after]).mean(-1)
+            got = scores[(scores.example == row) & (scores.layer == layer)].nonsink_share
+            np.testing.assert_allclose(got.to_numpy(), r.numpy(), atol=1e-5)
+    assert found_sinks
+
+
 def test_errors():
     model = tiny_llava()
     with pytest.raises(InputError, match="needs an image with every prompt; prompt 1"):

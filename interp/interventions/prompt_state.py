@@ -1,0 +1,115 @@
+"""Which prompt a forward belongs to, for interventions that choose once per prompt.
+
+VHR chooses its heads and VAR finds its sink tokens on a prompt, then reuse the choice for
+the rest of that generation: decode steps on the KV cache, or re-forwards of the prompt plus
+generated tokens without a cache (which must give the same tokens). `PromptState` reads each
+forward's `input_ids`, `attention_mask` and `pixel_values` through a pre-hook on the top
+model and says whether the forward is a decode step, a new prompt, or a continuation of the
+remembered one (its ids and pixels extend it). Memory: the remembered ids and pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from jaxtyping import Bool
+from torch import Tensor, nn
+
+from interp.errors import HookError, UnsupportedModelError
+from interp.models import Model
+
+
+class PromptState:
+    """The current forward's inputs and the prompt an intervention chose on.
+
+    Attributes:
+        ids: [batch, pos] the current forward's input ids (None before the first).
+        mask: [batch, pos] its attention mask (ones if none was passed).
+        decoding: whether the current forward continues a non-empty KV cache.
+        prompt_length: positions of the remembered prompt (None: nothing remembered).
+    """
+
+    def __init__(self, name: str, image_token_id: int) -> None:
+        self.name, self.image_token_id = name, image_token_id
+        self.ids: Tensor | None = None
+        self.mask: Tensor | None = None
+        self.pixels: Tensor | None = None
+        self.decoding = False
+        self._prompt: tuple[Tensor, Tensor | None] | None = None
+
+    def read(self, _module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        """Forward pre-hook (with kwargs) on the base model (LLaVA-NeXT passes ids first)."""
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            raise HookError(f"{self.name} needs input_ids in the model's forward, not embeddings.")
+        past = kwargs.get("past_key_values")
+        self.decoding = past is not None and past.get_seq_length() > 0
+        mask = kwargs.get("attention_mask")
+        self.ids, self.pixels = ids, kwargs.get("pixel_values")
+        self.mask = torch.ones_like(ids) if mask is None else mask
+
+    @property
+    def image(self) -> Bool[Tensor, "batch pos"]:
+        """Image tokens of the current forward."""
+        assert self.ids is not None  # read() ran: every forward passes the pre-hook
+        return self.ids == self.image_token_id
+
+    @property
+    def prompt_length(self) -> int | None:
+        return None if self._prompt is None else self._prompt[0].shape[1]
+
+    def is_new_prompt(self) -> bool:
+        """A forward without cache that does not extend the remembered prompt."""
+        return not self.decoding and not self._continues()
+
+    def remember(self) -> None:
+        """Make the current forward's ids and pixels the prompt."""
+        assert self.ids is not None
+        self._prompt = (self.ids, self.pixels)
+
+    def check_batch(self, batch: int) -> None:
+        """Raise HookError unless a prompt of this batch size was seen in this context."""
+        if self._prompt is None or self._prompt[0].shape[0] != batch:
+            raise HookError(
+                f"{self.name} saw a forward on a cache without its prompt: run the prefill"
+                f" inside the same `{self.name}(...).applied(model)` context (e.g. call"
+                " generate inside it)."
+            )
+
+    def _continues(self) -> bool:
+        if self._prompt is None or self.ids is None:
+            return False
+        ids, pixels = self._prompt
+        same_pixels = (pixels is None) == (self.pixels is None) and (
+            pixels is None or torch.equal(pixels, self.pixels)  # type: ignore[arg-type]
+        )
+        return (
+            self.ids.shape[0] == ids.shape[0]
+            and self.ids.shape[1] >= ids.shape[1]
+            and torch.equal(self.ids[:, : ids.shape[1]], ids)
+            and same_pixels
+        )
+
+
+def image_token_id(model: Model, name: str) -> int:
+    """The model's image token id; UnsupportedModelError for a text-only model."""
+    token_id = getattr(model.hf.config, "image_token_id", None)
+    if token_id is None:
+        token_id = getattr(model.hf.config, "image_token_index", None)
+    if token_id is None:
+        raise UnsupportedModelError(f"{model.spec} has no image token: {name} needs a VLM.")
+    return int(token_id)
+
+
+@contextmanager
+def prompt_state(model: Model, name: str) -> Iterator[PromptState]:
+    """A `PromptState` fed by a pre-hook on the base model, removed on exit."""
+    state = PromptState(name, image_token_id(model, name))
+    handle = model.hf.base_model.register_forward_pre_hook(state.read, with_kwargs=True)
+    try:
+        yield state
+    finally:
+        handle.remove()

@@ -1,0 +1,70 @@
+"""`interp score vision` on a saved tiny random LLaVA."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from typer.testing import CliRunner
+
+from interp.cli import app
+from tests.tiny import tiny_llava
+
+runner = CliRunner()
+
+
+def _folders(tmp_path: Path) -> tuple[Path, Path]:
+    model = tiny_llava()
+    saved = tmp_path / "model"
+    model.hf.save_pretrained(saved)
+    model.processor.save_pretrained(saved)
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name, size in (("a.png", (20, 30)), ("b.jpg", (40, 24))):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(images / name)
+    (images / "notes.txt").write_text("not an image")
+    return saved, images
+
+
+def test_score_vision_writes_tables_figures_and_a_manifest(tmp_path: Path):
+    saved, images = _folders(tmp_path)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("What is shown?\n\nWhat colour is it?")
+    out = tmp_path / "run"
+    args = ["score", "vision", "--model", str(saved), "--images", str(images)]
+    result = runner.invoke(
+        app, [*args, "--prompts", str(prompts), "--out", str(out), "--tau", "2.5", "--no-static"]
+    )
+    assert result.exit_code == 0, result.output
+    vhd = pd.read_csv(out / "vhd.csv")
+    assert len(vhd) == 2 * 3 * 4 and set(vhd.example) == {0, 1}
+    assert len(pd.read_csv(out / "vhd_per_head.csv")) == 12
+    attention = pd.read_csv(out / "image_attention.csv")
+    assert attention.score.between(0, 1).all()
+    sinks = pd.read_csv(out / "visual_sinks.csv")
+    assert sinks.visual_sink.any()
+    assert (out / "figures" / "vhd.html").is_file()
+    assert (out / "figures" / "image_attention.html").is_file()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["images"] == 2
+    assert manifest["provenance"]["analyzer"] == "vision_head_divergence"
+
+
+def test_score_vision_errors_are_one_line(tmp_path: Path):
+    saved, images = _folders(tmp_path)
+    prompts = tmp_path / "three.txt"
+    prompts.write_text("a\n\nb\n\nc")
+    base = ["score", "vision", "--model", str(saved)]
+    cases = {
+        "No image files": [*base, "--images", str(tmp_path / "model")],
+        "3 prompts for 2 images": [*base, "--images", str(images), "--prompts", str(prompts)],
+        "comma-separated integers": [*base, "--images", str(images), "--sink-dims", "x"],
+    }
+    for message, argv in cases.items():
+        result = runner.invoke(app, argv)
+        assert result.exit_code != 0
+        assert message in result.output, result.output
