@@ -7,6 +7,7 @@ from torch import Tensor
 from torch.nn.functional import pad
 
 from interp.hooks import AttentionRows
+from interp.inputs import ModelInputs
 from interp.models import Model
 
 
@@ -67,3 +68,27 @@ class Recorder:
 
     def __call__(self, rows: AttentionRows) -> None:
         self.seen.append(rows)
+
+
+@torch.no_grad()
+def vlm_cached_and_reforwarded(
+    model: Model, inputs: ModelInputs, steps: int
+) -> tuple[Tensor, Tensor]:
+    """Greedy tokens [batch, steps] of a VLM from `generate` (KV cache) and by re-forwards.
+
+    The re-forwards run the whole sequence each step without a cache, images included,
+    under whatever intervention is active around the call.
+    """
+    cached = model.hf.generate(**inputs, max_new_tokens=steps, do_sample=False)[:, -steps:]
+    ids, mask = inputs.input_ids, inputs.attention_mask
+    extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    extra.pop("position_ids", None)
+    for _ in range(steps):
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        logits = model.hf(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **extra
+        ).logits[:, -1]
+        token = logits.argmax(-1, keepdim=True)
+        ids = torch.cat([ids, token], 1)
+        mask = torch.cat([mask, torch.ones_like(token)], 1)
+    return cached, ids[:, -steps:]

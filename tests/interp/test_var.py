@@ -17,6 +17,7 @@ from interp.interventions import VHR, applied_all
 from interp.interventions.attention_edit import AttentionEdit
 from interp.interventions.var import VAR, VarConfig, redistribute, sink_ratio, var_layers
 from interp.models import Model
+from tests.interp.helpers import vlm_cached_and_reforwarded
 from tests.tiny import tiny_idefics3, tiny_llama, tiny_llava, tiny_llava_next
 
 BUILDERS = {"llava": tiny_llava, "llava_next": tiny_llava_next, "idefics3": tiny_idefics3}
@@ -124,45 +125,17 @@ def test_edited_rows_sum_to_one_over_visible_keys(vlm):
 
 def test_generation_with_the_cache_equals_re_forwarding(vlm):
     inputs = vlm.prepare(TEXTS, _images())
-    n_new = 5
-    with torch.no_grad(), VAR(CONFIG).applied(vlm):
-        cached = vlm.hf.generate(**inputs, max_new_tokens=n_new, do_sample=False)[:, -n_new:]
-        ids, mask = inputs.input_ids, inputs.attention_mask
-        extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-        extra.pop("position_ids", None)
-        steps = []
-        for _ in range(n_new):
-            positions = (mask.cumsum(-1) - 1).clamp_min(0)
-            logits = vlm.hf(
-                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **extra
-            ).logits[:, -1]
-            token = logits.argmax(-1, keepdim=True)
-            steps.append(token)
-            ids = torch.cat([ids, token], 1)
-            mask = torch.cat([mask, torch.ones_like(token)], 1)
-    assert torch.equal(torch.cat(steps, 1), cached)
+    with VAR(CONFIG).applied(vlm):
+        cached, reforwarded = vlm_cached_and_reforwarded(vlm, inputs, 5)
+    assert torch.equal(reforwarded, cached)
 
 
 def test_with_vhr_generation_with_the_cache_equals_re_forwarding():
     model = tiny_llava(n_layers=5)
     inputs = model.prepare(TEXTS, _images())
-    n_new = 4
-    with torch.no_grad(), applied_all(model, VHR(), VAR(CONFIG)):
-        cached = model.hf.generate(**inputs, max_new_tokens=n_new, do_sample=False)[:, -n_new:]
-        ids, mask = inputs.input_ids, inputs.attention_mask
-        for _ in range(n_new):
-            positions = (mask.cumsum(-1) - 1).clamp_min(0)
-            logits = model.hf(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions,
-                pixel_values=inputs["pixel_values"],
-                use_cache=False,
-            ).logits[:, -1]
-            token = logits.argmax(-1, keepdim=True)
-            ids = torch.cat([ids, token], 1)
-            mask = torch.cat([mask, torch.ones_like(token)], 1)
-    assert torch.equal(ids[:, -n_new:], cached)
+    with applied_all(model, VHR(), VAR(CONFIG)):
+        cached, reforwarded = vlm_cached_and_reforwarded(model, inputs, 4)
+    assert torch.equal(reforwarded, cached)
 
 
 def test_sink_ratio_is_phi_over_the_sink_dims():

@@ -11,6 +11,7 @@ from interp.hooks import attention_hooks, head_output_hooks
 from interp.interventions.vhr import VHR, VhrConfig, above_median, filter_outliers, vhr_layers
 from interp.models import Model
 from probes.vision import VhdConfig, vision_head_divergence
+from tests.interp.helpers import vlm_cached_and_reforwarded
 from tests.tiny import tiny_idefics3, tiny_llava, tiny_llava_next
 
 BUILDERS = {"llava": tiny_llava, "llava_next": tiny_llava_next, "idefics3": tiny_idefics3}
@@ -160,22 +161,9 @@ def test_vhr_generation_with_the_cache_equals_re_forwarding(vlm, reinforce_count
     config = VhrConfig(alpha=2.0, reinforce_counterfactual=reinforce_counterfactual)
     inputs = vlm.prepare(TEXTS, _images())
     n_new = 5
-    with torch.no_grad(), VHR(config).applied(vlm):
-        cached = vlm.hf.generate(**inputs, max_new_tokens=n_new, do_sample=False)[:, -n_new:]
-        ids, mask = inputs.input_ids, inputs.attention_mask
-        extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-        extra.pop("position_ids", None)
-        steps = []
-        for _ in range(n_new):
-            positions = (mask.cumsum(-1) - 1).clamp_min(0)
-            logits = vlm.hf(
-                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **extra
-            ).logits[:, -1]
-            token = logits.argmax(-1, keepdim=True)
-            steps.append(token)
-            ids = torch.cat([ids, token], 1)
-            mask = torch.cat([mask, torch.ones_like(token)], 1)
-    assert torch.equal(torch.cat(steps, 1), cached)
+    with VHR(config).applied(vlm):
+        cached, reforwarded = vlm_cached_and_reforwarded(vlm, inputs, n_new)
+    assert torch.equal(reforwarded, cached)
     with torch.no_grad():
         plain = vlm.hf.generate(**inputs, max_new_tokens=n_new, do_sample=False)[:, -n_new:]
     assert not torch.equal(plain, cached)  # the reinforcement changes the generation
