@@ -45,7 +45,7 @@ from interp.config import Config, check_range
 from interp.errors import InputError
 from interp.hooks import AttentionRows, attention_hooks, residual_hooks
 from interp.inputs import ModelInputs, RowImages, TokenKind
-from interp.interventions.var import sink_ratio
+from interp.interventions.var import check_sink_dims, sink_ratio
 from interp.interventions.vhr import divergence
 from interp.models import Model
 from interp.prompts import as_texts
@@ -77,6 +77,7 @@ class ImageAttentionConfig(Config):
         super().__post_init__()
         check_range(self, "batch_size", 1)
         check_range(self, "tau", 0.0, strict_low=True)
+        check_sink_dims(self)
 
 
 def scored_queries(inputs: ModelInputs, queries: str) -> Bool[Tensor, "batch pos"]:

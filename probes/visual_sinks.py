@@ -24,10 +24,9 @@ import torch
 from torch import Tensor
 
 from interp.config import Config, check_range
-from interp.errors import ConfigError
 from interp.hooks import residual_hooks
 from interp.inputs import ModelInputs, RowImages, TokenKind
-from interp.interventions.var import sink_ratio
+from interp.interventions.var import check_sink_dims, sink_ratio
 from interp.models import Model
 from interp.results import TokenScores
 from probes.sinks import massive_dimensions
@@ -54,8 +53,7 @@ class VisualSinkConfig(Config):
         super().__post_init__()
         check_range(self, "tau", 0.0, strict_low=True)
         check_range(self, "batch_size", 1)
-        if self.sink_dims is not None and not self.sink_dims:
-            raise ConfigError("VisualSinkConfig.sink_dims must name dimensions, or be None.")
+        check_sink_dims(self)
 
 
 def visual_sinks(

@@ -40,7 +40,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from interp.config import Config, check_range
-from interp.errors import ConfigError, UnsupportedModelError
+from interp.errors import ConfigError, InputError, UnsupportedModelError
 from interp.hooks import AttentionRows, attention_hooks, residual_hooks
 from interp.interventions.prompt_state import PromptState, prompt_state
 from interp.models import Model
@@ -77,13 +77,7 @@ class VarConfig(Config):
         check_range(self, "rho", 0.0, 1.0)
         check_range(self, "min_image_share", 0.0, 1.0)
         check_range(self, "tau", 0.0, strict_low=True)
-        if self.sink_dims is not None and (
-            not self.sink_dims or any(isinstance(d, bool) or d < 0 for d in self.sink_dims)
-        ):
-            raise ConfigError(
-                "VarConfig.sink_dims must be non-negative dimensions or None,"
-                f" got {self.sink_dims}."
-            )
+        check_sink_dims(self)
 
     @property
     def moved(self) -> float:
@@ -101,12 +95,27 @@ def var_layers(n_layers: int, config: VarConfig) -> list[int]:
     return list(range(2, n_layers if config.include_last_layer else n_layers - 1))
 
 
+def check_sink_dims(config: object) -> None:
+    """A config's `sink_dims`: None (every dimension) or non-negative dimensions."""
+    dims = config.sink_dims
+    if dims is not None and (not dims or any(isinstance(d, bool) or d < 0 for d in dims)):
+        raise ConfigError(
+            f"{type(config).__name__}.sink_dims must be non-negative dimensions or None,"
+            f" got {dims}."
+        )
+
+
 def sink_ratio(
     residual: Float[Tensor, "batch pos d_model"], dims: tuple[int, ...] | None
 ) -> tuple[Float[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
     """phi = max_{d in dims} |x_d| / RMS(x) in float32 (every dim if `dims` is None), and
     the dimension that gives it."""
     x = residual.float()
+    if dims is not None and max(dims) >= x.shape[-1]:
+        raise InputError(
+            f"Sink dimension {max(dims)} is out of range: the residual stream has"
+            f" {x.shape[-1]} dimensions."
+        )
     rms = torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
     picked = x if dims is None else x[..., list(dims)]
     phi, where = (picked.abs() / rms).max(-1)

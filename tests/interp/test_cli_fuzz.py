@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from interp.cli import app
 from interp.results import HeadScores
 from tests.circuits.word_model import saved_words_tiny
 from tests.interp.test_results import provenance
-from tests.tiny import saved_tiny
+from tests.tiny import saved_tiny, tiny_llava
 
 BAD_VALUES = {
     "probability": ["nan", "inf", "-0.5", "1.5", "abc"],
@@ -30,6 +31,7 @@ BAD_VALUES = {
     "non_negative": ["-1", "abc", "1.5"],
     "lengths": ["abc", "-5", "1,,x", ",", "0"],
     "ks": ["abc", "-1", "2,x"],
+    "dims": ["abc", "-1", "2,x", "99999"],
     "choice": ["bogus", ""],
     "device": ["cuda:7", "gpu"],
     "heads": ["bogus", "L99H0", "L1H9", ""],
@@ -73,6 +75,11 @@ def files(tmp_path_factory) -> dict[str, Path]:
     (root / "a_file").write_text("not a folder")
     (root / "not.gguf").write_text("not a gguf file")
     saved_words_tiny(root / "words")  # circuit tasks need single-token fillers
+    llava = tiny_llava()
+    llava.hf.save_pretrained(root / "llava")
+    llava.processor.save_pretrained(root / "llava")
+    (root / "images").mkdir()
+    Image.new("RGB", (20, 30), (200, 10, 10)).save(root / "images" / "a.png")
     return {"root": root, "model": root / "model", "task": task}
 
 
@@ -154,6 +161,18 @@ def commands(f: dict[str, Path]) -> dict[str, tuple[list[str], dict[str, object]
                 "--threshold": "probability",
                 "--n-boot": "count",
                 "--seed": "non_negative",
+            },
+        ),
+        "score vision": (
+            ["--model", str(root / "llava"), "--images", str(root / "images"), "--no-static"],
+            {
+                **common,
+                **PLACEMENT,
+                "--images": ("file", ".png"),
+                "--prompts": ("file", ".txt"),
+                "--tau": "positive",
+                "--sink-dims": "dims",
+                "--batch-size": "count",
             },
         ),
         **circuit_commands(f),
