@@ -27,6 +27,7 @@ from interp.cli.common import (
     StaticOption,
     export_figures,
     load_model_or_fail,
+    parse_ints,
     placement,
     progress_bar,
     result_folder,
@@ -114,7 +115,6 @@ def score_anchors(
         import numpy as np
         import pandas as pd
 
-        from interp.cli.retrieval import _ints
         from interp.effects import EffectsConfig
         from interp.errors import InputError
         from interp.figures import head_heatmap
@@ -132,7 +132,7 @@ def score_anchors(
             h_hi=h_hi,
             q=q,
             shift=shift,  # type: ignore[arg-type]
-            layers=_ints(layers, minimum=0) or (),
+            layers=parse_ints(layers, minimum=0) or (),
             batch_size=batch_size,
         )
         credit = anchor_credit.CreditConfig(rule=rule, gamma_amp=gamma_amp, alpha=alpha, k=k)  # type: ignore[arg-type]

@@ -111,6 +111,21 @@ def start_record(command: str, params: dict[str, Any]) -> RunRecord:
     return RunRecord(command, sys.argv, params)
 
 
+def parse_ints(text: str | None, minimum: int) -> tuple[int, ...] | None:
+    """Comma-separated integers >= `minimum` (None stays None: the command's default)."""
+    if text is None:
+        return None
+    from interp.errors import InputError
+
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < minimum:
+        raise InputError(f"Expected comma-separated integers >= {minimum}, got {text!r}.")
+    return values
+
+
 PLACEMENT = ("device_map", "dtype", "max_memory", "offload_folder")
 
 

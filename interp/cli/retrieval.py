@@ -25,6 +25,7 @@ from interp.cli.common import (
     StaticOption,
     export_figures,
     load_model_or_fail,
+    parse_ints,
     placement,
     progress_bar,
     result_folder,
@@ -48,21 +49,6 @@ MaxNewOption = typer.Option(help="Greedy decoding budget (paper: 50; stops at a 
 BatchOption = typer.Option(
     "--batch-size", help="Tests per forward (default: what suits the device and lengths)."
 )
-
-
-def _ints(text: str | None, minimum: int) -> tuple[int, ...] | None:
-    """Comma-separated integers >= `minimum` (None stays None: the command's default)."""
-    if text is None:
-        return None
-    from interp.errors import InputError
-
-    try:
-        values = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or min(values) < minimum:
-        raise InputError(f"Expected comma-separated integers >= {minimum}, got {text!r}.")
-    return values
 
 
 def _tests(
@@ -169,7 +155,7 @@ def score_retrieval(
         from probes import niah, retrieval
 
         config = retrieval.RetrievalConfig(
-            lengths=_ints(lengths, minimum=1),
+            lengths=parse_ints(lengths, minimum=1),
             n_depths=depths,
             max_new_tokens=max_new_tokens,
             count=count,
@@ -270,7 +256,7 @@ def ablate_retrieval(
         from probes import retrieval_ablation as ablation
 
         config = ablation.AblationConfig(
-            ks=_ints(ks, minimum=0) or (),
+            ks=parse_ints(ks, minimum=0) or (),
             n_seeds=seeds,
             masking=masking,
             positions=positions,  # type: ignore[arg-type]
@@ -290,7 +276,7 @@ def ablate_retrieval(
         _check_batch_size(batch_size)
         folder = result_folder(out, "ablation", model, record)
         loaded = load_model_or_fail(model, device, **placement(locals()))
-        grid = _ints(lengths, minimum=1) or ()
+        grid = parse_ints(lengths, minimum=1) or ()
         tests = _tests(
             loaded, record, needles, "heldout.jsonl", haystack, grid, depths, max_new_tokens
         )

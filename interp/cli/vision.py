@@ -17,6 +17,7 @@ from interp.cli.common import (
     StaticOption,
     export_figures,
     load_model_or_fail,
+    parse_ints,
     placement,
     progress_bar,
     result_folder,
@@ -92,7 +93,7 @@ def score_vision(
 
         files = image_files(images)
         texts = paired_prompts(load_prompts(prompts) if prompts else [DEFAULT_PROMPT], len(files))
-        dims = _dims(sink_dims)
+        dims = parse_ints(sink_dims, minimum=0)
         attention_config = vision.ImageAttentionConfig(
             tau=tau, sink_dims=dims, batch_size=batch_size
         )
@@ -151,12 +152,3 @@ def score_vision(
             f"visual sinks: {int(sinks.visual_sink.sum())} (layer, image token) pairs at"
             f" tau {tau:g}; candidate sink dims: {candidates.data['dim'].head(5).tolist()}"
         )
-
-
-def _dims(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise InputError(f"--sink-dims takes comma-separated integers, got {text!r}.") from None
