@@ -72,7 +72,7 @@ def attribution_patching(model: Model, task: CircuitTask) -> Attribution:
 
     with torch.no_grad(), head_output_hooks(model.hf, keep):
         ld_corrupt = logit_difference(
-            model.hf(**task.corrupted, logits_to_keep=1).logits[:, -1], task
+            model.hf(**task.corrupted, use_cache=False, logits_to_keep=1).logits[:, -1], task
         )
 
     tracked: list[Tensor] = []
@@ -85,7 +85,7 @@ def attribution_patching(model: Model, task: CircuitTask) -> Attribution:
         return tracked[-1]
 
     with torch.enable_grad(), head_output_hooks(model.hf, track):
-        logits = model.hf(**task.clean, logits_to_keep=1).logits[:, -1]
+        logits = model.hf(**task.clean, use_cache=False, logits_to_keep=1).logits[:, -1]
         ld_clean = logit_difference(logits, task)
         grads = torch.autograd.grad(ld_clean.sum(), tracked)
     # [layer, prompt, pos, head]: each prompt's own gradient (the sum's terms are independent).

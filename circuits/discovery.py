@@ -260,7 +260,7 @@ def mean_z(
         means.append(per_group[onehot.argmax(0)])  # each row its group's means
 
     with torch.no_grad(), head_output_hooks(model.hf, keep):
-        model.hf(**reference, logits_to_keep=1)
+        model.hf(**reference, use_cache=False, logits_to_keep=1)
     return means
 
 
@@ -306,7 +306,7 @@ def _ablated_lds(
 
         batch = {k: v.repeat(len(chunk), 1) for k, v in task.clean.items()}
         with head_output_hooks(model.hf, write):
-            logits = model.hf(**batch, logits_to_keep=1).logits[:, -1]
+            logits = model.hf(**batch, use_cache=False, logits_to_keep=1).logits[:, -1]
         out += [logit_difference(part, task).float().cpu() for part in logits.split(n)]
     return torch.stack(out)
 

@@ -71,7 +71,7 @@ def last_logits(
             batch.input_ids[start : start + batch_size].to(model.device),
             batch.attention_mask[start : start + batch_size].to(model.device),
         )
-        logits = model.hf(**part, logits_to_keep=1).logits[:, -1]
+        logits = model.hf(**part, use_cache=False, logits_to_keep=1).logits[:, -1]
         rows.append(logits.float().cpu())
     return torch.cat(rows)
 

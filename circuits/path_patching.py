@@ -283,7 +283,7 @@ def _clean_runs(
             stack.enter_context(head_output_hooks(model.hf, keep_z))
             stack.enter_context(residual_hooks(model.hf, keep_resid, layers))
             stack.enter_context(output_hooks(model.hf, keep_mlp, "mlp", None if full else []))
-            logits = model.hf(**encoding, logits_to_keep=1).logits[:, -1]
+            logits = model.hf(**encoding, use_cache=False, logits_to_keep=1).logits[:, -1]
         ld = logit_difference(logits, task).float().cpu()
         mlps = torch.stack(mlp) if mlp else torch.empty(0)
         return torch.stack(at_p), ld, (resid[0] if resid else None), z_full, mlps
@@ -339,7 +339,9 @@ def _step_one(
         stack.enter_context(qkv_hooks(model.hf, record, receivers.layers))
         if config.freeze_mlps:
             stack.enter_context(output_hooks(model.hf, freeze_mlp, "mlp"))
-        logits = model.hf(input_ids=ids, position_ids=pos_ids, logits_to_keep=1).logits
+        logits = model.hf(
+            input_ids=ids, position_ids=pos_ids, use_cache=False, logits_to_keep=1
+        ).logits
     return recorded, logits[:, -1]
 
 

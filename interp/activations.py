@@ -168,7 +168,7 @@ def collect_tokens(
             chunks.append(x[real].detach().to("cpu", torch.float32))  # [tokens, d_model]
 
         with torch.no_grad(), hooked(model.hf, {hook: keep}):
-            model.hf(**encoding)
+            model.hf(**encoding, use_cache=False, logits_to_keep=1)  # only the hooks' reads
         done += len(batch)
         if progress is not None:
             progress(done, len(texts))
@@ -259,5 +259,5 @@ def _head_means(
 
     fns = {HEAD_FORM.format(layer=layer): keep(layer) for layer in layers}
     with torch.no_grad(), hooked(model.hf, fns):
-        model.hf(**encoding)
+        model.hf(**encoding, use_cache=False, logits_to_keep=1)
     return torch.cat([means[layer] for layer in layers], dim=1)

@@ -16,6 +16,7 @@ d_model] per asked layer. Unlike the bridge, nothing is computed for names nobod
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -218,6 +219,9 @@ def record(
 
         return fn
 
+    kwargs.setdefault("use_cache", False)  # only the hooks' reads are wanted, not a KV cache
+    if "logits_to_keep" in inspect.signature(hf.forward).parameters:
+        kwargs.setdefault("logits_to_keep", 1)  # nor all positions' logits
     with torch.set_grad_enabled(grad), hooked(hf, {name: keep(name) for name in names}):
         hf(**kwargs)
     return out

@@ -240,7 +240,7 @@ def _score_batch(
         residual_hooks(model.hf, share.find_sinks),
         attention_hooks(model.hf, share),
     ):
-        model.hf.base_model(**inputs)  # no LM head: the score needs no logits
+        model.hf.base_model(**inputs, use_cache=False)  # no LM head: the score needs no logits
     sums = {  # [layer, batch, head]
         name: torch.stack([by_layer[layer] for layer in sorted(by_layer)]).float().cpu()
         for name, by_layer in share.sums.items()
