@@ -60,6 +60,7 @@ class Activations:
         data_hash: `hash_inputs` of the texts.
         n_texts: how many texts.
         heads: the heads of the second axis for "head_mean"; empty for "tokens".
+        skip_first: "tokens" rows leave out each text's first token (see `collect_tokens`).
     """
 
     values: Tensor
@@ -71,6 +72,7 @@ class Activations:
     data_hash: str
     n_texts: int
     heads: tuple[Head, ...] = ()
+    skip_first: bool = False
 
     def rows(self) -> Float[Tensor, "row d_model"]:
         """The SAE's training rows: one per token, or one per (text, head)."""
@@ -125,15 +127,22 @@ def collect_tokens(
     hook: str,
     *,
     batch_size: int = 8,
+    skip_first: bool = False,
     progress: Progress | None = None,
 ) -> Activations:
     """Record a [batch, pos, d_model] hook point on every real token of the texts.
+
+    With `skip_first` each text's first token is left out: on SmolLM2 and most LLMs its
+    residual has a massive norm (the attention sink; on SmolLM2's layer 3 ~9x the median) that
+    would dominate an SAE's squared error. An SAE trained so is spliced in everywhere but
+    there (`interp.saes.splice_loss`).
 
     Args:
         model: the model.
         texts: the dataset, tokenized as `model.encode` does (left-padded batches).
         hook: a TL name of a residual-stream-shaped point (forms: `TOKEN_FORMS`).
         batch_size: texts per forward.
+        skip_first: leave out each text's first token.
         progress: called with (texts done, texts in all) after each batch.
 
     Returns:
@@ -163,6 +172,8 @@ def collect_tokens(
     for batch in batches:
         encoding = model.encode(batch)
         real = encoding.attention_mask.bool()
+        if skip_first:
+            real &= encoding.position_ids > 0
 
         def keep(x: Tensor, real: Tensor = real) -> None:
             chunks.append(x[real].detach().to("cpu", torch.float32))  # [tokens, d_model]
@@ -181,6 +192,7 @@ def collect_tokens(
         weights_hash=model.weights_hash,
         data_hash=hash_inputs(list(texts)),
         n_texts=len(texts),
+        skip_first=skip_first,
     )
 
 

@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from sae_lens import SAE, StandardSAE, StandardTrainingSAE, StandardTrainingSAEConfig
@@ -27,13 +28,22 @@ from sae_lens.config import SAETrainerConfig
 from sae_lens.training.sae_trainer import SAETrainer
 from torch import Tensor
 
-from interp.activations import Activations
+from interp.activations import Activations, _batches
 from interp.config import Config, check_range
 from interp.errors import InputError
+from interp.hook_points import hooked
 from interp.models import Model
 from interp.results import Provenance
 
-__all__ = ["Reconstruction", "SAETrainConfig", "TrainedSAE", "reconstruction", "train_sae"]
+__all__ = [
+    "Reconstruction",
+    "SAETrainConfig",
+    "SpliceLoss",
+    "TrainedSAE",
+    "reconstruction",
+    "splice_loss",
+    "train_sae",
+]
 
 Progress = Callable[[int, int], None]
 _PROVENANCE_KEY = "interp_provenance"
@@ -51,6 +61,11 @@ class SAETrainConfig(Config):
         batch_size: rows per step; a dataset smaller than this trains full-batch.
         epochs: passes over the rows, reshuffled each epoch (a partial last batch is
             dropped, as sae-lens counts every step as a full batch).
+        normalize: "none" (sae-lens's default), or "constant_norm_rescale": every row is
+            scaled to norm sqrt(d_in) before training, so each token weighs the same in the
+            squared error instead of the few massive-norm ones dominating it, and the SAE
+            keeps sae-lens's `constant_norm_rescale`, which scales its input so at inference
+            and undoes it on the reconstruction.
         seed: seeds the weight initialisation and the shuffles.
     """
 
@@ -59,6 +74,7 @@ class SAETrainConfig(Config):
     lr: float = 3e-4
     batch_size: int = 4096
     epochs: int = 1
+    normalize: Literal["none", "constant_norm_rescale"] = "none"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -204,16 +220,22 @@ def train_sae(
             "hook": acts.hook,
             "layers": list(acts.layers),
             "reduction": acts.reduction,
+            "skip_first": acts.skip_first,
             "train": config.to_dict(),
         },
         inputs_hash=acts.data_hash,
         n_inputs=acts.n_texts,
     )
     device = str(rows.device)
+    if config.normalize == "constant_norm_rescale":
+        # sae-lens's constant_norm_rescale measures the error after undoing the scaling;
+        # rows scaled beforehand have norm sqrt(d_in), so the error is measured scaled.
+        rows = rows * (rows.shape[-1] ** 0.5 / rows.norm(dim=-1, keepdim=True).clamp_min(1e-12))
     sae_config = StandardTrainingSAEConfig(
         d_in=rows.shape[-1],
         d_sae=config.d_sae,
         l1_coefficient=config.l1_coefficient,
+        normalize_activations=config.normalize,
         device=device,
     )
     sae_config.metadata.model_name = acts.model
@@ -272,3 +294,80 @@ def reconstruction(sae: SAE, acts: Activations) -> Reconstruction:
         variance_explained=float(1 - error.sum() / spread) if spread > 0 else math.nan,
         l0=float((latents > 0).sum(-1).float().mean()),
     )
+
+
+@dataclass(frozen=True)
+class SpliceLoss:
+    """A model's next-token loss on texts, clean and with an SAE's reconstruction spliced in.
+
+    Attributes:
+        clean: mean cross-entropy (nats) over every predicted token of the texts.
+        spliced: the same with the hook's activation replaced by the SAE's reconstruction.
+        n_tokens: predicted tokens (each text's length minus one).
+    """
+
+    clean: float
+    spliced: float
+    n_tokens: int
+
+    @property
+    def increase(self) -> float:
+        """spliced - clean: what the reconstruction error costs the model, in nats."""
+        return self.spliced - self.clean
+
+
+def splice_loss(
+    model: Model,
+    trained: TrainedSAE,
+    texts: list[str],
+    *,
+    batch_size: int = 4,
+    progress: Progress | None = None,
+) -> SpliceLoss:
+    """Next-token loss clean and with the SAE's reconstruction spliced in at its hook.
+
+    Every real position is replaced by its reconstruction, except the first of each text
+    when the SAE was trained without it (`collect_tokens(skip_first=True)`): those keep
+    their clean activation, and the loss still counts every predicted token.
+
+    Raises:
+        InputError: an SAE of another model, one on head outputs, or no texts.
+    """
+    trained.check(model)
+    if trained.provenance.config["reduction"] != "tokens":
+        raise InputError("splice_loss needs an SAE on a token hook point, not on head outputs.")
+    skip_first = bool(trained.provenance.config.get("skip_first", False))
+    batches = _batches(texts, batch_size)
+    totals = torch.zeros(2, dtype=torch.float64)
+    n_tokens, done = 0, 0
+    for batch in batches:
+        encoding = model.encode(batch)
+        real = encoding.attention_mask.bool()
+        spliced = real & (encoding.position_ids > 0) if skip_first else real
+
+        def splice(x: Tensor, at: Tensor = spliced) -> Tensor:
+            with torch.no_grad():
+                rebuilt = trained.sae.decode(trained.sae.encode(x.to(trained.sae.dtype)))
+            return torch.where(at[..., None], rebuilt.to(x.dtype), x)
+
+        for column, fns in enumerate(({}, {trained.hook: splice})):
+            with torch.no_grad(), hooked(model.hf, fns):
+                logits = model.hf(**encoding, use_cache=False).logits  # [batch, pos, vocab]
+            targets = real[:, :-1] & real[:, 1:]  # [batch, pos - 1]
+            totals[column] += (
+                torch.nn.functional.cross_entropy(
+                    logits[:, :-1][targets].float(),
+                    encoding.input_ids[:, 1:][targets],
+                    reduction="sum",
+                )
+                .double()
+                .cpu()
+            )
+        n_tokens += int((real[:, :-1] & real[:, 1:]).sum())
+        done += len(batch)
+        if progress is not None:
+            progress(done, len(texts))
+    if n_tokens == 0:
+        raise InputError("No token to predict: every text is a single token.")
+    clean, spliced_loss = (totals / n_tokens).tolist()
+    return SpliceLoss(clean=clean, spliced=spliced_loss, n_tokens=n_tokens)

@@ -100,4 +100,9 @@ circuit_app.command("ioi")(circuit_ioi)
 circuit_app.command("colored-objects")(circuit_colored_objects)
 circuit_app.command("overlap")(circuit_overlap)
 
+# sparse autoencoders (issue 10)
+from interp.cli.sae import sae_app  # noqa: E402
+
+app.add_typer(sae_app, name="sae")
+
 __all__ = ["app"]

@@ -82,3 +82,14 @@ def test_bad_layers_and_empty_datasets_are_input_errors(model):
         collect_heads(model, [])
     with pytest.raises(InputError):
         collect_tokens(model, ["fine", ""], HOOK)
+
+
+def test_skip_first_leaves_out_each_texts_first_token(model):
+    every = collect_tokens(model, TEXTS, HOOK, batch_size=2)
+    later = collect_tokens(model, TEXTS, HOOK, batch_size=2, skip_first=True)
+    lengths = model.encode(TEXTS).lengths
+    starts = torch.tensor([0, *lengths[:-1]]).cumsum(0)
+    keep = torch.ones(len(every.values), dtype=torch.bool)
+    keep[starts] = False
+    assert later.skip_first and not every.skip_first
+    assert torch.equal(later.values, every.values[keep])

@@ -7,9 +7,9 @@ import pytest
 import torch
 from sae_lens import SAE
 
-from interp.activations import collect_tokens
+from interp.activations import collect_heads, collect_tokens
 from interp.errors import ConfigError, InputError
-from interp.saes import SAETrainConfig, TrainedSAE, reconstruction, train_sae
+from interp.saes import SAETrainConfig, TrainedSAE, reconstruction, splice_loss, train_sae
 from tests.tiny import tiny_llama
 
 HOOK = "blocks.1.hook_resid_post"
@@ -98,3 +98,82 @@ def test_loading_what_is_not_an_interp_sae_is_an_input_error(tmp_path, trained):
     (folder / "cfg.json").write_text("{not json")
     with pytest.raises(InputError, match="not valid JSON"):
         TrainedSAE.load(folder)
+
+
+def _with_weights(trained: TrainedSAE, **weights: torch.Tensor) -> TrainedSAE:
+    """A copy of a trained SAE with some weights replaced (same provenance)."""
+    sae = SAE.from_dict(trained.sae.cfg.to_dict())
+    state = {**trained.sae.state_dict(), **weights}
+    sae.load_state_dict(state)
+    return TrainedSAE(sae, trained.provenance)
+
+
+def _identity(trained: TrainedSAE) -> TrainedSAE:
+    """relu(x) - relu(-x) = x: encoder [I, -I], decoder [I; -I], zero biases (bit-exact)."""
+    eye = torch.eye(64)
+    return _with_weights(
+        trained,
+        W_enc=torch.cat([eye, -eye], dim=1),
+        W_dec=torch.cat([eye, -eye]),
+        b_enc=torch.zeros(128),
+        b_dec=torch.zeros(64),
+    )
+
+
+@pytest.fixture(scope="module")
+def wide(acts):
+    return train_sae(acts, replace(QUICK, d_sae=128))
+
+
+def test_splicing_an_exact_reconstruction_changes_nothing(model, wide):
+    identity = _identity(wide)
+    loss = splice_loss(model, identity, TEXTS, batch_size=2)
+    assert loss.spliced == loss.clean and loss.increase == 0.0
+    assert loss.n_tokens == sum(n - 1 for n in model.encode(TEXTS).lengths)
+
+
+def test_clean_loss_is_the_models_own_next_token_loss(model, trained):
+    loss = splice_loss(model, trained, TEXTS, batch_size=2)  # left-padded batches
+    ids = [model.encode(text).input_ids for text in TEXTS]
+    with torch.no_grad():
+        own = [float(model.hf(input_ids=i, labels=i).loss) * (i.shape[1] - 1) for i in ids]
+    assert loss.clean == pytest.approx(sum(own) / loss.n_tokens, rel=1e-5)
+    assert loss.spliced != loss.clean
+
+
+def test_a_zero_reconstruction_hurts_and_skip_first_keeps_the_first_token(model, acts, wide):
+    zero = _with_weights(wide, W_dec=torch.zeros(128, 64), b_dec=torch.zeros(64))
+    everywhere = splice_loss(model, zero, TEXTS)
+    assert everywhere.spliced != everywhere.clean  # a random-init model: near-uniform anyway
+    later = collect_tokens(model, TEXTS * 4, HOOK, skip_first=True)
+    skipping = train_sae(later, replace(QUICK, d_sae=128))
+    assert skipping.provenance.config["skip_first"] is True
+    zero_later = _with_weights(skipping, W_dec=torch.zeros(128, 64), b_dec=torch.zeros(64))
+    kept = splice_loss(model, zero_later, TEXTS)
+    assert kept.clean == everywhere.clean and kept.spliced != everywhere.spliced
+
+
+def test_constant_norm_rescale_trains_on_unit_scale_rows_and_keeps_the_scaling(
+    tmp_path, model, acts
+):
+    trained = train_sae(acts, replace(QUICK, normalize="constant_norm_rescale", epochs=5))
+    assert trained.sae.cfg.normalize_activations == "constant_norm_rescale"
+    x = acts.rows()[:8]
+    with torch.no_grad():
+        once, twice = trained.sae(x), trained.sae(2 * x)
+    torch.testing.assert_close(twice, 2 * once)  # scale-equivariant: the input is normalised
+    loaded = TrainedSAE.load(trained.save(tmp_path / "sae"), model=model)
+    assert loaded == trained and loaded.sae.cfg.normalize_activations == "constant_norm_rescale"
+    with pytest.raises(ConfigError):
+        SAETrainConfig(normalize="layer_norm")
+
+
+def test_splice_loss_refuses_head_output_saes_and_other_models(model, trained):
+    heads = collect_heads(model, TEXTS)
+    head_sae = train_sae(heads, replace(QUICK, batch_size=8))
+    with pytest.raises(InputError, match="head outputs"):
+        splice_loss(model, head_sae, TEXTS)
+    with pytest.raises(InputError, match="trained on"):
+        splice_loss(tiny_llama(seed=1), trained, TEXTS)
+    with pytest.raises(InputError, match="empty"):
+        splice_loss(model, trained, [])

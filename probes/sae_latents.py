@@ -1,0 +1,183 @@
+"""What a residual-stream SAE's latents say about a prompt, and which heads write a latent.
+
+`top_latents` runs prompts, encodes the SAE's hook point at every token and keeps each
+token's strongest latents: a tidy `TokenScores` (example, position, token, rank, latent,
+activation). `latent_attribution` splits one latent's pre-activation at one position into
+direct contributions (the direct-logit-attribution idea, with the SAE's encoder row in
+place of an unembedding), so the latent can be joined with any other `HeadScores`:
+
+    pre_j(x) = c(x)·Σ_parts part·w_j + b_enc,j - b_dec·w_j,   x = embed + Σ_l (attn_l + mlp_l)
+
+where w_j = W_enc[:, j], c(x) = sqrt(d_model)/‖x‖ for an SAE with sae-lens's
+`constant_norm_rescale` (else 1), and attn_l = Σ_h z_h·W_O,h. A head's score is
+c(x)·(z_h·W_O,h)_p·w_j at the chosen position p: what it writes straight into the residual
+the SAE reads, not what it causes through later layers (those paths are in the MLP and
+later-head terms). Heads of layers after the hook cannot write it and are left out. For
+`hook_resid_post` of layer L the heads of layers 0..L count; for `hook_resid_pre`, 0..L-1.
+The terms add up to the pre-activation exactly (up to float error), so the embedding, MLP
+and bias terms are what the heads leave. `constant_norm_rescale` is linear at a fixed x,
+so the split stays exact. Method notes: docs/methods.md §11.
+
+Cost: one forward per batch of prompts for `top_latents`; one forward keeping the
+[pos, head, d_model] head outputs of every layer up to the hook for `latent_attribution`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from interp.errors import InputError
+from interp.hook_points import record
+from interp.models import Model
+from interp.prompts import as_texts
+from interp.results import HeadScores, Provenance, TokenScores, hash_inputs
+from interp.saes import TrainedSAE
+
+__all__ = ["latent_attribution", "top_latents"]
+
+_RESIDUAL = re.compile(r"blocks\.(\d+)\.hook_resid_(pre|post)")
+
+
+def _encode(trained: TrainedSAE, x: Tensor) -> Tensor:
+    with torch.no_grad():
+        return trained.sae.encode(x.to(trained.sae.dtype))
+
+
+def _provenance(trained: TrainedSAE, model: Model, config: dict, texts: list[str]) -> Provenance:
+    return Provenance(
+        model=model.spec,
+        weights_hash=model.weights_hash,
+        analyzer="sae_latents",
+        config={"hook": trained.hook, "sae_inputs": trained.provenance.inputs_hash, **config},
+        inputs_hash=hash_inputs(texts),
+        n_inputs=len(texts),
+    )
+
+
+def top_latents(
+    model: Model, trained: TrainedSAE, prompts: str | Sequence[str], *, k: int = 5
+) -> TokenScores:
+    """Each token's `k` strongest active latents (fewer where fewer are active).
+
+    Args:
+        model: the model the SAE was trained on (checked).
+        trained: an SAE on a token hook point.
+        prompts: one prompt or several (one forward each, so no padding reaches the SAE).
+        k: latents kept per token.
+
+    Returns:
+        TokenScores with example, position, token, rank (0 = strongest), latent, activation.
+
+    Example:
+        >>> from interp.activations import collect_tokens
+        >>> from interp.saes import SAETrainConfig, train_sae
+        >>> from tests.tiny import tiny_llama
+        >>> model = tiny_llama()
+        >>> acts = collect_tokens(model, ["hello world"], "blocks.1.hook_resid_post")
+        >>> sae = train_sae(acts, SAETrainConfig(d_sae=16, l1_coefficient=0.0))  # doctest: +SKIP
+        >>> top_latents(model, sae, "hi there", k=2).data.columns.tolist()  # doctest: +SKIP
+        ['example', 'position', 'token', 'rank', 'latent', 'activation']
+    """
+    trained.check(model)
+    _check_tokens(trained)
+    if k < 1:
+        raise InputError(f"k must be at least 1, got {k}.")
+    texts = as_texts(prompts)
+    frames = []
+    for example, text in enumerate(texts):
+        ids = model.encode(text).input_ids
+        x = record(model, ids, [trained.hook])[trained.hook][0]  # [pos, d_model]
+        acts = _encode(trained, x).float().cpu()  # [pos, d_sae]
+        values, latents = acts.topk(min(k, acts.shape[-1]), dim=-1)  # [pos, k]
+        position, rank = np.nonzero(values.numpy() > 0)
+        tokens = [model.tokenizer.decode([token]) for token in ids[0].tolist()]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "example": example,
+                    "position": position,
+                    "token": [tokens[p] for p in position],
+                    "rank": rank,
+                    "latent": latents.numpy()[position, rank],
+                    "activation": values.numpy()[position, rank],
+                }
+            )
+        )
+    data = pd.concat(frames, ignore_index=True)
+    return TokenScores(data, _provenance(trained, model, {"k": k}, texts))
+
+
+def latent_attribution(
+    model: Model, trained: TrainedSAE, prompt: str, latent: int, *, position: int = -1
+) -> HeadScores:
+    """Each head's direct contribution to one latent's pre-activation at one position.
+
+    Args:
+        model: the model the SAE was trained on (checked).
+        trained: an SAE on `blocks.{L}.hook_resid_pre` or `hook_resid_post`.
+        prompt: the text.
+        latent: the latent's index.
+        position: the token (negative counts from the end).
+
+    Returns:
+        HeadScores of the heads that write the hook point: `score` (contribution, in units
+        of the pre-activation), `share` (score / the sum over heads), plus `latent`,
+        `position`, `pre_activation` (the whole, heads and the rest) and `activation`.
+    """
+    trained.check(model)
+    match = _RESIDUAL.fullmatch(trained.hook)
+    if match is None:
+        raise InputError(
+            f"Head attribution needs an SAE on the residual stream, not on {trained.hook!r}."
+        )
+    d_sae = trained.sae.cfg.d_sae
+    if not 0 <= latent < d_sae:
+        raise InputError(f"Latent {latent} is out of range for an SAE of {d_sae} latents.")
+    ids = model.encode(prompt).input_ids
+    n_pos = ids.shape[1]
+    if not -n_pos <= position < n_pos:
+        raise InputError(f"Position {position} is out of range for a {n_pos}-token prompt.")
+    position %= n_pos
+    layers = range(int(match.group(1)) + (match.group(2) == "post"))
+    names = [f"blocks.{layer}.attn.hook_result" for layer in layers]
+    recorded = record(model, ids, [trained.hook, *names])
+    x = recorded[trained.hook][0, position].float()  # [d_model]
+    sae = trained.sae
+    w = sae.W_enc[:, latent].detach().float().cpu()  # [d_model]
+    scale = (
+        x.shape[-1] ** 0.5 / x.norm()
+        if sae.cfg.normalize_activations == "constant_norm_rescale"
+        else 1.0
+    )
+    rows = [recorded[name][0, position].float().cpu() @ w * scale for name in names]  # [head]
+    heads = torch.stack(rows).numpy() if rows else np.zeros((0, model.geometry.n_heads))
+    pre = _pre_activation(trained, x, latent)
+    total = heads.sum()
+    extra = {
+        "share": heads / total if total != 0 else np.full(heads.shape, np.nan),
+        "latent": np.full(heads.shape, latent),
+        "position": np.full(heads.shape, position),
+        "pre_activation": np.full(heads.shape, pre),
+        "activation": np.full(heads.shape, max(pre, 0.0)),
+    }
+    config = {"latent": latent, "position": position}
+    return HeadScores.from_matrix(heads, _provenance(trained, model, config, [prompt]), extra)
+
+
+def _pre_activation(trained: TrainedSAE, x: Tensor, latent: int) -> float:
+    """The latent's pre-activation on one residual vector, through sae-lens's own encoder."""
+    sae = trained.sae
+    with torch.no_grad():
+        hidden = sae.process_sae_in(x[None].to(sae.device, sae.dtype)) @ sae.W_enc + sae.b_enc
+    return float(hidden[0, latent])
+
+
+def _check_tokens(trained: TrainedSAE) -> None:
+    if trained.provenance.config["reduction"] != "tokens":
+        raise InputError("Token latents need an SAE on a token hook point, not on head outputs.")
