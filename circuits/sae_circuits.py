@@ -58,6 +58,7 @@ __all__ = [
     "edge_scores",
     "node_scores",
     "roc_auc",
+    "roc_points",
     "sae_circuit",
     "score_heads",
 ]
@@ -300,22 +301,41 @@ def score_heads(
     )
 
 
-def roc_auc(scores: HeadScores, circuit: HeadSet, column: str = "score") -> float:
-    """ROC AUC of a head ranking against a reference circuit (ties count one half).
-
-    The Mann-Whitney form: the chance that a circuit head outscores a head outside it.
-    """
+def _inside(scores: HeadScores, circuit: HeadSet) -> tuple[pd.DataFrame, np.ndarray]:
+    """The per-head table and which of its rows are circuit heads (both sides non-empty)."""
     table = scores.per_head()
-    inside = np.array(
-        [
-            (int(r.layer), int(r.head)) in {(h.layer, h.head) for h in circuit}
-            for r in table.itertuples()
-        ]
-    )
+    wanted = {(h.layer, h.head) for h in circuit}
+    inside = np.array([(int(r.layer), int(r.head)) in wanted for r in table.itertuples()])
     n_in, n_out = int(inside.sum()), int((~inside).sum())
     if n_in == 0 or n_out == 0:
         raise InputError(
             f"ROC AUC needs heads inside and outside the circuit; got {n_in} inside, {n_out} out."
         )
+    return table, inside
+
+
+def roc_points(scores: HeadScores, circuit: HeadSet, column: str = "score") -> pd.DataFrame:
+    """The ROC curve of a head ranking against a circuit: `fpr`, `tpr` per distinct score.
+
+    One point per threshold, from (0, 0) to (1, 1); tied heads move both rates at once,
+    so the area under these points (trapezoids) is `roc_auc` with ties counting one half.
+    """
+    table, inside = _inside(scores, circuit)
+    values = table[column].to_numpy()
+    order = np.argsort(-values, kind="stable")
+    values, hits = values[order], inside[order]
+    last = np.r_[np.nonzero(np.diff(values))[0], len(values) - 1]  # end of each tie block
+    tpr = np.r_[0.0, np.cumsum(hits)[last] / hits.sum()]
+    fpr = np.r_[0.0, np.cumsum(~hits)[last] / (~hits).sum()]
+    return pd.DataFrame({"fpr": fpr, "tpr": tpr})
+
+
+def roc_auc(scores: HeadScores, circuit: HeadSet, column: str = "score") -> float:
+    """ROC AUC of a head ranking against a reference circuit (ties count one half).
+
+    The Mann-Whitney form: the chance that a circuit head outscores a head outside it.
+    """
+    table, inside = _inside(scores, circuit)
+    n_in, n_out = int(inside.sum()), int((~inside).sum())
     ranks = rankdata(table[column].to_numpy())
     return float((ranks[inside].sum() - n_in * (n_in + 1) / 2) / (n_in * n_out))

@@ -451,3 +451,30 @@ def circuit_heatmaps(
         legend={"orientation": "h", "y": -0.12},
     )
     return style(figure, title)
+
+
+def roc_curves(curves: pd.DataFrame, title: str) -> go.Figure:
+    """ROC curves of head rankings against a reference circuit, one line per run.
+
+    Args:
+        curves: one row per point with `run` (e.g. "seed 3"), `fpr`, `tpr` and the run's
+            `auc` (`circuits.sae_circuits.roc_points`, `roc_auc`).
+        title: the figure title.
+    """
+    figure = go.Figure()
+    figure.add_scatter(
+        x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "gray"}, name="chance"
+    )
+    for run, points in curves.groupby("run", sort=False):
+        figure.add_scatter(
+            x=points.fpr,
+            y=points.tpr,
+            mode="lines",
+            line={"shape": "linear", "width": 1.5},
+            opacity=0.8,
+            name=f"{run} (AUC {points.auc.iloc[0]:.2f})",
+        )
+    figure.update_xaxes(title="false positive rate (heads outside the circuit)", range=[0, 1])
+    figure.update_yaxes(title="true positive rate (circuit heads)", range=[0, 1.02])
+    figure.update_layout(width=560, height=480)
+    return style(figure, title)

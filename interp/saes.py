@@ -346,9 +346,10 @@ def splice_loss(
         spliced = real & (encoding.position_ids > 0) if skip_first else real
 
         def splice(x: Tensor, at: Tensor = spliced) -> Tensor:
+            sae = trained.sae
             with torch.no_grad():
-                rebuilt = trained.sae.decode(trained.sae.encode(x.to(trained.sae.dtype)))
-            return torch.where(at[..., None], rebuilt.to(x.dtype), x)
+                rebuilt = sae.decode(sae.encode(x.to(sae.device, sae.dtype)))
+            return torch.where(at[..., None], rebuilt.to(x.device, x.dtype), x)
 
         for column, fns in enumerate(({}, {trained.hook: splice})):
             with torch.no_grad(), hooked(model.hf, fns):

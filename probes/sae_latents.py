@@ -46,7 +46,7 @@ _RESIDUAL = re.compile(r"blocks\.(\d+)\.hook_resid_(pre|post)")
 
 def _encode(trained: TrainedSAE, x: Tensor) -> Tensor:
     with torch.no_grad():
-        return trained.sae.encode(x.to(trained.sae.dtype))
+        return trained.sae.encode(x.to(trained.sae.device, trained.sae.dtype))
 
 
 def _provenance(trained: TrainedSAE, model: Model, config: dict, texts: list[str]) -> Provenance:
@@ -145,9 +145,11 @@ def latent_attribution(
         raise InputError(f"Position {position} is out of range for a {n_pos}-token prompt.")
     position %= n_pos
     layers = range(int(match.group(1)) + (match.group(2) == "post"))
+    if not layers:
+        raise InputError(f"No head writes {trained.hook}: it is the embedding.")
     names = [f"blocks.{layer}.attn.hook_result" for layer in layers]
     recorded = record(model, ids, [trained.hook, *names])
-    x = recorded[trained.hook][0, position].float()  # [d_model]
+    x = recorded[trained.hook][0, position].float().cpu()  # [d_model]
     sae = trained.sae
     w = sae.W_enc[:, latent].detach().float().cpu()  # [d_model]
     scale = (
@@ -156,7 +158,7 @@ def latent_attribution(
         else 1.0
     )
     rows = [recorded[name][0, position].float().cpu() @ w * scale for name in names]  # [head]
-    heads = torch.stack(rows).numpy() if rows else np.zeros((0, model.geometry.n_heads))
+    heads = torch.stack(rows).detach().numpy()  # [layer, head]
     pre = _pre_activation(trained, x, latent)
     total = heads.sum()
     extra = {

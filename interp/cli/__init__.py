@@ -102,7 +102,9 @@ circuit_app.command("overlap")(circuit_overlap)
 
 # sparse autoencoders (issue 10)
 from interp.cli.sae import sae_app  # noqa: E402
+from interp.cli.sae_circuit import circuit_sae  # noqa: E402
 
 app.add_typer(sae_app, name="sae")
+circuit_app.command("sae")(circuit_sae)
 
 __all__ = ["app"]

@@ -23,6 +23,8 @@ import typer
 from interp.cli.common import (
     DeviceOption,
     ModelOption,
+    StaticOption,
+    export_figures,
     load_model_or_fail,
     progress_bar,
     result_folder,
@@ -229,3 +231,63 @@ def _collect(loaded: Any, texts: list[str], hook: str, skip_first: bool, what: s
     update, bar = progress_bar(len(texts), what, unit="text")
     with bar:
         return collect_tokens(loaded, texts, hook, skip_first=skip_first, progress=update)
+
+
+@sae_app.command("latents")
+def sae_latents(
+    sae: Annotated[
+        Path, typer.Option(help="An SAE folder written by `interp sae train` (its sae/ folder).")
+    ],
+    prompt: Annotated[str, typer.Option(help="The text to read the latents of.")],
+    model: Annotated[str | None, ModelOption] = None,
+    top_k: Annotated[int, typer.Option(help="Latents kept per token.")] = 5,
+    latent: Annotated[
+        int | None, typer.Option(help="Also attribute this latent to the heads that write it.")
+    ] = None,
+    position: Annotated[
+        int, typer.Option(help="Token position of the attribution (negative: from the end).")
+    ] = -1,
+    out: Annotated[Path | None, OutOption] = None,
+    device: Annotated[str, DeviceOption] = "cpu",
+    static: Annotated[bool, StaticOption] = True,
+) -> None:
+    """Each token's top SAE latents; with --latent, each head's direct contribution to it."""
+    record = start_record("sae latents", locals())
+    with user_errors():
+        from interp.errors import InputError
+        from interp.figures import head_heatmap
+        from interp.results import csv_path
+        from interp.saes import TrainedSAE
+        from probes.sae_latents import latent_attribution, top_latents
+
+        if top_k < 1:
+            raise InputError(f"--top-k must be at least 1, got {top_k}.")
+        if not prompt.strip():
+            raise InputError("--prompt is empty.")
+        trained = TrainedSAE.load(sae)
+        record.inputs([sae])
+        folder = result_folder(out, "sae-latents", model, record)
+        loaded = load_model_or_fail(model, device)
+        trained.check(loaded)
+        table = top_latents(loaded, trained, prompt, k=top_k)
+        path = table.save(folder / "latents.parquet", csv=True)
+        record.wrote([path, csv_path(path)])
+        for pos, rows in table.data.groupby("position"):
+            listed = ", ".join(f"{r.latent} ({r.activation:.2f})" for r in rows.itertuples())
+            typer.echo(f"{pos:4d} {rows.token.iloc[0]!r:>14}: {listed}")
+        if latent is not None:
+            heads = latent_attribution(loaded, trained, prompt, latent, position=position)
+            path = heads.save(folder / f"latent_{latent}_heads.parquet", csv=True)
+            record.wrote([path, csv_path(path)])
+            title = f"Direct contribution of each head to latent {latent} ({trained.hook})"
+            figure = head_heatmap(heads, "score", title, loaded.geometry, label="contribution")
+            record.wrote(export_figures({f"latent_{latent}_heads": figure}, folder, static))
+            first = heads.data.iloc[0]
+            top = heads.data.reindex(heads.data.score.abs().sort_values(ascending=False).index)
+            listed = ", ".join(f"{r.label} {r.score:+.2f}" for r in top.head(5).itertuples())
+            typer.echo(
+                f"latent {latent} at position {first.position}: pre-activation"
+                f" {first.pre_activation:.2f}; heads {top.score.sum():+.2f}, top: {listed}"
+            )
+        record.write(folder)
+        typer.echo(f"tables in {folder}")
