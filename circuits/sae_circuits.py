@@ -102,6 +102,7 @@ class SAECircuitConfig(Config):
         for name in ("d_sae", "epochs", "n_train", "batch_size"):
             check_range(self, name, 1)
         check_range(self, "edge_entries", 0)
+        check_range(self, "seed", 0)
         check_range(self, "sparsity", 0)
         check_range(self, "lr", 0, strict_low=True)
 

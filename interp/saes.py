@@ -81,6 +81,7 @@ class SAETrainConfig(Config):
         super().__post_init__()
         for name in ("d_sae", "batch_size", "epochs"):
             check_range(self, name, 1)
+        check_range(self, "seed", 0)
         check_range(self, "l1_coefficient", 0)
         check_range(self, "lr", 0, strict_low=True)
 

@@ -10,6 +10,7 @@ from circuits.sae_circuits import (
     edge_scores,
     node_scores,
     roc_auc,
+    roc_points,
     sae_circuit,
     score_heads,
 )
@@ -66,6 +67,17 @@ def test_roc_auc_is_the_chance_a_circuit_head_outscores_another():
     assert roc_auc(_scores([1.0, 1.0, 0.0]), HeadSet([Head(0, 0), Head(0, 2)])) == 0.25  # a tie
     with pytest.raises(InputError):
         roc_auc(scores, HeadSet([]))
+
+
+def test_roc_points_trace_the_curve_whose_area_is_the_auc():
+    scores = _scores([3.0, 1.0, 2.0, 1.0, 0.0])
+    circuit = HeadSet([Head(0, 0), Head(0, 3)])
+    points = roc_points(scores, circuit)
+    # thresholds 3, 2, 1 (a tie of one circuit head and one other), 0
+    assert points.fpr.tolist() == [0, 0, 1 / 3, 2 / 3, 1]
+    assert points.tpr.tolist() == [0, 0.5, 0.5, 1, 1]
+    area = np.trapezoid(points.tpr, points.fpr)
+    assert area == pytest.approx(roc_auc(scores, circuit)) and area == pytest.approx(4.5 / 6)
 
 
 def test_the_planted_model_hides_the_trigger_from_heads_outside_the_circuit():

@@ -38,6 +38,9 @@ BAD_VALUES = {
     "dtype": ["float8", "bogus"],
     "device_map": ["bogus", "{not json", "[1, 2]"],
     "max_memory": ["abc", "cpu=", "=8GiB"],
+    "non_negative_int": ["-1", "abc", "1.5", "99"],
+    "non_negative_float": ["-1", "nan", "inf", "abc"],
+    "position": ["abc", "1.5", "99", "-99"],
 }
 PLACEMENT = {"--dtype": "dtype", "--device-map": "device_map", "--max-memory": "max_memory"}
 FILE_KINDS = ["missing", "folder", "empty", "binary", "latin1"]
@@ -176,6 +179,7 @@ def commands(f: dict[str, Path]) -> dict[str, tuple[list[str], dict[str, object]
             },
         ),
         **circuit_commands(f),
+        **sae_commands(f),
     }
 
 
@@ -219,6 +223,78 @@ def circuit_commands(f: dict[str, Path]) -> dict[str, tuple[list[str], dict[str,
             },
         ),
     }
+
+
+def sae_commands(f: dict[str, Path]) -> dict[str, tuple[list[str], dict[str, object]]]:
+    """`interp sae ...` and `interp circuit sae` (issue 10), on the tiny models."""
+    common = {"--model": "model", "--out": "out", "--device": "device"}
+    root, model = f["root"], str(f["model"])
+    train = ["--model", model, "--layer", "1", "--texts", str(root / "prompts.txt")]
+    small = ["--d-sae", "8", "--epochs", "1", "--holdout-every", "2"]
+    return {
+        "sae train": (
+            [*train, *small],
+            {
+                **common,
+                "--layer": "non_negative_int",
+                "--hook": "choice",
+                "--texts": ("file", ".txt"),
+                "--holdout-every": "count",
+                "--d-sae": "count",
+                "--l1-coefficient": "non_negative_float",
+                "--lr": "positive",
+                "--epochs": "count",
+                "--batch-size": "count",
+                "--normalize": "choice",
+                "--seed": "non_negative",
+            },
+        ),
+        "circuit sae": (
+            ["--model", str(root / "words"), "--n", "4", "--epochs", "2", "--no-static"],
+            {
+                **common,
+                "--task": "choice",
+                "--n": "count",
+                "--seed": "non_negative",
+                "--seeds": "count",
+                "--reference": ("file", ".parquet"),
+                "--d-sae": "count",
+                "--sparsity": "non_negative_float",
+                "--lr": "positive",
+                "--epochs": "count",
+                "--n-train": "count",
+                "--batch-size": "count",
+            },
+        ),
+        "sae latents": (
+            [
+                *("--model", model, "--sae", str(_tiny_sae(f)), "--prompt", "The cat"),
+                *("--latent", "0", "--no-static"),
+            ],
+            {
+                **common,
+                "--sae": ("file", ".txt"),
+                "--top-k": "count",
+                "--latent": "non_negative_int",
+                "--position": "position",
+            },
+        ),
+    }
+
+
+def _tiny_sae(f: dict[str, Path]) -> Path:
+    """An SAE on the tiny model's blocks.1.hook_resid_post, trained once per fixture."""
+    folder = f["root"] / "sae"
+    if not folder.exists():
+        from interp.activations import collect_tokens
+        from interp.models import load_model
+        from interp.saes import SAETrainConfig, train_sae
+
+        acts = collect_tokens(
+            load_model(str(f["model"])), ["a b c", "d e"], "blocks.1.hook_resid_post"
+        )
+        train_sae(acts, SAETrainConfig(d_sae=8)).save(folder)
+    return folder
 
 
 def cases(f: dict[str, Path]) -> list[tuple[str, list[str]]]:

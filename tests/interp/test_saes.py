@@ -38,6 +38,8 @@ def test_bad_settings_are_config_errors():
         SAETrainConfig(d_sae=0)
     with pytest.raises(ConfigError):
         SAETrainConfig(lr=0.0)
+    with pytest.raises(ConfigError):
+        SAETrainConfig(seed=-1)
 
 
 def test_training_lowers_reconstruction_loss(acts, trained):
