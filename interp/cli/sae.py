@@ -115,10 +115,10 @@ def sae_train(
     holdout_every: Annotated[
         int, typer.Option(help="Every N-th text is held out to score the SAE, not trained on.")
     ] = 8,
-    d_sae: Annotated[int, typer.Option(help="Latents.")] = 2048,
+    d_sae: Annotated[int, typer.Option(help="Latents.")] = 1024,
     l1_coefficient: Annotated[
         float, typer.Option(help="sae-lens's L1 coefficient (on the normalised rows).")
-    ] = 1.0,
+    ] = 0.5,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
     epochs: Annotated[int, typer.Option(help="Passes over the training tokens.")] = 40,
     batch_size: Annotated[int, typer.Option(help="Tokens per training step.")] = 256,

@@ -131,3 +131,18 @@ def test_bad_settings_and_inputs_are_errors():
         sae_circuit(model, ["ab#c"], [])
     with pytest.raises(InputError, match="n_train"):
         sae_circuit(model, ["ab#c"], ["ab$c"], SAECircuitConfig(n_train=3))
+
+
+@pytest.mark.integration
+def test_ioi_on_the_default_model_finds_codes_only_where_prompts_differ(default_model):
+    from circuits.tasks import ioi
+
+    task = ioi(default_model, 12, seed=0)
+    acts = collect_heads(default_model, [*task.prompts, *task.corrupted_prompts])
+    config = SAECircuitConfig(epochs=25, n_train=6, seed=0)
+    found = score_heads(acts, 12, config).nodes.data
+    assert found["distinct"].max() > 1  # the shared SAE did not collapse to one code
+    assert (found["score"] > 0).sum() >= 50  # clean and ABC prompts get different codes
+    same = acts.select([*range(12), *range(12)])  # the clean prompts on both sides
+    control = score_heads(same, 12, config).nodes.data
+    assert (control["score"] == 0).all() and (control["negative_only"] == 0).all()
