@@ -186,8 +186,6 @@ def sae_train(
         update, bar = progress_bar(len(held), "spliced loss")
         with bar:
             loss = splice_loss(loaded, trained, held, progress=update)
-        if not loss.n_tokens:
-            raise InputError("The held-out texts have no token to predict.")
         saved = trained.save(folder / "sae")
         record.wrote(sorted(saved.iterdir()))
         summary = {

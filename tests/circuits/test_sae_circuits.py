@@ -1,6 +1,7 @@
 """SAE circuit identification: code sets, ROC AUC, and the planted circuit recovered."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -78,6 +79,19 @@ def test_roc_points_trace_the_curve_whose_area_is_the_auc():
     assert points.tpr.tolist() == [0, 0.5, 0.5, 1, 1]
     area = np.trapezoid(points.tpr, points.fpr)
     assert area == pytest.approx(roc_auc(scores, circuit)) and area == pytest.approx(4.5 / 6)
+
+
+def test_roc_curves_draw_one_line_per_run_and_the_chance_line():
+    from interp.figures import roc_curves
+
+    scores, circuit = _scores([3.0, 1.0, 2.0, 1.0, 0.0]), HeadSet([Head(0, 0), Head(0, 3)])
+    curves = pd.concat(
+        [roc_points(scores, circuit).assign(run=f"seed {s}", auc=0.75) for s in (0, 1)]
+    )
+    figure = roc_curves(curves, "ROC")
+    names = [trace.name for trace in figure.data]
+    assert names == ["chance", "seed 0 (AUC 0.75)", "seed 1 (AUC 0.75)"]
+    assert list(figure.data[1].y) == [0, 0.5, 0.5, 1, 1]
 
 
 def test_the_planted_model_hides_the_trigger_from_heads_outside_the_circuit():
