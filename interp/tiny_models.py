@@ -96,21 +96,30 @@ _VISION = {
 }
 
 
-def tiny_llava(n_layers: int = 3, n_heads: int = 4, n_kv_heads: int = 2, seed: int = 0) -> Model:
+def tiny_llava(
+    n_layers: int = 3,
+    n_heads: int = 4,
+    n_kv_heads: int = 2,
+    seed: int = 0,
+    strategy: str = "default",
+) -> Model:
     """A random-init LLaVA-1.5 (CLIP tower, GQA Llama) with its processor: 16 tokens an image.
 
     As llava-1.5: the processor resizes and crops to the tower's 32x32, the tower's 16
-    patches plus CLS give 16 image features after the CLS is dropped ("default").
+    patches plus CLS give 16 image features after the CLS is dropped (`strategy`
+    "default"; "full" keeps it: 17 tokens an image).
     """
     torch.manual_seed(seed)
     tokenizer = _image_tokenizer()
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size=_CROP)
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, **_LLAVA)
+    llava = {**_LLAVA, "vision_feature_select_strategy": strategy}
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, **llava)
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(**_VISION, projection_dim=32),
         text_config=_llama_config(len(tokenizer), n_layers, n_heads, n_kv_heads, 512),
         image_token_id=processor.image_token_id,
         vision_feature_layer=-1,
+        vision_feature_select_strategy=strategy,
     )
     hf = LlavaForConditionalGeneration(config)
     return Model.from_hf(hf, processor=processor, spec="tiny-llava")
