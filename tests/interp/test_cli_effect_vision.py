@@ -1,4 +1,4 @@
-"""`interp effect vhr` and `interp effect var` on a saved tiny random LLaVA and a tiny image task."""
+"""`interp effect vhr` and `interp effect var` on a saved tiny random LLaVA and image task."""
 
 from __future__ import annotations
 
