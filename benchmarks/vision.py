@@ -15,19 +15,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tiny VLMs live in tests/
 from interp.interventions import VAR, VHR, VarConfig
 from interp.interventions.vhr import divergence
 from interp.models import Model
-from tests.tiny import tiny_idefics3, tiny_llava, tiny_llava_next
+from interp.tiny_models import tiny_idefics3, tiny_llava, tiny_llava_next
 
 BUILDERS: dict[str, Callable[..., Model]] = {
     "llava": tiny_llava,

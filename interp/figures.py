@@ -453,6 +453,53 @@ def circuit_heatmaps(
     return style(figure, title)
 
 
+# ----------------------------------------------------------------------------------------
+# Vision-language models (issue 12)
+
+
+def sink_patch_figure(image: np.ndarray, patches: pd.DataFrame, title: str) -> go.Figure:
+    """An image as the vision tower saw it, its visual-sink patches outlined.
+
+    Args:
+        image: [height, width, 3] uint8, one view (`interp.image_patches.view_image`).
+        patches: that view's rows of `probes.visual_sinks.sink_patches`; patches with
+            `n_layers` > 0 are outlined, the line the wider the more layers mark them.
+        title: the figure's title.
+    """
+    figure = go.Figure(go.Image(z=image, hoverinfo="skip"))
+    marked = patches[patches.n_layers > 0]
+    most = max(int(marked.n_layers.max()), 1) if len(marked) else 1
+    for patch in marked.itertuples():
+        figure.add_shape(
+            type="rect",
+            x0=patch.left - 0.5,
+            x1=patch.right - 0.5,
+            y0=patch.top - 0.5,
+            y1=patch.bottom - 0.5,
+            line={"color": "#ff2d2d", "width": 1 + 3 * patch.n_layers / most},
+        )
+    figure.add_scatter(  # hover targets at the marked patches' centres
+        x=(marked.left + marked.right) / 2 - 0.5,
+        y=(marked.top + marked.bottom) / 2 - 0.5,
+        mode="markers",
+        marker={"size": 6, "color": "#ff2d2d", "opacity": 0.6},
+        customdata=np.stack([marked.position, marked.n_layers, marked.max_phi], axis=-1),
+        hovertemplate="token %{customdata[0]}: visual sink in %{customdata[1]} layers,"
+        " max phi %{customdata[2]:.1f}<extra></extra>",
+        showlegend=False,
+    )
+    height, width = image.shape[:2]
+    scale = 360 / max(height, width)
+    figure.update_layout(width=int(width * scale) + 80, height=int(height * scale) + 110)
+    figure.update_xaxes(visible=False)
+    figure.update_yaxes(visible=False)
+    return style(figure, title)
+
+
+# ----------------------------------------------------------------------------------------
+# Sparse autoencoders (issue 10)
+
+
 def roc_curves(curves: pd.DataFrame, title: str) -> go.Figure:
     """ROC curves of head rankings against a reference circuit, one line per run.
 

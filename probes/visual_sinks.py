@@ -10,6 +10,8 @@ The same `phi` is what `interp.interventions.VAR` uses.
 
 Returns a `TokenScores` with one row per (example, layer, real position). Memory: the
 table itself plus one [batch, pos] ratio per layer; cost: one forward of the base model.
+`sink_patches` places the image tokens, with their sink counts, on the image's patches
+(`interp.image_patches`: exact for LLaVA-1.5 and Idefics3), for the sink-patch figure.
 Method notes: docs/methods.md §10.
 """
 
@@ -24,10 +26,13 @@ import torch
 from torch import Tensor
 
 from interp.config import Config, check_range
+from interp.errors import InputError
 from interp.hooks import residual_hooks
+from interp.image_patches import patch_table
 from interp.inputs import ModelInputs, RowImages, TokenKind
 from interp.interventions.var import check_sink_dims, sink_ratio
 from interp.models import Model
+from interp.prompts import as_texts
 from interp.results import TokenScores
 from probes.sinks import massive_dimensions
 from probes.vision import run_batches
@@ -75,7 +80,7 @@ def visual_sinks(
         InputError: a prompt without an image; images for a text-only model.
 
     Example:
-        >>> from tests.tiny import tiny_llava
+        >>> from interp.tiny_models import tiny_llava
         >>> import numpy as np
         >>> table = visual_sinks(tiny_llava(), "what?", np.zeros((32, 32, 3), np.uint8))
         >>> sorted(set(table.data.kind))
@@ -139,3 +144,43 @@ def _frame(
 def sink_dimensions(tokens: TokenScores) -> pd.DataFrame:
     """Candidate D_sink: per dimension, the sink (layer, token) hits it gives, most first."""
     return massive_dimensions(TokenScores(tokens.data[tokens.data.sink], tokens.provenance))
+
+
+def sink_patches(
+    model: Model,
+    prompts: str | Sequence[str],
+    images: RowImages | Sequence[RowImages],
+    sinks: TokenScores,
+) -> pd.DataFrame:
+    """Every image token's patch, with how often it is a visual sink: where sinks sit.
+
+    Args:
+        model: the LLaVA-1.5 or Idefics3 model `sinks` came from.
+        prompts, images: the inputs `visual_sinks` scored (same order).
+        sinks: `visual_sinks(model, prompts, images, ...)`.
+
+    Returns:
+        One row per (example, image token): `example`, the `interp.image_patches.patch_table`
+        columns (`position`, `view` within the example, `patch_row`, `patch_col`, `top`,
+        `left`, `bottom`, `right`), `n_layers` (layers where it is a visual sink) and
+        `max_phi` (its largest phi over layers).
+
+    Raises:
+        UnsupportedModelError: an architecture without an exact token-to-patch map.
+    """
+    texts = as_texts(prompts)
+    entries = [images] if isinstance(prompts, str) else list(images)  # type: ignore[arg-type]
+    data = sinks.data[sinks.data.kind == "image"]
+    counts = data.groupby(["example", "position"]).agg(
+        n_layers=("visual_sink", "sum"), max_phi=("phi", "max")
+    )
+    frames = []
+    for example, (text, image) in enumerate(zip(texts, entries, strict=True)):
+        table = patch_table(model, model.prepare(text, image))
+        found = counts.loc[example] if example in counts.index.get_level_values(0) else None
+        if found is None:
+            raise InputError(f"The sink table has no example {example}: pass the same inputs.")
+        table = table.join(found, on="position")
+        table.insert(0, "example", example)
+        frames.append(table)
+    return pd.concat(frames, ignore_index=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -134,6 +134,10 @@ def score_vision(
             ),
             "vhd": head_heatmap(per_head["vhd"], "score", "Vision-aware head divergence"),
         }
+        patches = _sink_patch_figures(loaded, texts, paths, results["visual_sinks"], figures)
+        if patches is not None:
+            path = patches.save(folder / "sink_patches.parquet", csv=True)
+            record.wrote([path, csv_path(path)])
         written = export_figures(figures, folder, static)
         record.wrote(written)
         record.write(
@@ -152,3 +156,33 @@ def score_vision(
             f"visual sinks: {int(sinks.visual_sink.sum())} (layer, image token) pairs at"
             f" tau {tau:g}; candidate sink dims: {candidates.data['dim'].head(5).tolist()}"
         )
+
+
+MAX_PATCH_FIGURES = 8  # one figure per image view, for the first views
+
+
+def _sink_patch_figures(
+    model: Any, texts: list[str], paths: list[str], sinks: Any, figures: dict[str, Any]
+) -> Any:
+    """The sink-patch table (an ItemTable) and its figures, added to `figures`; None with a
+    note where the architecture has no exact token-to-patch map."""
+    from interp.errors import UnsupportedModelError
+    from interp.figures import sink_patch_figure
+    from interp.image_patches import view_image
+    from interp.results import ItemTable
+    from probes.visual_sinks import sink_patches
+
+    try:
+        table = sink_patches(model, texts, paths, sinks)
+    except UnsupportedModelError as exc:
+        typer.echo(f"note: no sink-patch figure: {exc}", err=True)
+        return None
+    views = table[["example", "view"]].drop_duplicates().head(MAX_PATCH_FIGURES)
+    for example, view in views.itertuples(index=False):
+        inputs = model.prepare(texts[example], paths[example])
+        rows = table[(table.example == example) & (table.view == view)]
+        name = Path(paths[example]).name + (f" (view {view})" if table.view.max() else "")
+        figures[f"sink_patches_{example}_{view}"] = sink_patch_figure(
+            view_image(model, inputs, view), rows, f"Visual sink patches: {name}"
+        )
+    return ItemTable(table, sinks.provenance)

@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from interp.cli import app
-from tests.tiny import tiny_llava
+from tests.tiny import tiny_llava, tiny_llava_next
 
 runner = CliRunner()
 
@@ -49,6 +49,14 @@ def test_score_vision_writes_tables_figures_and_a_manifest(tmp_path: Path):
     assert sinks.visual_sink.any()
     assert (out / "figures" / "vhd.html").is_file()
     assert (out / "figures" / "image_attention.html").is_file()
+    patches = pd.read_csv(out / "sink_patches.csv")
+    assert len(patches) == 2 * 16 and set(patches.view) == {0}  # 16 patches an image
+    marked = patches[patches.n_layers > 0].merge(
+        sinks[sinks.visual_sink].groupby(["example", "position"]).size().rename("n").reset_index()
+    )
+    assert len(marked) and (marked.n == marked.n_layers).all()
+    assert (out / "figures" / "sink_patches_0_0.html").is_file()
+    assert (out / "figures" / "sink_patches_1_0.html").is_file()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["images"] == 2
     assert manifest["provenance"]["analyzer"] == "vision_head_divergence"
@@ -68,3 +76,20 @@ def test_score_vision_errors_are_one_line(tmp_path: Path):
         result = runner.invoke(app, argv)
         assert result.exit_code != 0
         assert message in result.output, result.output
+
+
+def test_score_vision_says_when_the_sink_patch_map_is_not_supported(tmp_path: Path):
+    model = tiny_llava_next()
+    saved = tmp_path / "next"
+    model.hf.save_pretrained(saved)
+    model.processor.save_pretrained(saved)
+    _, images = _folders(tmp_path)
+    out = tmp_path / "run"
+    args = ["score", "vision", "--model", str(saved), "--images", str(images), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--no-static"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "note: no sink-patch figure: The image token-to-patch map is not supported for llava_next"
+        in result.output
+    )
+    assert (out / "vhd.csv").is_file() and not (out / "sink_patches.csv").exists()

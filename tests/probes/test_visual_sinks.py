@@ -68,3 +68,35 @@ def test_errors():
         VisualSinkConfig(sink_dims=())
     with pytest.raises(ConfigError):
         VisualSinkConfig(tau=0.0)
+
+
+def test_a_planted_sink_patch_is_where_the_figure_marks_it(vlm):
+    """Blow up one image token's embedding (dimension 3): it becomes a visual sink in
+    layer 0, and the figure outlines exactly its patch's box."""
+    from interp.figures import sink_patch_figure
+    from interp.hooks import decoder_input_hooks
+    from interp.image_patches import patch_table, view_image
+    from probes.visual_sinks import sink_patches
+
+    text, image = TEXTS[0], _images()[0]
+    inputs = vlm.prepare(text, image)
+    patches = patch_table(vlm, inputs)
+    target = patches.iloc[len(patches) // 2 + 1]  # a patch away from the grid's corners
+
+    def plant(_decoder: torch.nn.Module, kwargs: dict) -> dict:
+        embeds = kwargs["inputs_embeds"].clone()
+        embeds[0, int(target.position), 3] = 1e4
+        return {**kwargs, "inputs_embeds": embeds}
+
+    # phi <= sqrt(d_model) = 8, reached by a token all in one dimension: the planted one.
+    config = VisualSinkConfig(tau=6.0, batch_size=1)
+    with decoder_input_hooks(vlm.hf, plant):
+        sinks = visual_sinks(vlm, text, image, config)
+    table = sink_patches(vlm, text, image, sinks)
+    marked = table[table.n_layers > 0]
+    assert marked.position.tolist() == [target.position]
+    figure = sink_patch_figure(view_image(vlm, inputs, 0), table, "planted")
+    (shape,) = figure.layout.shapes
+    box = (shape.y0 + 0.5, shape.x0 + 0.5, shape.y1 + 0.5, shape.x1 + 0.5)
+    assert box == (target.top, target.left, target.bottom, target.right)
+    assert target.bottom > target.top >= 0 and target.right > target.left >= 0
