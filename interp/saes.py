@@ -7,10 +7,14 @@ TransformerLens/HF models by hook name, not tensors), and returns the inference
 `StandardSAE` with its provenance. `TrainedSAE.save` writes sae-lens's folder format
 (`cfg.json` + `sae_weights.safetensors`, loadable with `sae_lens.SAE.load_from_disk`) with
 the toolkit's `Provenance` inside the config's metadata; `TrainedSAE.load` checks it against
-the model and hook it is used with (docs/methods.md §11).
+the model and hook it is used with (docs/methods.md §11). `reconstruction` scores an SAE
+on activations; `splice_loss` measures the model's next-token loss with the SAE's
+reconstruction in place of the activation.
 
-Memory: the rows stay where they are (one shuffled index per epoch); the SAE holds
-2·d_in·d_sae weights, and Adam twice that again.
+Memory: the rows stay where they are (one shuffled index per epoch; `constant_norm_rescale`
+keeps one normalised copy); the SAE holds 2·d_in·d_sae weights, and Adam twice that again.
+`splice_loss` holds one [batch, pos, vocab] float32 logits tensor per forward (4 texts of
+200 tokens with a 49k vocabulary: 160 MB), so lower its batch size for long texts.
 """
 
 from __future__ import annotations
