@@ -169,7 +169,10 @@ def sae_train(
             dataset = [text for path in texts for text in load_prompts(path)]
             record.inputs(texts)
         else:
+            from interp.prompts import data_path
+
             dataset = shipped_texts()
+            record.inputs(sorted(data_path("haystacks").glob("*.txt")))
         train, held = split_texts(dataset, holdout_every)
         folder = result_folder(out, "sae-train", model, record)
         loaded = load_model_or_fail(model, device)
@@ -177,7 +180,8 @@ def sae_train(
         acts = _collect(loaded, train, name, skip_first, "collecting")
         held_acts = _collect(loaded, held, name, skip_first, "collecting held-out")
         collected = time.perf_counter()
-        steps = config.epochs * (len(acts.rows()) // min(config.batch_size, len(acts.rows())))
+        rows = len(acts.rows())  # train_sae refuses none
+        steps = config.epochs * (rows // min(config.batch_size, rows)) if rows else 0
         update, bar = progress_bar(steps, "training", unit="step")
         with bar:
             trained = train_sae(acts, config, progress=update)
@@ -193,7 +197,7 @@ def sae_train(
             "d_sae": config.d_sae,
             "skip_first": skip_first,
             "train_texts": len(train),
-            "train_tokens": len(acts.rows()),
+            "train_tokens": rows,
             "heldout_texts": len(held),
             "heldout_tokens": len(held_acts.rows()),
             "variance_explained": fit.variance_explained,

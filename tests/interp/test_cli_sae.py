@@ -25,6 +25,7 @@ def files(tmp_path_factory):
     texts = [f"The {w} sat on the mat and looked at the {w}." for w in ("cat", "dog", "owl")]
     (root / "texts.txt").write_text("\n\n".join(texts * 2))
     (root / "empty.txt").write_text("\n\n  \n")
+    (root / "one_token.txt").write_text("a\n\nb\n\nc")  # the byte tokenizer: one token each
     return root
 
 
@@ -89,6 +90,7 @@ def test_train_writes_a_loadable_sae_the_scores_and_a_manifest(files, trained_fo
         (["--layer", "1", "--texts", "empty.txt"], "no prompts"),
         (["--hook", "blocks.1.hook_resid_post", "--layer", "2"], "names layer 1"),
         (["--layer", "1", "--normalize", "layer_norm"], "--normalize"),
+        (["--layer", "1", "--texts", "one_token.txt", "--skip-first"], "No activation rows"),
     ],
 )
 def test_train_bad_input_is_one_line(files, tmp_path, extra, message):
