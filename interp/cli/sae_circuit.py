@@ -12,7 +12,6 @@ circuit marked, `summary.json` and the manifest. Method notes: docs/methods.md Â
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,7 +21,6 @@ from interp.cli.common import (
     DeviceOption,
     ModelOption,
     StaticOption,
-    export_figures,
     load_model_or_fail,
     progress_bar,
     result_folder,
@@ -70,7 +68,7 @@ def circuit_sae(
         import numpy as np
 
         from circuits.sae_circuits import SAECircuitConfig
-        from interp.cli.circuit import _check_choice, _check_counts
+        from interp.cli.circuit import _check_choice, _check_counts, _finish
         from interp.errors import InputError
 
         _check_choice(task, TASKS, "--task")
@@ -95,12 +93,7 @@ def circuit_sae(
             circuit = _discovered(loaded, built, folder, record)
         summary, figures = _score(loaded, built, circuit, config, seeds, folder, record)
         summary["reference"] = str(reference) if reference is not None else "discovered"
-        written = export_figures(figures, folder, static)
-        record.wrote(written)
-        path = folder / "summary.json"
-        path.write_text(json.dumps(summary, indent=2) + "\n")
-        record.wrote([path])
-        record.write(folder, summary=summary)
+        _finish(folder, record, summary, figures, static)
         nodes = summary["node_auc"]
         per_seed = ", ".join(f"{v:.3f}" for v in nodes["per_seed"])
         spread = f" Â± {nodes['std']:.3f} (std over seeds)" if seeds > 1 else ""
