@@ -6,9 +6,11 @@ returns one `Generation` per prompt, in the given order: the prompt ids, the res
 (the prompt/response boundary is `len(prompt_ids)`), the decoded text and why it stopped.
 
 How a batch runs: the prompts minus their last token are prefilled in one forward with
-the model's own (fused) kernel; the last prompt token and every generated token then run
-as decode steps of one query row per batch row, so attention hooks (`interp.hooks`) see
-each token that produces a response token as a single-row step, the first one included.
+the model's own (fused) kernel (`interp.prefill`; with `share_prefix`, through a prefix
+tree that computes a prefix several prompts share once); the last prompt token and every
+generated token then run as decode steps of one query row per batch row, so attention
+hooks (`interp.hooks`) see each token that produces a response token as a single-row
+step, the first one included.
 A batch without padding passes neither mask nor position ids (exactly the forward of an
 unbatched prompt); a padded batch passes its attention mask and per-row positions.
 
@@ -29,7 +31,6 @@ plus one step's logits [batch, vocab]; the prefill keeps only the last position'
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -38,17 +39,17 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from transformers import DynamicCache
 
 from interp.config import Config, check_range
-from interp.encoding import Encoding
 from interp.errors import ConfigError, InputError
 from interp.models import Model
+from interp.prefill import Prefilled, PrefixTree, default_batch_size, prefill
 
 __all__ = [
     "Generation",
     "GenerationConfig",
     "Prefilled",
+    "PrefixTree",
     "Step",
     "decode",
     "default_batch_size",
@@ -59,10 +60,6 @@ __all__ = [
 
 FinishReason = Literal["eos", "stop", "length"]
 Prompt = str | Sequence[int] | Tensor
-# Tokens per batch (prompt plus budget, summed over rows) that `default_batch_size` aims
-# for on CPU, where larger batches stop paying once the matrix products are compute-bound.
-_CPU_BATCH_TOKENS = 8192
-_MAX_BATCH = 64
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -145,34 +142,6 @@ class Step:
     padding: Int[Tensor, " batch"]
 
 
-@dataclass
-class Prefilled:
-    """A batch after its prefill: what `decode` continues from.
-
-    Attributes:
-        batch: the left-padded prompts.
-        rows: the prompt index of each batch row.
-        cache: the KV cache of every prompt minus its last token.
-    """
-
-    batch: Encoding
-    rows: tuple[int, ...]
-    cache: DynamicCache
-
-    def select(self, rows: Sequence[int]) -> Prefilled:
-        """An independent copy of batch rows `rows` (in that order), to decode once.
-
-        Decoding grows the cache in place, so a prefill shared by several decodes (each
-        under another intervention, say) is decoded through copies.
-        """
-        index = torch.tensor(list(rows), dtype=torch.long, device=self.batch.input_ids.device)
-        cache = copy.deepcopy(self.cache)
-        if list(rows) != list(range(len(self.rows))):
-            cache.batch_select_indices(index)
-        batch = Encoding(self.batch.input_ids[index], self.batch.attention_mask[index])
-        return Prefilled(batch, tuple(self.rows[i] for i in rows), cache)
-
-
 def encode_prompts(
     model: Model, prompts: Prompt | Sequence[Prompt], *, chat: bool = False
 ) -> list[Tensor]:
@@ -213,62 +182,6 @@ def encode_prompts(
             )
         out.append(ids.cpu())
     return out
-
-
-def default_batch_size(model: Model, n_tokens: int) -> int:
-    """How many prompts of `n_tokens` (prompt plus budget) to decode at once on the device.
-
-    CPU: about 8k tokens per batch. CUDA: a quarter of the free memory over a row's KV
-    cache with room for its activations (four times the cache). At most 64.
-    """
-    n_tokens = max(1, n_tokens)
-    device = model.device
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        g = model.geometry
-        element = torch.finfo(model.hf.dtype).bits // 8
-        per_row = 2 * g.n_layers * g.n_kv_heads * g.d_head * element * n_tokens * 4
-        return int(min(_MAX_BATCH, max(1, free // 4 // per_row)))
-    return int(min(_MAX_BATCH, max(1, _CPU_BATCH_TOKENS // n_tokens)))
-
-
-@torch.no_grad()
-def prefill(
-    model: Model, prompts: Sequence[Tensor], rows: Sequence[int] | None = None
-) -> Prefilled:
-    """Left-pad `prompts` ([pos] ids each) into one batch and cache all but their last token.
-
-    Args:
-        model: the model (hooks and interventions active around this call apply).
-        prompts: the batch's prompts.
-        rows: the prompt index of each (default 0..n-1), reported in every `Step`.
-    """
-    pad = model.tokenizer.pad_token_id
-    batch = Encoding.left_padded(
-        [p.tolist() for p in prompts], 0 if pad is None else pad, model.device
-    )
-    cache = DynamicCache(config=model.hf.config)
-    if batch.input_ids.shape[1] > 1:
-        # logits_to_keep=1: the prefill's logits are unused; all positions' would be
-        # [batch, pos, vocab] floats (1.5 GB per row at 8k tokens for a 49k vocabulary).
-        model.hf(
-            batch.input_ids[:, :-1],
-            **_padding_kwargs(batch, slice(None, -1)),
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-    return Prefilled(batch, tuple(range(len(prompts)) if rows is None else rows), cache)
-
-
-def _padding_kwargs(batch: Encoding, columns: slice) -> dict[str, Tensor]:
-    """Mask and positions for a padded batch; none for an unpadded one (the plain forward)."""
-    if bool(batch.attention_mask.all()):
-        return {}
-    return {
-        "attention_mask": batch.attention_mask[:, columns],
-        "position_ids": batch.position_ids[:, columns],
-    }
 
 
 @torch.no_grad()
@@ -345,6 +258,7 @@ def generate(
     chat: bool = False,
     on_step: Callable[[Step], None] | None = None,
     batch_size: int | None = None,
+    share_prefix: bool = False,
 ) -> list[Generation]:
     """Generate a response to every prompt, in left-padded batches of similar length.
 
@@ -356,6 +270,10 @@ def generate(
         chat: wrap each text as a user message in the tokenizer's chat template.
         on_step: called after every decode step of every batch (see `Step`).
         batch_size: prompts per batch (default: `default_batch_size` for the longest).
+        share_prefix: prefill through a `PrefixTree` over all the prompts, so a token
+            prefix several prompts share is computed once (`interp.prefill`). The decode
+            steps are the unshared run's; the cache equals it up to float rounding.
+            Hooks that read prefill forwards see the tree's forwards instead.
 
     Returns:
         One Generation per prompt, in the order given.
@@ -380,10 +298,12 @@ def generate(
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}.")
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together
+    tree = PrefixTree(model, ids) if share_prefix else None
     results: dict[int, Generation] = {}
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        prefilled = prefill(model, [ids[i] for i in rows], rows)
+        prompts = [ids[i] for i in rows]
+        prefilled = tree.prefill(prompts, rows) if tree else prefill(model, prompts, rows)
         results.update(zip(rows, decode(model, prefilled, config, on_step), strict=True))
     return [results[i] for i in range(len(ids))]
 
