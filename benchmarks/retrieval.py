@@ -8,10 +8,13 @@ kernel) run alternately `--repeats` times; the fastest run of each is reported, 
 ratios analyzer / plain.
 
 Grid: every scoring needle x `--grid-lengths` x `--grid-depths` (24 tests by default) is
-scored in batches (`probes.retrieval.run`, `--batch-size`, default suited to the device),
-then at batch 1, and plain greedy generation (`model.hf.generate`, batch 1) makes the same
-number of new tokens for each test. Reported: each time, batched analyzer / batch-1 plain
-(goal <= 0.5) from this one run, and whether the batched tables equal the batch-1 tables.
+scored in batches (`probes.retrieval.run`, `--batch-size`, default suited to the device)
+with the prompt prefixes the tests share prefilled once (the default), then in batches
+without prefix sharing, then at batch 1 without it (the reference tables), and plain
+greedy generation (`model.hf.generate`, batch 1) makes the same number of new tokens for
+each test. Reported: the prefix tree's prefilled tokens against the prompts' tokens, each
+time, batched analyzer / batch-1 plain (goal <= 0.5) from this one run, and whether the
+batched tables equal the batch-1 tables.
 
 Peak memory: on CUDA, torch.cuda.max_memory_allocated above the memory allocated before the
 call; on CPU, the peak resident set size (RSS, sampled every millisecond by a thread) above
@@ -96,7 +99,12 @@ def grid(model: Any, args: argparse.Namespace) -> None:
     t_batched, _, batched = measure(
         lambda: retrieval.run(model, tests, config, batch_size=size), device
     )
-    t_single, _, single = measure(lambda: retrieval.run(model, tests, config, batch_size=1), device)
+    t_unshared, _, unshared = measure(
+        lambda: retrieval.run(model, tests, config, batch_size=size, share_prefix=False), device
+    )
+    t_single, _, single = measure(
+        lambda: retrieval.run(model, tests, config, batch_size=1, share_prefix=False), device
+    )
     prompts = [t.input_ids for t in tests]
     decoding = niah.decoding(config.max_new_tokens)
     t_driver, _, generations = measure(
@@ -110,20 +118,33 @@ def grid(model: Any, args: argparse.Namespace) -> None:
             model.hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
 
     t_plain, _, _ = measure(plain, device)
-    equal = batched.tests.data.equals(single.tests.data) and batched.scores.data.equals(
-        single.scores.data
+    equal = all(
+        run.tests.data.equals(single.tests.data) and run.scores.data.equals(single.scores.data)
+        for run in (batched, unshared)
     )
+    tree = niah.shared_prefixes(model, tests)
     n_tokens = [len(t.input_ids) for t in tests]
     print(
         f"grid: {len(tests)} tests ({len(needles)} needles x lengths {lengths} x"
         f" {args.grid_depths} depths; {min(n_tokens)}-{max(n_tokens)} tokens, up to"
         f" {args.max_new_tokens} new, {sum(steps)} new in all), batch size {size}"
     )
+    if tree is not None:
+        shared, total = tree.coverage()
+        print(
+            f"prefix sharing: the tree prefills {shared} of the prompts' {total} tokens"
+            f" ({shared / total:.0%}; each prompt minus its last token)"
+        )
     print(f"{'plain greedy, batch 1':>28} {t_plain:8.2f} s  (HF generate, same new tokens)")
-    print(f"{'plain driver, batch 1':>28} {t_driver:8.2f} s  {t_driver / t_plain:5.2f}x plain")
-    print(f"{'analyzer, batch 1':>28} {t_single:8.2f} s  {t_single / t_plain:5.2f}x plain")
-    print(f"{'analyzer, batched':>28} {t_batched:8.2f} s  {t_batched / t_plain:5.2f}x plain")
-    print(f"batched tables equal the batch-1 tables: {equal}", flush=True)
+    rows = [
+        ("plain driver, batch 1", t_driver, ""),
+        ("analyzer, batch 1", t_single, "(no prefix sharing: the reference tables)"),
+        ("analyzer, batched, unshared", t_unshared, ""),
+        ("analyzer, batched", t_batched, "(shared prefixes: the default)"),
+    ]
+    for label, seconds, note in rows:
+        print(f"{label:>28} {seconds:8.2f} s  {seconds / t_plain:5.2f}x plain {note}".rstrip())
+    print(f"batched tables (shared and unshared) equal the batch-1 tables: {equal}", flush=True)
 
 
 def n_steps(generation: Generation) -> int:

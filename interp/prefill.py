@@ -18,9 +18,10 @@ shapes); the decode steps that follow run the unshared run's layout. Segment for
 least two query rows, so attention hooks that want only decode steps (one query row) never
 see them; hooks and interventions active around `PrefixTree.prefill` apply to its forwards.
 
-Memory: a node's cache [layer, kv_head, pos, d_head] lives from its forward until no prompt
-below it needs it (every child computed, or every prompt below served); a leaf's until its
-prompt is taken. A prompt asked for again after that is recomputed.
+Memory: each tree node keeps its own tokens' keys and values, [layer, kv_head, pos, d_head],
+from its forward until every prompt below it is served, so at most the distinct prefix
+tokens of the prompts not yet served; a forward adds its rows' copies of the parent prefix.
+A prompt asked for again after it was served is recomputed.
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ class PrefixStats:
 
 @dataclass(eq=False)
 class _Node:
-    """Tokens [start, stop) of the prompts below; its cache covers positions [0, stop)."""
+    """Tokens [start, stop) of the prompts below, and their keys and values once computed."""
 
     segment: Tensor
     start: int
@@ -173,15 +174,20 @@ class _Node:
     children: dict[int, _Node] = field(default_factory=dict)
     uses: int = 0  # prompts whose cached part ends here
     ends: int = 0  # of those, not yet served
-    kv: KV | None = None
+    pending: int = 0  # prompts not yet served at or below this node
+    kv: KV | None = None  # per layer [1, kv_head, len(segment), d_head]
 
     @property
     def stop(self) -> int:
         return self.start + len(self.segment)
 
-    def pending(self) -> int:
-        """Prompts not yet served at or below this node."""
-        return self.ends + sum(child.pending() for child in self.children.values())
+    def path(self) -> list[_Node]:
+        """The nodes from the root's first child down to this one."""
+        nodes, node = [], self
+        while node.parent is not None:
+            nodes.append(node)
+            node = node.parent
+        return nodes[::-1]
 
 
 class PrefixTree:
@@ -230,23 +236,26 @@ class PrefixTree:
 
     def _insert(self, ids: Tensor) -> None:
         """Add one cached part to the compressed tree, splitting a node where it diverges."""
-        node, at = self.root, 0
+        node, at, path = self.root, 0, [self.root]
         while at < len(ids):
             child = node.children.get(int(ids[at]))
             if child is None:
-                node.children[int(ids[at])] = _Node(ids[at:].clone(), at, node, uses=1, ends=1)
-                return
+                child = _Node(ids[at:].clone(), at, node)
+                node.children[int(ids[at])] = child
             n = min(len(child.segment), len(ids) - at)
             same = int((child.segment[:n] == ids[at : at + n]).cumprod(0).sum())
             if same < len(child.segment):  # split child at `same`
-                head = _Node(child.segment[:same], at, node)
+                head = _Node(child.segment[:same], at, node, pending=child.pending)
                 child.segment, child.start, child.parent = child.segment[same:], at + same, head
                 head.children[int(child.segment[0])] = child
                 node.children[int(ids[at])] = head
                 child = head
             node, at = child, at + same
+            path.append(node)
         node.uses += 1
         node.ends += 1
+        for on_path in path:
+            on_path.pending += 1
 
     def _find(self, ids: Tensor) -> _Node:
         node, at = self.root, 0
@@ -268,21 +277,19 @@ class PrefixTree:
         batch = _left_padded(self.model, prompts)
         leaves = [self._find(torch.as_tensor(p, dtype=torch.long).cpu()[:-1]) for p in prompts]
         self._compute(leaves)
-        width = batch.input_ids.shape[1] - 1
         cache = DynamicCache(config=self.model.hf.config)
+        width = batch.input_ids.shape[1] - 1
+        paths = [leaf.path() for leaf in leaves]
         if width > 0:
-            layers = max(len(leaf.kv or []) for leaf in leaves)
-            for layer in range(layers):
-                keys = _left_pad([leaf.kv[layer][0] if leaf.kv else None for leaf in leaves], width)
-                values = _left_pad(
-                    [leaf.kv[layer][1] if leaf.kv else None for leaf in leaves], width
-                )
-                cache.update(keys, values, layer)
-        for leaf in leaves:
+            for layer, states in enumerate(_layout(paths, width)):
+                cache.update(*states, layer)
+        for leaf, path in zip(leaves, paths, strict=True):
             self._stats["prompt_tokens"] += leaf.stop
             leaf.ends = max(0, leaf.ends - 1)
-        for leaf in leaves:
-            self._release(leaf)
+            for node in [self.root, *path]:
+                node.pending = max(0, node.pending - 1)
+                if node.pending == 0 and node is not self.root:
+                    node.kv = None  # no prompt below needs it
         return Prefilled(batch, tuple(range(len(prompts)) if rows is None else rows), cache)
 
     def _compute(self, nodes: Sequence[_Node]) -> None:
@@ -298,7 +305,6 @@ class PrefixTree:
             for group in self._groups(ready):
                 self._extend(parent, group)
             missing = [n for n in missing if n.parent is not parent]
-            self._release(parent)
 
     def _groups(self, children: list[_Node]) -> list[list[_Node]]:
         """Siblings (sorted by length) in forwards of similar segment lengths, so right
@@ -316,7 +322,7 @@ class PrefixTree:
         return groups
 
     def _extend(self, parent: _Node, children: Sequence[_Node]) -> None:
-        """One forward: `parent`'s cache copied to each child, the segments right-padded."""
+        """One forward: `parent`'s prefix cache copied to each child, segments right-padded."""
         n_rows = len(children)
         width = max(2, *(len(c.segment) for c in children))  # >= 2 query rows: not a decode
         pad = self.model.tokenizer.pad_token_id or 0
@@ -324,16 +330,19 @@ class PrefixTree:
         for row, child in enumerate(children):
             ids[row, : len(child.segment)] = child.segment
         cache = DynamicCache(config=self.model.hf.config)
-        for layer, (keys, values) in enumerate(parent.kv or []):
-            cache.update(keys.expand(n_rows, -1, -1, -1), values.expand(n_rows, -1, -1, -1), layer)
+        path = parent.path()
+        if path:
+            for layer, states in enumerate(_layout([path], parent.stop)):
+                cache.update(*(s.expand(n_rows, -1, -1, -1) for s in states), layer)
         self.model.hf(
             ids.to(self.model.device), past_key_values=cache, use_cache=True, logits_to_keep=1
         )
         for row, child in enumerate(children):
+            own = slice(parent.stop, child.stop)
             child.kv = [
                 (
-                    layer.keys[row : row + 1, :, : child.stop].clone(),
-                    layer.values[row : row + 1, :, : child.stop].clone(),
+                    layer.keys[row : row + 1, :, own].clone(),
+                    layer.values[row : row + 1, :, own].clone(),
                 )
                 for layer in cache.layers
             ]
@@ -341,23 +350,23 @@ class PrefixTree:
         self._stats["prefilled_tokens"] += sum(len(c.segment) for c in children)
         self._stats["forward_tokens"] += n_rows * width
 
-    def _release(self, node: _Node | None) -> None:
-        """Free caches no prompt still needs, from `node` up to the root."""
-        while node is not None and node is not self.root:
-            done = all(c.kv is not None or c.pending() == 0 for c in node.children.values())
-            if node.ends == 0 and done:
-                node.kv = None
-            node = node.parent
 
-
-def _left_pad(rows: Sequence[Tensor | None], width: int) -> Tensor:
-    """[row, kv_head, width, d_head]: each row's [1, kv_head, n, d_head] at the right, zeros
-    before it (None: an empty row)."""
-    like = next(r for r in rows if r is not None)
-    out = like.new_zeros(len(rows), like.shape[1], width, like.shape[3])
-    for index, row in enumerate(rows):
-        if row is not None and row.shape[2]:
-            out[index, :, width - row.shape[2] :] = row[0]
+def _layout(paths: Sequence[Sequence[_Node]], width: int) -> list[tuple[Tensor, Tensor]]:
+    """Per layer, keys and values [row, kv_head, width, d_head]: each row's path segments
+    laid end to end at the right, zeros before them (an empty path: a row of zeros)."""
+    like = next(path[-1].kv for path in paths if path)
+    out = []
+    for layer, pair in enumerate(like):  # type: ignore[union-attr]
+        states = []
+        for which, tensor in enumerate(pair):
+            full = tensor.new_zeros(len(paths), tensor.shape[1], width, tensor.shape[3])
+            for row, path in enumerate(paths):
+                offset = width - (path[-1].stop if path else 0)
+                for node in path:
+                    segment = node.kv[layer][which]  # type: ignore[index]
+                    full[row, :, offset + node.start : offset + node.stop] = segment[0]
+            states.append(full)
+        out.append((states[0], states[1]))
     return out
 
 
