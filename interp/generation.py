@@ -124,8 +124,9 @@ class Step:
 
     Attributes:
         index: 0 for the step that produced each row's first response token.
-        rows: the prompt index (in `generate`'s list) of every batch row, in batch order:
-            attention hooks see the batch's rows in this order in every forward.
+        rows: the prompt index (in `generate`'s list) of every row of this step's forward,
+            in batch order: attention hooks see these rows in this order (every batch row
+            at every step, unless `decode` drops finished rows).
         tokens: [batch] the token each row chose (padding for rows finished earlier).
         kept: [batch] True where the token joins the row's response (False for finished
             rows and for an EOS that ends a row).
@@ -190,8 +191,19 @@ def decode(
     prefilled: Prefilled,
     config: GenerationConfig,
     on_step: Callable[[Step], None] | None = None,
+    drop_finished: bool = False,
 ) -> list[Generation]:
     """Decode a prefilled batch to the end of its last row; grows `prefilled.cache`.
+
+    Args:
+        model: the model (hooks and interventions active around this call apply).
+        prefilled: the batch, from `prefill` or `PrefixTree.prefill`.
+        config: budget, sampling and stopping.
+        on_step: called after every step (see `Step`).
+        drop_finished: leave finished rows out of the following steps (their cache rows
+            are dropped), so a batch's last steps cost what its unfinished rows cost. The
+            rows of each forward, which hooks see, are then `Step.rows` of that step;
+            hooks or interventions that index the batch's rows need it False.
 
     Returns one Generation per batch row, in batch order.
     """
@@ -207,16 +219,17 @@ def decode(
     longest_stop = max((len(s) for s in config.stop), default=0)
     responses: list[list[int]] = [[] for _ in range(n_rows)]
     reasons: list[FinishReason | None] = [None] * n_rows
+    live = list(range(n_rows))  # the batch rows in this step's forward
     current = batch.input_ids[:, -1:]
     mask = batch.attention_mask
     positions = torch.tensor(lengths, device=device)[:, None] - 1
     for index in range(config.max_new_tokens):
         extra = {"attention_mask": mask, "position_ids": positions} if padded else {}
         logits = model.hf(current, **extra, past_key_values=cache, use_cache=True).logits[:, -1]
-        tokens = _choose(logits, config, streams)
+        tokens = _choose(logits, config, [streams[row] for row in live])
         chosen = tokens.tolist()  # the one host sync per step
         kept = []
-        for row, token in enumerate(chosen):
+        for row, token in zip(live, chosen, strict=True):
             keep = reasons[row] is None and token not in eos
             kept.append(keep)
             if reasons[row] is not None:
@@ -231,13 +244,19 @@ def decode(
                 reasons[row] = "length"
         if on_step is not None:
             keep_mask = torch.tensor(kept, device=device)
-            on_step(Step(index, prefilled.rows, tokens, keep_mask, logits, padding))
+            rows = tuple(prefilled.rows[row] for row in live)
+            on_step(Step(index, rows, tokens, keep_mask, logits, padding[live]))
         if all(r is not None for r in reasons):
             break
-        done = torch.tensor([r is not None for r in reasons], device=device)
+        done = torch.tensor([reasons[row] is not None for row in live], device=device)
+        if drop_finished and bool(done.any()):
+            stay = (~done).nonzero()[:, 0]
+            cache.batch_select_indices(stay)
+            live = [live[i] for i in stay.tolist()]
+            tokens, done, mask, positions = tokens[stay], done[stay], mask[stay], positions[stay]
         current = torch.where(done, pad, tokens)[:, None]
         if padded:
-            mask = torch.cat([mask, mask.new_ones(n_rows, 1)], dim=1)
+            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
             positions = positions + 1
     return [
         Generation(

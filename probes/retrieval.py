@@ -194,21 +194,25 @@ class _Argmaxes:
 
     def __init__(self, n_layers: int) -> None:
         self.hook = _ArgmaxHook(n_layers)
-        self.steps: list[Tensor] = []  # per step [batch, layer, head], positions in each row
-        self.kept: list[Tensor] = []  # per step [batch]
-        self.batch_row: dict[int, int] = {}  # prompt index -> its row in the batch
+        self.n_layers = n_layers
+        self.kept: dict[int, list[Tensor]] = {}  # prompt -> per kept step [layer, head]
 
     def __call__(self, step: Step) -> None:
         device = step.padding.device  # layers may live on several devices
         stacked = torch.stack([a.to(device) for a in self.hook.argmax], dim=1)  # type: ignore[union-attr]
-        self.steps.append(stacked - step.padding[:, None, None])
-        self.kept.append(step.kept)
-        self.batch_row.update((prompt, row) for row, prompt in enumerate(step.rows))
+        positions = stacked - step.padding[:, None, None]  # [row, layer, head] in each row
+        for prompt in step.rows:
+            self.kept.setdefault(prompt, [])
+        for row in step.kept.nonzero()[:, 0].tolist():
+            self.kept[step.rows[row]].append(positions[row])
 
     def of(self, prompt: int) -> Int[Tensor, "step layer head"]:
         """The argmax positions of prompt `prompt` at each step that produced a kept token."""
-        row = self.batch_row[prompt]
-        return torch.stack(self.steps)[torch.stack(self.kept)[:, row], row]
+        steps = self.kept[prompt]
+        if steps:
+            return torch.stack(steps)
+        n_heads = self.hook.argmax[0].shape[-1]  # type: ignore[union-attr]
+        return torch.zeros((0, self.n_layers, n_heads), dtype=torch.long)
 
 
 def score_tests(
@@ -221,15 +225,17 @@ def score_tests(
 
     Every decode step's argmax keys are shifted by each row's left padding into positions
     of that row's own prompt-then-response sequence, and only the steps whose token joins
-    the row's response count, so each test scores as it would alone. With `prefixes` (a
-    tree holding the tests' prompts) the prompt caches come from it; the hook sees the
-    same decode steps either way.
+    the row's response count, so each test scores as it would alone; a finished row leaves
+    the batch. With `prefixes` (a tree holding the tests' prompts) the prompt caches come
+    from it; the hook sees the same decode steps either way.
     """
     prompts = [t.input_ids for t in tests]
     prefilled = prefixes.prefill(prompts) if prefixes else prefill(model, prompts)
     argmaxes = _Argmaxes(model.geometry.n_layers)
     with attention_hooks(model.hf, argmaxes.hook):
-        generations = decode(model, prefilled, decoding(config.max_new_tokens), argmaxes)
+        generations = decode(
+            model, prefilled, decoding(config.max_new_tokens), argmaxes, drop_finished=True
+        )
     out = []
     for index, (test, generation) in enumerate(zip(tests, generations, strict=True)):
         span = test.answer_span if config.span == "answer" else test.needle_span

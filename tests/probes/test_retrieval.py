@@ -218,12 +218,14 @@ def test_prefix_shared_scores_equal_unshared_batch_one(tiny) -> None:
         continuation = generate(tiny, seed, GenerationConfig(max_new_tokens=8))[0].response_ids
         ids = torch.cat([seed, continuation.repeat(4)])
         tests.append(niah.NeedleTest(index, n, 0.5, ids, (0, len(ids)), (len(seed), len(ids)), "x"))
+    tiny.hf.generation_config.eos_token_id = int(tests[1].input_ids[-3])  # test 1 stops early
     tree = niah.shared_prefixes(tiny, tests)
     tree.prefill([t.input_ids for t in tests])
     assert tree.stats.prefilled_tokens <= tree.stats.prompt_tokens - 3 * 40  # shared once
     config = retrieval.RetrievalConfig(max_new_tokens=10, average="all")
     alone = retrieval.run(tiny, tests, config, batch_size=1, share_prefix=False)
     assert np.concatenate(alone.tests.data.head_scores.to_list()).any()  # heads hit
+    assert alone.tests.data.response.str.len().nunique() > 1  # rows end at different steps
     for size in (1, 2, 4):
         shared = retrieval.run(tiny, tests, config, batch_size=size)
         assert shared.scores.data.equals(alone.scores.data)
