@@ -17,7 +17,9 @@ unbatched prompt); a padded batch passes its attention mask and per-row position
 Stopping is per row: a row finishes at the end-of-sequence token (not kept in its
 response), when its decoded response contains a stop string (the response keeps the token
 that completed it, so `text` is exactly the decoded `response_ids`), or after
-`max_new_tokens`. A finished row stops growing; it is fed padding until its batch ends.
+`max_new_tokens`. A finished row stops growing; it is fed padding until its batch ends
+(`decode(drop_finished=True)`: it leaves the batch, for callers whose hooks do not index
+batch rows).
 A prompt that does not fit the context with its budget is a one-line error (nothing is
 truncated).
 

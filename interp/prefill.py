@@ -5,10 +5,12 @@ one forward. `PrefixTree(model, prompts)` does the same for the prompts of a who
 computes each shared token prefix once: prompts of a run often share one (NIAH tests: the
 chat template and the haystack before the needle; a longer test extends a shorter one's
 haystack), and a causal model's keys and values at a position depend only on the tokens up
-to it. The tree is a compressed prefix tree over the prompts minus their last token; the
-children of a node run as one forward over the node's cache, copied to each child, with
-their segments right-padded (a causal model's real tokens never see padding on their right,
-so no mask is needed, and positions continue the node's: each equals the unshared run's).
+to it. The tree is a compressed prefix tree over the prompts minus their last token. Nodes
+are computed level by level: the nodes whose parent is cached run as forwards of similar
+segment length, each row its parent's prefix cache (left-padded to the longest prefix, with
+the mask and positions of a padded batch) then its own segment, right-padded (a causal
+model's real tokens never see padding on their right). Every position equals the unshared
+run's.
 `PrefixTree.prefill(prompts)` then lays the prompts' caches out left-padded, exactly as
 `prefill` would (same mask and positions; padding columns are zero and masked, so they add
 exactly nothing), and `interp.generation.decode` continues from either alike.
@@ -293,53 +295,68 @@ class PrefixTree:
         return Prefilled(batch, tuple(range(len(prompts)) if rows is None else rows), cache)
 
     def _compute(self, nodes: Sequence[_Node]) -> None:
-        """Caches of `nodes` and any missing ancestors: one forward per parent's children."""
+        """Caches of `nodes` and any missing ancestors, level by level: every node whose
+        parent is cached is ready, and ready nodes of similar length share a forward."""
         missing: list[_Node] = []
         for node in nodes:
             while node.kv is None and node not in missing:
                 missing.append(node)
                 node = node.parent  # type: ignore[assignment]
         while missing:
-            parent = next(n.parent for n in missing if n.parent.kv is not None)  # type: ignore[union-attr]
-            ready = sorted((n for n in missing if n.parent is parent), key=lambda n: n.stop)
-            for group in self._groups(ready):
-                self._extend(parent, group)
-            missing = [n for n in missing if n.parent is not parent]
+            ready = [n for n in missing if n.parent.kv is not None]  # type: ignore[union-attr]
+            for group in self._groups(sorted(ready, key=lambda n: len(n.segment))):
+                self._extend(group)
+            missing = [n for n in missing if n.kv is None]
 
-    def _groups(self, children: list[_Node]) -> list[list[_Node]]:
-        """Siblings (sorted by length) in forwards of similar segment lengths, so right
+    def _groups(self, nodes: list[_Node]) -> list[list[_Node]]:
+        """Nodes (sorted by length) in forwards of similar segment lengths, so right
         padding wastes little, and of at most `default_batch_size` rows."""
         groups: list[list[_Node]] = []
-        for child in children:
+        for node in nodes:
             if groups:
                 first = groups[-1][0]
-                size = default_batch_size(self.model, child.stop)
-                similar = len(child.segment) <= _SIMILAR * len(first.segment) + _SLACK
+                size = default_batch_size(self.model, max(n.stop for n in [*groups[-1], node]))
+                similar = len(node.segment) <= _SIMILAR * len(first.segment) + _SLACK
                 if similar and len(groups[-1]) < size:
-                    groups[-1].append(child)
+                    groups[-1].append(node)
                     continue
-            groups.append([child])
+            groups.append([node])
         return groups
 
-    def _extend(self, parent: _Node, children: Sequence[_Node]) -> None:
-        """One forward: `parent`'s prefix cache copied to each child, segments right-padded."""
-        n_rows = len(children)
-        width = max(2, *(len(c.segment) for c in children))  # >= 2 query rows: not a decode
+    def _extend(self, nodes: Sequence[_Node]) -> None:
+        """One forward: each node's segment, right-padded, after its parent's prefix cache.
+
+        Prefixes of other lengths are left-padded, with the mask and positions that make
+        each row its own unpadded sequence (the padded prefill's convention)."""
+        n_rows = len(nodes)
+        width = max(2, *(len(n.segment) for n in nodes))  # >= 2 query rows: not a decode
+        prefix = max(n.start for n in nodes)  # parent lengths: n.start == parent.stop
         pad = self.model.tokenizer.pad_token_id or 0
         ids = torch.full((n_rows, width), pad, dtype=torch.long)
-        for row, child in enumerate(children):
-            ids[row, : len(child.segment)] = child.segment
+        for row, node in enumerate(nodes):
+            ids[row, : len(node.segment)] = node.segment
         cache = DynamicCache(config=self.model.hf.config)
-        path = parent.path()
-        if path:
-            for layer, states in enumerate(_layout([path], parent.stop)):
-                cache.update(*(s.expand(n_rows, -1, -1, -1) for s in states), layer)
+        if prefix:
+            paths = [node.parent.path() for node in nodes]  # type: ignore[union-attr]
+            for layer, states in enumerate(_layout(paths, prefix)):
+                cache.update(*states, layer)
+        extra: dict[str, Tensor] = {}
+        starts = torch.tensor([n.start for n in nodes])
+        if bool((starts != prefix).any()):
+            columns = torch.arange(prefix + width)
+            extra["attention_mask"] = (columns[None] >= (prefix - starts)[:, None]).long()
+            extra["position_ids"] = starts[:, None] + torch.arange(width)[None]
+        device = self.model.device
         self.model.hf(
-            ids.to(self.model.device), past_key_values=cache, use_cache=True, logits_to_keep=1
+            ids.to(device),
+            **{k: v.to(device) for k, v in extra.items()},
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
         )
-        for row, child in enumerate(children):
-            own = slice(parent.stop, child.stop)
-            child.kv = [
+        for row, node in enumerate(nodes):
+            own = slice(prefix, prefix + len(node.segment))
+            node.kv = [
                 (
                     layer.keys[row : row + 1, :, own].clone(),
                     layer.values[row : row + 1, :, own].clone(),
@@ -347,7 +364,7 @@ class PrefixTree:
                 for layer in cache.layers
             ]
         self._forwards += 1
-        self._stats["prefilled_tokens"] += sum(len(c.segment) for c in children)
+        self._stats["prefilled_tokens"] += sum(len(n.segment) for n in nodes)
         self._stats["forward_tokens"] += n_rows * width
 
 

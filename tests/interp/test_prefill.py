@@ -12,11 +12,17 @@ from interp.prefill import PrefixTree, prefill
 
 
 def _prompts() -> list[torch.Tensor]:
-    """Prompts sharing prefixes at several depths, one a prefix of others, one duplicated."""
+    """Prompts sharing prefixes at several depths, one a prefix of others, one duplicated;
+    e + f and e + g branch after 25 tokens, a + b and a + c after 30 (one forward, ragged
+    prefixes)."""
     generator = torch.Generator().manual_seed(2)
-    a, b, c, d = (torch.randint(3, 200, (n,), generator=generator) for n in (30, 12, 7, 20))
+    sizes = (30, 12, 7, 20, 25, 10, 10)
+    a, b, c, d, e, f, g = (torch.randint(3, 200, (n,), generator=generator) for n in sizes)
     abc = torch.cat([a, b, c])
-    return [abc, torch.cat([a, b]), torch.cat([a, c]), a[:1], abc, torch.cat([a, b, c[:3]]), d]
+    return [
+        abc, torch.cat([a, b]), torch.cat([a, c]), a[:1], abc, torch.cat([a, b, c[:3]]), d,
+        torch.cat([e, f]), torch.cat([e, g]),
+    ]  # fmt: skip
 
 
 def _distinct_prefix_tokens(prompts: list[torch.Tensor]) -> int:
@@ -28,7 +34,7 @@ def test_tree_cache_equals_plain_prefill_and_frees_what_is_served(tiny) -> None:
     prompts = _prompts()
     tree = PrefixTree(tiny, prompts)
     planned = tree.coverage()
-    for rows in ([0, 1, 2, 3], [4, 5, 6]):  # the second batch reuses the first's prefixes
+    for rows in ([0, 1, 2, 3, 7, 8], [4, 5, 6]):  # the second batch reuses the first's prefixes
         batch = [prompts[i] for i in rows]
         shared, plain = tree.prefill(batch, rows), prefill(tiny, batch, rows)
         assert torch.equal(shared.batch.input_ids, plain.batch.input_ids)
@@ -73,7 +79,7 @@ class _DecodeRows:
         self.calls.append((rows.layer, tuple(rows.probs.shape), rows.probs.sum(-1).tolist()))
 
 
-@pytest.mark.parametrize("batch_size", [1, 3, 7])
+@pytest.mark.parametrize("batch_size", [1, 3, 9])
 def test_shared_generation_equals_unshared_token_for_token(tiny, batch_size) -> None:
     prompts = _prompts()
     config = GenerationConfig(max_new_tokens=6)
