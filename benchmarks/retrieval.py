@@ -93,7 +93,7 @@ def grid(model: Any, args: argparse.Namespace) -> None:
         model, needles, niah.load_haystack(), lengths, args.grid_depths, args.max_new_tokens
     )
     config = retrieval.RetrievalConfig(lengths=tuple(lengths), max_new_tokens=args.max_new_tokens)
-    size = args.batch_size or niah.batch_size_for(model, tests, args.max_new_tokens)
+    size = args.batch_size or niah.batch_size_for(model, tests, args.max_new_tokens, True)
     device = model.device
     retrieval.run(model, tests[:2], config, batch_size=2)  # warm-up
     t_batched, _, batched = measure(

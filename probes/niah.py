@@ -277,10 +277,14 @@ def batches(tests: Sequence[NeedleTest], batch_size: int) -> list[list[int]]:
     return groups
 
 
-def batch_size_for(model: Model, tests: Sequence[NeedleTest], max_new_tokens: int) -> int:
-    """The default tests per forward on `model`'s device, for the longest of `tests`."""
+def batch_size_for(
+    model: Model, tests: Sequence[NeedleTest], max_new_tokens: int, shared: bool = False
+) -> int:
+    """The default tests per forward on `model`'s device, for the longest of `tests`
+    (`shared`: their prefill comes from `shared_prefixes`)."""
     longest = max((len(t.input_ids) for t in tests), default=1)
-    return default_batch_size(model, longest + max_new_tokens)
+    shared = shared and supports_prefix_sharing(model)
+    return default_batch_size(model, longest + max_new_tokens, shared_prefill=shared)
 
 
 def shared_prefixes(model: Model, tests: Sequence[NeedleTest]) -> PrefixTree | None:

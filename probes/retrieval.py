@@ -290,7 +290,8 @@ def run(
     config = config or RetrievalConfig()
     if not tests:
         raise InputError("No NIAH tests given: build some with probes.niah.build_tests.")
-    size = batch_size_for(model, tests, config.max_new_tokens) if batch_size is None else batch_size
+    size = batch_size_for(model, tests, config.max_new_tokens, share_prefix)
+    size = size if batch_size is None else batch_size
     prefixes = shared_prefixes(model, tests) if share_prefix else None
     rows: dict[int, dict[str, object]] = {}
     for group in batches(tests, size):

@@ -330,8 +330,9 @@ def run_ablation(
     if not tests:
         raise InputError("No NIAH tests given for the ablation.")
     grid = conditions(scores, config)
-    size = batch_size_for(model, tests, config.max_new_tokens) if batch_size is None else batch_size
     share = share_prefix and config.positions == "decode"
+    size = batch_size_for(model, tests, config.max_new_tokens, share)
+    size = size if batch_size is None else batch_size
     prefixes = shared_prefixes(model, tests) if share else None
     per_test: dict[int, list[dict[str, object]]] = {}
     for group in batches(tests, size):

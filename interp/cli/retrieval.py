@@ -178,7 +178,7 @@ def score_retrieval(
             loaded, record, needles, "scoring.jsonl", haystack, grid, depths, max_new_tokens
         )
         provenance = retrieval.retrieval_provenance(loaded, tests, config)
-        size = batch_size or niah.batch_size_for(loaded, tests, max_new_tokens)
+        size = batch_size or niah.batch_size_for(loaded, tests, max_new_tokens, shared=True)
         rows = _run_logged(
             folder,
             record,
@@ -290,7 +290,8 @@ def ablate_retrieval(
         )
         provenance = ablation.ablation_provenance(loaded, tests, head_scores, config, effects)
         conditions = ablation.conditions(head_scores, config)
-        size = batch_size or niah.batch_size_for(loaded, tests, max_new_tokens)
+        shared = positions == "decode"
+        size = batch_size or niah.batch_size_for(loaded, tests, max_new_tokens, shared)
         rows = _run_logged(
             folder,
             record,
@@ -299,7 +300,7 @@ def ablate_retrieval(
             "ablation",
             lambda group, tree: ablation.ablate_tests(loaded, group, conditions, config, tree),
             size,
-            lambda todo: niah.shared_prefixes(loaded, todo) if positions == "decode" else None,
+            lambda todo: niah.shared_prefixes(loaded, todo) if shared else None,
         )
         result = ablation.summarize(pd.DataFrame(rows), config, provenance, effects)
         record.wrote(result.save(folder))
