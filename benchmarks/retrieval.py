@@ -13,8 +13,9 @@ with the prompt prefixes the tests share prefilled once (the default), then in b
 without prefix sharing, then at batch 1 without it (the reference tables), and plain
 greedy generation (`model.hf.generate`, batch 1) makes the same number of new tokens for
 each test. Reported: the prefix tree's prefilled tokens against the prompts' tokens, each
-time, batched analyzer / batch-1 plain (goal <= 0.5) from this one run, and whether the
-batched tables equal the batch-1 tables.
+run's wall time and main-thread CPU time (with one torch thread, the work done however
+busy the machine is) and their ratios to batch-1 plain (goal <= 0.5) from this one run,
+and whether the batched tables equal the batch-1 tables.
 
 Peak memory: on CUDA, torch.cuda.max_memory_allocated above the memory allocated before the
 call; on CPU, the peak resident set size (RSS, sampled every millisecond by a thread) above
@@ -95,32 +96,36 @@ def grid(model: Any, args: argparse.Namespace) -> None:
     config = retrieval.RetrievalConfig(lengths=tuple(lengths), max_new_tokens=args.max_new_tokens)
     size = args.batch_size or niah.batch_size_for(model, tests, args.max_new_tokens, True)
     device = model.device
+
+    def timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+        """(wall seconds, this thread's CPU seconds, result): with one torch thread the
+        CPU time is the work done, whatever else the machine runs."""
+        cpu = time.thread_time()
+        seconds, _, result = measure(fn, device)
+        return seconds, time.thread_time() - cpu, result
+
     retrieval.run(model, tests[:2], config, batch_size=2)  # warm-up
-    t_batched, _, batched = measure(
-        lambda: retrieval.run(model, tests, config, batch_size=size), device
+    batched = timed(lambda: retrieval.run(model, tests, config, batch_size=size))
+    unshared = timed(
+        lambda: retrieval.run(model, tests, config, batch_size=size, share_prefix=False)
     )
-    t_unshared, _, unshared = measure(
-        lambda: retrieval.run(model, tests, config, batch_size=size, share_prefix=False), device
-    )
-    t_single, _, single = measure(
-        lambda: retrieval.run(model, tests, config, batch_size=1, share_prefix=False), device
-    )
+    single = timed(lambda: retrieval.run(model, tests, config, batch_size=1, share_prefix=False))
     prompts = [t.input_ids for t in tests]
     decoding = niah.decoding(config.max_new_tokens)
-    t_driver, _, generations = measure(
-        lambda: generate(model, prompts, decoding, batch_size=1), device
-    )
-    steps = [n_steps(g) for g in generations]
+    driver = timed(lambda: generate(model, prompts, decoding, batch_size=1))
+    steps = [n_steps(g) for g in driver[2]]
 
     def plain() -> None:
         for test, n in zip(tests, steps, strict=True):
             ids = test.input_ids[None].to(device)
             model.hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
 
-    t_plain, _, _ = measure(plain, device)
+    t_plain, c_plain, _ = timed(plain)
+    reference = single[2]
     equal = all(
-        run.tests.data.equals(single.tests.data) and run.scores.data.equals(single.scores.data)
-        for run in (batched, unshared)
+        run.tests.data.equals(reference.tests.data)
+        and run.scores.data.equals(reference.scores.data)
+        for run in (batched[2], unshared[2])
     )
     tree = niah.shared_prefixes(model, tests)
     n_tokens = [len(t.input_ids) for t in tests]
@@ -135,15 +140,19 @@ def grid(model: Any, args: argparse.Namespace) -> None:
             f"prefix sharing: the tree prefills {shared} of the prompts' {total} tokens"
             f" ({shared / total:.0%}; each prompt minus its last token)"
         )
-    print(f"{'plain greedy, batch 1':>28} {t_plain:8.2f} s  (HF generate, same new tokens)")
+    print(f"{'':>28} {'wall s':>8} {'x plain':>7} {'cpu s':>8} {'x plain':>7}")
+    print(f"{'plain greedy, batch 1':>28} {t_plain:8.2f} {'':>7} {c_plain:8.2f}  (HF generate)")
     rows = [
-        ("plain driver, batch 1", t_driver, ""),
-        ("analyzer, batch 1", t_single, "(no prefix sharing: the reference tables)"),
-        ("analyzer, batched, unshared", t_unshared, ""),
-        ("analyzer, batched", t_batched, "(shared prefixes: the default)"),
+        ("plain driver, batch 1", driver, ""),
+        ("analyzer, batch 1", single, "(no prefix sharing: the reference tables)"),
+        ("analyzer, batched, unshared", unshared, ""),
+        ("analyzer, batched", batched, "(shared prefixes: the default)"),
     ]
-    for label, seconds, note in rows:
-        print(f"{label:>28} {seconds:8.2f} s  {seconds / t_plain:5.2f}x plain {note}".rstrip())
+    for label, (seconds, cpu, _), note in rows:
+        print(
+            f"{label:>28} {seconds:8.2f} {seconds / t_plain:7.2f} {cpu:8.2f}"
+            f" {cpu / c_plain:7.2f}  {note}".rstrip()
+        )
     print(f"batched tables (shared and unshared) equal the batch-1 tables: {equal}", flush=True)
 
 
