@@ -178,7 +178,12 @@ def plan_memory(
             ("weights", weights, weights, f"{n_parameters / 1e6:,.1f}M parameters x {size} B"),
             ("forward", forward, weights + forward, "SDPA, KV cache kept, last logits only"),
             ("full logits", logits, weights + forward + logits, f"[{n}, {s.vocab}] logits"),
-            ("sinks", sinks, weights + forward + sinks, "explicit rows in every layer"),
+            (
+                "sinks",
+                sinks,
+                weights + forward + sinks,
+                "explicit rows in every layer, no KV cache",
+            ),
             (
                 "retrieval",
                 retrieval,
