@@ -58,7 +58,7 @@ def prepared(model, run: str, n_tokens: int) -> tuple[int, Callable[[], object]]
         needles = niah.load_needles()[:1]
         test = niah.build_tests(model, needles, niah.load_haystack(), [n_tokens], 1, 50)[0]
         config = retrieval.RetrievalConfig(max_new_tokens=50)
-        return len(test.input_ids), lambda: retrieval.score_test(model, test, config)
+        return len(test.input_ids), lambda: retrieval.score_tests(model, [test], config)
     base = " ".join(load_prompts(data_path("prompts", "sinks.jsonl")))
     ids = model.tokenizer(base, add_special_tokens=False)["input_ids"]
     ids = torch.tensor((ids * (n_tokens // len(ids) + 1))[:n_tokens])

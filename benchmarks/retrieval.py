@@ -8,10 +8,14 @@ kernel) run alternately `--repeats` times; the fastest run of each is reported, 
 ratios analyzer / plain.
 
 Grid: every scoring needle x `--grid-lengths` x `--grid-depths` (24 tests by default) is
-scored in batches (`probes.retrieval.run`, `--batch-size`, default suited to the device),
-then at batch 1, and plain greedy generation (`model.hf.generate`, batch 1) makes the same
-number of new tokens for each test. Reported: each time, batched analyzer / batch-1 plain
-(goal <= 0.5) from this one run, and whether the batched tables equal the batch-1 tables.
+scored in batches (`probes.retrieval.run`, `--batch-size`, default suited to the device)
+with the prompt prefixes the tests share prefilled once (the default), then in batches
+without prefix sharing, then at batch 1 without it (the reference tables), and plain
+greedy generation (`model.hf.generate`, batch 1) makes the same number of new tokens for
+each test. Reported: the prefix tree's prefilled tokens against the prompts' tokens, each
+run's wall time and main-thread CPU time (with one torch thread, the work done however
+busy the machine is) and their ratios to batch-1 plain (goal <= 0.5) from this one run,
+and whether the batched tables equal the batch-1 tables.
 
 Peak memory: on CUDA, torch.cuda.max_memory_allocated above the memory allocated before the
 call; on CPU, the peak resident set size (RSS, sampled every millisecond by a thread) above
@@ -90,40 +94,66 @@ def grid(model: Any, args: argparse.Namespace) -> None:
         model, needles, niah.load_haystack(), lengths, args.grid_depths, args.max_new_tokens
     )
     config = retrieval.RetrievalConfig(lengths=tuple(lengths), max_new_tokens=args.max_new_tokens)
-    size = args.batch_size or niah.batch_size_for(model, tests, args.max_new_tokens)
+    size = args.batch_size or niah.batch_size_for(model, tests, args.max_new_tokens, True)
     device = model.device
+
+    def timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+        """(wall seconds, this thread's CPU seconds, result): with one torch thread the
+        CPU time is the work done, whatever else the machine runs."""
+        cpu = time.thread_time()
+        seconds, _, result = measure(fn, device)
+        return seconds, time.thread_time() - cpu, result
+
     retrieval.run(model, tests[:2], config, batch_size=2)  # warm-up
-    t_batched, _, batched = measure(
-        lambda: retrieval.run(model, tests, config, batch_size=size), device
+    batched = timed(lambda: retrieval.run(model, tests, config, batch_size=size))
+    unshared = timed(
+        lambda: retrieval.run(model, tests, config, batch_size=size, share_prefix=False)
     )
-    t_single, _, single = measure(lambda: retrieval.run(model, tests, config, batch_size=1), device)
+    single = timed(lambda: retrieval.run(model, tests, config, batch_size=1, share_prefix=False))
     prompts = [t.input_ids for t in tests]
     decoding = niah.decoding(config.max_new_tokens)
-    t_driver, _, generations = measure(
-        lambda: generate(model, prompts, decoding, batch_size=1), device
-    )
-    steps = [n_steps(g) for g in generations]
+    driver = timed(lambda: generate(model, prompts, decoding, batch_size=1))
+    steps = [n_steps(g) for g in driver[2]]
 
     def plain() -> None:
         for test, n in zip(tests, steps, strict=True):
             ids = test.input_ids[None].to(device)
             model.hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
 
-    t_plain, _, _ = measure(plain, device)
-    equal = batched.tests.data.equals(single.tests.data) and batched.scores.data.equals(
-        single.scores.data
+    t_plain, c_plain, _ = timed(plain)
+    reference = single[2]
+    equal = all(
+        run.tests.data.equals(reference.tests.data)
+        and run.scores.data.equals(reference.scores.data)
+        for run in (batched[2], unshared[2])
     )
+    tree = niah.shared_prefixes(model, tests)
     n_tokens = [len(t.input_ids) for t in tests]
     print(
         f"grid: {len(tests)} tests ({len(needles)} needles x lengths {lengths} x"
         f" {args.grid_depths} depths; {min(n_tokens)}-{max(n_tokens)} tokens, up to"
         f" {args.max_new_tokens} new, {sum(steps)} new in all), batch size {size}"
     )
-    print(f"{'plain greedy, batch 1':>28} {t_plain:8.2f} s  (HF generate, same new tokens)")
-    print(f"{'plain driver, batch 1':>28} {t_driver:8.2f} s  {t_driver / t_plain:5.2f}x plain")
-    print(f"{'analyzer, batch 1':>28} {t_single:8.2f} s  {t_single / t_plain:5.2f}x plain")
-    print(f"{'analyzer, batched':>28} {t_batched:8.2f} s  {t_batched / t_plain:5.2f}x plain")
-    print(f"batched tables equal the batch-1 tables: {equal}", flush=True)
+    if tree is not None:
+        shared, total = tree.coverage()
+        print(
+            f"prefix sharing: the tree prefills {shared} of the prompts' {total} tokens"
+            f" ({shared / total:.0%}; each prompt minus its last token)"
+        )
+    print(f"{'':>28} {'wall s':>8} {'x plain':>7} {'cpu s':>8} {'x plain':>7}")
+    print(f"{'plain greedy, batch 1':>28} {t_plain:8.2f} {'':>7} {c_plain:8.2f}  (HF generate)")
+    rows = [
+        ("plain driver, batch 1", driver, ""),
+        ("analyzer, batch 1", single, "(no prefix sharing: the reference tables)"),
+        ("analyzer, batched, unshared", unshared, ""),
+        ("analyzer, batched", batched, "(shared prefixes: the default)"),
+    ]
+    for label, (seconds, cpu, _), note in rows:
+        print(
+            f"{label:>28} {seconds:8.2f} {seconds / t_plain:7.2f} {cpu:8.2f}"
+            f" {cpu / c_plain:7.2f}  {note}".rstrip()
+        )
+    print(f"batched tables (shared and unshared) equal the batch-1 tables: {equal}", flush=True)
 
 
 def n_steps(generation: Generation) -> int:

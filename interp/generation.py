@@ -6,16 +6,20 @@ returns one `Generation` per prompt, in the given order: the prompt ids, the res
 (the prompt/response boundary is `len(prompt_ids)`), the decoded text and why it stopped.
 
 How a batch runs: the prompts minus their last token are prefilled in one forward with
-the model's own (fused) kernel; the last prompt token and every generated token then run
-as decode steps of one query row per batch row, so attention hooks (`interp.hooks`) see
-each token that produces a response token as a single-row step, the first one included.
+the model's own (fused) kernel (`interp.prefill`; with `share_prefix`, through a prefix
+tree that computes a prefix several prompts share once); the last prompt token and every
+generated token then run as decode steps of one query row per batch row, so attention
+hooks (`interp.hooks`) see each token that produces a response token as a single-row
+step, the first one included.
 A batch without padding passes neither mask nor position ids (exactly the forward of an
 unbatched prompt); a padded batch passes its attention mask and per-row positions.
 
 Stopping is per row: a row finishes at the end-of-sequence token (not kept in its
 response), when its decoded response contains a stop string (the response keeps the token
 that completed it, so `text` is exactly the decoded `response_ids`), or after
-`max_new_tokens`. A finished row stops growing; it is fed padding until its batch ends.
+`max_new_tokens`. A finished row stops growing; it is fed padding until its batch ends
+(`decode(drop_finished=True)`: it leaves the batch, for callers whose hooks do not index
+batch rows).
 A prompt that does not fit the context with its budget is a one-line error (nothing is
 truncated).
 
@@ -29,7 +33,6 @@ plus one step's logits [batch, vocab]; the prefill keeps only the last position'
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -38,17 +41,17 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from transformers import DynamicCache
 
 from interp.config import Config, check_range
-from interp.encoding import Encoding
 from interp.errors import ConfigError, InputError
 from interp.models import Model
+from interp.prefill import Prefilled, PrefixTree, default_batch_size, prefill
 
 __all__ = [
     "Generation",
     "GenerationConfig",
     "Prefilled",
+    "PrefixTree",
     "Step",
     "decode",
     "default_batch_size",
@@ -59,10 +62,6 @@ __all__ = [
 
 FinishReason = Literal["eos", "stop", "length"]
 Prompt = str | Sequence[int] | Tensor
-# Tokens per batch (prompt plus budget, summed over rows) that `default_batch_size` aims
-# for on CPU, where larger batches stop paying once the matrix products are compute-bound.
-_CPU_BATCH_TOKENS = 8192
-_MAX_BATCH = 64
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,8 +126,9 @@ class Step:
 
     Attributes:
         index: 0 for the step that produced each row's first response token.
-        rows: the prompt index (in `generate`'s list) of every batch row, in batch order:
-            attention hooks see the batch's rows in this order in every forward.
+        rows: the prompt index (in `generate`'s list) of every row of this step's forward,
+            in batch order: attention hooks see these rows in this order (every batch row
+            at every step, unless `decode` drops finished rows).
         tokens: [batch] the token each row chose (padding for rows finished earlier).
         kept: [batch] True where the token joins the row's response (False for finished
             rows and for an EOS that ends a row).
@@ -143,34 +143,6 @@ class Step:
     kept: Bool[Tensor, " batch"]
     logits: Float[Tensor, "batch vocab"]
     padding: Int[Tensor, " batch"]
-
-
-@dataclass
-class Prefilled:
-    """A batch after its prefill: what `decode` continues from.
-
-    Attributes:
-        batch: the left-padded prompts.
-        rows: the prompt index of each batch row.
-        cache: the KV cache of every prompt minus its last token.
-    """
-
-    batch: Encoding
-    rows: tuple[int, ...]
-    cache: DynamicCache
-
-    def select(self, rows: Sequence[int]) -> Prefilled:
-        """An independent copy of batch rows `rows` (in that order), to decode once.
-
-        Decoding grows the cache in place, so a prefill shared by several decodes (each
-        under another intervention, say) is decoded through copies.
-        """
-        index = torch.tensor(list(rows), dtype=torch.long, device=self.batch.input_ids.device)
-        cache = copy.deepcopy(self.cache)
-        if list(rows) != list(range(len(self.rows))):
-            cache.batch_select_indices(index)
-        batch = Encoding(self.batch.input_ids[index], self.batch.attention_mask[index])
-        return Prefilled(batch, tuple(self.rows[i] for i in rows), cache)
 
 
 def encode_prompts(
@@ -215,70 +187,25 @@ def encode_prompts(
     return out
 
 
-def default_batch_size(model: Model, n_tokens: int) -> int:
-    """How many prompts of `n_tokens` (prompt plus budget) to decode at once on the device.
-
-    CPU: about 8k tokens per batch. CUDA: a quarter of the free memory over a row's KV
-    cache with room for its activations (four times the cache). At most 64.
-    """
-    n_tokens = max(1, n_tokens)
-    device = model.device
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        g = model.geometry
-        element = torch.finfo(model.hf.dtype).bits // 8
-        per_row = 2 * g.n_layers * g.n_kv_heads * g.d_head * element * n_tokens * 4
-        return int(min(_MAX_BATCH, max(1, free // 4 // per_row)))
-    return int(min(_MAX_BATCH, max(1, _CPU_BATCH_TOKENS // n_tokens)))
-
-
-@torch.no_grad()
-def prefill(
-    model: Model, prompts: Sequence[Tensor], rows: Sequence[int] | None = None
-) -> Prefilled:
-    """Left-pad `prompts` ([pos] ids each) into one batch and cache all but their last token.
-
-    Args:
-        model: the model (hooks and interventions active around this call apply).
-        prompts: the batch's prompts.
-        rows: the prompt index of each (default 0..n-1), reported in every `Step`.
-    """
-    pad = model.tokenizer.pad_token_id
-    batch = Encoding.left_padded(
-        [p.tolist() for p in prompts], 0 if pad is None else pad, model.device
-    )
-    cache = DynamicCache(config=model.hf.config)
-    if batch.input_ids.shape[1] > 1:
-        # logits_to_keep=1: the prefill's logits are unused; all positions' would be
-        # [batch, pos, vocab] floats (1.5 GB per row at 8k tokens for a 49k vocabulary).
-        model.hf(
-            batch.input_ids[:, :-1],
-            **_padding_kwargs(batch, slice(None, -1)),
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-    return Prefilled(batch, tuple(range(len(prompts)) if rows is None else rows), cache)
-
-
-def _padding_kwargs(batch: Encoding, columns: slice) -> dict[str, Tensor]:
-    """Mask and positions for a padded batch; none for an unpadded one (the plain forward)."""
-    if bool(batch.attention_mask.all()):
-        return {}
-    return {
-        "attention_mask": batch.attention_mask[:, columns],
-        "position_ids": batch.position_ids[:, columns],
-    }
-
-
 @torch.no_grad()
 def decode(
     model: Model,
     prefilled: Prefilled,
     config: GenerationConfig,
     on_step: Callable[[Step], None] | None = None,
+    drop_finished: bool = False,
 ) -> list[Generation]:
     """Decode a prefilled batch to the end of its last row; grows `prefilled.cache`.
+
+    Args:
+        model: the model (hooks and interventions active around this call apply).
+        prefilled: the batch, from `prefill` or `PrefixTree.prefill`.
+        config: budget, sampling and stopping.
+        on_step: called after every step (see `Step`).
+        drop_finished: leave finished rows out of the following steps (their cache rows
+            are dropped), so a batch's last steps cost what its unfinished rows cost. The
+            rows of each forward, which hooks see, are then `Step.rows` of that step;
+            hooks or interventions that index the batch's rows need it False.
 
     Returns one Generation per batch row, in batch order.
     """
@@ -294,16 +221,17 @@ def decode(
     longest_stop = max((len(s) for s in config.stop), default=0)
     responses: list[list[int]] = [[] for _ in range(n_rows)]
     reasons: list[FinishReason | None] = [None] * n_rows
+    live = list(range(n_rows))  # the batch rows in this step's forward
     current = batch.input_ids[:, -1:]
     mask = batch.attention_mask
     positions = torch.tensor(lengths, device=device)[:, None] - 1
     for index in range(config.max_new_tokens):
         extra = {"attention_mask": mask, "position_ids": positions} if padded else {}
         logits = model.hf(current, **extra, past_key_values=cache, use_cache=True).logits[:, -1]
-        tokens = _choose(logits, config, streams)
+        tokens = _choose(logits, config, [streams[row] for row in live])
         chosen = tokens.tolist()  # the one host sync per step
         kept = []
-        for row, token in enumerate(chosen):
+        for row, token in zip(live, chosen, strict=True):
             keep = reasons[row] is None and token not in eos
             kept.append(keep)
             if reasons[row] is not None:
@@ -318,13 +246,19 @@ def decode(
                 reasons[row] = "length"
         if on_step is not None:
             keep_mask = torch.tensor(kept, device=device)
-            on_step(Step(index, prefilled.rows, tokens, keep_mask, logits, padding))
+            rows = tuple(prefilled.rows[row] for row in live)
+            on_step(Step(index, rows, tokens, keep_mask, logits, padding[live]))
         if all(r is not None for r in reasons):
             break
-        done = torch.tensor([r is not None for r in reasons], device=device)
+        done = torch.tensor([reasons[row] is not None for row in live], device=device)
+        if drop_finished and bool(done.any()):
+            stay = (~done).nonzero()[:, 0]
+            cache.batch_select_indices(stay)
+            live = [live[i] for i in stay.tolist()]
+            tokens, done, mask, positions = tokens[stay], done[stay], mask[stay], positions[stay]
         current = torch.where(done, pad, tokens)[:, None]
         if padded:
-            mask = torch.cat([mask, mask.new_ones(n_rows, 1)], dim=1)
+            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
             positions = positions + 1
     return [
         Generation(
@@ -345,6 +279,7 @@ def generate(
     chat: bool = False,
     on_step: Callable[[Step], None] | None = None,
     batch_size: int | None = None,
+    share_prefix: bool = False,
 ) -> list[Generation]:
     """Generate a response to every prompt, in left-padded batches of similar length.
 
@@ -356,6 +291,10 @@ def generate(
         chat: wrap each text as a user message in the tokenizer's chat template.
         on_step: called after every decode step of every batch (see `Step`).
         batch_size: prompts per batch (default: `default_batch_size` for the longest).
+        share_prefix: prefill through a `PrefixTree` over all the prompts, so a token
+            prefix several prompts share is computed once (`interp.prefill`). The decode
+            steps are the unshared run's; the cache equals it up to float rounding.
+            Hooks that read prefill forwards see the tree's forwards instead.
 
     Returns:
         One Generation per prompt, in the order given.
@@ -380,10 +319,12 @@ def generate(
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}.")
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together
+    tree = PrefixTree(model, ids) if share_prefix else None
     results: dict[int, Generation] = {}
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        prefilled = prefill(model, [ids[i] for i in rows], rows)
+        prompts = [ids[i] for i in rows]
+        prefilled = tree.prefill(prompts, rows) if tree else prefill(model, prompts, rows)
         results.update(zip(rows, decode(model, prefilled, config, on_step), strict=True))
     return [results[i] for i in range(len(ids))]
 

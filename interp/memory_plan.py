@@ -13,7 +13,7 @@ moment, modelled from what the code keeps:
 * sinks: every layer's attention is explicit (`interp.explicit_attention`): one block of
   float32 scores and one of probabilities, [batch, head, rows, keys] within the block
   budget, a float32 copy of the scaled queries and the output, plus the [layer, head, N]
-  column sums it keeps;
+  column sums it keeps; its forward keeps no KV cache (`use_cache=False`);
 * retrieval: a forward's prefill (SDPA), then decode steps that add `max_new_tokens` to the
   cache and copy one layer's cache as it grows; one attention row per step is negligible;
 * ACT: explicit attention in the selected layers only, with its row edit's temporaries:
@@ -162,7 +162,7 @@ def plan_memory(
     # blocks of scores and probabilities (two at once while softmax runs).
     explicit = attention + b * n * d_q * (FLOAT32 + size) + 2 * block
     sums = s.n_layers * b * s.n_heads * n * FLOAT32
-    sinks = kept + sums + max(mlp, explicit) - forward
+    sinks = kept - cache(n) + sums + max(mlp, explicit) - forward  # no KV cache kept
 
     retrieval = cache(max_new_tokens) + 2 * b * (n + max_new_tokens) * d_kv * size
 
@@ -178,7 +178,12 @@ def plan_memory(
             ("weights", weights, weights, f"{n_parameters / 1e6:,.1f}M parameters x {size} B"),
             ("forward", forward, weights + forward, "SDPA, KV cache kept, last logits only"),
             ("full logits", logits, weights + forward + logits, f"[{n}, {s.vocab}] logits"),
-            ("sinks", sinks, weights + forward + sinks, "explicit rows in every layer"),
+            (
+                "sinks",
+                sinks,
+                weights + forward + sinks,
+                "explicit rows in every layer, no KV cache",
+            ),
             (
                 "retrieval",
                 retrieval,

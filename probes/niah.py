@@ -29,6 +29,7 @@ import torch
 from interp.errors import InputError, UnsupportedModelError
 from interp.generation import GenerationConfig, default_batch_size
 from interp.models import Model
+from interp.prefill import PrefixTree, supports_prefix_sharing
 from interp.prompts import data_path, read_jsonl, read_text
 
 QUESTION = "Based on the content of the book, Question: {question}\nAnswer:"
@@ -276,10 +277,26 @@ def batches(tests: Sequence[NeedleTest], batch_size: int) -> list[list[int]]:
     return groups
 
 
-def batch_size_for(model: Model, tests: Sequence[NeedleTest], max_new_tokens: int) -> int:
-    """The default tests per forward on `model`'s device, for the longest of `tests`."""
+def batch_size_for(
+    model: Model, tests: Sequence[NeedleTest], max_new_tokens: int, shared: bool = False
+) -> int:
+    """The default tests per forward on `model`'s device, for the longest of `tests`
+    (`shared`: their prefill comes from `shared_prefixes`)."""
     longest = max((len(t.input_ids) for t in tests), default=1)
-    return default_batch_size(model, longest + max_new_tokens)
+    shared = shared and supports_prefix_sharing(model)
+    return default_batch_size(model, longest + max_new_tokens, shared_prefill=shared)
+
+
+def shared_prefixes(model: Model, tests: Sequence[NeedleTest]) -> PrefixTree | None:
+    """A prefix tree over the tests' prompts, so the haystack they share is prefilled once.
+
+    Tests of one length and depth share the context before their needles, and a longer
+    test's haystack extends a shorter one's. None where the model does not support it
+    (`interp.prefill.supports_prefix_sharing`): prefill each batch on its own.
+    """
+    if not supports_prefix_sharing(model):
+        return None
+    return PrefixTree(model, [t.input_ids for t in tests])
 
 
 @functools.cache

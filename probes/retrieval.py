@@ -38,12 +38,20 @@ from torch import Tensor
 
 from interp.config import Config, check_range
 from interp.errors import ConfigError, InputError
-from interp.generation import Step, generate
+from interp.generation import Step, decode
 from interp.heads import HeadSet
 from interp.hooks import AttentionRows, attention_hooks
 from interp.models import Model
+from interp.prefill import PrefixTree, prefill
 from interp.results import Bundle, HeadScores, ItemTable, Provenance, hash_inputs, head_frame
-from probes.niah import NeedleTest, batch_size_for, batches, decoding, rouge1_recall
+from probes.niah import (
+    NeedleTest,
+    batch_size_for,
+    batches,
+    decoding,
+    rouge1_recall,
+    shared_prefixes,
+)
 
 ANALYZER = "retrieval"
 
@@ -186,40 +194,47 @@ class _Argmaxes:
 
     def __init__(self, n_layers: int) -> None:
         self.hook = _ArgmaxHook(n_layers)
-        self.steps: list[Tensor] = []  # per step [batch, layer, head], positions in each row
-        self.kept: list[Tensor] = []  # per step [batch]
-        self.batch_row: dict[int, int] = {}  # prompt index -> its row in the batch
+        self.n_layers = n_layers
+        self.kept: dict[int, list[Tensor]] = {}  # prompt -> per kept step [layer, head]
 
     def __call__(self, step: Step) -> None:
         device = step.padding.device  # layers may live on several devices
         stacked = torch.stack([a.to(device) for a in self.hook.argmax], dim=1)  # type: ignore[union-attr]
-        self.steps.append(stacked - step.padding[:, None, None])
-        self.kept.append(step.kept)
-        self.batch_row.update((prompt, row) for row, prompt in enumerate(step.rows))
+        positions = stacked - step.padding[:, None, None]  # [row, layer, head] in each row
+        for prompt in step.rows:
+            self.kept.setdefault(prompt, [])
+        for row in step.kept.nonzero()[:, 0].tolist():
+            self.kept[step.rows[row]].append(positions[row])
 
     def of(self, prompt: int) -> Int[Tensor, "step layer head"]:
         """The argmax positions of prompt `prompt` at each step that produced a kept token."""
-        row = self.batch_row[prompt]
-        return torch.stack(self.steps)[torch.stack(self.kept)[:, row], row]
+        steps = self.kept[prompt]
+        if steps:
+            return torch.stack(steps)
+        n_heads = self.hook.argmax[0].shape[-1]  # type: ignore[union-attr]
+        return torch.zeros((0, self.n_layers, n_heads), dtype=torch.long)
 
 
 def score_tests(
-    model: Model, tests: Sequence[NeedleTest], config: RetrievalConfig
+    model: Model,
+    tests: Sequence[NeedleTest],
+    config: RetrievalConfig,
+    prefixes: PrefixTree | None = None,
 ) -> list[tuple[np.ndarray, str]]:
     """Decode `tests` as one left-padded batch with the argmax hook: ([layer, head], text) each.
 
     Every decode step's argmax keys are shifted by each row's left padding into positions
     of that row's own prompt-then-response sequence, and only the steps whose token joins
-    the row's response count, so each test scores as it would alone.
+    the row's response count, so each test scores as it would alone; a finished row leaves
+    the batch. With `prefixes` (a tree holding the tests' prompts) the prompt caches come
+    from it; the hook sees the same decode steps either way.
     """
+    prompts = [t.input_ids for t in tests]
+    prefilled = prefixes.prefill(prompts) if prefixes else prefill(model, prompts)
     argmaxes = _Argmaxes(model.geometry.n_layers)
     with attention_hooks(model.hf, argmaxes.hook):
-        generations = generate(
-            model,
-            [t.input_ids for t in tests],
-            decoding(config.max_new_tokens),
-            on_step=argmaxes,
-            batch_size=len(tests),
+        generations = decode(
+            model, prefilled, decoding(config.max_new_tokens), argmaxes, drop_finished=True
         )
     out = []
     for index, (test, generation) in enumerate(zip(tests, generations, strict=True)):
@@ -251,6 +266,7 @@ def run(
     config: RetrievalConfig | None = None,
     progress: Callable[[int, int, dict[str, object]], None] | None = None,
     batch_size: int | None = None,
+    share_prefix: bool = True,
 ) -> RetrievalResult:
     """Score every head of `model` on NIAH `tests` (see `probes.niah.build_tests`).
 
@@ -262,6 +278,10 @@ def run(
             so a caller can save rows as they come.
         batch_size: tests per forward, grouped by prompt length (default: what suits the
             device, `interp.generation.default_batch_size`). The tables do not depend on it.
+        share_prefix: prefill the prompts through one prefix tree over all tests, so the
+            context they share is computed once (`probes.niah.shared_prefixes`; skipped
+            where the model does not support it). Scoring reads decode steps only, so the
+            tables are the unshared run's unless float rounding flips an argmax.
 
     Example:
         >>> tests = niah.build_tests(tiny_model, niah.load_needles(), haystack, [200], 2, 8)
@@ -270,10 +290,12 @@ def run(
     config = config or RetrievalConfig()
     if not tests:
         raise InputError("No NIAH tests given: build some with probes.niah.build_tests.")
-    size = batch_size_for(model, tests, config.max_new_tokens) if batch_size is None else batch_size
+    size = batch_size_for(model, tests, config.max_new_tokens, share_prefix)
+    size = size if batch_size is None else batch_size
+    prefixes = shared_prefixes(model, tests) if share_prefix else None
     rows: dict[int, dict[str, object]] = {}
     for group in batches(tests, size):
-        scored = scored_rows(model, [tests[i] for i in group], config)
+        scored = scored_rows(model, [tests[i] for i in group], config, prefixes)
         for index, row in zip(group, scored, strict=True):
             rows[index] = row
             if progress is not None:
@@ -284,10 +306,13 @@ def run(
 
 
 def scored_rows(
-    model: Model, tests: Sequence[NeedleTest], config: RetrievalConfig
+    model: Model,
+    tests: Sequence[NeedleTest],
+    config: RetrievalConfig,
+    prefixes: PrefixTree | None = None,
 ) -> list[dict[str, object]]:
     """Score a batch of tests; one per-test table row each (the unit of a resumable run)."""
-    scored = score_tests(model, tests, config)
+    scored = score_tests(model, tests, config, prefixes)
     return [
         result_row(test, scores, response, config)
         for test, (scores, response) in zip(tests, scored, strict=True)

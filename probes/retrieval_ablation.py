@@ -46,10 +46,11 @@ from torch import Tensor
 from interp.config import Config, check_range
 from interp.effects import EffectsConfig, Metric, compare
 from interp.errors import ConfigError, InputError
-from interp.generation import decode, prefill
+from interp.generation import decode
 from interp.heads import Head, HeadSet
 from interp.hooks import AttentionRows, attention_hooks, head_output_hooks
 from interp.models import Model
+from interp.prefill import PrefixTree, prefill
 from interp.results import Bundle, EffectTable, HeadScores, ItemTable, Provenance, hash_inputs
 from probes.niah import (
     Answers,
@@ -61,6 +62,7 @@ from probes.niah import (
     decoding,
     rouge1_recall,
     rouge1_recall_scores,
+    shared_prefixes,
 )
 
 ANALYZER = "retrieval-ablation"
@@ -188,17 +190,24 @@ def conditions(scores: HeadScores, config: AblationConfig) -> list[Condition]:
 
 
 def ablate_tests(
-    model: Model, tests: Sequence[NeedleTest], grid: Sequence[Condition], config: AblationConfig
+    model: Model,
+    tests: Sequence[NeedleTest],
+    grid: Sequence[Condition],
+    config: AblationConfig,
+    prefixes: PrefixTree | None = None,
 ) -> list[list[dict[str, object]]]:
     """Each test's rows: its greedy response under every condition of `grid`.
 
     The tests run as one left-padded batch per condition, each row masked with its own
     heads (random draws differ per test). With `positions="decode"` the unmasked prompt
-    cache is built once and every condition decodes from a copy of it.
+    cache is built once (from `prefixes`, a tree holding the tests' prompts, if given) and
+    every condition decodes from a copy of it.
     """
     generation = decoding(config.max_new_tokens)
     prompts = [t.input_ids for t in tests]
-    shared = prefill(model, prompts) if config.positions == "decode" else None
+    shared = None
+    if config.positions == "decode":
+        shared = prefixes.prefill(prompts) if prefixes else prefill(model, prompts)
     rows: list[list[dict[str, object]]] = [[] for _ in tests]
     for condition, k, seed, top, pool in grid:
         heads = [_heads(test, condition, k, seed, top, pool, config) for test in tests]
@@ -295,6 +304,7 @@ def run_ablation(
     progress: Callable[[int, int], None] | None = None,
     effects: EffectsConfig | None = None,
     batch_size: int | None = None,
+    share_prefix: bool = True,
 ) -> AblationResult:
     """NIAH accuracy with no heads, the top-K heads and K random heads masked.
 
@@ -307,6 +317,9 @@ def run_ablation(
         effects: bootstrap settings of the intervals against K = 0.
         batch_size: tests per forward, grouped by prompt length (default: what suits the
             device). The tables do not depend on it.
+        share_prefix: with `positions="decode"`, prefill the unmasked prompts through one
+            prefix tree over all tests (`probes.niah.shared_prefixes`), so the context
+            they share is computed once.
 
     Example:
         >>> result = run_ablation(model, heldout_tests, scored.scores)  # doctest: +SKIP
@@ -317,10 +330,13 @@ def run_ablation(
     if not tests:
         raise InputError("No NIAH tests given for the ablation.")
     grid = conditions(scores, config)
-    size = batch_size_for(model, tests, config.max_new_tokens) if batch_size is None else batch_size
+    share = share_prefix and config.positions == "decode"
+    size = batch_size_for(model, tests, config.max_new_tokens, share)
+    size = size if batch_size is None else batch_size
+    prefixes = shared_prefixes(model, tests) if share else None
     per_test: dict[int, list[dict[str, object]]] = {}
     for group in batches(tests, size):
-        done = ablate_tests(model, [tests[i] for i in group], grid, config)
+        done = ablate_tests(model, [tests[i] for i in group], grid, config, prefixes)
         per_test.update(zip(group, done, strict=True))
         if progress is not None:
             progress(len(per_test), len(tests))

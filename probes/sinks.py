@@ -188,8 +188,9 @@ def run(
             attention_hooks(model.hf, column_sums),
             residual_hooks(model.hf, find_massive),
         ):
-            # The base model skips the LM head: sink scores need no [pos, vocab] logits.
-            model.hf.base_model(**batch)
+            # The base model skips the LM head: sink scores need no [pos, vocab] logits,
+            # and use_cache=False no KV cache (2 x layers x pos x d_kv values, unread).
+            model.hf.base_model(**batch, use_cache=False)
         sums = torch.stack([s.float().cpu() for s in column_sums.sums])  # type: ignore[union-attr]
         stats = sink_statistics(sums, config)
         tokens = model.tokenizer.convert_ids_to_tokens(batch.ids().tolist())

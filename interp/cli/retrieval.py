@@ -1,7 +1,8 @@
 """`interp score retrieval` and `interp ablate retrieval`: retrieval heads and the causal test.
 
 Both commands run the tests in batches of similar length (`--batch-size`, default suited to
-the device) and record each finished test in the output folder's work log as its batch
+the device), prefill the prompt prefix the tests share once (`probes.niah.shared_prefixes`),
+and record each finished test in the output folder's work log as its batch
 ends (`interp.runs.WorkLog`: `work.jsonl`, one line per test). Run again with the same
 `--out` and the tests already there are skipped, so a stopped long run loses at most one
 batch and resumes; the tables are then built from all rows, in the tests' order, and do
@@ -80,8 +81,13 @@ def _run_logged(
     label: str,
     fn: Any,
     batch_size: int,
+    prefixes: Any,
 ) -> list[dict[str, Any]]:
-    """Run `fn(tests) -> rows per test` in batches on the tests not yet in the work log."""
+    """Run `fn(tests, tree) -> rows per test` in batches on the tests not yet in the work log.
+
+    `prefixes(todo)` gives the prefix tree over the tests still to run (or None), so the
+    prompt prefix they share is prefilled once across the batches.
+    """
     from interp.runs import WorkLog, run_identity
     from probes.niah import batches
 
@@ -92,6 +98,7 @@ def _run_logged(
             f"resuming: {len(tests) - len(todo)} of {len(tests)} tests already done", err=True
         )
     groups = [[todo[i] for i in group] for group in batches(todo, batch_size)]
+    tree = prefixes(todo) if todo else None
     group_of = {_key(t): group for group in groups for t in group}
     results: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
 
@@ -99,7 +106,7 @@ def _run_logged(
         # WorkLog records one test at a time; the first test of a batch runs the batch.
         if _key(test) not in results:
             group = group_of[_key(test)]
-            results.update(zip(map(_key, group), fn(group), strict=True))
+            results.update(zip(map(_key, group), fn(group, tree), strict=True))
         return results.pop(_key(test))
 
     update, bar = progress_bar(len(todo), label)
@@ -171,15 +178,16 @@ def score_retrieval(
             loaded, record, needles, "scoring.jsonl", haystack, grid, depths, max_new_tokens
         )
         provenance = retrieval.retrieval_provenance(loaded, tests, config)
-        size = batch_size or niah.batch_size_for(loaded, tests, max_new_tokens)
+        size = batch_size or niah.batch_size_for(loaded, tests, max_new_tokens, shared=True)
         rows = _run_logged(
             folder,
             record,
             provenance,
             tests,
             "retrieval",
-            lambda group: [[row] for row in retrieval.scored_rows(loaded, group, config)],
+            lambda group, tree: [[r] for r in retrieval.scored_rows(loaded, group, config, tree)],
             size,
+            lambda todo: niah.shared_prefixes(loaded, todo),
         )
         geometry = loaded.geometry
         result = retrieval.aggregate(
@@ -282,15 +290,17 @@ def ablate_retrieval(
         )
         provenance = ablation.ablation_provenance(loaded, tests, head_scores, config, effects)
         conditions = ablation.conditions(head_scores, config)
-        size = batch_size or niah.batch_size_for(loaded, tests, max_new_tokens)
+        shared = positions == "decode"
+        size = batch_size or niah.batch_size_for(loaded, tests, max_new_tokens, shared)
         rows = _run_logged(
             folder,
             record,
             provenance,
             tests,
             "ablation",
-            lambda group: ablation.ablate_tests(loaded, group, conditions, config),
+            lambda group, tree: ablation.ablate_tests(loaded, group, conditions, config, tree),
             size,
+            lambda todo: niah.shared_prefixes(loaded, todo) if shared else None,
         )
         result = ablation.summarize(pd.DataFrame(rows), config, provenance, effects)
         record.wrote(result.save(folder))

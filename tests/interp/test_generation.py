@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from interp.errors import InputError
-from interp.generation import GenerationConfig, _choose, generate
+from interp.generation import GenerationConfig, _choose, decode, generate, prefill
 from interp.hooks import attention_hooks
 from interp.interventions import HeadScale
 
@@ -121,3 +121,31 @@ def test_chat_template_and_bad_prompts(tiny) -> None:
         generate(tiny, [torch.ones(1, 5, dtype=torch.long)], GenerationConfig(max_new_tokens=2))
     with pytest.raises(InputError, match="empty"):
         generate(tiny, [""], GenerationConfig(max_new_tokens=2))
+
+
+def test_dropping_finished_rows_keeps_every_rows_tokens(tiny) -> None:
+    prompts = _prompts()
+    plain = generate(tiny, prompts, GenerationConfig(max_new_tokens=8), batch_size=4)
+    tiny.hf.generation_config.eos_token_id = int(plain[0].response_ids[2])  # row 0 stops
+    config = GenerationConfig(max_new_tokens=8)
+    prefilled = prefill(tiny, prompts)
+    runs = {}
+    for drop in (False, True):
+        hook, steps = _Rows(), []
+        with attention_hooks(tiny.hf, hook):
+            out = decode(tiny, prefilled.select(range(4)), config, steps.append, drop)
+        runs[drop] = (out, hook.shapes, steps)
+    (full, full_shapes, full_steps), (dropped, shapes, steps) = runs[False], runs[True]
+    assert [g.response_ids.tolist() for g in dropped] == [g.response_ids.tolist() for g in full]
+    assert [g.finish_reason for g in dropped] == [g.finish_reason for g in full]
+    assert full[0].finish_reason == "eos" and len(steps) == len(full_steps)
+    assert steps[0].rows == (0, 1, 2, 3) and 0 not in steps[-1].rows  # row 0 left
+    decode_batches = [shape[0] for shape in shapes if shape[2] == 1]
+    assert decode_batches[0] == 4 and decode_batches[-1] < 4
+    assert all(shape[0] == 4 for shape in full_shapes)
+    for got, want in zip(steps, full_steps, strict=True):
+        index = list(want.rows)
+        rows = [index.index(r) for r in got.rows]
+        assert got.tokens.tolist() == want.tokens[rows].tolist()
+        assert got.padding.tolist() == want.padding[rows].tolist()
+        torch.testing.assert_close(got.logits, want.logits[rows], rtol=0, atol=1e-5)

@@ -194,7 +194,7 @@ _BEFORE_DRIVER = {
 def test_batched_scores_equal_batch_one_and_the_decode_loop_before(tiny, count) -> None:
     tests = _copying_tests(tiny)  # 92, 77 and 84 tokens: padded batches
     config = retrieval.RetrievalConfig(max_new_tokens=10, average="all", count=count)
-    alone = retrieval.run(tiny, tests, config, batch_size=1)
+    alone = retrieval.run(tiny, tests, config, batch_size=1, share_prefix=False)
     for size in (2, 3):
         batched = retrieval.run(tiny, tests, config, batch_size=size)
         assert batched.scores.data.equals(alone.scores.data)
@@ -206,6 +206,30 @@ def test_batched_scores_equal_batch_one_and_the_decode_loop_before(tiny, count) 
         assert {i: v for i, v in enumerate(scores) if v} == {
             i: c / n_span for i, c in expected.items()
         }
+
+
+def test_prefix_shared_scores_equal_unshared_batch_one(tiny) -> None:
+    # Copying tests whose prompts share 40 tokens, then diverge (lengths 85 to 101).
+    generator = torch.Generator().manual_seed(7)
+    common = torch.randint(3, 259, (40,), generator=generator)
+    tests = []
+    for index, n in enumerate((5, 9, 13, 9)):
+        seed = torch.cat([common, torch.randint(3, 259, (n,), generator=generator)])
+        continuation = generate(tiny, seed, GenerationConfig(max_new_tokens=8))[0].response_ids
+        ids = torch.cat([seed, continuation.repeat(4)])
+        tests.append(niah.NeedleTest(index, n, 0.5, ids, (0, len(ids)), (len(seed), len(ids)), "x"))
+    tiny.hf.generation_config.eos_token_id = int(tests[1].input_ids[-3])  # test 1 stops early
+    tree = niah.shared_prefixes(tiny, tests)
+    tree.prefill([t.input_ids for t in tests])
+    assert tree.stats.prefilled_tokens <= tree.stats.prompt_tokens - 3 * 40  # shared once
+    config = retrieval.RetrievalConfig(max_new_tokens=10, average="all")
+    alone = retrieval.run(tiny, tests, config, batch_size=1, share_prefix=False)
+    assert np.concatenate(alone.tests.data.head_scores.to_list()).any()  # heads hit
+    assert alone.tests.data.response.str.len().nunique() > 1  # rows end at different steps
+    for size in (1, 2, 4):
+        shared = retrieval.run(tiny, tests, config, batch_size=size)
+        assert shared.scores.data.equals(alone.scores.data)
+        assert shared.tests.data.equals(alone.tests.data)
 
 
 def test_run_is_deterministic(tiny) -> None:
@@ -296,7 +320,9 @@ def test_batched_ablation_equals_batch_one_and_the_decode_loop_before(tiny, opti
         positions=positions, random_draw=draw,
     )  # fmt: skip
     effects = EffectsConfig(n_boot=200)
-    alone = ablation.run_ablation(tiny, tests, scores, config, effects=effects, batch_size=1)
+    alone = ablation.run_ablation(
+        tiny, tests, scores, config, effects=effects, batch_size=1, share_prefix=False
+    )
     batched = ablation.run_ablation(tiny, tests, scores, config, effects=effects, batch_size=4)
     for name in ("tests", "curve", "effects", "summary"):
         assert getattr(batched, name).data.equals(getattr(alone, name).data), name
