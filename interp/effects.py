@@ -17,7 +17,8 @@ Degenerate case: when every value is equal (e.g. an identity intervention: all d
 0), every resample has the same mean, BCa is undefined (scipy returns NaN with a warning),
 and the interval reported is the point [value, value]; the `constant` flag names it.
 
-`measure(model, tasks, intervention)` does this for multiple-choice tasks and returns
+`measure(model, tasks, intervention)` does this for multiple-choice tasks, with or without
+images (items with an `image` go through the model's processor, `interp.tasks`), and returns
 `Effects`: the table and `per_item`, every item's answer, predictions and both scores. Like
 with like: the baseline arm runs `intervention.identity()`, the same hooks and attention
 kernels changing nothing, so float rounding between a fused and an explicit kernel never
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar, Literal, Protocol, TypeVar
 
 import numpy as np
@@ -39,8 +41,8 @@ from interp.config import Config, check_range
 from interp.errors import InputError
 from interp.interventions.base import Intervention
 from interp.models import Model
-from interp.results import Bundle, EffectTable, ItemTable, Provenance, hash_inputs
-from interp.tasks import Task, choice_accuracy, evaluate
+from interp.results import Bundle, EffectTable, ItemTable, Provenance, hash_inputs, sha256_file
+from interp.tasks import Task, choice_accuracy, evaluate, image_paths
 
 ANALYZER = "effects"
 RunT_contra = TypeVar("RunT_contra", contravariant=True)
@@ -161,7 +163,7 @@ def measure(
     Example:
         >>> from interp.interventions import HeadScale
         >>> from interp.tasks import load_task
-        >>> from tests.tiny import tiny_llama
+        >>> from interp.tiny_models import tiny_llama
         >>> task = load_task("sentiment").subsample(4)
         >>> effects = measure(tiny_llama(), [task], HeadScale("L1H0", alpha=0.0))
         >>> effects.table.data[["task", "n"]].values.tolist()
@@ -202,10 +204,15 @@ def measure(
             "metric": metric.__name__,
             "intervention": intervention.to_dict(),
         },
-        inputs_hash=hash_inputs([[t.name, t.prefix, t.items] for t in tasks]),
+        inputs_hash=hash_inputs([[t.name, t.prefix, t.items, image_digests(t)] for t in tasks]),
         n_inputs=sum(len(t.items) for t in tasks),
     )
     return Effects(
         EffectTable(pd.DataFrame(rows), provenance),
         ItemTable(pd.concat(items, ignore_index=True), provenance),
     )
+
+
+def image_digests(task: Task) -> dict[str, str]:
+    """SHA-256 of each image file a task's items name, so provenance follows the pixels."""
+    return {path: sha256_file(Path(path)) for path in image_paths(task)}

@@ -45,6 +45,8 @@ RowImages: TypeAlias = "ImageLike | Sequence[ImageLike] | None"
 
 # The text an image takes in a prompt, where it is more than the processor's image token.
 _PLACEHOLDER_FORMAT = {"qwen2_5_vl": "<|vision_start|>{}<|vision_end|>"}
+# The kwargs `ModelInputs.extended` rebuilds: everything else is per image.
+_PER_POSITION = frozenset({"input_ids", "attention_mask", "position_ids"})
 # Models that compute their own (multimodal rotary) positions from the mask and image grid.
 _OWN_POSITIONS = frozenset({"qwen2_5_vl"})
 
@@ -66,7 +68,7 @@ class ModelInputs(Mapping[str, Tensor]):
         kinds: [batch, pos] `TokenKind` values (int8) of every position.
 
     Example:
-        >>> from tests.tiny import tiny_llava
+        >>> from interp.tiny_models import tiny_llava
         >>> import numpy as np
         >>> model = tiny_llava()
         >>> inputs = model.prepare(["a cat", "hi"], [np.zeros((20, 30, 3), np.uint8), None])
@@ -135,6 +137,53 @@ class ModelInputs(Mapping[str, Tensor]):
                 f" ({len(missing)} of {len(self.n_image_tokens)} without). Pass images=."
             )
 
+    def extended(self, tails: Sequence[Sequence[int]], pad_id: int) -> ModelInputs:
+        """Each row with its own text token ids appended, re-padded on the left.
+
+        For scoring continuations (a choice after a prompt with its image): the processor
+        expands the images once, and the appended tokens are text. Pixel kwargs are per
+        image, so they stay as they are; ids, mask, kinds and positions are rebuilt.
+
+        Args:
+            tails: one list of token ids per row (may be empty).
+            pad_id: the id written on padding (masked out).
+
+        Raises:
+            InputError: not one tail per row.
+            UnsupportedModelError: another per-position kwarg, which this cannot extend.
+        """
+        ids, kinds = self.input_ids, self.kinds
+        if len(tails) != ids.shape[0]:
+            raise InputError(f"Got {len(tails)} tails for {ids.shape[0]} rows: give one per row.")
+        other = [
+            key
+            for key, value in self.kwargs.items()
+            if key not in _PER_POSITION and tuple(value.shape[:2]) == tuple(ids.shape)
+        ]
+        if other:
+            raise UnsupportedModelError(
+                f"Cannot append tokens to inputs with the per-position kwarg {other[0]!r}."
+            )
+        real = kinds != TokenKind.PADDING
+        rows = [
+            (ids[row][real[row]].tolist() + list(tail), kinds[row][real[row]].tolist(), len(tail))
+            for row, tail in enumerate(tails)
+        ]
+        width = max(len(row_ids) for row_ids, _, _ in rows)
+        new_ids = torch.full((len(rows), width), pad_id, dtype=ids.dtype)
+        new_kinds = torch.full((len(rows), width), int(TokenKind.PADDING), dtype=kinds.dtype)
+        for row, (row_ids, row_kinds, n_tail) in enumerate(rows):
+            new_ids[row, width - len(row_ids) :] = torch.tensor(row_ids, dtype=ids.dtype)
+            new_kinds[row, width - len(row_ids) :] = torch.tensor(
+                row_kinds + [int(TokenKind.TEXT)] * n_tail, dtype=kinds.dtype
+            )
+        mask = (new_kinds != TokenKind.PADDING).to(self.attention_mask.dtype)
+        kwargs = {**self.kwargs, "input_ids": new_ids.to(ids.device)}
+        kwargs["attention_mask"] = mask.to(self.attention_mask.device)
+        if "position_ids" in self.kwargs:
+            kwargs["position_ids"] = (kwargs["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+        return ModelInputs(kwargs, new_kinds.to(kinds.device))
+
     def __getitem__(self, key: str) -> Tensor:
         return self.kwargs[key]
 
@@ -166,7 +215,7 @@ def prepare(model: Model, texts: str | Sequence[str], images: RowImages = None) 
             context.
 
     Example:
-        >>> from tests.tiny import tiny_idefics3
+        >>> from interp.tiny_models import tiny_idefics3
         >>> model = tiny_idefics3()
         >>> model.prepare("a cat", np.zeros((20, 30, 3), np.uint8)).n_image_tokens
         [4]

@@ -1,11 +1,12 @@
 """Multiple-choice tasks: loading (shipped or the user's JSONL) and choice scoring.
 
 A task file is JSONL, one {"prompt": str, "choices": [str, ...], "answer": int | str} per line
-(`answer` is the index of the right choice, or the choice itself). Shipped tasks live in
-`data/tasks/<name>/`: `task.json` (description, instruction, number of few-shot
-demonstrations) and `calibration.jsonl`, `test.jsonl`. The first `shots` calibration items are
-the demonstrations, prepended to every prompt as "{prompt} {answer}" blocks, and are left out
-of the calibration split.
+(`answer` is the index of the right choice, or the choice itself), and optionally "image":
+an image file's path, relative to the JSONL file's folder or absolute, for vision-language
+models. Shipped tasks live in `data/tasks/<name>/`: `task.json` (description, instruction,
+number of few-shot demonstrations) and `calibration.jsonl`, `test.jsonl`. The first `shots`
+calibration items are the demonstrations, prepended to every prompt as "{prompt} {answer}"
+blocks, and are left out of the calibration split.
 
 Scoring (`choice_logprobs`): a choice's score is the sum of its tokens' log-probabilities
 given the prompt, the choice joined with one space (" positive"). Sums are not
@@ -13,11 +14,21 @@ length-normalised: with single-token labels, as in ACT's classification setup, t
 label's log-probability. Each forward reads prompt + choice[:-1], so single-token choices
 share one forward per item; prompts are left-padded into batches. Cost: one forward per item
 and distinct multi-token choice prefix; only the logits of the choice positions are kept.
+
+Items with images: `Model.prepare` runs the processor on each prompt with its image (the
+image placeholder goes in front of the text unless the prompt has one), and the choice's
+token ids are appended to the expanded ids (`ModelInputs.extended`), so the choice is
+tokenized exactly as for text. The prompts of a batch are left-padded together.
+Interventions that choose per forward (VHR picks its heads at the last position of a
+prompt) choose at the last position of prompt + choice[:-1]: the prompt's last token for
+single-token choices (a real tokenizer's " yes" / " no"), else once per distinct choice
+prefix (docs/methods.md §10).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -35,11 +46,12 @@ Split = Literal["calibration", "test"]
 
 @dataclass(frozen=True)
 class Item:
-    """One multiple-choice question; `answer` indexes `choices`."""
+    """One multiple-choice question; `answer` indexes `choices`; `image` is a file's path."""
 
     prompt: str
     choices: tuple[str, ...]
     answer: int
+    image: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,19 +75,25 @@ class Task:
         return Task(self.name, tuple(self.items[i] for i in keep), self.prefix)
 
 
+def image_paths(task: Task) -> list[str]:
+    """The distinct image files a task's items name, sorted."""
+    return sorted({item.image for item in task.items if item.image is not None})
+
+
 def shipped_tasks() -> list[str]:
     return sorted(p.name for p in TASKS_DIR.iterdir() if (p / "task.json").is_file())
 
 
 def load_items(path: str | Path) -> list[Item]:
-    """Read and validate a JSONL task file."""
-    items = [_parse_item(record, where) for where, record in read_jsonl(path, "Task")]
+    """Read and validate a JSONL task file; relative image paths resolve against its folder."""
+    folder = Path(path).expanduser().parent
+    items = [_parse_item(record, where, folder) for where, record in read_jsonl(path, "Task")]
     if not items:
         raise InputError(f"Task file {path} holds no items.")
     return items
 
 
-def _parse_item(record: Any, where: str) -> Item:
+def _parse_item(record: Any, where: str, folder: Path) -> Item:
     if not isinstance(record, dict) or not {"prompt", "choices", "answer"} <= set(record):
         raise InputError(f"{where}: expected an object with 'prompt', 'choices' and 'answer'.")
     prompt, choices, answer = record["prompt"], record["choices"], record["answer"]
@@ -95,7 +113,12 @@ def _parse_item(record: Any, where: str) -> Item:
             f"{where}: 'answer' must be a choice or its index 0..{len(choices) - 1},"
             f" got {answer!r}."
         )
-    return Item(prompt, tuple(choices), answer)
+    image = record.get("image")
+    if image is not None:
+        if not isinstance(image, str) or not image.strip():
+            raise InputError(f"{where}: 'image' must be a file's path (a non-empty string).")
+        image = str(folder / Path(image).expanduser())  # an absolute path stays as it is
+    return Item(prompt, tuple(choices), answer, image)
 
 
 def demonstrations(items: list[Item], instruction: str = "") -> str:
@@ -145,6 +168,11 @@ def load_task(source: str | Path, split: Split = "test") -> Task:
     calibration = load_items(folder / "calibration.jsonl")
     if len(calibration) <= shots:
         raise InputError(f"{folder}: calibration.jsonl needs more than {shots} items.")
+    if any(item.image for item in calibration[:shots]):
+        raise InputError(
+            f"{folder}: the {shots} few-shot demonstrations have images, which a text prefix"
+            " cannot hold: set 'shots' to 0 in task.json."
+        )
     prefix = demonstrations(calibration[:shots], meta["instruction"])
     items = calibration[shots:] if split == "calibration" else load_items(folder / "test.jsonl")
     return Task(folder.name, tuple(items), prefix)
@@ -155,28 +183,41 @@ class ChoicePlan:
     """The forwards that score a task's choices, and which log-probs each choice sums.
 
     Attributes:
-        sequences: token ids of each distinct prompt + choice[:-1].
+        sequences: each distinct prompt + choice[:-1]: token ids for text items (what
+            ACT's head search runs); (text, image, *choice[:-1] ids) for image items.
         tails: per sequence, how many last positions predict choice tokens.
         reads: per item, per choice: (sequence index, the choice's token ids).
     """
 
-    sequences: tuple[tuple[int, ...], ...]
+    sequences: tuple[tuple, ...]
     tails: tuple[int, ...]
     reads: tuple[tuple[tuple[int, tuple[int, ...]], ...], ...]
 
 
 def plan_choices(model: Model, task: Task) -> ChoicePlan:
-    """Tokenize every item's prompt and choices into the forwards `choice_logprobs` runs."""
-    sequences: dict[tuple[int, ...], int] = {}  # prompt + choice[:-1] -> sequence index
+    """Tokenize every item's prompt and choices into the forwards `choice_logprobs` runs.
+
+    Prompts of a text task are token ids; in a task with images every prompt is kept as
+    (text, image or None), which `Model.prepare` expands at run time.
+    """
+    with_images = any(item.image is not None for item in task.items)
+
+    def prompt(item: Item) -> tuple:
+        if with_images:
+            return (task.text(item), item.image)
+        return tuple(model.encode(task.text(item)).ids().tolist())
+
+    sequences: dict[tuple, int] = {}  # prompt + choice[:-1] -> sequence index
     tails: list[int] = []
     reads = []
     for item in task.items:
-        prompt = model.encode(task.text(item)).ids().tolist()
+        start = prompt(item)
         per_choice = []
         for choice in item.choices:
             ids = model.tokenizer(" " + choice, add_special_tokens=False)["input_ids"]
-            key = tuple(prompt + ids[:-1])
-            model.check_length(len(key) + 1, what="prompt with its choice")
+            key = (*start, *ids[:-1])
+            if not with_images:
+                model.check_length(len(key) + 1, what="prompt with its choice")
             if key not in sequences:
                 sequences[key] = len(sequences)
                 tails.append(len(ids))
@@ -192,16 +233,29 @@ def read_choice(logprobs: torch.Tensor, ids: tuple[int, ...]) -> float:
 
 
 def choice_logprobs(model: Model, task: Task, batch_size: int = 16) -> list[np.ndarray]:
-    """Per item, the summed log-probability of each choice given the prompt (see module doc)."""
+    """Per item, the summed log-probability of each choice given the prompt (see module doc).
+
+    Raises:
+        InputError: an item's image is missing or unreadable, or given to a text-only model.
+    """
     plan = plan_choices(model, task)
-    rows = _tail_logprobs(model, list(plan.sequences), list(plan.tails), batch_size)
+    rows = _tail_logprobs(model, plan, batch_size)
     return [np.array([read_choice(rows[seq], ids) for seq, ids in item]) for item in plan.reads]
 
 
 def left_pad(
     sequences: list[tuple[int, ...]], pad: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask, position_ids) [batch, pos], left-padded: all end at -1."""
+    """(input_ids, attention_mask, position_ids) [batch, pos], left-padded: all end at -1.
+
+    Raises:
+        InputError: a plan sequence of a task with images (those go through the processor).
+    """
+    if any(sequence and isinstance(sequence[0], str) for sequence in sequences):
+        raise InputError(
+            "This scoring (ACT's head search) takes token ids of text tasks; a task with"
+            " images is scored by interp.tasks.evaluate."
+        )
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -211,30 +265,45 @@ def left_pad(
     return ids, mask, (mask.cumsum(-1) - 1).clamp_min(0)
 
 
+def _batch_inputs(model: Model, sequences: list[tuple]) -> Mapping[str, torch.Tensor]:
+    """Model kwargs of a batch of plan sequences, left-padded (text ids, or prepared images)."""
+    pad = model.tokenizer.pad_token_id
+    if not isinstance(sequences[0][0], str):
+        ids, mask, positions = left_pad(sequences, pad)
+        return {
+            "input_ids": ids.to(model.device),
+            "attention_mask": mask.to(model.device),
+            "position_ids": positions.to(model.device),
+        }
+    inputs = model.prepare([s[0] for s in sequences], [s[1] for s in sequences])
+    inputs = inputs.extended([s[2:] for s in sequences], 0 if pad is None else pad)
+    for row, length in enumerate(inputs.lengths):
+        model.check_length(length + 1, what=f"prompt {row} of the batch with its choice")
+    return inputs
+
+
 @torch.no_grad()
-def _tail_logprobs(
-    model: Model,
-    sequences: list[tuple[int, ...]],
-    tails: list[int],
-    batch_size: int,
-) -> list[torch.Tensor]:
+def _tail_logprobs(model: Model, plan: ChoicePlan, batch_size: int) -> list[torch.Tensor]:
     """Log-softmax rows [tail, vocab] of the last `tail` positions of each sequence."""
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    sequences, tails = plan.sequences, plan.tails
+    order = sorted(range(len(sequences)), key=lambda i: _length(sequences[i]))
     out: list[torch.Tensor] = [torch.empty(0)] * len(sequences)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        ids, mask, positions = left_pad([sequences[i] for i in chunk], model.tokenizer.pad_token_id)
+        inputs = _batch_inputs(model, [sequences[i] for i in chunk])
         keep = max(tails[i] for i in chunk)  # logits only where choice tokens are predicted
-        logits = model.hf(
-            input_ids=ids.to(model.device),
-            attention_mask=mask.to(model.device),
-            position_ids=positions.to(model.device),
-            logits_to_keep=keep,
-        ).logits
+        logits = model.hf(**inputs, logits_to_keep=keep).logits
         logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
         for row, index in enumerate(chunk):
             out[index] = logprobs[row]
     return out
+
+
+def _length(sequence: tuple) -> int:
+    """Sort key for tight padding: token count, or a text's characters plus its tail ids."""
+    if sequence and isinstance(sequence[0], str):
+        return len(sequence[0]) + len(sequence) - 2
+    return len(sequence)
 
 
 @dataclass(frozen=True)

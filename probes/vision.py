@@ -173,7 +173,7 @@ def image_attention(
             text-only model.
 
     Example:
-        >>> from tests.tiny import tiny_llava
+        >>> from interp.tiny_models import tiny_llava
         >>> import numpy as np
         >>> scores = image_attention(tiny_llava(), "what is it?", np.zeros((32, 32, 3), np.uint8))
         >>> scores.data[["label", "score"]].shape
@@ -306,7 +306,7 @@ def vision_head_divergence(
         InputError: a prompt without an image, or ending with its image.
 
     Example:
-        >>> from tests.tiny import tiny_llava
+        >>> from interp.tiny_models import tiny_llava
         >>> import numpy as np
         >>> image = np.zeros((32, 32, 3), np.uint8)
         >>> scores = vision_head_divergence(tiny_llava(), "what is it?", image)

@@ -75,7 +75,7 @@ def visual_sinks(
         InputError: a prompt without an image; images for a text-only model.
 
     Example:
-        >>> from tests.tiny import tiny_llava
+        >>> from interp.tiny_models import tiny_llava
         >>> import numpy as np
         >>> table = visual_sinks(tiny_llava(), "what?", np.zeros((32, 32, 3), np.uint8))
         >>> sorted(set(table.data.kind))

@@ -11,6 +11,7 @@ from typer.core import TyperGroup
 
 from interp.cli.anchors import score_anchors
 from interp.cli.effect import effect_act
+from interp.cli.effect_vision import effect_var, effect_vhr
 from interp.cli.models import models
 from interp.cli.retrieval import ablate_retrieval, score_retrieval
 from interp.cli.sinks import score_sinks
@@ -84,6 +85,8 @@ app.command("models")(models)
 score_app.command("sinks")(score_sinks)
 score_app.command("retrieval")(score_retrieval)
 effect_app.command("act")(effect_act)
+effect_app.command("vhr")(effect_vhr)
+effect_app.command("var")(effect_var)
 ablate_app.command("retrieval")(ablate_retrieval)
 score_app.command("anchors")(score_anchors)
 score_app.command("vision")(score_vision)

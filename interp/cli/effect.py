@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -23,6 +23,10 @@ from interp.cli.common import (
     start_record,
     user_errors,
 )
+
+if TYPE_CHECKING:
+    from interp.effects import Effects
+    from interp.runs import RunRecord
 
 
 def effect_act(
@@ -132,25 +136,40 @@ def effect_act(
             effects = measure(
                 loaded, tests, ACT(chosen, act), EffectsConfig(n_boot=n_boot, seed=seed), update
             )
-        record.wrote(effects.save(folder))
         figures = {
             "effects": effects_bars(effects.table, f"ACT on {len(chosen)} heads: test accuracy"),
             "head_search": head_heatmap(scores, "score", f"ACT head search: {metric} change"),
         }
-        written = export_figures(figures, folder, static)
-        record.wrote(written)
-        record.write(
+        typer.echo(f"ACT on {len(chosen)} heads: {', '.join(chosen.labels) or 'none selected'}")
+        report_effects(
+            effects,
             folder,
+            record,
+            figures,
+            static,
             tasks=names,
             heads=chosen.labels,
             head_search=scores.provenance.to_dict(),
-            effects=effects.table.provenance.to_dict(),
         )
-        typer.echo(f"ACT on {len(chosen)} heads: {', '.join(chosen.labels) or 'none selected'}")
-        for row in effects.table.data.itertuples():
-            typer.echo(
-                f"{row.task}: {row.baseline:.3f} -> {row.intervened:.3f}"
-                f" ({row.difference:+.3f}, 95% CI [{row.ci_low:+.3f}, {row.ci_high:+.3f}],"
-                f" +{row.improved}/-{row.worsened} of {row.n})"
-            )
-        typer.echo(f"results and {len(written)} figure files in {folder}")
+
+
+def report_effects(
+    effects: Effects,
+    folder: Path,
+    record: RunRecord,
+    figures: dict[str, Any],
+    static: bool,
+    **manifest: Any,
+) -> None:
+    """Save the effects tables and figures, write the manifest, print a line per task."""
+    record.wrote(effects.save(folder))
+    written = export_figures(figures, folder, static)
+    record.wrote(written)
+    record.write(folder, **manifest, effects=effects.table.provenance.to_dict())
+    for row in effects.table.data.itertuples():
+        typer.echo(
+            f"{row.task}: {row.baseline:.3f} -> {row.intervened:.3f}"
+            f" ({row.difference:+.3f}, 95% CI [{row.ci_low:+.3f}, {row.ci_high:+.3f}],"
+            f" +{row.improved}/-{row.worsened} of {row.n})"
+        )
+    typer.echo(f"results and {len(written)} figure files in {folder}")

@@ -185,7 +185,7 @@ class VAR:
     forward (the prompts plus their no-image branches) runs without VAR's edit.
 
     Example:
-        >>> from tests.tiny import tiny_llava
+        >>> from interp.tiny_models import tiny_llava
         >>> import numpy as np
         >>> model = tiny_llava(n_layers=4)
         >>> inputs = model.prepare("what is it?", np.zeros((32, 32, 3), np.uint8))

@@ -227,7 +227,7 @@ class VHR:
     prompt gets a new one.
 
     Example:
-        >>> from tests.tiny import tiny_llava
+        >>> from interp.tiny_models import tiny_llava
         >>> import numpy as np
         >>> model = tiny_llava()
         >>> inputs = model.prepare("what is it?", np.zeros((32, 32, 3), np.uint8))

@@ -21,7 +21,7 @@ from interp.cli import app
 from interp.results import HeadScores
 from tests.circuits.word_model import saved_words_tiny
 from tests.interp.test_results import provenance
-from tests.tiny import saved_tiny, tiny_llava
+from tests.tiny import saved_tiny, tiny_llava, write_image_task
 
 BAD_VALUES = {
     "probability": ["nan", "inf", "-0.5", "1.5", "abc"],
@@ -75,12 +75,13 @@ def files(tmp_path_factory) -> dict[str, Path]:
     (root / "a_file").write_text("not a folder")
     (root / "not.gguf").write_text("not a gguf file")
     saved_words_tiny(root / "words")  # circuit tasks need single-token fillers
-    llava = tiny_llava()
+    llava = tiny_llava(n_layers=4)  # VAR edits layers 2..L-2
     llava.hf.save_pretrained(root / "llava")
     llava.processor.save_pretrained(root / "llava")
     (root / "images").mkdir()
     Image.new("RGB", (20, 30), (200, 10, 10)).save(root / "images" / "a.png")
-    return {"root": root, "model": root / "model", "task": task}
+    image_task = write_image_task(root / "image_task", n_items=2)
+    return {"root": root, "model": root / "model", "task": task, "image_task": image_task}
 
 
 def bad_path(root: Path, kind: str, suffix: str) -> str:
@@ -176,6 +177,43 @@ def commands(f: dict[str, Path]) -> dict[str, tuple[list[str], dict[str, object]
             },
         ),
         **circuit_commands(f),
+        **vision_effect_commands(f),
+    }
+
+
+def vision_effect_commands(f: dict[str, Path]) -> dict[str, tuple[list[str], dict[str, object]]]:
+    """`interp effect vhr|var` (issue 12), on the saved tiny LLaVA and a tiny image task."""
+    root = f["root"]
+    valid = ["--model", str(root / "llava"), "--task", str(f["image_task"]), "--n-boot", "20"]
+    shared = {
+        "--model": "model",
+        "--out": "out",
+        "--device": "device",
+        **PLACEMENT,
+        "--task": ("file", ".jsonl"),
+        "--items": "non_negative",
+        "--metric": "choice",
+        "--batch-size": "count",
+        "--n-boot": "count",
+        "--seed": "non_negative",
+    }
+    return {
+        "effect vhr": (
+            [*valid, "--no-static"],
+            {**shared, "--alpha": "finite", "--last-layers": "non_negative"},
+        ),
+        "effect var": (
+            [*valid, "--no-static", "--tau", "2.5"],
+            {
+                **shared,
+                "--p": "probability",
+                "--rho": "probability",
+                "--convention": "choice",
+                "--tau": "positive",
+                "--sink-dims": "dims",
+                "--min-image-share": "probability",
+            },
+        ),
     }
 
 
