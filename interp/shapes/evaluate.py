@@ -21,8 +21,17 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from interp.effects import EffectsConfig, compare
+from interp.interventions.base import Intervention
 from interp.models import Model
-from interp.shapes.hallucination import SETTINGS, chair, parse_yes_no, pope_questions, pope_scores
+from interp.shapes.hallucination import (
+    SETTINGS,
+    caption_objects,
+    chair,
+    parse_yes_no,
+    pope_questions,
+    pope_scores,
+)
 from interp.shapes.model import CAPTION_QUESTION, WEIGHTS, load_shapes_llava, prompt
 from interp.shapes.scenes import Scene, eval_seeds, render, scenes
 
@@ -102,6 +111,40 @@ def evaluate(model: Model, n_scenes: int = 100, *, batch_size: int = 16) -> pd.D
             }
         )
     return pd.DataFrame(rows)
+
+
+def chair_effect(
+    model: Model,
+    intervention: Intervention,
+    n_scenes: int = 100,
+    config: EffectsConfig | None = None,
+) -> pd.DataFrame:
+    """An intervention's effect on held-out captions, paired per caption with 95% intervals.
+
+    Both arms generate greedy captions of the same scenes, the baseline under
+    `intervention.identity()` (same hooks, like with like, as `interp.effects.measure`).
+    Per caption: `chair_s` (1 if it names an absent object; lower is better), `hallucinated`
+    and `found` objects (`interp.shapes.hallucination.caption_objects`); each is one row of
+    `interp.effects.compare` (means, difference, bootstrap intervals).
+    """
+    config = config or EffectsConfig()
+    truths = scenes(eval_seeds(n_scenes))
+    questions = [CAPTION_QUESTION] * len(truths)
+    arms = []
+    for arm in (intervention.identity(), intervention):
+        with arm.applied(model):
+            captions = respond(model, questions, truths, max_new_tokens=40)
+        counts = caption_objects(captions, truths)
+        counts["chair_s"] = (counts.hallucinated > 0).astype(float)
+        arms.append(counts)
+    return pd.DataFrame(
+        [
+            compare(
+                arms[0][metric].to_numpy(float), arms[1][metric].to_numpy(float), metric, config
+            )
+            for metric in ("chair_s", "hallucinated", "found")
+        ]
+    )
 
 
 def main() -> None:

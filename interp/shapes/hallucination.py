@@ -44,6 +44,31 @@ def mentioned_objects(caption: str) -> frozenset[str]:
     return frozenset(f"{c.lower()} {s.lower()}" for c, s in _MENTION.findall(caption))
 
 
+def caption_objects(captions: Sequence[str], truths: Sequence[Scene]) -> pd.DataFrame:
+    """Per caption: objects mentioned, hallucinated (mentioned, absent), found, and present.
+
+    Raises:
+        InputError: the two lists differ in length or are empty.
+    """
+    if len(captions) != len(truths) or not captions:
+        raise InputError(
+            f"CHAIR needs one scene per caption; got {len(captions)} captions and"
+            f" {len(truths)} scenes."
+        )
+    rows = []
+    for caption, scene in zip(captions, truths, strict=True):
+        named = mentioned_objects(caption)
+        rows.append(
+            {
+                "mentioned": len(named),
+                "hallucinated": len(named - scene.names),
+                "found": len(named & scene.names),
+                "present": len(scene.names),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def chair(captions: Sequence[str], truths: Sequence[Scene]) -> dict[str, float]:
     """CHAIR_s, CHAIR_i and object recall of captions against their scenes' objects.
 
@@ -54,25 +79,13 @@ def chair(captions: Sequence[str], truths: Sequence[Scene]) -> dict[str, float]:
     Raises:
         InputError: the two lists differ in length or are empty.
     """
-    if len(captions) != len(truths) or not captions:
-        raise InputError(
-            f"CHAIR needs one scene per caption; got {len(captions)} captions and"
-            f" {len(truths)} scenes."
-        )
-    hallucinated = mentions = bad_captions = found = present = 0
-    for caption, scene in zip(captions, truths, strict=True):
-        named = mentioned_objects(caption)
-        wrong = named - scene.names
-        mentions += len(named)
-        hallucinated += len(wrong)
-        bad_captions += bool(wrong)
-        found += len(named & scene.names)
-        present += len(scene.names)
+    counts = caption_objects(captions, truths)
+    mentions = int(counts.mentioned.sum())
     return {
-        "chair_s": bad_captions / len(captions),
-        "chair_i": hallucinated / mentions if mentions else float("nan"),
-        "recall": found / present,
-        "mentions_per_caption": mentions / len(captions),
+        "chair_s": float((counts.hallucinated > 0).mean()),
+        "chair_i": counts.hallucinated.sum() / mentions if mentions else float("nan"),
+        "recall": counts.found.sum() / counts.present.sum(),
+        "mentions_per_caption": mentions / len(counts),
     }
 
 

@@ -9,7 +9,7 @@ projector (1.1M parameters) learn, in two phases on scenes from the "train" seed
    E(" empty") for the rest. Cheap (the tower is tiny), so it runs thousands of images.
 2. End to end: teacher-forced conversations through the frozen LM, cross-entropy on the
    assistant's tokens only. Each conversation opens with the image and either the caption
-   request or a POPE-style question, then `FOLLOW_UPS` more questions; answers are balanced
+   request or a POPE-style question, then `follow_ups` more questions; answers are balanced
    yes/no, negatives drawn uniformly, by frequency, or as the partner of a present object.
    Gradients reach the image tokens through the LM; its weights get none.
 
@@ -56,8 +56,6 @@ from interp.shapes.scenes import (
     render,
 )
 
-FOLLOW_UPS = 2
-
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
@@ -68,10 +66,11 @@ class TrainConfig:
     align_steps: int = 1000
     align_batch: int = 64
     align_lr: float = 2e-3
-    steps: int = 250
+    steps: int = 500
     batch: int = 8
     lr: float = 1e-3
-    caption_share: float = 0.3
+    caption_share: float = 0.5
+    follow_ups: int = 1
     log_every: int = 10
 
 
@@ -94,10 +93,10 @@ def patch_targets(scene: Scene, words: dict[str, Tensor], empty: Tensor) -> Tens
 
 
 def conversation(
-    scene: Scene, rng: np.random.Generator, caption_share: float
+    scene: Scene, rng: np.random.Generator, caption_share: float, follow_ups: int
 ) -> list[tuple[str, bool]]:
     """(text, is_target) segments of one training conversation about a scene."""
-    questions = _questions(scene, rng, 1 + FOLLOW_UPS)
+    questions = _questions(scene, rng, 1 + follow_ups)
     turns: list[tuple[str, str]] = [(q, ANSWERS[a]) for q, a in questions]
     if rng.random() < caption_share:
         turns[0] = (CAPTION_QUESTION, scene.caption())
@@ -213,22 +212,26 @@ def train(config: TrainConfig, log: Callable[[dict], None]) -> dict[str, Tensor]
         _set_lr(optimizer, config.lr, step, config.steps)
         batch = draw(config.batch)
         ids, mask, labels = _batch(
-            model, [conversation(s, rng, config.caption_share) for s in batch]
+            model, [conversation(s, rng, config.caption_share, config.follow_ups) for s in batch]
         )
-        hidden = hf.model(
-            input_ids=ids,
-            attention_mask=mask,
-            pixel_values=pixels([render(s) for s in batch], mean, std),
-            use_cache=False,
-        ).last_hidden_state
-        targets = labels[:, 1:] != -100  # position p predicts token p + 1
-        logits = hf.lm_head(hidden[:, :-1][targets])
+        # bfloat16 matmuls in the frozen LM (about 2x faster on CPUs with AVX512-BF16);
+        # the shipped model runs in float32.
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            hidden = hf.model(
+                input_ids=ids,
+                attention_mask=mask,
+                pixel_values=pixels([render(s) for s in batch], mean, std),
+                use_cache=False,
+            ).last_hidden_state
+            targets = labels[:, 1:] != -100  # position p predicts token p + 1
+            logits = hf.lm_head(hidden[:, :-1][targets]).float()
         wanted = labels[:, 1:][targets]
         loss = torch.nn.functional.cross_entropy(logits, wanted)
         yes_no = (wanted == yes) | (wanted == no)  # the first answer token of a question
         correct = (logits[yes_no].argmax(-1) == wanted[yes_no]).float().mean().item()
         optimizer.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         if step % config.log_every == 0 or step == config.steps - 1:
             log(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from interp.shapes.hallucination import (
     pope_questions,
     pope_scores,
 )
+from interp.shapes.pope_task import write_pope_task
 from interp.shapes.scenes import (
     CELLS,
     IMAGE_SIZE,
@@ -29,6 +31,7 @@ from interp.shapes.scenes import (
     render,
     scenes,
 )
+from interp.tasks import load_task
 
 MANY = scenes(range(400))
 
@@ -150,3 +153,14 @@ def test_pope_scores_and_yes_no_parsing() -> None:
     always_yes = pope_scores(questions, [True, True]).iloc[0]
     assert (always_yes.accuracy, always_yes.precision, always_yes.recall) == (0.5, 0.5, 1.0)
     assert pope_scores(questions, [None, None]).iloc[0].accuracy == 0.0
+
+
+def test_pope_task_folder_loads_as_an_image_task(tmp_path: Path) -> None:
+    folder = write_pope_task(tmp_path / "pope", "adversarial", n_scenes=3)
+    task = load_task(folder)
+    questions = pope_questions(scenes(eval_seeds(3)), "adversarial")
+    assert len(task.items) == len(questions)
+    for item, question in zip(task.items, questions, strict=True):
+        assert question.text in item.prompt and item.choices == ("Yes", "No")
+        assert item.answer == (0 if question.answer else 1)
+        assert Path(item.image).is_file()
