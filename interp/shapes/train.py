@@ -11,10 +11,17 @@ projector (1.1M parameters) learn, in two phases on scenes from the "train" seed
    assistant's tokens only. Each conversation opens with the image and either the caption
    request or a POPE-style question, then `follow_ups` more questions; answers are balanced
    yes/no, negatives drawn uniformly, by frequency, or as the partner of a present object.
-   Gradients reach the image tokens through the LM; its weights get none.
+   Gradients reach the image tokens through the LM; its weights get none. The LM runs
+   under bfloat16 autocast (2.2x faster than float32 on a CPU with AVX512-BF16).
 
 Fixed seed; one CPU thread by default. Writes `tower.safetensors` and `train_log.jsonl`
-(one JSON object per logged step) to `--out` (default data/shapes/).
+(one JSON object per logged step) to `--out` (default data/shapes/). The shipped run took
+12 min 54 s wall on one thread of a shared 2-core machine, 2.5 GB peak memory.
+
+Outcome of this recipe (data/shapes/README.md): the captions read the image, the yes/no
+answers do not (training-batch accuracy stays at chance): the frozen 135M LM cannot
+answer "is X in this list" even from text (AUC 0.5-0.63), so the soft image tokens would
+have to teach it the membership test, which 500 steps do not.
 """
 
 from __future__ import annotations
