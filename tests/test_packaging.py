@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("interp", "probes", "circuits")
-DATA_SUFFIXES = {".md", ".json", ".jsonl", ".txt"}
+DATA_SUFFIXES = {".md", ".json", ".jsonl", ".txt", ".safetensors"}
 
 
 def _pip(*args: str) -> None:

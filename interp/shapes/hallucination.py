@@ -1,0 +1,187 @@
+"""Hallucination benchmarks with exact ground truth on synthetic scenes: CHAIR and POPE analogues.
+
+CHAIR (Rohrbach et al., EMNLP 2018) parses a caption for objects of a closed vocabulary and
+compares them with the image's objects: CHAIR_i is the share of mentioned objects that are
+not in the image, CHAIR_s the share of captions with at least one such object. Mentions are
+counted once per caption (a set), as in the reference implementation. Here the vocabulary is
+the 12 "colour shape" objects of `interp.shapes.scenes`, so parsing is exact.
+
+POPE (Li et al., EMNLP 2023) asks "Is there a <object> in the image?" for each object in
+the image (answer yes) and as many absent ones (answer no), drawn three ways: "random"
+(uniform among absent objects), "popular" (the absent objects most frequent in the data
+set's ground truth) and "adversarial" (the absent objects that co-occur most often with the
+image's objects). Frequencies and co-occurrences are counted over the scenes evaluated, as
+POPE counts them over its annotation set. Scores: accuracy, precision, recall, F1 and the
+share of "yes" answers.
+
+Everything here is pure Python on scene descriptions and strings; no model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import permutations
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from interp.errors import ConfigError, InputError
+from interp.shapes.scenes import COLOURS, OBJECTS, SHAPES, Scene
+
+Setting = Literal["random", "popular", "adversarial"]
+SETTINGS: tuple[Setting, ...] = ("random", "popular", "adversarial")
+
+_MENTION = re.compile(rf"\b({'|'.join(COLOURS)})\s+({'|'.join(SHAPES)})s?\b", re.IGNORECASE)
+_YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
+
+
+def mentioned_objects(caption: str) -> frozenset[str]:
+    """The vocabulary objects a caption names ("colour shape", plural allowed, any case)."""
+    return frozenset(f"{c.lower()} {s.lower()}" for c, s in _MENTION.findall(caption))
+
+
+def caption_objects(captions: Sequence[str], truths: Sequence[Scene]) -> pd.DataFrame:
+    """Per caption: objects mentioned, hallucinated (mentioned, absent), found, and present.
+
+    Raises:
+        InputError: the two lists differ in length or are empty.
+    """
+    if len(captions) != len(truths) or not captions:
+        raise InputError(
+            f"CHAIR needs one scene per caption; got {len(captions)} captions and"
+            f" {len(truths)} scenes."
+        )
+    rows = []
+    for caption, scene in zip(captions, truths, strict=True):
+        named = mentioned_objects(caption)
+        rows.append(
+            {
+                "mentioned": len(named),
+                "hallucinated": len(named - scene.names),
+                "found": len(named & scene.names),
+                "present": len(scene.names),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def chair(captions: Sequence[str], truths: Sequence[Scene]) -> dict[str, float]:
+    """CHAIR_s, CHAIR_i and object recall of captions against their scenes' objects.
+
+    Returns:
+        {"chair_s", "chair_i", "recall", "mentions_per_caption"}; CHAIR_i is NaN when no
+        caption mentions an object.
+
+    Raises:
+        InputError: the two lists differ in length or are empty.
+    """
+    counts = caption_objects(captions, truths)
+    mentions = int(counts.mentioned.sum())
+    return {
+        "chair_s": float((counts.hallucinated > 0).mean()),
+        "chair_i": counts.hallucinated.sum() / mentions if mentions else float("nan"),
+        "recall": counts.found.sum() / counts.present.sum(),
+        "mentions_per_caption": mentions / len(counts),
+    }
+
+
+@dataclass(frozen=True)
+class PopeQuestion:
+    """One POPE question: which scene, which object, the true answer and how it was drawn."""
+
+    scene: int
+    object: str
+    answer: bool
+    setting: Setting
+
+    @property
+    def text(self) -> str:
+        return f"Is there a {self.object} in the image?"
+
+
+def pope_questions(truths: Sequence[Scene], setting: Setting, seed: int = 0) -> list[PopeQuestion]:
+    """Balanced POPE questions: each scene's objects (yes) and as many absent ones (no).
+
+    `scene` in each question is the index into `truths`. Negatives per setting: "random"
+    draws uniformly (seeded); "popular" takes the most frequent absent objects; "adversarial"
+    the absent objects with the most co-occurrences with the scene's objects (ties broken by
+    frequency, then by vocabulary order), counted over `truths`.
+
+    Raises:
+        ConfigError: an unknown setting.
+    """
+    if setting not in SETTINGS:
+        raise ConfigError(f"POPE setting must be one of {SETTINGS}, not {setting!r}.")
+    frequency = Counter(name for scene in truths for name in scene.names)
+    co_occurrence = Counter(
+        pair for scene in truths for pair in permutations(sorted(scene.names), 2)
+    )
+    rank = {name: i for i, name in enumerate(OBJECTS)}
+    rng = np.random.default_rng(seed)
+    questions = []
+    for index, scene in enumerate(truths):
+        absent = [o for o in OBJECTS if o not in scene.names]
+        n = len(scene.names)
+        if setting == "random":
+            negatives = [absent[i] for i in rng.choice(len(absent), size=n, replace=False)]
+        elif setting == "popular":
+            negatives = sorted(absent, key=lambda o: (-frequency[o], rank[o]))[:n]
+        else:
+            negatives = sorted(
+                absent,
+                key=lambda o: (
+                    -sum(co_occurrence[(p, o)] for p in scene.names),
+                    -frequency[o],
+                    rank[o],
+                ),
+            )[:n]
+        questions += [PopeQuestion(index, o.name, True, setting) for o in scene.objects]
+        questions += [PopeQuestion(index, o, False, setting) for o in negatives]
+    return questions
+
+
+def parse_yes_no(answer: str) -> bool | None:
+    """True for yes, False for no (the first of the two words in the answer), None if neither."""
+    match = _YES_NO.search(answer)
+    return None if match is None else match.group(1).lower() == "yes"
+
+
+def pope_scores(questions: Sequence[PopeQuestion], answers: Sequence[bool | None]) -> pd.DataFrame:
+    """Accuracy, precision, recall, F1 and yes-share per setting; an unparsed answer is wrong.
+
+    Returns:
+        One row per setting present: setting, n, accuracy, precision, recall, f1, yes_share.
+    """
+    if len(questions) != len(answers) or not questions:
+        raise InputError(
+            f"POPE needs one answer per question; got {len(questions)} and {len(answers)}."
+        )
+    table = pd.DataFrame(
+        {"setting": [q.setting for q in questions], "truth": [q.answer for q in questions]}
+    )
+    table["said_yes"] = [a is True for a in answers]
+    table["correct"] = [
+        a is not None and a == q.answer for q, a in zip(questions, answers, strict=True)
+    ]
+    rows = []
+    for setting, group in table.groupby("setting", sort=False):
+        true_pos = int((group.said_yes & group.truth).sum())
+        precision = true_pos / max(int(group.said_yes.sum()), 1)
+        recall = true_pos / max(int(group.truth.sum()), 1)
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append(
+            {
+                "setting": setting,
+                "n": len(group),
+                "accuracy": float(group.correct.mean()),
+                "precision": precision,
+                "recall": recall,
+                "f1": f1,
+                "yes_share": float(group.said_yes.mean()),
+            }
+        )
+    return pd.DataFrame(rows)

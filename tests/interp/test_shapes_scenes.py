@@ -1,0 +1,166 @@
+"""Synthetic scenes and the CHAIR/POPE analogues: exact ground truth, checked by hand."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from interp.errors import ConfigError, InputError
+from interp.shapes.hallucination import (
+    chair,
+    mentioned_objects,
+    parse_yes_no,
+    pope_questions,
+    pope_scores,
+)
+from interp.shapes.pope_task import write_pope_task
+from interp.shapes.scenes import (
+    CELLS,
+    IMAGE_SIZE,
+    OBJECTS,
+    PARTNER,
+    SEEDS,
+    Scene,
+    SceneObject,
+    eval_seeds,
+    make_scene,
+    object_masks,
+    render,
+    scenes,
+)
+from interp.tasks import load_task
+
+MANY = scenes(range(400))
+
+
+def _scene(*names: str, seed: int = 0) -> Scene:
+    """A hand-made scene with the named objects in the first cells."""
+    objects = tuple(
+        SceneObject(
+            *name.split(" "), CELLS[i], (16 + 32 * (i % 2), 16 + 32 * (i // 2)), 20, (9, 9, 9)
+        )
+        for i, name in enumerate(names)
+    )
+    return Scene(seed, 0, objects)
+
+
+def test_a_scene_is_a_function_of_its_seed_and_ranges_are_disjoint() -> None:
+    assert make_scene(7) == make_scene(7)
+    assert len({make_scene(s) for s in range(20)}) == 20
+    assert set(SEEDS["train"]).isdisjoint(eval_seeds(1000))
+
+
+def test_scenes_hold_one_to_four_distinct_objects_in_distinct_cells() -> None:
+    counts = Counter(len(s.objects) for s in MANY)
+    assert set(counts) == {1, 2, 3, 4}
+    for scene in MANY:
+        assert len(scene.names) == len(scene.objects)
+        assert len({o.cell for o in scene.objects}) == len(scene.objects)
+        assert [o.cell for o in scene.objects] == sorted(
+            (o.cell for o in scene.objects), key=CELLS.index
+        )
+
+
+def test_rendered_pixels_are_the_objects_exactly() -> None:
+    for scene in MANY[:50]:
+        image = np.asarray(render(scene))
+        masks = object_masks(scene)
+        assert image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+        assert not (masks.sum(0) > 1).any()  # objects never overlap
+        for obj, mask in zip(scene.objects, masks, strict=True):
+            assert mask.sum() > 100
+            assert (image[mask] == obj.rgb).all()
+        assert (image[~masks.any(0)] == scene.background).all()
+        assert (np.asarray(render(scene, blank=True)) == scene.background).all()
+
+
+def test_partners_co_occur_more_often_than_chance() -> None:
+    with_object = Counter(n for s in MANY for n in s.names)
+    with_partner = Counter(n for s in MANY for n in s.names if PARTNER[n] in s.names)
+    for name in OBJECTS:
+        partner_rate = with_object[PARTNER[name]] / len(MANY)
+        assert with_partner[name] / with_object[name] > partner_rate
+
+
+def test_captions_parse_back_to_their_scene() -> None:
+    for scene in MANY:
+        assert mentioned_objects(scene.caption()) == scene.names
+    assert mentioned_objects("Two Red circles and a blue  square; a purple star.") == {
+        "red circle",
+        "blue square",
+    }
+
+
+def test_chair_counts_captions_and_mentions() -> None:
+    truths = [_scene("red circle", "blue square"), _scene("green triangle")]
+    captions = ["A red circle and a yellow square.", "A green triangle, a green triangle."]
+    scores = chair(captions, truths)
+    assert scores == {
+        "chair_s": 0.5,
+        "chair_i": 1 / 3,
+        "recall": 2 / 3,
+        "mentions_per_caption": 1.5,
+    }
+    assert np.isnan(chair(["Nothing."], truths[:1])["chair_i"])
+    with pytest.raises(InputError, match="one scene per caption"):
+        chair(captions, truths[:1])
+
+
+def test_pope_questions_are_balanced_and_negatives_absent() -> None:
+    truths = MANY[:100]
+    for setting in ("random", "popular", "adversarial"):
+        questions = pope_questions(truths, setting)
+        for index, scene in enumerate(truths):
+            mine = [q for q in questions if q.scene == index]
+            assert {q.object for q in mine if q.answer} == scene.names
+            negatives = [q.object for q in mine if not q.answer]
+            assert len(negatives) == len(scene.names) == len(set(negatives))
+            assert not set(negatives) & scene.names
+    assert pope_questions(truths, "random", seed=1) == pope_questions(truths, "random", seed=1)
+    with pytest.raises(ConfigError, match="POPE setting"):
+        pope_questions(truths, "hard")  # type: ignore[arg-type]
+
+
+def test_popular_and_adversarial_negatives_follow_the_counts() -> None:
+    # Frequencies: red circle 3, blue square 2, green triangle 2, yellow circle 1.
+    # Co-occurring with "yellow circle": green triangle twice, blue square never.
+    truths = [
+        _scene("red circle", "blue square"),
+        _scene("red circle", "blue square"),
+        _scene("red circle", "green triangle", "yellow circle"),
+        _scene("green triangle", "yellow circle"),
+        _scene("yellow circle"),
+    ]
+    popular = [q.object for q in pope_questions(truths, "popular") if q.scene == 4 and not q.answer]
+    adversarial = [
+        q.object for q in pope_questions(truths, "adversarial") if q.scene == 4 and not q.answer
+    ]
+    assert popular == ["red circle"]
+    assert adversarial == ["green triangle"]
+
+
+def test_pope_scores_and_yes_no_parsing() -> None:
+    truths = [_scene("red circle")]
+    questions = pope_questions(truths, "popular")
+    answers = [parse_yes_no(a) for a in ("Yes, there is.", "no")]
+    assert answers == [True, False]
+    assert parse_yes_no("I cannot tell.") is None
+    perfect = pope_scores(questions, answers).iloc[0]
+    assert (perfect.accuracy, perfect.f1, perfect.yes_share) == (1.0, 1.0, 0.5)
+    always_yes = pope_scores(questions, [True, True]).iloc[0]
+    assert (always_yes.accuracy, always_yes.precision, always_yes.recall) == (0.5, 0.5, 1.0)
+    assert pope_scores(questions, [None, None]).iloc[0].accuracy == 0.0
+
+
+def test_pope_task_folder_loads_as_an_image_task(tmp_path: Path) -> None:
+    folder = write_pope_task(tmp_path / "pope", "adversarial", n_scenes=3)
+    task = load_task(folder)
+    questions = pope_questions(scenes(eval_seeds(3)), "adversarial")
+    assert len(task.items) == len(questions)
+    for item, question in zip(task.items, questions, strict=True):
+        assert question.text in item.prompt and item.choices == ("Yes", "No")
+        assert item.answer == (0 if question.answer else 1)
+        assert Path(item.image).is_file()
