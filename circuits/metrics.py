@@ -109,8 +109,7 @@ def evaluate(model: Model, task: CircuitTask, *, batch_size: int = 64) -> ItemTa
         }
     )
     provenance = Provenance(
-        model=model.spec,
-        weights_hash=model.weights_hash,
+        **model.provenance_fields(),
         analyzer="circuits.tasks.evaluate",
         config=task.config,
         inputs_hash=task.inputs_hash(),

@@ -248,8 +248,7 @@ def _scores(
     if positions == "each":
         frame.insert(3, "position", [pos for _, _, pos in keys])
     provenance = Provenance(
-        model=model.spec,
-        weights_hash=model.weights_hash,
+        **model.provenance_fields(),
         analyzer="circuits.activation_patching",
         config={"point": "hook_z", "positions": positions, "task": task.config},
         inputs_hash=task.inputs_hash(),

@@ -236,8 +236,7 @@ def task_provenance(
 ) -> Provenance:
     """Provenance of a result computed on a circuit task (the task's parameters included)."""
     return Provenance(
-        model=model.spec,
-        weights_hash=model.weights_hash,
+        **model.provenance_fields(),
         analyzer=analyzer,
         config={**config, "task": dict(task.config)},
         inputs_hash=task.inputs_hash(),

@@ -313,8 +313,7 @@ def repair_effects(
         }
     )
     provenance = Provenance(
-        model=model.spec,
-        weights_hash=model.weights_hash,
+        **model.provenance_fields(),
         analyzer=ANALYZER,
         config={**config.to_dict(), "task": task.config, "intervention": repair.to_dict()},
         inputs_hash=task.inputs_hash(),

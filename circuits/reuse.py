@@ -182,6 +182,8 @@ def overlap(
     provenance = Provenance(
         model=first.model,
         weights_hash=first.weights_hash,
+        dtype=first.dtype,
+        placement=first.placement,
         analyzer=ANALYZER,
         config={**config.to_dict(), "reference": reference, "controls": list(controls)},
         inputs_hash=hash_inputs(

@@ -196,8 +196,7 @@ def measure(
         if progress:
             progress(done, len(tasks))
     provenance = Provenance(
-        model=model.spec,
-        weights_hash=model.weights_hash,
+        **model.provenance_fields(),
         analyzer=ANALYZER,
         config={
             **config.to_dict(),

@@ -38,7 +38,7 @@ from interp.encoding import Encoding
 from interp.errors import InputError, UnsupportedModelError
 from interp.heads import HeadGeometry
 from interp.inputs import ModelInputs, RowImages, is_vision_model, prepare
-from interp.placement import DeviceMap, Placement, execution_device, parse_dtype
+from interp.placement import DeviceMap, Placement, describe, execution_device, parse_dtype
 from interp.prompts import as_texts
 from interp.results import sha256_file
 
@@ -141,6 +141,16 @@ class Model:
         their device, never this one.
         """
         return execution_device(self.hf.get_input_embeddings())
+
+    def provenance_fields(self) -> dict[str, str]:
+        """The `Provenance` fields the model fills: spec, weights hash, dtype and placement."""
+        floating = next((p for p in self.hf.parameters() if p.is_floating_point()), None)
+        return {
+            "model": self.spec,
+            "weights_hash": self.weights_hash,
+            "dtype": str(floating.dtype).removeprefix("torch.") if floating is not None else "",
+            "placement": describe(self.hf),
+        }
 
     @property
     def context_length(self) -> int:

@@ -167,3 +167,17 @@ def parse_max_memory(text: str | None) -> dict[str | int, str] | None:
         device = device.strip()
         limits[int(device) if device.isdigit() else device] = size.strip()
     return limits
+
+
+def describe(hf: nn.Module) -> str:
+    """Where a model runs, for provenance: its device, or its accelerate split by device.
+
+    Example: "cpu", or "device_map cpu: 20 modules, disk: 12 modules".
+    """
+    split = getattr(hf, "hf_device_map", None) or {}
+    if len(set(map(str, split.values()))) <= 1:
+        return str(execution_device(hf.get_input_embeddings()))
+    counts: dict[str, int] = {}
+    for where in split.values():
+        counts[str(where)] = counts.get(str(where), 0) + 1
+    return "device_map " + ", ".join(f"{where}: {n} modules" for where, n in counts.items())

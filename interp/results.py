@@ -48,7 +48,12 @@ def sha256_file(path: Path) -> str:
 
 @dataclass(frozen=True)
 class Provenance:
-    """What produced a result: model and weights, analyzer and parameters, inputs, when."""
+    """What produced a result: model and weights, analyzer and parameters, inputs, when.
+
+    `dtype` and `placement` (one device, or an accelerate split) say how the model ran, so
+    a bf16 or offloaded run is never mistaken for the fp32 one; None in results written
+    before they were recorded, or derived from stored activations.
+    """
 
     model: str
     weights_hash: str
@@ -56,6 +61,8 @@ class Provenance:
     config: dict[str, Any]
     inputs_hash: str
     n_inputs: int
+    dtype: str | None = None
+    placement: str | None = None
     toolkit_version: str = field(default_factory=toolkit_version)
     created: str = field(
         default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

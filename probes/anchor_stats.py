@@ -105,6 +105,8 @@ def peak_statistics(
     provenance = Provenance(
         model=base.model,
         weights_hash=base.weights_hash,
+        dtype=base.dtype,
+        placement=base.placement,
         analyzer="anchors.peak_statistics",
         config={**base.config, **config.to_dict(), **effects.to_dict()},
         inputs_hash=base.inputs_hash,

@@ -363,8 +363,7 @@ def token_table(rows: list[dict[str, object]], provenance: Provenance) -> TokenS
 
 def anchors_provenance(model: Model, traces: Sequence[Trace], config: AnchorConfig) -> Provenance:
     return Provenance(
-        model=model.spec,
-        weights_hash=model.weights_hash,
+        **model.provenance_fields(),
         analyzer=ANALYZER,
         config=config.to_dict(),
         inputs_hash=hash_inputs([t.to_dict() for t in traces]),

@@ -324,8 +324,7 @@ def retrieval_provenance(
 ) -> Provenance:
     """The provenance of a run of `tests` (known before it starts, so a run can resume)."""
     return Provenance(
-        model=model.spec,
-        weights_hash=model.weights_hash,
+        **model.provenance_fields(),
         analyzer=ANALYZER,
         config=config.to_dict(),
         inputs_hash=hash_inputs([[*t.key().values(), t.input_ids.tolist()] for t in tests]),

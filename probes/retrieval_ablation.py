@@ -283,8 +283,7 @@ def ablation_provenance(
 ) -> Provenance:
     """The provenance every table of an ablation run carries."""
     return Provenance(
-        model=model.spec,
-        weights_hash=model.weights_hash,
+        **model.provenance_fields(),
         analyzer=ANALYZER,
         config={
             **config.to_dict(),

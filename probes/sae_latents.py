@@ -51,8 +51,7 @@ def _encode(trained: TrainedSAE, x: Tensor) -> Tensor:
 
 def _provenance(trained: TrainedSAE, model: Model, config: dict, texts: list[str]) -> Provenance:
     return Provenance(
-        model=model.spec,
-        weights_hash=model.weights_hash,
+        **model.provenance_fields(),
         analyzer="sae_latents",
         config={"hook": trained.hook, "sae_inputs": trained.provenance.inputs_hash, **config},
         inputs_hash=hash_inputs(texts),

@@ -200,8 +200,7 @@ def run(
         if progress:
             progress(example + 1, len(encoded))
     provenance = Provenance(
-        model=model.spec,
-        weights_hash=model.weights_hash,
+        **model.provenance_fields(),
         analyzer=ANALYZER,
         config=config.to_dict(),
         inputs_hash=hash_inputs(prompts),

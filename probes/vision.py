@@ -220,8 +220,7 @@ def run_batches(
         if progress:
             progress(done, len(starts))
     provenance = Provenance(
-        model=model.spec,
-        weights_hash=model.weights_hash,
+        **model.provenance_fields(),
         analyzer=analyzer,
         config=config.to_dict(),
         inputs_hash=hash_inputs({"prompts": texts, "images": _describe(entries)}),

@@ -152,8 +152,7 @@ def score_anchors(
         record.inputs([source])
         chosen = [] if traces else shipped[:problems]
         identity = Provenance(
-            model=loaded.spec,
-            weights_hash=loaded.weights_hash,
+            **loaded.provenance_fields(),
             analyzer=anchors.ANALYZER,
             config={
                 **config.to_dict(),

@@ -210,8 +210,7 @@ def search_heads(
         }
     )
     provenance = Provenance(
-        model=model.spec,
-        weights_hash=model.weights_hash,
+        **model.provenance_fields(),
         analyzer=ANALYZER,
         config={**config.to_dict(), "act": act.to_dict()},
         inputs_hash=hash_inputs([[t.name, t.prefix, t.items] for t in tasks]),

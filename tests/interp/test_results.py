@@ -4,6 +4,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from interp.errors import InputError
 from interp.heads import HeadSet
@@ -35,6 +36,25 @@ def test_parquet_round_trip_is_exact(tmp_path):
     loaded = HeadScores.load(scores.save(tmp_path / "s.parquet"))
     assert loaded == scores
     assert loaded != HeadScores(scores.data, provenance(model="other"))
+
+
+def test_provenance_keeps_how_the_model_ran_and_reads_older_results(tmp_path):
+    ran = provenance(dtype="bfloat16", placement="device_map cpu: 3 modules, disk: 2 modules")
+    scores = HeadScores.from_matrix(np.zeros((2, 3)), ran)
+    loaded = HeadScores.load(scores.save(tmp_path / "s.parquet")).provenance
+    assert (loaded.dtype, loaded.placement) == (ran.dtype, ran.placement)
+    older = {k: v for k, v in ran.to_dict().items() if k not in ("dtype", "placement")}
+    assert Provenance.from_dict(older).dtype is None
+
+
+def test_models_fill_dtype_and_placement():
+    from interp.tiny_models import tiny_llama
+
+    model = tiny_llama()
+    assert model.provenance_fields()["dtype"] == "float32"
+    assert model.provenance_fields()["placement"] == "cpu"
+    model.hf.to(torch.bfloat16)
+    assert model.provenance_fields()["dtype"] == "bfloat16"
 
 
 def test_top_and_above_select_heads():

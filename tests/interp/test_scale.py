@@ -105,8 +105,15 @@ def test_sinks_offloaded(default_model, offloaded, offloaded_bf16) -> None:
     split = sinks.run(offloaded, [PROMPT])
     pd.testing.assert_frame_equal(plain.heads.data, split.heads.data, check_exact=True)
     pd.testing.assert_frame_equal(plain.massive.data, split.massive.data, check_exact=True)
-    low = sinks.run(offloaded_bf16, [PROMPT]).heads.data
-    deviation = (plain.heads.data.score - low.score).abs()
+    low = sinks.run(offloaded_bf16, [PROMPT]).heads
+    runs = [r.heads.provenance for r in (plain, split)] + [low.provenance]
+    assert [(r.dtype, r.placement.split(" ")[0]) for r in runs] == [
+        ("float32", "cpu"),
+        ("float32", "device_map"),
+        ("bfloat16", "device_map"),
+    ]
+    assert "disk" in split.heads.provenance.placement
+    deviation = (plain.heads.data.score - low.data.score).abs()
     assert deviation.max() <= 0.1  # seen: 0.057 (scores span 0.46..1)
     assert deviation.mean() <= 0.01  # seen: 0.003
 
