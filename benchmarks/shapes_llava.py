@@ -22,13 +22,12 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from interp.effects import EffectsConfig, measure
-from interp.figures import export, head_heatmap, style
+from interp.figures import effect_sweep, export, head_heatmap
 from interp.interventions.var import VAR, VarConfig
 from interp.interventions.vhr import VHR, VhrConfig
 from interp.models import Model, load_model
@@ -43,6 +42,7 @@ from probes.visual_sinks import sink_dimensions, visual_sinks
 
 ALPHAS = (0.5, 1.5, 2.0, 3.0)
 PS = (0.2, 0.4, 0.6, 0.8)
+SWEEP_TITLE = "shapes-llava, POPE adversarial: accuracy difference"
 
 
 def heads(model: Model, n_scenes: int, out: Path) -> None:
@@ -108,29 +108,10 @@ def effects(model: Model, n_scenes: int, out: Path) -> None:
     sweeps.to_csv(out / "sweeps.csv", index=False)
     print(sweeps[["intervention", "parameter", "intervened", "ci_low", "ci_high"]].round(4))
     figures = {
-        "sweep_alpha": _sweep_figure(sweeps[sweeps.intervention == "VHR"], "VHR alpha"),
-        "sweep_p": _sweep_figure(sweeps[sweeps.intervention == "VAR"], "VAR p"),
+        "sweep_alpha": effect_sweep(sweeps[sweeps.intervention == "VHR"], "VHR alpha", SWEEP_TITLE),
+        "sweep_p": effect_sweep(sweeps[sweeps.intervention == "VAR"], "VAR p", SWEEP_TITLE),
     }
     export(figures, out)
-
-
-def _sweep_figure(rows: pd.DataFrame, parameter: str) -> go.Figure:
-    """POPE-adversarial accuracy difference over a parameter, with its paired interval."""
-    figure = go.Figure()
-    figure.add_scatter(
-        x=rows.parameter,
-        y=rows.difference,
-        mode="lines+markers",
-        error_y={
-            "type": "data",
-            "symmetric": False,
-            "array": rows.ci_high - rows.difference,
-            "arrayminus": rows.difference - rows.ci_low,
-        },
-    )
-    figure.add_hline(y=0, line_dash="dot")
-    figure.update_layout(xaxis_title=parameter, yaxis_title="accuracy difference (95% CI)")
-    return style(figure, f"shapes-llava, POPE adversarial: {parameter} sweep")
 
 
 def main() -> None:

@@ -525,3 +525,28 @@ def roc_curves(curves: pd.DataFrame, title: str) -> go.Figure:
     figure.update_yaxes(title="true positive rate (circuit heads)", range=[0, 1.02])
     figure.update_layout(width=560, height=480)
     return style(figure, title)
+
+
+def effect_sweep(rows: pd.DataFrame, parameter: str, title: str) -> go.Figure:
+    """An effect's difference over an intervention parameter, with its paired 95% interval.
+
+    Args:
+        rows: one effect row (`interp.effects.compare` columns) per value, with the value in
+            a `parameter` column.
+        parameter: the axis title, e.g. "VHR alpha".
+    """
+    figure = go.Figure()
+    figure.add_scatter(
+        x=rows["parameter"],
+        y=rows["difference"],
+        mode="lines+markers",
+        error_y={
+            "type": "data",
+            "symmetric": False,
+            "array": rows["ci_high"] - rows["difference"],
+            "arrayminus": rows["difference"] - rows["ci_low"],
+        },
+    )
+    figure.add_hline(y=0, line_dash="dot")
+    figure.update_layout(xaxis_title=parameter, yaxis_title="difference (95% CI)")
+    return style(figure, title)

@@ -135,3 +135,20 @@ def test_circuit_heatmaps_mark_each_circuit_and_the_shared_heads():
     assert marks[("x2", "shared heads")] == ([3], [2])
     with pytest.raises(ConfigError, match="same tasks"):
         circuit_heatmaps({"ioi": a}, {"copy": []}, "t")
+
+
+def test_effect_sweep_draws_each_difference_with_its_own_interval():
+    import pandas as pd
+
+    rows = pd.DataFrame(
+        {
+            "parameter": [1.0, 2.0],
+            "difference": [0.0, 0.1],
+            "ci_low": [0.0, -0.2],
+            "ci_high": [0.0, 0.3],
+        }
+    )
+    trace = figures.effect_sweep(rows, "VHR alpha", "sweep").data[0]
+    assert list(trace.x) == [1.0, 2.0] and list(trace.y) == [0.0, 0.1]
+    assert np.allclose(trace.error_y.array, [0.0, 0.2])
+    assert np.allclose(trace.error_y.arrayminus, [0.0, 0.3])
