@@ -51,6 +51,7 @@ __all__ = [
 
 Progress = Callable[[int, int], None]
 _PROVENANCE_KEY = "interp_provenance"
+Normalize = Literal["none", "constant_norm_rescale"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,7 +79,7 @@ class SAETrainConfig(Config):
     lr: float = 3e-4
     batch_size: int = 4096
     epochs: int = 1
-    normalize: Literal["none", "constant_norm_rescale"] = "none"
+    normalize: Normalize = "none"
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -23,6 +23,7 @@ from interp.cli.common import (
     DeviceOption,
     ModelOption,
     StaticOption,
+    check_choice,
     export_figures,
     load_model_or_fail,
     progress_bar,
@@ -63,13 +64,6 @@ def _check_counts(**values: int) -> None:
         low = 0 if name == "seed" else 1
         if value < low:
             raise InputError(f"--{name.replace('_', '-')} must be at least {low}, got {value}.")
-
-
-def _check_choice(value: str, options: tuple[str, ...], what: str) -> None:
-    from interp.errors import InputError, did_you_mean
-
-    if value not in options:
-        raise InputError(f"Unknown {what} {value!r}." + did_you_mean(value, options))
 
 
 def _save(table: Any, folder: Path, name: str, record: Any) -> None:
@@ -223,8 +217,8 @@ def _single(
     record = start_record(command, params)
     with user_errors():
         _check_counts(n=params["n"], seed=params["seed"])
-        _check_choice(params["patching"], PATCHING, "--patching")
-        _check_choice(params["rank_by"], ("score", "abs"), "--rank-by")
+        check_choice(params["patching"], PATCHING, "--patching")
+        check_choice(params["rank_by"], ("score", "abs"), "--rank-by")
         options = _options(params)
         build_check = prepare_check() if prepare_check is not None else None
         job = "circuit-" + command.split()[-1]
@@ -395,7 +389,7 @@ def circuit_overlap(
         _check_counts(n=n, repair_n=repair_n, seed=seed, n_boot=n_boot)
         if random_controls < 0:
             raise InputError(f"--random-controls must be at least 0, got {random_controls}.")
-        _check_choice(rank_by, ("score", "abs"), "--rank-by")
+        check_choice(rank_by, ("score", "abs"), "--rank-by")
         reuse = ReuseConfig(top_fraction=top_fraction, rank_by=rank_by)  # type: ignore[arg-type]
         effects_config = EffectsConfig(n_boot=n_boot, seed=seed)
         chosen = HeadSet(repair) if repair is not None else None

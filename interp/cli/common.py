@@ -174,3 +174,11 @@ def export_figures(figures: dict[str, Any], folder: Path, static: bool) -> list[
             err=True,
         )
     return export(figures, folder / "figures", formats)
+
+
+def check_choice(value: str, options: tuple[str, ...], what: str) -> None:
+    """A command-line choice outside `options` is an input error naming the option."""
+    from interp.errors import InputError, did_you_mean
+
+    if value not in options:
+        raise InputError(f"Unknown {what} {value!r}." + did_you_mean(value, options))

@@ -16,7 +16,7 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 
@@ -24,6 +24,7 @@ from interp.cli.common import (
     DeviceOption,
     ModelOption,
     StaticOption,
+    check_choice,
     export_figures,
     load_model_or_fail,
     progress_bar,
@@ -37,7 +38,6 @@ sae_app = typer.Typer(
     no_args_is_help=True,
 )
 POINTS = ("hook_resid_post", "hook_resid_pre", "hook_attn_out", "hook_mlp_out")
-NORMALIZE = ("none", "constant_norm_rescale")
 OutOption = typer.Option(
     "--out", "-o", help="Output folder. Default: results/sae-<command>-<model>-<time>."
 )
@@ -147,15 +147,17 @@ def sae_train(
     """
     record = start_record("sae train", locals())
     with user_errors():
-        from interp.errors import InputError
         from interp.prompts import load_prompts
-        from interp.saes import SAETrainConfig, reconstruction, splice_loss, train_sae
+        from interp.saes import (
+            Normalize,
+            SAETrainConfig,
+            reconstruction,
+            splice_loss,
+            train_sae,
+        )
 
         name = hook_name(hook, layer)
-        if normalize not in NORMALIZE:
-            raise InputError(
-                f"--normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}."
-            )
+        check_choice(normalize, get_args(Normalize), "--normalize")
         config = SAETrainConfig(
             d_sae=d_sae,
             l1_coefficient=l1_coefficient,

@@ -21,6 +21,7 @@ from interp.cli.common import (
     DeviceOption,
     ModelOption,
     StaticOption,
+    check_choice,
     load_model_or_fail,
     progress_bar,
     result_folder,
@@ -68,10 +69,10 @@ def circuit_sae(
         import numpy as np
 
         from circuits.sae_circuits import SAECircuitConfig
-        from interp.cli.circuit import _check_choice, _check_counts, _finish
+        from interp.cli.circuit import _check_counts, _finish
         from interp.errors import InputError
 
-        _check_choice(task, TASKS, "--task")
+        check_choice(task, TASKS, "--task")
         _check_counts(n=n, seed=seed, seeds=seeds)
         config = SAECircuitConfig(
             d_sae=d_sae,
