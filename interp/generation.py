@@ -43,9 +43,10 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from interp.config import Config, check_range
-from interp.errors import ConfigError, InputError
+from interp.errors import ConfigError, InputError, UnsupportedModelError
+from interp.inputs import RowImages
 from interp.models import Model
-from interp.prefill import Prefilled, PrefixTree, default_batch_size, prefill
+from interp.prefill import Prefilled, PrefixTree, default_batch_size, prefill, prefill_inputs
 
 __all__ = [
     "Generation",
@@ -58,6 +59,7 @@ __all__ = [
     "encode_prompts",
     "generate",
     "prefill",
+    "prefill_inputs",
 ]
 
 FinishReason = Literal["eos", "stop", "length"]
@@ -166,10 +168,7 @@ def encode_prompts(
     for index, prompt in enumerate(prompts):  # type: ignore[arg-type]
         if isinstance(prompt, str):
             if chat:
-                messages = [{"role": "user", "content": prompt}]
-                text = model.tokenizer.apply_chat_template(
-                    messages, tokenize=False, add_generation_prompt=True
-                )
+                text = _chat_text(model, prompt)
                 ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
             else:
                 ids = model.tokenizer(prompt)["input_ids"]
@@ -226,8 +225,12 @@ def decode(
     mask = batch.attention_mask
     positions = torch.tensor(lengths, device=device)[:, None] - 1
     for index in range(config.max_new_tokens):
-        extra = {"attention_mask": mask, "position_ids": positions} if padded else {}
-        logits = model.hf(current, **extra, past_key_values=cache, use_cache=True).logits[:, -1]
+        if index == 0 and prefilled.first_logits is not None:
+            logits = prefilled.first_logits
+        else:
+            extra = {"attention_mask": mask, "position_ids": positions} if padded else {}
+            logits = model.hf(current, **extra, past_key_values=cache, use_cache=True).logits
+            logits = logits[:, -1]
         tokens = _choose(logits, config, [streams[row] for row in live])
         chosen = tokens.tolist()  # the one host sync per step
         kept = []
@@ -276,6 +279,7 @@ def generate(
     prompts: Prompt | Sequence[Prompt],
     config: GenerationConfig,
     *,
+    images: Sequence[RowImages] | None = None,
     chat: bool = False,
     on_step: Callable[[Step], None] | None = None,
     batch_size: int | None = None,
@@ -286,21 +290,31 @@ def generate(
     Args:
         model: a loaded model; hooks and interventions active around the call apply to
             every forward (prefill and decode steps).
-        prompts: a text, [pos] token ids, or a list of either.
+        prompts: a text, [pos] token ids, or a list of either (texts only with `images`).
         config: budget, sampling and stopping.
+        images: per prompt its image(s) or None, as `Model.prepare` takes them (a
+            vision-language model). Each batch is prepared with its images and prefilled
+            whole, as `model.hf.generate` does: the first response token comes from the
+            prompt's forward (`interp.prefill.prefill_inputs`), so interventions that choose
+            on the whole prompt (VHR's head selection, VAR's sinks) see all of it.
+            `Generation.prompt_ids` are then the ids after the processor expanded each image.
         chat: wrap each text as a user message in the tokenizer's chat template.
         on_step: called after every decode step of every batch (see `Step`).
         batch_size: prompts per batch (default: `default_batch_size` for the longest).
         share_prefix: prefill through a `PrefixTree` over all the prompts, so a token
             prefix several prompts share is computed once (`interp.prefill`). The decode
             steps are the unshared run's; the cache equals it up to float rounding.
-            Hooks that read prefill forwards see the tree's forwards instead.
+            Hooks that read prefill forwards see the tree's forwards instead. Not with
+            `images`.
 
     Returns:
         One Generation per prompt, in the order given.
 
     Raises:
-        InputError: a prompt is empty or, with the budget, longer than the context.
+        InputError: a prompt is empty or, with the budget, longer than the context; images
+            not one entry per prompt, with token-id prompts, or with `share_prefix`.
+        UnsupportedModelError: images for a model that numbers its own (multimodal)
+            positions, which the decode steps cannot continue.
 
     Example:
         >>> from tests.tiny import tiny_llama
@@ -310,23 +324,72 @@ def generate(
         ([4, 4], 'length')
     """
     ids = encode_prompts(model, prompts, chat=chat)
-    for index, row in enumerate(ids):
-        what = "prompt" if len(ids) == 1 else f"prompt {index}"
-        model.check_length(len(row), what=what)
-        model.check_length(len(row) + config.max_new_tokens, what=f"{what} plus max_new_tokens")
+    texts = None if images is None else _texts_for_images(model, prompts, images, chat)
+    if texts is not None and share_prefix:
+        raise InputError("share_prefix shares token prefixes of text prompts; not with images.")
+    lengths = (
+        [len(row) for row in ids] if texts is None else _image_prompt_lengths(model, texts, images)
+    )  # type: ignore[arg-type]
+    for index, n_tokens in enumerate(lengths):
+        what = "prompt" if len(lengths) == 1 else f"prompt {index}"
+        model.check_length(n_tokens, what=what)
+        model.check_length(n_tokens + config.max_new_tokens, what=f"{what} plus max_new_tokens")
     if batch_size is None:
-        batch_size = default_batch_size(model, max(map(len, ids)) + config.max_new_tokens)
+        batch_size = default_batch_size(model, max(lengths) + config.max_new_tokens)
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}.")
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together
+    order = sorted(range(len(ids)), key=lambda i: lengths[i])  # similar lengths together
     tree = PrefixTree(model, ids) if share_prefix else None
     results: dict[int, Generation] = {}
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        prompts = [ids[i] for i in rows]
-        prefilled = tree.prefill(prompts, rows) if tree else prefill(model, prompts, rows)
+        if texts is not None:
+            inputs = model.prepare([texts[i] for i in rows], [images[i] for i in rows])  # type: ignore[index]
+            prefilled = prefill_inputs(model, inputs, rows, whole_prompt=True)
+        elif tree is not None:
+            prefilled = tree.prefill([ids[i] for i in rows], rows)
+        else:
+            prefilled = prefill(model, [ids[i] for i in rows], rows)
         results.update(zip(rows, decode(model, prefilled, config, on_step), strict=True))
     return [results[i] for i in range(len(ids))]
+
+
+def _texts_for_images(
+    model: Model, prompts: Prompt | Sequence[Prompt], images: Sequence[RowImages], chat: bool
+) -> list[str]:
+    """The prompts as texts (through the chat template if `chat`), checked against `images`."""
+    texts = [prompts] if isinstance(prompts, str) else list(prompts)  # type: ignore[arg-type]
+    if not all(isinstance(text, str) for text in texts):
+        raise InputError("Prompts with images must be texts (the processor places the images).")
+    if isinstance(images, str) or len(images) != len(texts):
+        raise InputError(
+            f"Give images as a list with one entry (image, images or None) per prompt;"
+            f" got {'a single value' if isinstance(images, str) else len(images)} for"
+            f" {len(texts)} prompts."
+        )
+    return [_chat_text(model, text) if chat else text for text in texts]  # type: ignore[arg-type]
+
+
+def _image_prompt_lengths(
+    model: Model, texts: Sequence[str], images: Sequence[RowImages]
+) -> list[int]:
+    """Each prompt's length after its images are expanded (prepared alone, pixels dropped)."""
+    lengths = []
+    for text, row in zip(texts, images, strict=True):
+        inputs = model.prepare(text, row)
+        if "position_ids" not in inputs.kwargs:
+            raise UnsupportedModelError(
+                f"{model.spec} numbers its own multimodal positions, which the decode steps"
+                " of interp.generation do not continue; use model.hf.generate for it."
+            )
+        lengths.append(inputs.lengths[0])
+    return lengths
+
+
+def _chat_text(model: Model, text: str) -> str:
+    """The text as a user message through the tokenizer's chat template, assistant turn open."""
+    messages = [{"role": "user", "content": text}]
+    return model.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def _eos_ids(model: Model) -> set[int]:

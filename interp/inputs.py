@@ -46,7 +46,7 @@ RowImages: TypeAlias = "ImageLike | Sequence[ImageLike] | None"
 # The text an image takes in a prompt, where it is more than the processor's image token.
 _PLACEHOLDER_FORMAT = {"qwen2_5_vl": "<|vision_start|>{}<|vision_end|>"}
 # The kwargs `ModelInputs.extended` rebuilds: everything else is per image.
-_PER_POSITION = frozenset({"input_ids", "attention_mask", "position_ids"})
+PER_POSITION = frozenset({"input_ids", "attention_mask", "position_ids"})
 # Models that compute their own (multimodal rotary) positions from the mask and image grid.
 _OWN_POSITIONS = frozenset({"qwen2_5_vl"})
 
@@ -158,7 +158,7 @@ class ModelInputs(Mapping[str, Tensor]):
         other = [
             key
             for key, value in self.kwargs.items()
-            if key not in _PER_POSITION and tuple(value.shape[:2]) == tuple(ids.shape)
+            if key not in PER_POSITION and tuple(value.shape[:2]) == tuple(ids.shape)
         ]
         if other:
             raise UnsupportedModelError(

@@ -1,7 +1,11 @@
 """Prefilling prompts for the generation driver, plain or through a shared-prefix tree.
 
 `prefill(model, prompts)` left-pads a batch and caches every prompt minus its last token in
-one forward. `PrefixTree(model, prompts)` does the same for the prompts of a whole run but
+one forward. `prefill_inputs(model, inputs)` does the same for a prepared batch
+(`Model.prepare`: texts with images, pixel kwargs passed to the forward), or with
+`whole_prompt` caches every token and keeps the last position's logits, from which the
+first response token is chosen (as `model.hf.generate` does).
+`PrefixTree(model, prompts)` does what `prefill` does for the prompts of a whole run but
 computes each shared token prefix once: prompts of a run often share one (NIAH tests: the
 chat template and the haystack before the needle; a longer test extends a shorter one's
 haystack), and a causal model's keys and values at a position depend only on the tokens up
@@ -39,6 +43,7 @@ from transformers.cache_utils import DynamicLayer
 
 from interp.encoding import Encoding
 from interp.errors import InputError, UnsupportedModelError
+from interp.inputs import PER_POSITION, ModelInputs
 from interp.models import Model
 
 __all__ = [
@@ -47,6 +52,7 @@ __all__ = [
     "PrefixTree",
     "default_batch_size",
     "prefill",
+    "prefill_inputs",
     "supports_prefix_sharing",
 ]
 
@@ -68,12 +74,16 @@ class Prefilled:
     Attributes:
         batch: the left-padded prompts.
         rows: the prompt index of each batch row.
-        cache: the KV cache of every prompt minus its last token.
+        cache: the KV cache of every prompt minus its last token, or of every token when
+            `first_logits` is set.
+        first_logits: [batch, vocab] the whole prompts' last-position logits (the first
+            response token is chosen from them), or None.
     """
 
     batch: Encoding
     rows: tuple[int, ...]
     cache: DynamicCache
+    first_logits: Tensor | None = None
 
     def select(self, rows: Sequence[int]) -> Prefilled:
         """An independent copy of batch rows `rows` (in that order), to decode once.
@@ -86,7 +96,8 @@ class Prefilled:
         if list(rows) != list(range(len(self.rows))):
             cache.batch_select_indices(index)
         batch = Encoding(self.batch.input_ids[index], self.batch.attention_mask[index])
-        return Prefilled(batch, tuple(self.rows[i] for i in rows), cache)
+        first = None if self.first_logits is None else self.first_logits[index]
+        return Prefilled(batch, tuple(self.rows[i] for i in rows), cache, first)
 
 
 def default_batch_size(model: Model, n_tokens: int, *, shared_prefill: bool = False) -> int:
@@ -118,7 +129,6 @@ def _left_padded(model: Model, prompts: Sequence[Tensor]) -> Encoding:
     )
 
 
-@torch.no_grad()
 def prefill(
     model: Model, prompts: Sequence[Tensor], rows: Sequence[int] | None = None
 ) -> Prefilled:
@@ -129,19 +139,48 @@ def prefill(
         prompts: the batch's prompts.
         rows: the prompt index of each (default 0..n-1), reported in every `Step`.
     """
-    batch = _left_padded(model, prompts)
+    return prefill_inputs(model, ModelInputs.from_encoding(_left_padded(model, prompts)), rows)
+
+
+@torch.no_grad()
+def prefill_inputs(
+    model: Model,
+    inputs: ModelInputs,
+    rows: Sequence[int] | None = None,
+    *,
+    whole_prompt: bool = False,
+) -> Prefilled:
+    """Cache a prepared batch (`Model.prepare`) minus its last token, or whole.
+
+    Args:
+        model: the model (hooks and interventions active around this call apply).
+        inputs: the left-padded batch; its other kwargs (pixels) go to the forward as given.
+        rows: the prompt index of each row (default 0..n-1), reported in every `Step`.
+        whole_prompt: cache every token and keep the last position's logits
+            (`Prefilled.first_logits`), so the first response token comes from this forward.
+            Needed when the last prompt token cannot run alone (an image token) or an
+            intervention chooses on the whole prompt (VHR's selection).
+    """
+    batch = Encoding(inputs.input_ids, inputs.attention_mask)
+    stop = None if whole_prompt else -1
     cache = DynamicCache(config=model.hf.config)
-    if batch.input_ids.shape[1] > 1:
-        # logits_to_keep=1: the prefill's logits are unused; all positions' would be
-        # [batch, pos, vocab] floats (1.5 GB per row at 8k tokens for a 49k vocabulary).
-        model.hf(
-            batch.input_ids[:, :-1],
-            **_padding_kwargs(batch, slice(None, -1)),
+    first = None
+    if whole_prompt or batch.input_ids.shape[1] > 1:
+        other = {k: v for k, v in inputs.kwargs.items() if k not in PER_POSITION}
+        # logits_to_keep=1: all positions' logits would be [batch, pos, vocab] floats
+        # (1.5 GB per row at 8k tokens for a 49k vocabulary); only the last is ever read.
+        out = model.hf(
+            batch.input_ids[:, :stop],
+            **_padding_kwargs(batch, slice(None, stop)),
+            **other,
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
         )
-    return Prefilled(batch, tuple(range(len(prompts)) if rows is None else rows), cache)
+        first = out.logits[:, -1] if whole_prompt else None
+    return Prefilled(
+        batch, tuple(range(batch.input_ids.shape[0]) if rows is None else rows), cache, first
+    )
 
 
 def _padding_kwargs(batch: Encoding, columns: slice) -> dict[str, Tensor]:

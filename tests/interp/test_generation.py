@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,6 +10,8 @@ from interp.errors import InputError
 from interp.generation import GenerationConfig, _choose, decode, generate, prefill
 from interp.hooks import attention_hooks
 from interp.interventions import HeadScale
+from interp.interventions.vhr import VHR, VhrConfig
+from interp.tiny_models import tiny_llava
 
 
 def _prompts() -> list[torch.Tensor]:
@@ -149,3 +152,51 @@ def test_dropping_finished_rows_keeps_every_rows_tokens(tiny) -> None:
         assert got.tokens.tolist() == want.tokens[rows].tolist()
         assert got.padding.tolist() == want.padding[rows].tolist()
         torch.testing.assert_close(got.logits, want.logits[rows], rtol=0, atol=1e-5)
+
+
+def _image_batch() -> tuple[list[str], list]:
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (20, 30, 3), dtype=np.uint8), None]
+    images.append(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    return ["a cat sat on", "hello there my friend", "what"], images
+
+
+def test_with_images_greedy_equals_hf_generate_per_prompt() -> None:
+    model = tiny_llava()
+    texts, images = _image_batch()
+    config = GenerationConfig(max_new_tokens=6, stop_at_eos=False)
+    out = generate(model, texts, config, images=images, batch_size=3)  # one padded batch
+    for text, image, got in zip(texts, images, out, strict=True):
+        inputs = model.prepare(text, image)
+        reference = model.hf.generate(**inputs, max_new_tokens=6, do_sample=False, min_new_tokens=6)
+        assert torch.equal(got.prompt_ids, inputs.input_ids[0])  # images expanded
+        assert got.response_ids.tolist() == reference[0, inputs.input_ids.shape[1] :].tolist()
+
+
+def test_vhr_chooses_on_the_whole_prompt_as_under_hf_generate() -> None:
+    model = tiny_llava(n_layers=4)
+    texts, images = _image_batch()
+    vhr = VHR(VhrConfig(alpha=4.0, last_layers=3))
+    config = GenerationConfig(max_new_tokens=5, stop_at_eos=False)
+    with vhr.applied(model):
+        ours = generate(model, texts[:1], config, images=images[:1])[0].response_ids.tolist()
+        inputs = model.prepare(texts[0], images[0])
+        theirs = model.hf.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    plain = generate(model, texts[:1], config, images=images[:1])[0].response_ids.tolist()
+    assert ours == theirs[0, inputs.input_ids.shape[1] :].tolist()
+    assert ours != plain  # alpha 4 changes the tokens, so the match above is not vacuous
+
+
+def test_bad_image_generation_requests_are_one_line_errors() -> None:
+    model = tiny_llava()
+    texts, images = _image_batch()
+    config = GenerationConfig(max_new_tokens=2)
+    with pytest.raises(InputError, match="one entry"):
+        generate(model, texts, config, images=images[:2])
+    with pytest.raises(InputError, match="must be texts"):
+        generate(model, [[5, 6, 7]], config, images=[None])
+    with pytest.raises(InputError, match="share_prefix"):
+        generate(model, texts, config, images=images, share_prefix=True)
+    long = " ".join(["word"] * 300)
+    with pytest.raises(InputError, match="context"):
+        generate(model, [long], config, images=images[:1])
