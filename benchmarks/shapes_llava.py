@@ -8,7 +8,7 @@ CPU core with the defaults). It writes, to `--out`:
 - `visual_sinks.csv`: per layer, the image and text tokens with phi >= tau (every
   dimension counts: SmolLM2's sink dimensions are not published), and the top dimensions;
 - `effects.csv`: VHR (alpha 2) and VAR (p 0.4) on POPE (three settings, `interp.effects`)
-  and CHAIR (`interp.shapes.evaluate.chair_effect`), with 95% paired bootstrap intervals;
+  and CHAIR (`interp.captions.caption_effects`), with 95% paired bootstrap intervals;
 - `sweeps.csv` and `sweep_alpha.*`, `sweep_p.*`: POPE-adversarial accuracy over VHR's alpha
   and VAR's p, with intervals.
 """
@@ -26,16 +26,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from interp.captions import caption_effects, load_caption_task
 from interp.effects import EffectsConfig, measure
 from interp.figures import effect_sweep, export, head_heatmap
 from interp.interventions.var import VAR, VarConfig
 from interp.interventions.vhr import VHR, VhrConfig
 from interp.models import Model, load_model
-from interp.shapes.evaluate import chair_effect
 from interp.shapes.hallucination import SETTINGS, pope_questions
 from interp.shapes.model import prompt
-from interp.shapes.pope_task import write_pope_task
 from interp.shapes.scenes import eval_seeds, render, scenes
+from interp.shapes.task_folders import write_task_folders
 from interp.tasks import load_task
 from probes.vision import image_attention, vision_head_divergence
 from probes.visual_sinks import sink_dimensions, visual_sinks
@@ -81,13 +81,15 @@ def effects(model: Model, n_scenes: int, out: Path) -> None:
     """VHR and VAR at their defaults on POPE and CHAIR, then the alpha and p sweeps."""
     config = EffectsConfig()
     with tempfile.TemporaryDirectory() as tmp:
-        tasks = [load_task(write_pope_task(Path(tmp) / f"pope-{s}", s, n_scenes)) for s in SETTINGS]
+        *pope, captions = write_task_folders(tmp, n_scenes)
+        tasks = [load_task(folder) for folder in pope]
+        caption_task = load_caption_task(captions)
         rows = []
         for name, intervention in (("VHR", VHR()), ("VAR", VAR())):
             table = measure(model, tasks, intervention, config).table.data
             rows.append(table.assign(intervention=name, benchmark="pope"))
-            chair = chair_effect(model, intervention, n_scenes, config)
-            rows.append(chair.assign(intervention=name, benchmark="chair", task="captions"))
+            chair = caption_effects(model, [caption_task], intervention, config).table.data
+            rows.append(chair.assign(intervention=name, benchmark="chair"))
             print(name, "done", flush=True)
         table = pd.concat(rows, ignore_index=True)
         table.to_csv(out / "effects.csv", index=False)

@@ -28,8 +28,8 @@ Cost: two task evaluations (forward passes) per task, plus n_boot resamples per 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar, Literal, Protocol, TypeVar
 
@@ -133,11 +133,23 @@ def paired_bootstrap(
 
 
 def compare(
-    baseline: np.ndarray, intervened: np.ndarray, metric: str, config: EffectsConfig
+    baseline: np.ndarray,
+    intervened: np.ndarray,
+    metric: str,
+    config: EffectsConfig,
+    *,
+    lower_is_better: bool = False,
 ) -> dict[str, object]:
-    """One effect row from paired per-item scores (any metric, any task)."""
+    """One effect row from paired per-item scores (any metric, any task).
+
+    `lower_is_better` (e.g. CHAIR's hallucination counts) turns which items count as
+    `improved` (the score went down) and `worsened`; it is kept in the row.
+    """
     before, after = np.asarray(baseline, float), np.asarray(intervened, float)
     intervals = paired_bootstrap(before, after, config)
+    better, worse = (
+        (after < before, after > before) if lower_is_better else (after > before, after < before)
+    )
     return {
         "metric": metric,
         "n": len(before),
@@ -145,8 +157,9 @@ def compare(
         "intervened": after.mean(),
         "difference": after.mean() - before.mean(),
         **intervals,
-        "improved": int((after > before).sum()),
-        "worsened": int((after < before).sum()),
+        "improved": int(better.sum()),
+        "worsened": int(worse.sum()),
+        "lower_is_better": lower_is_better,
     }
 
 
@@ -203,7 +216,9 @@ def measure(
             "metric": metric.__name__,
             "intervention": intervention.to_dict(),
         },
-        inputs_hash=hash_inputs([[t.name, t.prefix, t.items, image_digests(t)] for t in tasks]),
+        inputs_hash=hash_inputs(
+            [[t.name, t.prefix, t.items, image_digests(image_paths(t))] for t in tasks]
+        ),
         n_inputs=sum(len(t.items) for t in tasks),
     )
     return Effects(
@@ -212,6 +227,35 @@ def measure(
     )
 
 
-def image_digests(task: Task) -> dict[str, str]:
+def combine_effects(parts: Sequence[Effects], values: Sequence[object]) -> Effects:
+    """Several measurements (multiple-choice and caption tasks, sweep settings) as one result.
+
+    Rows keep their columns, plus `parameter` (each part's value) when the values differ. The
+    provenance is the first part's, with every part's config in `config["runs"]`, their
+    inputs hashed together and `n_inputs` the items scored over all parts.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    tagged = len({repr(v) for v in values}) > 1
+
+    def rows(tables: list[pd.DataFrame]) -> pd.DataFrame:
+        if tagged:
+            tables = [t.assign(parameter=v) for t, v in zip(tables, values, strict=True)]
+        return pd.concat(tables, ignore_index=True)
+
+    provenances = [part.table.provenance for part in parts]
+    provenance = replace(
+        provenances[0],
+        config={"runs": [p.config for p in provenances]},
+        inputs_hash=hash_inputs([p.inputs_hash for p in provenances]),
+        n_inputs=sum(p.n_inputs for p in provenances),
+    )
+    return Effects(
+        EffectTable(rows([part.table.data for part in parts]), provenance),
+        ItemTable(rows([part.per_item.data for part in parts]), provenance),
+    )
+
+
+def image_digests(paths: Iterable[str]) -> dict[str, str]:
     """SHA-256 of each image file a task's items name, so provenance follows the pixels."""
-    return {path: sha256_file(Path(path)) for path in image_paths(task)}
+    return {path: sha256_file(Path(path)) for path in sorted(set(paths))}

@@ -4,9 +4,9 @@
 `--scenes` scenes of the "eval" seed range, once with each scene's image and once with a
 blank image (the scene's background, no shapes) scored against the same ground truth: a
 model that uses the image should drop to about 50% POPE accuracy (always "no", or guessing)
-and hallucinate in its captions. Answers come from greedy generation (`model.hf.generate`),
-parsed as POPE and CHAIR parse them. A question asked in several POPE settings is answered
-once.
+and hallucinate in its captions. Answers come from greedy generation (`interp.generation`
+with images), parsed as POPE and CHAIR parse them. A question asked in several POPE
+settings is answered once.
 
 Cost: one short greedy generation per distinct question (about 35 prompt tokens) and one
 caption per scene, in batches, twice (image and blank).
@@ -21,12 +21,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from interp.effects import EffectsConfig, compare
-from interp.interventions.base import Intervention
+from interp.generation import GenerationConfig, generate
 from interp.models import Model
 from interp.shapes.hallucination import (
     SETTINGS,
-    caption_objects,
     chair,
     parse_yes_no,
     pope_questions,
@@ -38,7 +36,6 @@ from interp.shapes.scenes import Scene, eval_seeds, render, scenes
 CONDITIONS = ("image", "blank")
 
 
-@torch.no_grad()
 def respond(
     model: Model,
     questions: Sequence[str],
@@ -49,22 +46,14 @@ def respond(
     batch_size: int = 16,
 ) -> list[str]:
     """Greedy answers to one question per scene, each asked with its scene's image (or blank)."""
-    answers: list[str] = []
-    for start in range(0, len(questions), batch_size):
-        chunk = slice(start, start + batch_size)
-        inputs = model.prepare(
-            [prompt(q) for q in questions[chunk]],
-            [render(s, blank=blank) for s in truths[chunk]],
-        )
-        out = model.hf.generate(
-            **inputs,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=model.tokenizer.pad_token_id,
-        )
-        new = out[:, inputs.input_ids.shape[1] :]
-        answers += model.tokenizer.batch_decode(new, skip_special_tokens=True)
-    return answers
+    out = generate(
+        model,
+        [prompt(q) for q in questions],
+        GenerationConfig(max_new_tokens=max_new_tokens),
+        images=[render(s, blank=blank) for s in truths],
+        batch_size=batch_size,
+    )
+    return [g.text for g in out]
 
 
 def evaluate(model: Model, n_scenes: int = 100, *, batch_size: int = 16) -> pd.DataFrame:
@@ -111,40 +100,6 @@ def evaluate(model: Model, n_scenes: int = 100, *, batch_size: int = 16) -> pd.D
             }
         )
     return pd.DataFrame(rows)
-
-
-def chair_effect(
-    model: Model,
-    intervention: Intervention,
-    n_scenes: int = 100,
-    config: EffectsConfig | None = None,
-) -> pd.DataFrame:
-    """An intervention's effect on held-out captions, paired per caption with 95% intervals.
-
-    Both arms generate greedy captions of the same scenes, the baseline under
-    `intervention.identity()` (same hooks, like with like, as `interp.effects.measure`).
-    Per caption: `chair_s` (1 if it names an absent object; lower is better), `hallucinated`
-    and `found` objects (`interp.shapes.hallucination.caption_objects`); each is one row of
-    `interp.effects.compare` (means, difference, bootstrap intervals).
-    """
-    config = config or EffectsConfig()
-    truths = scenes(eval_seeds(n_scenes))
-    questions = [CAPTION_QUESTION] * len(truths)
-    arms = []
-    for arm in (intervention.identity(), intervention):
-        with arm.applied(model):
-            captions = respond(model, questions, truths, max_new_tokens=40)
-        counts = caption_objects(captions, truths)
-        counts["chair_s"] = (counts.hallucinated > 0).astype(float)
-        arms.append(counts)
-    return pd.DataFrame(
-        [
-            compare(
-                arms[0][metric].to_numpy(float), arms[1][metric].to_numpy(float), metric, config
-            )
-            for metric in ("chair_s", "hallucinated", "found")
-        ]
-    )
 
 
 def main() -> None:

@@ -1,10 +1,8 @@
 """Hallucination benchmarks with exact ground truth on synthetic scenes: CHAIR and POPE analogues.
 
-CHAIR (Rohrbach et al., EMNLP 2018) parses a caption for objects of a closed vocabulary and
-compares them with the image's objects: CHAIR_i is the share of mentioned objects that are
-not in the image, CHAIR_s the share of captions with at least one such object. Mentions are
-counted once per caption (a set), as in the reference implementation. Here the vocabulary is
-the 12 "colour shape" objects of `interp.shapes.scenes`, so parsing is exact.
+CHAIR (Rohrbach et al., EMNLP 2018; `interp.captions`) parses a caption for objects of a
+closed vocabulary and compares them with the image's objects. Here the vocabulary is the 12
+"colour shape" objects of `interp.shapes.scenes`, so parsing is exact.
 
 POPE (Li et al., EMNLP 2023) asks "Is there a <object> in the image?" for each object in
 the image (answer yes) and as many absent ones (answer no), drawn three ways: "random"
@@ -29,64 +27,29 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from interp import captions
 from interp.errors import ConfigError, InputError
-from interp.shapes.scenes import COLOURS, OBJECTS, SHAPES, Scene
+from interp.shapes.scenes import OBJECTS, Scene
 
 Setting = Literal["random", "popular", "adversarial"]
 SETTINGS: tuple[Setting, ...] = ("random", "popular", "adversarial")
 
-_MENTION = re.compile(rf"\b({'|'.join(COLOURS)})\s+({'|'.join(SHAPES)})s?\b", re.IGNORECASE)
 _YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 
 
 def mentioned_objects(caption: str) -> frozenset[str]:
     """The vocabulary objects a caption names ("colour shape", plural allowed, any case)."""
-    return frozenset(f"{c.lower()} {s.lower()}" for c, s in _MENTION.findall(caption))
+    return captions.mentioned_objects(caption, OBJECTS)
 
 
-def caption_objects(captions: Sequence[str], truths: Sequence[Scene]) -> pd.DataFrame:
-    """Per caption: objects mentioned, hallucinated (mentioned, absent), found, and present.
-
-    Raises:
-        InputError: the two lists differ in length or are empty.
-    """
-    if len(captions) != len(truths) or not captions:
-        raise InputError(
-            f"CHAIR needs one scene per caption; got {len(captions)} captions and"
-            f" {len(truths)} scenes."
-        )
-    rows = []
-    for caption, scene in zip(captions, truths, strict=True):
-        named = mentioned_objects(caption)
-        rows.append(
-            {
-                "mentioned": len(named),
-                "hallucinated": len(named - scene.names),
-                "found": len(named & scene.names),
-                "present": len(scene.names),
-            }
-        )
-    return pd.DataFrame(rows)
+def caption_objects(texts: Sequence[str], truths: Sequence[Scene]) -> pd.DataFrame:
+    """Per caption: objects mentioned, hallucinated, found and present (`interp.captions`)."""
+    return captions.caption_objects(texts, [scene.names for scene in truths], OBJECTS)
 
 
-def chair(captions: Sequence[str], truths: Sequence[Scene]) -> dict[str, float]:
-    """CHAIR_s, CHAIR_i and object recall of captions against their scenes' objects.
-
-    Returns:
-        {"chair_s", "chair_i", "recall", "mentions_per_caption"}; CHAIR_i is NaN when no
-        caption mentions an object.
-
-    Raises:
-        InputError: the two lists differ in length or are empty.
-    """
-    counts = caption_objects(captions, truths)
-    mentions = int(counts.mentioned.sum())
-    return {
-        "chair_s": float((counts.hallucinated > 0).mean()),
-        "chair_i": counts.hallucinated.sum() / mentions if mentions else float("nan"),
-        "recall": counts.found.sum() / counts.present.sum(),
-        "mentions_per_caption": mentions / len(counts),
-    }
+def chair(texts: Sequence[str], truths: Sequence[Scene]) -> dict[str, float]:
+    """CHAIR_s, CHAIR_i, recall and mentions per caption against the scenes (`interp.captions`)."""
+    return captions.chair(texts, [scene.names for scene in truths], OBJECTS)
 
 
 @dataclass(frozen=True)

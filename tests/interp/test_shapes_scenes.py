@@ -16,7 +16,6 @@ from interp.shapes.hallucination import (
     pope_questions,
     pope_scores,
 )
-from interp.shapes.pope_task import write_pope_task
 from interp.shapes.scenes import (
     CELLS,
     IMAGE_SIZE,
@@ -31,6 +30,7 @@ from interp.shapes.scenes import (
     render,
     scenes,
 )
+from interp.shapes.task_folders import write_pope_task
 from interp.tasks import load_task
 
 MANY = scenes(range(400))
@@ -105,7 +105,7 @@ def test_chair_counts_captions_and_mentions() -> None:
         "mentions_per_caption": 1.5,
     }
     assert np.isnan(chair(["Nothing."], truths[:1])["chair_i"])
-    with pytest.raises(InputError, match="one scene per caption"):
+    with pytest.raises(InputError, match="one object set per caption"):
         chair(captions, truths[:1])
 
 
