@@ -532,21 +532,24 @@ def effect_sweep(rows: pd.DataFrame, parameter: str, title: str) -> go.Figure:
 
     Args:
         rows: one effect row (`interp.effects.compare` columns) per value, with the value in
-            a `parameter` column.
+            a `parameter` column; with a `series` column, one line per series.
         parameter: the axis title, e.g. "VHR alpha".
     """
     figure = go.Figure()
-    figure.add_scatter(
-        x=rows["parameter"],
-        y=rows["difference"],
-        mode="lines+markers",
-        error_y={
-            "type": "data",
-            "symmetric": False,
-            "array": rows["ci_high"] - rows["difference"],
-            "arrayminus": rows["difference"] - rows["ci_low"],
-        },
-    )
+    series = rows.groupby("series", sort=False) if "series" in rows else [(None, rows)]
+    for name, line in series:
+        figure.add_scatter(
+            x=line["parameter"],
+            y=line["difference"],
+            name=name,
+            mode="lines+markers",
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": line["ci_high"] - line["difference"],
+                "arrayminus": line["difference"] - line["ci_low"],
+            },
+        )
     figure.add_hline(y=0, line_dash="dot")
     figure.update_layout(xaxis_title=parameter, yaxis_title="difference (95% CI)")
     return style(figure, title)

@@ -91,6 +91,16 @@ ablate_app.command("retrieval")(ablate_retrieval)
 score_app.command("anchors")(score_anchors)
 score_app.command("vision")(score_vision)
 
+# shapes-llava's benchmarks (issue 13)
+from interp.cli.shapes import shapes_tasks  # noqa: E402
+
+shapes_app = typer.Typer(
+    help="shapes-llava, the trained toy VLM: its held-out POPE and caption tasks.",
+    no_args_is_help=True,
+)
+app.add_typer(shapes_app, name="shapes")
+shapes_app.command("tasks")(shapes_tasks)
+
 # circuits (issue 9)
 from interp.cli.circuit import circuit_colored_objects, circuit_ioi, circuit_overlap  # noqa: E402
 

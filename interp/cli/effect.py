@@ -166,9 +166,14 @@ def report_effects(
     written = export_figures(figures, folder, static)
     record.wrote(written)
     record.write(folder, **manifest, effects=effects.table.provenance.to_dict())
-    for row in effects.table.data.itertuples():
+    table = effects.table.data
+    several_metrics = table.metric.nunique() > 1
+    for row in table.itertuples():
+        label = f"{row.task} {row.metric}" if several_metrics else row.task
+        if "parameter" in table:
+            label = f"[{row.parameter:g}] {label}"
         typer.echo(
-            f"{row.task}: {row.baseline:.3f} -> {row.intervened:.3f}"
+            f"{label}: {row.baseline:.3f} -> {row.intervened:.3f}"
             f" ({row.difference:+.3f}, 95% CI [{row.ci_low:+.3f}, {row.ci_high:+.3f}],"
             f" +{row.improved}/-{row.worsened} of {row.n})"
         )

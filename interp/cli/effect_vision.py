@@ -1,8 +1,11 @@
 """`interp effect vhr` and `interp effect var`: VHR and VAR on image tasks, via interp.effects.
 
-Both score multiple-choice tasks whose items have images (`interp.tasks`; e.g. POPE-style
-yes/no questions) without and with the intervention, and write what `interp effect act`
-writes: the effects table with 95% intervals, the per-item table, a figure, a manifest.
+Both score multiple-choice tasks whose items have images (`--task`, `interp.tasks`; e.g.
+POPE-style yes/no questions) and caption tasks (`--captions`, `interp.captions`: CHAIR on
+greedy captions) without and with the intervention, and write what `interp effect act`
+writes: the effects table with 95% intervals, the per-item table, figures, a manifest.
+Several `--alpha` (VHR) or `--p` (VAR) values run a sweep: every effect per value, in a
+`parameter` column, and a sweep figure of the differences with their intervals.
 """
 
 from __future__ import annotations
@@ -31,13 +34,23 @@ from interp.cli.common import (
 from interp.cli.effect import report_effects
 
 if TYPE_CHECKING:
+    from interp.effects import Effects
     from interp.interventions.base import Intervention
     from interp.runs import RunRecord
+
+# The parameter each command sweeps, as the intervention's record names it.
+_PARAMETER = {"vhr": "alpha", "var": "p"}
 
 TaskOption = typer.Option(
     "--task",
     "-t",
     help="Task folder (its test split) or .jsonl file of items with an 'image'; repeatable.",
+)
+CaptionsOption = typer.Option(
+    "--captions",
+    "-c",
+    help="Caption task folder (task.json with the object vocabulary, test.jsonl of prompt,"
+    " image, objects): CHAIR of greedy captions; repeatable.",
 )
 ItemsOption = typer.Option(help="Items per task, a seeded random subset (all: 0).")
 MetricOption = typer.Option(
@@ -53,11 +66,13 @@ OutOption = typer.Option(
 
 
 def effect_vhr(
-    task: Annotated[list[str], TaskOption],
+    task: Annotated[list[str] | None, TaskOption] = None,
+    captions: Annotated[list[str] | None, CaptionsOption] = None,
     model: Annotated[str | None, ModelOption] = None,
     alpha: Annotated[
-        float, typer.Option(help="Factor on the chosen heads' outputs (VHR: 2).")
-    ] = 2.0,
+        list[float] | None,
+        typer.Option(help="Factor on the chosen heads' outputs (VHR: 2); repeat for a sweep."),
+    ] = None,
     last_layers: Annotated[
         int, typer.Option(help="Reinforce the last this many layers (VHR: 14).")
     ] = 14,
@@ -86,16 +101,21 @@ def effect_vhr(
     with user_errors():
         from interp.interventions.vhr import VHR, VhrConfig
 
-        config = VhrConfig(alpha=alpha, last_layers=last_layers, first_layer=first_layer)
-        _run(record, "vhr", f"VHR (alpha {alpha:g})", VHR(config), locals())
+        def make(value: float) -> VHR:
+            config = VhrConfig(alpha=value, last_layers=last_layers, first_layer=first_layer)
+            return VHR(config)
+
+        _run(record, "vhr", "VHR alpha", [make(a) for a in alpha or [2.0]], locals())
 
 
 def effect_var(
-    task: Annotated[list[str], TaskOption],
+    task: Annotated[list[str] | None, TaskOption] = None,
+    captions: Annotated[list[str] | None, CaptionsOption] = None,
     model: Annotated[str | None, ModelOption] = None,
     p: Annotated[
-        float, typer.Option("--p", help="Share of sink attention moved (paper: 0.4).")
-    ] = 0.4,
+        list[float] | None,
+        typer.Option("--p", help="Share of sink attention moved (paper: 0.4); repeat for a sweep."),
+    ] = None,
     rho: Annotated[
         float, typer.Option("--rho", help="Least non-sink image share r_i of a row (0.5).")
     ] = 0.5,
@@ -135,25 +155,34 @@ def effect_var(
     with user_errors():
         from interp.interventions.var import VAR, VarConfig
 
-        config = VarConfig(
-            p=p,
-            rho=rho,
-            convention=convention,  # type: ignore[arg-type]
-            tau=tau,
-            sink_dims=parse_ints(sink_dims, minimum=0),
-            min_image_share=min_image_share,
-            include_last_layer=include_last_layer,
-        )
-        _run(record, "var", f"VAR (p {p:g}, {convention})", VAR(config), locals())
+        dims = parse_ints(sink_dims, minimum=0)
+
+        def make(value: float) -> VAR:
+            config = VarConfig(
+                p=value,
+                rho=rho,
+                convention=convention,  # type: ignore[arg-type]
+                tau=tau,
+                sink_dims=dims,
+                min_image_share=min_image_share,
+                include_last_layer=include_last_layer,
+            )
+            return VAR(config)
+
+        _run(record, "var", f"VAR p ({convention})", [make(v) for v in p or [0.4]], locals())
 
 
 def _run(
-    record: RunRecord, job: str, title: str, intervention: Intervention, params: dict[str, Any]
+    record: RunRecord,
+    job: str,
+    parameter: str,
+    interventions: list[Intervention],
+    params: dict[str, Any],
 ) -> None:
-    """Load the image tasks (checking every image), the model; measure; write and report."""
-    from interp.effects import EffectsConfig, measure
+    """Load the tasks (checking every image), the model; measure each setting; write, report."""
+    from interp.captions import caption_effects, load_caption_task
+    from interp.effects import EffectsConfig, combine_effects, measure
     from interp.errors import InputError
-    from interp.figures import effects_bars
     from interp.inputs import load_image
     from interp.tasks import choice_accuracy, choice_logprob, image_paths, load_task
 
@@ -165,30 +194,86 @@ def _run(
     )
     if params["items"] < 0:
         raise InputError(f"--items must be 0 (all) or more, got {params['items']}.")
+    task_args, caption_args = params["task"] or [], params["captions"] or []
+    if not task_args and not caption_args:
+        raise InputError("Give a --task (multiple choice) or --captions (CHAIR) folder, or both.")
     tasks = [
-        load_task(t, "test").subsample(params["items"] or None, config.seed) for t in params["task"]
+        load_task(t, "test").subsample(params["items"] or None, config.seed) for t in task_args
     ]
-    images = sorted({path for t in tasks for path in image_paths(t)})
+    caption_tasks = [load_caption_task(c) for c in caption_args]
     for t in tasks:
         if not image_paths(t):
             raise InputError(f"Task {t.name!r} has no images: {job.upper()} acts on image tasks.")
+    images = sorted(
+        {path for t in tasks for path in image_paths(t)}
+        | {item.image for t in caption_tasks for item in t.items}
+    )
     for path in images:  # a bad file fails here, before the model loads
         load_image(path)
-    record.inputs([*params["task"], *images])
+    record.inputs([*task_args, *caption_args, *images])
     folder = result_folder(params["out"], job, params["model"], record)
     loaded = load_model_or_fail(params["model"], params["device"], **placement(params))
-    update, bar = progress_bar(len(tasks), "effects", unit="task")
+    values = [intervention.to_dict()[_PARAMETER[job]] for intervention in interventions]
+    per_setting = len(tasks) + len(caption_tasks)
+    update, bar = progress_bar(len(interventions) * per_setting, "effects", unit="task")
+    parts = []
     with bar:
-        effects = measure(loaded, tasks, intervention, config, update, metrics[params["metric"]])
-    figure = effects_bars(effects.table, f"{title}: {params['metric']}")
-    if params["metric"] != "accuracy":
-        figure.update_yaxes(title=params["metric"], range=None, autorange=True)
+        for step, intervention in enumerate(interventions):
+            done = step * per_setting
+            if tasks:
+                parts.append(
+                    measure(
+                        loaded,
+                        tasks,
+                        intervention,
+                        config,
+                        lambda n, _t, done=done: update(done + n, 0),
+                        metrics[params["metric"]],
+                    )
+                )
+            if caption_tasks:
+                parts.append(caption_effects(loaded, caption_tasks, intervention, config))
+                update(done + per_setting, 0)
+    per_value = len(parts) // len(interventions)
+    effects = combine_effects(parts, [values[i // per_value] for i in range(len(parts))])
+    settings = [i.to_dict() for i in interventions]
     report_effects(
         effects,
         folder,
         record,
-        {"effects": figure},
+        _figures(effects, f"{job.upper()} {_PARAMETER[job]}", values, params["metric"]),
         params["static"],
-        tasks=params["task"],
-        intervention=intervention.to_dict(),
+        tasks=task_args,
+        captions=caption_args,
+        intervention=settings[0] if len(settings) == 1 else settings,
     )
+
+
+def _figures(effects: Effects, parameter: str, values: list[float], metric: str) -> dict[str, Any]:
+    """Bars per task (and CHAIR metric) for one setting; the sweep figure for several."""
+    from interp.captions import METRICS
+    from interp.figures import effect_sweep, effects_bars
+    from interp.results import EffectTable
+
+    table, provenance = effects.table.data, effects.table.provenance
+    if len(values) > 1:
+        rows = table.assign(series=table.task + ": " + table.metric)
+        return {"sweep": effect_sweep(rows, parameter, f"{parameter} sweep: difference (95% CI)")}
+    title = f"{parameter} {values[0]:g}"
+    captioned = table.metric.isin([name for name, _ in METRICS])
+    figures = {}
+    if (~captioned).any():
+        figures["effects"] = effects_bars(
+            EffectTable(table[~captioned], provenance), f"{title}: {metric}"
+        )
+        if metric != "accuracy":
+            figures["effects"].update_yaxes(title=metric, range=None, autorange=True)
+    if captioned.any():
+        rows = table[captioned].assign(task=table.task + ": " + table.metric)
+        figures["chair"] = effects_bars(
+            EffectTable(rows, provenance), f"{title}: CHAIR per caption"
+        )
+        figures["chair"].update_yaxes(
+            title="per caption (chair_s, hallucinated: lower is better)", range=None, autorange=True
+        )
+    return figures

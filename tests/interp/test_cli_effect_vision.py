@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from interp.cli import app
+from tests.interp.test_captions import write_caption_task
 from tests.tiny import saved_tiny, tiny_llava, write_image_task
 
 runner = CliRunner()
@@ -79,3 +80,28 @@ def test_effect_errors_are_one_line(folders, tmp_path):
         errors = [line for line in result.output.splitlines() if line.startswith("error:")]
         assert result.exit_code == 2 and len(errors) == 1, result.output
         assert message in errors[0], result.output
+
+
+def test_captions_and_a_sweep_write_chair_rows_and_a_sweep_figure(folders, tmp_path):
+    captions = write_caption_task(tmp_path / "captions", [["a"], [], ["b"]], ["a", "b"])
+    argv = ["effect", "vhr", "--model", str(folders["llava"]), "--captions", str(captions)]
+    argv += ["--task", str(folders["task"]), "--out", str(tmp_path / "sweep"), *SMALL]
+    result = runner.invoke(app, [*argv, "--alpha", "1", "--alpha", "3"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "sweep" / "effects.csv")
+    assert table.parameter.tolist() == [1.0] * 4 + [3.0] * 4
+    assert table.metric.tolist() == ["choice_accuracy", "chair_s", "hallucinated", "found"] * 2
+    assert (table[table.parameter == 1.0].difference == 0).all()  # alpha 1 is the identity
+    assert (tmp_path / "sweep" / "figures" / "sweep.html").is_file()
+    assert "[3] captions chair_s:" in result.output
+    result = runner.invoke(app, [*argv[:6], "--out", str(tmp_path / "one"), *SMALL])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "one" / "figures" / "chair.html").is_file()
+    assert not (tmp_path / "one" / "figures" / "effects.html").exists()  # no choice task
+
+
+def test_neither_tasks_nor_captions_is_a_one_line_error(folders, tmp_path):
+    argv = ["effect", "var", "--model", str(folders["llava"]), "--out", str(tmp_path / "x")]
+    result = runner.invoke(app, [*argv, *SMALL])
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1 and "--captions" in errors[0], result.output

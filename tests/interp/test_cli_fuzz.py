@@ -195,6 +195,7 @@ def vision_effect_commands(f: dict[str, Path]) -> dict[str, tuple[list[str], dic
         "--device": "device",
         **PLACEMENT,
         "--task": ("file", ".jsonl"),
+        "--captions": ("file", ".jsonl"),
         "--items": "non_negative",
         "--metric": "choice",
         "--batch-size": "count",
@@ -202,6 +203,7 @@ def vision_effect_commands(f: dict[str, Path]) -> dict[str, tuple[list[str], dic
         "--seed": "non_negative",
     }
     return {
+        "shapes tasks": (["--scenes", "1"], {"--scenes": "count", "--out": "out"}),
         "effect vhr": (
             [*valid, "--no-static"],
             {**shared, "--alpha": "finite", "--last-layers": "non_negative"},
