@@ -1,7 +1,7 @@
 """Train shapes-llava's vision tower and projector: `python -m interp.shapes.train`.
 
 The language model (SmolLM2-135M-Instruct) stays frozen; only the CLIP tower and the
-projector (1.1M parameters) learn, in two phases on scenes from the "train" seed range:
+projector (1.1M parameters) learn, in three phases on scenes from the "train" seed range:
 
 1. Alignment, no language model: each of an image's 16 projected patch tokens is regressed
    (mean squared error) onto the LM's input embedding of the words of the object covering
@@ -9,19 +9,27 @@ projector (1.1M parameters) learn, in two phases on scenes from the "train" seed
    E(" empty") for the rest. Cheap (the tower is tiny), so it runs thousands of images.
 2. End to end: teacher-forced conversations through the frozen LM, cross-entropy on the
    assistant's tokens only. Each conversation opens with the image and either the caption
-   request or a POPE-style question, then `follow_ups` more questions; answers are balanced
-   yes/no, negatives drawn uniformly, by frequency, or as the partner of a present object.
-   Gradients reach the image tokens through the LM; its weights get none. The LM runs
-   under bfloat16 autocast (2.2x faster than float32 on a CPU with AVX512-BF16).
+   request (`caption_share` of them) or a POPE-style question, then `follow_ups` more
+   questions; answers are balanced yes/no, negatives drawn uniformly, by frequency, or as
+   the partner of a present object. Gradients reach the image tokens through the LM; its
+   weights get none. The LM runs under bfloat16 autocast (2.2x faster than float32 on a
+   CPU with AVX512-BF16).
+3. Questions: the same with larger batches, mostly questions (`question_caption_share`),
+   and a fresh optimizer. The frozen 135M LM cannot answer "is X in this list" even from
+   text (AUC 0.5-0.63, docs/methods.md §12): the image tokens have to carry the answer in a
+   form its frozen heads turn into " Yes" or " No", which takes far more question steps
+   than captions do (phase 2 alone leaves POPE at chance).
 
-Fixed seed; one CPU thread by default. Writes `tower.safetensors` and `train_log.jsonl`
-(one JSON object per logged step) to `--out` (default data/shapes/). The shipped run took
-12 min 54 s wall on one thread of a shared 2-core machine, 2.5 GB peak memory.
+In every phase a throwaway linear head on the flattened image tokens also learns which of
+the 12 objects are present (binary cross-entropy, weight `recognition_weight`): without it
+the image tokens carried the objects poorly (a linear probe read presence at 89% per
+object, barely above always-absent's 79%), which capped POPE near 75%. The head is not
+part of the model.
 
-Outcome of this recipe (data/shapes/README.md): the captions read the image, the yes/no
-answers do not (training-batch accuracy stays at chance): the frozen 135M LM cannot
-answer "is X in this list" even from text (AUC 0.5-0.63), so the soft image tokens would
-have to teach it the membership test, which 500 steps do not.
+Fixed seed; one CPU thread by default, which makes a run deterministic (a rerun writes the
+same bytes). Writes `tower.safetensors` and `train_log.jsonl` (one JSON object per logged
+step) to `--out` (default data/shapes/). Time and outcome of the shipped run:
+data/shapes/README.md.
 """
 
 from __future__ import annotations
@@ -77,6 +85,10 @@ class TrainConfig:
     batch: int = 8
     lr: float = 1e-3
     caption_share: float = 0.5
+    question_steps: int = 1200
+    question_batch: int = 16
+    question_caption_share: float = 0.25
+    recognition_weight: float = 1.0
     follow_ups: int = 1
     log_every: int = 10
 
@@ -171,7 +183,7 @@ def _scene_stream(seed: int) -> Callable[[int], list[Scene]]:
 
 
 def train(config: TrainConfig, log: Callable[[dict], None]) -> dict[str, Tensor]:
-    """Run both phases; return the tower and projector state dict."""
+    """Run the three phases; return the tower and projector state dict."""
     torch.set_num_threads(config.threads)
     lm = load_model()
     embed = lm.hf.get_input_embeddings().weight.detach()
@@ -184,6 +196,9 @@ def train(config: TrainConfig, log: Callable[[dict], None]) -> dict[str, Tensor]
             name.startswith(("model.vision_tower.", "model.multi_modal_projector."))
         )
     trainable = [p for p in hf.parameters() if p.requires_grad]
+    torch.manual_seed(config.seed)
+    head = torch.nn.Linear(hf.config.image_seq_length * embed.shape[1], len(OBJECTS))
+    learned = trainable + list(head.parameters())
     processor = model.processor.image_processor
     mean, std = torch.tensor(processor.image_mean), torch.tensor(processor.image_std)
     draw = _scene_stream(config.seed)
@@ -191,67 +206,89 @@ def train(config: TrainConfig, log: Callable[[dict], None]) -> dict[str, Tensor]
     hf.train()
     start = time.time()
 
-    optimizer = torch.optim.AdamW(trainable, lr=config.align_lr, weight_decay=0.0)
+    def recognition(batch: list[Scene], images: Tensor) -> tuple[Tensor, Tensor, float]:
+        """Image tokens, and the presence loss and accuracy of the throwaway linear head."""
+        features = torch.stack(hf.model.get_image_features(pixel_values=images).pooler_output)
+        present = torch.tensor([[o in s.names for o in OBJECTS] for s in batch]).float()
+        logits = head(features.flatten(1))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, present)
+        accuracy = ((logits > 0) == present.bool()).float().mean().item()
+        return features, config.recognition_weight * loss, accuracy
+
+    optimizer = torch.optim.AdamW(learned, lr=config.align_lr, weight_decay=0.0)
     scale = embed.pow(2).sum(-1).mean()
     for step in range(config.align_steps):
         _set_lr(optimizer, config.align_lr, step, config.align_steps)
         batch = draw(config.align_batch)
-        images = pixels([render(s) for s in batch], mean, std)
-        features = torch.stack(hf.model.get_image_features(pixel_values=images).pooler_output)
+        features, presence, seen = recognition(batch, pixels([render(s) for s in batch], mean, std))
         target = torch.stack([patch_targets(s, words, empty) for s in batch])
-        loss = (features - target).pow(2).sum(-1).mean() / scale
+        align = (features - target).pow(2).sum(-1).mean() / scale
         optimizer.zero_grad()
-        loss.backward()
+        (align + presence).backward()
         optimizer.step()
         if step % (config.log_every * 10) == 0 or step == config.align_steps - 1:
             log(
                 {
                     "phase": "align",
                     "step": step,
-                    "loss": loss.item(),
+                    "loss": align.item(),
+                    "presence_loss": presence.item(),
+                    "presence_accuracy": seen,
                     "seconds": time.time() - start,
                 }
             )
 
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
-    yes, no = (lm.tokenizer(ANSWERS[a])["input_ids"][0] for a in (True, False))
-    for step in range(config.steps):
-        _set_lr(optimizer, config.lr, step, config.steps)
-        batch = draw(config.batch)
-        ids, mask, labels = _batch(
-            model, [conversation(s, rng, config.caption_share, config.follow_ups) for s in batch]
-        )
-        # bfloat16 matmuls in the frozen LM (about 2x faster on CPUs with AVX512-BF16);
-        # the shipped model runs in float32.
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            hidden = hf.model(
-                input_ids=ids,
-                attention_mask=mask,
-                pixel_values=pixels([render(s) for s in batch], mean, std),
-                use_cache=False,
-            ).last_hidden_state
-            targets = labels[:, 1:] != -100  # position p predicts token p + 1
-            logits = hf.lm_head(hidden[:, :-1][targets]).float()
-        wanted = labels[:, 1:][targets]
-        loss = torch.nn.functional.cross_entropy(logits, wanted)
-        yes_no = (wanted == yes) | (wanted == no)  # the first answer token of a question
-        correct = (logits[yes_no].argmax(-1) == wanted[yes_no]).float().mean().item()
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        if step % config.log_every == 0 or step == config.steps - 1:
-            log(
-                {
-                    "phase": "end_to_end",
-                    "step": step,
-                    "loss": loss.item(),
-                    "yes_no_accuracy": correct,
-                    "seconds": time.time() - start,
-                }
-            )
+    answers = tuple(lm.tokenizer(ANSWERS[a])["input_ids"][0] for a in (True, False))
+    phases = [
+        ("end_to_end", config.steps, config.batch, config.caption_share),
+        ("questions", config.question_steps, config.question_batch, config.question_caption_share),
+    ]
+    for phase, steps, size, caption_share in phases:
+        optimizer = torch.optim.AdamW(learned, lr=config.lr, weight_decay=0.0)
+        for step in range(steps):
+            _set_lr(optimizer, config.lr, step, steps)
+            batch = draw(size)
+            convs = [conversation(s, rng, caption_share, config.follow_ups) for s in batch]
+            images = pixels([render(s) for s in batch], mean, std)
+            loss, correct = _step(model, convs, images, answers)
+            _, presence, seen = recognition(batch, images)
+            optimizer.zero_grad()
+            (loss + presence).backward()
+            torch.nn.utils.clip_grad_norm_(learned, 1.0)
+            optimizer.step()
+            if step % config.log_every == 0 or step == steps - 1:
+                log(
+                    {
+                        "phase": phase,
+                        "step": step,
+                        "loss": loss.item(),
+                        "yes_no_accuracy": correct,
+                        "presence_loss": presence.item(),
+                        "presence_accuracy": seen,
+                        "seconds": time.time() - start,
+                    }
+                )
     hf.eval()
     return tower_state(hf)
+
+
+def _step(
+    model: Model, convs: list[list[tuple[str, bool]]], images: Tensor, answers: tuple[int, int]
+) -> tuple[Tensor, float]:
+    """Teacher-forced loss on the assistant tokens, and the yes/no accuracy of the batch."""
+    ids, mask, labels = _batch(model, convs)
+    # bfloat16 matmuls in the frozen LM (about 2x faster on CPUs with AVX512-BF16);
+    # the shipped model runs in float32.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = model.hf.model(
+            input_ids=ids, attention_mask=mask, pixel_values=images, use_cache=False
+        ).last_hidden_state
+        targets = labels[:, 1:] != -100  # position p predicts token p + 1
+        logits = model.hf.lm_head(hidden[:, :-1][targets]).float()
+    wanted = labels[:, 1:][targets]
+    yes_no = (wanted == answers[0]) | (wanted == answers[1])  # each question's answer token
+    correct = (logits[yes_no].argmax(-1) == wanted[yes_no]).float().mean().item()
+    return torch.nn.functional.cross_entropy(logits, wanted), correct
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, peak: float, step: int, total: int) -> None:
