@@ -241,7 +241,7 @@ def _run(
         effects,
         folder,
         record,
-        _figures(effects, f"{job.upper()} {_PARAMETER[job]}", values, params["metric"]),
+        _figures(effects, parameter, values, params["metric"]),
         params["static"],
         tasks=task_args,
         captions=caption_args,
