@@ -13,6 +13,9 @@ hooks (`interp.hooks`) see each token that produces a response token as a single
 step, the first one included.
 A batch without padding passes neither mask nor position ids (exactly the forward of an
 unbatched prompt); a padded batch passes its attention mask and per-row positions.
+With `images=` (a vision-language model) each batch goes through the processor and is
+prefilled whole, the first response token chosen from that forward, as `model.hf.generate`
+does (see `generate`).
 
 Stopping is per row: a row finishes at the end-of-sequence token (not kept in its
 response), when its decoded response contains a stop string (the response keeps the token
