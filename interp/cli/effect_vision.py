@@ -216,9 +216,9 @@ def _run(
     values = [intervention.to_dict()[_PARAMETER[job]] for intervention in interventions]
     per_setting = len(tasks) + len(caption_tasks)
     update, bar = progress_bar(len(interventions) * per_setting, "effects", unit="task")
-    parts = []
+    parts, part_values = [], []
     with bar:
-        for step, intervention in enumerate(interventions):
+        for step, (intervention, value) in enumerate(zip(interventions, values, strict=True)):
             done = step * per_setting
             if tasks:
                 parts.append(
@@ -231,11 +231,12 @@ def _run(
                         metrics[params["metric"]],
                     )
                 )
+                part_values.append(value)
             if caption_tasks:
                 parts.append(caption_effects(loaded, caption_tasks, intervention, config))
+                part_values.append(value)
                 update(done + per_setting, 0)
-    per_value = len(parts) // len(interventions)
-    effects = combine_effects(parts, [values[i // per_value] for i in range(len(parts))])
+    effects = combine_effects(parts, part_values)
     settings = [i.to_dict() for i in interventions]
     report_effects(
         effects,
