@@ -66,6 +66,7 @@ from interp.hooks import (
     qkv_hooks,
     residual_hooks,
 )
+from interp.kv_cache import cache_kwargs, output_cache
 from interp.models import Model
 from interp.results import HeadScores, Provenance
 
@@ -414,7 +415,7 @@ def _step_two(
                 inputs_embeds=clean.resid[rows, p:],
                 attention_mask=task.clean.attention_mask[rows],
                 position_ids=task.clean.position_ids[rows, p:],
-                past_key_values=cache,
+                **cache_kwargs(model.hf, cache),
                 use_cache=cache is not None,
                 logits_to_keep=1,
             ).logits[:, -1]
@@ -433,13 +434,15 @@ def _prefixes(model: Model, task: CircuitTask, position: Tensor) -> dict[int, Dy
         out[p] = (
             None
             if p == 0
-            else model.hf(
-                input_ids=task.clean.input_ids[rows, :p],
-                attention_mask=task.clean.attention_mask[rows, :p],
-                position_ids=task.clean.position_ids[rows, :p],
-                use_cache=True,
-                logits_to_keep=1,
-            ).past_key_values
+            else output_cache(
+                model.hf(
+                    input_ids=task.clean.input_ids[rows, :p],
+                    attention_mask=task.clean.attention_mask[rows, :p],
+                    position_ids=task.clean.position_ids[rows, :p],
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+            )
         )
     return out
 

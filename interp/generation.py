@@ -48,6 +48,7 @@ from torch import Tensor
 from interp.config import Config, check_range
 from interp.errors import ConfigError, InputError, UnsupportedModelError
 from interp.inputs import RowImages
+from interp.kv_cache import cache_kwargs
 from interp.models import Model
 from interp.prefill import Prefilled, PrefixTree, default_batch_size, prefill, prefill_inputs
 
@@ -232,8 +233,8 @@ def decode(
             logits = prefilled.first_logits
         else:
             extra = {"attention_mask": mask, "position_ids": positions} if padded else {}
-            logits = model.hf(current, **extra, past_key_values=cache, use_cache=True).logits
-            logits = logits[:, -1]
+            cached = cache_kwargs(model.hf, cache)
+            logits = model.hf(current, **extra, **cached, use_cache=True).logits[:, -1]
         tokens = _choose(logits, config, [streams[row] for row in live])
         chosen = tokens.tolist()  # the one host sync per step
         kept = []

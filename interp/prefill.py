@@ -44,6 +44,7 @@ from transformers.cache_utils import DynamicLayer
 from interp.encoding import Encoding
 from interp.errors import InputError, UnsupportedModelError
 from interp.inputs import PER_POSITION, ModelInputs
+from interp.kv_cache import cache_kwargs
 from interp.models import Model
 
 __all__ = [
@@ -173,7 +174,7 @@ def prefill_inputs(
             batch.input_ids[:, :stop],
             **_padding_kwargs(batch, slice(None, stop)),
             **other,
-            past_key_values=cache,
+            **cache_kwargs(model.hf, cache),
             use_cache=True,
             logits_to_keep=1,
         )
@@ -395,7 +396,7 @@ class PrefixTree:
         self.model.hf(
             ids.to(device),
             **{k: v.to(device) for k, v in extra.items()},
-            past_key_values=cache,
+            **cache_kwargs(self.model.hf, cache),
             use_cache=True,
             logits_to_keep=1,
         )

@@ -19,6 +19,7 @@ from jaxtyping import Bool
 from torch import Tensor, nn
 
 from interp.errors import HookError, UnsupportedModelError
+from interp.kv_cache import is_decode_step
 from interp.models import Model
 
 
@@ -45,8 +46,7 @@ class PromptState:
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None:
             raise HookError(f"{self.name} needs input_ids in the model's forward, not embeddings.")
-        past = kwargs.get("past_key_values")
-        self.decoding = past is not None and past.get_seq_length() > 0
+        self.decoding = is_decode_step(kwargs)
         mask = kwargs.get("attention_mask")
         self.ids, self.pixels = ids, kwargs.get("pixel_values")
         self.mask = torch.ones_like(ids) if mask is None else mask

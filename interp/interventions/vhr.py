@@ -43,6 +43,7 @@ from interp.errors import InputError, UnsupportedModelError
 from interp.hooks import decoder_input_hooks, head_output_hooks
 from interp.inputs import ModelInputs
 from interp.interventions.prompt_state import PromptState, prompt_state
+from interp.kv_cache import without_cache
 from interp.models import Model
 
 
@@ -149,12 +150,10 @@ def without_images(kwargs: dict[str, Any], image: Bool[Tensor, "batch pos"]) -> 
         cf_mask[row, width - count :] = 1
     cf_positions = (cf_mask.cumsum(-1) - 1).clamp_min(0).to(positions.dtype)
     return {
-        **kwargs,
+        **without_cache(kwargs),
         "inputs_embeds": torch.cat([embeds, cf_embeds]),
         "attention_mask": torch.cat([mask, cf_mask]),
         "position_ids": torch.cat([positions, cf_positions]),
-        "past_key_values": None,
-        "use_cache": False,
     }
 
 

@@ -17,6 +17,7 @@ from interp.interventions.act import (
     calibrate_rows,
     hidden_sinks,
 )
+from interp.kv_cache import cache_kwargs, output_cache
 from interp.models import Model
 from tests.interp.helpers import Recorder, cached_greedy, left_padded, whole
 
@@ -147,9 +148,9 @@ def test_decode_rows_reuse_prefill_sinks(tiny: Model, monkeypatch, block_rows) -
 def test_cache_forward_without_prefill_raises(tiny: Model) -> None:
     ids = tiny.encode(TEXT).input_ids
     with torch.no_grad():
-        cache = tiny.hf(ids, use_cache=True).past_key_values
+        cache = output_cache(tiny.hf(ids, use_cache=True))
         with pytest.raises(HookError, match="prefill"), ACT(HEADS).applied(tiny):
-            tiny.hf(ids[:, -1:], past_key_values=cache)
+            tiny.hf(ids[:, -1:], **cache_kwargs(tiny.hf, cache))
 
 
 @pytest.mark.parametrize("block_rows", [1, 3])

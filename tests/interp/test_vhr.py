@@ -9,6 +9,7 @@ import torch
 from interp.errors import HookError, InputError
 from interp.hooks import attention_hooks, head_output_hooks
 from interp.interventions.vhr import VHR, VhrConfig, above_median, filter_outliers, vhr_layers
+from interp.kv_cache import output_cache
 from interp.models import Model
 from probes.vision import VhdConfig, vision_head_divergence
 from tests.interp.helpers import vlm_cached_and_reforwarded
@@ -169,7 +170,8 @@ def test_vhr_generation_with_the_cache_equals_re_forwarding(vlm, reinforce_count
     assert not torch.equal(plain, cached)  # the reinforcement changes the generation
 
 
-def test_vhr_errors():
+@pytest.mark.parametrize("cache_name", ["past_key_values", "cache"])
+def test_vhr_errors(cache_name):
     model = tiny_llava()
     with pytest.raises(InputError, match="needs an image with every prompt"):
         vision_head_divergence(model, ["a", "b"], [_images(1)[0], None])
@@ -177,7 +179,8 @@ def test_vhr_errors():
         vision_head_divergence(model, "caption: <image>", _images(1)[0])
     inputs = model.prepare("<image> hi", _images(1)[0])
     with torch.no_grad():
-        cache = model.hf(**inputs, use_cache=True).past_key_values
-        step = {"input_ids": inputs.input_ids[:, -1:], "past_key_values": cache}
+        cache = output_cache(model.hf(**inputs, use_cache=True))
+        # a decode step is seen from the cache's contents, under either argument name
+        step = {"input_ids": inputs.input_ids[:, -1:], cache_name: cache}
         with VHR().applied(model), pytest.raises(HookError, match="without its prompt"):
             model.hf(**step)
