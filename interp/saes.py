@@ -6,10 +6,11 @@ trainer's `DataProvider` seam: sae-lens's own activation store only reads
 TransformerLens/HF models by hook name, not tensors), and returns the inference
 `StandardSAE` with its provenance. `TrainedSAE.save` writes sae-lens's folder format
 (`cfg.json` + `sae_weights.safetensors`, loadable with `sae_lens.SAE.load_from_disk`) with
-the toolkit's `Provenance` inside the config's metadata; `TrainedSAE.load` checks it against
-the model and hook it is used with (docs/methods.md §11). `reconstruction` scores an SAE
-on activations; `splice_loss` measures the model's next-token loss with the SAE's
-reconstruction in place of the activation.
+the toolkit's `Provenance` inside the config's metadata; `TrainedSAE.load` reads any SAE in
+that format (one saved by plain sae-lens has no provenance and is checked by its input width
+at its hook) and checks it against the model and hook it is used with (docs/methods.md
+§11). `reconstruction` scores an SAE on activations; `splice_loss` measures the model's
+next-token loss with the SAE's reconstruction in place of the activation.
 
 Memory: the rows stay where they are (one shuffled index per epoch; `constant_norm_rescale`
 keeps one normalised copy); the SAE holds 2·d_in·d_sae weights, and Adam twice that again.
@@ -35,7 +36,7 @@ from torch import Tensor
 from interp.activations import Activations, _batches
 from interp.config import Config, check_range
 from interp.errors import InputError
-from interp.hook_points import hooked
+from interp.hook_points import hooked, record
 from interp.models import Model
 from interp.results import Provenance
 
@@ -44,6 +45,7 @@ __all__ = [
     "SAETrainConfig",
     "SpliceLoss",
     "TrainedSAE",
+    "hook_width",
     "reconstruction",
     "splice_loss",
     "train_sae",
@@ -116,30 +118,53 @@ class _Rows(Iterator[Tensor]):
 
 @dataclass(frozen=True, eq=False)
 class TrainedSAE:
-    """A sae-lens inference SAE and the provenance of its training.
+    """A sae-lens inference SAE and, when the toolkit trained it, the provenance of that.
 
     `provenance.config` holds the hook, layers, reduction and `SAETrainConfig`;
-    `provenance.inputs_hash` is the training texts' hash. Equal means same provenance,
-    same sae-lens config and bit-equal weights.
+    `provenance.inputs_hash` is the training texts' hash. An SAE saved by plain sae-lens
+    has no provenance (None): its hook comes from sae-lens's own metadata, it is taken to
+    read one activation per token, and `check` can then test only that its input width
+    fits the model's activation at that hook, not that it was trained on these weights.
+    Equal means same provenance, same sae-lens config and bit-equal weights.
     """
 
-    sae: StandardSAE
-    provenance: Provenance
+    sae: SAE
+    provenance: Provenance | None
 
     @property
     def hook(self) -> str:
+        if self.provenance is None:
+            return str(self.sae.cfg.metadata.hook_name)
         return str(self.provenance.config["hook"])
 
+    @property
+    def reduction(self) -> str:
+        """ "tokens" (one row per token) or "heads" (one per head), as collected for training."""
+        return "tokens" if self.provenance is None else str(self.provenance.config["reduction"])
+
     def check(self, model: Model | None = None, hook: str | None = None) -> None:
-        """InputError unless this SAE was trained on `model`'s weights and on `hook`."""
+        """InputError unless this SAE fits `model` and `hook`.
+
+        With provenance: trained on `model`'s weights and on `hook`. Without: its input
+        width equals the width of `model`'s activation at its hook (one short forward).
+        """
+        if hook is not None and hook != self.hook:
+            raise InputError(f"This SAE reads {self.hook!r}, not {hook!r}.")
+        if model is None:
+            return
         trained = self.provenance
-        if model is not None and trained.weights_hash != model.weights_hash:
+        if trained is None:
+            width = hook_width(model, self.hook)
+            if width != self.sae.cfg.d_in:
+                raise InputError(
+                    f"This SAE reads {self.sae.cfg.d_in}-wide activations at {self.hook!r},"
+                    f" where {model.spec} has {width}: it was made for another model."
+                )
+        elif trained.weights_hash != model.weights_hash:
             raise InputError(
                 f"This SAE was trained on {trained.model} (weights {trained.weights_hash[:19]}),"
                 f" not on {model.spec} (weights {model.weights_hash[:19]}): train one on it."
             )
-        if hook is not None and hook != self.hook:
-            raise InputError(f"This SAE was trained on {self.hook!r}, not on {hook!r}.")
 
     def save(self, folder: str | Path) -> Path:
         """Write sae-lens's folder format; the provenance rides in the config's metadata."""
@@ -151,25 +176,37 @@ class TrainedSAE:
     def load(
         cls, folder: str | Path, *, model: Model | None = None, hook: str | None = None
     ) -> TrainedSAE:
-        """Load a saved SAE; with `model` (and `hook`) check it was trained on them.
+        """Load an SAE in sae-lens's folder format, the toolkit's or any other.
+
+        With `model` (and `hook`), `check` it against them.
 
         Raises:
-            InputError: no SAE folder there, no toolkit provenance, or another model/hook.
+            InputError: no readable SAE folder there, or one that does not fit model/hook.
         """
         folder = Path(folder)
-        config = folder / "cfg.json"
-        if not config.is_file():
-            raise InputError(f"No SAE at {folder}: expected sae-lens's cfg.json there.")
+        metadata = _metadata(folder / "cfg.json")
+        provenance = None
+        if _PROVENANCE_KEY in metadata:
+            try:
+                provenance = Provenance.from_dict(metadata[_PROVENANCE_KEY])
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"The SAE at {folder} has a malformed interp provenance.") from exc
+        elif not metadata.get("hook_name"):
+            raise InputError(
+                f"The SAE at {folder} names no hook point (sae-lens's metadata.hook_name):"
+                " set it to the TransformerLens name it reads, e.g. blocks.3.hook_resid_post."
+            )
+        weights = folder / "sae_weights.safetensors"
+        if not weights.is_file():
+            raise InputError(f"No SAE weights at {weights}.")
         try:
-            metadata = json.loads(config.read_text()).get("metadata", {})
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{config} is not valid JSON: {exc.msg} (line {exc.lineno}).") from exc
-        if _PROVENANCE_KEY not in metadata:
-            raise InputError(f"The SAE at {folder} has no interp provenance: train it with interp.")
-        sae = SAE.load_from_disk(folder)
-        if not isinstance(sae, StandardSAE):
-            raise InputError(f"The SAE at {folder} is a {type(sae).__name__}, not a StandardSAE.")
-        trained = cls(sae, Provenance.from_dict(metadata[_PROVENANCE_KEY]))
+            sae = SAE.load_from_disk(folder)
+        except Exception as exc:  # sae-lens and safetensors raise many kinds; say which
+            raise InputError(
+                f"sae-lens cannot load the SAE at {folder}: {type(exc).__name__}:"
+                f" {str(exc).splitlines()[0] if str(exc) else 'no message'}"
+            ) from exc
+        trained = cls(sae, provenance)
         trained.check(model, hook)
         return trained
 
@@ -185,6 +222,27 @@ class TrainedSAE:
         )
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def _metadata(config: Path) -> dict:
+    """The `metadata` of a sae-lens cfg.json, after checking the file is one."""
+    if not config.is_file():
+        raise InputError(f"No SAE at {config.parent}: expected sae-lens's cfg.json there.")
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{config} is not UTF-8 text.") from exc
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{config} is not valid JSON: {exc.msg} (line {exc.lineno}).") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("metadata", {}), dict):
+        raise InputError(f"{config} is not a sae-lens config: expected an object with metadata.")
+    return data.get("metadata", {})
+
+
+def hook_width(model: Model, hook: str) -> int:
+    """The width of one token's activation at a TransformerLens hook point (heads flattened)."""
+    ids = model.encode("a").input_ids
+    return math.prod(record(model, ids, [hook])[hook].shape[2:])
 
 
 def train_sae(
@@ -340,9 +398,11 @@ def splice_loss(
         InputError: an SAE of another model, one on head outputs, or no texts.
     """
     trained.check(model)
-    if trained.provenance.config["reduction"] != "tokens":
+    if trained.reduction != "tokens":
         raise InputError("splice_loss needs an SAE on a token hook point, not on head outputs.")
-    skip_first = bool(trained.provenance.config.get("skip_first", False))
+    skip_first = trained.provenance is not None and bool(
+        trained.provenance.config.get("skip_first", False)
+    )
     batches = _batches(texts, batch_size)
     totals = torch.zeros(2, dtype=torch.float64)
     n_tokens, done = 0, 0

@@ -42,9 +42,13 @@ from interp.saes import TrainedSAE
 __all__ = ["latent_attribution", "top_latents"]
 
 _RESIDUAL = re.compile(r"blocks\.(\d+)\.hook_resid_(pre|post)")
+_LINEAR_NORMALISATIONS = ("none", "constant_norm_rescale")  # one scale per residual vector
 
 
 def _encode(trained: TrainedSAE, x: Tensor) -> Tensor:
+    """Latents of [pos, ...] activations: a hook_z SAE flattens [head, d_head] itself."""
+    if not getattr(trained.sae, "hook_z_reshaping_mode", False):
+        x = x.flatten(1)
     with torch.no_grad():
         return trained.sae.encode(x.to(trained.sae.device, trained.sae.dtype))
 
@@ -53,7 +57,7 @@ def _provenance(trained: TrainedSAE, model: Model, config: dict, texts: list[str
     return Provenance(
         **model.provenance_fields(),
         analyzer="sae_latents",
-        config={"hook": trained.hook, "sae_inputs": trained.provenance.inputs_hash, **config},
+        config={"hook": trained.hook, "sae_inputs": _sae_inputs(trained), **config},
         inputs_hash=hash_inputs(texts),
         n_inputs=len(texts),
     )
@@ -91,7 +95,7 @@ def top_latents(
     frames = []
     for example, text in enumerate(texts):
         ids = model.encode(text).input_ids
-        x = record(model, ids, [trained.hook])[trained.hook][0]  # [pos, d_model]
+        x = record(model, ids, [trained.hook])[trained.hook][0]  # [pos, ...]
         acts = _encode(trained, x).float().cpu()  # [pos, d_sae]
         values, latents = acts.topk(min(k, acts.shape[-1]), dim=-1)  # [pos, k]
         position, rank = np.nonzero(values.numpy() > 0)
@@ -135,6 +139,16 @@ def latent_attribution(
         raise InputError(
             f"Head attribution needs an SAE on the residual stream, not on {trained.hook!r}."
         )
+    if getattr(trained.sae, "b_enc", None) is None:
+        raise InputError(
+            f"Head attribution splits W_enc·x + b_enc; a {type(trained.sae).__name__} has no"
+            " such pre-activation."
+        )
+    if trained.sae.cfg.normalize_activations not in _LINEAR_NORMALISATIONS:
+        raise InputError(
+            "Head attribution splits inputs scaled by 'none' or 'constant_norm_rescale' only,"
+            f" not by {trained.sae.cfg.normalize_activations!r}."
+        )
     d_sae = trained.sae.cfg.d_sae
     if not 0 <= latent < d_sae:
         raise InputError(f"Latent {latent} is out of range for an SAE of {d_sae} latents.")
@@ -165,7 +179,7 @@ def latent_attribution(
         "latent": np.full(heads.shape, latent),
         "position": np.full(heads.shape, position),
         "pre_activation": np.full(heads.shape, pre),
-        "activation": np.full(heads.shape, max(pre, 0.0)),
+        "activation": np.full(heads.shape, float(_encode(trained, x[None])[0, latent])),
     }
     config = {"latent": latent, "position": position}
     return HeadScores.from_matrix(heads, _provenance(trained, model, config, [prompt]), extra)
@@ -179,6 +193,11 @@ def _pre_activation(trained: TrainedSAE, x: Tensor, latent: int) -> float:
     return float(hidden[0, latent])
 
 
+def _sae_inputs(trained: TrainedSAE) -> str | None:
+    """The SAE's training-text hash; None for an SAE made outside the toolkit."""
+    return None if trained.provenance is None else trained.provenance.inputs_hash
+
+
 def _check_tokens(trained: TrainedSAE) -> None:
-    if trained.provenance.config["reduction"] != "tokens":
+    if trained.reduction != "tokens":
         raise InputError("Token latents need an SAE on a token hook point, not on head outputs.")

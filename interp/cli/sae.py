@@ -240,7 +240,8 @@ def _collect(loaded: Any, texts: list[str], hook: str, skip_first: bool, what: s
 @sae_app.command("latents")
 def sae_latents(
     sae: Annotated[
-        Path, typer.Option(help="An SAE folder written by `interp sae train` (its sae/ folder).")
+        Path,
+        typer.Option(help="An SAE folder in sae-lens's format: `interp sae train`'s sae/, or any."),
     ],
     prompt: Annotated[str, typer.Option(help="The text to read the latents of.")],
     model: Annotated[str | None, ModelOption] = None,

@@ -4,6 +4,7 @@ import json
 
 import pandas as pd
 import pytest
+from sae_lens import StandardSAE, StandardSAEConfig
 from typer.testing import CliRunner
 
 from interp.cli import app
@@ -140,3 +141,19 @@ def test_circuit_sae_scores_seeds_against_a_reference(tmp_path):
     other = saved_tiny(tmp_path / "other")
     wrong = ["circuit", "sae", "--model", str(other), "--reference", reference]
     assert "not on" in _one_error(runner.invoke(app, [*wrong, "-o", str(tmp_path / "c")]))
+
+
+def test_latents_of_a_plain_sae_lens_sae(files, tmp_path):
+    config = StandardSAEConfig(d_in=64, d_sae=16)
+    config.metadata.hook_name = "blocks.1.hook_resid_post"
+    StandardSAE(config).save_model(tmp_path / "plain")
+    argv = ["sae", "latents", "--sae", str(tmp_path / "plain"), "--prompt", "The cat sat."]
+    argv += ["--model", str(files / "model"), "--latent", "3", "--no-static"]
+    result = runner.invoke(app, [*argv, "-o", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    heads = pd.read_parquet(tmp_path / "a" / "latent_3_heads.parquet")
+    assert len(heads) == 2 * 4 and heads.score.abs().sum() > 0
+    config.d_in = 48
+    StandardSAE(config).save_model(tmp_path / "narrow")
+    argv[argv.index(str(tmp_path / "plain"))] = str(tmp_path / "narrow")
+    assert "48-wide" in _one_error(runner.invoke(app, [*argv, "-o", str(tmp_path / "b")]))

@@ -1,15 +1,21 @@
 """SAEs with sae-lens: training on collected activations, save/load with provenance."""
 
-import json
 from dataclasses import replace
 
 import pytest
 import torch
-from sae_lens import SAE
+from sae_lens import SAE, StandardSAE, StandardSAEConfig
 
 from interp.activations import collect_heads, collect_tokens
 from interp.errors import ConfigError, InputError
-from interp.saes import SAETrainConfig, TrainedSAE, reconstruction, splice_loss, train_sae
+from interp.saes import (
+    SAETrainConfig,
+    TrainedSAE,
+    hook_width,
+    reconstruction,
+    splice_loss,
+    train_sae,
+)
 from tests.tiny import tiny_llama
 
 HOOK = "blocks.1.hook_resid_post"
@@ -92,14 +98,62 @@ def test_loading_what_is_not_an_interp_sae_is_an_input_error(tmp_path, trained):
     with pytest.raises(InputError, match="No SAE"):
         TrainedSAE.load(tmp_path)
     folder = trained.save(tmp_path / "sae")
-    config = json.loads((folder / "cfg.json").read_text())
-    del config["metadata"]["interp_provenance"]
-    (folder / "cfg.json").write_text(json.dumps(config))
-    with pytest.raises(InputError, match="no interp provenance"):
+    config = folder / "cfg.json"
+    for text, message in [
+        ("{not json", "not valid JSON"),
+        ("[]", "not a sae-lens config"),
+        ('{"metadata": 3}', "not a sae-lens config"),
+        ('{"metadata": {"interp_provenance": [1]}}', "malformed interp provenance"),
+        ('{"metadata": {}}', "names no hook point"),
+    ]:
+        config.write_text(text)
+        with pytest.raises(InputError, match=message) as error:
+            TrainedSAE.load(folder)
+        assert "\n" not in str(error.value)
+    config.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(InputError, match="not UTF-8"):
         TrainedSAE.load(folder)
-    (folder / "cfg.json").write_text("{not json")
-    with pytest.raises(InputError, match="not valid JSON"):
-        TrainedSAE.load(folder)
+
+
+def _plain_sae(folder, sae_class=StandardSAE, config_class=StandardSAEConfig, d_in=64):
+    """An SAE saved by sae-lens alone (random weights, no interp provenance) on HOOK."""
+    config = config_class(d_in=d_in, d_sae=32)
+    config.metadata.hook_name = HOOK
+    torch.manual_seed(0)
+    sae = sae_class(config)
+    with torch.no_grad():
+        for parameter in sae.parameters():
+            parameter.normal_()
+    sae.save_model(folder)
+    return sae
+
+
+def test_a_plain_sae_lens_sae_loads_and_is_checked_by_its_width(tmp_path, model):
+    plain = _plain_sae(tmp_path / "plain")
+    loaded = TrainedSAE.load(tmp_path / "plain", model=model, hook=HOOK)
+    assert loaded.provenance is None and loaded.hook == HOOK and loaded.reduction == "tokens"
+    assert torch.equal(loaded.sae.W_enc, plain.W_enc)
+    assert hook_width(model, HOOK) == 64 and hook_width(model, "blocks.0.attn.hook_z") == 64
+    with pytest.raises(InputError, match=r"blocks\.2\.hook_resid_post"):
+        TrainedSAE.load(tmp_path / "plain", hook="blocks.2.hook_resid_post")
+    _plain_sae(tmp_path / "narrow", d_in=48)
+    with pytest.raises(InputError, match=r"48-wide.* has 64: it was made for another") as error:
+        TrainedSAE.load(tmp_path / "narrow", model=model)
+    assert "\n" not in str(error.value)
+    loss = splice_loss(model, loaded, TEXTS)  # usable downstream without provenance
+    assert loss.spliced > loss.clean
+
+
+def test_a_plain_sae_with_broken_weights_is_one_line(tmp_path):
+    _plain_sae(tmp_path / "plain")
+    weights = tmp_path / "plain" / "sae_weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(InputError, match="sae-lens cannot load") as error:
+        TrainedSAE.load(tmp_path / "plain")
+    assert "\n" not in str(error.value)
+    weights.unlink()
+    with pytest.raises(InputError, match="No SAE weights"):
+        TrainedSAE.load(tmp_path / "plain")
 
 
 def _with_weights(trained: TrainedSAE, **weights: torch.Tensor) -> TrainedSAE:

@@ -5,11 +5,21 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from sae_lens import (
+    GatedSAE,
+    GatedSAEConfig,
+    JumpReLUSAE,
+    JumpReLUSAEConfig,
+    StandardSAE,
+    StandardSAEConfig,
+    TopKSAE,
+    TopKSAEConfig,
+)
 
 from interp.activations import collect_heads, collect_tokens
 from interp.errors import InputError
 from interp.hook_points import record
-from interp.saes import SAETrainConfig, train_sae
+from interp.saes import SAETrainConfig, TrainedSAE, train_sae
 from probes.sae_latents import latent_attribution, top_latents
 from tests.tiny import tiny_llama
 
@@ -111,3 +121,59 @@ def test_bad_latents_positions_and_saes_are_input_errors(model, trained):
     heads = train_sae(collect_heads(model, TEXTS), replace(QUICK, batch_size=8))
     with pytest.raises(InputError, match="head outputs"):
         top_latents(model, heads, PROMPT)
+
+
+def _plain(config_class, sae_class, hook=HOOK, **settings):
+    """A random sae-lens SAE on `hook`, as loaded without interp provenance."""
+    config = config_class(d_in=64, d_sae=32, **settings)
+    config.metadata.hook_name = hook
+    torch.manual_seed(0)
+    sae = sae_class(config)
+    with torch.no_grad():
+        for parameter in sae.parameters():
+            parameter.normal_(std=0.3)
+    return TrainedSAE(sae, None)
+
+
+@pytest.mark.parametrize(
+    ("config_class", "sae_class", "settings"),
+    [(TopKSAEConfig, TopKSAE, {"k": 4}), (JumpReLUSAEConfig, JumpReLUSAE, {})],
+)
+def test_plain_sae_lens_saes_of_other_architectures_give_their_own_activations(
+    model, config_class, sae_class, settings
+):
+    trained = _plain(config_class, sae_class, **settings)
+    table = top_latents(model, trained, [PROMPT], k=2).data
+    ids = model.encode(PROMPT).input_ids
+    with torch.no_grad():
+        acts = trained.sae.encode(record(model, ids, [HOOK])[HOOK][0])
+    assert len(table) > 0
+    for row in table.itertuples():
+        assert row.activation == pytest.approx(float(acts[row.position, row.latent]))
+    latent = int(table.latent.iloc[0])
+    heads = latent_attribution(model, trained, PROMPT, latent, position=0)
+    assert heads.data.activation.iloc[0] == pytest.approx(float(acts[0, latent]))
+    assert heads.provenance.config["sae_inputs"] is None  # made outside the toolkit
+
+
+def test_saes_whose_pre_activation_does_not_split_over_heads_are_refused(model):
+    with pytest.raises(InputError, match="GatedSAE has no"):
+        latent_attribution(model, _plain(GatedSAEConfig, GatedSAE), PROMPT, 0)
+    layer_norm = _plain(StandardSAEConfig, StandardSAE, normalize_activations="layer_norm")
+    with pytest.raises(InputError, match="'layer_norm'"):
+        latent_attribution(model, layer_norm, PROMPT, 0)
+
+
+@pytest.mark.parametrize("reshape", ["hook_z", "none"])
+def test_an_sae_on_head_outputs_reads_them_flattened_with_or_without_reshaping(model, reshape):
+    hook = "blocks.1.attn.hook_z"
+    trained = _plain(StandardSAEConfig, StandardSAE, hook=hook, reshape_activations=reshape)
+    table = top_latents(model, trained, [PROMPT], k=1).data
+    z = record(model, model.encode(PROMPT).input_ids, [hook])[hook][0]  # [pos, head, d_head]
+    with torch.no_grad():
+        sae = trained.sae  # standard: relu((x - b_dec) W_enc + b_enc), x the heads flattened
+        hidden = (z.flatten(1) - sae.b_dec) @ sae.W_enc + sae.b_enc
+    expected = hidden.relu().max(-1)
+    active = expected.values > 0
+    assert table.position.tolist() == torch.nonzero(active).flatten().tolist()
+    assert table.latent.tolist() == expected.indices[active].tolist()
