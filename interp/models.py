@@ -345,6 +345,17 @@ def load_config(spec: str | os.PathLike | None = None) -> PretrainedConfig:
         ) from exc
 
 
+def takes_images(spec: str | os.PathLike | None = None) -> bool:
+    """Whether `load_model(spec)` gives a vision-language model, read from its config alone.
+
+    Raises:
+        UnsupportedModelError: the spec names no readable config.
+    """
+    if spec is not None and str(spec) == SHAPES_LLAVA:
+        return True
+    return getattr(load_config(spec), "vision_config", None) is not None
+
+
 @dataclass(frozen=True)
 class _Load:
     """How to load: placement and dtype, as `from_pretrained` arguments."""

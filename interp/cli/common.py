@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from tqdm.auto import tqdm
 
-from interp.errors import InterpError
+from interp.errors import InputError, InterpError
 
 if TYPE_CHECKING:
     from interp.runs import RunRecord
@@ -160,6 +160,19 @@ def load_model_or_fail(
     parse_dtype(dtype)
     typer.echo(f"loading {spec or DEFAULT_MODEL} ...", err=True)
     return load_model(spec, dtype=dtype, **chosen)
+
+
+def require_vision_model(spec: str | None, command: str) -> None:
+    """Refuse a text-only model from its config, before any weights load."""
+    from interp.models import DEFAULT_MODEL, takes_images
+
+    if not takes_images(spec):
+        raise InputError(
+            f"{spec or DEFAULT_MODEL} is a text-only model (its config has no vision tower):"
+            f" `interp {command}` needs a vision-language model with its processor, e.g."
+            " --model shapes-llava (shipped, offline) or a LLaVA-1.5/NeXT, Idefics3/SmolVLM"
+            " or Qwen2.5-VL folder or hub id."
+        )
 
 
 def export_figures(figures: dict[str, Any], folder: Path, static: bool) -> list[Path]:

@@ -27,6 +27,7 @@ from interp.cli.common import (
     parse_ints,
     placement,
     progress_bar,
+    require_vision_model,
     result_folder,
     start_record,
     user_errors,
@@ -197,6 +198,7 @@ def _run(
     task_args, caption_args = params["task"] or [], params["captions"] or []
     if not task_args and not caption_args:
         raise InputError("Give a --task (multiple choice) or --captions (CHAIR) folder, or both.")
+    require_vision_model(params["model"], f"effect {job}")
     tasks = [
         load_task(t, "test").subsample(params["items"] or None, config.seed) for t in task_args
     ]

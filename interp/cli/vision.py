@@ -20,6 +20,7 @@ from interp.cli.common import (
     parse_ints,
     placement,
     progress_bar,
+    require_vision_model,
     result_folder,
     start_record,
     user_errors,
@@ -91,6 +92,7 @@ def score_vision(
         from interp.results import HeadScores, ItemTable, csv_path
         from probes import vision, visual_sinks
 
+        require_vision_model(model, "score vision")
         files = image_files(images)
         texts = paired_prompts(load_prompts(prompts) if prompts else [DEFAULT_PROMPT], len(files))
         dims = parse_ints(sink_dims, minimum=0)

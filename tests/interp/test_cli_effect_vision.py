@@ -70,7 +70,7 @@ def test_effect_errors_are_one_line(folders, tmp_path):
     cases = {
         "has no images": [*base, "--task", str(text_task)],
         "Cannot read the image file": [*base, "--task", str(broken)],
-        "VHR needs a VLM": [
+        "is a text-only model": [
             *("effect", "vhr", "--model", str(folders["text_model"]), *SMALL),
             *("--task", str(folders["task"])),
         ],
@@ -80,6 +80,16 @@ def test_effect_errors_are_one_line(folders, tmp_path):
         errors = [line for line in result.output.splitlines() if line.startswith("error:")]
         assert result.exit_code == 2 and len(errors) == 1, result.output
         assert message in errors[0], result.output
+
+
+@pytest.mark.parametrize("command", ["vhr", "var"])
+def test_a_text_only_model_is_refused_before_its_weights_load(folders, tmp_path, command):
+    for model in ([], ["--model", str(folders["text_model"])]):  # the default is text-only
+        argv = ["effect", command, *model, "--task", str(folders["task"]), *SMALL]
+        result = runner.invoke(app, [*argv, "--out", str(tmp_path / "x")])
+        assert result.exit_code == 2, result.output
+        assert "text-only model" in result.output and "shapes-llava" in result.output
+        assert "loading" not in result.output  # load_model_or_fail's status line
 
 
 def test_captions_and_a_sweep_write_chair_rows_and_a_sweep_figure(folders, tmp_path):

@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from interp.cli import app
-from tests.tiny import tiny_llava, tiny_llava_next
+from tests.tiny import saved_tiny, tiny_llava, tiny_llava_next
 
 runner = CliRunner()
 
@@ -76,6 +76,17 @@ def test_score_vision_errors_are_one_line(tmp_path: Path):
         result = runner.invoke(app, argv)
         assert result.exit_code != 0
         assert message in result.output, result.output
+
+
+def test_score_vision_refuses_a_text_only_model_before_loading_it(tmp_path: Path):
+    _, images = _folders(tmp_path)
+    text_model = saved_tiny(tmp_path / "llama")
+    for model in ([], ["--model", str(text_model)]):  # the default is text-only
+        result = runner.invoke(app, ["score", "vision", *model, "--images", str(images)])
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert result.exit_code == 2 and len(errors) == 1, result.output
+        assert "text-only model" in errors[0] and "shapes-llava" in errors[0]
+        assert "loading" not in result.output  # load_model_or_fail's status line
 
 
 def test_score_vision_says_when_the_sink_patch_map_is_not_supported(tmp_path: Path):
