@@ -148,3 +148,55 @@ def test_result_files_that_are_not_results_are_refused(tmp_path, content):
     if content is not None:
         path.write_bytes(content)
     _one_line_error(lambda: HeadScores.load(path))
+
+
+def _with_provenance(path: Path, raw: bytes) -> Path:
+    """A real HeadScores file whose stored provenance is replaced by `raw`."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from tests.interp.test_results import provenance
+
+    HeadScores.from_matrix(np.zeros((2, 3)), provenance()).save(path)
+    table = pq.read_table(path)
+    meta = {**table.schema.metadata, b"interp.provenance": raw}
+    pq.write_table(table.replace_schema_metadata(meta), path)
+    return path
+
+
+GOOD_PROVENANCE = {
+    "model": "m",
+    "weights_hash": "w",
+    "analyzer": "a",
+    "config": {},
+    "inputs_hash": "h",
+    "n_inputs": 1,
+}
+BAD_PROVENANCE = [
+    b"{not json",
+    b"\xff\xfe not utf-8",
+    b"[]",
+    b"null",
+    b'{"model": "m"}',
+    json.dumps({**GOOD_PROVENANCE, "model": 3}).encode(),
+    json.dumps({**GOOD_PROVENANCE, "config": []}).encode(),
+    json.dumps({**GOOD_PROVENANCE, "n_inputs": "1"}).encode(),
+    json.dumps({**GOOD_PROVENANCE, "n_inputs": -1}).encode(),
+    json.dumps({**GOOD_PROVENANCE, "extra": 1}).encode(),
+]
+
+
+@pytest.mark.parametrize("raw", BAD_PROVENANCE)
+def test_results_with_corrupt_provenance_are_refused(tmp_path, raw):
+    path = _with_provenance(tmp_path / "scores.parquet", raw)
+    assert "scores.parquet" in _one_line_error(lambda: HeadScores.load(path))
+
+
+def test_head_scores_with_non_integer_heads_are_refused(tmp_path):
+    import numpy as np
+
+    from tests.interp.test_results import provenance
+
+    scores = HeadScores.from_matrix(np.zeros((2, 3)), provenance())
+    data = scores.data.assign(layer=scores.data.layer.astype(float) + 0.5)
+    _one_line_error(lambda: HeadScores(data, scores.provenance))
