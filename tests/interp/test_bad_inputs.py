@@ -200,3 +200,34 @@ def test_head_scores_with_non_integer_heads_are_refused(tmp_path):
     scores = HeadScores.from_matrix(np.zeros((2, 3)), provenance())
     data = scores.data.assign(layer=scores.data.layer.astype(float) + 0.5)
     _one_line_error(lambda: HeadScores(data, scores.provenance))
+
+
+@pytest.mark.parametrize("keep", [10, 1000, 100_000, 5_000_000])
+def test_truncated_gguf_files_are_refused_before_reading_a_config(tmp_path, monkeypatch, keep):
+    from interp.models import default_gguf_path, load_config
+
+    monkeypatch.setenv("INTERP_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "cut.gguf"
+    with default_gguf_path().open("rb") as whole:
+        path.write_bytes(whole.read(keep))
+    assert "truncated" in _one_line_error(lambda: load_config(path))
+    assert "truncated" in _one_line_error(lambda: load_model(path))
+    assert not (tmp_path / "cache").exists()  # refused before hashing or converting
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"device": "garbage"}, "Unknown device"),
+        ({"n_tokens": 10**30}, "context is 512 tokens"),
+        ({"n_tokens": 513}, "context is 512 tokens"),
+        ({"batch": 10**18}, "batch in 1.."),
+    ],
+)
+def test_memory_plans_take_sizes_the_model_can_run(options, message):
+    from interp.memory_plan import plan_memory
+    from tests.tiny import tiny_llama
+
+    config = tiny_llama().hf.config
+    arguments = {"n_tokens": 64, **options}
+    assert message in _one_line_error(lambda: plan_memory(config, **arguments))
