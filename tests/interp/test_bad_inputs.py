@@ -10,6 +10,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from interp.errors import InterpError
@@ -231,3 +232,33 @@ def test_memory_plans_take_sizes_the_model_can_run(options, message):
     config = tiny_llama().hf.config
     arguments = {"n_tokens": 64, **options}
     assert message in _one_line_error(lambda: plan_memory(config, **arguments))
+
+
+@pytest.mark.parametrize(("width", "height"), [(20000, 20000), (9000, 9000), (8192, 8193)])
+def test_images_over_the_pixel_limit_are_refused_unread(tmp_path, width, height):
+    from interp.inputs import load_image
+    from tests.tiny import bomb_png, tiny_llava
+
+    path = bomb_png(tmp_path / "bomb.png", width, height)
+    assert "8192x8192" in _one_line_error(lambda: load_image(path))
+    assert "8192x8192" in _one_line_error(lambda: tiny_llava().prepare("hi", path))
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.full((20, 30, 3), np.nan),
+        np.full((20, 30, 3), np.inf),
+        np.where(np.eye(20, 30)[..., None] > 0, np.nan, 0.5) * np.ones(3),
+        np.zeros((20, 30, 2)),
+        np.zeros((20, 30, 5), np.uint8),
+        np.zeros((0, 30, 3), np.uint8),
+        np.zeros((20, 30, 3), dtype=object),
+        np.zeros((20, 30, 3), dtype=np.complex64),
+    ],
+    ids=["nan", "inf", "some-nan", "2-channels", "5-channels", "empty", "object", "complex"],
+)
+def test_image_arrays_that_are_no_picture_are_refused(array):
+    from tests.tiny import tiny_llava
+
+    _one_line_error(lambda: tiny_llava().prepare("hi", array))
