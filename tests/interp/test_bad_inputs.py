@@ -262,3 +262,20 @@ def test_image_arrays_that_are_no_picture_are_refused(array):
     from tests.tiny import tiny_llava
 
     _one_line_error(lambda: tiny_llava().prepare("hi", array))
+
+
+def test_a_bare_head_label_is_a_set_of_that_one_head():
+    from interp.heads import Head, HeadSet
+
+    assert HeadSet("L1H1") == HeadSet([Head(1, 1)]) and len(HeadSet("L1H1")) == 1
+    assert HeadSet("L1H1, L2H0") == HeadSet("L1H1 L2H0") == HeadSet([(1, 1), (2, 0)])
+
+
+@pytest.mark.parametrize(
+    "heads",
+    ["", " ", "L1H1,", "L1H1,,L2H2", "L1H1;L2H2", b"L1H1", 12, None, 1.5, (-1, 2), [(0, -3)]],
+)
+def test_head_sets_refuse_what_names_no_heads(heads):
+    from interp.heads import HeadSet
+
+    _one_line_error(lambda: HeadSet(heads))
