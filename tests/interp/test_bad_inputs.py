@@ -279,3 +279,34 @@ def test_head_sets_refuse_what_names_no_heads(heads):
     from interp.heads import HeadSet
 
     _one_line_error(lambda: HeadSet(heads))
+
+
+@pytest.fixture(scope="module")
+def words(tmp_path_factory) -> object:
+    """The word-level tiny Llama the circuit tasks run on (shipped fillers are one token)."""
+    from tests.circuits.word_model import saved_words_tiny
+
+    return load_model(saved_words_tiny(tmp_path_factory.mktemp("words")))
+
+
+@pytest.mark.parametrize("builder", ["ioi", "colored_objects", "name_recall"])
+@pytest.mark.parametrize("seed", [-1, 1.5, True, "0"])
+def test_circuit_task_builders_refuse_bad_seeds(words, builder, seed):
+    import circuits.tasks
+
+    build = getattr(circuits.tasks, builder)
+    assert "seed" in _one_line_error(lambda: build(words, 4, seed=seed))
+
+
+@pytest.mark.parametrize("builder", ["ioi", "colored_objects", "name_recall"])
+def test_circuit_task_builders_refuse_counts_no_run_can_use_at_once(words, builder):
+    import circuits.tasks
+
+    build = getattr(circuits.tasks, builder)
+    assert "at most 100000" in _one_line_error(lambda: build(words, 10**9))
+
+
+def test_task_subsamples_refuse_a_negative_seed(tmp_path):
+    (tmp_path / "t.jsonl").write_text(json.dumps(TASK_ITEM) + "\n" + json.dumps(TASK_ITEM) + "\n")
+    task = load_task(tmp_path / "t.jsonl", "test")
+    assert "seed" in _one_line_error(lambda: task.subsample(1, -1))
