@@ -323,11 +323,14 @@ def load_config(spec: str | os.PathLike | None = None) -> PretrainedConfig:
 
     A GGUF file's config is read from its metadata (or from its finished conversion) and
     says float32, the dtype `load_model` de-quantizes to; a hub id fetches config.json only.
+    "shapes-llava" gives its language model's config (the default model's).
 
     Raises:
         UnsupportedModelError: the spec names no readable config.
     """
     name = None if spec is None else str(spec)
+    if name == SHAPES_LLAVA:  # its language model is the default model (interp.shapes)
+        return load_config(None)
     default = name is None or name.lower() in _DEFAULT_ALIASES
     path = default_gguf_path() if default else Path(name).expanduser()  # type: ignore[arg-type]
     try:
