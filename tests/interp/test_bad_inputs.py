@@ -339,3 +339,13 @@ def test_shapes_llava_refuses_weights_that_are_not_safetensors(tmp_path, content
     path = tmp_path / "tower.safetensors"
     path.write_bytes(content)
     assert "shapes-llava weights" in _one_line_error(lambda: load_shapes_llava(path))
+
+
+def test_sinks_refuse_min_queries_no_key_of_the_prompts_can_reach():
+    from probes.sinks import SinkConfig, run
+    from tests.tiny import tiny_llama
+
+    model = tiny_llama()
+    assert "longest prompt" in _one_line_error(
+        lambda: run(model, ["a short prompt"], SinkConfig(min_queries=500))
+    )
