@@ -123,7 +123,12 @@ def score_sinks(
 
 
 def check_min_queries(model: str | None, min_queries: int) -> None:
-    """--min-queries above the model's context flags nothing: refused before loading."""
+    """--min-queries above the model's context flags nothing: refused before loading.
+
+    The default (1) needs no config, so the usual run reads (and hashes) nothing extra.
+    """
+    if min_queries <= 1:
+        return
     from interp.errors import InputError
     from interp.memory_plan import context_length
     from interp.models import load_config
