@@ -191,16 +191,36 @@ def assemble(
     )
 
 
+# Most prompts a task is built with. Prompts are drawn one by one (distinct ones, by
+# rejection) and held with their corruptions as padded id tensors, and each path-patching
+# stage runs a forward per head over all of them: at 100k prompts the default model needs
+# days of CPU, so a larger n is a typo, refused before any work.
+MAX_PROMPTS = 100_000
+
+
 def check_n(n: Any, distinct: int, what: str) -> int:
-    """n as an int, or an InputError when it is not >= 1 or exceeds the distinct prompts."""
+    """n as an int, or an InputError when it is not in 1..MAX_PROMPTS or exceeds the
+    distinct prompts the templates and fillers can give."""
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
         raise InputError(f"A {what} task needs a whole number of prompts n >= 1, got {n!r}.")
+    if n > MAX_PROMPTS:
+        raise InputError(
+            f"n={n} {what} prompts asked; a task takes at most {MAX_PROMPTS} (each is built,"
+            " held and patched per head: more would run for days)."
+        )
     if n > distinct:
         raise InputError(
             f"n={n} {what} prompts asked, but the templates and fillers allow only {distinct}"
             " distinct ones; lower n or give more fillers or templates."
         )
     return int(n)
+
+
+def check_seed(seed: Any, what: str) -> int:
+    """A sampling seed as an int >= 0 (numpy's generators take no negative seed)."""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise InputError(f"A {what} task needs a whole-number seed >= 0, got {seed!r}.")
+    return int(seed)
 
 
 def balanced_templates(rng: np.random.Generator, capacity: Sequence[int], n: int) -> list[int]:

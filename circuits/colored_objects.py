@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from circuits.circuit_task import CircuitTask, PromptPair, assemble, check_n
+from circuits.circuit_task import CircuitTask, PromptPair, assemble, check_n, check_seed
 from circuits.templates import Template, fillers, shipped, token_ids
 from interp.errors import InputError
 from interp.models import Model
@@ -82,7 +82,7 @@ def colored_objects(
         * 9
     )
     n = check_n(n, distinct, "Colored Objects")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed, "Colored Objects"))
     seen: set[tuple[int, ...]] = set()
     pairs = []
     while len(pairs) < n:

@@ -26,7 +26,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from circuits.circuit_task import CircuitTask, PromptPair, assemble, balanced_templates, check_n
+from circuits.circuit_task import (
+    CircuitTask,
+    PromptPair,
+    assemble,
+    balanced_templates,
+    check_n,
+    check_seed,
+)
 from circuits.templates import Template, fillers, load_templates, shipped
 from interp.errors import InputError
 from interp.models import Model
@@ -90,7 +97,7 @@ def name_recall(
     pairs_of_names = len(firsts) * (len(firsts) - 1) * len(lasts) * (len(lasts) - 1) * 2
     capacity = [pairs_of_names * (len(where) if "PLACE" in t.slots else 1) for t in parsed]
     n = check_n(n, sum(capacity), "name recall")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed, "name recall"))
     seen: set[tuple[int, ...]] = set()
     rows = []
     for t in balanced_templates(rng, capacity, n):

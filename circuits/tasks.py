@@ -37,6 +37,7 @@ from circuits.circuit_task import (
     balanced_templates,
     check_choice,
     check_n,
+    check_seed,
 )
 from circuits.colored_objects import colored_objects
 from circuits.metrics import accuracy, evaluate, last_logits, logit_difference, logit_differences
@@ -72,6 +73,30 @@ def ioi_templates(split: Split = "main") -> tuple[str, ...]:
     """
     check_choice(split, tuple(_IOI_FILES), "IOI template split")
     return load_templates(data_path("circuits", _IOI_FILES[split]), "IOI template")
+
+
+def parse_ioi_templates(texts: Sequence[str]) -> list[Template]:
+    """Check IOI templates (distinct; {IO} once, {S} twice, optional {PLACE}, {OBJECT})
+    without a model, so a command can refuse a bad file before loading one.
+
+    Raises:
+        InputError: a repeated template, an unknown or missing slot, a stray brace.
+    """
+    texts = as_texts(texts, "IOI template")
+    if not texts:
+        raise InputError("No IOI templates given.")
+    if len(set(texts)) != len(texts):
+        raise InputError("An IOI template is listed twice; templates must be distinct.")
+    return [
+        Template.parse(
+            text,
+            counts={"IO": 1, "S": 2},
+            optional=("PLACE", "OBJECT"),
+            spaced=("IO", "S"),
+            what="IOI template",
+        )
+        for text in texts
+    ]
 
 
 def ioi(
@@ -115,18 +140,7 @@ def ioi(
     """
     check_choice(corruption, ("abc", "s2_io"), "IOI corruption")
     texts = ioi_templates() if templates is None else as_texts(templates, "IOI template")
-    if len(set(texts)) != len(texts):
-        raise InputError("An IOI template is listed twice; templates must be distinct.")
-    parsed = [
-        Template.parse(
-            text,
-            counts={"IO": 1, "S": 2},
-            optional=("PLACE", "OBJECT"),
-            spaced=("IO", "S"),
-            what="IOI template",
-        )
-        for text in texts
-    ]
+    parsed = parse_ioi_templates(texts)
     data = shipped("ioi_fillers.json")
     name_ids = fillers(
         model.tokenizer, names, data["names"], "IOI name", 5 if corruption == "abc" else 2
@@ -142,7 +156,7 @@ def ioi(
         for t in parsed
     ]
     n = check_n(n, sum(capacity), "IOI")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed, "IOI"))
     seen: set[tuple[int, ...]] = set()
     pairs = []
     for t in balanced_templates(rng, capacity, n):

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from interp.errors import InputError
@@ -76,18 +77,36 @@ class HeadGeometry:
 HeadLike = Head | str | tuple[int, int]
 
 
+def _is_index(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def _is_pair(value: object) -> bool:
+    return isinstance(value, tuple) and len(value) == 2 and all(_is_index(v) for v in value)
+
+
 def _as_head(value: HeadLike) -> Head:
     if isinstance(value, Head):
         return value
     if isinstance(value, str):
         return Head.parse(value)
-    if (
-        isinstance(value, tuple)
-        and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    ):
-        return Head(*value)
+    if _is_pair(value):
+        layer, head = (int(v) for v in value)  # type: ignore[union-attr]
+        if layer < 0 or head < 0:
+            raise InputError(f"A head's layer and index are >= 0, got {value!r}.")
+        return Head(layer, head)
     raise InputError(f"Cannot read {value!r} as a head: give 'L12H3', (12, 3) or Head(12, 3).")
+
+
+def _labels(text: str) -> list[str]:
+    """The labels of "L12H3", "L12H3,L4H0" or "L12H3 L4H0"; an empty label is an error."""
+    parts = [part.strip() for part in text.split(",")]
+    if not text.strip() or any(not part for part in parts):
+        raise InputError(
+            f"Cannot read {text!r} as heads: give labels such as 'L12H3' or 'L12H3,L4H0'"
+            " (HeadSet() is the empty set)."
+        )
+    return [label for part in parts for label in part.split()]
 
 
 class HeadSet:
@@ -95,15 +114,19 @@ class HeadSet:
 
     Accepts heads, labels ('L12H3', '12.3') and (layer, head) pairs; a single head or a
     comma-separated string of labels ("L12H3,L4H0") is one set, not an iterable of letters.
+    An empty string, an empty label ("L1H1,,L2H2") or a non-iterable is an InputError.
     """
 
     def __init__(self, heads: Iterable[HeadLike] | HeadLike = ()) -> None:
         if isinstance(heads, str):
-            heads = [part for part in heads.replace(",", " ").split() if part]
-        elif isinstance(heads, Head) or (
-            isinstance(heads, tuple) and len(heads) == 2 and all(isinstance(v, int) for v in heads)
-        ):
+            heads = _labels(heads)
+        elif isinstance(heads, Head) or _is_pair(heads):
             heads = [heads]  # type: ignore[list-item]
+        elif isinstance(heads, bytes | bytearray) or not isinstance(heads, Iterable):
+            raise InputError(
+                f"Cannot read a {type(heads).__name__} as heads: give labels ('L12H3,L4H0'),"
+                " heads, (layer, head) pairs, or an iterable of them."
+            )
         parsed = (_as_head(h) for h in heads)  # type: ignore[union-attr]
         self._heads: tuple[Head, ...] = tuple(sorted(set(parsed)))
 

@@ -20,6 +20,7 @@ one per image. Memory: the kwargs plus one [batch, pos] int8 tensor.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -269,16 +270,10 @@ def load_image(image: Any) -> Image.Image:
             or another type.
     """
     if isinstance(image, Image.Image):
+        _check_pixels(image.size, "An image")
         return image.convert("RGB")
     if isinstance(image, str | os.PathLike):
-        path = Path(image).expanduser()
-        if not path.is_file():
-            raise InputError(f"No image file at {path}.")
-        try:
-            with Image.open(path) as opened:
-                return opened.convert("RGB")
-        except (UnidentifiedImageError, OSError) as exc:
-            raise InputError(f"Cannot read the image file {path}: {exc}") from exc
+        return _image_file(Path(image).expanduser())
     if isinstance(image, np.ndarray):
         return _array_image(image)
     raise InputError(
@@ -286,13 +281,59 @@ def load_image(image: Any) -> Image.Image:
     )
 
 
+# Largest image taken, in pixels (8192 x 8192): below PIL's decompression-bomb warning, and
+# far above what any vision tower reads (they resize to at most a few thousand pixels a side).
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+def _check_pixels(size: tuple[int, int], what: str) -> None:
+    """Refuse an image of no pixels, or of more than MAX_IMAGE_PIXELS, before decoding it."""
+    width, height = size
+    if width < 1 or height < 1:
+        raise InputError(f"{what} has no pixels ({width}x{height}).")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InputError(
+            f"{what} is {width}x{height} pixels, more than the limit of {MAX_IMAGE_PIXELS}"
+            " (8192x8192); shrink it first (vision towers resize far below this anyway)."
+        )
+
+
+def _image_file(path: Path) -> Image.Image:
+    """An image file, its size read from the header and checked before its pixels are."""
+    if not path.is_file():
+        raise InputError(f"No image file at {path}.")
+    try:
+        with warnings.catch_warnings():  # our own limit, below PIL's, says what to do
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                _check_pixels(opened.size, f"The image file {path}")
+                return opened.convert("RGB")
+    except InputError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise InputError(
+            f"The image file {path} claims more than {MAX_IMAGE_PIXELS} pixels (the limit is"
+            " 8192x8192): it is refused unread."
+        ) from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"Cannot read the image file {path}: {detail}") from exc
+
+
 def _array_image(array: np.ndarray) -> Image.Image:
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4)):
         raise InputError(
             f"An image array must be [height, width] or [height, width, 1|3|4], not {array.shape}."
         )
+    _check_pixels((array.shape[1], array.shape[0]), f"An image array of shape {array.shape}")
     if array.dtype != np.uint8:
-        if not np.issubdtype(array.dtype, np.floating) or array.min() < 0 or array.max() > 1:
+        if not np.issubdtype(array.dtype, np.floating):
+            raise InputError(
+                f"An image array must be uint8, or float in [0, 1]; got {array.dtype}."
+            )
+        if not np.isfinite(array).all():
+            raise InputError("An image array holds NaN or infinite values.")
+        if array.min() < 0 or array.max() > 1:
             raise InputError(
                 f"An image array must be uint8, or float in [0, 1]; got {array.dtype} with"
                 f" values in [{array.min()}, {array.max()}]."

@@ -133,11 +133,8 @@ def plan_memory(
         >>> plan.peak("sinks") > plan.peak("forward") > plan.extra("weights")
         True
     """
-    if n_tokens < 1 or batch < 1 or max_new_tokens < 0:
-        raise InputError(
-            f"A memory plan needs n_tokens >= 1, batch >= 1 and max_new_tokens >= 0; got"
-            f" {n_tokens}, {batch} and {max_new_tokens}."
-        )
+    device = _plan_device(device)
+    _check_plan(config, n_tokens, batch, max_new_tokens)
     shape = _Shape.of(config)
     dtype = dtype or _config_dtype(config)
     size = torch.empty((), dtype=dtype).element_size()
@@ -155,7 +152,7 @@ def plan_memory(
     attention = b * n * (s.d_model + 4 * d_q + 2 * d_kv) * size
     forward = kept + max(mlp, attention)
 
-    rows = min(n, _block_rows(b, s.n_heads, n, torch.device(device)))
+    rows = min(n, _block_rows(b, s.n_heads, n, device))
     widest = (n // rows) * rows  # keys of the last full block (a block sees keys < its end)
     block = b * s.n_heads * max(rows * widest, (n - widest) * n) * FLOAT32
     # Explicit attention replaces the kernel: the scaled float32 queries, the output, and
@@ -208,6 +205,40 @@ def plan_memory(
         columns=["run", "extra_bytes", "peak_bytes", "detail"],
     )
     return MemoryPlan(n, b, dtype, n_parameters, table)
+
+
+MAX_BATCH = 1 << 16  # prompts per forward; a larger batch is a typo, not a plan
+
+
+def _check_plan(config: PretrainedConfig, n_tokens: int, batch: int, max_new_tokens: int) -> None:
+    """The plan's sizes, tied to the model: a prompt plus its decoding fits the context."""
+    if n_tokens < 1 or not 1 <= batch <= MAX_BATCH or max_new_tokens < 0:
+        raise InputError(
+            f"A memory plan needs n_tokens >= 1, batch in 1..{MAX_BATCH} and max_new_tokens"
+            f" >= 0; got {n_tokens}, {batch} and {max_new_tokens}."
+        )
+    context = context_length(config)
+    if context and n_tokens > context:
+        raise InputError(
+            f"A memory plan for {n_tokens} tokens: the model's context is {context} tokens,"
+            " so no prompt can be longer."
+        )
+
+
+def context_length(config: PretrainedConfig) -> int:
+    """The model's context in tokens (0 when its config does not say)."""
+    context = getattr(config.get_text_config(), "max_position_embeddings", None)
+    return context if isinstance(context, int) and context > 0 else 0
+
+
+def _plan_device(device: str | torch.device) -> torch.device:
+    """The device a plan is for; it need not be present here (plan for cuda on a laptop)."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(
+            f"Unknown device {device!r} for the memory plan: give e.g. cpu, cuda or cuda:0."
+        ) from exc
 
 
 def _config_dtype(config: PretrainedConfig) -> torch.dtype:

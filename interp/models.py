@@ -323,15 +323,19 @@ def load_config(spec: str | os.PathLike | None = None) -> PretrainedConfig:
 
     A GGUF file's config is read from its metadata (or from its finished conversion) and
     says float32, the dtype `load_model` de-quantizes to; a hub id fetches config.json only.
+    "shapes-llava" gives its language model's config (the default model's).
 
     Raises:
         UnsupportedModelError: the spec names no readable config.
     """
     name = None if spec is None else str(spec)
+    if name == SHAPES_LLAVA:  # its language model is the default model (interp.shapes)
+        return load_config(None)
     default = name is None or name.lower() in _DEFAULT_ALIASES
     path = default_gguf_path() if default else Path(name).expanduser()  # type: ignore[arg-type]
     try:
         if path.suffix == ".gguf":
+            check_gguf(path)
             converted = _gguf_folder(path)[0]
             if (converted / "config.json").is_file():
                 return AutoConfig.from_pretrained(converted)
@@ -391,15 +395,42 @@ def _gguf_cache(gguf_path: Path) -> tuple[Path, str]:
 
     Concurrent first loads convert once (the others wait and reuse it); see interp.cache.
     """
+    check_gguf(gguf_path)
+    folder, digest = _gguf_folder(gguf_path)
+    build_once(folder, lambda tmp: _convert_gguf(gguf_path, tmp), complete="config.json")
+    return folder, digest
+
+
+def check_gguf(gguf_path: Path) -> None:
+    """Refuse a file that is not a whole GGUF file before it is hashed, parsed or converted.
+
+    Reads the header and tensor table only: a file cut short anywhere (in its metadata or
+    in its tensor data) gives an UnsupportedModelError naming it, not a struct error.
+    """
+    from transformers.integrations.gguf.reader import GgufHeader
+
+    if not gguf_path.is_file():
+        raise UnsupportedModelError(f"No GGUF file at {gguf_path}.")
     with gguf_path.open("rb") as handle:
         magic = handle.read(4)
     if magic != b"GGUF":
         raise UnsupportedModelError(
             f"{gguf_path} is not a GGUF file (it does not start with the GGUF magic bytes)."
         )
-    folder, digest = _gguf_folder(gguf_path)
-    build_once(folder, lambda tmp: _convert_gguf(gguf_path, tmp), complete="config.json")
-    return folder, digest
+    try:
+        header = GgufHeader.from_file(str(gguf_path))
+    except Exception as exc:  # the reader raises struct.error, ValueError, ... on bad bytes
+        raise UnsupportedModelError(
+            f"Cannot read the GGUF file {gguf_path}: its header is truncated or malformed"
+            f" ({type(exc).__name__}: {_first_line(exc)})."
+        ) from exc
+    end = max((header.data_start + t.offset + t.nbytes for t in header.tensors), default=0)
+    size = gguf_path.stat().st_size
+    if size < end:
+        raise UnsupportedModelError(
+            f"The GGUF file {gguf_path} is truncated: its tensors need {end} bytes, the file"
+            f" has {size}."
+        )
 
 
 def _gguf_folder(gguf_path: Path) -> tuple[Path, str]:

@@ -15,7 +15,7 @@ import datetime as dt
 import hashlib
 import json
 import typing
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -72,8 +72,54 @@ class Provenance:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Provenance:
+    def from_dict(cls, data: Any) -> Provenance:
+        """Read stored provenance; InputError naming what is missing or of the wrong type.
+
+        Stored provenance comes from files, so it is checked like any other input: a result
+        with a corrupt record must not be used as if it were one.
+        """
+        if not isinstance(data, dict):
+            raise InputError(f"Provenance must be a JSON object, got {type(data).__name__}.")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise InputError(f"Provenance has unknown fields {unknown}.")
+        missing = [name for name, f in known.items() if _required(f) and name not in data]
+        if missing:
+            raise InputError(f"Provenance lacks the fields {missing}.")
+        for name, value in data.items():
+            kinds = _PROVENANCE_TYPES[name]
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise InputError(
+                    f"Provenance field {name!r} must be {' or '.join(_type_names(kinds))},"
+                    f" got {type(value).__name__}."
+                )
+        if data["n_inputs"] < 0:
+            raise InputError(f"Provenance field 'n_inputs' is negative ({data['n_inputs']}).")
         return cls(**data)
+
+
+_TEXT = (str,)
+_PROVENANCE_TYPES: dict[str, tuple[type, ...]] = {
+    "model": _TEXT,
+    "weights_hash": _TEXT,
+    "analyzer": _TEXT,
+    "config": (dict,),
+    "inputs_hash": _TEXT,
+    "n_inputs": (int,),
+    "dtype": (str, type(None)),
+    "placement": (str, type(None)),
+    "toolkit_version": _TEXT,
+    "created": _TEXT,
+}
+
+
+def _required(spec: Any) -> bool:
+    return spec.default is MISSING and spec.default_factory is MISSING
+
+
+def _type_names(kinds: tuple[type, ...]) -> list[str]:
+    return ["null" if k is type(None) else k.__name__ for k in kinds]
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,11 +177,19 @@ class _Table:
         raw = (table.schema.metadata or {}).get(_METADATA_KEY)
         if raw is None:
             raise InputError(f"{path} has no interp provenance: was it written by interp?")
+        try:
+            stored = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(f"{path}: its interp provenance is not valid JSON.") from exc
+        try:
+            provenance = Provenance.from_dict(stored)
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from exc
         data = table.to_pandas()
         for column in data.columns:  # parquet lists come back as arrays; tables hold lists
             if _holds_lists(data[column]):
                 data[column] = data[column].map(list)
-        return cls(data, Provenance.from_dict(json.loads(raw)))
+        return cls(data, provenance)
 
 
 def csv_path(path: str | Path) -> Path:
@@ -165,6 +219,15 @@ class HeadScores(_Table):
     """Per-head scores: one row per (layer, head), or per (layer, head, example)."""
 
     required: ClassVar[tuple[str, ...]] = ("layer", "head", "label", "score")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for column in ("layer", "head"):  # they index arrays: a float or negative one cannot
+            values = self.data[column]
+            if not pd.api.types.is_integer_dtype(values) or (values < 0).any():
+                raise InputError(
+                    f"HeadScores' {column!r} column must hold integers >= 0, got {values.dtype}."
+                )
 
     @classmethod
     def from_matrix(

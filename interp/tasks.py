@@ -69,6 +69,8 @@ class Task:
         """A seeded random subset of n items (all when n is None or >= the size)."""
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise InputError(f"A subsample needs a whole number of items >= 1, got {n!r}.")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise InputError(f"A subsample's seed must be a whole number >= 0, got {seed!r}.")
         if n is None or n >= len(self.items):
             return self
         keep = np.sort(np.random.default_rng(seed).choice(len(self.items), n, replace=False))

@@ -74,6 +74,24 @@ def _per_trace(trace: pd.DataFrame, config: PeakStatsConfig) -> dict[str, float]
     }
 
 
+def why_no_statistics(tokens: TokenScores, h_lo: int) -> str | None:
+    """Why the statistics are empty, or None when a trace has both kinds of peak.
+
+    A run can legitimately find none (every response ended before it was longer than
+    `h_lo`, FAI's nearest query offset); it then still writes its tables and says this.
+    """
+    data = tokens.data
+    flags = data.groupby("trace", sort=False)[["is_preplan", "is_anchor"]].any()
+    if bool((flags.is_preplan & flags.is_anchor).any()):
+        return None
+    longest = int(data.groupby("trace", sort=False).size().max()) if len(data) else 0
+    return (
+        f"no trace has both preplan and anchor tokens: the longest response has {longest}"
+        f" tokens, and an anchor needs more than h_lo={h_lo} (FAI reads queries h_lo tokens"
+        " later)"
+    )
+
+
 def peak_statistics(
     tokens: TokenScores,
     config: PeakStatsConfig | None = None,

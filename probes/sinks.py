@@ -174,6 +174,12 @@ def run(
         raise InputError("No prompts given: the sink analyzer needs at least one.")
     # One prompt per forward (the hooks read batch row 0); lengths are checked up front.
     encoded = [model.encode(p) for p in prompts]
+    longest = max(batch.input_ids.shape[-1] for batch in encoded)
+    if config.min_queries > longest:
+        raise InputError(
+            f"min_queries={config.min_queries}: no key is seen by that many queries, as the"
+            f" longest prompt has {longest} tokens; every score would be zero."
+        )
     geometry = model.geometry
     head_frames, sink_frames, massive_frames = [], [], []
     for example, batch in enumerate(encoded):

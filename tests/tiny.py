@@ -14,6 +14,7 @@ from interp.tiny_models import (
 )
 
 __all__ = [
+    "bomb_png",
     "byte_tokenizer",
     "saved_tiny",
     "tiny_idefics3",
@@ -30,3 +31,24 @@ def saved_tiny(folder: Path, **kwargs: int) -> Path:
     model.hf.save_pretrained(folder)
     model.tokenizer.save_pretrained(folder)
     return folder
+
+
+def bomb_png(path: Path, width: int = 20000, height: int = 20000) -> Path:
+    """A few-hundred-byte PNG whose header claims `width` x `height` RGB pixels.
+
+    Its one IDAT chunk holds a compressed first row only: enough for PIL to open it (and
+    to raise its decompression-bomb error) without the test allocating the pixels.
+    """
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    row = zlib.compress(b"\x00" + b"\x00" * 3 * min(width, 64))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", row) + chunk(b"IEND", b"")
+    )
+    return path

@@ -68,6 +68,23 @@ def _per_trace(
         return log.run(traces, lambda t: (stage, t.name), one, update)
 
 
+def _check_budget(traces: Path | None, max_new_tokens: int, config: Any) -> None:
+    """Refuse a response budget that cannot give an anchor token, before any work.
+
+    FAI reads queries at least `h_lo` tokens after a token, so a response needs more than
+    `h_lo` tokens (and two for ΔWAAD) to have anchors and preplan tokens at all.
+    """
+    from interp.errors import InputError
+
+    least = max(config.h_lo + 1, 2)
+    if traces is None and max_new_tokens < least:
+        raise InputError(
+            f"--max-new-tokens {max_new_tokens}: a response needs at least {least} tokens to"
+            f" have an anchor (FAI reads queries --h-lo={config.h_lo} tokens later); raise it"
+            " or lower --h-lo."
+        )
+
+
 def score_anchors(
     model: Annotated[str | None, ModelOption] = None,
     traces: Annotated[Path | None, TracesOption] = None,
@@ -119,11 +136,11 @@ def score_anchors(
         from interp.errors import InputError
         from interp.figures import head_heatmap
         from interp.generation import GenerationConfig
-        from interp.prompts import data_path
+        from interp.prompts import data_path, read_jsonl, read_text
         from interp.results import Provenance, hash_inputs
         from interp.runs import WorkLog, run_identity
         from probes import anchor_causal, anchor_credit, anchor_figures, anchors
-        from probes.anchor_stats import PeakStatsConfig, peak_statistics
+        from probes.anchor_stats import PeakStatsConfig, peak_statistics, why_no_statistics
         from probes.anchor_traces import Trace, generate_traces, load_problems, read_traces
 
         config = anchors.AnchorConfig(
@@ -146,9 +163,13 @@ def score_anchors(
         shipped = load_problems()
         if not 1 <= problems <= len(shipped):
             raise InputError(f"--problems must lie in 1..{len(shipped)}, got {problems}.")
+        _check_budget(traces, max_new_tokens, config)
+        source = traces or data_path("problems", "problems.jsonl")
+        source_text = read_text(source, "Trace")  # checked before it is hashed or parsed
+        if traces is not None:
+            read_jsonl(traces, "Trace")  # each line JSON, before the model loads
         folder = result_folder(out, "anchors", model, record)
         loaded = load_model_or_fail(model, device, **placement(locals()))
-        source = traces or data_path("problems", "problems.jsonl")
         record.inputs([source])
         chosen = [] if traces else shipped[:problems]
         identity = Provenance(
@@ -162,7 +183,7 @@ def score_anchors(
                 "chat": chat,
                 "n_boot": n_boot,
             },
-            inputs_hash=hash_inputs([source.read_text("utf-8"), [p.id for p in chosen]]),
+            inputs_hash=hash_inputs([source_text, [p.id for p in chosen]]),
             n_inputs=len(chosen),
         )
         log = WorkLog(folder, run_identity(identity))
@@ -215,9 +236,15 @@ def score_anchors(
         traces_file = folder / "traces.jsonl"
         traces_file.write_text("".join(json.dumps(t.to_dict()) + "\n" for t in items), "utf-8")
         record.wrote(traces_file)
-        statistics = peak_statistics(tokens, PeakStatsConfig(seed=seed), effects)
-        record.wrote(statistics.save(folder / "statistics.parquet", csv=True))
-        summary_fields: dict[str, Any] = {"statistics": statistics.data.to_dict("records")}
+        empty = why_no_statistics(tokens, config.h_lo)
+        summary_fields: dict[str, Any] = {"statistics": []}
+        if empty is None:
+            statistics = peak_statistics(tokens, PeakStatsConfig(seed=seed), effects)
+            record.wrote(statistics.save(folder / "statistics.parquet", csv=True))
+            summary_fields["statistics"] = statistics.data.to_dict("records")
+        else:
+            summary_fields["statistics_empty"] = empty
+        causal = causal and empty is None  # the causal check blocks anchors: none here
         if causal:
             glob = anchors.heads_with_role(heads, "global")
             by_trace = dict(tuple(tokens.data.groupby("trace", sort=False)))
@@ -258,7 +285,10 @@ def score_anchors(
         )
         typer.echo(f"{len(items)} traces, {len(tokens)} response tokens -> {folder}")
         columns = ["metric", "n", "baseline", "intervened", "difference", "ci_low", "ci_high"]
-        typer.echo(statistics.data[["statistic", *columns]].to_string(index=False))
+        if empty is None:
+            typer.echo(statistics.data[["statistic", *columns]].to_string(index=False))
+        else:
+            typer.echo(f"no statistics or causal check: {empty}")
         if causal:
             typer.echo(result.effects.data[["comparison", *columns]].to_string(index=False))
         typer.echo(f"{len(written)} figure files in {folder / 'figures'}")

@@ -57,13 +57,20 @@ OutOption = typer.Option(
 
 
 def _check_counts(**values: int) -> None:
-    """Seeds and sizes the tasks and the bootstrap take: whole numbers, seeds >= 0."""
+    """Seeds and sizes the tasks and the bootstrap take: whole numbers, seeds >= 0, prompt
+    counts within what a task is built with (checked again against its templates)."""
+    from circuits.circuit_task import MAX_PROMPTS
     from interp.errors import InputError
 
     for name, value in values.items():
         low = 0 if name == "seed" else 1
         if value < low:
             raise InputError(f"--{name.replace('_', '-')} must be at least {low}, got {value}.")
+        if name in ("n", "repair_n") and value > MAX_PROMPTS:
+            raise InputError(
+                f"--{name.replace('_', '-')} {value}: a task takes at most {MAX_PROMPTS}"
+                " prompts (each is built, held and patched per head)."
+            )
 
 
 def _save(table: Any, folder: Path, name: str, record: Any) -> None:
@@ -300,7 +307,7 @@ def circuit_ioi(
 
     def prepare_check() -> Any:
         """Reads the check templates before the model loads; builds the task after."""
-        from circuits.tasks import ioi, ioi_templates
+        from circuits.tasks import ioi, ioi_templates, parse_ioi_templates
         from circuits.templates import load_templates
 
         templates = (
@@ -308,6 +315,7 @@ def circuit_ioi(
             if check_templates is None
             else load_templates(check_templates, "IOI template")
         )
+        parse_ioi_templates(templates)  # bad slots are refused before the model loads
         return lambda loaded: ioi(loaded, n, templates=templates, corruption=corruption, seed=seed)  # type: ignore[arg-type]
 
     _single("circuit ioi", params, build, tuple(IOI_STAGES), prepare_check)

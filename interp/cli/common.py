@@ -195,3 +195,19 @@ def check_choice(value: str, options: tuple[str, ...], what: str) -> None:
 
     if value not in options:
         raise InputError(f"Unknown {what} {value!r}." + did_you_mean(value, options))
+
+
+def distinct_sweep(values: list[float] | None, option: str, default: float) -> list[float]:
+    """A repeated option's sweep values, refused up front when one repeats.
+
+    Each value is measured and drawn as one point of the sweep; a repeat would be measured
+    twice and then has no place of its own in the table or the figure.
+    """
+    from interp.errors import InputError
+
+    chosen = values or [default]
+    repeated = sorted({v for v in chosen if chosen.count(v) > 1})
+    if repeated:
+        shown = ", ".join(f"{v:g}" for v in repeated)
+        raise InputError(f"{option} {shown} is given more than once: give each value once.")
+    return chosen

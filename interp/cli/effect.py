@@ -97,6 +97,7 @@ def effect_act(
             max_heads=max_heads or None,
             seed=seed,
         )
+        effects_config = EffectsConfig(n_boot=n_boot, seed=seed)  # checked before any work
         tests = [load_task(n, "test").subsample(test_items or None, seed) for n in names]
         calibration = [
             load_task(n, "calibration").subsample(calibration_items or None, seed)
@@ -133,9 +134,7 @@ def effect_act(
         record.wrote(found.save(folder / "head_scores.parquet"))
         update, bar = progress_bar(len(tests), "effects", unit="task")
         with bar:
-            effects = measure(
-                loaded, tests, ACT(chosen, act), EffectsConfig(n_boot=n_boot, seed=seed), update
-            )
+            effects = measure(loaded, tests, ACT(chosen, act), effects_config, update)
         figures = {
             "effects": effects_bars(effects.table, f"ACT on {len(chosen)} heads: test accuracy"),
             "head_search": head_heatmap(scores, "score", f"ACT head search: {metric} change"),

@@ -23,6 +23,7 @@ from interp.cli.common import (
     ModelOption,
     OffloadFolderOption,
     StaticOption,
+    distinct_sweep,
     load_model_or_fail,
     parse_ints,
     placement,
@@ -106,7 +107,8 @@ def effect_vhr(
             config = VhrConfig(alpha=value, last_layers=last_layers, first_layer=first_layer)
             return VHR(config)
 
-        _run(record, "vhr", "VHR alpha", [make(a) for a in alpha or [2.0]], locals())
+        values = distinct_sweep(alpha, "--alpha", 2.0)
+        _run(record, "vhr", "VHR alpha", [make(a) for a in values], locals())
 
 
 def effect_var(
@@ -170,7 +172,8 @@ def effect_var(
             )
             return VAR(config)
 
-        _run(record, "var", f"VAR p ({convention})", [make(v) for v in p or [0.4]], locals())
+        values = distinct_sweep(p, "--p", 0.4)
+        _run(record, "var", f"VAR p ({convention})", [make(v) for v in values], locals())
 
 
 def _run(

@@ -18,7 +18,10 @@ def models(
             " folder or a hub id; reads the config only) instead of the model list.",
         ),
     ] = None,
-    tokens: Annotated[int, typer.Option(help="Prompt length N of the plan.")] = 4096,
+    tokens: Annotated[
+        int | None,
+        typer.Option(help="Prompt length N of the plan (default 4096, or the context if less)."),
+    ] = None,
     batch: Annotated[int, typer.Option(help="Prompts per forward in the plan.")] = 1,
     dtype: Annotated[str | None, DtypeOption] = None,
     device: Annotated[
@@ -31,19 +34,18 @@ def models(
 
     if plan is not None:
         with user_errors():
-            from interp.memory_plan import format_plan, plan_memory
+            from interp.memory_plan import context_length, format_plan, plan_memory
             from interp.models import load_config
             from interp.placement import parse_dtype
 
             config = load_config(plan)
-            typer.echo(f"{plan}: {type(config).__name__}")
-            typer.echo(
-                format_plan(
-                    plan_memory(
-                        config, tokens, dtype=parse_dtype(dtype), batch=batch, device=device
-                    )
-                )
+            if tokens is None:
+                tokens = min(4096, context_length(config) or 4096)
+            planned = plan_memory(
+                config, tokens, dtype=parse_dtype(dtype), batch=batch, device=device
             )
+            typer.echo(f"{plan}: {type(config).__name__}")
+            typer.echo(format_plan(planned))
         return
     try:
         typer.echo(f"default: {DEFAULT_MODEL} (offline, {default_gguf_path()})")

@@ -176,6 +176,7 @@ def sae_train(
             dataset = shipped_texts()
             record.inputs(sorted(data_path("haystacks").glob("*.txt")))
         train, held = split_texts(dataset, holdout_every)
+        check_sae_fits(model, device, config.d_sae, config.batch_size)
         folder = result_folder(out, "sae-train", model, record)
         loaded = load_model_or_fail(model, device)
         started = time.perf_counter()
@@ -296,3 +297,34 @@ def sae_latents(
             )
         record.write(folder)
         typer.echo(f"tables in {folder}")
+
+
+def check_sae_fits(model: str | None, device: str, d_sae: int, batch_size: int) -> None:
+    """Refuse, before loading, an SAE whose training cannot fit the device's memory.
+
+    Every hook point `train` offers is d_model wide (read from the config alone). Training
+    holds the weights (2·d_in·d_sae + d_sae + d_in floats), their gradients and Adam's two
+    moments: four copies in float32, plus a batch of latents.
+    """
+    import os
+
+    import torch
+
+    from interp.errors import InputError
+    from interp.models import load_config
+    from interp.placement import check_device
+
+    check_device(device)
+    d_in = load_config(model).get_text_config().hidden_size
+    needed = 4 * 4 * (2 * d_in * d_sae + d_sae + d_in) + 4 * 2 * batch_size * d_sae
+    where = torch.device(device)
+    if where.type == "cuda" and torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(where).total_memory
+    else:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > total:
+        raise InputError(
+            f"--d-sae {d_sae}: training it on d_model={d_in} activations needs about"
+            f" {needed / 2**30:,.1f} GiB, more than the {total / 2**30:,.1f} GiB of {where.type}"
+            " memory; use fewer latents."
+        )

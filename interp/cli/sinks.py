@@ -73,6 +73,7 @@ def score_sinks(
             min_queries=min_queries,
             massive_threshold=massive_threshold,
         )
+        check_min_queries(model, min_queries)
         folder = result_folder(out, "sinks", model, record)
         prompt_file = prompts or data_path("prompts", "sinks.jsonl")
         texts = load_prompts(prompt_file)
@@ -119,3 +120,22 @@ def score_sinks(
         if not dims.empty:
             typer.echo(f"massive-activation dims: {dims['dim'].head(5).tolist()}")
         typer.echo(f"{len(written)} figure files in {folder / 'figures'}")
+
+
+def check_min_queries(model: str | None, min_queries: int) -> None:
+    """--min-queries above the model's context flags nothing: refused before loading.
+
+    The default (1) needs no config, so the usual run reads (and hashes) nothing extra.
+    """
+    if min_queries <= 1:
+        return
+    from interp.errors import InputError
+    from interp.memory_plan import context_length
+    from interp.models import load_config
+
+    context = context_length(load_config(model))
+    if context and min_queries > context:
+        raise InputError(
+            f"--min-queries {min_queries}: the model's context is {context} tokens, so no key"
+            " can be seen by that many queries."
+        )

@@ -88,12 +88,15 @@ def score_vision(
     record = start_record("score vision", locals())
     with user_errors():
         from interp.figures import head_heatmap
+        from interp.inputs import load_image
         from interp.prompts import load_prompts
         from interp.results import HeadScores, ItemTable, csv_path
         from probes import vision, visual_sinks
 
         require_vision_model(model, "score vision")
         files = image_files(images)
+        for file in files:  # a bad or oversized image fails here, before the model loads
+            load_image(file)
         texts = paired_prompts(load_prompts(prompts) if prompts else [DEFAULT_PROMPT], len(files))
         dims = parse_ints(sink_dims, minimum=0)
         attention_config = vision.ImageAttentionConfig(

@@ -95,6 +95,7 @@ class SearchConfig(Config):
         super().__post_init__()
         if self.max_heads is not None:
             check_range(self, "max_heads", 1)
+        check_range(self, "seed", 0)
         check_range(self, "batch_size", 1)
 
 

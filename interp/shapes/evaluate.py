@@ -15,12 +15,14 @@ caption per scene, in batches, twice (image and blank).
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from interp.errors import InputError, InterpError
 from interp.generation import GenerationConfig, generate
 from interp.models import Model
 from interp.shapes.hallucination import (
@@ -108,8 +110,14 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=WEIGHTS, help="tower.safetensors")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    table = evaluate(load_shapes_llava(args.weights), args.scenes)
+    try:
+        if args.threads < 1:
+            raise InputError(f"--threads must be at least 1, got {args.threads}.")
+        eval_seeds(args.scenes)  # checked before the model loads
+        torch.set_num_threads(args.threads)
+        table = evaluate(load_shapes_llava(args.weights), args.scenes)
+    except InterpError as exc:
+        sys.exit(f"error: {str(exc).splitlines()[0]}")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.round(3).to_string(index=False))
 

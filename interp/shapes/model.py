@@ -83,7 +83,14 @@ def load_shapes_llava(
         raise UnsupportedModelError(
             f"No shapes-llava weights at {weights}: train them with python -m interp.shapes.train."
         )
-    model = assemble(load_model(device=device), load_file(str(weights)))
+    try:
+        tower = load_file(str(weights))
+    except Exception as exc:  # safetensors raises its own error type on bad bytes
+        raise UnsupportedModelError(
+            f"Cannot read the shapes-llava weights {weights}: truncated or not safetensors"
+            f" ({type(exc).__name__})."
+        ) from exc
+    model = assemble(load_model(device=device), tower)
     model.spec = SPEC
     return model
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from interp.errors import InputError
+
 COLOURS = ("red", "green", "blue", "yellow")
 SHAPES = ("circle", "square", "triangle")
 OBJECTS = tuple(f"{colour} {shape}" for colour in COLOURS for shape in SHAPES)
@@ -126,7 +128,10 @@ def scenes(seeds: Iterable[int]) -> list[Scene]:
 
 
 def eval_seeds(n: int) -> range:
-    """The first `n` held-out evaluation seeds."""
+    """The first `n` held-out evaluation seeds (more would reach past the held-out range)."""
+    held_out = len(SEEDS["eval"])
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= held_out:
+        raise InputError(f"Evaluation takes 1..{held_out} held-out scenes, got {n!r}.")
     return range(SEEDS["eval"].start, SEEDS["eval"].start + n)
 
 

@@ -10,6 +10,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from interp.errors import InterpError
@@ -148,3 +149,203 @@ def test_result_files_that_are_not_results_are_refused(tmp_path, content):
     if content is not None:
         path.write_bytes(content)
     _one_line_error(lambda: HeadScores.load(path))
+
+
+def _with_provenance(path: Path, raw: bytes) -> Path:
+    """A real HeadScores file whose stored provenance is replaced by `raw`."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from tests.interp.test_results import provenance
+
+    HeadScores.from_matrix(np.zeros((2, 3)), provenance()).save(path)
+    table = pq.read_table(path)
+    meta = {**table.schema.metadata, b"interp.provenance": raw}
+    pq.write_table(table.replace_schema_metadata(meta), path)
+    return path
+
+
+GOOD_PROVENANCE = {
+    "model": "m",
+    "weights_hash": "w",
+    "analyzer": "a",
+    "config": {},
+    "inputs_hash": "h",
+    "n_inputs": 1,
+}
+BAD_PROVENANCE = [
+    b"{not json",
+    b"\xff\xfe not utf-8",
+    b"[]",
+    b"null",
+    b'{"model": "m"}',
+    json.dumps({**GOOD_PROVENANCE, "model": 3}).encode(),
+    json.dumps({**GOOD_PROVENANCE, "config": []}).encode(),
+    json.dumps({**GOOD_PROVENANCE, "n_inputs": "1"}).encode(),
+    json.dumps({**GOOD_PROVENANCE, "n_inputs": -1}).encode(),
+    json.dumps({**GOOD_PROVENANCE, "extra": 1}).encode(),
+]
+
+
+@pytest.mark.parametrize("raw", BAD_PROVENANCE)
+def test_results_with_corrupt_provenance_are_refused(tmp_path, raw):
+    path = _with_provenance(tmp_path / "scores.parquet", raw)
+    assert "scores.parquet" in _one_line_error(lambda: HeadScores.load(path))
+
+
+def test_head_scores_with_non_integer_heads_are_refused(tmp_path):
+    import numpy as np
+
+    from tests.interp.test_results import provenance
+
+    scores = HeadScores.from_matrix(np.zeros((2, 3)), provenance())
+    data = scores.data.assign(layer=scores.data.layer.astype(float) + 0.5)
+    _one_line_error(lambda: HeadScores(data, scores.provenance))
+
+
+@pytest.mark.parametrize("keep", [10, 1000, 100_000, 5_000_000])
+def test_truncated_gguf_files_are_refused_before_reading_a_config(tmp_path, monkeypatch, keep):
+    from interp.models import default_gguf_path, load_config
+
+    monkeypatch.setenv("INTERP_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "cut.gguf"
+    with default_gguf_path().open("rb") as whole:
+        path.write_bytes(whole.read(keep))
+    assert "truncated" in _one_line_error(lambda: load_config(path))
+    assert "truncated" in _one_line_error(lambda: load_model(path))
+    assert not (tmp_path / "cache").exists()  # refused before hashing or converting
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"device": "garbage"}, "Unknown device"),
+        ({"n_tokens": 10**30}, "context is 512 tokens"),
+        ({"n_tokens": 513}, "context is 512 tokens"),
+        ({"batch": 10**18}, "batch in 1.."),
+    ],
+)
+def test_memory_plans_take_sizes_the_model_can_run(options, message):
+    from interp.memory_plan import plan_memory
+    from tests.tiny import tiny_llama
+
+    config = tiny_llama().hf.config
+    arguments = {"n_tokens": 64, **options}
+    assert message in _one_line_error(lambda: plan_memory(config, **arguments))
+
+
+@pytest.mark.parametrize(("width", "height"), [(20000, 20000), (9000, 9000), (8192, 8193)])
+def test_images_over_the_pixel_limit_are_refused_unread(tmp_path, width, height):
+    from interp.inputs import load_image
+    from tests.tiny import bomb_png, tiny_llava
+
+    path = bomb_png(tmp_path / "bomb.png", width, height)
+    assert "8192x8192" in _one_line_error(lambda: load_image(path))
+    assert "8192x8192" in _one_line_error(lambda: tiny_llava().prepare("hi", path))
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.full((20, 30, 3), np.nan),
+        np.full((20, 30, 3), np.inf),
+        np.where(np.eye(20, 30)[..., None] > 0, np.nan, 0.5) * np.ones(3),
+        np.zeros((20, 30, 2)),
+        np.zeros((20, 30, 5), np.uint8),
+        np.zeros((0, 30, 3), np.uint8),
+        np.zeros((20, 30, 3), dtype=object),
+        np.zeros((20, 30, 3), dtype=np.complex64),
+    ],
+    ids=["nan", "inf", "some-nan", "2-channels", "5-channels", "empty", "object", "complex"],
+)
+def test_image_arrays_that_are_no_picture_are_refused(array):
+    from tests.tiny import tiny_llava
+
+    _one_line_error(lambda: tiny_llava().prepare("hi", array))
+
+
+def test_a_bare_head_label_is_a_set_of_that_one_head():
+    from interp.heads import Head, HeadSet
+
+    assert HeadSet("L1H1") == HeadSet([Head(1, 1)]) and len(HeadSet("L1H1")) == 1
+    assert HeadSet("L1H1, L2H0") == HeadSet("L1H1 L2H0") == HeadSet([(1, 1), (2, 0)])
+
+
+@pytest.mark.parametrize(
+    "heads",
+    ["", " ", "L1H1,", "L1H1,,L2H2", "L1H1;L2H2", b"L1H1", 12, None, 1.5, (-1, 2), [(0, -3)]],
+)
+def test_head_sets_refuse_what_names_no_heads(heads):
+    from interp.heads import HeadSet
+
+    _one_line_error(lambda: HeadSet(heads))
+
+
+@pytest.fixture(scope="module")
+def words(tmp_path_factory) -> object:
+    """The word-level tiny Llama the circuit tasks run on (shipped fillers are one token)."""
+    from tests.circuits.word_model import saved_words_tiny
+
+    return load_model(saved_words_tiny(tmp_path_factory.mktemp("words")))
+
+
+@pytest.mark.parametrize("builder", ["ioi", "colored_objects", "name_recall"])
+@pytest.mark.parametrize("seed", [-1, 1.5, True, "0"])
+def test_circuit_task_builders_refuse_bad_seeds(words, builder, seed):
+    import circuits.tasks
+
+    build = getattr(circuits.tasks, builder)
+    assert "seed" in _one_line_error(lambda: build(words, 4, seed=seed))
+
+
+@pytest.mark.parametrize("builder", ["ioi", "colored_objects", "name_recall"])
+def test_circuit_task_builders_refuse_counts_no_run_can_use_at_once(words, builder):
+    import circuits.tasks
+
+    build = getattr(circuits.tasks, builder)
+    assert "at most 100000" in _one_line_error(lambda: build(words, 10**9))
+
+
+def test_task_subsamples_refuse_a_negative_seed(tmp_path):
+    (tmp_path / "t.jsonl").write_text(json.dumps(TASK_ITEM) + "\n" + json.dumps(TASK_ITEM) + "\n")
+    task = load_task(tmp_path / "t.jsonl", "test")
+    assert "seed" in _one_line_error(lambda: task.subsample(1, -1))
+
+
+@pytest.mark.parametrize("n", [0, -5, 100_001, 10**30, 1.5, True])
+def test_shapes_evaluation_takes_only_held_out_scenes(n):
+    from interp.shapes.scenes import eval_seeds
+
+    assert "held-out scenes" in _one_line_error(lambda: eval_seeds(n))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--scenes", "0"], "held-out scenes"), (["--threads", "0"], "--threads")],
+)
+def test_shapes_evaluation_script_refuses_in_one_line(monkeypatch, argv, message):
+    from interp.shapes import evaluate
+
+    monkeypatch.setattr("sys.argv", ["evaluate", *argv])
+    with pytest.raises(SystemExit) as stopped:
+        evaluate.main()
+    assert str(stopped.value).startswith("error:") and message in str(stopped.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"not safetensors", b"\xff" * 64])
+def test_shapes_llava_refuses_weights_that_are_not_safetensors(tmp_path, content):
+    from interp.shapes.model import load_shapes_llava
+
+    path = tmp_path / "tower.safetensors"
+    path.write_bytes(content)
+    assert "shapes-llava weights" in _one_line_error(lambda: load_shapes_llava(path))
+
+
+def test_sinks_refuse_min_queries_no_key_of_the_prompts_can_reach():
+    from probes.sinks import SinkConfig, run
+    from tests.tiny import tiny_llama
+
+    model = tiny_llama()
+    assert "longest prompt" in _one_line_error(
+        lambda: run(model, ["a short prompt"], SinkConfig(min_queries=500))
+    )

@@ -20,6 +20,12 @@ from typer.testing import CliRunner
 from interp.cli import app
 from interp.results import HeadScores
 from tests.circuits.word_model import saved_words_tiny
+from tests.interp.fuzz_inputs import (
+    EXTRA_BAD_VALUES,
+    early_cases,
+    extra_commands,
+    write_hostile_files,
+)
 from tests.interp.test_results import provenance
 from tests.tiny import saved_tiny, tiny_llava, write_image_task
 
@@ -41,6 +47,7 @@ BAD_VALUES = {
     "non_negative_int": ["-1", "abc", "1.5", "99"],
     "non_negative_float": ["-1", "nan", "inf", "abc"],
     "position": ["abc", "1.5", "99", "-99"],
+    **EXTRA_BAD_VALUES,
 }
 PLACEMENT = {"--dtype": "dtype", "--device-map": "device_map", "--max-memory": "max_memory"}
 FILE_KINDS = ["missing", "folder", "empty", "binary", "latin1"]
@@ -84,7 +91,14 @@ def files(tmp_path_factory) -> dict[str, Path]:
     (root / "images").mkdir()
     Image.new("RGB", (20, 30), (200, 10, 10)).save(root / "images" / "a.png")
     image_task = write_image_task(root / "image_task", n_items=2)
-    return {"root": root, "model": root / "model", "task": task, "image_task": image_task}
+    hostile = write_hostile_files(root)
+    return {
+        "root": root,
+        "model": root / "model",
+        "task": task,
+        "image_task": image_task,
+        **hostile,
+    }
 
 
 def bad_path(root: Path, kind: str, suffix: str) -> str:
@@ -105,7 +119,7 @@ def commands(f: dict[str, Path]) -> dict[str, tuple[list[str], dict[str, object]
                 "--prompts": ("file", ".txt"),
                 "--threshold": "probability",
                 "--threshold-mode": "choice",
-                "--min-queries": "count",
+                "--min-queries": "min_queries",
                 "--massive-threshold": "positive",
             },
         ),
@@ -182,6 +196,7 @@ def commands(f: dict[str, Path]) -> dict[str, tuple[list[str], dict[str, object]
         **circuit_commands(f),
         **vision_effect_commands(f),
         **sae_commands(f),
+        **extra_commands(f),
     }
 
 
@@ -280,7 +295,7 @@ def sae_commands(f: dict[str, Path]) -> dict[str, tuple[list[str], dict[str, obj
                 "--hook": "choice",
                 "--texts": ("file", ".txt"),
                 "--holdout-every": "count",
-                "--d-sae": "count",
+                "--d-sae": "d_sae",
                 "--l1-coefficient": "non_negative_float",
                 "--lr": "positive",
                 "--epochs": "count",
@@ -344,7 +359,7 @@ def cases(f: dict[str, Path]) -> list[tuple[str, list[str]]]:
         for option, kind in options.items():
             if kind == "model":
                 values = [str(out / "missing.gguf"), str(out / "not.gguf"), str(out / "folder")]
-                values += [str(out / "prompts.txt")]
+                values += [str(out / "prompts.txt"), str(f["cut_gguf"])]
             elif kind == "out":
                 values = [str(out / "a_file"), str(out / ("x" * 300))]
             elif isinstance(kind, tuple):
@@ -388,7 +403,12 @@ def cases(f: dict[str, Path]) -> list[tuple[str, list[str]]]:
             ["effect", "act", *commands(f)["effect act"][0], "--task", "no_such_task"],
         )
     )
-    return root
+    return root + early(f)
+
+
+def early(f: dict[str, Path]) -> list[tuple[str, list[str]]]:
+    """The cases that must be refused before the model loads (see fuzz_inputs)."""
+    return early_cases(f, {command: spec[0] for command, spec in commands(f).items()})
 
 
 def test_there_are_enough_cases(files) -> None:
@@ -398,12 +418,14 @@ def test_there_are_enough_cases(files) -> None:
 def test_every_malformed_invocation_is_one_line_and_exit_2(files, tmp_path) -> None:
     runner = CliRunner()
     failures = []
+    before_loading = {label for label, _ in early(files)}
     for index, (label, argv) in enumerate(cases(files)):
-        if "--out" not in argv:
+        if "--out" not in argv and argv[0] != "models":  # `models` writes no folder
             argv = [*argv, "--out", str(tmp_path / f"run{index}")]
         result = runner.invoke(app, argv)
         output = result.output
         errors = [line for line in output.splitlines() if line.startswith("error:")]
-        if result.exit_code != 2 or len(errors) != 1 or "Traceback" in output:
+        late = label in before_loading and "loading " in output
+        if result.exit_code != 2 or len(errors) != 1 or "Traceback" in output or late:
             failures.append(f"{label}: exit {result.exit_code}, {output.strip()[-160:]!r}")
     assert not failures, f"{len(failures)} of {len(cases(files))}:\n" + "\n".join(failures)

@@ -68,3 +68,41 @@ def test_bad_options_are_one_error_line_before_loading(tmp_path) -> None:
         result = runner.invoke(app, ["score", "anchors", *option, "--out", str(tmp_path / "x")])
         assert result.exit_code == 2 and message in result.output, (option, result.output)
         assert "loading" not in result.output and not (tmp_path / "x").exists()
+
+
+def test_traces_too_short_for_anchors_still_write_what_was_measured(tmp_path) -> None:
+    model = saved_tiny(tmp_path / "model")
+    short = tmp_path / "short.jsonl"
+    short.write_text(
+        json.dumps({"prompt": "What is 2+2?", "response": "four"})
+        + "\n"
+        + json.dumps({"prompt": "Say hi.", "response": "hi"})
+        + "\n"
+    )
+    out = tmp_path / "run"
+    args = ["score", "anchors", "--model", str(model), "--traces", str(short)]
+    result = runner.invoke(app, [*args, "--n-boot", "20", "--no-static", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "no statistics or causal check: no trace has both" in result.output
+    assert set(TokenScores.load(out / "tokens.parquet").data.trace) == {"line-1", "line-2"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["statistics"] == [] and "h_lo=10" in manifest["statistics_empty"]
+    assert not (out / "statistics.parquet").exists()
+
+
+def test_trace_files_and_budgets_are_refused_before_loading(tmp_path) -> None:
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes("caf\u00e9\n".encode("latin-1"))
+    not_json = tmp_path / "not_json.jsonl"
+    not_json.write_text('{"prompt": "q", "response": "a"}\nnot json\n')
+    for option, message in (
+        (["--traces", str(latin1)], "is not UTF-8 text"),
+        (["--traces", str(tmp_path)], "is a folder, not a file"),
+        (["--traces", str(not_json)], "not_json.jsonl:2: not valid JSON"),
+        (["--max-new-tokens", "8"], "needs at least 11 tokens"),
+        (["--max-new-tokens", "4", "--h-lo", "4"], "needs at least 5 tokens"),
+    ):
+        result = runner.invoke(app, ["score", "anchors", *option, "--out", str(tmp_path / "x")])
+        assert result.exit_code == 2 and message in result.output, (option, result.output)
+        assert result.output.count("error:") == 1 and "Traceback" not in result.output
+        assert "loading" not in result.output and not (tmp_path / "x").exists()
