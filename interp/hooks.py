@@ -4,7 +4,8 @@ Three hook families, each a context manager that removes everything it installed
 `finally` (exceptions and Ctrl-C included) and that nests:
 
 * `attention_hooks(model, *hooks)`: the model runs through a registered HF attention
-  function ("interp"). Layers no hook wants go straight to SDPA (the fast kernel). For a
+  function (`interp.attention_backend`). Layers no hook wants go to the model's own kernel
+  (SDPA or eager) with the same arguments, bit-for-bit the plain forward. For a
   wanted layer `interp.explicit_attention` computes post-softmax probabilities in float32
   for blocks of query rows, each over the keys the block can see (`AttentionRows`), lets
   each hook read or replace them *between softmax and A·V*, and multiplies by V. Memory per
@@ -29,32 +30,30 @@ Three hook families, each a context manager that removes everything it installed
   (the module holding the layers: a VLM's language model), after a VLM has merged its
   image features into `inputs_embeds`, and may run the decoder itself on other inputs.
 
-Module paths per architecture live in the `LAYOUTS` table; other HF causal LMs are found by
-looking for the decoder-layer list.
+Module paths are found from the modules (`interp.layouts`); the kernels the attention
+hooks install live in `interp.attention_backend`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
-from functools import reduce
 from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
+from interp.attention_backend import ACTIVE as _ACTIVE
+from interp.attention_backend import ATTENTION_IMPLEMENTATION, REACHED, implementation_for
 from interp.errors import HookError, UnsupportedModelError
-from interp.explicit_attention import AttentionHook, AttentionRows, PrepassHook, explicit_attention
+from interp.explicit_attention import AttentionHook, AttentionRows, PrepassHook
+from interp.layouts import Layout, decoder_layers, fused_split, layout_of, projection
+from interp.layouts import get_path as _get
 from interp.models import geometry_of
 
 __all__ = [
     "ATTENTION_IMPLEMENTATION",
-    "LAYOUTS",
     "AttentionHook",
     "AttentionRows",
     "Layout",
@@ -70,129 +69,11 @@ __all__ = [
     "residual_hooks",
 ]
 
-ATTENTION_IMPLEMENTATION = "interp"
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where a decoder's parts live, as dotted attribute paths."""
-
-    layers: str  # the ModuleList of decoder layers, from the top model
-    attention: str  # the attention module, from a decoder layer
-    out_proj: str  # the output projection (input = concatenated z), from the attention
-    q: str = "q_proj"  # the query projection (output = concatenated q), from the attention
-    k: str = "k_proj"  # the key projection (one d_head slice per KV head)
-    v: str = "v_proj"  # the value projection (one d_head slice per KV head)
-    fused_qkv: bool = False  # q, k, v are one projection at `q` whose output is [q | k | v]
-    mlp: str = "mlp"  # the MLP, from a decoder layer
-
-
-_LLAMA_LIKE = Layout("model.layers", "self_attn", "o_proj")
-LAYOUTS: dict[str, Layout] = {
-    **dict.fromkeys(
-        [
-            "llama",
-            "mistral",
-            "mixtral",
-            "qwen2",
-            "qwen3",
-            "qwen3_moe",
-            "gemma",
-            "gemma2",
-            "gemma3_text",
-            "olmo",
-            "olmo2",
-            "granite",
-            "smollm3",
-        ],
-        _LLAMA_LIKE,
-    ),
-    "gpt2": Layout(
-        "transformer.h", "attn", "c_proj", q="c_attn", k="c_attn", v="c_attn", fused_qkv=True
-    ),
-    "phi3": Layout(
-        "model.layers",
-        "self_attn",
-        "o_proj",
-        q="qkv_proj",
-        k="qkv_proj",
-        v="qkv_proj",
-        fused_qkv=True,
-    ),
-    "llava": Layout("model.language_model.layers", "self_attn", "o_proj"),
-    "llava_next": Layout("model.language_model.layers", "self_attn", "o_proj"),
-    "idefics3": Layout("model.text_model.layers", "self_attn", "o_proj"),
-    "smolvlm": Layout("model.text_model.layers", "self_attn", "o_proj"),
-    "qwen2_5_vl": Layout("model.language_model.layers", "self_attn", "o_proj"),
-}
-
-
-def _get(module: nn.Module, path: str) -> Any:
-    return reduce(getattr, path.split("."), module)
-
-
-def layout_of(hf: nn.Module) -> Layout:
-    """The layout of `hf`: from the table, else found by searching for the decoder layers."""
-    model_type = getattr(hf.config, "model_type", "")
-    if model_type in LAYOUTS:
-        return LAYOUTS[model_type]
-    for name, module in hf.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) and hasattr(module[0], "self_attn"):
-            attention = module[0].self_attn
-            for out_proj in ("o_proj", "out_proj", "dense"):
-                if hasattr(attention, out_proj):
-                    return Layout(name, "self_attn", out_proj)
-    raise UnsupportedModelError(
-        f"Cannot find the decoder layers of {type(hf).__name__} (model_type {model_type!r})."
-        f" Add its module paths to interp.hooks.LAYOUTS; known types: {', '.join(sorted(LAYOUTS))}."
-    )
-
-
-def decoder_layers(hf: nn.Module) -> nn.ModuleList:
-    return _get(hf, layout_of(hf).layers)
-
-
 # ----------------------------------------------------------------------------------------
 # Attention hooks
 
-
-# id(attention module) -> (layer index, hooks) for every model inside attention_hooks().
-_ACTIVE: dict[int, tuple[int, list[AttentionHook]]] = {}
 # id(model) -> (its attention implementation before the first open context, open contexts).
 _OUTER_IMPLEMENTATION: dict[int, tuple[str, int]] = {}
-
-
-def _interp_attention(
-    module: nn.Module,
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    attention_mask: Tensor | None,
-    dropout: float = 0.0,
-    scaling: float | None = None,
-    **kwargs: Any,
-) -> tuple[Tensor, None]:
-    entry = _ACTIVE.get(id(module))
-    n_queries = query.shape[2]
-    hooks = [h for h in entry[1] if h.wants(entry[0], n_queries)] if entry else []
-    if not hooks:
-        return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-        )
-    unsupported = [k for k in ("softcap", "s_aux", "sinks") if kwargs.get(k) is not None]
-    if unsupported or dropout:
-        raise HookError(
-            f"Explicit attention does not support {unsupported or 'dropout'} yet"
-            f" ({type(module).__name__}); put the model in eval mode or use head_output_hooks."
-        )
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    causal = getattr(module, "is_causal", True)
-    layer = entry[0]  # type: ignore[index]
-    return explicit_attention(layer, hooks, query, key, value, attention_mask, scale, causal), None
-
-
-AttentionInterface.register(ATTENTION_IMPLEMENTATION, _interp_attention)
-ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_IMPLEMENTATION, sdpa_mask)
 
 
 def _without(active: list[AttentionHook], mine: tuple[AttentionHook, ...]) -> list[AttentionHook]:
@@ -209,9 +90,15 @@ def _without(active: list[AttentionHook], mine: tuple[AttentionHook, ...]) -> li
 def attention_hooks(hf: nn.Module, *hooks: AttentionHook) -> Iterator[None]:
     """Run `hf` with explicit attention rows for the layers the hooks want.
 
-    Inside the context the model's attention implementation is "interp" (SDPA for layers no
-    hook wants). On exit this context's hooks are removed, and the model's own
-    implementation returns once its last open context closes, in whatever order they close.
+    Inside the context the model's attention implementation is an "interp" one over its own
+    kernel (which serves the layers no hook wants). On exit this context's hooks are
+    removed, and the model's own implementation returns once its last open context closes,
+    in whatever order they close.
+
+    Raises:
+        UnsupportedModelError: in a forward, when a layer's attention does not go through
+            transformers' attention interface (GPT-Neo, BLOOM compute it inline), so no
+            hook could see it.
 
     Example:
         >>> with attention_hooks(model.hf, my_hook):  # doctest: +SKIP
@@ -223,12 +110,15 @@ def attention_hooks(hf: nn.Module, *hooks: AttentionHook) -> Iterator[None]:
     # left with the hooks of the contexts still open, in the kernel they need.
     outer, depth = _OUTER_IMPLEMENTATION.get(id(hf), (hf.config._attn_implementation, 0))
     _OUTER_IMPLEMENTATION[id(hf)] = (outer, depth + 1)
+    implementation = implementation_for(hf, outer)
     try:
-        for index, attention in enumerate(attentions):
-            _ACTIVE.setdefault(id(attention), (index, []))[1].extend(hooks)
-        if hf.config._attn_implementation != ATTENTION_IMPLEMENTATION:
-            hf.set_attn_implementation(ATTENTION_IMPLEMENTATION)
-        yield
+        with ExitStack() as stack:
+            for index, attention in enumerate(attentions):
+                _ACTIVE.setdefault(id(attention), (index, []))[1].extend(hooks)
+                stack.enter_context(_interface_check(hf, attention))
+            if hf.config._attn_implementation != implementation:
+                hf.set_attn_implementation(implementation)
+            yield
     finally:
         for attention in attentions:
             entry = _ACTIVE.get(id(attention))
@@ -244,6 +134,29 @@ def attention_hooks(hf: nn.Module, *hooks: AttentionHook) -> Iterator[None]:
             _OUTER_IMPLEMENTATION[id(hf)] = (outer, depth - 1)
         elif hf.config._attn_implementation != outer:
             hf.set_attn_implementation(outer)
+
+
+@contextmanager
+def _interface_check(hf: nn.Module, attention: nn.Module) -> Iterator[None]:
+    """Refuse, after its forward, an attention module that never called the interface."""
+
+    def before(module: nn.Module, _args: tuple) -> None:
+        REACHED.discard(id(module))
+
+    def after(module: nn.Module, _args: tuple, _out: Any) -> None:
+        if id(module) not in REACHED:
+            raise UnsupportedModelError(
+                f"{type(hf).__name__} computes attention inside {type(module).__name__}"
+                " without transformers' attention interface, so attention hooks cannot see"
+                " it; head output, q/k/v, result and residual hooks work."
+            )
+
+    handles = [attention.register_forward_pre_hook(before), attention.register_forward_hook(after)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 # ----------------------------------------------------------------------------------------
@@ -325,7 +238,8 @@ def qkv_hooks(hf: nn.Module, fn: QKVFn, layers: list[int] | None = None) -> Iter
     per-head q/k norm of Qwen3, Gemma3 and OLMo2 (TransformerLens `hook_q`/`hook_k`/
     `hook_v`). `fn` returns a replacement of x's shape or None; replacements keep the
     autograd graph, so gradients flow through them when grad is enabled. A fused
-    projection (GPT-2's c_attn) is split into q, k, v and re-joined after `fn`.
+    projection (GPT-2's c_attn, GPT-NeoX's query_key_value) is split into q, k, v as the
+    model splits it (`interp.layouts.fused_split`) and re-joined after `fn`.
     """
     layout = layout_of(hf)
     modules = decoder_layers(hf)
@@ -344,15 +258,22 @@ def qkv_hooks(hf: nn.Module, fn: QKVFn, layers: list[int] | None = None) -> Iter
 
         return forward_hook
 
-    def fused_hook(layer: int) -> Callable[..., Any]:
+    def fused_hook(layer: int, attention: nn.Module) -> Callable[..., Any]:
+        kinds: tuple[QKVKind, ...] = ("q", "k", "v")
+        split = fused_split(hf, attention, geometry.n_heads, geometry.n_kv_heads, geometry.d_head)
+        flat = [index.reshape(-1) for index in split]
+
         def forward_hook(_module: nn.Module, _args: tuple, out: Tensor) -> Tensor | None:
-            kinds: tuple[QKVKind, ...] = ("q", "k", "v")
-            parts = out.split([heads[kind] * geometry.d_head for kind in kinds], dim=-1)
+            index = [i.to(out.device) for i in flat]
+            parts = [out[..., i] for i in index]
             new = [call(layer, kind, part) for kind, part in zip(kinds, parts, strict=True)]
             if all(n is None for n in new):
                 return None
-            joined = [p if n is None else n for p, n in zip(parts, new, strict=True)]
-            return torch.cat(joined, dim=-1)
+            joined = out.clone()
+            for i, part in zip(index, new, strict=True):
+                if part is not None:
+                    joined[..., i] = part
+            return joined
 
         return forward_hook
 
@@ -360,23 +281,14 @@ def qkv_hooks(hf: nn.Module, fn: QKVFn, layers: list[int] | None = None) -> Iter
         for layer in wanted:
             attention = _get(modules[layer], layout.attention)
             if layout.fused_qkv:
-                handle = _projection(attention, layout.q).register_forward_hook(fused_hook(layer))
+                fused = projection(attention, layout.q)
+                handle = fused.register_forward_hook(fused_hook(layer, attention))
                 stack.callback(handle.remove)
                 continue
             for kind in ("q", "k", "v"):
-                projection = _projection(attention, getattr(layout, kind))
-                stack.callback(projection.register_forward_hook(hook(layer, kind)).remove)
+                module = projection(attention, getattr(layout, kind))
+                stack.callback(module.register_forward_hook(hook(layer, kind)).remove)
         yield
-
-
-def _projection(attention: nn.Module, path: str) -> nn.Module:
-    try:
-        return _get(attention, path)
-    except AttributeError:
-        raise UnsupportedModelError(
-            f"{type(attention).__name__} has no projection {path!r}: set its q/k/v paths in"
-            " interp.hooks.LAYOUTS."
-        ) from None
 
 
 @contextmanager

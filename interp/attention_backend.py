@@ -1,0 +1,141 @@
+"""The attention implementations `interp.hooks.attention_hooks` installs in a model.
+
+One per base kernel the model may run, "interp" over SDPA and "interp_eager" over the
+model's own eager kernel, each with that kernel's mask function. A layer that some active
+hook wants is computed by `interp.explicit_attention` with every argument its attention
+passes (mask, ALiBi biases in the mask, softcap, learned sinks); one that no hook wants
+goes to the base kernel with the same arguments and mask the plain model would use, so it
+is bit-for-bit the plain forward. Models whose eager kernel does something SDPA cannot
+(Gemma-2's softcap, gpt-oss's sinks) do not support SDPA in transformers, so they run on
+"interp_eager" and no argument is ever dropped. An argument the explicit kernel does not
+implement is refused in one line naming it and the model.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor, nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask, sdpa_mask
+
+from interp.errors import HookError, UnsupportedModelError
+from interp.explicit_attention import AttentionHook, explicit_attention
+
+__all__ = ["ATTENTION_IMPLEMENTATION", "IMPLEMENTATIONS", "implementation_for"]
+
+ATTENTION_IMPLEMENTATION = "interp"  # over SDPA
+IMPLEMENTATIONS = {"sdpa": ATTENTION_IMPLEMENTATION, "eager": "interp_eager"}
+
+# id(attention module) -> (layer index, hooks) for every model inside attention_hooks().
+ACTIVE: dict[int, tuple[int, list[AttentionHook]]] = {}
+# ids of the attention modules that called an "interp" implementation in their current
+# forward (attention_hooks refuses a model whose attention never does).
+REACHED: set[int] = set()
+
+# Keyword arguments the explicit kernel may ignore: the mask already holds what they say
+# (sliding_window, position_ids), or they are the model forward's flags passed along.
+_IMPLIED = frozenset(
+    {
+        "sliding_window",
+        "position_ids",
+        "output_attentions",
+        "output_hidden_states",
+        "output_router_logits",
+        "use_cache",
+        "num_items_in_batch",
+    }
+)
+_IMPLEMENTED = frozenset({"softcap", "s_aux", "is_causal"})
+
+
+def implementation_for(hf: nn.Module, outer: str) -> str:
+    """The "interp" implementation to install over the model's own `outer` implementation.
+
+    SDPA and eager are kept; any other kernel (flash, flex) is replaced by SDPA where the
+    model supports it, else by its eager kernel, for the layers no hook wants.
+    """
+    if outer in IMPLEMENTATIONS:
+        return IMPLEMENTATIONS[outer]
+    return IMPLEMENTATIONS["sdpa" if getattr(hf, "_supports_sdpa", False) else "eager"]
+
+
+def _eager_kernel(module: nn.Module) -> Callable[..., tuple[Tensor, Tensor | None]]:
+    """The eager attention function of the module's own modeling file."""
+    kernel = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if kernel is None:
+        raise UnsupportedModelError(
+            f"{type(module).__name__} has no eager_attention_forward in its modeling file;"
+            " load the model with attn_implementation='sdpa' to use attention hooks."
+        )
+    return kernel
+
+
+def _model_name(module: nn.Module) -> str:
+    config = getattr(module, "config", None)
+    return getattr(config, "model_type", None) or type(module).__name__
+
+
+def _interp_attention(
+    base: str,
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[Tensor, Tensor | None]:
+    REACHED.add(id(module))
+    entry = ACTIVE.get(id(module))
+    n_queries = query.shape[2]
+    hooks = [h for h in entry[1] if h.wants(entry[0], n_queries)] if entry else []
+    if not hooks:
+        kernel = sdpa_attention_forward if base == "sdpa" else _eager_kernel(module)
+        return kernel(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    unknown = [k for k, v in kwargs.items() if v is not None and k not in _IMPLIED | _IMPLEMENTED]
+    if unknown:
+        raise UnsupportedModelError(
+            f"Explicit attention does not implement the argument {unknown[0]!r} that"
+            f" {_model_name(module)} passes to its attention, so attention hooks refuse it."
+        )
+    if dropout:
+        raise HookError(
+            f"Explicit attention does not apply attention dropout ({type(module).__name__} is"
+            " in training mode): put the model in eval mode or use head_output_hooks."
+        )
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    causal = kwargs.get("is_causal")
+    causal = getattr(module, "is_causal", True) if causal is None else causal
+    layer = entry[0]  # type: ignore[index]
+    out = explicit_attention(
+        layer,
+        hooks,
+        query,
+        key,
+        value,
+        attention_mask,
+        scale,
+        causal,
+        softcap=kwargs.get("softcap"),
+        sinks=kwargs.get("s_aux"),
+    )
+    return out, None
+
+
+def _register(base: str, name: str, mask: Callable[..., Any]) -> None:
+    def interp_attention(*args: Any, **kwargs: Any) -> tuple[Tensor, Tensor | None]:
+        return _interp_attention(base, *args, **kwargs)
+
+    AttentionInterface.register(name, interp_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(name, mask)
+
+
+_register("sdpa", IMPLEMENTATIONS["sdpa"], sdpa_mask)
+_register("eager", IMPLEMENTATIONS["eager"], eager_mask)

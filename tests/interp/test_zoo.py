@@ -1,0 +1,185 @@
+"""The model zoo: every check on a tiny random model of each decoder architecture.
+
+Each cell compares the toolkit with plain transformers or plain torch on the same model:
+recorded patterns against eager `output_attentions` on a left-padded batch, HeadScale(0)
+against zeroing the head's slice of the output projection's input, identities against the
+plain forward (bit-exact), cached greedy generation under edits against re-forwards, and
+the q/k/v split against what the model hands its attention function.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import cache
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+
+from interp.errors import UnsupportedModelError
+from interp.heads import HeadSet
+from interp.hooks import attention_hooks, qkv_hooks
+from interp.interventions import ACT, ActConfig, AttentionEdit, HeadScale, uniform_attention
+from interp.interventions.attention_edit import unchanged_rows
+from interp.layouts import get_path
+from interp.models import Model
+from tests.interp.helpers import Recorder, cached_greedy, full_greedy, left_padded, whole
+from tests.interp.zoo_models import OUT_PROJ, ZOO, build
+
+TEXTS = ["The cat sat on the mat.", "Hi there"]  # longer than the 4-key windows
+HEADS = HeadSet(["L0H1", "L1H0"])
+# Attention computed inline, not through transformers' attention interface: attention
+# hooks refuse these in one line; every other hook family works.
+INLINE = {"gpt_neo", "bloom"}
+# q and k pass a per-head norm (Qwen3, Gemma-3) or YaRN's attention factor on the rotary
+# (gpt-oss; not 1 even at position 0) between projection and attention: only v is compared.
+QK_CHANGED = {"qwen3", "gemma3_text", "gpt_oss"}
+# No q/k/v projections (latent attention): q/k/v hooks refuse.
+LATENT = {"deepseek_v3"}
+ARCHITECTURES = sorted(ZOO)
+
+
+@cache
+def model(name: str) -> Model:
+    return build(name)
+
+
+def batch(m: Model) -> dict[str, Tensor]:
+    return dict(m.encode(TEXTS))
+
+
+@torch.no_grad()
+def logits(m: Model, **inputs: Any) -> Tensor:
+    return m.hf(**(inputs or batch(m))).logits
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_patterns_equal_eager_on_a_left_padded_batch(name: str) -> None:
+    m = model(name)
+    recorder = Recorder(list(range(m.geometry.n_layers)))
+    inputs = batch(m)
+    if name in INLINE:
+        refused = pytest.raises(UnsupportedModelError, match="attention interface")
+        with refused, attention_hooks(m.hf, recorder):
+            logits(m)
+        return
+    with attention_hooks(m.hf, recorder):
+        logits(m)
+    own = m.hf.config._attn_implementation
+    m.hf.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            eager = m.hf(**inputs, output_attentions=True).attentions
+    finally:
+        m.hf.set_attn_implementation(own)
+    valid = inputs["attention_mask"].bool()  # padded query rows are left out
+    for layer, expected in enumerate(eager):
+        probs, _ = whole([r for r in recorder.seen if r.layer == layer])
+        assert probs.shape == expected.shape
+        rows = valid[:, None, :, None].expand_as(probs)
+        assert torch.allclose(probs[rows], expected[rows].float(), atol=1e-5), layer
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_head_scale_zero_equals_zeroing_the_heads_slice(name: str) -> None:
+    m = model(name)
+    layer, head = 1, m.geometry.n_heads - 1
+    proj = get_path(m.hf, OUT_PROJ[name].format(layer))
+
+    def zero_slice(_module: Any, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        z = args[0].clone()
+        width = z.shape[-1] // m.geometry.n_heads
+        z[..., head * width : (head + 1) * width] = 0
+        return (z, *args[1:])
+
+    handle = proj.register_forward_pre_hook(zero_slice)
+    try:
+        expected = logits(m)
+    finally:
+        handle.remove()
+    with HeadScale([(layer, head)], alpha=0.0).applied(m):
+        got = logits(m)
+    assert torch.equal(got, expected)
+    assert not torch.equal(got, logits(m))
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_identities_equal_the_plain_forward(name: str) -> None:
+    m = model(name)
+    plain = logits(m)
+    with HeadScale(HEADS, alpha=1.0).applied(m):
+        assert torch.equal(logits(m), plain)
+    if name in INLINE:
+        return
+    # Decode-only edit on a prefill: no layer wanted, each runs the model's own kernel.
+    with AttentionEdit(HEADS, unchanged_rows, phase="decode").applied(m):
+        assert torch.equal(logits(m), plain)
+    with AttentionEdit(HEADS, unchanged_rows, renormalize=False).applied(m):
+        unchanged = logits(m)
+    with ACT(HEADS, ActConfig(beta=1.0)).applied(m):
+        calibrated = logits(m)
+    assert torch.equal(calibrated, unchanged)  # ACT's kernel and rows, edited by nothing
+    # Explicit kernel vs the model's, at real tokens: a padded query row sees no key, which
+    # the explicit kernel outputs as 0 and an eager kernel as a uniform row.
+    valid = batch(m)["attention_mask"].bool()
+    assert torch.allclose(calibrated[valid], plain[valid], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_cached_generation_under_edits_equals_reforwards(name: str) -> None:
+    m = model(name)
+    ids, mask = left_padded(m, TEXTS)
+    edits = [HeadScale(HEADS, alpha=0.0)] + ([] if name in INLINE else [uniform_attention(HEADS)])
+    for edit in edits:
+        with edit.applied(m):
+            cached = cached_greedy(m, ids, mask, steps=5)
+            full = full_greedy(m, ids, mask, steps=5)
+        assert torch.equal(cached, full), edit.to_dict()
+
+
+def _capture(store: dict[int, tuple[Tensor, ...]]) -> Any:
+    def attention(module: Any, query: Tensor, key: Tensor, value: Tensor, *args: Any, **kw: Any):
+        store[module.layer_idx] = (query, key, value)
+        eager = sys.modules[type(module).__module__].eager_attention_forward
+        return eager(module, query, key, value, *args, **kw)
+
+    return attention
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_qkv_split_matches_what_the_model_hands_its_attention(name: str) -> None:
+    m = model(name)
+    one_token = {"input_ids": torch.tensor([[7]])}  # position 0: rotary is the identity
+    read: dict[tuple[int, str], Tensor] = {}
+
+    def keep(layer: int, kind: str, x: Tensor) -> None:
+        read[layer, kind] = x[0, 0]  # [head, d_head]
+
+    if name in LATENT:
+        refused = pytest.raises(UnsupportedModelError, match="projection")
+        with refused, qkv_hooks(m.hf, keep):
+            logits(m, **one_token)
+        return
+    with qkv_hooks(m.hf, keep):
+        logits(m, **one_token)
+    if name in INLINE:  # no attention function to compare with; shapes only
+        assert read[0, "q"].shape == (m.geometry.n_heads, m.geometry.d_head)
+        return
+    handed: dict[int, tuple[Tensor, ...]] = {}
+    AttentionInterface.register("zoo_capture", _capture(handed))
+    ALL_MASK_ATTENTION_FUNCTIONS.register("zoo_capture", eager_mask)
+    own = m.hf.config._attn_implementation
+    m.hf.set_attn_implementation("zoo_capture")
+    try:
+        logits(m, **one_token)
+    finally:
+        m.hf.set_attn_implementation(own)
+    kinds = ["v"] if name in QK_CHANGED else ["q", "k", "v"]
+    for layer in range(m.geometry.n_layers):
+        for index, kind in enumerate(["q", "k", "v"]):
+            if kind in kinds:
+                expected = handed[layer][index][0, :, 0]  # [batch, head, pos, d] -> [head, d]
+                assert torch.equal(read[layer, kind], expected), (layer, kind)
