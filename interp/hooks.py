@@ -248,7 +248,8 @@ def qkv_hooks(hf: nn.Module, fn: QKVFn, layers: list[int] | None = None) -> Iter
     heads = {"q": geometry.n_heads, "k": geometry.n_kv_heads, "v": geometry.n_kv_heads}
 
     def call(layer: int, kind: QKVKind, out: Tensor) -> Tensor | None:
-        x = out.reshape(*out.shape[:2], heads[kind], geometry.d_head)
+        width = geometry.d_head if kind == "v" else geometry.d_query_key
+        x = out.reshape(*out.shape[:2], heads[kind], width)
         new = fn(layer, kind, x)
         return None if new is None else new.reshape(out.shape)
 

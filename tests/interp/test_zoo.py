@@ -21,8 +21,15 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
 from interp.errors import UnsupportedModelError
 from interp.heads import HeadSet
-from interp.hooks import attention_hooks, qkv_hooks
-from interp.interventions import ACT, ActConfig, AttentionEdit, HeadScale, uniform_attention
+from interp.hooks import attention_hooks, head_result_hooks, qkv_hooks
+from interp.interventions import (
+    ACT,
+    ActConfig,
+    AttentionEdit,
+    HeadScale,
+    mean_head_outputs,
+    uniform_attention,
+)
 from interp.interventions.attention_edit import unchanged_rows
 from interp.layouts import get_path
 from interp.models import Model
@@ -183,3 +190,59 @@ def test_qkv_split_matches_what_the_model_hands_its_attention(name: str) -> None
             if kind in kinds:
                 expected = handed[layer][index][0, :, 0]  # [batch, head, pos, d] -> [head, d]
                 assert torch.equal(read[layer, kind], expected), (layer, kind)
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_mean_ablation_equals_replacing_the_heads_slice(name: str) -> None:
+    m = model(name)
+    reference = mean_head_outputs(m, TEXTS)
+    layer, head = 1, 0
+    assert reference.shape == (m.geometry.n_layers, m.geometry.n_heads, m.geometry.d_head)
+    proj = get_path(m.hf, OUT_PROJ[name].format(layer))
+    assert m.geometry.n_heads * m.geometry.d_head == _in_features(proj)
+
+    def put_mean(_module: Any, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        z = args[0].clone()
+        width = m.geometry.d_head
+        z[..., head * width : (head + 1) * width] = reference[layer, head]
+        return (z, *args[1:])
+
+    handle = proj.register_forward_pre_hook(put_mean)
+    try:
+        expected = logits(m)
+    finally:
+        handle.remove()
+    with HeadScale([(layer, head)], mode="mean", reference=reference).applied(m):
+        assert torch.equal(logits(m), expected)
+
+
+def _in_features(proj: Any) -> int:
+    """Input width of a projection: nn.Linear's [out, in] weight or GPT-2's Conv1D [in, out]."""
+    return proj.in_features if hasattr(proj, "in_features") else proj.weight.shape[0]
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_head_results_sum_to_the_attention_output(name: str) -> None:
+    m = model(name)
+    results: list[Tensor] = []
+    outputs: list[Tensor] = []
+    proj = get_path(m.hf, OUT_PROJ[name].format(0))
+    handle = proj.register_forward_hook(lambda _m, _a, out: outputs.append(out))
+    try:
+        with head_result_hooks(m.hf, lambda _layer, r: results.append(r), layers=[0]):
+            logits(m)
+    finally:
+        handle.remove()
+    (result,), (output,) = results, outputs
+    assert result.shape[-2:] == (m.geometry.n_heads, m.geometry.d_model)
+    bias = getattr(proj, "bias", None)
+    total = result.sum(-2) + (0 if bias is None else bias)
+    assert torch.allclose(total, output, atol=1e-6)
+
+
+def test_latent_attention_geometry_reads_the_value_and_query_key_widths() -> None:
+    config = model("deepseek_v3").hf.config
+    geometry = model("deepseek_v3").geometry
+    assert (geometry.d_head, geometry.d_query_key) == (config.v_head_dim, config.qk_head_dim)
+    assert config.head_dim != config.v_head_dim  # head_dim is the rotary part only
+    assert model("llama").geometry.d_query_key == model("llama").geometry.d_head
