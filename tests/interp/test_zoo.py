@@ -246,3 +246,36 @@ def test_latent_attention_geometry_reads_the_value_and_query_key_widths() -> Non
     assert (geometry.d_head, geometry.d_query_key) == (config.v_head_dim, config.qk_head_dim)
     assert config.head_dim != config.v_head_dim  # head_dim is the rotary part only
     assert model("llama").geometry.d_query_key == model("llama").geometry.d_head
+
+
+def _recorded(m: Model) -> list[Tensor]:
+    recorder = Recorder(list(range(m.geometry.n_layers)))
+    with attention_hooks(m.hf, recorder):
+        logits(m)
+    return [whole([r for r in recorder.seen if r.layer == layer])[0] for layer in recorder.layers]
+
+
+def test_gemma2_softcap_shapes_the_recorded_patterns() -> None:
+    """At Gemma-2's cap of 50 a tiny model's scores are barely capped; at 0.02 they are."""
+    capped = build("gemma2")
+    for layer in capped.hf.model.layers:
+        layer.self_attn.attn_logit_softcapping = 0.02
+    assert capped.hf.config._attn_implementation == "eager"  # transformers' default for Gemma-2
+    with torch.no_grad():
+        eager = capped.hf(**batch(capped), output_attentions=True).attentions
+    valid = batch(capped)["attention_mask"].bool()[:, None, :, None]
+    for got, expected, loose in zip(
+        _recorded(capped), eager, _recorded(model("gemma2")), strict=True
+    ):
+        rows = valid.expand_as(got)
+        assert torch.allclose(got[rows], expected[rows], atol=1e-5)
+        assert not torch.allclose(got[rows], loose[rows], atol=1e-3)
+
+
+def test_an_attention_argument_the_kernel_lacks_is_refused_in_one_line() -> None:
+    m = model("llama")
+    packed = {"cu_seq_lens_q": torch.tensor([0, 4])}
+    with attention_hooks(m.hf, Recorder([0])), pytest.raises(UnsupportedModelError) as refused:
+        logits(m, **batch(m), **packed)
+    message = str(refused.value)
+    assert "'cu_seq_lens_q'" in message and "llama" in message and "\n" not in message
