@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,18 +35,20 @@ from interp.interventions.attention_edit import unchanged_rows
 from interp.layouts import get_path
 from interp.models import Model
 from tests.interp.helpers import Recorder, cached_greedy, full_greedy, left_padded, whole
-from tests.interp.zoo_models import OUT_PROJ, ZOO, build
+from tests.interp.zoo_models import (
+    DOCS_END,
+    DOCS_START,
+    INLINE,
+    LATENT,
+    OUT_PROJ,
+    QK_CHANGED,
+    ZOO,
+    build,
+    support_table,
+)
 
 TEXTS = ["The cat sat on the mat.", "Hi there"]  # longer than the 4-key windows
 HEADS = HeadSet(["L0H1", "L1H0"])
-# Attention computed inline, not through transformers' attention interface: attention
-# hooks refuse these in one line; every other hook family works.
-INLINE = {"gpt_neo", "bloom"}
-# q and k pass a per-head norm (Qwen3, Gemma-3) or YaRN's attention factor on the rotary
-# (gpt-oss; not 1 even at position 0) between projection and attention: only v is compared.
-QK_CHANGED = {"qwen3", "gemma3_text", "gpt_oss"}
-# No q/k/v projections (latent attention): q/k/v hooks refuse.
-LATENT = {"deepseek_v3"}
 ARCHITECTURES = sorted(ZOO)
 
 
@@ -279,3 +282,9 @@ def test_an_attention_argument_the_kernel_lacks_is_refused_in_one_line() -> None
         logits(m, **batch(m), **packed)
     message = str(refused.value)
     assert "'cu_seq_lens_q'" in message and "llama" in message and "\n" not in message
+
+
+def test_the_docs_table_is_the_zoos() -> None:
+    """docs/models.md lists what this file checks (`python -m tests.interp.zoo_models`)."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "models.md").read_text()
+    assert f"{DOCS_START}\n{support_table()}\n{DOCS_END}" in docs

@@ -222,6 +222,60 @@ OUT_PROJ: dict[str, str] = {
 }
 
 
+# The real checkpoint whose attention options each tiny config copies.
+CHECKPOINTS: dict[str, str] = {
+    "llama": "LlamaConfig defaults",
+    "mistral": "Mistral-7B-v0.1",
+    "gpt_neox": "Pythia-160M",
+    "gptj": "GPT-J-6B",
+    "falcon": "Falcon-7B",
+    "falcon_new": "Falcon-40B",
+    "falcon_alibi": "Falcon-RW-1B",
+    "gpt_bigcode": "StarCoder / SantaCoder",
+    "gpt_neo": "GPT-Neo-125M, TinyStories",
+    "bloom": "BLOOM-560M",
+    "gpt2": "GPT-2",
+    "phi3": "Phi-3",
+    "qwen3": "Qwen3",
+    "gemma3_text": "Gemma-3-4B text",
+    "gemma2": "Gemma-2-2B",
+    "gpt_oss": "gpt-oss-20b",
+    "deepseek_v3": "DeepSeek-V3",
+}
+# Attention computed inline, not through transformers' attention interface: attention
+# hooks refuse these in one line; every other hook family works.
+INLINE = frozenset({"gpt_neo", "bloom"})
+# q and k pass a per-head norm (Qwen3, Gemma-3) or YaRN's attention factor on the rotary
+# (gpt-oss; not 1 even at position 0) between projection and attention: only v is compared.
+QK_CHANGED = frozenset({"qwen3", "gemma3_text", "gpt_oss"})
+# No q/k/v projections (latent attention): q/k/v hooks refuse.
+LATENT = frozenset({"deepseek_v3"})
+DOCS_START, DOCS_END = "<!-- zoo table: start -->", "<!-- zoo table: end -->"
+
+
+def support_table() -> str:
+    """docs/models.md's architecture table, from what tests/interp/test_zoo.py checks."""
+    lines = [
+        "| model_type (tiny config from) | attention hooks: patterns = eager, identities,"
+        " edits in cached generation | head outputs, results, mean ablation, HeadScale"
+        " | q/k/v hooks: split = what the attention receives |",
+        "|---|---|---|---|",
+    ]
+    for name in sorted(ZOO):
+        attention = "refused (attention computed inline)" if name in INLINE else "yes"
+        if name in LATENT:
+            qkv = "refused (latent attention: no q/k/v projections)"
+        elif name in INLINE:
+            qkv = "yes (shapes; no attention function to compare with)"
+        elif name in QK_CHANGED:
+            qkv = "yes (v compared; q/k normed or YaRN-scaled before attention)"
+        else:
+            qkv = "yes"
+        model_type = getattr(transformers, ZOO[name][0]).model_type
+        lines.append(f"| `{model_type}` ({CHECKPOINTS[name]}) | {attention} | yes | {qkv} |")
+    return "\n".join(lines)
+
+
 def build(name: str, seed: int = 0) -> Model:
     """The tiny model `name` of ZOO, seeded, wrapped with the byte tokenizer."""
     config_class, model_class, options = ZOO[name]
@@ -231,3 +285,12 @@ def build(name: str, seed: int = 0) -> Model:
     # where greedy re-forwards pick it, and the two could not be compared token for token.
     hf.generation_config.eos_token_id = None
     return Model.from_hf(hf, byte_tokenizer(), spec=f"tiny-{name}")
+
+
+if __name__ == "__main__":  # rewrite the table in docs/models.md
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "models.md"
+    text = docs.read_text()
+    head, rest = text.split(DOCS_START)
+    docs.write_text(f"{head}{DOCS_START}\n{support_table()}\n{DOCS_END}{rest.split(DOCS_END)[1]}")
