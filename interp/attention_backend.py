@@ -14,7 +14,8 @@ implement is refused in one line naming it and the model.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from torch import Tensor, nn
@@ -25,7 +26,12 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask,
 from interp.errors import HookError, UnsupportedModelError
 from interp.explicit_attention import AttentionHook, explicit_attention
 
-__all__ = ["ATTENTION_IMPLEMENTATION", "IMPLEMENTATIONS", "implementation_for"]
+__all__ = [
+    "ATTENTION_IMPLEMENTATION",
+    "IMPLEMENTATIONS",
+    "implementation_for",
+    "interface_check",
+]
 
 ATTENTION_IMPLEMENTATION = "interp"  # over SDPA
 IMPLEMENTATIONS = {"sdpa": ATTENTION_IMPLEMENTATION, "eager": "interp_eager"}
@@ -72,6 +78,29 @@ def _eager_kernel(module: nn.Module) -> Callable[..., tuple[Tensor, Tensor | Non
             " load the model with attn_implementation='sdpa' to use attention hooks."
         )
     return kernel
+
+
+@contextmanager
+def interface_check(hf: nn.Module, attention: nn.Module) -> Iterator[None]:
+    """Refuse, after its forward, an attention module that never called the interface."""
+
+    def before(module: nn.Module, _args: tuple) -> None:
+        REACHED.discard(id(module))
+
+    def after(module: nn.Module, _args: tuple, _out: Any) -> None:
+        if id(module) not in REACHED:
+            raise UnsupportedModelError(
+                f"{type(hf).__name__} computes attention inside {type(module).__name__}"
+                " without transformers' attention interface, so attention hooks cannot see"
+                " it; head output, q/k/v, result and residual hooks work."
+            )
+
+    handles = [attention.register_forward_pre_hook(before), attention.register_forward_hook(after)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _model_name(module: nn.Module) -> str:

@@ -36,6 +36,7 @@ hooks install live in `interp.attention_backend`.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any, Literal
@@ -45,7 +46,11 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from interp.attention_backend import ACTIVE as _ACTIVE
-from interp.attention_backend import ATTENTION_IMPLEMENTATION, REACHED, implementation_for
+from interp.attention_backend import (
+    ATTENTION_IMPLEMENTATION,
+    implementation_for,
+    interface_check,
+)
 from interp.errors import HookError, UnsupportedModelError
 from interp.explicit_attention import AttentionHook, AttentionRows, PrepassHook
 from interp.layouts import Layout, decoder_layers, fused_split, layout_of, projection
@@ -115,7 +120,7 @@ def attention_hooks(hf: nn.Module, *hooks: AttentionHook) -> Iterator[None]:
         with ExitStack() as stack:
             for index, attention in enumerate(attentions):
                 _ACTIVE.setdefault(id(attention), (index, []))[1].extend(hooks)
-                stack.enter_context(_interface_check(hf, attention))
+                stack.enter_context(interface_check(hf, attention))
             if hf.config._attn_implementation != implementation:
                 hf.set_attn_implementation(implementation)
             yield
@@ -134,29 +139,6 @@ def attention_hooks(hf: nn.Module, *hooks: AttentionHook) -> Iterator[None]:
             _OUTER_IMPLEMENTATION[id(hf)] = (outer, depth - 1)
         elif hf.config._attn_implementation != outer:
             hf.set_attn_implementation(outer)
-
-
-@contextmanager
-def _interface_check(hf: nn.Module, attention: nn.Module) -> Iterator[None]:
-    """Refuse, after its forward, an attention module that never called the interface."""
-
-    def before(module: nn.Module, _args: tuple) -> None:
-        REACHED.discard(id(module))
-
-    def after(module: nn.Module, _args: tuple, _out: Any) -> None:
-        if id(module) not in REACHED:
-            raise UnsupportedModelError(
-                f"{type(hf).__name__} computes attention inside {type(module).__name__}"
-                " without transformers' attention interface, so attention hooks cannot see"
-                " it; head output, q/k/v, result and residual hooks work."
-            )
-
-    handles = [attention.register_forward_pre_hook(before), attention.register_forward_hook(after)]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 # ----------------------------------------------------------------------------------------
@@ -340,14 +322,27 @@ def output_hooks(
     """Call `fn(layer, x)` on the output [batch, pos, d_model] of each layer's `part`.
 
     "layer" is the residual stream leaving the decoder layer (`hook_resid_post`), before
-    the final norm; "attention" the attention block's output after the output projection
-    (`hook_attn_out`); "mlp" the MLP's output (`hook_mlp_out`). `fn` returns a
-    replacement or None. Modules that return tuples keep their other elements.
+    the final norm; "attention" the output projection's output (`hook_attn_out`; BLOOM's
+    attention module adds the residual after it); "mlp" the MLP's output (`hook_mlp_out`).
+    `fn` returns a replacement or None. Modules that return tuples keep their other
+    elements.
+
+    Raises:
+        UnsupportedModelError: "mlp" on a model whose MLP adds the residual itself (BLOOM).
     """
     layout = layout_of(hf)
     modules = decoder_layers(hf)
     wanted = range(len(modules)) if layers is None else layers
-    paths = {"layer": None, "attention": layout.attention, "mlp": layout.mlp}
+    attention_out = f"{layout.attention}.{layout.out_proj}"
+    paths = {"layer": None, "attention": attention_out, "mlp": layout.mlp}
+    if (
+        part == "mlp"
+        and "residual" in inspect.signature(_get(modules[0], layout.mlp).forward).parameters
+    ):
+        raise UnsupportedModelError(
+            f"The MLP of {type(hf).__name__} adds the residual stream to its output, so"
+            " hook_mlp_out cannot be read apart from it; use hook_resid_post."
+        )
 
     def forward_hook(layer: int) -> Callable[..., Any]:
         def hook(_module: nn.Module, _args: tuple, out: Any) -> Any:

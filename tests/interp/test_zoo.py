@@ -22,6 +22,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
 from interp.errors import UnsupportedModelError
 from interp.heads import HeadSet
+from interp.hook_points import HeadPatch, patched, record
 from interp.hooks import attention_hooks, head_result_hooks, qkv_hooks
 from interp.interventions import (
     ACT,
@@ -40,6 +41,7 @@ from tests.interp.zoo_models import (
     DOCS_START,
     INLINE,
     LATENT,
+    MLP_ADDS_RESIDUAL,
     OUT_PROJ,
     QK_CHANGED,
     ZOO,
@@ -288,3 +290,72 @@ def test_the_docs_table_is_the_zoos() -> None:
     """docs/models.md lists what this file checks (`python -m tests.interp.zoo_models`)."""
     docs = (Path(__file__).resolve().parents[2] / "docs" / "models.md").read_text()
     assert f"{DOCS_START}\n{support_table()}\n{DOCS_END}" in docs
+
+
+CORRUPT = ["The dog sat on the rug.", "Yo there"]  # same lengths as TEXTS
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_head_patching_equals_swapping_the_heads_slice(name: str) -> None:
+    m = model(name)
+    layer, head = 1, m.geometry.n_heads - 1
+    point = f"blocks.{layer}.attn.hook_z"
+    source = record(m, m.encode(CORRUPT), [point])[point]  # [batch, pos, head, d_head]
+    proj = get_path(m.hf, OUT_PROJ[name].format(layer))
+
+    def swap(_module: Any, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        z = args[0].clone()
+        width = m.geometry.d_head
+        z[0, :, head * width : (head + 1) * width] = source[0, :, head]
+        return (z, *args[1:])
+
+    handle = proj.register_forward_pre_hook(swap)
+    try:
+        expected = logits(m)
+    finally:
+        handle.remove()
+    with patched(m.hf, {point: source}, [HeadPatch(row=0, layer=layer, head=head)]):
+        got = logits(m)
+    assert torch.equal(got, expected)
+    assert not torch.equal(got, logits(m))
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_every_hook_point_records_with_the_geometrys_shapes(name: str) -> None:
+    m = model(name)
+    g = m.geometry
+    inputs = m.encode(TEXTS)
+    b, p = inputs.input_ids.shape
+    shapes = {
+        "hook_resid_pre": (b, p, g.d_model),
+        "hook_resid_post": (b, p, g.d_model),
+        "hook_attn_out": (b, p, g.d_model),
+        "hook_mlp_out": (b, p, g.d_model),
+        "attn.hook_z": (b, p, g.n_heads, g.d_head),
+        "attn.hook_result": (b, p, g.n_heads, g.d_model),
+        "attn.hook_pattern": (b, g.n_heads, p, p),
+        "attn.hook_q": (b, p, g.n_heads, g.d_query_key),
+        "attn.hook_k": (b, p, g.n_kv_heads, g.d_query_key),
+        "attn.hook_v": (b, p, g.n_kv_heads, g.d_head),
+    }
+    refused = {
+        "attn.hook_pattern": name in INLINE,
+        "hook_mlp_out": name in MLP_ADDS_RESIDUAL,
+        **dict.fromkeys(["attn.hook_q", "attn.hook_k", "attn.hook_v"], name in LATENT),
+    }
+    for point, shape in shapes.items():
+        full = f"blocks.1.{point}"
+        if refused.get(point):
+            with pytest.raises(UnsupportedModelError):
+                record(m, inputs, [full])
+            continue
+        assert tuple(record(m, inputs, [full])[full].shape) == shape, point
+    # hook_attn_out is the output projection's output: BLOOM adds the residual after it.
+    out: list[Tensor] = []
+    proj = get_path(m.hf, OUT_PROJ[name].format(1))
+    handle = proj.register_forward_hook(lambda _m, _a, o: out.append(o))
+    try:
+        attn_out = record(m, inputs, ["blocks.1.hook_attn_out"])["blocks.1.hook_attn_out"]
+    finally:
+        handle.remove()
+    assert torch.equal(attn_out, out[0])

@@ -248,6 +248,8 @@ INLINE = frozenset({"gpt_neo", "bloom"})
 # q and k pass a per-head norm (Qwen3, Gemma-3) or YaRN's attention factor on the rotary
 # (gpt-oss; not 1 even at position 0) between projection and attention: only v is compared.
 QK_CHANGED = frozenset({"qwen3", "gemma3_text", "gpt_oss"})
+# The MLP adds the residual stream to its output: hook_mlp_out refuses.
+MLP_ADDS_RESIDUAL = frozenset({"bloom"})
 # No q/k/v projections (latent attention): q/k/v hooks refuse.
 LATENT = frozenset({"deepseek_v3"})
 DOCS_START, DOCS_END = "<!-- zoo table: start -->", "<!-- zoo table: end -->"
@@ -257,9 +259,10 @@ def support_table() -> str:
     """docs/models.md's architecture table, from what tests/interp/test_zoo.py checks."""
     lines = [
         "| model_type (tiny config from) | attention hooks: patterns = eager, identities,"
-        " edits in cached generation | head outputs, results, mean ablation, HeadScale"
-        " | q/k/v hooks: split = what the attention receives |",
-        "|---|---|---|---|",
+        " edits in cached generation | head outputs, results, mean ablation, HeadScale,"
+        " head patching | q/k/v hooks: split = what the attention receives"
+        " | hook_attn_out, hook_mlp_out |",
+        "|---|---|---|---|---|",
     ]
     for name in sorted(ZOO):
         attention = "refused (attention computed inline)" if name in INLINE else "yes"
@@ -272,7 +275,14 @@ def support_table() -> str:
         else:
             qkv = "yes"
         model_type = getattr(transformers, ZOO[name][0]).model_type
-        lines.append(f"| `{model_type}` ({CHECKPOINTS[name]}) | {attention} | yes | {qkv} |")
+        outputs = (
+            "attn_out; mlp_out refused (MLP adds the residual)"
+            if name in MLP_ADDS_RESIDUAL
+            else "yes"
+        )
+        lines.append(
+            f"| `{model_type}` ({CHECKPOINTS[name]}) | {attention} | yes | {qkv} | {outputs} |"
+        )
     return "\n".join(lines)
 
 
