@@ -36,7 +36,6 @@ hooks install live in `interp.attention_backend`.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any, Literal
@@ -53,7 +52,14 @@ from interp.attention_backend import (
 )
 from interp.errors import HookError, UnsupportedModelError
 from interp.explicit_attention import AttentionHook, AttentionRows, PrepassHook
-from interp.layouts import Layout, decoder_layers, fused_split, layout_of, projection
+from interp.layouts import (
+    Layout,
+    check_mlp,
+    decoder_layers,
+    fused_split,
+    layout_of,
+    projection,
+)
 from interp.layouts import get_path as _get
 from interp.models import geometry_of
 
@@ -328,21 +334,16 @@ def output_hooks(
     elements.
 
     Raises:
-        UnsupportedModelError: "mlp" on a model whose MLP adds the residual itself (BLOOM).
+        UnsupportedModelError: "mlp" on a model whose MLP adds the residual itself (BLOOM)
+            or is no module of its own (OPT's fc1/fc2).
     """
     layout = layout_of(hf)
     modules = decoder_layers(hf)
     wanted = range(len(modules)) if layers is None else layers
     attention_out = f"{layout.attention}.{layout.out_proj}"
     paths = {"layer": None, "attention": attention_out, "mlp": layout.mlp}
-    if (
-        part == "mlp"
-        and "residual" in inspect.signature(_get(modules[0], layout.mlp).forward).parameters
-    ):
-        raise UnsupportedModelError(
-            f"The MLP of {type(hf).__name__} adds the residual stream to its output, so"
-            " hook_mlp_out cannot be read apart from it; use hook_resid_post."
-        )
+    if part == "mlp":
+        check_mlp(hf, modules[0], layout.mlp)
 
     def forward_hook(layer: int) -> Callable[..., Any]:
         def hook(_module: nn.Module, _args: tuple, out: Any) -> Any:

@@ -19,6 +19,7 @@ against the q, k, v the model hands its attention function.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from functools import reduce
 from typing import Any
@@ -28,7 +29,15 @@ from torch import Tensor, nn
 
 from interp.errors import UnsupportedModelError
 
-__all__ = ["Layout", "decoder_layers", "fused_split", "get_path", "layout_of", "projection"]
+__all__ = [
+    "Layout",
+    "check_mlp",
+    "decoder_layers",
+    "fused_split",
+    "get_path",
+    "layout_of",
+    "projection",
+]
 
 _ATTENTION = ("self_attn", "attn", "attention", "self_attention")
 _OUT_PROJ = ("o_proj", "dense", "c_proj", "out_proj")
@@ -50,7 +59,7 @@ class Layout:
     k: str = "k_proj"  # the key projection (one d_head slice per KV head)
     v: str = "v_proj"  # the value projection (one d_head slice per KV head)
     fused_qkv: bool = False  # q, k, v are one projection at `q`; see `fused_split`
-    mlp: str = "mlp"  # the MLP, from a decoder layer
+    mlp: str | None = "mlp"  # the MLP, from a decoder layer; None: no MLP module (OPT)
 
 
 def get_path(module: nn.Module, path: str) -> Any:
@@ -85,7 +94,7 @@ def _layout_in(layers_path: str, layer: nn.Module) -> Layout | None:
         return None
     attention = get_path(layer, attention_path)
     out_proj = next(name for name in _OUT_PROJ if _present(attention, name))
-    mlp = next((name for name in _MLP if _present(layer, name)), "mlp")
+    mlp = next((name for name in _MLP if _present(layer, name)), None)
     if all(_present(attention, name) for name in ("q_proj", "k_proj", "v_proj")):
         return Layout(layers_path, attention_path, out_proj, mlp=mlp)
     fused = next((name for name in _FUSED_QKV if _present(attention, name)), None)
@@ -126,6 +135,20 @@ def projection(attention: nn.Module, path: str) -> nn.Module:
             " cannot read them."
         )
     return found
+
+
+def check_mlp(hf: nn.Module, layer: nn.Module, path: str | None) -> None:
+    """Refuse hook_mlp_out where the MLP's output cannot be read on its own."""
+    if path is None:
+        raise UnsupportedModelError(
+            f"The decoder layers of {type(hf).__name__} have no MLP module (their MLP is"
+            " inline), so hook_mlp_out cannot be read; use hook_resid_post."
+        )
+    if "residual" in inspect.signature(get_path(layer, path).forward).parameters:
+        raise UnsupportedModelError(
+            f"The MLP of {type(hf).__name__} adds the residual stream to its output, so"
+            " hook_mlp_out cannot be read apart from it; use hook_resid_post."
+        )
 
 
 def fused_split(

@@ -199,6 +199,78 @@ ZOO: dict[str, tuple[str, str, dict[str, Any]]] = {
             "moe_intermediate_size": 16,
         },
     ),
+    # Architectures that worked before the zoo, kept in it so discovery cannot regress them.
+    "mixtral": (
+        "MixtralConfig",
+        "MixtralForCausalLM",
+        {**_LLAMA_LIKE, "num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 4},
+    ),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", _LLAMA_LIKE),
+    "qwen2_moe": (
+        "Qwen2MoeConfig",
+        "Qwen2MoeForCausalLM",
+        {
+            **_LLAMA_LIKE,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 16,
+            "shared_expert_intermediate_size": 16,
+        },
+    ),
+    "qwen3_moe": (
+        "Qwen3MoeConfig",
+        "Qwen3MoeForCausalLM",
+        {**_LLAMA_LIKE, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16},
+    ),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", {**_LLAMA_LIKE, "head_dim": 8}),
+    # Phi-2: rotary on 40% of each head (32 of 80; 4 of 10 here), parallel block, dense
+    # output projection.
+    "phi": (
+        "PhiConfig",
+        "PhiForCausalLM",
+        {
+            **_LLAMA_LIKE,
+            "hidden_size": 40,
+            "num_key_value_heads": 4,
+            "partial_rotary_factor": 0.4,
+        },
+    ),
+    "olmo": ("OlmoConfig", "OlmoForCausalLM", _LLAMA_LIKE),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", _LLAMA_LIKE),
+    "olmoe": (
+        "OlmoeConfig",
+        "OlmoeForCausalLM",
+        {**_LLAMA_LIKE, "num_experts": 4, "num_experts_per_tok": 2},
+    ),
+    "starcoder2": (
+        "Starcoder2Config",
+        "Starcoder2ForCausalLM",
+        {**_LLAMA_LIKE, "sliding_window": 4},
+    ),
+    "granite": ("GraniteConfig", "GraniteForCausalLM", _LLAMA_LIKE),
+    "cohere": ("CohereConfig", "CohereForCausalLM", _LLAMA_LIKE),
+    "cohere2": (
+        "Cohere2Config",
+        "Cohere2ForCausalLM",
+        {**_LLAMA_LIKE, "sliding_window": 4, "layer_types": _SLIDING_FULL},
+    ),
+    "stablelm": ("StableLmConfig", "StableLmForCausalLM", _LLAMA_LIKE),
+    "opt": (
+        "OPTConfig",
+        "OPTForCausalLM",
+        dict(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            ffn_dim=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            word_embed_proj_dim=32,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+    ),
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", _LLAMA_LIKE),
 }
 
 
@@ -207,9 +279,16 @@ _LLAMA_O = "model.layers.{}.self_attn.o_proj"
 # the tests' own reference, independent of the toolkit's discovery.
 OUT_PROJ: dict[str, str] = {
     **dict.fromkeys(
-        ["llama", "mistral", "phi3", "qwen3", "gemma3_text", "gemma2", "gpt_oss", "deepseek_v3"],
+        [
+            *("llama", "mistral", "phi3", "qwen3", "gemma3_text", "gemma2", "gpt_oss"),
+            *("deepseek_v3", "mixtral", "qwen2", "qwen2_moe", "qwen3_moe", "gemma", "olmo"),
+            *("olmo2", "olmoe", "starcoder2", "granite", "cohere", "cohere2", "stablelm"),
+            "smollm3",
+        ],
         _LLAMA_O,
     ),
+    "phi": "model.layers.{}.self_attn.dense",
+    "opt": "model.decoder.layers.{}.self_attn.out_proj",
     "gpt_neox": "gpt_neox.layers.{}.attention.dense",
     "gptj": "transformer.h.{}.attn.out_proj",
     **dict.fromkeys(
@@ -241,15 +320,24 @@ CHECKPOINTS: dict[str, str] = {
     "gemma2": "Gemma-2-2B",
     "gpt_oss": "gpt-oss-20b",
     "deepseek_v3": "DeepSeek-V3",
+    **{
+        name: "config defaults"
+        for name in (
+            *("mixtral", "qwen2", "qwen2_moe", "qwen3_moe", "gemma", "olmo", "olmo2", "olmoe"),
+            *("starcoder2", "granite", "cohere", "cohere2", "stablelm", "opt", "smollm3"),
+        )
+    },
+    "phi": "Phi-2",
 }
 # Attention computed inline, not through transformers' attention interface: attention
 # hooks refuse these in one line; every other hook family works.
 INLINE = frozenset({"gpt_neo", "bloom"})
-# q and k pass a per-head norm (Qwen3, Gemma-3) or YaRN's attention factor on the rotary
-# (gpt-oss; not 1 even at position 0) between projection and attention: only v is compared.
-QK_CHANGED = frozenset({"qwen3", "gemma3_text", "gpt_oss"})
+# q and k pass a norm (Qwen3, Gemma-3, OLMo-2, OLMoE), YaRN's attention factor on the
+# rotary (gpt-oss; not 1 even at position 0) or a scale (OPT's q) between projection and
+# attention: only v is compared.
+QK_CHANGED = frozenset({"qwen3", "qwen3_moe", "gemma3_text", "olmo2", "olmoe", "gpt_oss", "opt"})
 # The MLP adds the residual stream to its output: hook_mlp_out refuses.
-MLP_ADDS_RESIDUAL = frozenset({"bloom"})
+MLP_ADDS_RESIDUAL = frozenset({"bloom", "opt"})  # OPT: no MLP module at all
 # No q/k/v projections (latent attention): q/k/v hooks refuse.
 LATENT = frozenset({"deepseek_v3"})
 DOCS_START, DOCS_END = "<!-- zoo table: start -->", "<!-- zoo table: end -->"
@@ -271,12 +359,12 @@ def support_table() -> str:
         elif name in INLINE:
             qkv = "yes (shapes; no attention function to compare with)"
         elif name in QK_CHANGED:
-            qkv = "yes (v compared; q/k normed or YaRN-scaled before attention)"
+            qkv = "yes (v compared; q/k normed or scaled before attention)"
         else:
             qkv = "yes"
         model_type = getattr(transformers, ZOO[name][0]).model_type
         outputs = (
-            "attn_out; mlp_out refused (MLP adds the residual)"
+            "attn_out; mlp_out refused (no MLP apart from the residual)"
             if name in MLP_ADDS_RESIDUAL
             else "yes"
         )
