@@ -35,6 +35,7 @@ from interp.interventions import (
 from interp.interventions.attention_edit import unchanged_rows
 from interp.layouts import get_path
 from interp.models import Model
+from probes import sinks
 from tests.interp.helpers import Recorder, cached_greedy, full_greedy, left_padded, whole
 from tests.interp.zoo_models import (
     DOCS_END,
@@ -359,3 +360,28 @@ def test_every_hook_point_records_with_the_geometrys_shapes(name: str) -> None:
     finally:
         handle.remove()
     assert torch.equal(attn_out, out[0])
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_sink_shares_equal_those_of_eager_patterns(name: str) -> None:
+    m = model(name)
+    text = TEXTS[0]
+    if name in INLINE:
+        with pytest.raises(UnsupportedModelError, match="attention interface"):
+            sinks.run(m, text)
+        return
+    table = sinks.run(m, text).heads.data
+    own = m.hf.config._attn_implementation
+    m.hf.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            eager = m.hf(**m.encode(text), output_attentions=True).attentions
+    finally:
+        m.hf.set_attn_implementation(own)
+    column_sums = torch.stack([a[0].float().sum(1) for a in eager])  # [layer, head, key]
+    seen_by = torch.stack([(a[0, 0] > 0).sum(0).float() for a in eager])  # [layer, key]
+    expected = sinks.sink_statistics(column_sums, sinks.SinkConfig(), seen_by)
+    for column in ("score", "first_token_share", "hidden_sink_share"):
+        got = torch.tensor(table[column].to_numpy(), dtype=torch.float32)
+        want = torch.tensor(expected[column].ravel(), dtype=torch.float32)
+        assert torch.allclose(got, want, atol=1e-5), column
