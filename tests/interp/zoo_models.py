@@ -357,7 +357,7 @@ def support_table() -> str:
         if name in LATENT:
             qkv = "refused (latent attention: no q/k/v projections)"
         elif name in INLINE:
-            qkv = "yes (shapes; no attention function to compare with)"
+            qkv = "yes (compared with the q, k, v its inline attention takes)"
         elif name in QK_CHANGED:
             qkv = "yes (v compared; q/k normed or scaled before attention)"
         else:
