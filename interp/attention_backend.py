@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -30,6 +31,7 @@ __all__ = [
     "ATTENTION_IMPLEMENTATION",
     "IMPLEMENTATIONS",
     "implementation_for",
+    "inline_attention",
     "interface_check",
 ]
 
@@ -101,6 +103,46 @@ def interface_check(hf: nn.Module, attention: nn.Module) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def inline_attention(hf: nn.Module, attention: nn.Module) -> Iterator[None]:
+    """Route GPT-Neo's inline attention through the explicit kernel while inside.
+
+    GPT-Neo computes attention in `_attn(query, key, value, attention_mask)` without the
+    attention interface: unscaled scores, its causal or local window in the bool `bias`
+    buffer, the model's additive padding mask added. The instance's `_attn` is replaced by
+    one that serves wanted layers explicitly (scale 1, both masks) and calls the original
+    otherwise; other models are left alone.
+    """
+    if getattr(hf.config.get_text_config(), "model_type", "") != "gpt_neo":
+        yield
+        return
+    own = attention._attn
+
+    def _attn(query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None = None):
+        REACHED.add(id(attention))
+        entry = ACTIVE.get(id(attention))
+        hooks = [h for h in entry[1] if h.wants(entry[0], query.shape[2])] if entry else []
+        if not hooks:
+            return own(query, key, value, attention_mask)
+        if attention.training and attention.attn_dropout.p:
+            raise HookError("Explicit attention does not apply attention dropout: call eval().")
+        n_queries, n_keys = query.shape[-2], key.shape[-2]
+        visible = attention.bias[:, :, n_keys - n_queries : n_keys, :n_keys]
+        if attention_mask is not None:
+            padding = attention_mask
+            if padding.dtype != torch.bool:
+                padding = padding > torch.finfo(padding.dtype).min / 2
+            visible = visible & padding
+        out = explicit_attention(entry[0], hooks, query, key, value, visible, 1.0, True)  # type: ignore[index]
+        return out.transpose(1, 2), None
+
+    attention._attn = _attn
+    try:
+        yield
+    finally:
+        del attention._attn  # the class's method again
 
 
 def _model_name(module: nn.Module) -> str:

@@ -48,6 +48,7 @@ from interp.attention_backend import ACTIVE as _ACTIVE
 from interp.attention_backend import (
     ATTENTION_IMPLEMENTATION,
     implementation_for,
+    inline_attention,
     interface_check,
 )
 from interp.errors import HookError, UnsupportedModelError
@@ -108,8 +109,8 @@ def attention_hooks(hf: nn.Module, *hooks: AttentionHook) -> Iterator[None]:
 
     Raises:
         UnsupportedModelError: in a forward, when a layer's attention does not go through
-            transformers' attention interface (GPT-Neo, BLOOM compute it inline), so no
-            hook could see it.
+            transformers' attention interface (BLOOM computes it inline; GPT-Neo's inline
+            attention is adapted by `interp.attention_backend.inline_attention`).
 
     Example:
         >>> with attention_hooks(model.hf, my_hook):  # doctest: +SKIP
@@ -127,6 +128,7 @@ def attention_hooks(hf: nn.Module, *hooks: AttentionHook) -> Iterator[None]:
             for index, attention in enumerate(attentions):
                 _ACTIVE.setdefault(id(attention), (index, []))[1].extend(hooks)
                 stack.enter_context(interface_check(hf, attention))
+                stack.enter_context(inline_attention(hf, attention))
             if hf.config._attn_implementation != implementation:
                 hf.set_attn_implementation(implementation)
             yield

@@ -207,7 +207,7 @@ def test_qkv_split_matches_what_the_model_hands_its_attention(name: str) -> None
     with qkv_hooks(m.hf, keep):
         logits(m, **one_token)
     handed: dict[int, tuple[Tensor, ...]] = {}
-    if name in INLINE:
+    if name in _INLINE_SPLIT:
         _capture_inline(m, name, handed, one_token)
     else:
         AttentionInterface.register("zoo_capture", _capture(handed))

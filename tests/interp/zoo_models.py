@@ -119,7 +119,7 @@ ZOO: dict[str, tuple[str, str, dict[str, Any]]] = {
         {**_GPT_LIKE, "multi_query": True},
     ),
     # GPT-Neo (TinyStories, 125M): global and local (window 256; 4 here) layers alternating,
-    # unscaled scores; attention computed inline, not through the attention interface.
+    # unscaled scores; attention computed inline (`_attn`), not through the interface.
     "gpt_neo": (
         "GPTNeoConfig",
         "GPTNeoForCausalLM",
@@ -331,7 +331,7 @@ CHECKPOINTS: dict[str, str] = {
 }
 # Attention computed inline, not through transformers' attention interface: attention
 # hooks refuse these in one line; every other hook family works.
-INLINE = frozenset({"gpt_neo", "bloom"})
+INLINE = frozenset({"bloom"})
 # q and k pass a norm (Qwen3, Gemma-3, OLMo-2, OLMoE), YaRN's attention factor on the
 # rotary (gpt-oss; not 1 even at position 0) or a scale (OPT's q) between projection and
 # attention: only v is compared.
