@@ -113,9 +113,15 @@ def inline_attention(hf: nn.Module, attention: nn.Module) -> Iterator[None]:
     attention interface: unscaled scores, its causal or local window in the bool `bias`
     buffer, the model's additive padding mask added. The instance's `_attn` is replaced by
     one that serves wanted layers explicitly (scale 1, both masks) and calls the original
-    otherwise; other models are left alone.
+    otherwise. BLOOM's attention forward is replaced likewise (`_bloom_attention`); other
+    models are left alone.
     """
-    if getattr(hf.config.get_text_config(), "model_type", "") != "gpt_neo":
+    model_type = getattr(hf.config.get_text_config(), "model_type", "")
+    if model_type == "bloom":
+        with _bloom_attention(attention):
+            yield
+        return
+    if model_type != "gpt_neo":
         yield
         return
     own = attention._attn
@@ -143,6 +149,58 @@ def inline_attention(hf: nn.Module, attention: nn.Module) -> Iterator[None]:
         yield
     finally:
         del attention._attn  # the class's method again
+
+
+@contextmanager
+def _bloom_attention(attention: nn.Module) -> Iterator[None]:
+    """BLOOM's attention forward, with wanted layers computed by the explicit kernel.
+
+    As BloomAttention.forward: the fused QKV split per head (`_reshape`), the cache, scores
+    alpha·q·kᵀ + beta·ALiBi plus the additive mask, softmax, A·V, the dense projection and
+    the residual added inside. The ALiBi bias goes to the kernel as a per-head additive mask.
+    """
+    own = attention.forward
+    dropout_add = sys.modules[type(attention).__module__].dropout_add
+
+    def forward(
+        hidden_states: Tensor,
+        residual: Tensor,
+        alibi: Tensor,
+        attention_mask: Tensor | None,
+        layer_past: Any = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> tuple[Tensor, None]:
+        REACHED.add(id(attention))
+        entry = ACTIVE.get(id(attention))
+        n_queries = hidden_states.shape[1]
+        hooks = [h for h in entry[1] if h.wants(entry[0], n_queries)] if entry else []
+        if not hooks:
+            return own(hidden_states, residual, alibi, attention_mask, layer_past, *args, **kwargs)
+        if attention.training or (attention.pretraining_tp > 1 and attention.slow_but_exact):
+            raise HookError(
+                "Explicit attention on BLOOM needs eval mode and pretraining_tp 1 (or"
+                " slow_but_exact off)."
+            )
+        query, key, value = attention._reshape(attention.query_key_value(hidden_states))
+        if layer_past is not None:
+            key, value = layer_past.update(key, value, attention.layer_idx)
+        batch, n_heads = query.shape[:2]
+        if attention_mask is None or attention_mask.dtype == torch.bool:
+            # BLOOM runs eager only, whose masks are always additive floats.
+            raise HookError("BLOOM's explicit attention needs the eager (additive) mask.")
+        bias = attention.beta * alibi.view(batch, n_heads, 1, -1) + attention_mask
+        layer = entry[0]  # type: ignore[index]
+        scale = attention.inv_norm_factor
+        out = explicit_attention(layer, hooks, query, key, value, bias, scale, True)
+        context = attention.dense(out.reshape(batch, n_queries, -1))
+        return dropout_add(context, residual, attention.hidden_dropout, False), None
+
+    attention.forward = forward
+    try:
+        yield
+    finally:
+        del attention.forward  # the class's forward again
 
 
 def _model_name(module: nn.Module) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 from torch import Tensor
-from transformers import AttentionInterface
+from transformers import AttentionInterface, GPTNeoXJapaneseConfig, GPTNeoXJapaneseForCausalLM
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
 from interp.errors import UnsupportedModelError
@@ -35,12 +35,12 @@ from interp.interventions import (
 from interp.interventions.attention_edit import unchanged_rows
 from interp.layouts import get_path
 from interp.models import Model
+from interp.tiny_models import byte_tokenizer
 from probes import sinks
 from tests.interp.helpers import Recorder, cached_greedy, full_greedy, left_padded, whole
 from tests.interp.zoo_models import (
     DOCS_END,
     DOCS_START,
-    INLINE,
     LATENT,
     MLP_ADDS_RESIDUAL,
     OUT_PROJ,
@@ -74,11 +74,6 @@ def test_patterns_equal_eager_on_a_left_padded_batch(name: str) -> None:
     m = model(name)
     recorder = Recorder(list(range(m.geometry.n_layers)))
     inputs = batch(m)
-    if name in INLINE:
-        refused = pytest.raises(UnsupportedModelError, match="attention interface")
-        with refused, attention_hooks(m.hf, recorder):
-            logits(m)
-        return
     with attention_hooks(m.hf, recorder):
         logits(m)
     own = m.hf.config._attn_implementation
@@ -125,8 +120,6 @@ def test_identities_equal_the_plain_forward(name: str) -> None:
     plain = logits(m)
     with HeadScale(HEADS, alpha=1.0).applied(m):
         assert torch.equal(logits(m), plain)
-    if name in INLINE:
-        return
     # Decode-only edit on a prefill: no layer wanted, each runs the model's own kernel.
     with AttentionEdit(HEADS, unchanged_rows, phase="decode").applied(m):
         assert torch.equal(logits(m), plain)
@@ -145,8 +138,7 @@ def test_identities_equal_the_plain_forward(name: str) -> None:
 def test_cached_generation_under_edits_equals_reforwards(name: str) -> None:
     m = model(name)
     ids, mask = left_padded(m, TEXTS)
-    edits = [HeadScale(HEADS, alpha=0.0)] + ([] if name in INLINE else [uniform_attention(HEADS)])
-    for edit in edits:
+    for edit in (HeadScale(HEADS, alpha=0.0), uniform_attention(HEADS)):
         with edit.applied(m):
             cached = cached_greedy(m, ids, mask, steps=5)
             full = full_greedy(m, ids, mask, steps=5)
@@ -162,8 +154,9 @@ def _capture(store: dict[int, tuple[Tensor, ...]]) -> Any:
     return attention
 
 
-# Where inline attention takes its per-head q, k, v: GPT-Neo's `_attn(q, k, v, mask)`
-# receives them, BLOOM's `_reshape(fused)` returns them ([batch, head, pos, d_head]).
+# Where inline attention (adapted by interp.attention_backend.inline_attention) takes its
+# per-head q, k, v: GPT-Neo's `_attn(q, k, v, mask)` receives them, BLOOM's
+# `_reshape(fused)` returns them ([batch, head, pos, d_head]).
 _INLINE_SPLIT = {"gpt_neo": ("attn.attention", "_attn"), "bloom": ("self_attention", "_reshape")}
 
 
@@ -368,7 +361,6 @@ def test_every_hook_point_records_with_the_geometrys_shapes(name: str) -> None:
         "attn.hook_v": (b, p, g.n_kv_heads, g.d_head),
     }
     refused = {
-        "attn.hook_pattern": name in INLINE,
         "hook_mlp_out": name in MLP_ADDS_RESIDUAL,
         **dict.fromkeys(["attn.hook_q", "attn.hook_k", "attn.hook_v"], name in LATENT),
     }
@@ -394,10 +386,6 @@ def test_every_hook_point_records_with_the_geometrys_shapes(name: str) -> None:
 def test_sink_shares_equal_those_of_eager_patterns(name: str) -> None:
     m = model(name)
     text = TEXTS[0]
-    if name in INLINE:
-        with pytest.raises(UnsupportedModelError, match="attention interface"):
-            sinks.run(m, text)
-        return
     table = sinks.run(m, text).heads.data
     own = m.hf.config._attn_implementation
     m.hf.set_attn_implementation("eager")
@@ -413,3 +401,16 @@ def test_sink_shares_equal_those_of_eager_patterns(name: str) -> None:
         got = torch.tensor(table[column].to_numpy(), dtype=torch.float32)
         want = torch.tensor(expected[column].ravel(), dtype=torch.float32)
         assert torch.allclose(got, want, atol=1e-5), column
+
+
+def test_attention_outside_the_interface_is_refused_in_one_line() -> None:
+    """GPT-NeoX-Japanese computes attention inline and has no adapter: no silent no-op."""
+    torch.manual_seed(0)
+    config = GPTNeoXJapaneseConfig(
+        vocab_size=260, hidden_size=32, num_hidden_layers=2, num_attention_heads=4
+    )
+    m = Model.from_hf(GPTNeoXJapaneseForCausalLM(config), byte_tokenizer())
+    with pytest.raises(UnsupportedModelError) as refused, attention_hooks(m.hf, Recorder([0])):
+        logits(m)
+    message = str(refused.value)
+    assert "attention interface" in message and "\n" not in message

@@ -135,7 +135,7 @@ ZOO: dict[str, tuple[str, str, dict[str, Any]]] = {
             eos_token_id=2,
         ),
     ),
-    # BLOOM-560M: ALiBi, fused QKV per head; attention computed inline.
+    # BLOOM-560M: ALiBi, fused QKV per head; attention computed inline in its forward.
     "bloom": (
         "BloomConfig",
         "BloomForCausalLM",
@@ -329,9 +329,8 @@ CHECKPOINTS: dict[str, str] = {
     },
     "phi": "Phi-2",
 }
-# Attention computed inline, not through transformers' attention interface: attention
-# hooks refuse these in one line; every other hook family works.
-INLINE = frozenset({"bloom"})
+# Attention computed inline, adapted by interp.attention_backend.inline_attention.
+INLINE = frozenset({"gpt_neo", "bloom"})
 # q and k pass a norm (Qwen3, Gemma-3, OLMo-2, OLMoE), YaRN's attention factor on the
 # rotary (gpt-oss; not 1 even at position 0) or a scale (OPT's q) between projection and
 # attention: only v is compared.
@@ -353,7 +352,7 @@ def support_table() -> str:
         "|---|---|---|---|---|",
     ]
     for name in sorted(ZOO):
-        attention = "refused (attention computed inline)" if name in INLINE else "yes"
+        attention = "yes (inline attention, adapted)" if name in INLINE else "yes"
         if name in LATENT:
             qkv = "refused (latent attention: no q/k/v projections)"
         elif name in INLINE:
