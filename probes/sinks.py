@@ -104,6 +104,7 @@ class _ColumnSums:
     def __init__(self, n_layers: int) -> None:
         self.sums: list[Tensor | None] = [None] * n_layers
         self.seen_by: list[Tensor | None] = [None] * n_layers
+        self.first_row: list[Tensor | None] = [None] * n_layers  # [head] A_00
 
     def wants(self, layer: int, n_queries: int) -> bool:
         return True
@@ -116,18 +117,23 @@ class _ColumnSums:
         self.sums[rows.layer][:, : block.shape[-1]] += block  # type: ignore[index]
         seen = rows.visible[0].sum(dim=0)  # [block key]
         self.seen_by[rows.layer][: seen.shape[-1]] += seen  # type: ignore[index]
+        if int(rows.query_positions[0]) == 0:
+            self.first_row[rows.layer] = rows.probs[0, :, 0, 0]
 
 
 def sink_statistics(
     column_sums: Float[Tensor, "layer head key"],
     config: SinkConfig,
     seen_by: Float[Tensor, "layer key"] | None = None,
+    first_row: Float[Tensor, "layer head"] | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-head sink statistics of one prompt from its attention column sums.
 
     `seen_by[l, j]` counts the queries of layer l that can see key j: N - j under a plain
     causal mask (the default), fewer on a sliding-window layer once the prompt is longer
-    than the window, where dividing by N - j would underestimate m_j.
+    than the window, where dividing by N - j would underestimate m_j. `first_row[l, h]` is
+    A_00, what row 0 gives key 0: 1 (the default) unless a learned sink (gpt-oss) takes
+    part of the row.
     Pure and vectorized over layers and heads, so it is unit-tested on hand-made sums.
     Returns [layer, head] arrays and the boolean sink mask [layer, head, key] with m_j.
     """
@@ -139,7 +145,7 @@ def sink_statistics(
     sinks, mean_received = sink_mask(column_sums, seen_by[:, None], config)
     # Rows 1..N-1 only: row 0 puts all its mass on key 0.
     received = column_sums.clone()
-    received[..., 0] -= 1.0
+    received[..., 0] -= 1.0 if first_row is None else first_row
     n_rows = max(n_keys - 1, 1)
     hidden = sinks.clone()
     hidden[..., 0] = False
@@ -208,7 +214,8 @@ def run(
             model.hf.base_model(**batch, use_cache=False)
         sums = torch.stack([s.float().cpu() for s in column_sums.sums])  # type: ignore[union-attr]
         seen_by = torch.stack([s.float().cpu() for s in column_sums.seen_by])  # type: ignore[union-attr]
-        stats = sink_statistics(sums, config, seen_by)
+        first_row = torch.stack([f.float().cpu() for f in column_sums.first_row])  # type: ignore[union-attr]
+        stats = sink_statistics(sums, config, seen_by, first_row)
         tokens = model.tokenizer.convert_ids_to_tokens(batch.ids().tolist())
         head_frames.append(_head_frame(stats, example, len(tokens)))
         sink_frames.append(_sink_frame(stats, example, tokens))

@@ -396,7 +396,8 @@ def test_sink_shares_equal_those_of_eager_patterns(name: str) -> None:
         m.hf.set_attn_implementation(own)
     column_sums = torch.stack([a[0].float().sum(1) for a in eager])  # [layer, head, key]
     seen_by = torch.stack([(a[0, 0] > 0).sum(0).float() for a in eager])  # [layer, key]
-    expected = sinks.sink_statistics(column_sums, sinks.SinkConfig(), seen_by)
+    first_row = torch.stack([a[0, :, 0, 0].float() for a in eager])  # [layer, head]: A_00
+    expected = sinks.sink_statistics(column_sums, sinks.SinkConfig(), seen_by, first_row)
     for column in ("score", "first_token_share", "hidden_sink_share"):
         got = torch.tensor(table[column].to_numpy(), dtype=torch.float32)
         want = torch.tensor(expected[column].ravel(), dtype=torch.float32)
