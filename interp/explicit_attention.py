@@ -21,6 +21,12 @@ sets it. A hook whose edit needs every row first (`PrepassHook`, e.g. ACT's m_j)
 first pass over all blocks: free when the rows fit one block, otherwise the scores are
 computed twice, still one block at a time.
 
+Arguments beyond the mask, each as the model's eager kernel applies it: an additive float
+mask per head (ALiBi: BLOOM-style biases that Falcon folds into the mask) is added to the
+scores; `softcap` (Gemma-2) maps scores to softcap·tanh(scores / softcap) before the mask;
+`sinks` (gpt-oss's learned per-head logits) join each row's softmax as one extra column
+that is then dropped, so a row's probabilities sum to its `mass`, 1 minus the sink's share.
+
 Gradients: nothing is modified in place after the softmax and masked scores are finite
 (the lowest float, not -inf), so a backward pass works through any hook and rows that see
 no key (padding) give zeros, not NaN.
@@ -70,6 +76,9 @@ class AttentionRows:
         n_keys: number of keys in this forward (cache included): the full key axis.
         mask: [batch, query, key] the block's slice of HF's mask (True = visible), or None
             when the layer is causal and HF passed no mask; `visible` reads either.
+        mass: [batch, head, query] each row's total over the keys when a learned sink takes
+            the rest (gpt-oss); None when rows sum to 1. An edit that renormalises rows
+            scales them to this total.
     """
 
     layer: int
@@ -78,6 +87,7 @@ class AttentionRows:
     n_queries: int
     n_keys: int
     mask: Bool[Tensor, "batch query key"] | None = None
+    mass: Float[Tensor, "batch head query"] | None = None
 
     @property
     def is_decode(self) -> bool:
@@ -139,9 +149,11 @@ class _Blocks:
     layer: int
     query: Float[Tensor, "batch kv_head group query d_head"]  # float32, already scaled
     key: Float[Tensor, "batch kv_head key d_head"]  # float32
-    mask: Tensor | None  # HF's 4D mask [batch or 1, 1, query, key]; None: causal or full
+    mask: Tensor | None  # HF's 4D mask [batch or 1, 1 or head, query, key]; None: causal or full
     causal: bool
     hidden: Bool[Tensor, "row row"] | None  # strict upper triangle of the largest block
+    softcap: float | None = None  # Gemma-2's attention logit softcapping
+    sinks: Float[Tensor, " head"] | None = None  # float32 logits of gpt-oss's learned sinks
 
     def rows(self, start: int, stop: int) -> AttentionRows:
         """Rows for query rows start..stop-1 over the keys some of them see."""
@@ -150,10 +162,14 @@ class _Blocks:
         offset = n_keys - n_queries  # queries are the last n_queries positions of the key axis
         device = self.query.device
         positions = torch.arange(start + offset, stop + offset, device=device)
-        mask = None
+        mask, bias = None, None
         if self.mask is not None:
-            allowed = self.mask[:, 0, start:stop]
-            allowed = allowed if allowed.dtype == torch.bool else allowed == 0  # additive mask
+            block = self.mask[:, :, start:stop]
+            if block.dtype == torch.bool:
+                allowed = block[:, 0]
+            else:  # additive: 0 or a bias (ALiBi) where visible, the dtype's lowest where not
+                allowed = block[:, 0] > torch.finfo(block.dtype).min / 2
+                bias = block
             end = _keys_seen(allowed)
             mask = allowed[..., :end].expand(batch, -1, -1)
         elif self.causal:
@@ -164,6 +180,10 @@ class _Blocks:
         queries = self.query[:, :, :, start:stop].reshape(batch, n_kv, group * n_rows, d_head)
         scores = torch.matmul(queries, self.key[:, :, :end].transpose(-1, -2))
         scores = scores.view(batch, n_kv * group, n_rows, end)  # [batch, head, query, key]
+        if self.softcap is not None:
+            scores = torch.tanh(scores / self.softcap) * self.softcap
+        if bias is not None:  # 0 where visible, or ALiBi's bias; hidden keys are masked below
+            scores = scores + bias[..., :end].float()
         # The lowest float, not -inf: a row that sees nothing gets a finite softmax (zeroed
         # below), so no NaN reaches the output or the gradients.
         lowest = torch.finfo(scores.dtype).min
@@ -172,12 +192,19 @@ class _Blocks:
         else:  # causal: keys before the block's diagonal square are visible to all its rows
             assert self.hidden is not None
             scores[..., start + offset :].masked_fill_(self.hidden[:n_rows, :n_rows], lowest)
-        probs = torch.softmax(scores, dim=-1)
+        mass = None
+        if self.sinks is None:
+            probs = torch.softmax(scores, dim=-1)
+        else:  # the sink is one more column of the softmax, dropped after it
+            sink = self.sinks.view(1, -1, 1, 1).expand(batch, -1, n_rows, 1)
+            probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
         if mask is not None:
             empty = ~mask.any(-1)  # [batch, query]: padded query rows
             if empty.any():
                 probs = probs.masked_fill(empty[:, None, :, None], 0.0)
-        return AttentionRows(self.layer, probs, positions, n_queries, n_keys, mask)
+        if self.sinks is not None:
+            mass = probs.sum(-1)
+        return AttentionRows(self.layer, probs, positions, n_queries, n_keys, mask, mass)
 
 
 def _keys_seen(allowed: Bool[Tensor, "batch query key"]) -> int:
@@ -200,12 +227,15 @@ def explicit_attention(
     attention_mask: Tensor | None,
     scale: float,
     causal: bool,
+    softcap: float | None = None,
+    sinks: Float[Tensor, " head"] | None = None,
 ) -> Float[Tensor, "batch query head d_head"]:
     """Attention output with `hooks` applied to the probabilities of every block of rows.
 
-    `attention_mask` is HF's 4D mask (bool, or additive float) or None for a plain causal
-    (or, with `causal=False`, full) pattern. Returns the output in `query`'s dtype, laid
-    out as HF attention functions return it.
+    `attention_mask` is HF's 4D mask (bool, or additive float, with a per-head bias for
+    ALiBi) or None for a plain causal (or, with `causal=False`, full) pattern; `softcap`
+    and `sinks` as the model's eager kernel applies them. Returns the output in `query`'s
+    dtype, laid out as HF attention functions return it.
     """
     batch, n_heads, n_queries, d_head = query.shape
     n_kv, n_keys = key.shape[1], key.shape[2]
@@ -216,7 +246,10 @@ def explicit_attention(
     # Query heads h = kv * group + j share kv head `kv` (HF repeat_kv order): group them
     # instead of copying K and V `group` times. The scale goes on the queries, not the scores.
     grouped = (query.float() * scale).reshape(batch, n_kv, n_heads // n_kv, n_queries, d_head)
-    blocks = _Blocks(layer, grouped, key.float(), attention_mask, causal, hidden)
+    sink_logits = None if sinks is None else sinks.float()
+    blocks = _Blocks(
+        layer, grouped, key.float(), attention_mask, causal, hidden, softcap, sink_logits
+    )
     value = value.float()
     out = query.new_empty(batch, n_queries, n_heads, value.shape[-1])
     spans = [(start, min(n_queries, start + size)) for start in range(0, n_queries, size)]

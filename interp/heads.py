@@ -45,13 +45,24 @@ class Head:
 
 @dataclass(frozen=True)
 class HeadGeometry:
-    """Attention shape of a model: what every analyzer needs to lay out its tables."""
+    """Attention shape of a model: what every analyzer needs to lay out its tables.
+
+    `d_head` is each head's value and output width (z, results, mean ablation); `d_qk` its
+    query/key width, which differs under latent attention (DeepSeek-V3: nope + rope dims
+    for q and k, `v_head_dim` for v). None means the same as `d_head`.
+    """
 
     n_layers: int
     n_heads: int
     n_kv_heads: int
     d_head: int
     d_model: int
+    d_qk: int | None = None
+
+    @property
+    def d_query_key(self) -> int:
+        """Width of each head's query and key."""
+        return self.d_head if self.d_qk is None else self.d_qk
 
     @property
     def group_size(self) -> int:

@@ -4,7 +4,8 @@ Three hook families, each a context manager that removes everything it installed
 `finally` (exceptions and Ctrl-C included) and that nests:
 
 * `attention_hooks(model, *hooks)`: the model runs through a registered HF attention
-  function ("interp"). Layers no hook wants go straight to SDPA (the fast kernel). For a
+  function (`interp.attention_backend`). Layers no hook wants go to the model's own kernel
+  (SDPA or eager) with the same arguments, bit-for-bit the plain forward. For a
   wanted layer `interp.explicit_attention` computes post-softmax probabilities in float32
   for blocks of query rows, each over the keys the block can see (`AttentionRows`), lets
   each hook read or replace them *between softmax and A·V*, and multiplies by V. Memory per
@@ -29,32 +30,42 @@ Three hook families, each a context manager that removes everything it installed
   (the module holding the layers: a VLM's language model), after a VLM has merged its
   image features into `inputs_embeds`, and may run the decoder itself on other inputs.
 
-Module paths per architecture live in the `LAYOUTS` table; other HF causal LMs are found by
-looking for the decoder-layer list.
+Module paths are found from the modules (`interp.layouts`); the kernels the attention
+hooks install live in `interp.attention_backend`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
-from functools import reduce
 from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
+from interp.attention_backend import ACTIVE as _ACTIVE
+from interp.attention_backend import (
+    ATTENTION_IMPLEMENTATION,
+    implementation_for,
+    inline_attention,
+    interface_check,
+)
 from interp.errors import HookError, UnsupportedModelError
-from interp.explicit_attention import AttentionHook, AttentionRows, PrepassHook, explicit_attention
+from interp.explicit_attention import AttentionHook, AttentionRows, PrepassHook
+from interp.layouts import (
+    Layout,
+    check_mlp,
+    decoder_layers,
+    fused_split,
+    layout_of,
+    projection,
+)
+from interp.layouts import get_path as _get
 from interp.models import geometry_of
 
 __all__ = [
     "ATTENTION_IMPLEMENTATION",
-    "LAYOUTS",
     "AttentionHook",
     "AttentionRows",
     "Layout",
@@ -70,129 +81,11 @@ __all__ = [
     "residual_hooks",
 ]
 
-ATTENTION_IMPLEMENTATION = "interp"
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where a decoder's parts live, as dotted attribute paths."""
-
-    layers: str  # the ModuleList of decoder layers, from the top model
-    attention: str  # the attention module, from a decoder layer
-    out_proj: str  # the output projection (input = concatenated z), from the attention
-    q: str = "q_proj"  # the query projection (output = concatenated q), from the attention
-    k: str = "k_proj"  # the key projection (one d_head slice per KV head)
-    v: str = "v_proj"  # the value projection (one d_head slice per KV head)
-    fused_qkv: bool = False  # q, k, v are one projection at `q` whose output is [q | k | v]
-    mlp: str = "mlp"  # the MLP, from a decoder layer
-
-
-_LLAMA_LIKE = Layout("model.layers", "self_attn", "o_proj")
-LAYOUTS: dict[str, Layout] = {
-    **dict.fromkeys(
-        [
-            "llama",
-            "mistral",
-            "mixtral",
-            "qwen2",
-            "qwen3",
-            "qwen3_moe",
-            "gemma",
-            "gemma2",
-            "gemma3_text",
-            "olmo",
-            "olmo2",
-            "granite",
-            "smollm3",
-        ],
-        _LLAMA_LIKE,
-    ),
-    "gpt2": Layout(
-        "transformer.h", "attn", "c_proj", q="c_attn", k="c_attn", v="c_attn", fused_qkv=True
-    ),
-    "phi3": Layout(
-        "model.layers",
-        "self_attn",
-        "o_proj",
-        q="qkv_proj",
-        k="qkv_proj",
-        v="qkv_proj",
-        fused_qkv=True,
-    ),
-    "llava": Layout("model.language_model.layers", "self_attn", "o_proj"),
-    "llava_next": Layout("model.language_model.layers", "self_attn", "o_proj"),
-    "idefics3": Layout("model.text_model.layers", "self_attn", "o_proj"),
-    "smolvlm": Layout("model.text_model.layers", "self_attn", "o_proj"),
-    "qwen2_5_vl": Layout("model.language_model.layers", "self_attn", "o_proj"),
-}
-
-
-def _get(module: nn.Module, path: str) -> Any:
-    return reduce(getattr, path.split("."), module)
-
-
-def layout_of(hf: nn.Module) -> Layout:
-    """The layout of `hf`: from the table, else found by searching for the decoder layers."""
-    model_type = getattr(hf.config, "model_type", "")
-    if model_type in LAYOUTS:
-        return LAYOUTS[model_type]
-    for name, module in hf.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) and hasattr(module[0], "self_attn"):
-            attention = module[0].self_attn
-            for out_proj in ("o_proj", "out_proj", "dense"):
-                if hasattr(attention, out_proj):
-                    return Layout(name, "self_attn", out_proj)
-    raise UnsupportedModelError(
-        f"Cannot find the decoder layers of {type(hf).__name__} (model_type {model_type!r})."
-        f" Add its module paths to interp.hooks.LAYOUTS; known types: {', '.join(sorted(LAYOUTS))}."
-    )
-
-
-def decoder_layers(hf: nn.Module) -> nn.ModuleList:
-    return _get(hf, layout_of(hf).layers)
-
-
 # ----------------------------------------------------------------------------------------
 # Attention hooks
 
-
-# id(attention module) -> (layer index, hooks) for every model inside attention_hooks().
-_ACTIVE: dict[int, tuple[int, list[AttentionHook]]] = {}
 # id(model) -> (its attention implementation before the first open context, open contexts).
 _OUTER_IMPLEMENTATION: dict[int, tuple[str, int]] = {}
-
-
-def _interp_attention(
-    module: nn.Module,
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    attention_mask: Tensor | None,
-    dropout: float = 0.0,
-    scaling: float | None = None,
-    **kwargs: Any,
-) -> tuple[Tensor, None]:
-    entry = _ACTIVE.get(id(module))
-    n_queries = query.shape[2]
-    hooks = [h for h in entry[1] if h.wants(entry[0], n_queries)] if entry else []
-    if not hooks:
-        return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-        )
-    unsupported = [k for k in ("softcap", "s_aux", "sinks") if kwargs.get(k) is not None]
-    if unsupported or dropout:
-        raise HookError(
-            f"Explicit attention does not support {unsupported or 'dropout'} yet"
-            f" ({type(module).__name__}); put the model in eval mode or use head_output_hooks."
-        )
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    causal = getattr(module, "is_causal", True)
-    layer = entry[0]  # type: ignore[index]
-    return explicit_attention(layer, hooks, query, key, value, attention_mask, scale, causal), None
-
-
-AttentionInterface.register(ATTENTION_IMPLEMENTATION, _interp_attention)
-ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_IMPLEMENTATION, sdpa_mask)
 
 
 def _without(active: list[AttentionHook], mine: tuple[AttentionHook, ...]) -> list[AttentionHook]:
@@ -209,9 +102,15 @@ def _without(active: list[AttentionHook], mine: tuple[AttentionHook, ...]) -> li
 def attention_hooks(hf: nn.Module, *hooks: AttentionHook) -> Iterator[None]:
     """Run `hf` with explicit attention rows for the layers the hooks want.
 
-    Inside the context the model's attention implementation is "interp" (SDPA for layers no
-    hook wants). On exit this context's hooks are removed, and the model's own
-    implementation returns once its last open context closes, in whatever order they close.
+    Inside the context the model's attention implementation is an "interp" one over its own
+    kernel (which serves the layers no hook wants). On exit this context's hooks are
+    removed, and the model's own implementation returns once its last open context closes,
+    in whatever order they close.
+
+    Raises:
+        UnsupportedModelError: in a forward, when a layer's attention does not go through
+            transformers' attention interface (BLOOM computes it inline; GPT-Neo's inline
+            attention is adapted by `interp.attention_backend.inline_attention`).
 
     Example:
         >>> with attention_hooks(model.hf, my_hook):  # doctest: +SKIP
@@ -223,12 +122,16 @@ def attention_hooks(hf: nn.Module, *hooks: AttentionHook) -> Iterator[None]:
     # left with the hooks of the contexts still open, in the kernel they need.
     outer, depth = _OUTER_IMPLEMENTATION.get(id(hf), (hf.config._attn_implementation, 0))
     _OUTER_IMPLEMENTATION[id(hf)] = (outer, depth + 1)
+    implementation = implementation_for(hf, outer)
     try:
-        for index, attention in enumerate(attentions):
-            _ACTIVE.setdefault(id(attention), (index, []))[1].extend(hooks)
-        if hf.config._attn_implementation != ATTENTION_IMPLEMENTATION:
-            hf.set_attn_implementation(ATTENTION_IMPLEMENTATION)
-        yield
+        with ExitStack() as stack:
+            for index, attention in enumerate(attentions):
+                _ACTIVE.setdefault(id(attention), (index, []))[1].extend(hooks)
+                stack.enter_context(interface_check(hf, attention))
+                stack.enter_context(inline_attention(hf, attention))
+            if hf.config._attn_implementation != implementation:
+                hf.set_attn_implementation(implementation)
+            yield
     finally:
         for attention in attentions:
             entry = _ACTIVE.get(id(attention))
@@ -325,7 +228,8 @@ def qkv_hooks(hf: nn.Module, fn: QKVFn, layers: list[int] | None = None) -> Iter
     per-head q/k norm of Qwen3, Gemma3 and OLMo2 (TransformerLens `hook_q`/`hook_k`/
     `hook_v`). `fn` returns a replacement of x's shape or None; replacements keep the
     autograd graph, so gradients flow through them when grad is enabled. A fused
-    projection (GPT-2's c_attn) is split into q, k, v and re-joined after `fn`.
+    projection (GPT-2's c_attn, GPT-NeoX's query_key_value) is split into q, k, v as the
+    model splits it (`interp.layouts.fused_split`) and re-joined after `fn`.
     """
     layout = layout_of(hf)
     modules = decoder_layers(hf)
@@ -334,7 +238,8 @@ def qkv_hooks(hf: nn.Module, fn: QKVFn, layers: list[int] | None = None) -> Iter
     heads = {"q": geometry.n_heads, "k": geometry.n_kv_heads, "v": geometry.n_kv_heads}
 
     def call(layer: int, kind: QKVKind, out: Tensor) -> Tensor | None:
-        x = out.reshape(*out.shape[:2], heads[kind], geometry.d_head)
+        width = geometry.d_head if kind == "v" else geometry.d_query_key
+        x = out.reshape(*out.shape[:2], heads[kind], width)
         new = fn(layer, kind, x)
         return None if new is None else new.reshape(out.shape)
 
@@ -344,15 +249,22 @@ def qkv_hooks(hf: nn.Module, fn: QKVFn, layers: list[int] | None = None) -> Iter
 
         return forward_hook
 
-    def fused_hook(layer: int) -> Callable[..., Any]:
+    def fused_hook(layer: int, attention: nn.Module) -> Callable[..., Any]:
+        kinds: tuple[QKVKind, ...] = ("q", "k", "v")
+        split = fused_split(hf, attention, geometry.n_heads, geometry.n_kv_heads, geometry.d_head)
+        flat = [index.reshape(-1) for index in split]
+
         def forward_hook(_module: nn.Module, _args: tuple, out: Tensor) -> Tensor | None:
-            kinds: tuple[QKVKind, ...] = ("q", "k", "v")
-            parts = out.split([heads[kind] * geometry.d_head for kind in kinds], dim=-1)
+            index = [i.to(out.device) for i in flat]
+            parts = [out[..., i] for i in index]
             new = [call(layer, kind, part) for kind, part in zip(kinds, parts, strict=True)]
             if all(n is None for n in new):
                 return None
-            joined = [p if n is None else n for p, n in zip(parts, new, strict=True)]
-            return torch.cat(joined, dim=-1)
+            joined = out.clone()
+            for i, part in zip(index, new, strict=True):
+                if part is not None:
+                    joined[..., i] = part
+            return joined
 
         return forward_hook
 
@@ -360,23 +272,14 @@ def qkv_hooks(hf: nn.Module, fn: QKVFn, layers: list[int] | None = None) -> Iter
         for layer in wanted:
             attention = _get(modules[layer], layout.attention)
             if layout.fused_qkv:
-                handle = _projection(attention, layout.q).register_forward_hook(fused_hook(layer))
+                fused = projection(attention, layout.q)
+                handle = fused.register_forward_hook(fused_hook(layer, attention))
                 stack.callback(handle.remove)
                 continue
             for kind in ("q", "k", "v"):
-                projection = _projection(attention, getattr(layout, kind))
-                stack.callback(projection.register_forward_hook(hook(layer, kind)).remove)
+                module = projection(attention, getattr(layout, kind))
+                stack.callback(module.register_forward_hook(hook(layer, kind)).remove)
         yield
-
-
-def _projection(attention: nn.Module, path: str) -> nn.Module:
-    try:
-        return _get(attention, path)
-    except AttributeError:
-        raise UnsupportedModelError(
-            f"{type(attention).__name__} has no projection {path!r}: set its q/k/v paths in"
-            " interp.hooks.LAYOUTS."
-        ) from None
 
 
 @contextmanager
@@ -427,14 +330,22 @@ def output_hooks(
     """Call `fn(layer, x)` on the output [batch, pos, d_model] of each layer's `part`.
 
     "layer" is the residual stream leaving the decoder layer (`hook_resid_post`), before
-    the final norm; "attention" the attention block's output after the output projection
-    (`hook_attn_out`); "mlp" the MLP's output (`hook_mlp_out`). `fn` returns a
-    replacement or None. Modules that return tuples keep their other elements.
+    the final norm; "attention" the output projection's output (`hook_attn_out`; BLOOM's
+    attention module adds the residual after it); "mlp" the MLP's output (`hook_mlp_out`).
+    `fn` returns a replacement or None. Modules that return tuples keep their other
+    elements.
+
+    Raises:
+        UnsupportedModelError: "mlp" on a model whose MLP adds the residual itself (BLOOM)
+            or is no module of its own (OPT's fc1/fc2).
     """
     layout = layout_of(hf)
     modules = decoder_layers(hf)
     wanted = range(len(modules)) if layers is None else layers
-    paths = {"layer": None, "attention": layout.attention, "mlp": layout.mlp}
+    attention_out = f"{layout.attention}.{layout.out_proj}"
+    paths = {"layer": None, "attention": attention_out, "mlp": layout.mlp}
+    if part == "mlp":
+        check_mlp(hf, modules[0], layout.mlp)
 
     def forward_hook(layer: int) -> Callable[..., Any]:
         def hook(_module: nn.Module, _args: tuple, out: Any) -> Any:

@@ -238,7 +238,18 @@ def geometry_of(hf: PreTrainedModel) -> HeadGeometry:
         )
     n_kv = getattr(config, "num_key_value_heads", None) or n_heads
     d_head = getattr(config, "head_dim", None) or d_model // n_heads
-    return HeadGeometry(int(n_layers), int(n_heads), int(n_kv), int(d_head), int(d_model))
+    # Latent attention (DeepSeek-V3) sets head_dim to the rotary part of q/k only: the
+    # output width is v_head_dim and the q/k width qk_head_dim (nope + rope).
+    d_v = getattr(config, "v_head_dim", None) or d_head
+    d_qk = getattr(config, "qk_head_dim", None) or d_head
+    return HeadGeometry(
+        int(n_layers),
+        int(n_heads),
+        int(n_kv),
+        int(d_v),
+        int(d_model),
+        None if d_qk == d_v else int(d_qk),
+    )
 
 
 def load_model(

@@ -2,7 +2,8 @@
 
 Attention view (ACT, Yu et al. 2024, arXiv 2406.15765; code GATECH-EIC/ACT @a267af7). For
 head h and key j of an N-token prompt, the mean attention j receives from the queries that
-see it is m_j = sum_{i>=j} A_ij / (N - j). Key j is a sink of that head iff m_j > tau
+see it is m_j = sum_{i>=j} A_ij / (N - j) (on a sliding-window layer, divided by the queries
+inside j's window instead). Key j is a sink of that head iff m_j > tau
 (tau = 0.1, the code's absolute rule; `threshold="relative"` uses alpha/N, alpha = 5, the
 form some descriptions give). Per head the table reports:
 
@@ -92,14 +93,18 @@ class SinkResult(Bundle):
 
 
 class _ColumnSums:
-    """Attention hook that accumulates sum_i A_ij per layer and head (batch of one).
+    """Attention hook that accumulates sum_i A_ij per layer and head (batch of one), and
+    per layer how many queries see each key.
 
     Each block covers a prefix of the keys, so it adds into the first entries of the
-    layer's [head, n_keys] sums.
+    layer's [head, n_keys] sums. The counts come from the rows' visibility, so a
+    sliding-window layer counts only the queries inside each key's window.
     """
 
     def __init__(self, n_layers: int) -> None:
         self.sums: list[Tensor | None] = [None] * n_layers
+        self.seen_by: list[Tensor | None] = [None] * n_layers
+        self.first_row: list[Tensor | None] = [None] * n_layers  # [head] A_00
 
     def wants(self, layer: int, n_queries: int) -> bool:
         return True
@@ -107,24 +112,40 @@ class _ColumnSums:
     def __call__(self, rows: AttentionRows) -> None:
         if self.sums[rows.layer] is None:
             self.sums[rows.layer] = rows.probs.new_zeros(rows.probs.shape[1], rows.n_keys)
+            self.seen_by[rows.layer] = rows.probs.new_zeros(rows.n_keys)
         block = rows.probs[0].sum(dim=1)  # [head, block key]: a prefix of the key axis
         self.sums[rows.layer][:, : block.shape[-1]] += block  # type: ignore[index]
+        seen = rows.visible[0].sum(dim=0)  # [block key]
+        self.seen_by[rows.layer][: seen.shape[-1]] += seen  # type: ignore[index]
+        if int(rows.query_positions[0]) == 0:
+            self.first_row[rows.layer] = rows.probs[0, :, 0, 0]
 
 
 def sink_statistics(
-    column_sums: Float[Tensor, "layer head key"], config: SinkConfig
+    column_sums: Float[Tensor, "layer head key"],
+    config: SinkConfig,
+    seen_by: Float[Tensor, "layer key"] | None = None,
+    first_row: Float[Tensor, "layer head"] | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-head sink statistics of one prompt from its attention column sums.
 
+    `seen_by[l, j]` counts the queries of layer l that can see key j: N - j under a plain
+    causal mask (the default), fewer on a sliding-window layer once the prompt is longer
+    than the window, where dividing by N - j would underestimate m_j. `first_row[l, h]` is
+    A_00, what row 0 gives key 0: 1 (the default) unless a learned sink (gpt-oss) takes
+    part of the row.
     Pure and vectorized over layers and heads, so it is unit-tested on hand-made sums.
     Returns [layer, head] arrays and the boolean sink mask [layer, head, key] with m_j.
     """
     n_keys = column_sums.shape[-1]
-    seen_by = torch.arange(n_keys, 0, -1, dtype=column_sums.dtype)  # N - j
-    sinks, mean_received = sink_mask(column_sums, seen_by, config)
+    if seen_by is None:
+        seen_by = torch.arange(n_keys, 0, -1, dtype=column_sums.dtype).expand(
+            column_sums.shape[0], -1
+        )
+    sinks, mean_received = sink_mask(column_sums, seen_by[:, None], config)
     # Rows 1..N-1 only: row 0 puts all its mass on key 0.
     received = column_sums.clone()
-    received[..., 0] -= 1.0
+    received[..., 0] -= 1.0 if first_row is None else first_row
     n_rows = max(n_keys - 1, 1)
     hidden = sinks.clone()
     hidden[..., 0] = False
@@ -198,7 +219,9 @@ def run(
             # and use_cache=False no KV cache (2 x layers x pos x d_kv values, unread).
             model.hf.base_model(**batch, use_cache=False)
         sums = torch.stack([s.float().cpu() for s in column_sums.sums])  # type: ignore[union-attr]
-        stats = sink_statistics(sums, config)
+        seen_by = torch.stack([s.float().cpu() for s in column_sums.seen_by])  # type: ignore[union-attr]
+        first_row = torch.stack([f.float().cpu() for f in column_sums.first_row])  # type: ignore[union-attr]
+        stats = sink_statistics(sums, config, seen_by, first_row)
         tokens = model.tokenizer.convert_ids_to_tokens(batch.ids().tolist())
         head_frames.append(_head_frame(stats, example, len(tokens)))
         sink_frames.append(_sink_frame(stats, example, tokens))

@@ -3,7 +3,8 @@
 The primitive that ACT, VAR, uniform masking and circuit repair build on. For each selected
 head the edit function receives that layer's post-softmax rows and returns new rows; the
 toolkit zeroes invisible keys and renormalises each row to sum to 1 over visible keys (in
-float32, guarding empty rows). It runs in prefill and at every decode step, so generation
+float32, guarding empty rows; under gpt-oss's learned sinks, to the row's own total, so the
+sink keeps its share). It runs in prefill and at every decode step, so generation
 with the KV cache sees the same edit as full re-forwards. An edit that needs all of a
 layer's rows first (ACT's sinks) also implements `PreparedEditFn`. Cost: explicit attention
 for the selected layers only (see interp.hooks); other layers keep the fused kernel.
@@ -121,6 +122,8 @@ class _EditHook:
         new = new.masked_fill(~rows.visible[:, None], 0.0)
         if self.edit.renormalize:
             new = new / new.sum(-1, keepdim=True).clamp_min(torch.finfo(new.dtype).tiny)
+            if rows.mass is not None:  # a learned sink keeps its share of each row
+                new = new * rows.mass[:, index, :, None]
         probs = rows.probs.clone()
         probs[:, index] = new
         return probs

@@ -1,8 +1,11 @@
 import numpy as np
 import pytest
 import torch
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig, MistralConfig, MistralForCausalLM
 
 from interp.errors import ConfigError, InputError
+from interp.models import Model
+from interp.tiny_models import byte_tokenizer
 from probes import sinks
 
 # One head, four tokens: rows are queries, columns keys; each row sums to 1.
@@ -135,3 +138,48 @@ def test_default_model_has_first_token_sinks(default_model):
     # The massive-activation dimension fires on the first token across many layers.
     top = sinks.massive_dimensions(result.massive).iloc[0]
     assert top.layers >= 10 and 0 in top.positions
+
+
+def _windowed(kind: str) -> Model:
+    """A tiny model whose layers see 4-key windows (Mistral: all; Gemma-3: layer 0 only)."""
+    common = dict(
+        vocab_size=260, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=4,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    if kind == "mistral":
+        hf = MistralForCausalLM(MistralConfig(**common))
+    else:
+        config = Gemma3TextConfig(**common, layer_types=["sliding_attention", "full_attention"])
+        hf = Gemma3ForCausalLM(config)
+    return Model.from_hf(hf, byte_tokenizer())
+
+
+@pytest.mark.parametrize("kind", ["mistral", "gemma3_text"])
+def test_sliding_window_keys_are_averaged_over_the_queries_in_their_window(kind):
+    model = _windowed(kind)
+    text = "The cat sat on the mat."  # 23 tokens, longer than the 4-key window
+    n_keys, window = len(text), 4
+    # Every key with m_j > 1e-9 is a "sink", so sink_tokens lists m_j of every key.
+    result = sinks.run(model, text, sinks.SinkConfig(threshold=1e-9))
+    model.hf.set_attn_implementation("eager")
+    with torch.no_grad():
+        attentions = model.hf(**model.encode(text), output_attentions=True).attentions
+    model.hf.set_attn_implementation("sdpa")
+    layer_types = getattr(model.hf.config, "layer_types", None) or ["sliding_attention"] * 2
+    keys = torch.arange(n_keys)
+    expected = []
+    for layer, pattern in enumerate(attentions):
+        sliding = layer_types[layer] == "sliding_attention"
+        # Query i sees key j iff j <= i < j + window (HF's sliding-window mask).
+        seen_by = (n_keys - keys).clamp(max=window) if sliding else n_keys - keys
+        assert torch.equal((pattern[0] > 0).sum(dim=(0, 1)), seen_by * pattern.shape[1])
+        expected.append(pattern[0].sum(1) / seen_by)  # [head, key]
+    m = torch.stack(expected)  # [layer, head, key]
+    table = result.sink_tokens.data.sort_values(["layer", "head", "position"])
+    assert len(table) == m.numel()
+    got = torch.tensor(table.mean_received.to_numpy()).reshape(m.shape)
+    assert torch.allclose(got, m, atol=1e-5)
+    # Dividing by every later query (N - j) would give other values on the windowed layer.
+    causal_count = attentions[0][0].sum(1) / (n_keys - keys)
+    assert not torch.allclose(got[0], causal_count, atol=1e-3)
