@@ -24,6 +24,7 @@ from interp.cli.common import (
     ModelOption,
     OffloadFolderOption,
     StaticOption,
+    check_choice,
     export_figures,
     load_model_or_fail,
     parse_ints,
@@ -186,6 +187,7 @@ def score_retrieval(
             threshold=threshold,  # type: ignore[arg-type]
         )
         _check_batch_size(batch_size)
+        check_choice(length_rule, ("prompt", "reference"), "--length-rule")
         folder = result_folder(out, "retrieval", model, record)
         loaded = load_model_or_fail(model, device, **placement(locals()))
         grid = config.grid_lengths(loaded)
@@ -306,6 +308,7 @@ def ablate_retrieval(
             )
         record.inputs([scores])
         _check_batch_size(batch_size)
+        check_choice(length_rule, ("prompt", "reference"), "--length-rule")
         folder = result_folder(out, "ablation", model, record)
         loaded = load_model_or_fail(model, device, **placement(locals()))
         grid = parse_ints(lengths, minimum=1) or ()

@@ -64,6 +64,7 @@ def test_bad_options_are_one_error_line_before_loading(tmp_path) -> None:
         (["--rule", "both"], "CreditConfig.rule must be one of"),
         (["--problems", "0"], "--problems must lie in 1..44"),
         (["--h-lo", "50", "--h-hi", "20"], "is below h_lo"),
+        (["--band", "top"], "AnchorConfig.layer_band must be one of"),
     ):
         result = runner.invoke(app, ["score", "anchors", *option, "--out", str(tmp_path / "x")])
         assert result.exit_code == 2 and message in result.output, (option, result.output)
