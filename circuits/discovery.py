@@ -155,8 +155,8 @@ def discover_ioi(
         table = _normalised(scores.data, config.rank_by)
         tables.append(table)
         receivers = HeadSet(_top(table, k))
-        if not receivers.layers or min(receivers.layers) == 0:
-            break  # no head lies below the receivers: the chain ends here
+        if not receivers.layers or max(receivers.layers) == 0:
+            break  # no sender has a path to receivers all in layer 0: the chain ends here
     stacked = pd.concat(tables, ignore_index=True)
     provenance = task_provenance(model, task, ANALYZER, config.to_dict())
     scores = HeadScores(stacked, provenance)

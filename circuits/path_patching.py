@@ -12,8 +12,10 @@ sender head h, a receiver set R and a position p (a named position of the task):
 
 Score = (LD_patched - LD_clean) / (LD_corrupt - LD_clean), each LD the mean over prompts:
 1 is the whole corruption effect, 0 none; heads that lower the clean LD score positive.
-(Merullo's code stores -100 x this.) Senders are the heads of layers below every
-receiver's layer; a head in the receiver's layer has no path to it and is left out.
+(Merullo's code stores -100 x this, and averages per-batch ratios where this is the ratio
+of the means over all prompts.) Senders, as in Merullo's code, are the heads of every layer
+up to and including the lowest receiver layer, receivers excepted: a sender in that layer
+reaches the receivers of higher layers (and scores 0 on those of its own layer).
 
 Step 1 is exact on one token. With every head's z frozen, nothing reads position p from
 another position, so p's residual stream depends only on its own token, the frozen z and
@@ -164,7 +166,7 @@ def path_patching(
     *,
     progress: Progress | None = None,
 ) -> HeadScores:
-    """Score every sender head below the receivers by path patching (module docstring).
+    """Score every sender head up to the lowest receiver layer by path patching (module docstring).
 
     Returns:
         HeadScores, one row per sender: `score` (normalised effect), `ld_patched` (mean
@@ -194,9 +196,9 @@ def path_patching(
             f"Receiver 'logits' reads the last position; position {config.position!r} is not"
             " it. With every other head frozen a sender elsewhere cannot reach the logits."
         )
-    bottom = min(receivers.layers) if receivers else geometry.n_layers
-    senders = [Head(layer, h) for layer in range(bottom) for h in range(geometry.n_heads)]
-    if not senders:
+    senders = _senders(geometry.n_layers, geometry.n_heads, receivers)
+    lowest = min((s.layer for s in senders), default=geometry.n_layers)
+    if receivers and lowest >= max(receivers.layers):
         raise InputError(f"No sender heads lie below the receivers {receivers.labels}.")
     clean = _clean_runs(model, task, config, position)
     n_prompts = position.shape[0]
@@ -230,6 +232,13 @@ def path_patching(
         }
     )
     return HeadScores(data, task_provenance(model, task, ANALYZER, config.to_dict()))
+
+
+def _senders(n_layers: int, n_heads: int, receivers: HeadSet) -> list[Head]:
+    """Merullo's senders: every head of layers 0..lowest receiver layer that is no receiver."""
+    top = min(receivers.layers) if receivers else n_layers - 1
+    every = (Head(layer, h) for layer in range(top + 1) for h in range(n_heads))
+    return [head for head in every if head not in receivers]
 
 
 def task_provenance(

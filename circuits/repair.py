@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -39,7 +39,7 @@ from interp.effects import Effects, EffectsConfig, compare
 from interp.encoding import Encoding
 from interp.errors import HookError, InputError
 from interp.heads import HeadGeometry, HeadSet
-from interp.hooks import AttentionRows
+from interp.hooks import AttentionRows, decoder_layers
 from interp.interventions.attention_edit import AttentionEdit
 from interp.interventions.base import Intervention, tensor_digest
 from interp.models import Model
@@ -172,28 +172,73 @@ class Repair:
             yield
 
 
+NegativeRule = Literal["demoting", "most_negative"]
+
+
+@torch.no_grad()
+def ov_copy_scores(model: Model, heads: HeadSet, token_ids: Tensor) -> dict[str, float]:
+    """Per head, whether its OV circuit promotes (> 0) or demotes (< 0) the tokens it reads.
+
+    The repair makes a head read chosen tokens (the wrong colours); it helps only if the
+    head's output lowers their logits, as Merullo's 19.1 demotes the subject. For each token
+    t of `token_ids`: the embedding through the head's layer's input norm, its value and
+    output projections, the final norm and the unembedding, read at `token_ids`; the score
+    is the mean over t of logit(t) minus the mean logit of the other tokens (Wang et al.'s
+    copying test on the raw embedding, a toolkit choice; no MLP is applied first).
+    Llama-layout models (input_layernorm, v_proj, o_proj, model.norm).
+    """
+    ids = torch.as_tensor(token_ids).unique().to(model.device)
+    if len(ids) < 2:
+        raise InputError(f"The OV copying test needs two or more tokens, got {len(ids)}.")
+    geometry, layers = model.geometry, decoder_layers(model.hf)
+    embedded = model.hf.get_input_embeddings().weight[ids].float()
+    unembed = model.hf.get_output_embeddings().weight[ids].float()  # [token, d_model]
+    final_norm = model.hf.model.norm
+    n = len(ids)
+    off = ~torch.eye(n, dtype=torch.bool, device=ids.device)
+    out: dict[str, float] = {}
+    for head in heads:
+        layer = layers[head.layer]
+        attention = layer.self_attn
+        x = layer.input_layernorm(embedded.to(attention.v_proj.weight.dtype))
+        kv = geometry.kv_head(head.head)
+        d = geometry.d_head
+        values = attention.v_proj(x)[:, kv * d : (kv + 1) * d]
+        written = values @ attention.o_proj.weight[:, head.head * d : (head.head + 1) * d].T
+        logits = final_norm(written).float() @ unembed.T  # [source token, read token]
+        others = (logits * off).sum(1) / (n - 1)
+        out[head.label] = float((logits.diagonal() - others).mean())
+    return out
+
+
 def repair_heads(
     scores: HeadScores,
+    copy_scores: dict[str, float] | None = None,
     *,
     inhibition: int = 3,
     negative: int = 1,
     inhibition_stage: str = "name_mover_queries",
     logits_stage: str = "logits",
+    negative_rule: NegativeRule = "demoting",
 ) -> HeadSet:
     """IOI's inhibition and negative-mover heads from its staged path-patching scores.
 
     Merullo et al. repair with GPT2-medium's inhibition heads (path patching to the name
-    movers' queries) and its negative mover (19.1, the head that lowers the logit
-    difference most directly). On another model the analogues are: the top `inhibition`
-    heads by score of `inhibition_stage`, and the `negative` heads with the most negative
-    score (corrupting them raises the logit difference) of `logits_stage`.
-
-    Args:
-        scores: stacked stage scores with a `stage` column (`Discovery.scores`).
+    movers' queries) and its negative mover 19.1, which reads S2 and demotes it. On another
+    model: the top `inhibition` heads by score of `inhibition_stage`, and `negative` heads
+    of `logits_stage`. `negative_rule="demoting"` (default) takes, among the heads whose OV
+    circuit demotes what they read (`copy_scores` < 0, `ov_copy_scores`), those with the
+    largest |score|: 19.1 raises the logit difference and a Wang negative name mover lowers
+    it, and both demote; a head that lowers it by copying S would make the repair worse.
+    `"most_negative"` (the toolkit's earlier rule) takes the most negative scores, no OV check.
 
     Raises:
-        InputError: a stage is missing from `scores`.
+        InputError: a stage is missing from `scores`, or "demoting" without `copy_scores`.
     """
+    if negative_rule not in ("demoting", "most_negative"):
+        raise InputError(
+            f"negative_rule must be 'demoting' or 'most_negative', got {negative_rule!r}."
+        )
     stages = set(scores.data.get("stage", ()))
     missing = {inhibition_stage, logits_stage} - stages
     if missing:
@@ -201,36 +246,42 @@ def repair_heads(
             f"Repair heads need path-patching stages {sorted(missing)}; the scores have"
             f" {sorted(stages)}."
         )
+    if negative_rule == "demoting" and copy_scores is None:
+        raise InputError("negative_rule='demoting' needs the heads' OV copy scores.")
     table = scores.data
+    inhibitors = table[table["stage"] == inhibition_stage].sort_values(
+        ["score", "layer", "head"], ascending=[False, True, True]
+    )
+    movers = table[table["stage"] == logits_stage]
+    if negative_rule == "demoting":
+        assert copy_scores is not None
+        movers = movers[movers["label"].map(lambda label: copy_scores.get(label, 0.0) < 0)]
+        movers = movers.assign(key=-movers["score"].abs())
+    else:
+        movers = movers.assign(key=movers["score"])
+    movers = movers.sort_values(["key", "layer", "head"])
 
-    def ranked(stage: str, ascending: bool, k: int) -> list[tuple[int, int]]:
-        rows = table[table["stage"] == stage].sort_values(
-            ["score", "layer", "head"], ascending=[ascending, True, True]
-        )
+    def top(rows: pd.DataFrame, k: int) -> list[tuple[int, int]]:
         return [(int(r.layer), int(r.head)) for r in rows.head(k).itertuples()]
 
-    return HeadSet(
-        ranked(inhibition_stage, False, inhibition) + ranked(logits_stage, True, negative)
-    )
+    return HeadSet(top(inhibitors, inhibition) + top(movers, negative))
 
 
 def random_heads_like(heads: HeadSet, geometry: HeadGeometry, seed: int) -> HeadSet:
-    """As many heads as `heads`, drawn uniformly from the same layers' other heads (seeded).
+    """Per layer of `heads`, as many of that layer's other heads, drawn uniformly (seeded).
 
     The control for a repair: an effect that random heads of the same layers also give is
     not the chosen heads' doing.
     """
-    low, high = min(heads.layers), max(heads.layers)
-    pool = [
-        (layer, head)
-        for layer in range(low, high + 1)
-        for head in range(geometry.n_heads)
-        if (layer, head) not in {(h.layer, h.head) for h in heads}
-    ]
-    if len(pool) < len(heads):
-        raise InputError(f"Layers {low}-{high} hold too few other heads to draw {len(heads)}.")
-    picked = np.random.default_rng(seed).choice(len(pool), len(heads), replace=False)
-    return HeadSet(pool[int(i)] for i in picked)
+    rng = np.random.default_rng(seed)
+    drawn: list[tuple[int, int]] = []
+    for layer in heads.layers:
+        mine = heads.heads_in(layer)
+        pool = [h for h in range(geometry.n_heads) if h not in mine]
+        if len(pool) < len(mine):
+            raise InputError(f"Layer {layer} holds too few other heads to draw {len(mine)}.")
+        drawn += [(layer, pool[int(i)]) for i in rng.choice(len(pool), len(mine), replace=False)]
+    return HeadSet(drawn)
 
 
 def wrong_color_positions(task: CircuitTask) -> Int[Tensor, "batch 2"]:

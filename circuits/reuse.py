@@ -21,7 +21,7 @@ Ranking follows `circuits.discovery`: by |score| by default, which keeps negativ
 (IOI's 19.1 in GPT2-medium, the most important head for the logit difference, whose score
 has the other sign), `rank_by="score"` by the score itself. The paper does not say which.
 The top set has max(1, round(top_fraction x all heads)) heads, the model's head count read
-from the largest stage table (later stages score only the heads below their receivers).
+from the largest stage table (later stages score only the heads up to their lowest receiver layer).
 Cost: sorting [layer, head] tables; no model runs.
 """
 

@@ -13,8 +13,9 @@ Edges: for each ordered pair of heads (h1, h2), the code pairs (code of h1, code
 together on some positive prompt and on no negative one (`normalise`: divided by the
 distinct pairs on positives plus those on negatives, as the reference code). Ordered pairs
 are ranked by that count and flattened into heads (h1, h2, h1, h2, ...); the first
-`edge_entries` heads of that list (reference code: heads-per-layer² / 2, i.e. the top
-heads-per-layer² / 4 pairs) each add 1 to their head's edge-derived node score. Ties keep
+`edge_entries` heads of that list (reference code: (all heads)² // 2, 36,450 on a 270-head
+model; `edge_rule="per_layer"` is the toolkit's earlier heads-per-layer² // 2, 40 there)
+each add 1 to their head's edge-derived node score. Ties keep
 pair order (h1, then h2), where the reference's unstable sort leaves them arbitrary, and a
 head is never paired with itself (the reference ranks those zero-count pairs too).
 
@@ -22,8 +23,9 @@ The SAE is sae-lens's standard ReLU SAE trained by its `SAETrainer` (`interp.sae
 it differs from the paper's hand-written one: the paper averages the squared error over
 d_model and renormalises decoder rows to unit norm each step; sae-lens sums the error over
 d_model and weights each latent's L1 by its decoder row's norm. `sparsity` is the paper's λ;
-it reaches sae-lens as l1_coefficient = λ·d_model, the same objective up to a constant factor
-when the decoder rows have unit norm. sae-lens also clips gradients to norm 1.
+it reaches sae-lens as l1_coefficient = λ·d_model. This is not the reference's objective: the
+reference normalises each input dimension's decoder row (not each latent's), keeps encoder
+rows at unit norm and does not clip gradients, where sae-lens clips them to norm 1.
 
 Cost: one forward per batch of prompts with every layer's head outputs reduced in the hook
 ([batch, pos, head, d_model] per layer, transiently), and `epochs` full-batch SAE steps on
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -81,8 +84,9 @@ class SAECircuitConfig(Config):
         normalise: divide each node score by the head's number of distinct codes, each
             edge count by the pair's distinct code pairs (the reference code's
             `normalise`, off in its main results).
-        edge_entries: heads taken from the flattened edge ranking; 0 means the reference
-            code's heads-per-layer² // 2.
+        edge_entries: heads taken from the flattened edge ranking; 0 means `edge_rule`'s.
+        edge_rule: "all_heads": (all heads)² // 2, the reference code's; "per_layer":
+            heads-per-layer² // 2, the toolkit's earlier count.
         batch_size: prompts per forward when collecting head outputs.
         seed: seeds the draw of training prompts and the SAE.
     """
@@ -94,6 +98,7 @@ class SAECircuitConfig(Config):
     n_train: int = 10
     normalise: bool = False
     edge_entries: int = 0
+    edge_rule: Literal["all_heads", "per_layer"] = "all_heads"
     batch_size: int = 16
     seed: int = 0
 
@@ -281,7 +286,8 @@ def score_heads(
     columns = node_scores(positive, negative, normalise=config.normalise)
     edges = edge_scores(positive, negative, normalise=config.normalise)
     per_layer = len(acts.heads) // len(acts.layers)
-    entries = config.edge_entries or per_layer**2 // 2
+    by_rule = len(acts.heads) if config.edge_rule == "all_heads" else per_layer
+    entries = config.edge_entries or by_rule**2 // 2
     provenance = Provenance(
         model=acts.model,
         weights_hash=acts.weights_hash,

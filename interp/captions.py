@@ -2,8 +2,10 @@
 
 CHAIR (Rohrbach et al., EMNLP 2018) parses a caption for the objects of a closed vocabulary
 and compares them with the image's objects: CHAIR_i is the share of mentioned objects that
-are not in the image, CHAIR_s the share of captions with at least one such object. Mentions
-count once per caption (a set), as in the reference implementation. A mention is a
+are not in the image, CHAIR_s the share of captions with at least one such object. CHAIR_i
+counts every mention, as the reference implementation does (a caption naming "red circle"
+twice counts it twice; `chair(count="distinct")` counts each object once per caption, the
+toolkit's earlier rule); found objects and recall use sets. A mention is a
 vocabulary name as whole words, any case, with an optional plural "s"; synonyms are not
 mapped (name them in the vocabulary).
 
@@ -26,7 +28,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -127,6 +129,9 @@ def caption_objects(
 ) -> pd.DataFrame:
     """Per caption: objects mentioned, hallucinated (mentioned, absent), found, and present.
 
+    `mentioned` and `hallucinated` count distinct objects; `mentions` and
+    `hallucinated_mentions` every occurrence (the reference's CHAIR_i counts).
+
     Raises:
         InputError: the two lists differ in length or are empty.
     """
@@ -138,8 +143,11 @@ def caption_objects(
     rows = []
     for caption, present in zip(captions, truths, strict=True):
         named = mentioned_objects(caption, vocabulary)
+        each = {name.lower(): len(_pattern(name).findall(caption)) for name in vocabulary}
         rows.append(
             {
+                "mentions": sum(each.values()),
+                "hallucinated_mentions": sum(n for o, n in each.items() if o not in present),
                 "mentioned": len(named),
                 "hallucinated": len(named - present),
                 "found": len(named & present),
@@ -150,9 +158,15 @@ def caption_objects(
 
 
 def chair(
-    captions: Sequence[str], truths: Sequence[frozenset[str]], vocabulary: Sequence[str]
+    captions: Sequence[str],
+    truths: Sequence[frozenset[str]],
+    vocabulary: Sequence[str],
+    count: Literal["mentions", "distinct"] = "mentions",
 ) -> dict[str, float]:
     """CHAIR_s, CHAIR_i and object recall of captions against their images' objects.
+
+    CHAIR_i = hallucinated / all mentions, every occurrence counted (`count="mentions"`,
+    the reference code) or each object once per caption (`"distinct"`).
 
     Returns:
         {"chair_s", "chair_i", "recall", "mentions_per_caption"}; CHAIR_i is NaN when no
@@ -161,11 +175,18 @@ def chair(
     Raises:
         InputError: the two lists differ in length or are empty.
     """
+    if count not in ("mentions", "distinct"):
+        raise InputError(f"CHAIR count must be 'mentions' or 'distinct', got {count!r}.")
     counts = caption_objects(captions, truths, vocabulary)
-    mentions = int(counts.mentioned.sum())
+    total, bad = (
+        ("mentions", "hallucinated_mentions")
+        if count == "mentions"
+        else ("mentioned", "hallucinated")
+    )
+    mentions = int(counts[total].sum())
     return {
         "chair_s": float((counts.hallucinated > 0).mean()),
-        "chair_i": counts.hallucinated.sum() / mentions if mentions else float("nan"),
+        "chair_i": counts[bad].sum() / mentions if mentions else float("nan"),
         "recall": counts.found.sum() / max(int(counts.present.sum()), 1),
         "mentions_per_caption": mentions / len(counts),
     }

@@ -5,12 +5,15 @@ Fine-Grained Policy Optimization" (arXiv 2510.13554, v2). For a trace of N token
 response positions are R, with A^{l,h} the post-softmax attention of head (l, h):
 
 * back-distance d(l, h) = (1/|R|) Σ_{t∈R} Σ_{s≤t} A_{t,s} (t − s), over the heads of a
-  layer band (default: 5 evenly spaced layers in [⌊L/3⌋, ⌊2L/3⌋]). The bottom 30% of the
+  layer band (default `layer_band="all"`: every layer, the paper's §4 analysis; `"middle"`: 5
+  evenly spaced layers in [⌊L/3⌋, ⌊2L/3⌋], its RL experiments). The bottom 30% of the
   band's heads by d are *local*, the top 30% *global* (`head_split`, pass 1).
 * WAAD_t = Σ_{s≤t} Ā_loc[t, s] · min(t − s, W), W = 10, with Ā_loc the plain mean over
   local heads; ΔWAAD_t = |WAAD_t − WAAD_{t+1}|; preplan tokens = top-q of Δ per response.
 * FAI_s = mean over t ∈ T(s) of Ā_glob[t, s], T(s) = {t ∈ R : s + H_lo ≤ t ≤ s + H_hi}
-  (H_lo = 10, H_hi = 100, v2); anchor tokens = top-q of FAI per response; q = 0.4.
+  (default H_lo = 1, H_hi = 0 meaning the response end: every later response token, the
+  paper's §4 analysis; its RL experiments use 10 and 100, v2); anchor tokens = top-q of FAI
+  per response; q = 0.4. `RL_SETTINGS` names the RL experiments' band and window.
 
 Index convention: row t is computed at input token t; by default its WAAD is attached to
 token t (the paper's reading). `shift=1` attaches row t − 1, the row whose output produced
@@ -55,28 +58,31 @@ _ENTROPY_ROWS = 256  # positions per chunk of the entropy computation
 
 @dataclass(frozen=True, kw_only=True)
 class AnchorConfig(Config):
-    """Parameters of the preplan/anchor analysis; defaults from the paper (v2).
+    """Parameters of the preplan/anchor analysis; defaults from the paper's §4 analysis (v2).
 
     Attributes:
         window: W of WAAD (paper: 10).
-        h_lo: FAI's nearest query offset (paper: 10).
-        h_hi: FAI's farthest query offset (v2: 100; v1: 50); 0 reads queries up to the
-            response end, as the paper's §4 analysis does.
+        h_lo: FAI's nearest query offset (analysis: 1, every later token; RL: 10).
+        h_hi: FAI's farthest query offset; 0 reads queries up to the response end, as the
+            paper's §4 analysis does (RL experiments: v2 100, v1 50).
         q: share of each response's tokens marked preplan, and anchor (paper: 0.4).
         local_fraction: share of the band's heads, lowest d(l, h), that are local (0.3).
         global_fraction: share of the band's heads, highest d(l, h), that are global (0.3).
-        band_size: layers in the band, evenly spaced in [⌊L/3⌋, ⌊2L/3⌋] (paper: 5).
-        layers: explicit band layers instead (empty: the paper's band).
+        layer_band: "all" layers (the paper's analysis: all heads) or "middle": `band_size`
+            layers evenly spaced in [⌊L/3⌋, ⌊2L/3⌋] (its RL experiments).
+        band_size: layers of the "middle" band (paper: 5).
+        layers: explicit band layers instead (empty: `layer_band`).
         shift: 0 attaches row t to token t (paper); 1 attaches row t − 1 (see module doc).
         batch_size: traces per forward (left-padded).
     """
 
     window: int = 10
-    h_lo: int = 10
-    h_hi: int = 100
+    h_lo: int = 1
+    h_hi: int = 0
     q: float = 0.4
     local_fraction: float = 0.3
     global_fraction: float = 0.3
+    layer_band: Literal["all", "middle"] = "all"
     band_size: int = 5
     layers: tuple[int, ...] = ()
     shift: Literal[0, 1] = 0
@@ -106,8 +112,14 @@ class AnchorConfig(Config):
                     f" {n_layers} layers (0..{n_layers - 1})."
                 )
             return sorted(set(self.layers))
+        if self.layer_band == "all":
+            return list(range(n_layers))
         low, high = n_layers // 3, (2 * n_layers) // 3
         return sorted({int(np.floor(x + 0.5)) for x in np.linspace(low, high, self.band_size)})
+
+
+# The paper's RL experiments: the middle band and FAI over 10..100 tokens later (v2).
+RL_SETTINGS: dict[str, object] = {"layer_band": "middle", "h_lo": 10, "h_hi": 100}
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -33,6 +33,8 @@ from interp.prefill import PrefixTree, supports_prefix_sharing
 from interp.prompts import data_path, read_jsonl, read_text
 
 QUESTION = "Based on the content of the book, Question: {question}\nAnswer:"
+LengthRule = Literal["prompt", "reference"]
+REFERENCE_QUESTION_ROOM = 200  # Wu et al.'s code: haystack + needle to length - 200 tokens
 # A sentence ends with . ! or ?, optionally closing quotes/brackets, then whitespace.
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+")
 _WORD = re.compile(r"\w+")
@@ -139,8 +141,15 @@ def build_tests(
     lengths: Sequence[int],
     n_depths: int,
     max_new_tokens: int,
+    *,
+    length_rule: LengthRule = "prompt",
 ) -> list[NeedleTest]:
     """Every needle at every (length, depth) of the grid, tokenized for `model`.
+
+    `length_rule="prompt"` (toolkit): the whole prompt has `length` tokens.
+    `"reference"` (Wu et al.'s code): haystack + needle have `length - 200` tokens and the
+    template and question follow, so prompts are shorter by about 200 minus the question's
+    tokens at the same grid value.
 
     Raises:
         InputError: a length plus the generation budget exceeds the model's context, or the
@@ -152,15 +161,19 @@ def build_tests(
             f"A generation budget of {max_new_tokens} tokens leaves no room for a prompt in the"
             f" model's context of {limit}; use max_new_tokens < {limit}."
         )
+    if length_rule not in ("prompt", "reference"):
+        raise InputError(f"length_rule must be 'prompt' or 'reference', got {length_rule!r}.")
     for length in lengths:
-        if limit and length + max_new_tokens > limit:
+        if length_rule == "prompt" and limit and length + max_new_tokens > limit:
             raise InputError(
                 f"A {length}-token NIAH prompt plus {max_new_tokens} generated tokens exceeds"
                 f" the model's context of {limit}; use lengths <= {limit - max_new_tokens}."
             )
     hay_offsets = _offsets(model, haystack)
     return [
-        _build(model, index, needle, haystack, hay_offsets, length, depth, max_new_tokens)
+        _build(
+            model, index, needle, haystack, hay_offsets, length, depth, max_new_tokens, length_rule
+        )
         for index, needle in enumerate(needles)
         for length, depth in grid(lengths, n_depths)
     ]
@@ -199,10 +212,14 @@ def _build(
     length: int,
     depth: float,
     max_new_tokens: int,
+    length_rule: LengthRule,
 ) -> NeedleTest:
-    shell, _, _ = _prompt(model, "", needle.question)
-    overhead = len(_encode(model, shell, True)) + len(_offsets(model, " " + needle.needle))
-    n_context = length - overhead
+    needle_tokens = len(_offsets(model, " " + needle.needle))
+    if length_rule == "reference":
+        n_context = length - REFERENCE_QUESTION_ROOM - needle_tokens
+    else:
+        shell, _, _ = _prompt(model, "", needle.question)
+        n_context = length - len(_encode(model, shell, True)) - needle_tokens
     if n_context < 1:
         raise InputError(f"Length {length} leaves no room for a haystack around the needle.")
     if n_context > len(hay_offsets):

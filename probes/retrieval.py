@@ -4,8 +4,9 @@ Wu et al. 2024, "Retrieval Head Mechanistically Explains Long-Context Factuality
 2404.15574, Eq. 1; code nightdessert/Retrieval_Head @3ac171a). In a needle-in-a-haystack
 test decoded greedily, at a step that generates token w, head h *hits* iff w is a needle
 token, the head's top-1 attended key j* lies in the needle span and x_{j*} = w. A test's
-score is |g_h| / |k|, g_h the distinct needle tokens hit and |k| the span length
-(`count="set"`, paper); the reference code adds 1/|k| per hit event (`count="events"`).
+score is |g_h| / |k|, g_h the distinct needle tokens hit and |k| the span's distinct
+tokens (`count="set"`, paper: k is a set); the reference code adds 1/(span length) per hit
+event (`count="events"`).
 The span is the answer phrase (`span="answer"`, as the released score files) or the whole
 needle. Scores are averaged over the tests whose response has ROUGE-1 recall > 0.5
 (the code's filter; `failed_as_zero` keeps failed tests with their scores set to 0, and
@@ -149,8 +150,9 @@ def needle_scores(
 ) -> np.ndarray:
     """One test's [layer, head] scores from its per-step argmax indices.
 
-    `set`: distinct needle token ids hit / span length (paper); `events`: hits / span
-    length (reference code, can exceed 1).
+    `set`: distinct needle token ids hit / distinct token ids of the span (paper's
+    |g_h ∩ k| / |k| with k a set, so a perfect copy scores 1 even when the answer repeats a
+    token); `events`: hits / span length (reference code, can exceed 1).
     """
     start, stop = span
     n_span = stop - start
@@ -171,7 +173,7 @@ def needle_scores(
     layer_idx = torch.arange(n_layers, device=hits.device)[None, :, None].expand_as(rank)
     head_idx = torch.arange(n_heads, device=hits.device)[None, None, :].expand_as(rank)
     seen[layer_idx[hits], head_idx[hits], rank[hits]] = True
-    return (seen.sum(-1).double() / n_span).cpu().numpy()
+    return (seen.sum(-1).double() / len(unique)).cpu().numpy()
 
 
 class _ArgmaxHook:

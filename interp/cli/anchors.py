@@ -97,14 +97,21 @@ def score_anchors(
     seed: Annotated[int, typer.Option(help="Seed of sampling and random controls.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Traces per forward.")] = 4,
     window: Annotated[int, typer.Option(help="WAAD window W (paper: 10).")] = 10,
-    h_lo: Annotated[int, typer.Option(help="FAI's nearest query offset (paper: 10).")] = 10,
+    h_lo: Annotated[
+        int, typer.Option(help="FAI's nearest query offset (paper's analysis: 1; RL: 10).")
+    ] = 1,
     h_hi: Annotated[
-        int, typer.Option(help="FAI's farthest query offset (v2: 100; 0 = response end).")
-    ] = 100,
+        int,
+        typer.Option(help="FAI's farthest query offset (0 = response end, analysis; RL: 100)."),
+    ] = 0,
+    band: Annotated[
+        str,
+        typer.Option(help="'all' layers (paper's analysis) or 'middle': 5 middle layers (RL)."),
+    ] = "all",
     q: Annotated[float, typer.Option(help="Top-q share for preplan and anchors (0.4).")] = 0.4,
     shift: Annotated[int, typer.Option(help="1 attaches row t-1 to token t.")] = 0,
     layers: Annotated[
-        str | None, typer.Option(help="Band layers, comma-separated (default: paper's band).")
+        str | None, typer.Option(help="Band layers, comma-separated (default: --band).")
     ] = None,
     rule: Annotated[str, typer.Option(help="Credit rule: coupled, global or local.")] = "coupled",
     gamma_amp: Annotated[float, typer.Option(help="γ of credited tokens (paper: 1.5).")] = 1.5,
@@ -137,10 +144,15 @@ def score_anchors(
         from interp.figures import head_heatmap
         from interp.generation import GenerationConfig
         from interp.prompts import data_path, read_jsonl, read_text
-        from interp.results import Provenance, hash_inputs
+        from interp.results import EffectTable, Provenance, hash_inputs
         from interp.runs import WorkLog, run_identity
         from probes import anchor_causal, anchor_credit, anchor_figures, anchors
-        from probes.anchor_stats import PeakStatsConfig, peak_statistics, why_no_statistics
+        from probes.anchor_stats import (
+            EARLIER,
+            PeakStatsConfig,
+            peak_statistics,
+            why_no_statistics,
+        )
         from probes.anchor_traces import Trace, generate_traces, load_problems, read_traces
 
         config = anchors.AnchorConfig(
@@ -150,6 +162,7 @@ def score_anchors(
             q=q,
             shift=shift,  # type: ignore[arg-type]
             layers=parse_ints(layers, minimum=0) or (),
+            layer_band=band,  # type: ignore[arg-type]
             batch_size=batch_size,
         )
         credit = anchor_credit.CreditConfig(rule=rule, gamma_amp=gamma_amp, alpha=alpha, k=k)  # type: ignore[arg-type]
@@ -239,7 +252,13 @@ def score_anchors(
         empty = why_no_statistics(tokens, config.h_lo)
         summary_fields: dict[str, Any] = {"statistics": []}
         if empty is None:
-            statistics = peak_statistics(tokens, PeakStatsConfig(seed=seed), effects)
+            # the paper's statistic, and beside it the toolkit's earlier definition
+            paper, earlier = (
+                peak_statistics(tokens, PeakStatsConfig(seed=seed, **extra), effects)
+                for extra in ({}, EARLIER)
+            )
+            both = pd.concat([paper.data, earlier.data], ignore_index=True)
+            statistics = EffectTable(both, paper.provenance)
             record.wrote(statistics.save(folder / "statistics.parquet", csv=True))
             summary_fields["statistics"] = statistics.data.to_dict("records")
         else:

@@ -360,9 +360,17 @@ def circuit_overlap(
         str | None,
         typer.Option(
             help="Heads to repair with, e.g. 'L12H3,L13H4'. Default: IOI's top 3 heads of the"
-            " S-inhibition stage and its most negative logits head (Merullo's roles)."
+            " S-inhibition stage and a negative mover by --negative-rule (Merullo's roles)."
         ),
     ] = None,
+    negative_rule: Annotated[
+        str,
+        typer.Option(
+            help="The negative mover: 'demoting' = the logits-stage head of largest |score|"
+            " whose OV circuit demotes the colours it reads (Merullo's 19.1);"
+            " 'most_negative' = the most negative score, no OV check (earlier rule)."
+        ),
+    ] = "demoting",
     random_controls: Annotated[
         int,
         typer.Option(help="Repairs with as many random heads of the same layers (controls)."),
@@ -381,6 +389,7 @@ def circuit_overlap(
         from circuits.discovery import DiscoveryConfig
         from circuits.repair import (
             Repair,
+            ov_copy_scores,
             random_heads_like,
             repair_effects,
             repair_heads,
@@ -398,6 +407,7 @@ def circuit_overlap(
         if random_controls < 0:
             raise InputError(f"--random-controls must be at least 0, got {random_controls}.")
         check_choice(rank_by, ("score", "abs"), "--rank-by")
+        check_choice(negative_rule, ("demoting", "most_negative"), "--negative-rule")
         reuse = ReuseConfig(top_fraction=top_fraction, rank_by=rank_by)  # type: ignore[arg-type]
         effects_config = EffectsConfig(n_boot=n_boot, seed=seed)
         chosen = HeadSet(repair) if repair is not None else None
@@ -448,8 +458,12 @@ def circuit_overlap(
             " dots: in both",
             label="path patching score",
         )
-        heads = repair_heads(ioi_scores) if chosen is None else chosen
         colours = colored_objects(loaded, repair_n, seed=42 + seed)
+        heads = chosen
+        if heads is None:
+            logit_heads = HeadSet(stage_scores["ioi"]["logits"].data["label"])
+            copying = ov_copy_scores(loaded, logit_heads, colours.choice_ids)
+            heads = repair_heads(ioi_scores, copying, negative_rule=negative_rule)  # type: ignore[arg-type]
         positions = wrong_color_positions(colours)
         arms = {"chosen": heads}
         for draw in range(random_controls):

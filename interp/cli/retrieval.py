@@ -24,6 +24,7 @@ from interp.cli.common import (
     ModelOption,
     OffloadFolderOption,
     StaticOption,
+    check_choice,
     export_figures,
     load_model_or_fail,
     parse_ints,
@@ -43,6 +44,11 @@ HaystackOption = typer.Option(
 LengthsOption = typer.Option(
     "--lengths", help="Comma-separated prompt lengths in tokens (e.g. 1000,2000,4000)."
 )
+LengthRuleOption = typer.Option(
+    "--length-rule",
+    help="'prompt': the whole prompt has --lengths tokens (toolkit); 'reference': haystack +"
+    " needle have length - 200 and the question follows (Wu et al.'s code).",
+)
 DepthsOption = typer.Option("--depths", help="Needle depths: linspace(0, 100%, N).")
 OutOption = typer.Option("--out", "-o", help="Output folder (reused to resume a run).")
 ThresholdOption = typer.Option(help="A retrieval head has mean score > this (paper: 0.1).")
@@ -61,6 +67,7 @@ def _tests(
     lengths: tuple[int, ...],
     depths: int,
     max_new: int,
+    length_rule: str,
 ) -> list[Any]:
     from interp.prompts import data_path
     from probes import niah
@@ -70,7 +77,15 @@ def _tests(
     record.inputs([needle_file, *haystack_files])
     needle_set = niah.load_needles(needle_file)
     text = niah.load_haystack(haystack_files)
-    return niah.build_tests(loaded, needle_set, text, lengths, depths, max_new)
+    return niah.build_tests(
+        loaded,
+        needle_set,
+        text,
+        lengths,
+        depths,
+        max_new,
+        length_rule=length_rule,  # type: ignore[arg-type]
+    )
 
 
 def _run_logged(
@@ -137,6 +152,7 @@ def score_retrieval(
     haystack: Annotated[list[Path] | None, HaystackOption] = None,
     lengths: Annotated[str | None, LengthsOption] = None,
     depths: Annotated[int, DepthsOption] = 10,
+    length_rule: Annotated[str, LengthRuleOption] = "prompt",
     max_new_tokens: Annotated[int, MaxNewOption] = 50,
     count: Annotated[str, typer.Option(help="'set' (paper) or 'events' (code).")] = "set",
     span: Annotated[str, typer.Option(help="'answer' (code) or 'needle'.")] = "answer",
@@ -171,11 +187,20 @@ def score_retrieval(
             threshold=threshold,  # type: ignore[arg-type]
         )
         _check_batch_size(batch_size)
+        check_choice(length_rule, ("prompt", "reference"), "--length-rule")
         folder = result_folder(out, "retrieval", model, record)
         loaded = load_model_or_fail(model, device, **placement(locals()))
         grid = config.grid_lengths(loaded)
         tests = _tests(
-            loaded, record, needles, "scoring.jsonl", haystack, grid, depths, max_new_tokens
+            loaded,
+            record,
+            needles,
+            "scoring.jsonl",
+            haystack,
+            grid,
+            depths,
+            max_new_tokens,
+            length_rule,
         )
         provenance = retrieval.retrieval_provenance(loaded, tests, config)
         size = batch_size or niah.batch_size_for(loaded, tests, max_new_tokens, shared=True)
@@ -225,6 +250,7 @@ def ablate_retrieval(
     haystack: Annotated[list[Path] | None, HaystackOption] = None,
     lengths: Annotated[str, LengthsOption] = "1000,2000",
     depths: Annotated[int, DepthsOption] = 3,
+    length_rule: Annotated[str, LengthRuleOption] = "prompt",
     ks: Annotated[str, typer.Option(help="Numbers of heads to mask.")] = "0,5,10,20,30,50",
     seeds: Annotated[int, typer.Option(help="Random-control seeds per K.")] = 5,
     masking: Annotated[str, typer.Option(help="'zero' (HeadScale 0) or 'uniform'.")] = "zero",
@@ -282,11 +308,20 @@ def ablate_retrieval(
             )
         record.inputs([scores])
         _check_batch_size(batch_size)
+        check_choice(length_rule, ("prompt", "reference"), "--length-rule")
         folder = result_folder(out, "ablation", model, record)
         loaded = load_model_or_fail(model, device, **placement(locals()))
         grid = parse_ints(lengths, minimum=1) or ()
         tests = _tests(
-            loaded, record, needles, "heldout.jsonl", haystack, grid, depths, max_new_tokens
+            loaded,
+            record,
+            needles,
+            "heldout.jsonl",
+            haystack,
+            grid,
+            depths,
+            max_new_tokens,
+            length_rule,
         )
         provenance = ablation.ablation_provenance(loaded, tests, head_scores, config, effects)
         conditions = ablation.conditions(head_scores, config)

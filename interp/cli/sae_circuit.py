@@ -35,7 +35,9 @@ TASKS = ("ioi", "colored-objects")
 def circuit_sae(
     task: Annotated[str, typer.Option(help="'ioi' or 'colored-objects'.")] = "ioi",
     model: Annotated[str | None, ModelOption] = None,
-    n: Annotated[int, typer.Option(help="Clean prompts (as many corrupted ones).")] = 100,
+    n: Annotated[
+        int, typer.Option(help="Clean prompts (as many corrupted ones; reference: 250).")
+    ] = 250,
     seed: Annotated[int, typer.Option(help="Seed of the task's prompts.")] = 0,
     seeds: Annotated[
         int, typer.Option(help="SAE seeds 0..N-1 (training prompts and initialisation).")
@@ -55,6 +57,13 @@ def circuit_sae(
     normalise: Annotated[
         bool, typer.Option(help="Divide node and edge counts by the codes seen at all.")
     ] = False,
+    edge_rule: Annotated[
+        str,
+        typer.Option(
+            help="Edge-ranking entries kept: 'all_heads' = (all heads)² // 2 (reference code);"
+            " 'per_layer' = heads-per-layer² // 2 (earlier toolkit)."
+        ),
+    ] = "all_heads",
     batch_size: Annotated[int, typer.Option(help="Prompts per forward.")] = 16,
     out: Annotated[
         Path | None,
@@ -73,6 +82,7 @@ def circuit_sae(
         from interp.errors import InputError
 
         check_choice(task, TASKS, "--task")
+        check_choice(edge_rule, ("all_heads", "per_layer"), "--edge-rule")
         _check_counts(n=n, seed=seed, seeds=seeds)
         config = SAECircuitConfig(
             d_sae=d_sae,
@@ -81,6 +91,7 @@ def circuit_sae(
             epochs=epochs,
             n_train=n_train,
             normalise=normalise,
+            edge_rule=edge_rule,  # type: ignore[arg-type]
             batch_size=batch_size,
         )
         if n_train > 2 * n:
@@ -97,7 +108,7 @@ def circuit_sae(
         _finish(folder, record, summary, figures, static)
         nodes = summary["node_auc"]
         per_seed = ", ".join(f"{v:.3f}" for v in nodes["per_seed"])
-        spread = f" ± {nodes['std']:.3f} (std over seeds)" if seeds > 1 else ""
+        spread = f" ± {nodes['std']:.3f} (population std over seeds, ddof 0)" if seeds > 1 else ""
         typer.echo(
             f"{task}: node ROC AUC against the {len(summary['circuit'])}-head reference circuit"
             f" {nodes['mean']:.3f}{spread}; per seed {per_seed}"
@@ -189,7 +200,11 @@ def _score(
     per_seed["in_circuit"] = per_seed["label"].isin(labels)
     mean = (
         per_seed.groupby(["layer", "head", "label"], sort=False)
-        .agg(score=("score", "mean"), score_std=("score", "std"), edge_score=("edge_score", "mean"))
+        .agg(
+            score=("score", "mean"),
+            score_std=("score", lambda v: float(np.std(v, ddof=0))),
+            edge_score=("edge_score", "mean"),
+        )
         .reset_index()
     )
     mean["in_circuit"] = mean["label"].isin(labels)
@@ -214,8 +229,8 @@ def _score(
 
     def stats(column: str) -> dict[str, Any]:
         values = table[column].to_numpy()
-        std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-        return {"per_seed": values.tolist(), "mean": float(values.mean()), "std": std}
+        std = float(np.std(values, ddof=0))  # population std, as the reference reports
+        return {"per_seed": values.tolist(), "mean": float(values.mean()), "std": std, "ddof": 0}
 
     summary = {
         "task": task.name,

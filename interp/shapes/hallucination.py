@@ -7,10 +7,14 @@ closed vocabulary and compares them with the image's objects. Here the vocabular
 POPE (Li et al., EMNLP 2023) asks "Is there a <object> in the image?" for each object in
 the image (answer yes) and as many absent ones (answer no), drawn three ways: "random"
 (uniform among absent objects), "popular" (the absent objects most frequent in the data
-set's ground truth) and "adversarial" (the absent objects that co-occur most often with the
-image's objects). Frequencies and co-occurrences are counted over the scenes evaluated, as
-POPE counts them over its annotation set. Scores: accuracy, precision, recall, F1 and the
-share of "yes" answers.
+set's ground truth) and "adversarial": as POPE's code, for each object in the image in turn,
+the absent object not yet chosen that co-occurs most often with *that* object
+(`adversarial="per_object"`); `"summed"` (the toolkit's earlier rule) ranks absent objects
+by co-occurrence summed over all the image's objects. Frequencies and co-occurrences are
+counted over the scenes evaluated, as POPE counts them over its annotation set. Scores:
+accuracy, precision, recall, F1 and the share of "yes" answers; an answer that names neither
+yes nor no counts as "yes", as POPE's evaluation code does (it answers "no" only when the
+first sentence has "no" or "not"); `unparsed="wrong"` is the earlier rule.
 
 Everything here is pure Python on scene descriptions and strings; no model.
 """
@@ -47,9 +51,13 @@ def caption_objects(texts: Sequence[str], truths: Sequence[Scene]) -> pd.DataFra
     return captions.caption_objects(texts, [scene.names for scene in truths], OBJECTS)
 
 
-def chair(texts: Sequence[str], truths: Sequence[Scene]) -> dict[str, float]:
+def chair(
+    texts: Sequence[str],
+    truths: Sequence[Scene],
+    count: Literal["mentions", "distinct"] = "mentions",
+) -> dict[str, float]:
     """CHAIR_s, CHAIR_i, recall and mentions per caption against the scenes (`interp.captions`)."""
-    return captions.chair(texts, [scene.names for scene in truths], OBJECTS)
+    return captions.chair(texts, [scene.names for scene in truths], OBJECTS, count)
 
 
 @dataclass(frozen=True)
@@ -66,19 +74,29 @@ class PopeQuestion:
         return f"Is there a {self.object} in the image?"
 
 
-def pope_questions(truths: Sequence[Scene], setting: Setting, seed: int = 0) -> list[PopeQuestion]:
+def pope_questions(
+    truths: Sequence[Scene],
+    setting: Setting,
+    seed: int = 0,
+    adversarial: Literal["per_object", "summed"] = "per_object",
+) -> list[PopeQuestion]:
     """Balanced POPE questions: each scene's objects (yes) and as many absent ones (no).
 
     `scene` in each question is the index into `truths`. Negatives per setting: "random"
     draws uniformly (seeded); "popular" takes the most frequent absent objects; "adversarial"
-    the absent objects with the most co-occurrences with the scene's objects (ties broken by
-    frequency, then by vocabulary order), counted over `truths`.
+    per present object (scene order) the unchosen absent object co-occurring most with it
+    (POPE's code; `adversarial="summed"`: most co-occurrences summed over the scene's
+    objects). Ties go to frequency, then vocabulary order; counts are over `truths`.
 
     Raises:
         ConfigError: an unknown setting.
     """
     if setting not in SETTINGS:
         raise ConfigError(f"POPE setting must be one of {SETTINGS}, not {setting!r}.")
+    if adversarial not in ("per_object", "summed"):
+        raise ConfigError(
+            f"POPE adversarial must be 'per_object' or 'summed', not {adversarial!r}."
+        )
     frequency = Counter(name for scene in truths for name in scene.names)
     co_occurrence = Counter(
         pair for scene in truths for pair in permutations(sorted(scene.names), 2)
@@ -93,7 +111,7 @@ def pope_questions(truths: Sequence[Scene], setting: Setting, seed: int = 0) -> 
             negatives = [absent[i] for i in rng.choice(len(absent), size=n, replace=False)]
         elif setting == "popular":
             negatives = sorted(absent, key=lambda o: (-frequency[o], rank[o]))[:n]
-        else:
+        elif adversarial == "summed":
             negatives = sorted(
                 absent,
                 key=lambda o: (
@@ -102,6 +120,15 @@ def pope_questions(truths: Sequence[Scene], setting: Setting, seed: int = 0) -> 
                     rank[o],
                 ),
             )[:n]
+        else:
+            negatives = []
+            for present in scene.objects:
+                p = present.name
+                left = [o for o in absent if o not in negatives]
+                ranked = sorted(
+                    left, key=lambda o: (-co_occurrence[(p, o)], -frequency[o], rank[o])
+                )
+                negatives.append(ranked[0])
         questions += [PopeQuestion(index, o.name, True, setting) for o in scene.objects]
         questions += [PopeQuestion(index, o, False, setting) for o in negatives]
     return questions
@@ -113,8 +140,15 @@ def parse_yes_no(answer: str) -> bool | None:
     return None if match is None else match.group(1).lower() == "yes"
 
 
-def pope_scores(questions: Sequence[PopeQuestion], answers: Sequence[bool | None]) -> pd.DataFrame:
-    """Accuracy, precision, recall, F1 and yes-share per setting; an unparsed answer is wrong.
+def pope_scores(
+    questions: Sequence[PopeQuestion],
+    answers: Sequence[bool | None],
+    unparsed: Literal["yes", "wrong"] = "yes",
+) -> pd.DataFrame:
+    """Accuracy, precision, recall, F1 and yes-share per setting.
+
+    An unparsed answer (None) is a "yes", as POPE's evaluation code counts it
+    (`unparsed="yes"`), or neither yes nor no and wrong (`"wrong"`, the earlier rule).
 
     Returns:
         One row per setting present: setting, n, accuracy, precision, recall, f1, yes_share.
@@ -123,6 +157,10 @@ def pope_scores(questions: Sequence[PopeQuestion], answers: Sequence[bool | None
         raise InputError(
             f"POPE needs one answer per question; got {len(questions)} and {len(answers)}."
         )
+    if unparsed not in ("yes", "wrong"):
+        raise InputError(f"POPE unparsed must be 'yes' or 'wrong', got {unparsed!r}.")
+    if unparsed == "yes":
+        answers = [True if a is None else a for a in answers]
     table = pd.DataFrame(
         {"setting": [q.setting for q in questions], "truth": [q.answer for q in questions]}
     )

@@ -170,7 +170,9 @@ def test_discovery_chains_stages_on_the_tiny_model() -> None:
     first = found.scores.data[found.scores.data["stage"] == "logits"]
     movers = HeadSet(first.nlargest(2, "score")[["layer", "head"]].itertuples(index=False))
     second = found.scores.data[found.scores.data["stage"] == stages[1]]
-    assert second["layer"].max() < min(movers.layers)  # senders lie below the receivers
+    # Merullo's senders: layers up to the lowest receiver layer, receivers excepted
+    assert second["layer"].max() == min(movers.layers)
+    assert not set(second["label"]) & set(movers.labels)
     assert 1 <= len(found.heads) <= 5 and {c[0] for c in calls} == set(stages)
 
 
@@ -181,9 +183,12 @@ def test_ioi_discovery_on_the_default_model(default_model) -> None:
     config = DiscoveryConfig(stages=("logits", "name_mover_queries"), per_stage=4, max_heads=8)
     found = discover_ioi(default_model, task, config)
     scores = found.scores.data
-    movers = scores[scores["stage"] == "logits"].nlargest(4, "score")
     sizes = scores.groupby("stage").size().to_dict()
-    assert sizes == {"logits": 270, "name_mover_queries": 9 * int(movers["layer"].min())}
+    logits = scores[scores["stage"] == "logits"]
+    receivers = logits.loc[logits["score"].abs().nlargest(4).index]  # ranked by |score|
+    low = int(receivers["layer"].min())
+    n_senders = 9 * (low + 1) - int((receivers["layer"] == low).sum())
+    assert sizes == {"logits": 270, "name_mover_queries": n_senders}
     assert "L23H3" in found.heads.labels
     table = faithfulness(default_model, task, found.heads).data.set_index("condition")
     assert table.loc["circuit", "share"] > table.loc["complement", "share"]

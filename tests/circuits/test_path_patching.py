@@ -38,7 +38,11 @@ def _proj_hook(fn, i, kind, d_head):
 
 
 def _reference(model, task, config: PathPatchingConfig) -> dict[str, float]:
-    """Wang's two runs per sender, every position computed, hooks on the HF modules."""
+    """Wang's two runs per sender, every position computed, hooks on the HF modules.
+
+    Senders as in Merullo's code: every head of layers 0..lowest receiver layer but the
+    receivers.
+    """
     layers = model.hf.model.layers
     g = model.geometry
     rows = torch.arange(len(task))
@@ -72,9 +76,11 @@ def _reference(model, task, config: PathPatchingConfig) -> dict[str, float]:
         ld_clean = run(task.clean, keep(clean_z), mlp_fn=keep(clean_mlp)).mean()
         ld_corrupt = run(task.corrupted, keep(corrupt_z)).mean()
         scores = {}
-        bottom = min(receivers.layers) if receivers else g.n_layers
-        for layer in range(bottom):
+        top = min(receivers.layers) if receivers else g.n_layers - 1
+        for layer in range(top + 1):
             for head in range(g.n_heads):
+                if f"L{layer}H{head}" in receivers.labels:
+                    continue
 
                 def frozen(i, z, layer=layer, head=head):
                     new = clean_z[i].clone()
@@ -134,6 +140,7 @@ CASES = [
     ioi_stage("s_inhibition_values", HeadSet("L2H0")),
     ioi_stage("s_inhibition_values", HeadSet("L2H0"), gqa_siblings="share"),
     ioi_stage("induction_keys", HeadSet("L1H3 L2H0")),
+    ioi_stage("name_mover_queries", HeadSet("L1H0 L2H1")),
     PathPatchingConfig(stage="frozen_mlps", freeze_mlps=True),
     ioi_stage("name_mover_queries", HeadSet("L2H1"), freeze_mlps=True),
 ]
@@ -151,6 +158,19 @@ def test_equals_brute_force_reference(config: PathPatchingConfig) -> None:
     assert got.data["label"].tolist() == list(want)
     assert got.data["score"].tolist() == pytest.approx(list(want.values()), rel=1e-5, abs=1e-5)
     assert got.data["stage"].eq(config.stage).all()
+
+
+def test_senders_in_the_lowest_receiver_layer_are_scored() -> None:
+    """Receivers in layers 1 and 2: layer 1's other heads reach L2H1 and score (Merullo)."""
+    model = _sharp_tiny()
+    task = tiny_task(model, n=5)
+    got = path_patching(model, task, ioi_stage("name_mover_queries", HeadSet("L1H0 L2H1")))
+    layer1 = got.data[got.data["layer"] == 1]
+    assert layer1["label"].tolist() == ["L1H1", "L1H2", "L1H3"]
+    assert layer1["score"].abs().min() > 1e-4
+    alone = path_patching(model, task, ioi_stage("name_mover_queries", HeadSet("L1H0")))
+    same_layer = alone.data[alone.data["layer"] == 1]["score"]
+    assert same_layer.abs().max() < 1e-5  # no path to a receiver of their own layer
 
 
 def test_siblings_option_matters_under_gqa() -> None:

@@ -9,6 +9,7 @@ from circuits.circuit_task import CircuitTask
 from circuits.metrics import accuracy, logit_difference
 from circuits.repair import (
     Repair,
+    ov_copy_scores,
     random_heads_like,
     repair_effects,
     repair_heads,
@@ -21,6 +22,7 @@ from interp.hooks import attention_hooks
 from interp.interventions.attention_edit import AttentionEdit, unchanged_rows
 from interp.models import Model
 from tests.interp.helpers import Recorder
+from tests.tiny import tiny_llama
 
 TEXTS = ["The red cup, the blue pen and the green mug.", "A red ball, a tan box."]
 HEADS = "L1H0,L2H3"
@@ -153,7 +155,7 @@ def test_repairs_are_values_with_a_record() -> None:
     assert a.rows(1, 2).positions.tolist() == [[24, 35]]
 
 
-def test_repair_heads_are_the_top_inhibition_and_most_negative_logit_heads() -> None:
+def _stage_scores():
     import pandas as pd
 
     from interp.results import HeadScores
@@ -167,22 +169,57 @@ def test_repair_heads_are_the_top_inhibition_and_most_negative_logit_heads() -> 
             "stage": ["logits", "logits", "logits", "name_mover_queries", "name_mover_queries"],
         }
     ).assign(label=lambda f: [f"L{a}H{b}" for a, b in zip(f["layer"], f["head"], strict=True)])
-    scores = HeadScores(frame, provenance())
-    assert repair_heads(scores, inhibition=1) == HeadSet("L0H1,L1H0")
-    assert repair_heads(scores, inhibition=2, negative=2) == HeadSet("L0H1,L1H1,L1H0,L2H0")
+    return HeadScores(frame, provenance())
+
+
+def test_repair_heads_take_a_demoting_head_not_a_copying_one() -> None:
+    """L1H0 scores most negative but copies what it reads; of the demoting heads L0H0 (0.5)
+    has the largest |score|, then L2H0 (0.2)."""
+    scores = _stage_scores()
+    copying = {"L0H0": -2.0, "L1H0": 1.0, "L2H0": -1.0}
+    assert repair_heads(scores, copying, inhibition=1) == HeadSet("L0H1,L0H0")
+    assert repair_heads(scores, copying, inhibition=2, negative=2) == HeadSet("L0H1,L1H1,L0H0,L2H0")
+    old = repair_heads(scores, inhibition=1, negative_rule="most_negative")
+    assert old == HeadSet("L0H1,L1H0")
     with pytest.raises(InputError, match="stages"):
-        repair_heads(scores, inhibition_stage="s_inhibition_values")
+        repair_heads(scores, copying, inhibition_stage="s_inhibition_values")
+    with pytest.raises(InputError, match="copy scores"):
+        repair_heads(scores)
 
 
-def test_random_heads_like_draw_other_heads_of_the_same_layers() -> None:
+def test_ov_copy_scores_by_hand() -> None:
+    """Tokens 5, 6 embed and unembed as e_0, e_1; head 0's OV is +I on them, head 1's -I.
+
+    RMSNorm(e_0) = 8 e_0 (d_model 64, unit weights, eps 1e-6 negligible); OV gives +-8 e_0;
+    the final norm gives +-8 e_0 again: logit(5) = +-8, logit(6) = 0, so the score is +-8.
+    """
+    model = tiny_llama(n_layers=2, n_heads=4, n_kv_heads=2)
+    ids = torch.tensor([5, 6])
+    with torch.no_grad():
+        for module in (model.hf.get_input_embeddings(), model.hf.get_output_embeddings()):
+            module.weight[ids] = torch.eye(64)[:2]
+        attention = model.hf.model.layers[1].self_attn
+        attention.v_proj.weight.zero_()
+        attention.v_proj.weight[:2, :2] = torch.eye(2)  # KV head 0, its dims 0 and 1
+        attention.o_proj.weight.zero_()
+        attention.o_proj.weight[:2, :2] = torch.eye(2)  # head 0 (columns 0..15)
+        attention.o_proj.weight[:2, 16:18] = -torch.eye(2)  # head 1 (columns 16..31)
+    got = ov_copy_scores(model, HeadSet("L1H0,L1H1,L1H2"), ids)
+    assert got == pytest.approx({"L1H0": 8.0, "L1H1": -8.0, "L1H2": 0.0}, abs=1e-3)
+    with pytest.raises(InputError, match="two or more"):
+        ov_copy_scores(model, HeadSet("L1H0"), torch.tensor([5, 5]))
+
+
+def test_random_heads_like_draw_other_heads_of_each_chosen_layer() -> None:
+    """Two chosen heads of layer 2 (of 4) leave exactly L2H2 and L2H3; layer 3 is never drawn."""
     from interp.heads import HeadGeometry
 
     geometry = HeadGeometry(n_layers=6, n_heads=4, n_kv_heads=2, d_head=8, d_model=32)
     chosen = HeadSet("L2H0,L2H1,L4H3")
     draws = [random_heads_like(chosen, geometry, seed) for seed in range(20)]
     for drawn in draws:
-        assert len(drawn) == 3 and not set(drawn) & set(chosen)
-        assert all(2 <= h.layer <= 4 for h in drawn)
+        assert set(drawn.heads_in(2)) == {2, 3} and drawn.layers == [2, 4]
+        assert len(drawn.heads_in(4)) == 1 and 3 not in drawn.heads_in(4)
     assert random_heads_like(chosen, geometry, 3) == draws[3] and len(set(draws)) > 1
     with pytest.raises(InputError, match="too few"):
         random_heads_like(HeadSet("L1H0,L1H1,L1H2"), geometry, 0)

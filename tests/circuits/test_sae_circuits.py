@@ -130,6 +130,11 @@ def test_scoring_collected_heads_of_some_layers_keeps_their_labels():
     one = score_heads(acts, 6, SAECircuitConfig(epochs=50, seed=1))
     again = score_heads(acts, 6, SAECircuitConfig(epochs=50, seed=1))
     assert one.nodes.data.equals(again.nodes.data)
+    # 8 heads in 2 layers: the reference keeps 8**2 // 2 = 32 of the 2 x 56 flattened
+    # entries; the per-layer rule 4**2 // 2 = 8
+    assert one.edge_nodes.data["score"].sum() == 32
+    per_layer = score_heads(acts, 6, SAECircuitConfig(epochs=50, seed=1, edge_rule="per_layer"))
+    assert per_layer.edge_nodes.data["score"].sum() == 8
     assert one.nodes.data["label"].tolist() == [
         f"L{layer}H{h}" for layer in (1, 2) for h in range(4)
     ]
@@ -141,6 +146,8 @@ def test_bad_settings_and_inputs_are_errors():
     model, _ = planted_model()
     with pytest.raises(ConfigError):
         SAECircuitConfig(n_train=0)
+    with pytest.raises(ConfigError, match="edge_rule"):
+        SAECircuitConfig(edge_rule="layer")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="empty"):
         sae_circuit(model, ["ab#c"], [])
     with pytest.raises(InputError, match="n_train"):

@@ -51,13 +51,21 @@ def test_chair_counts_captions_and_mentions() -> None:
     texts = ["A red circle and a blue square.", "A blue square, a blue square."]
     counts = caption_objects(texts, truths, VOCABULARY)
     assert counts.to_dict("list") == {
+        "mentions": [2, 2],
+        "hallucinated_mentions": [1, 0],
         "mentioned": [2, 1],
         "hallucinated": [1, 0],
         "found": [1, 1],
         "present": [2, 1],
     }
-    scores = chair(texts, truths, VOCABULARY)
-    assert scores == {
+    # reference CHAIR_i: every mention, 1 hallucinated of 4 ("blue square" twice counts 2)
+    assert chair(texts, truths, VOCABULARY) == {
+        "chair_s": 0.5,
+        "chair_i": 1 / 4,
+        "recall": 2 / 3,
+        "mentions_per_caption": 2.0,
+    }
+    assert chair(texts, truths, VOCABULARY, "distinct") == {
         "chair_s": 0.5,
         "chair_i": 1 / 3,
         "recall": 2 / 3,

@@ -153,6 +153,8 @@ def test_circuit_overlap_writes_reuse_table_figure_and_repair_interval(tmp_path,
         (["circuit", "colored-objects", "--max-heads", "0"], "max_heads"),
         (["circuit", "overlap", "--repair", "L99H0"], "L99H0"),
         (["circuit", "overlap", "--top-fraction", "0"], "top_fraction"),
+        (["circuit", "overlap", "--negative-rule", "lowest"], "Unknown --negative-rule"),
+        (["circuit", "sae", "--edge-rule", "layer"], "Unknown --edge-rule"),
     ],
 )
 def test_circuit_bad_inputs_are_one_line_errors(tmp_path, words_model, argv, message):

@@ -129,6 +129,9 @@ def test_circuit_sae_scores_seeds_against_a_reference(tmp_path):
     assert aucs.seed.tolist() == [0, 1]
     assert summary["node_auc"]["per_seed"] == aucs.node_auc.tolist()
     assert summary["node_auc"]["mean"] == pytest.approx(aucs.node_auc.mean())
+    a, b = aucs.node_auc  # the reference's spread: population std, |a - b| / 2 for two seeds
+    assert summary["node_auc"]["std"] == pytest.approx(abs(a - b) / 2)
+    assert summary["node_auc"]["ddof"] == 0
     per_seed = pd.read_parquet(tmp_path / "a" / "ioi_sae_nodes.parquet")
     assert len(per_seed) == 2 * 2 * 4  # seeds x heads of the word model (2 layers x 4)
     assert set(per_seed[per_seed.in_circuit].label) == set(summary["circuit"])

@@ -97,13 +97,14 @@ def test_captions_parse_back_to_their_scene() -> None:
 def test_chair_counts_captions_and_mentions() -> None:
     truths = [_scene("red circle", "blue square"), _scene("green triangle")]
     captions = ["A red circle and a yellow square.", "A green triangle, a green triangle."]
-    scores = chair(captions, truths)
-    assert scores == {
+    # every mention (reference): 1 hallucinated of 4; one per object and caption: 1 of 3
+    assert chair(captions, truths) == {
         "chair_s": 0.5,
-        "chair_i": 1 / 3,
+        "chair_i": 1 / 4,
         "recall": 2 / 3,
-        "mentions_per_caption": 1.5,
+        "mentions_per_caption": 2.0,
     }
+    assert chair(captions, truths, "distinct")["chair_i"] == 1 / 3
     assert np.isnan(chair(["Nothing."], truths[:1])["chair_i"])
     with pytest.raises(InputError, match="one object set per caption"):
         chair(captions, truths[:1])
@@ -142,6 +143,25 @@ def test_popular_and_adversarial_negatives_follow_the_counts() -> None:
     assert adversarial == ["green triangle"]
 
 
+def test_adversarial_negatives_per_present_object_as_pope() -> None:
+    """Scene 0 holds A (red circle) and B (blue square). Over the scenes: co(A, C) = 3 and
+    co(A, D) = 2 (C green triangle, D yellow circle), co(B, E) = 3 and co(B, D) = 2
+    (E red square). POPE, per object: A -> C, then B -> E. Summed over the scene's objects:
+    D 4, C 3, E 3, so D comes first."""
+    a, b, c, d, e = "red circle", "blue square", "green triangle", "yellow circle", "red square"
+    truths = [_scene(a, b), *[_scene(a, c)] * 3, *[_scene(a, d), _scene(b, d)] * 2]
+    truths += [_scene(b, e)] * 3
+
+    def negatives(**options: object) -> list[str]:
+        asked = pope_questions(truths, "adversarial", **options)  # type: ignore[arg-type]
+        return [q.object for q in asked if q.scene == 0 and not q.answer]
+
+    assert negatives() == [c, e]
+    assert negatives(adversarial="summed")[0] == d
+    with pytest.raises(ConfigError, match="adversarial"):
+        negatives(adversarial="sum")
+
+
 def test_pope_scores_and_yes_no_parsing() -> None:
     truths = [_scene("red circle")]
     questions = pope_questions(truths, "popular")
@@ -152,7 +172,11 @@ def test_pope_scores_and_yes_no_parsing() -> None:
     assert (perfect.accuracy, perfect.f1, perfect.yes_share) == (1.0, 1.0, 0.5)
     always_yes = pope_scores(questions, [True, True]).iloc[0]
     assert (always_yes.accuracy, always_yes.precision, always_yes.recall) == (0.5, 0.5, 1.0)
-    assert pope_scores(questions, [None, None]).iloc[0].accuracy == 0.0
+    # POPE's code answers "yes" unless it reads "no"/"not": an unparsed answer is a yes
+    unparsed = pope_scores(questions, [None, None]).iloc[0]
+    assert (unparsed.accuracy, unparsed.yes_share) == (0.5, 1.0)
+    wrong = pope_scores(questions, [None, None], unparsed="wrong").iloc[0]
+    assert (wrong.accuracy, wrong.yes_share) == (0.0, 0.0)
 
 
 def test_pope_task_folder_loads_as_an_image_task(tmp_path: Path) -> None:

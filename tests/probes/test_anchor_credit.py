@@ -99,14 +99,48 @@ def test_peak_statistics_find_planted_structure() -> None:
         entropy = np.where(preplan, 2.0, 0.5)
         traces[name] = {
             "waad": rng.random(n),
-            "delta_waad": rng.random(n),
+            "delta_waad": np.where(preplan, 1.0 + rng.random(n), rng.random(n)),
             "fai": rng.random(n),
             "is_preplan": preplan,
             "is_anchor": anchor,
             "entropy": entropy,
         }
-    table = peak_statistics(_table(traces), PeakStatsConfig(n_seeds=5)).data
+    config = PeakStatsConfig(n_seeds=5, waad_peaks="delta_waad", peak_fraction=0.2)
+    table = peak_statistics(_table(traces), config).data
     follow, entropy = table.iloc[0], table.iloc[1]
-    assert follow.statistic == "fai_peak_after_waad_peak" and follow.intervened == 1.0
+    assert follow.statistic == "fai_peak_at_or_after_waad_peak" and follow.intervened == 1.0
     assert follow.baseline < 0.5 and follow.ci_low > 0
     assert entropy.intervened == 2.0 and entropy.baseline < 1.0 and entropy.ci_low > 0
+
+
+def test_fai_peak_at_or_after_a_waad_peak_by_hand() -> None:
+    """Ten tokens; the top 0.25 of WAAD (round(2.5) = 3 tokens) are 0, 3 and 7.
+
+    Anchors 1 (after 0), 3 (at 3), 4 (after 3), 9 (neither). Paper (coincide or follow):
+    3 of 4 = 0.75; "follow": 1 and 4, 2 of 4 = 0.5. Entropy at 0, 3, 7: (3 + 6 + 9) / 3 = 6.
+    With ΔWAAD peaks (top 0.2 of 9 defined values, round(1.8) = 2: tokens 5 and 8), follow:
+    anchor 9 only, 1 of 4 = 0.25; entropy there 0.
+    """
+    anchor = np.zeros(10, bool)
+    anchor[[1, 3, 4, 9]] = True
+    columns = {
+        "waad": [9.0, 0, 0, 8, 0, 0, 0, 7, 0, 0],
+        "delta_waad": [0.0, 0, 0, 0, 0, 5, 0, 0, 4, np.nan],
+        "fai": np.zeros(10),
+        "is_preplan": np.zeros(10, bool),
+        "is_anchor": anchor,
+        "entropy": [3.0, 0, 0, 6, 0, 0, 0, 9, 0, 0],
+    }
+    table = _table({"a": columns, "b": columns})
+
+    def peaks(**options: object) -> pd.DataFrame:
+        return peak_statistics(table, PeakStatsConfig(n_seeds=2, **options)).data
+
+    paper = peaks()
+    assert paper.statistic.tolist() == ["fai_peak_at_or_after_waad_peak", "entropy_at_waad_peaks"]
+    assert paper.intervened.tolist() == [0.75, 6.0]
+    assert peaks(rule="follow").intervened.tolist() == [0.5, 6.0]
+    delta = peaks(rule="follow", waad_peaks="delta_waad", peak_fraction=0.2)
+    assert delta.intervened.tolist() == [0.25, 0.0]
+    with pytest.raises(ConfigError):
+        PeakStatsConfig(rule="before")  # type: ignore[arg-type]

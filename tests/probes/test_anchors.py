@@ -76,8 +76,9 @@ def test_metrics_equal_the_full_pattern_reference_in_left_padded_batches(tiny, s
 
 def test_paper_defaults_and_fai_to_the_response_end(tiny) -> None:
     traces = _traces([(130, 20), (96, 30)], seed=2)
-    _check_against_reference(tiny, traces, anchors.AnchorConfig(batch_size=2))
-    _check_against_reference(tiny, traces, anchors.AnchorConfig(h_hi=0, batch_size=2))
+    _check_against_reference(tiny, traces, anchors.AnchorConfig(batch_size=2))  # analysis
+    rl = anchors.AnchorConfig(batch_size=2, **anchors.RL_SETTINGS)  # type: ignore[arg-type]
+    _check_against_reference(tiny, traces, rl)
 
 
 def test_blocks_of_rows_give_the_same_metrics(tiny, monkeypatch) -> None:
@@ -96,8 +97,11 @@ def test_blocks_of_rows_give_the_same_metrics(tiny, monkeypatch) -> None:
 
 
 def test_band_and_top_q_rules() -> None:
-    assert anchors.AnchorConfig().band(30) == [10, 13, 15, 18, 20]
-    assert anchors.AnchorConfig().band(3) == [1, 2]
+    assert anchors.AnchorConfig().band(30) == list(range(30))  # the paper's analysis
+    middle = anchors.AnchorConfig(**anchors.RL_SETTINGS)  # type: ignore[arg-type]
+    assert middle.band(30) == [10, 13, 15, 18, 20]
+    assert middle.band(3) == [1, 2]
+    assert (middle.h_lo, middle.h_hi) == (10, 100)
     assert anchors.AnchorConfig(layers=(4, 2)).band(6) == [2, 4]
     with pytest.raises(ConfigError, match="exceed"):
         anchors.AnchorConfig(layers=(7,)).band(6)

@@ -64,6 +64,7 @@ def test_bad_options_are_one_error_line_before_loading(tmp_path) -> None:
         (["--rule", "both"], "CreditConfig.rule must be one of"),
         (["--problems", "0"], "--problems must lie in 1..44"),
         (["--h-lo", "50", "--h-hi", "20"], "is below h_lo"),
+        (["--band", "top"], "AnchorConfig.layer_band must be one of"),
     ):
         result = runner.invoke(app, ["score", "anchors", *option, "--out", str(tmp_path / "x")])
         assert result.exit_code == 2 and message in result.output, (option, result.output)
@@ -80,7 +81,7 @@ def test_traces_too_short_for_anchors_still_write_what_was_measured(tmp_path) ->
         + "\n"
     )
     out = tmp_path / "run"
-    args = ["score", "anchors", "--model", str(model), "--traces", str(short)]
+    args = ["score", "anchors", "--model", str(model), "--traces", str(short), "--h-lo", "10"]
     result = runner.invoke(app, [*args, "--n-boot", "20", "--no-static", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "no statistics or causal check: no trace has both" in result.output
@@ -99,7 +100,8 @@ def test_trace_files_and_budgets_are_refused_before_loading(tmp_path) -> None:
         (["--traces", str(latin1)], "is not UTF-8 text"),
         (["--traces", str(tmp_path)], "is a folder, not a file"),
         (["--traces", str(not_json)], "not_json.jsonl:2: not valid JSON"),
-        (["--max-new-tokens", "8"], "needs at least 11 tokens"),
+        (["--max-new-tokens", "8", "--h-lo", "10"], "needs at least 11 tokens"),
+        (["--max-new-tokens", "1"], "needs at least 2 tokens"),  # h_lo 1: and two for ΔWAAD
         (["--max-new-tokens", "4", "--h-lo", "4"], "needs at least 5 tokens"),
     ):
         result = runner.invoke(app, ["score", "anchors", *option, "--out", str(tmp_path / "x")])

@@ -51,8 +51,16 @@ def test_set_counts_distinct_tokens_events_count_every_hit() -> None:
     tokens = [10, 10, 11]
     sets = retrieval.needle_scores(argmaxes, tokens, ids, (1, 5), "set")
     events = retrieval.needle_scores(argmaxes, tokens, ids, (1, 5), "events")
-    np.testing.assert_allclose(sets, [[2 / 4, 0.0]])  # distinct ids {10, 11} of 4 tokens
+    # distinct ids hit {10, 11} of the span's distinct {10, 11, 12}; events: 3 hits / 4 tokens
+    np.testing.assert_allclose(sets, [[2 / 3, 0.0]])
     np.testing.assert_allclose(events, [[3 / 4, 0.0]])
+
+
+def test_a_perfect_copy_of_a_span_repeating_a_token_scores_one() -> None:
+    ids = torch.tensor([1, 10, 11, 10, 2])  # span (1, 4): tokens 10 11 10, a set of 2
+    argmaxes = torch.tensor([[[1]], [[2]], [[3]]])  # generates 10 11 10 copying each
+    sets = retrieval.needle_scores(argmaxes, [10, 11, 10], ids, (1, 4), "set")
+    np.testing.assert_allclose(sets, [[1.0]])
 
 
 def test_scores_ignore_wrong_token_and_empty_generation() -> None:
@@ -123,6 +131,23 @@ def test_needle_at_sentence_boundary_and_spans(tiny) -> None:
         assert text.endswith("Answer:")
     shallow, deep = tests[0].needle_span[0], tests[3].needle_span[0]
     assert shallow == 0 < deep
+
+
+def test_reference_length_rule_leaves_200_tokens_for_the_question(tiny) -> None:
+    """Wu et al.'s code: haystack + needle = length - 200 tokens, then the question.
+
+    The byte tokenizer has one token per character: the context is the prompt minus the
+    question part "\n\n" + QUESTION and the BOS token.
+    """
+    query = "\n\n" + niah.QUESTION.format(question=NEEDLE.question)
+    tests = niah.build_tests(tiny, [NEEDLE], HAYSTACK, [300, 400], 2, 8, length_rule="reference")
+    for test in tests:
+        context = len(test.input_ids) - len(query) - 1
+        assert abs(context - (test.length - 200)) <= 3
+        start, stop = test.needle_span
+        assert tiny.tokenizer.decode(test.input_ids[start:stop]) == NEEDLE.needle
+    with pytest.raises(InputError, match="length_rule"):
+        niah.build_tests(tiny, [NEEDLE], HAYSTACK, [300], 2, 8, length_rule="whole")  # type: ignore[arg-type]
 
 
 def test_too_long_requests_are_refused(tiny) -> None:
@@ -202,7 +227,9 @@ def test_batched_scores_equal_batch_one_and_the_decode_loop_before(tiny, count) 
     for test, scores, expected in zip(
         tests, alone.tests.data.head_scores, _BEFORE_DRIVER[count], strict=True
     ):
-        n_span = test.answer_span[1] - test.answer_span[0]
+        start, stop = test.answer_span
+        span = test.input_ids[start:stop].tolist()
+        n_span = len(set(span)) if count == "set" else len(span)  # k as a set for "set"
         assert {i: v for i, v in enumerate(scores) if v} == {
             i: c / n_span for i, c in expected.items()
         }
@@ -369,6 +396,8 @@ def test_cli_score_resume_and_ablate(tiny, tmp_path) -> None:
     assert (tmp_path / "abl" / "figures" / "ablation_curve.html").is_file()
     too_long = CliRunner().invoke(app, ["score", "retrieval", *common[:2], "--lengths", "600"])
     assert too_long.exit_code == 2 and "context" in too_long.output
+    bad_rule = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "r"), "--length-rule", "x"])
+    assert bad_rule.exit_code == 2 and "Unknown --length-rule" in bad_rule.output
     (out / "manifest.json").unlink()  # killed while writing its tables, before the manifest
     resumed = CliRunner().invoke(app, args)
     assert resumed.exit_code == 0 and "12 of 12 tests already done" in resumed.output
