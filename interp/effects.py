@@ -7,7 +7,10 @@ Every effect the toolkit reports comes from here. A *metric* scores each item of
 same items are scored without and with the intervention, and `compare` pairs the two
 arrays into one `EffectTable` row: `n`, the means `baseline` and `intervened`,
 `difference`, its interval (`ci_low`, `ci_high`), intervals of each arm, and the items that
-moved: `improved` (intervened > baseline) and `worsened`.
+moved: `improved` (intervened > baseline) and `worsened`, and `warnings`: why the row
+should be read with care ('; '-joined, empty when none): an interval from fewer than
+`MIN_ITEMS` items or from one seed, a baseline accuracy at or below chance (the model does
+not do the task, so its change says little), or an intervention that moved no item's score.
 
 Intervals: `scipy.stats.bootstrap` over items, seeded, BCa by default (`method`
 "percentile" is the option). The difference's interval is the paired bootstrap: items are
@@ -45,6 +48,7 @@ from interp.results import Bundle, EffectTable, ItemTable, Provenance, hash_inpu
 from interp.tasks import Task, choice_accuracy, evaluate, image_paths
 
 ANALYZER = "effects"
+MIN_ITEMS = 10  # fewer paired items: the bootstrap interval is too rough to trust
 RunT_contra = TypeVar("RunT_contra", contravariant=True)
 
 
@@ -132,6 +136,34 @@ def paired_bootstrap(
     return out
 
 
+def caveats(
+    *,
+    n: int | None = None,
+    seeds: int | None = None,
+    baseline: float | None = None,
+    chance: float | None = None,
+    changed: bool = True,
+) -> str:
+    """Why a reported number should be read with care, '; '-joined ('' when nothing).
+
+    Args:
+        n: items the interval rests on.
+        seeds: seeds a mean or interval rests on.
+        baseline, chance: the unedited model's accuracy and the task's chance level.
+        changed: whether the intervention moved anything.
+    """
+    notes = []
+    if n is not None and n < MIN_ITEMS:
+        notes.append(f"interval from {n} items (fewer than {MIN_ITEMS})")
+    if seeds is not None and seeds < 2:
+        notes.append("one seed: no spread over seeds")
+    if baseline is not None and chance is not None and baseline <= chance:
+        notes.append(f"baseline accuracy {baseline:.3f} is at or below chance ({chance:.3f})")
+    if not changed:
+        notes.append("the intervention changed no item's score")
+    return "; ".join(notes)
+
+
 def compare(
     baseline: np.ndarray,
     intervened: np.ndarray,
@@ -139,16 +171,27 @@ def compare(
     config: EffectsConfig,
     *,
     lower_is_better: bool = False,
+    chance: float | None = None,
+    seeds: int | None = None,
 ) -> dict[str, object]:
     """One effect row from paired per-item scores (any metric, any task).
 
     `lower_is_better` (e.g. CHAIR's hallucination counts) turns which items count as
-    `improved` (the score went down) and `worsened`; it is kept in the row.
+    `improved` (the score went down) and `worsened`; it is kept in the row. `chance` (the
+    metric's chance level, for accuracies) and `seeds` (draws averaged into `intervened`)
+    feed the row's `warnings` (see `caveats`).
     """
     before, after = np.asarray(baseline, float), np.asarray(intervened, float)
     intervals = paired_bootstrap(before, after, config)
     better, worse = (
         (after < before, after > before) if lower_is_better else (after > before, after < before)
+    )
+    warnings = caveats(
+        n=len(before),
+        seeds=seeds,
+        baseline=before.mean(),
+        chance=chance,
+        changed=bool((after != before).any()),
     )
     return {
         "metric": metric,
@@ -160,6 +203,7 @@ def compare(
         "improved": int(better.sum()),
         "worsened": int(worse.sum()),
         "lower_is_better": lower_is_better,
+        "warnings": warnings,
     }
 
 
@@ -192,7 +236,9 @@ def measure(
         with intervention.applied(model):
             edited = evaluate(model, task, config.batch_size)
         before, after = metric(base), metric(edited)
-        rows.append({"task": task.name, **compare(before, after, metric.__name__, config)})
+        chance = task.chance if metric is choice_accuracy else None
+        row = compare(before, after, metric.__name__, config, chance=chance)
+        rows.append({"task": task.name, **row})
         items.append(
             pd.DataFrame(
                 {

@@ -65,6 +65,11 @@ class Task:
     def text(self, item: Item) -> str:
         return self.prefix + item.prompt
 
+    @property
+    def chance(self) -> float:
+        """The accuracy of guessing uniformly among each item's choices (mean of 1/choices)."""
+        return float(np.mean([1 / len(item.choices) for item in self.items]))
+
     def subsample(self, n: int | None, seed: int = 0) -> Task:
         """A seeded random subset of n items (all when n is None or >= the size)."""
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):

@@ -183,13 +183,18 @@ def summarize(
     ].mean()
     anchors = per_trace.xs("anchors", level="arm")
     random = per_trace.xs("random", level="arm").loc[anchors.index]
+    seeds = int(rows[rows.arm == "random"].groupby("trace").size().min())  # draws per trace
     table = []
-    for arm, values in (("anchors", anchors), ("random", random)):
+    for arm, values, draws in (("anchors", anchors, None), ("random", random, seeds)):
         table.append(
             {
                 "comparison": f"{arm} blocked vs none",
                 **compare(
-                    values.baseline_logprob, values.blocked_logprob, "later_logprob", effects
+                    values.baseline_logprob,
+                    values.blocked_logprob,
+                    "later_logprob",
+                    effects,
+                    seeds=draws,
                 ),
             }
         )
@@ -197,7 +202,7 @@ def summarize(
         table.append(
             {
                 "comparison": f"{arm} blocked vs none",
-                **compare(ones, values.jaccard, "jaccard", effects),
+                **compare(ones, values.jaccard, "jaccard", effects, seeds=draws),
             }
         )
     change = per_trace.blocked_logprob - per_trace.baseline_logprob
@@ -209,13 +214,14 @@ def summarize(
                 change.xs("anchors", level="arm"),
                 "logprob_change",
                 effects,
+                seeds=seeds,
             ),
         }
     )
     table.append(
         {
             "comparison": "anchors vs random",
-            **compare(random.jaccard, anchors.jaccard, "jaccard", effects),
+            **compare(random.jaccard, anchors.jaccard, "jaccard", effects, seeds=seeds),
         }
     )
     return CausalResult(

@@ -368,9 +368,10 @@ def summarize(
         arm = group.groupby(KEY)["score"].mean().reindex(baseline.index)  # random: seed mean
         if arm.isna().any():
             raise InputError(f"Condition {condition} K={k} lacks rows for some tests.")
-        row = compare(baseline.to_numpy(), arm.to_numpy(), metric.__name__, effects)
+        seeds = int(group.groupby(KEY).size().min()) if condition == "random" else None
+        row = compare(baseline.to_numpy(), arm.to_numpy(), metric.__name__, effects, seeds=seeds)
         rows.append({"condition": condition, "k": int(k), **row})
-    columns = ["condition", "k", *EffectTable.required]
+    columns = ["condition", "k", *EffectTable.required, "warnings"]
     table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
     return AblationResult(
         ItemTable(tests.reset_index(drop=True), provenance),
@@ -381,7 +382,10 @@ def summarize(
 
 
 def _summary(curve: pd.DataFrame, effects: pd.DataFrame) -> pd.DataFrame:
-    """One row per K in percent: both arms, their difference from K = 0 and its interval."""
+    """One row per K in percent: both arms, their difference from K = 0 and its interval.
+
+    `warnings` gathers both arms' caveats (`interp.effects.caveats`), each named by its arm.
+    """
     rand = curve[curve.condition == "random"].groupby("k")["accuracy"]
     parts = [curve[curve.condition != "random"].set_index("k")["accuracy"].rename("top_k")]
     for condition, name in (("top", "top_k"), ("random", "random_mean")):
@@ -397,4 +401,7 @@ def _summary(curve: pd.DataFrame, effects: pd.DataFrame) -> pd.DataFrame:
         rand.max().rename("random_max"),
         rand.size().rename("n_seeds"),
     ]
-    return pd.concat(parts, axis=1).rename_axis("k").reset_index()
+    flagged = effects[effects.warnings != ""]
+    notes = (flagged.condition + ": " + flagged.warnings).groupby(flagged.k).agg("; ".join)
+    summary = pd.concat(parts, axis=1).rename_axis("k").reset_index()
+    return summary.assign(warnings=summary.k.map(notes).fillna(""))

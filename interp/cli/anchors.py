@@ -25,6 +25,7 @@ from interp.cli.common import (
     ModelOption,
     OffloadFolderOption,
     StaticOption,
+    echo_warnings,
     export_figures,
     load_model_or_fail,
     parse_ints,
@@ -306,8 +307,10 @@ def score_anchors(
         columns = ["metric", "n", "baseline", "intervened", "difference", "ci_low", "ci_high"]
         if empty is None:
             typer.echo(statistics.data[["statistic", *columns]].to_string(index=False))
+            echo_warnings(statistics.data, lambda row: row.statistic)
         else:
             typer.echo(f"no statistics or causal check: {empty}")
         if causal:
             typer.echo(result.effects.data[["comparison", *columns]].to_string(index=False))
+            echo_warnings(result.effects.data, lambda row: row.comparison)
         typer.echo(f"{len(written)} figure files in {folder / 'figures'}")

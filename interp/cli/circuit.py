@@ -145,6 +145,7 @@ def _analyse(
         "faithfulness": float(share["circuit"]),
         "faithfulness_complement": float(share["complement"]),
         "stages": list(stages),
+        "warnings": _warnings(items, faithful, task),
     }
     maps = _patch(loaded, task, patching, batch_size)
     for name, scores in maps.items():
@@ -159,6 +160,20 @@ def _analyse(
             maps["attribution"], maps["activation"]
         )
     return summary, figures, found
+
+
+def _warnings(items: Any, faithful: Any, task: Any) -> str:
+    """Caveats of a task's numbers: a model at chance, or no logit difference to share."""
+    from interp.effects import caveats
+
+    notes = [caveats(baseline=items.data["correct"].mean(), chance=1 / task.choice_ids.shape[1])]
+    full = faithful.data.set_index("condition").loc["full", "logit_difference"]
+    if full <= 0:
+        notes.append(
+            f"the full model's logit difference is {full:+.2f}: shares of it (faithfulness)"
+            " are not meaningful"
+        )
+    return "; ".join(note for note in notes if note)
 
 
 def _patch(loaded: Any, task: Any, patching: str, batch_size: int) -> dict[str, Any]:
@@ -199,6 +214,8 @@ def _echo_task(summary: dict[str, Any]) -> None:
         f" logit difference; ablating it leaves {summary['faithfulness_complement']:.0%}:"
         f" {', '.join(summary['circuit'])}"
     )
+    if summary["warnings"]:
+        typer.echo(f"  warning: {summary['warnings']}")
     if "check" in summary:
         check = summary["check"]
         typer.echo(
@@ -520,6 +537,11 @@ def circuit_overlap(
                     f" {row.baseline:.3f} -> {row.intervened:.3f} ({row.difference:+.3f},"
                     f" 95% CI [{row.ci_low:+.3f}, {row.ci_high:+.3f}])"
                 )
+                if row.warnings:
+                    typer.echo(f"  warning: {row.warnings}")
+        for name, task_summary in summaries.items():
+            if task_summary["warnings"]:
+                typer.echo(f"{name}: warning: {task_summary['warnings']}")
         typer.echo(f"results and figures in {folder}")
 
 
@@ -543,7 +565,10 @@ def _effect_summary(heads: Any, effects: Any) -> dict[str, Any]:
     keys = ("baseline", "intervened", "difference", "ci_low", "ci_high")
     return {
         "heads": heads.labels,
-        **{metric: {k: float(rows.loc[metric, k]) for k in keys} for metric in rows.index},
+        **{
+            metric: {**{k: float(rows.loc[metric, k]) for k in keys}, "warnings": row_warnings}
+            for metric, row_warnings in rows["warnings"].items()
+        },
     }
 
 

@@ -176,4 +176,6 @@ def report_effects(
             f" ({row.difference:+.3f}, 95% CI [{row.ci_low:+.3f}, {row.ci_high:+.3f}],"
             f" +{row.improved}/-{row.worsened} of {row.n})"
         )
+        if row.warnings:
+            typer.echo(f"  warning: {row.warnings}")
     typer.echo(f"results and {len(written)} figure files in {folder}")

@@ -25,6 +25,7 @@ from interp.cli.common import (
     OffloadFolderOption,
     StaticOption,
     check_choice,
+    echo_warnings,
     export_figures,
     load_model_or_fail,
     parse_ints,
@@ -353,5 +354,7 @@ def ablate_retrieval(
             summary=summary.to_dict("records"),
         )
         typer.echo(f"{len(tests)} tests x {len(curve)} conditions -> {folder}")
-        typer.echo(summary.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+        shown = summary.drop(columns="warnings")
+        typer.echo(shown.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+        echo_warnings(summary, lambda row: f"K={row.k}")
         typer.echo(f"{len(written)} figure files in {folder / 'figures'}")

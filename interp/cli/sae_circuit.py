@@ -79,6 +79,7 @@ def circuit_sae(
 
         from circuits.sae_circuits import SAECircuitConfig
         from interp.cli.circuit import _check_counts, _finish
+        from interp.effects import caveats
         from interp.errors import InputError
 
         check_choice(task, TASKS, "--task")
@@ -105,6 +106,7 @@ def circuit_sae(
             circuit = _discovered(loaded, built, folder, record)
         summary, figures = _score(loaded, built, circuit, config, seeds, folder, record)
         summary["reference"] = str(reference) if reference is not None else "discovered"
+        summary["warnings"] = caveats(seeds=seeds)
         _finish(folder, record, summary, figures, static)
         nodes = summary["node_auc"]
         per_seed = ", ".join(f"{v:.3f}" for v in nodes["per_seed"])
@@ -117,6 +119,8 @@ def circuit_sae(
         typer.echo(
             f"edge-derived node AUC {edges['mean']:.3f} (max {np.max(edges['per_seed']):.3f})"
         )
+        if summary["warnings"]:
+            typer.echo(f"  warning: {summary['warnings']}")
         typer.echo(f"results and figures in {folder}")
 
 

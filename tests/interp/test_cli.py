@@ -7,6 +7,7 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from interp.cli import app
@@ -103,6 +104,31 @@ def test_circuit_ioi_writes_tables_summary_and_figures(tmp_path, words_model):
     assert (out / "figures" / "ioi_activation_patching.html").is_file()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["summary"]["circuit"] == summary["circuit"]
+    items = pd.read_parquet(out / "ioi_items.parquet")
+    full = pd.read_parquet(out / "ioi_faithfulness.parquet").logit_difference.iloc[0]
+    assert ("at or below chance" in summary["warnings"]) == (items.correct.mean() <= 0.5)
+    assert ("not meaningful" in summary["warnings"]) == (full <= 0)
+    assert (f"warning: {summary['warnings']}" in result.output) == bool(summary["warnings"])
+
+
+def test_a_circuit_of_a_model_at_chance_or_without_logit_difference_is_flagged():
+    from types import SimpleNamespace
+
+    from interp.cli.circuit import _warnings
+
+    task = SimpleNamespace(choice_ids=torch.zeros(4, 3))  # Colored Objects: 3 colours listed
+    faithful = SimpleNamespace(
+        data=pd.DataFrame({"condition": ["full", "circuit"], "logit_difference": [-0.2, -0.23]})
+    )
+    at_zero = SimpleNamespace(data=pd.DataFrame({"correct": [False] * 4}))
+    assert _warnings(at_zero, faithful, task).split("; ") == [
+        "baseline accuracy 0.000 is at or below chance (0.333)",
+        "the full model's logit difference is -0.20: shares of it (faithfulness) are not"
+        " meaningful",
+    ]
+    solved = SimpleNamespace(data=pd.DataFrame({"correct": [True, True, True, False]}))
+    faithful.data.loc[0, "logit_difference"] = 1.5
+    assert _warnings(solved, faithful, task) == ""
 
 
 def test_circuit_colored_objects_runs_the_stages_read_at_the_last_token(tmp_path, words_model):
@@ -139,6 +165,8 @@ def test_circuit_overlap_writes_reuse_table_figure_and_repair_interval(tmp_path,
     assert (out / "figures" / "overlap.html").is_file()
     chosen, control = summary["repair"]["chosen"], summary["repair"]["random_0"]
     assert chosen["heads"] == ["L1H0", "L1H3"] and "logit_difference" in chosen
+    assert chosen["logit_difference"]["warnings"].startswith("interval from 6 items")
+    assert "warning: interval from 6 items" in result.output
     assert control["heads"] == ["L1H1", "L1H2"]  # the other heads of the same layer
     assert (out / "repair_random_1" / "effects.parquet").is_file()
     assert {"accuracy", "logit_difference", "circuit", "faithfulness"} <= set(summary)

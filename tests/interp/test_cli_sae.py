@@ -136,11 +136,15 @@ def test_circuit_sae_scores_seeds_against_a_reference(tmp_path):
     assert len(per_seed) == 2 * 2 * 4  # seeds x heads of the word model (2 layers x 4)
     assert set(per_seed[per_seed.in_circuit].label) == set(summary["circuit"])
     reference = str(tmp_path / "a" / "ioi_circuit.parquet")
-    again = runner.invoke(app, [*argv, "--reference", reference, "-o", str(tmp_path / "b")])
-    assert again.exit_code == 0, again.output
-    assert (
-        json.loads((tmp_path / "b" / "summary.json").read_text())["circuit"] == summary["circuit"]
+    assert summary["warnings"] == "" and "warning" not in result.output
+    again = runner.invoke(
+        app, [*argv, "--reference", reference, "--seeds", "1", "-o", str(tmp_path / "b")]
     )
+    assert again.exit_code == 0, again.output
+    one_seed = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert one_seed["circuit"] == summary["circuit"]
+    assert one_seed["warnings"] == "one seed: no spread over seeds"
+    assert "warning: one seed" in again.output
     other = saved_tiny(tmp_path / "other")
     wrong = ["circuit", "sae", "--model", str(other), "--reference", reference]
     assert "not on" in _one_error(runner.invoke(app, [*wrong, "-o", str(tmp_path / "c")]))

@@ -73,6 +73,34 @@ def test_compare_counts_moves_for_any_metric() -> None:
     assert (logprob["improved"], logprob["worsened"]) == (1, 0)
 
 
+def test_rows_warn_of_few_items_one_seed_chance_baselines_and_no_change() -> None:
+    ten = np.array([0.0, 1] * 5)
+    moved = np.array([1.0, 1] * 5)
+    assert compare(ten, moved, "accuracy", CONFIG)["warnings"] == ""  # 10 items: enough
+    notes = compare(ten[:9], moved[:9], "accuracy", CONFIG, chance=0.5, seeds=1)["warnings"]
+    assert notes.split("; ") == [
+        "interval from 9 items (fewer than 10)",
+        "one seed: no spread over seeds",
+        "baseline accuracy 0.444 is at or below chance (0.500)",
+    ]
+    assert compare(ten, moved, "accuracy", CONFIG, chance=0.5, seeds=5)["warnings"] == (
+        "baseline accuracy 0.500 is at or below chance (0.500)"
+    )
+    assert compare(moved, moved, "accuracy", CONFIG, chance=0.5)["warnings"] == (
+        "the intervention changed no item's score"
+    )
+
+
+def test_measure_warns_against_its_tasks_chance_level(tiny: Model) -> None:
+    task = load_task("sentiment").subsample(4)
+    assert task.chance == pytest.approx(np.mean([1 / len(i.choices) for i in task.items]))
+    row = measure(tiny, [task], HeadScale("L1H0", alpha=1.0), CONFIG).table.data.iloc[0]
+    expected = ["interval from 4 items (fewer than 10)"]
+    if row["baseline"] <= task.chance:
+        expected.append(f"baseline accuracy {row['baseline']:.3f} is at or below chance (0.500)")
+    assert row["warnings"].split("; ") == [*expected, "the intervention changed no item's score"]
+
+
 def test_identity_has_no_effect_and_results_round_trip(tiny: Model, tmp_path) -> None:
     tasks = [load_task("sentiment").subsample(4), load_task("larger").subsample(3)]
     identity = HeadScale(["L1H0"], alpha=1.0)
@@ -170,6 +198,7 @@ def test_cli_effect_act_writes_results(tmp_path) -> None:
     task_file = str(TASKS_DIR / "sentiment" / "test.jsonl")
     assert any(entry["path"] == task_file for entry in manifest["inputs"])
     assert "sentiment:" in first.output
+    assert "warning: interval from 3 items (fewer than 10)" in first.output
     saved = str(tmp_path / "a" / "head_scores.parquet")
     again = runner.invoke(app, [*common, *small, "--heads", saved, "--out", str(tmp_path / "b")])
     assert again.exit_code == 0, again.output

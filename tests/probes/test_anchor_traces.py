@@ -105,6 +105,11 @@ def test_causal_check_runs_and_identity_rows_are_exact(tiny) -> None:
         )
     assert len(rows) == 3 * 3
     summary = causal.summarize(pd.DataFrame(rows), result.tokens.provenance).effects.data
+    assert (summary.warnings.str.startswith("interval from 3 items")).all()
+    first_draws = pd.DataFrame(rows).drop_duplicates(["trace", "arm"])  # one random draw each
+    one_seed = causal.summarize(first_draws, result.tokens.provenance).effects.data
+    assert one_seed.warnings.str.contains("one seed").tolist() == [False, False, *[True] * 4]
+    assert not summary.warnings.str.contains("one seed").any()
     assert summary.metric.tolist() == [
         "later_logprob",
         "jaccard",

@@ -465,6 +465,13 @@ def test_ablation_effects_pair_every_k_with_the_baseline(tmp_path) -> None:
     assert summary.loc[1, "random_mean"] == 87.5
     assert summary.loc[1, "random_mean_ci_high"] == 100 * random["ci_high"]
     assert (summary.loc[1, "random_min"], summary.loc[1, "random_max"]) == (75.0, 100.0)
+    few = "interval from 4 items (fewer than 10)"
+    assert summary.loc[1, "warnings"] == f"random: {few}; top: {few}"
+    one_seed = _summarize(_grid_rows().query("seed == 0"), "match").summary.data.set_index("k")
+    assert one_seed.warnings.tolist() == [
+        "",
+        f"random: {few}; one seed: no spread over seeds; top: {few}",
+    ]
     assert ablation.AblationResult.load(tmp_path) == result if result.save(tmp_path) else False
     with pytest.raises(InputError, match="K = 0"):
         _summarize(_grid_rows().query("condition != 'none'"), "match")
