@@ -22,6 +22,10 @@ _LLAMA_LIKE = dict(
     num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, bos_token_id=1,
     eos_token_id=2,
 )  # fmt: skip
+_FALCON = dict(
+    vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, alibi=False,
+    new_decoder_architecture=False, parallel_attn=True, pad_token_id=0,
+)  # fmt: skip
 _GPT_LIKE = dict(
     vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, pad_token_id=0, bos_token_id=1,
     eos_token_id=2,
@@ -65,52 +69,19 @@ ZOO: dict[str, tuple[str, str, dict[str, Any]]] = {
     "falcon": (
         "FalconConfig",
         "FalconForCausalLM",
-        dict(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            multi_query=True,
-            parallel_attn=True,
-            alibi=False,
-            new_decoder_architecture=False,
-            bias=False,
-            pad_token_id=0,
-        ),
+        {**_FALCON, "multi_query": True, "parallel_attn": True, "bias": False},
     ),
     # Falcon-40B: the new decoder architecture (KV groups in the fused QKV, two norms).
     "falcon_new": (
         "FalconConfig",
         "FalconForCausalLM",
-        dict(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_kv_heads=2,
-            new_decoder_architecture=True,
-            parallel_attn=True,
-            alibi=False,
-            bias=False,
-            pad_token_id=0,
-        ),
+        {**_FALCON, "num_kv_heads": 2, "new_decoder_architecture": True, "bias": False},
     ),
     # Falcon-RW-1B: ALiBi, full multi-head, sequential block, biases.
     "falcon_alibi": (
         "FalconConfig",
         "FalconForCausalLM",
-        dict(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            multi_query=False,
-            parallel_attn=False,
-            alibi=True,
-            new_decoder_architecture=False,
-            bias=True,
-            pad_token_id=0,
-        ),
+        {**_FALCON, "multi_query": False, "parallel_attn": False, "alibi": True, "bias": True},
     ),
     # SantaCoder / StarCoder: multi-query attention, fused [q | k | v].
     "gpt_bigcode": (
