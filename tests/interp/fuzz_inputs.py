@@ -22,7 +22,7 @@ EXTRA_BAD_VALUES = {
     "plan_device": ["garbage", "", "cuda:x"],
     "min_queries": ["0", "-3", "abc", "1.5", "513", HUGE],
     "d_sae": ["0", "-3", "abc", "1.5", "1000000000000"],
-    "anchor_budget": ["0", "-1", "abc", "8", "10"],  # an anchor needs more than h_lo=10
+    "anchor_budget": ["0", "-1", "abc", "1"],  # an anchor needs more than h_lo=1 (and 2 for ΔWAAD)
 }
 
 
