@@ -29,16 +29,15 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from interp.errors import InputError
 from interp.results import Provenance, sha256_file, toolkit_version
 
-T = TypeVar("T")
 LOG_FILE = "work.jsonl"
 IDENTITY_FILE = "run.json"
 MANIFEST_FILE = "manifest.json"
@@ -118,25 +117,6 @@ class WorkLog:
             os.fsync(handle.fileno())
         for key, rows in items:
             self.done[_key_text(key)] = rows
-
-    def run(
-        self,
-        items: Sequence[T],
-        key: Callable[[T], Hashable],
-        fn: Callable[[T], list[dict[str, Any]]],
-        progress: Callable[[int, int], None] | None = None,
-    ) -> list[dict[str, Any]]:
-        """Run `fn(item) -> rows` for the items not yet recorded; all items' rows, in order.
-
-        Rows of recorded items that are not in `items` (an earlier, larger grid) are left
-        out of the return value but kept in the log.
-        """
-        todo = [item for item in items if not self.is_done(key(item))]
-        for done, item in enumerate(todo, start=1):
-            self.record(key(item), fn(item))
-            if progress is not None:
-                progress(done, len(todo))
-        return [row for item in items for row in self.done[_key_text(key(item))]]
 
 
 def _key_text(key: Hashable) -> str:
