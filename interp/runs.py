@@ -1,14 +1,15 @@
 """Run folders: a resumable log of finished work, and the manifest of what a run did.
 
-`WorkLog(folder, identity)` lets any long run (retrieval scoring, the masking test, a head
-search) stop and resume. Each finished work item is one JSON line `{"key": ..., "rows":
-[...]}` in `work.jsonl`, written with one `write` and flushed, so an item is either recorded
-whole or not at all; a line cut short by a crash is dropped when the log is reopened.
-`run(items, key, fn)` skips the items whose key is already recorded. The run's identity (a
-provenance record minus its date: model, weights, analyzer, config, inputs) is stored in
-`run.json` when the folder is first used; reopening the log with another identity (another
-model, config or input set) is refused with the fields that differ, so a resume can never
-mix rows of two runs.
+`WorkLog(folder, identity)` is the record of a stoppable run's finished work items; the
+work driver (`interp.work`) fills it and skips what it holds, so any long run (retrieval
+scoring, the masking test, the anchors passes, the ACT head search) stops and resumes,
+from Python as from the CLI. Each finished item is one JSON line `{"key": ..., "rows":
+[...]}` in `work.jsonl`; the items of a batch are written with one `write` and flushed, so
+an item is either recorded whole or not at all; a line cut short by a crash is dropped
+when the log is reopened. The run's identity (a provenance record minus its date: model,
+weights, analyzer, config, inputs) is stored in `run.json` when the folder is first used;
+reopening the log with another identity (another model, config or input set) is refused
+with the fields that differ, so a resume can never mix rows of two runs.
 
 `claim_folder(folder, record)` holds a result folder for one command: an exclusive lock
 (`.lock`, released when the command ends or its process dies) refuses a second live run,
@@ -28,16 +29,15 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from interp.errors import InputError
 from interp.results import Provenance, sha256_file, toolkit_version
 
-T = TypeVar("T")
 LOG_FILE = "work.jsonl"
 IDENTITY_FILE = "run.json"
 MANIFEST_FILE = "manifest.json"
@@ -97,34 +97,26 @@ class WorkLog:
     def is_done(self, key: Hashable) -> bool:
         return _key_text(key) in self.done
 
+    def rows(self, key: Hashable) -> list[dict[str, Any]]:
+        """The rows recorded for `key` (KeyError if it has none)."""
+        return self.done[_key_text(key)]
+
     def record(self, key: Hashable, rows: list[dict[str, Any]]) -> None:
         """Append one finished item: one write of one line, then flush to disk."""
-        record = {"key": key, "rows": rows}  # rows keep their column order
-        line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+        self.record_all([(key, rows)])
+
+    def record_all(self, items: Sequence[tuple[Hashable, list[dict[str, Any]]]]) -> None:
+        """Append finished items (a batch): one write of their lines, then flush to disk."""
+        lines = [
+            json.dumps({"key": key, "rows": rows}, ensure_ascii=False) + "\n"  # column order kept
+            for key, rows in items
+        ]
         with self.path.open("ab") as handle:
-            handle.write(line)
+            handle.write("".join(lines).encode("utf-8"))
             handle.flush()
             os.fsync(handle.fileno())
-        self.done[_key_text(key)] = rows
-
-    def run(
-        self,
-        items: Sequence[T],
-        key: Callable[[T], Hashable],
-        fn: Callable[[T], list[dict[str, Any]]],
-        progress: Callable[[int, int], None] | None = None,
-    ) -> list[dict[str, Any]]:
-        """Run `fn(item) -> rows` for the items not yet recorded; all items' rows, in order.
-
-        Rows of recorded items that are not in `items` (an earlier, larger grid) are left
-        out of the return value but kept in the log.
-        """
-        todo = [item for item in items if not self.is_done(key(item))]
-        for done, item in enumerate(todo, start=1):
-            self.record(key(item), fn(item))
-            if progress is not None:
-                progress(done, len(todo))
-        return [row for item in items for row in self.done[_key_text(key(item))]]
+        for key, rows in items:
+            self.done[_key_text(key)] = rows
 
 
 def _key_text(key: Hashable) -> str:

@@ -23,7 +23,7 @@ attention in the band's layers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -40,8 +40,10 @@ from interp.heads import HeadSet
 from interp.hooks import AttentionRows
 from interp.interventions import AttentionEdit
 from interp.models import Model
-from interp.results import Bundle, EffectTable, ItemTable, Provenance
-from probes.anchor_traces import Trace
+from interp.results import Bundle, EffectTable, ItemTable, Provenance, TokenScores
+from interp.runs import run_identity
+from interp.work import WorkFolder, open_log
+from probes.anchor_traces import Trace, trace_work
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,41 @@ def trace_effects(
             }
         )
     return rows
+
+
+def run(
+    model: Model,
+    traces: Sequence[Trace],
+    tokens: TokenScores,
+    heads: HeadSet,
+    config: CausalConfig | None = None,
+    effects: EffectsConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    folder: WorkFolder | None = None,
+) -> CausalResult:
+    """The causal check on every trace (`trace_effects`), one work item per trace, summarized.
+
+    Args:
+        tokens: the per-token table of the traces (`probes.anchors.run(...).tokens`); the
+            result carries its provenance.
+        heads: the global heads (`probes.anchors.heads_with_role(heads, "global")`).
+        progress: called as progress(done, total) before the work and after each trace.
+        folder: record each finished trace there (`interp.work`); run again with the same
+            folder to resume a stopped run. A folder of another run is refused.
+    """
+    config = config or CausalConfig()
+    identity = {
+        **run_identity(tokens.provenance),
+        "causal": config.to_dict(),
+        "heads": heads.labels,
+    }
+    by_trace = dict(tuple(tokens.data.groupby("trace", sort=False)))
+    per_trace = trace_work("causal check", traces, open_log(folder, identity)).run(
+        lambda batch: [trace_effects(model, t, by_trace[t.name], heads, config) for t in batch],
+        progress,
+    )
+    rows = [row for trace_rows in per_trace for row in trace_rows]
+    return summarize(pd.DataFrame(rows), tokens.provenance, effects)
 
 
 def summarize(

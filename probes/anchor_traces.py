@@ -27,6 +27,8 @@ from interp.errors import InputError
 from interp.generation import GenerationConfig, Step, encode_prompts, generate
 from interp.models import Model
 from interp.prompts import data_path, read_jsonl
+from interp.runs import WorkLog
+from interp.work import Item, Work
 
 INSTRUCTION = "Solve the problem. Reason step by step, then give the final answer.\n\n"
 
@@ -62,6 +64,14 @@ class Trace:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Trace:
         return cls(data["name"], tuple(data["ids"]), int(data["n_prompt"]))
+
+
+def trace_work(
+    stage: str, traces: Sequence[Trace], log: WorkLog | None, batch_size: int = 1
+) -> Work[Trace]:
+    """One work item per trace for one stage of a run, keyed `stage/name` in the log
+    (`interp.work`), so the stages of one run share a log; batches keep the traces' order."""
+    return Work([Item(f"{stage}/{trace.name}", trace) for trace in traces], log, batch_size)
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,8 @@ from interp.heads import HeadSet
 from interp.hooks import AttentionRows, attention_hooks
 from interp.models import Model
 from interp.results import Bundle, HeadScores, Provenance, TokenScores, hash_inputs, head_frame
-from probes.anchor_traces import Trace
+from interp.work import WorkFolder, open_log
+from probes.anchor_traces import Trace, trace_work
 
 ANALYZER = "anchors"
 _ENTROPY_ROWS = 256  # positions per chunk of the entropy computation
@@ -383,23 +384,26 @@ def anchors_provenance(model: Model, traces: Sequence[Trace], config: AnchorConf
     )
 
 
-def _batches(traces: Sequence[Trace], size: int) -> list[Sequence[Trace]]:
-    return [traces[i : i + size] for i in range(0, len(traces), size)]
-
-
 def run(
     model: Model,
     traces: Sequence[Trace],
     config: AnchorConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
+    folder: WorkFolder | None = None,
 ) -> AnchorResult:
     """Split the band's heads (pass 1), then score every response token (pass 2).
+
+    Both passes run the traces in batches of `config.batch_size`, in their order, through
+    the work driver (`interp.work`), one work item per trace and pass.
 
     Args:
         model: the model whose attention is read.
         traces: prompt + response ids (`probes.anchor_traces`).
         config: parameters (paper defaults).
-        progress: called with (done, total) after each batch of each pass.
+        progress: called as progress(done, total) over both passes (total: 2 x traces),
+            before the work and after each batch of each pass.
+        folder: record each trace's finished passes there; run again with the same
+            folder to resume a stopped run. A folder of another run is refused.
 
     Example:
         >>> from tests.tiny import tiny_llama
@@ -411,20 +415,22 @@ def run(
     """
     config = config or AnchorConfig()
     provenance = anchors_provenance(model, traces, config)
-    batches = _batches(traces, config.batch_size)
-    total = 2 * len(batches)
-    sums = None
-    for done, chunk in enumerate(batches, start=1):
-        part = distance_sums(model, chunk, config).sum(0)
-        sums = part if sums is None else sums + part
-        if progress:
-            progress(done, total)
-    heads = head_split(sums, sum(t.n_response for t in traces), model, config, provenance)
-    rows = []
-    for done, chunk in enumerate(batches, start=len(batches) + 1):
-        rows += [
-            row for trace_rows in token_rows(model, chunk, heads, config) for row in trace_rows
-        ]
-        if progress:
-            progress(done, total)
+    log = open_log(folder, provenance)
+
+    def shifted(offset: int) -> Callable[[int, int], None] | None:
+        if progress is None:
+            return None
+        return lambda done, _: progress(offset + done, 2 * len(traces))
+
+    sums = trace_work("pass 1", traces, log, config.batch_size).run(
+        lambda batch: [[{"sums": s.tolist()}] for s in distance_sums(model, batch, config)],
+        shifted(0),
+    )
+    summed = np.sum([np.array(rows[0]["sums"]) for rows in sums], axis=0)
+    n_response = sum(t.n_response for t in traces)
+    heads = head_split(summed, n_response, model, config, provenance)
+    per_trace = trace_work("pass 2", traces, log, config.batch_size).run(
+        lambda batch: token_rows(model, batch, heads, config), shifted(len(traces))
+    )
+    rows = [row for trace_rows in per_trace for row in trace_rows]
     return AnchorResult(heads, token_table(rows, provenance))

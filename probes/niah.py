@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +31,8 @@ from interp.generation import GenerationConfig, default_batch_size
 from interp.models import Model
 from interp.prefill import PrefixTree, supports_prefix_sharing
 from interp.prompts import data_path, read_jsonl, read_text
+from interp.runs import WorkLog
+from interp.work import Item, Row, Work
 
 QUESTION = "Based on the content of the book, Question: {question}\nAnswer:"
 LengthRule = Literal["prompt", "reference"]
@@ -271,29 +273,6 @@ def decoding(max_new_tokens: int) -> GenerationConfig:
     return GenerationConfig(max_new_tokens=max_new_tokens, stop=("\n",))
 
 
-def batches(tests: Sequence[NeedleTest], batch_size: int) -> list[list[int]]:
-    """Indices of `tests` in groups of at most `batch_size` of similar prompt length.
-
-    Sorted by prompt length (stably); a group also ends before a prompt more than
-    `_SIMILAR` times as long as its shortest, so padding wastes at most that share of a
-    prefill (the grid's lengths fall into separate groups).
-    """
-    if batch_size < 1:
-        raise InputError(f"The batch size must be at least 1, got {batch_size}.")
-    order = sorted(range(len(tests)), key=lambda i: len(tests[i].input_ids))
-    groups: list[list[int]] = []
-    for index in order:
-        n = len(tests[index].input_ids)
-        if (
-            not groups
-            or len(groups[-1]) == batch_size
-            or n > _SIMILAR * len(tests[groups[-1][0]].input_ids)
-        ):
-            groups.append([])
-        groups[-1].append(index)
-    return groups
-
-
 def batch_size_for(
     model: Model, tests: Sequence[NeedleTest], max_new_tokens: int, shared: bool = False
 ) -> int:
@@ -314,6 +293,35 @@ def shared_prefixes(model: Model, tests: Sequence[NeedleTest]) -> PrefixTree | N
     if not supports_prefix_sharing(model):
         return None
     return PrefixTree(model, [t.input_ids for t in tests])
+
+
+def run_tests(
+    model: Model,
+    tests: Sequence[NeedleTest],
+    process: Callable[[list[NeedleTest], PrefixTree | None], Sequence[list[Row]]],
+    batch_size: int,
+    *,
+    share_prefix: bool,
+    log: WorkLog | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[list[Row]]:
+    """Each test's rows from `process(batch, tree)`, through the work driver (`interp.work`).
+
+    Tests of similar prompt length share a batch (at most `_SIMILAR` times as long as the
+    batch's shortest, so padding wastes at most that share of a prefill, and the grid's
+    lengths fall into separate batches); with `log`, batches it holds are skipped and each
+    finished batch is recorded. With `share_prefix`, `tree` is one prefix tree over the
+    tests still to run (`shared_prefixes`), so the context they share is prefilled once.
+    """
+    items = [Item(_work_key(t), t, len(t.input_ids)) for t in tests]
+    work = Work(items, log, batch_size, similar=_SIMILAR)
+    todo = work.todo
+    tree = shared_prefixes(model, todo) if share_prefix and todo else None
+    return work.run(lambda batch: process(batch, tree), progress)
+
+
+def _work_key(test: NeedleTest) -> str:
+    return "/".join(str(value) for value in test.key().values())
 
 
 @functools.cache

@@ -45,14 +45,8 @@ from interp.hooks import AttentionRows, attention_hooks
 from interp.models import Model
 from interp.prefill import PrefixTree, prefill
 from interp.results import Bundle, HeadScores, ItemTable, Provenance, hash_inputs, head_frame
-from probes.niah import (
-    NeedleTest,
-    batch_size_for,
-    batches,
-    decoding,
-    rouge1_recall,
-    shared_prefixes,
-)
+from interp.work import WorkFolder, open_log
+from probes.niah import NeedleTest, batch_size_for, decoding, rouge1_recall, run_tests
 
 ANALYZER = "retrieval"
 
@@ -266,9 +260,10 @@ def run(
     model: Model,
     tests: Sequence[NeedleTest],
     config: RetrievalConfig | None = None,
-    progress: Callable[[int, int, dict[str, object]], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
     batch_size: int | None = None,
     share_prefix: bool = True,
+    folder: WorkFolder | None = None,
 ) -> RetrievalResult:
     """Score every head of `model` on NIAH `tests` (see `probes.niah.build_tests`).
 
@@ -276,14 +271,17 @@ def run(
         model: a loaded model (any HF causal LM; GQA is handled per query head).
         tests: the tests to run.
         config: scoring options; defaults are the paper's.
-        progress: called as progress(done, total, row) after each test with its table row,
-            so a caller can save rows as they come.
+        progress: called as progress(done, total) tests, before the work and after each
+            batch.
         batch_size: tests per forward, grouped by prompt length (default: what suits the
             device, `interp.generation.default_batch_size`). The tables do not depend on it.
-        share_prefix: prefill the prompts through one prefix tree over all tests, so the
-            context they share is computed once (`probes.niah.shared_prefixes`; skipped
-            where the model does not support it). Scoring reads decode steps only, so the
-            tables are the unshared run's unless float rounding flips an argmax.
+        share_prefix: prefill the prompts through one prefix tree over the tests to run,
+            so the context they share is computed once (`probes.niah.shared_prefixes`;
+            skipped where the model does not support it). Scoring reads decode steps only,
+            so the tables are the unshared run's unless float rounding flips an argmax.
+        folder: record each finished test there (`interp.work`); run again with the same
+            folder to resume a stopped run. A folder of another run (model, config or
+            tests) is refused.
 
     Example:
         >>> tests = niah.build_tests(tiny_model, niah.load_needles(), haystack, [200], 2, 8)
@@ -294,16 +292,17 @@ def run(
         raise InputError("No NIAH tests given: build some with probes.niah.build_tests.")
     size = batch_size_for(model, tests, config.max_new_tokens, share_prefix)
     size = size if batch_size is None else batch_size
-    prefixes = shared_prefixes(model, tests) if share_prefix else None
-    rows: dict[int, dict[str, object]] = {}
-    for group in batches(tests, size):
-        scored = scored_rows(model, [tests[i] for i in group], config, prefixes)
-        for index, row in zip(group, scored, strict=True):
-            rows[index] = row
-            if progress is not None:
-                progress(len(rows), len(tests), row)
     provenance = retrieval_provenance(model, tests, config)
-    table = pd.DataFrame([rows[i] for i in range(len(tests))])
+    per_test = run_tests(
+        model,
+        tests,
+        lambda batch, tree: [[row] for row in scored_rows(model, batch, config, tree)],
+        size,
+        share_prefix=share_prefix,
+        log=open_log(folder, provenance),
+        progress=progress,
+    )
+    table = pd.DataFrame([row for rows in per_test for row in rows])
     return aggregate(table, model.geometry.n_layers, model.geometry.n_heads, config, provenance)
 
 

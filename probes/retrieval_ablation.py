@@ -52,17 +52,17 @@ from interp.hooks import AttentionRows, attention_hooks, head_output_hooks
 from interp.models import Model
 from interp.prefill import PrefixTree, prefill
 from interp.results import Bundle, EffectTable, HeadScores, ItemTable, Provenance, hash_inputs
+from interp.work import WorkFolder, open_log
 from probes.niah import (
     Answers,
     NeedleTest,
     answer_match,
     answer_match_scores,
     batch_size_for,
-    batches,
     decoding,
     rouge1_recall,
     rouge1_recall_scores,
-    shared_prefixes,
+    run_tests,
 )
 
 ANALYZER = "retrieval-ablation"
@@ -304,6 +304,7 @@ def run_ablation(
     effects: EffectsConfig | None = None,
     batch_size: int | None = None,
     share_prefix: bool = True,
+    folder: WorkFolder | None = None,
 ) -> AblationResult:
     """NIAH accuracy with no heads, the top-K heads and K random heads masked.
 
@@ -312,13 +313,16 @@ def run_ablation(
         tests: NIAH tests, ideally with needles not used to compute `scores`.
         scores: per-head retrieval scores (`probes.retrieval.run(...).scores`).
         config: the K grid, seeds and masking mode.
-        progress: called as progress(done, total) after each batch of tests.
+        progress: called as progress(done, total) tests, before the work and after each
+            batch.
         effects: bootstrap settings of the intervals against K = 0.
         batch_size: tests per forward, grouped by prompt length (default: what suits the
             device). The tables do not depend on it.
         share_prefix: with `positions="decode"`, prefill the unmasked prompts through one
-            prefix tree over all tests (`probes.niah.shared_prefixes`), so the context
-            they share is computed once.
+            prefix tree over the tests to run (`probes.niah.shared_prefixes`), so the
+            context they share is computed once.
+        folder: record each finished test's rows there (`interp.work`); run again with
+            the same folder to resume a stopped run. A folder of another run is refused.
 
     Example:
         >>> result = run_ablation(model, heldout_tests, scored.scores)  # doctest: +SKIP
@@ -332,15 +336,17 @@ def run_ablation(
     share = share_prefix and config.positions == "decode"
     size = batch_size_for(model, tests, config.max_new_tokens, share)
     size = size if batch_size is None else batch_size
-    prefixes = shared_prefixes(model, tests) if share else None
-    per_test: dict[int, list[dict[str, object]]] = {}
-    for group in batches(tests, size):
-        done = ablate_tests(model, [tests[i] for i in group], grid, config, prefixes)
-        per_test.update(zip(group, done, strict=True))
-        if progress is not None:
-            progress(len(per_test), len(tests))
-    rows = [row for index in range(len(tests)) for row in per_test[index]]
     provenance = ablation_provenance(model, tests, scores, config, effects)
+    per_test = run_tests(
+        model,
+        tests,
+        lambda batch, tree: ablate_tests(model, batch, grid, config, tree),
+        size,
+        share_prefix=share,
+        log=open_log(folder, provenance),
+        progress=progress,
+    )
+    rows = [row for rows in per_test for row in rows]
     return summarize(pd.DataFrame(rows), config, provenance, effects)
 
 

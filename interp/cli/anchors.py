@@ -4,14 +4,14 @@ Generates reasoning traces for the shipped problems (or reads the user's), split
 band's heads into local and global by back-distance, scores every response token (WAAD,
 FAI, preplan, anchor), exports per-token credit γ as JSONL, reports the paper's analysis
 statistics and the causal check with intervals, and draws the figures. Every stage records
-its finished work in the folder's work log (`interp.runs.WorkLog`): generation as one
-item, each pass and the causal check per trace, so a stopped run resumes with the same
-`--out`.
+its finished work in the folder's one work log, opened with the command's identity and
+handed to the library's runs (`interp.work`): generation as one item, each pass
+(`probes.anchors.run`) and the causal check (`probes.anchor_causal.run`) per trace, so a
+stopped run resumes with the same `--out`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,6 +34,7 @@ from interp.cli.common import (
     result_folder,
     start_record,
     user_errors,
+    work_progress,
 )
 
 TracesOption = typer.Option(
@@ -41,32 +42,6 @@ TracesOption = typer.Option(
     help="JSONL of your traces ('prompt'/'response' text or 'prompt_ids'/'response_ids')."
     " Text is used as it is (no chat template). Default: answer the shipped problems.",
 )
-
-
-def _per_trace(
-    log: Any,
-    traces: Sequence[Any],
-    stage: str,
-    batch_size: int,
-    fn: Callable[[Sequence[Any]], list[list[dict[str, Any]]]],
-) -> list[dict[str, Any]]:
-    """`fn(batch) -> rows per trace` for the traces `stage` has not logged, in batches of
-    the traces still to do; each trace is logged on its own. Returns all traces' rows."""
-    todo = [t for t in traces if not log.is_done((stage, t.name))]
-    if len(todo) < len(traces):
-        typer.echo(f"resuming {stage}: {len(traces) - len(todo)} traces already done", err=True)
-    pending: dict[str, list[dict[str, Any]]] = {}
-
-    def one(trace: Any) -> list[dict[str, Any]]:
-        if trace.name not in pending:
-            start = todo.index(trace)
-            batch = todo[start : start + batch_size]
-            pending.update(zip([t.name for t in batch], fn(batch), strict=True))
-        return pending.pop(trace.name)
-
-    update, bar = progress_bar(len(todo), stage, unit="trace")
-    with bar:
-        return log.run(traces, lambda t: (stage, t.name), one, update)
 
 
 def _check_budget(traces: Path | None, max_new_tokens: int, config: Any) -> None:
@@ -137,7 +112,6 @@ def score_anchors(
     with user_errors():
         import json
 
-        import numpy as np
         import pandas as pd
 
         from interp.effects import EffectsConfig
@@ -147,6 +121,7 @@ def score_anchors(
         from interp.prompts import data_path, read_jsonl, read_text
         from interp.results import EffectTable, Provenance, hash_inputs
         from interp.runs import WorkLog, run_identity
+        from interp.work import Item, Work
         from probes import anchor_causal, anchor_credit, anchor_figures, anchors
         from probes.anchor_stats import (
             EARLIER,
@@ -212,38 +187,21 @@ def score_anchors(
                 finished.update(r for r, end in zip(step.rows, ended, strict=True) if end)
                 update(len(finished), len(chosen))
 
-            def answer(_: str) -> list[dict[str, Any]]:
+            def answer(_: list[None]) -> list[list[dict[str, Any]]]:
                 made = generate_traces(
                     loaded, chosen, generation, chat=chat, batch_size=batch_size, on_step=on_step
                 )
                 update(len(chosen), len(chosen))
-                return [t.to_dict() for t in made]
+                return [[t.to_dict() for t in made]]
 
             with bar:
-                rows = log.run(["traces"], lambda item: item, answer)
+                (rows,) = Work([Item("traces", None)], log).run(answer)
             items = [Trace.from_dict(row) for row in rows]
-        provenance = anchors.anchors_provenance(loaded, items, config)
-        distance_rows = _per_trace(
-            log,
-            items,
-            "pass 1",
-            batch_size,
-            lambda batch: [
-                [{"sums": s.tolist()}] for s in anchors.distance_sums(loaded, batch, config)
-            ],
-        )
-        sums = np.sum([np.array(r["sums"]) for r in distance_rows], axis=0)
-        heads = anchors.head_split(
-            sums, sum(t.n_response for t in items), loaded, config, provenance
-        )
-        token_rows = _per_trace(
-            log,
-            items,
-            "pass 2",
-            batch_size,
-            lambda batch: anchors.token_rows(loaded, batch, heads, config),
-        )
-        tokens = anchors.token_table(token_rows, provenance)
+        update, bar = work_progress("anchor passes", unit="trace-pass")
+        with bar:
+            scored = anchors.run(loaded, items, config, progress=update, folder=log)
+        heads, tokens = scored.heads, scored.tokens
+        provenance = tokens.provenance
         record.wrote(heads.save(folder / "heads.parquet", csv=True))
         record.wrote(tokens.save(folder / "tokens.parquet", csv=True))
         record.wrote(anchor_credit.write_credit(folder / "credit.jsonl", tokens, credit))
@@ -266,20 +224,18 @@ def score_anchors(
             summary_fields["statistics_empty"] = empty
         causal = causal and empty is None  # the causal check blocks anchors: none here
         if causal:
-            glob = anchors.heads_with_role(heads, "global")
-            by_trace = dict(tuple(tokens.data.groupby("trace", sort=False)))
-            causal_rows = _per_trace(
-                log,
-                items,
-                "causal check",
-                1,
-                lambda batch: [
-                    anchor_causal.trace_effects(
-                        loaded, batch[0], by_trace[batch[0].name], glob, causal_config
-                    )
-                ],
-            )
-            result = anchor_causal.summarize(pd.DataFrame(causal_rows), provenance, effects)
+            update, bar = work_progress("causal check", unit="trace")
+            with bar:
+                result = anchor_causal.run(
+                    loaded,
+                    items,
+                    tokens,
+                    anchors.heads_with_role(heads, "global"),
+                    causal_config,
+                    effects,
+                    progress=update,
+                    folder=log,
+                )
             record.wrote(result.save(folder))
             summary_fields["causal"] = result.effects.data.to_dict("records")
         first = items[0]

@@ -104,6 +104,24 @@ def progress_bar(
     return update, bar
 
 
+def work_progress(description: str, unit: str = "test") -> tuple[Callable[[int, int], None], Any]:
+    """`progress_bar` for a run through the work driver (`interp.work`), which reports the
+    total and the items its log already holds before any work: a resumed run says so."""
+    update, bar = progress_bar(0, description, unit)
+    units = unit + ("es" if unit.endswith("s") else "s")
+    first = True
+
+    def on_progress(done: int, total: int) -> None:
+        nonlocal first
+        if first and done:
+            typer.echo(f"resuming {description}: {done} of {total} {units} already done", err=True)
+        first = False
+        bar.total = total
+        update(done, total)
+
+    return on_progress, bar
+
+
 def start_record(command: str, params: dict[str, Any]) -> RunRecord:
     """The run record of a command: argv, its parsed options (`locals()` at its top), now."""
     from interp.runs import RunRecord

@@ -22,6 +22,7 @@ from interp.cli.common import (
     result_folder,
     start_record,
     user_errors,
+    work_progress,
 )
 
 if TYPE_CHECKING:
@@ -87,6 +88,7 @@ def effect_act(
             SearchConfig,
             search_heads,
         )
+        from interp.runs import LOG_FILE
         from interp.tasks import TASKS_DIR, load_task
 
         names = task or list(DEFAULT_TASKS)
@@ -115,14 +117,12 @@ def effect_act(
         folder = result_folder(out, "act", model, record)
         loaded = load_model_or_fail(model, device, **placement(locals()))
         if heads is None:
-            update, bar = progress_bar(1, "head search", unit="step")
-
-            def step(done: int, total: int) -> None:
-                bar.total = total
-                update(done, total)
-
+            update, bar = work_progress("head search", unit="sequence")
             with bar:
-                found = search_heads(loaded, calibration, act, search, progress=step)
+                found = search_heads(
+                    loaded, calibration, act, search, progress=update, folder=folder
+                )
+            record.wrote([folder / LOG_FILE])
             skipped = int((found.scores.data["skipped"] != "").sum())
             typer.echo(
                 f"searched {len(found.scores) - skipped} heads, skipped {skipped} without"

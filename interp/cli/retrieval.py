@@ -1,12 +1,12 @@
 """`interp score retrieval` and `interp ablate retrieval`: retrieval heads and the causal test.
 
-Both commands run the tests in batches of similar length (`--batch-size`, default suited to
-the device), prefill the prompt prefix the tests share once (`probes.niah.shared_prefixes`),
-and record each finished test in the output folder's work log as its batch
-ends (`interp.runs.WorkLog`: `work.jsonl`, one line per test). Run again with the same
-`--out` and the tests already there are skipped, so a stopped long run loses at most one
-batch and resumes; the tables are then built from all rows, in the tests' order, and do
-not depend on the batch size.
+Both commands call the library's run (`probes.retrieval.run`, `run_ablation`) with the
+output folder: the tests run in batches of similar length (`--batch-size`, default suited
+to the device), the prompt prefix they share is prefilled once, and each finished test is
+recorded in the folder's work log as its batch ends (`interp.work`: `work.jsonl`, one line
+per test). Run again with the same `--out` and the tests already there are skipped, so a
+stopped long run loses at most one batch and resumes; the tables are built from all rows,
+in the tests' order, and do not depend on the batch size.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from interp.cli.common import (
     load_model_or_fail,
     parse_ints,
     placement,
-    progress_bar,
     result_folder,
     start_record,
     user_errors,
+    work_progress,
 )
 
 NeedlesOption = typer.Option(
@@ -89,62 +89,11 @@ def _tests(
     )
 
 
-def _run_logged(
-    folder: Path,
-    record: Any,
-    provenance: Any,
-    tests: list[Any],
-    label: str,
-    fn: Any,
-    batch_size: int,
-    prefixes: Any,
-) -> list[dict[str, Any]]:
-    """Run `fn(tests, tree) -> rows per test` in batches on the tests not yet in the work log.
-
-    `prefixes(todo)` gives the prefix tree over the tests still to run (or None), so the
-    prompt prefix they share is prefilled once across the batches.
-    """
-    from interp.runs import WorkLog, run_identity
-    from probes.niah import batches
-
-    log = WorkLog(folder, run_identity(provenance))
-    todo = [t for t in tests if not log.is_done(_key(t))]
-    if len(todo) < len(tests):
-        typer.echo(
-            f"resuming: {len(tests) - len(todo)} of {len(tests)} tests already done", err=True
-        )
-    groups = [[todo[i] for i in group] for group in batches(todo, batch_size)]
-    tree = prefixes(todo) if todo else None
-    group_of = {_key(t): group for group in groups for t in group}
-    results: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-
-    def batched(test: Any) -> list[dict[str, Any]]:
-        # WorkLog records one test at a time; the first test of a batch runs the batch.
-        if _key(test) not in results:
-            group = group_of[_key(test)]
-            results.update(zip(map(_key, group), fn(group, tree), strict=True))
-        return results.pop(_key(test))
-
-    update, bar = progress_bar(len(todo), label)
-    with bar:
-        log.run([t for group in groups for t in group], _key, batched, update)
-    record.wrote([log.path])
-    return log.run(tests, _key, _never)  # every test is done: all rows, in the tests' order
-
-
-def _never(test: Any) -> list[dict[str, Any]]:
-    raise AssertionError(f"test {_key(test)} should have run")
-
-
 def _check_batch_size(batch_size: int | None) -> None:
     from interp.errors import InputError
 
     if batch_size is not None and batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}.")
-
-
-def _key(test: Any) -> tuple[Any, ...]:
-    return tuple(test.key().values())
 
 
 def score_retrieval(
@@ -173,10 +122,9 @@ def score_retrieval(
     """Score every head's retrieval score on a needle-in-a-haystack grid (Wu et al. 2024)."""
     record = start_record("score retrieval", locals())
     with user_errors():
-        import pandas as pd
-
         from interp.figures import head_heatmap
-        from probes import niah, retrieval
+        from interp.runs import LOG_FILE
+        from probes import retrieval
 
         config = retrieval.RetrievalConfig(
             lengths=parse_ints(lengths, minimum=1),
@@ -203,23 +151,12 @@ def score_retrieval(
             max_new_tokens,
             length_rule,
         )
-        provenance = retrieval.retrieval_provenance(loaded, tests, config)
-        size = batch_size or niah.batch_size_for(loaded, tests, max_new_tokens, shared=True)
-        rows = _run_logged(
-            folder,
-            record,
-            provenance,
-            tests,
-            "retrieval",
-            lambda group, tree: [[r] for r in retrieval.scored_rows(loaded, group, config, tree)],
-            size,
-            lambda todo: niah.shared_prefixes(loaded, todo),
-        )
-        geometry = loaded.geometry
-        result = retrieval.aggregate(
-            pd.DataFrame(rows), geometry.n_layers, geometry.n_heads, config, provenance
-        )
-        record.wrote(result.save(folder))
+        update, bar = work_progress("retrieval")
+        with bar:
+            result = retrieval.run(
+                loaded, tests, config, progress=update, batch_size=batch_size, folder=folder
+            )
+        record.wrote([folder / LOG_FILE, *result.save(folder)])
         figure = head_heatmap(result.scores, "score", f"Retrieval score ({loaded.spec})")
         written = export_figures({"retrieval_scores": figure}, folder, static)
         record.wrote(written)
@@ -228,13 +165,13 @@ def score_retrieval(
         successful = int(result.tests.data.success.sum())
         record.write(
             folder,
-            provenance=provenance.to_dict(),
-            geometry=vars(geometry),
-            tests=len(rows),
+            provenance=result.scores.provenance.to_dict(),
+            geometry=vars(loaded.geometry),
+            tests=len(tests),
             successful_tests=successful,
             retrieval_heads=found.label.tolist(),
         )
-        typer.echo(f"{len(rows)} tests ({successful} successful) -> {folder}")
+        typer.echo(f"{len(tests)} tests ({successful} successful) -> {folder}")
         typer.echo(
             f"{len(found)} of {len(table)} heads score > {threshold}: "
             + ", ".join(f"{r.label} ({r.score:.2f})" for r in found.head(15).itertuples())
@@ -281,13 +218,12 @@ def ablate_retrieval(
     """NIAH accuracy with top-K retrieval heads vs K random heads masked (held-out needles)."""
     record = start_record("ablate retrieval", locals())
     with user_errors():
-        import pandas as pd
-
         from interp.effects import EffectsConfig
         from interp.errors import InputError
         from interp.figures import ablation_curve
         from interp.results import HeadScores
-        from probes import niah, retrieval
+        from interp.runs import LOG_FILE
+        from probes import retrieval
         from probes import retrieval_ablation as ablation
 
         config = ablation.AblationConfig(
@@ -324,22 +260,19 @@ def ablate_retrieval(
             max_new_tokens,
             length_rule,
         )
-        provenance = ablation.ablation_provenance(loaded, tests, head_scores, config, effects)
-        conditions = ablation.conditions(head_scores, config)
-        shared = positions == "decode"
-        size = batch_size or niah.batch_size_for(loaded, tests, max_new_tokens, shared)
-        rows = _run_logged(
-            folder,
-            record,
-            provenance,
-            tests,
-            "ablation",
-            lambda group, tree: ablation.ablate_tests(loaded, group, conditions, config, tree),
-            size,
-            lambda todo: niah.shared_prefixes(loaded, todo) if shared else None,
-        )
-        result = ablation.summarize(pd.DataFrame(rows), config, provenance, effects)
-        record.wrote(result.save(folder))
+        update, bar = work_progress("ablation")
+        with bar:
+            result = ablation.run_ablation(
+                loaded,
+                tests,
+                head_scores,
+                config,
+                progress=update,
+                effects=effects,
+                batch_size=batch_size,
+                folder=folder,
+            )
+        record.wrote([folder / LOG_FILE, *result.save(folder)])
         curve = result.curve.data
         figure = ablation_curve(curve, f"Masking retrieval heads ({loaded.spec}, {masking})")
         written = export_figures({"ablation_curve": figure}, folder, static)
@@ -347,7 +280,7 @@ def ablate_retrieval(
         summary = result.summary.data
         record.write(
             folder,
-            provenance=provenance.to_dict(),
+            provenance=result.tests.provenance.to_dict(),
             scores=str(scores),
             scores_provenance=head_scores.provenance.to_dict(),
             tests=len(tests),

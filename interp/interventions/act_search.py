@@ -31,6 +31,10 @@ every candidate pair, each row editing only its own head. So a candidate in laye
 [searched layers, batch, pos, d_model] float32, plus one batch of (1 + heads) replicas.
 `max_heads` and `Task.subsample` cut it further; `calibration_metric` under
 `ACT(head).applied` is the slow reference path (one head at a time, full forwards).
+
+Resuming. Each calibration sequence is one item of the work driver (`interp.work`), in
+the same length-sorted batches: with `folder`, a finished batch records every arm's reads
+of its sequences, and a search run again with the same folder skips those batches.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from interp.interventions.act import ActConfig, Calibrator, act_candidates, cali
 from interp.interventions.attention_edit import AttentionEdit
 from interp.models import Model
 from interp.results import HeadScores, Provenance, csv_path, hash_inputs
+from interp.runs import WorkLog, run_identity
 from interp.tasks import (
     ChoicePlan,
     Task,
@@ -64,6 +69,7 @@ from interp.tasks import (
     plan_choices,
     read_choice,
 )
+from interp.work import Item, Row, Work, WorkFolder, open_log
 
 ANALYZER = "act_search"
 NO_SINK = "no hidden sink"
@@ -151,6 +157,7 @@ def search_heads(
     config: SearchConfig | None = None,
     candidates: HeadSet | None = None,
     progress: Callable[[int, int], None] | None = None,
+    folder: WorkFolder | None = None,
 ) -> HeadSearch:
     """Score each candidate head by the calibration-metric gain ACT on it alone gives.
 
@@ -160,7 +167,11 @@ def search_heads(
         act: beta and the sink rule used for every candidate.
         config: selection threshold, subsampling, batch size.
         candidates: heads to try; default every head in layers 2..L-2.
-        progress: called as progress(done, total) after each batch and layer.
+        progress: called as progress(done, total) over the calibration sequences, before
+            the work and after each batch.
+        folder: record each calibration sequence's finished arms there (`interp.work`);
+            run again with the same folder to resume a stopped search. A folder of
+            another search (model, configs, tasks or candidates) is refused.
 
     Example:
         >>> from interp.tasks import load_task
@@ -181,7 +192,15 @@ def search_heads(
         keep = np.random.default_rng(config.seed).choice(len(pool), config.max_heads, False)
         pool = [pool[i] for i in sorted(keep)]
     plans = [plan_choices(model, task) for task in tasks]
-    arms = _run_arms(model, _Sequences(plans), HeadSet(pool), act, config, progress)
+    provenance = Provenance(
+        **model.provenance_fields(),
+        analyzer=ANALYZER,
+        config={**config.to_dict(), "act": act.to_dict()},
+        inputs_hash=hash_inputs([[t.name, t.prefix, t.items] for t in tasks]),
+        n_inputs=sum(len(t.items) for t in tasks),
+    )
+    log = open_log(folder, {**run_identity(provenance), "candidates": HeadSet(pool).labels})
+    arms = _run_arms(model, _Sequences(plans), HeadSet(pool), act, config, log, progress)
 
     baseline = _pooled(_task_runs(tasks, plans, arms.plain), config)
     identity = {
@@ -210,13 +229,6 @@ def search_heads(
             "selected": selected,
         }
     )
-    provenance = Provenance(
-        **model.provenance_fields(),
-        analyzer=ANALYZER,
-        config={**config.to_dict(), "act": act.to_dict()},
-        inputs_hash=hash_inputs([[t.name, t.prefix, t.items] for t in tasks]),
-        n_inputs=sum(len(t.items) for t in tasks),
-    )
     chosen = HeadSet(h for h, keep in zip(pool, selected, strict=True) if keep)
     return HeadSearch(HeadScores(frame, provenance), chosen, baseline, floor)
 
@@ -239,14 +251,13 @@ ArmScores = dict[tuple[int, int], list[float]]
 
 
 class _Sequences:
-    """Every task's distinct sequences, in one list sorted by length (for tight padding)."""
+    """Every task's distinct sequences, keyed (task, sequence), in plan order."""
 
     def __init__(self, plans: Sequence[ChoicePlan]) -> None:
         self.plans = plans
-        keys = [(t, s) for t, plan in enumerate(plans) for s in range(len(plan.sequences))]
-        self.keys = sorted(keys, key=lambda key: len(self.ids(key)))
+        self.keys = [(t, s) for t, plan in enumerate(plans) for s in range(len(plan.sequences))]
         # Per sequence, the choice token ids read from it, in plan order (see _task_runs).
-        self.reads: dict[tuple[int, int], list[tuple[int, ...]]] = {key: [] for key in keys}
+        self.reads: dict[tuple[int, int], list[tuple[int, ...]]] = {key: [] for key in self.keys}
         for t, plan in enumerate(plans):
             for item in plan.reads:
                 for sequence, ids in item:
@@ -266,61 +277,83 @@ class _Arms:
     edited: dict[Head, ArmScores]  # per candidate: ACT on it, only where it has sinks
 
 
-@torch.no_grad()
 def _run_arms(
     model: Model,
     sequences: _Sequences,
     pool: HeadSet,
     act: ActConfig,
     config: SearchConfig,
+    log: WorkLog | None,
     progress: Callable[[int, int], None] | None,
 ) -> _Arms:
+    """Every arm on every sequence, through the work driver: one item per sequence, in
+    batches of similar length (tight padding)."""
+    items = [Item(f"{t}/{s}", (t, s), len(sequences.ids((t, s)))) for t, s in sequences.keys]
+    per_sequence = Work(items, log, config.batch_size).run(
+        lambda keys: _batch_arms(model, sequences, keys, pool, act), progress
+    )
     arms = _Arms({}, {layer: {} for layer in pool.layers}, {})
-    batches = [
-        sequences.keys[i : i + config.batch_size]
-        for i in range(0, len(sequences.keys), config.batch_size)
-    ]
-    total, done = len(batches) * (1 + len(pool.layers)), 0
-    cache: dict[int, Tensor] = {}  # layer -> resid_pre [batch, pos, d_model] of one batch
+    for key, rows in zip(sequences.keys, per_sequence, strict=True):
+        for row in rows:
+            if row["arm"] == "plain":
+                arms.plain[key] = row["reads"]
+            elif row["arm"] == "identity":
+                arms.identity[row["layer"]][key] = row["reads"]
+            else:
+                arms.edited.setdefault(Head(row["layer"], row["head"]), {})[key] = row["reads"]
+    return arms
+
+
+@torch.no_grad()
+def _batch_arms(
+    model: Model,
+    sequences: _Sequences,
+    keys: list[tuple[int, int]],
+    pool: HeadSet,
+    act: ActConfig,
+) -> list[list[Row]]:
+    """One batch of sequences under every arm: per sequence, a row per arm it ran.
+
+    A row is {"arm": "plain" | "identity" | "edited", "layer", "head", "reads"}, `reads`
+    the log-probs of the choices read from that sequence (see `_Sequences.reads`).
+    """
+    out: list[list[Row]] = [[] for _ in keys]
+    cache: dict[int, Tensor] = {}  # layer -> resid_pre [batch, pos, d_model] of the batch
 
     def record(layer: int, x: Tensor) -> None:
         cache[layer] = x.detach()
 
-    for keys in batches:
-        ids, mask, positions = left_pad([sequences.ids(k) for k in keys], _pad_id(model))
-        keep = max(sequences.tail(k) for k in keys)
-        cache.clear()
-        with residual_hooks(model.hf, record, pool.layers):
-            logits = _forward(model, mask, positions, keep, input_ids=ids)
-        _store(arms.plain, sequences, keys, logits, range(len(keys)))
-        done += 1
-        if progress:
-            progress(done, total)
-        for layer in pool.layers:
-            heads = torch.tensor(pool.heads_in(layer))
-            probe = _SinkProbe(layer, heads, act)
-            with attention_hooks(model.hf, probe), decoder_from(model.hf, layer, layer + 1):
-                _forward(model, mask, positions, 1, inputs_embeds=cache[layer])
-            pairs = probe.found.nonzero().tolist()  # (batch row, position in `heads`)
-            rows = torch.tensor(list(range(len(keys))) + [row for row, _ in pairs])
-            owner = torch.tensor([-1] * len(keys) + [slot for _, slot in pairs])
-            edit = AttentionEdit(
-                HeadSet(Head(layer, int(h)) for h in heads),
-                _RowCalibrator(act, owner),
-                renormalize=False,
+    ids, mask, positions = left_pad([sequences.ids(k) for k in keys], _pad_id(model))
+    keep = max(sequences.tail(k) for k in keys)
+    with residual_hooks(model.hf, record, pool.layers):
+        logits = _forward(model, mask, positions, keep, input_ids=ids)
+    for row, key in enumerate(keys):
+        out[row].append({"arm": "plain", "reads": _reads(sequences, key, logits[row])})
+    for layer in pool.layers:
+        heads = torch.tensor(pool.heads_in(layer))
+        probe = _SinkProbe(layer, heads, act)
+        with attention_hooks(model.hf, probe), decoder_from(model.hf, layer, layer + 1):
+            _forward(model, mask, positions, 1, inputs_embeds=cache[layer])
+        pairs = probe.found.nonzero().tolist()  # (batch row, position in `heads`)
+        rows = torch.tensor(list(range(len(keys))) + [row for row, _ in pairs])
+        owner = torch.tensor([-1] * len(keys) + [slot for _, slot in pairs])
+        edit = AttentionEdit(
+            HeadSet(Head(layer, int(h)) for h in heads),
+            _RowCalibrator(act, owner),
+            renormalize=False,
+        )
+        with edit.applied(model), decoder_from(model.hf, layer):
+            logits = _forward(
+                model, mask[rows], positions[rows], keep, inputs_embeds=cache[layer][rows]
             )
-            with edit.applied(model), decoder_from(model.hf, layer):
-                logits = _forward(
-                    model, mask[rows], positions[rows], keep, inputs_embeds=cache[layer][rows]
-                )
-            _store(arms.identity[layer], sequences, keys, logits, range(len(keys)))
-            for index, (row, slot) in enumerate(pairs, start=len(keys)):
-                head = Head(layer, int(heads[slot]))
-                _store(arms.edited.setdefault(head, {}), sequences, [keys[row]], logits, [index])
-            done += 1
-            if progress:
-                progress(done, total)
-    return arms
+        for row, key in enumerate(keys):
+            reads = _reads(sequences, key, logits[row])
+            out[row].append({"arm": "identity", "layer": layer, "reads": reads})
+        for index, (row, slot) in enumerate(pairs, start=len(keys)):
+            reads = _reads(sequences, keys[row], logits[index])
+            head = int(heads[slot])
+            out[row].append({"arm": "edited", "layer": layer, "head": head, "reads": reads})
+    return out
 
 
 def _pad_id(model: Model) -> int:
@@ -341,15 +374,9 @@ def _forward(model: Model, mask: Tensor, positions: Tensor, keep: int, **inputs:
     return torch.log_softmax(logits.float(), dim=-1).cpu()
 
 
-def _store(
-    arm: ArmScores,
-    sequences: _Sequences,
-    keys: Sequence[tuple[int, int]],
-    logprobs: Tensor,
-    rows: Sequence[int],
-) -> None:
-    for key, row in zip(keys, rows, strict=True):
-        arm[key] = [read_choice(logprobs[row], ids) for ids in sequences.reads[key]]
+def _reads(sequences: _Sequences, key: tuple[int, int], logprobs: Tensor) -> list[float]:
+    """The scores of the choices read from sequence `key`, from its log-softmax rows."""
+    return [read_choice(logprobs, ids) for ids in sequences.reads[key]]
 
 
 def _task_runs(tasks: Sequence[Task], plans: Sequence[ChoicePlan], arm: ArmScores) -> list[TaskRun]:

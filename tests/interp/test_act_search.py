@@ -6,10 +6,13 @@ import json
 
 import pandas as pd
 import pytest
+from pandas.testing import assert_frame_equal
 from typer.testing import CliRunner
 
 from interp.cli import app
+from interp.errors import InputError
 from interp.heads import Head, HeadSet
+from interp.interventions import act_search
 from interp.interventions.act import ACT, ActConfig
 from interp.interventions.act_search import (
     NO_SINK,
@@ -19,6 +22,7 @@ from interp.interventions.act_search import (
 )
 from interp.models import Model
 from interp.tasks import Item, Task
+from tests.stops import Stop, count_items, logged, stop_after
 from tests.tiny import tiny_llama
 
 WORDS = ["red fox", "blue sky", "green tea", "old map", "hot sun", "cold ice", "big dog", "dry"]
@@ -81,6 +85,24 @@ def test_max_heads_searches_a_seeded_subset(tiny: Model) -> None:
     first = search_heads(tiny, TASKS[:1], SENSITIVE, config, ALL_HEADS).scores.data
     again = search_heads(tiny, TASKS[:1], SENSITIVE, config, ALL_HEADS).scores.data
     assert len(first) == 3 and first["label"].tolist() == again["label"].tolist()
+
+
+def test_a_search_stopped_from_python_resumes_to_one_search(tiny, tmp_path, monkeypatch) -> None:
+    config = SearchConfig(metric="log_prob", batch_size=3)
+    once = search_heads(tiny, TASKS, SENSITIVE, config, ALL_HEADS)
+    with pytest.raises(Stop):  # after the first batch of three sequences
+        search_heads(tiny, TASKS, SENSITIVE, config, ALL_HEADS, stop_after(1), folder=tmp_path)
+    assert logged(tmp_path) == 3
+    sizes = count_items(monkeypatch, act_search, "_batch_arms", arg=2)
+    resumed = search_heads(tiny, TASKS, SENSITIVE, config, ALL_HEADS, folder=tmp_path)
+    assert sum(sizes) == logged(tmp_path) - 3 > 0  # only the sequences not yet logged ran
+    assert_frame_equal(resumed.scores.data, once.scores.data, check_exact=True)
+    assert resumed.selected == once.selected and resumed.noise_floor == once.noise_floor
+    fewer = HeadSet(ALL_HEADS.labels[:4])
+    with pytest.raises(InputError, match="another candidates"):
+        search_heads(tiny, TASKS, SENSITIVE, config, fewer, folder=tmp_path)
+    with pytest.raises(InputError, match="another config"):
+        search_heads(tiny, TASKS, SENSITIVE, SearchConfig(batch_size=3), ALL_HEADS, folder=tmp_path)
 
 
 def _task_folder(root, name: str) -> str:

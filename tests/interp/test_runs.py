@@ -17,21 +17,6 @@ from tests.tiny import saved_tiny
 IDENTITY = run_identity(provenance())
 
 
-def test_work_log_runs_each_item_once_and_resumes(tmp_path: Path) -> None:
-    calls = []
-
-    def work(item: int) -> list[dict]:
-        calls.append(item)
-        return [{"item": item, "square": item * item}]
-
-    first = WorkLog(tmp_path, IDENTITY).run([1, 2, 3], lambda i: ("n", i), work)
-    assert calls == [1, 2, 3] and [r["square"] for r in first] == [1, 4, 9]
-    again = WorkLog(tmp_path, IDENTITY).run([3, 4, 1], lambda i: ("n", i), work)
-    assert calls == [1, 2, 3, 4]  # only the new item ran
-    assert [r["item"] for r in again] == [3, 4, 1]
-    assert len((tmp_path / LOG_FILE).read_text().splitlines()) == 4  # one line per item
-
-
 def test_work_log_drops_a_line_cut_short_and_keeps_its_identity(tmp_path: Path) -> None:
     log = WorkLog(tmp_path, IDENTITY)
     log.record(["a"], [{"x": 1}])

@@ -8,13 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from pandas.testing import assert_frame_equal
 
+from interp.effects import EffectsConfig
 from interp.errors import InputError
 from interp.generation import GenerationConfig
 from interp.hooks import attention_hooks
 from probes import anchor_causal as causal
 from probes import anchors
 from probes.anchor_traces import Trace, generate_traces, load_problems, read_traces
+from tests.stops import Stop, count_items, logged, stop_after
 
 
 def _write(path, lines) -> str:
@@ -120,3 +123,28 @@ def test_causal_check_runs_and_identity_rows_are_exact(tiny) -> None:
     ]
     assert np.isfinite(summary.difference).all()
     assert (pd.DataFrame(rows).logprob_change != 0).all()
+
+
+def test_causal_check_stopped_from_python_resumes_to_one_run(tiny, tmp_path, monkeypatch) -> None:
+    rng = np.random.default_rng(1)
+    traces = [Trace(f"t{i}", tuple(int(x) for x in rng.integers(3, 259, 30)), 6) for i in range(3)]
+    scored = anchors.run(tiny, traces, anchors.AnchorConfig(h_lo=3, h_hi=12))
+    glob = anchors.heads_with_role(scored.heads, "global")
+    config, effects = causal.CausalConfig(n_seeds=2, continuation=3), EffectsConfig(n_boot=50)
+
+    def run(**kwargs):
+        return causal.run(tiny, traces, scored.tokens, glob, config, effects, **kwargs)
+
+    once = run()
+    with pytest.raises(Stop):
+        run(progress=stop_after(1), folder=tmp_path)
+    assert logged(tmp_path) == 1
+    calls = count_items(monkeypatch, causal, "trace_effects")
+    resumed = run(folder=tmp_path)
+    assert len(calls) == 2 and logged(tmp_path) == 3
+    assert_frame_equal(resumed.per_item.data, once.per_item.data, check_exact=True)
+    assert_frame_equal(resumed.effects.data, once.effects.data, check_exact=True)
+    with pytest.raises(InputError, match="another causal"):
+        causal.run(
+            tiny, traces, scored.tokens, glob, causal.CausalConfig(n_seeds=1), folder=tmp_path
+        )

@@ -1,16 +1,18 @@
-"""probes.anchors against a direct reference from full patterns, on the tiny model."""
+"""probes.anchors against a direct reference from full patterns, on the tiny model; resuming."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from pandas.testing import assert_frame_equal
 
-from interp.errors import ConfigError
+from interp.errors import ConfigError, InputError
 from interp.models import Model
 from probes import anchors
 from probes.anchor_traces import Trace
 from tests.probes import anchor_reference as ref
+from tests.stops import Stop, count_items, logged, stop_after
 
 TOL = 1e-5
 
@@ -94,6 +96,23 @@ def test_blocks_of_rows_give_the_same_metrics(tiny, monkeypatch) -> None:
     np.testing.assert_allclose(
         blocked.heads.data.score.to_numpy(), whole.heads.data.score.to_numpy(), atol=TOL
     )
+
+
+def test_a_run_stopped_from_python_resumes_to_one_run(tiny, tmp_path, monkeypatch) -> None:
+    traces = _traces([(30, 6), (44, 9), (25, 5), (38, 7)], seed=4)
+    config = anchors.AnchorConfig(h_lo=2, h_hi=8, batch_size=2)
+    once = anchors.run(tiny, traces, config)
+    with pytest.raises(Stop):  # pass 1 stops after its first batch
+        anchors.run(tiny, traces, config, stop_after(2), folder=tmp_path)
+    assert logged(tmp_path) == 2
+    pass1 = count_items(monkeypatch, anchors, "distance_sums")
+    pass2 = count_items(monkeypatch, anchors, "token_rows")
+    resumed = anchors.run(tiny, traces, config, folder=tmp_path)
+    assert (pass1, pass2) == ([2], [2, 2]) and logged(tmp_path) == 8
+    assert_frame_equal(resumed.heads.data, once.heads.data, check_exact=True)
+    assert_frame_equal(resumed.tokens.data, once.tokens.data, check_exact=True)
+    with pytest.raises(InputError, match="another config"):
+        anchors.run(tiny, traces, anchors.AnchorConfig(h_lo=3, batch_size=2), folder=tmp_path)
 
 
 def test_band_and_top_q_rules() -> None:

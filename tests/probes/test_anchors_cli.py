@@ -39,7 +39,7 @@ def test_score_anchors_writes_tables_credit_figures_and_resumes(tmp_path) -> Non
     log.write_text("".join(log.read_text().splitlines(keepends=True)[:3]))
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
-    assert "resuming pass 1: 2 traces already done" in again.output
+    assert "resuming anchor passes: 2 of 6 trace-passes already done" in again.output
     assert TokenScores.load(out / "tokens.parquet").data.equals(tokens.data)
     assert pd.read_parquet(out / "causal_effects.parquet").equals(causal)
     assert pd.read_parquet(out / "statistics.parquet").equals(statistics)

@@ -489,13 +489,3 @@ def test_one_haystack_path_is_one_file(tmp_path) -> None:
     path = tmp_path / "hay.txt"
     path.write_text("Some prose.")
     assert niah.load_haystack(str(path)) == niah.load_haystack(path) == "Some prose."
-
-
-def test_batches_group_similar_lengths() -> None:
-    lengths = [300, 200, 205, 310, 201, 302, 100]
-    tests = [niah.NeedleTest(i, n, 0.0, torch.ones(n), (0, 1), (0, 1), "x")
-             for i, n in enumerate(lengths)]  # fmt: skip
-    assert niah.batches(tests, 2) == [[6], [1, 4], [2], [0, 5], [3]]
-    assert niah.batches(tests, 8) == [[6], [1, 4, 2], [0, 5, 3]]
-    with pytest.raises(InputError, match="at least 1"):
-        niah.batches(tests, 0)

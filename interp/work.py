@@ -1,0 +1,167 @@
+"""The work driver: independent items run in batches, each recorded as its batch finishes.
+
+Every analyzer that loops over independent items (NIAH tests, traces, calibration
+sequences) hands them to `Work`, so stopping and resuming works the same from Python and
+from the CLI. An `Item` has a stable string key (what the log records it under), its value
+and a length. `Work(items, log, batch_size)` plans batches of similar length over all the
+items (`batches`); `run(process)` calls `process(values) -> rows per item` on each batch
+the log does not hold and records the batch's items in the `interp.runs.WorkLog` with one
+write as soon as it returns. Run again with the same log (same folder) and the recorded
+batches are skipped, so a run stopped at any point loses at most one batch. The plan does
+not depend on what the log holds, so a resumed run computes every item in the batch an
+uninterrupted run would: even an analyzer whose floats depend on a batch's padding gives
+the same tables. A batch the log holds only in part (a write cut short, or another batch
+size) runs whole again and records what it lacks. `run` returns every item's rows in item
+order, always as their JSON line decodes, logged or not, so a result never depends on
+whether, or where, the run was resumed.
+
+The shape leaves room to split a run across processes: keys are stable strings, the plan
+is a function of the items alone and the log is append-only JSON lines, so a rank can take
+its share of the batches, keep its own log, and a merge can read the rank logs together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeAlias, TypeVar
+
+from interp.errors import InputError
+from interp.results import Provenance
+from interp.runs import WorkLog, run_identity
+
+T = TypeVar("T")
+Row = dict[str, Any]
+# Where a run records its finished items: a folder, or a log the caller opened and shares.
+WorkFolder: TypeAlias = str | os.PathLike[str] | WorkLog
+
+
+@dataclass(frozen=True)
+class Item(Generic[T]):
+    """One unit of work: its log key, the value `process` receives, its length for batching."""
+
+    key: str
+    value: T
+    length: int = 0
+
+
+def batches(
+    lengths: Sequence[int], batch_size: int, similar: float | None = None
+) -> list[list[int]]:
+    """Indices into `lengths` in groups of at most `batch_size`, shortest first.
+
+    Sorted by length, stably (equal lengths keep their order). With `similar`, a group also
+    ends before a length more than `similar` times its first (shortest), so padding wastes
+    at most that share of a batch.
+
+    Raises:
+        InputError: `batch_size` is below 1.
+    """
+    if batch_size < 1:
+        raise InputError(f"The batch size must be at least 1, got {batch_size}.")
+    groups: list[list[int]] = []
+    for index in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if (
+            not groups
+            or len(groups[-1]) == batch_size
+            or (similar is not None and lengths[index] > similar * lengths[groups[-1][0]])
+        ):
+            groups.append([])
+        groups[-1].append(index)
+    return groups
+
+
+def open_log(folder: WorkFolder | None, identity: Provenance | dict[str, Any]) -> WorkLog | None:
+    """The work log a run of `identity` records in `folder` (None: no log).
+
+    A `WorkLog` is used as it is: a caller that shares one log across stages (the CLI's
+    commands) opened it with an identity covering them all.
+
+    Raises:
+        InputError: the folder's log belongs to a run with another identity.
+    """
+    if folder is None or isinstance(folder, WorkLog):
+        return folder
+    if isinstance(identity, Provenance):
+        identity = run_identity(identity)
+    return WorkLog(folder, identity)
+
+
+class Work(Generic[T]):
+    """The items of one run, their batches, and the loop over the batches a log lacks."""
+
+    def __init__(
+        self,
+        items: Sequence[Item[T]],
+        log: WorkLog | None = None,
+        batch_size: int = 1,
+        similar: float | None = None,
+    ) -> None:
+        """Plan the batches (see `batches`; `similar`: the length ratio a batch may span).
+
+        Raises:
+            InputError: two items share a key, or `batch_size` is below 1.
+        """
+        keys = [item.key for item in items]
+        if len(set(keys)) < len(keys):
+            repeated = sorted({k for k in keys if keys.count(k) > 1})
+            raise InputError(f"Work items need distinct keys; repeated: {repeated[:5]}.")
+        self.items = list(items)
+        self.log = log
+        self._rows: dict[str, list[Row]] = {
+            key: log.rows(key) for key in keys if log is not None and log.is_done(key)
+        }
+        plan = batches([item.length for item in self.items], batch_size, similar)
+        self.plan = [[self.items[i] for i in group] for group in plan]
+
+    def _pending(self) -> list[list[Item[T]]]:
+        return [batch for batch in self.plan if any(i.key not in self._rows for i in batch)]
+
+    @property
+    def todo(self) -> list[T]:
+        """The values of the items in the batches still to run, in item order."""
+        keys = {item.key for batch in self._pending() for item in batch}
+        return [item.value for item in self.items if item.key in keys]
+
+    def run(
+        self,
+        process: Callable[[list[T]], Sequence[list[Row]]],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[list[Row]]:
+        """Run the batches the log lacks; every item's rows, in item order.
+
+        Args:
+            process: a batch of values -> one list of JSON-serialisable rows per value.
+            progress: called as progress(done, total) once before any work (done = items
+                the log already held) and after each batch is recorded.
+
+        Raises:
+            TypeError: a row holds a value JSON cannot represent.
+            ValueError: `process` returned another number of row lists than values.
+        """
+        total = len(self.items)
+        pending = self._pending()
+        if progress is not None:
+            progress(len(self._rows), total)
+        for batch in pending:
+            out = process([item.value for item in batch])
+            if len(out) != len(batch):
+                raise ValueError(f"process gave rows for {len(out)} of {len(batch)} items.")
+            new = [
+                (item.key, _as_logged(rows))
+                for item, rows in zip(batch, out, strict=True)
+                if item.key not in self._rows
+            ]
+            if self.log is not None:
+                self.log.record_all(new)
+            self._rows.update(new)
+            if progress is not None:
+                progress(len(self._rows), total)
+        return [self._rows[item.key] for item in self.items]
+
+
+def _as_logged(rows: list[Row]) -> list[Row]:
+    """The rows as a work log gives them back: through JSON, refusing what it cannot hold."""
+    return json.loads(json.dumps(rows, ensure_ascii=False))
