@@ -36,7 +36,7 @@ from transformers import (
 from interp.cache import build_once
 from interp.encoding import Encoding
 from interp.errors import InputError, UnsupportedModelError
-from interp.heads import HeadGeometry
+from interp.heads import HeadGeometry, geometry_of
 from interp.inputs import ModelInputs, RowImages, is_vision_model, prepare
 from interp.placement import DeviceMap, Placement, describe, execution_device, parse_dtype
 from interp.prompts import as_texts
@@ -223,33 +223,6 @@ class Model:
         if self._bridge is None:
             self._bridge = _boot_bridge(self)
         return self._bridge
-
-
-def geometry_of(hf: PreTrainedModel) -> HeadGeometry:
-    """Read the attention geometry from a model's (text) config."""
-    config = hf.config.get_text_config()
-    n_heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
-    n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
-    d_model = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
-    if not (n_heads and n_layers and d_model):
-        raise UnsupportedModelError(
-            f"Cannot read the attention geometry of {type(hf).__name__}: its config lacks"
-            " num_attention_heads / num_hidden_layers / hidden_size."
-        )
-    n_kv = getattr(config, "num_key_value_heads", None) or n_heads
-    d_head = getattr(config, "head_dim", None) or d_model // n_heads
-    # Latent attention (DeepSeek-V3) sets head_dim to the rotary part of q/k only: the
-    # output width is v_head_dim and the q/k width qk_head_dim (nope + rope).
-    d_v = getattr(config, "v_head_dim", None) or d_head
-    d_qk = getattr(config, "qk_head_dim", None) or d_head
-    return HeadGeometry(
-        int(n_layers),
-        int(n_heads),
-        int(n_kv),
-        int(d_v),
-        int(d_model),
-        None if d_qk == d_v else int(d_qk),
-    )
 
 
 def load_model(
