@@ -1,6 +1,6 @@
 """The one place that touches model internals: attention rows, head outputs, residuals.
 
-Three hook families, each a context manager that removes everything it installed in
+Seven hook families, each a context manager that removes everything it installed in
 `finally` (exceptions and Ctrl-C included) and that nests:
 
 * `attention_hooks(model, *hooks)`: the model runs through a registered HF attention
