@@ -35,7 +35,6 @@ from circuits.circuit_task import (
     PromptPair,
     assemble,
     balanced_templates,
-    check_choice,
     check_n,
     check_seed,
 )
@@ -49,7 +48,7 @@ from circuits.metrics import (
 )
 from circuits.name_recall import name_recall
 from circuits.templates import Template, fillers, load_templates, shipped
-from interp.errors import InputError
+from interp.errors import InputError, check_choice
 from interp.models import Model
 from interp.prompts import as_texts, data_path
 
