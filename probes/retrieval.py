@@ -34,7 +34,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Int
 from torch import Tensor
 
 from interp.config import Config, check_range
@@ -115,30 +115,6 @@ class RetrievalResult(Bundle):
 
     scores: HeadScores
     tests: ItemTable = field(repr=False)
-
-
-def step_hits(
-    argmax: Int[Tensor, "layer head"],
-    token: int,
-    input_ids: Int[Tensor, " pos"],
-    span: tuple[int, int],
-) -> Bool[Tensor, "layer head"]:
-    """Which heads hit at one decode step (Wu et al., Eq. 1), for all heads at once.
-
-    Args:
-        argmax: top-1 attended key position of every head at this step.
-        token: the token generated at this step.
-        input_ids: the prompt, so x_{j*} can be read.
-        span: (start, stop) of the needle (or answer) span.
-
-    Returns:
-        True where j* lies in the span and the token there is the generated one (which
-        implies the token is a needle token).
-    """
-    start, stop = span
-    in_span = (argmax >= start) & (argmax < stop)
-    safe = argmax.clamp(0, len(input_ids) - 1)
-    return in_span & (input_ids.to(argmax.device)[safe] == token)
 
 
 def needle_scores(
