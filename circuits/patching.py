@@ -82,9 +82,12 @@ def activation_patching(
         InputError: the corruption leaves the mean logit difference unchanged.
 
     Example:
-        >>> from circuits.tasks import ioi  # doctest: +SKIP
-        >>> scores = activation_patching(model, ioi(model, 20))  # doctest: +SKIP
-        >>> scores.top(5)  # doctest: +SKIP
+        >>> from circuits.tiny_task import tiny_task
+        >>> from interp.tiny_models import tiny_llama
+        >>> model = tiny_llama()
+        >>> scores = activation_patching(model, tiny_task(model))
+        >>> len(scores.top(5))
+        5
     """
     named = dict(task.positions)
     if positions not in ("all", "each", *named):

@@ -262,8 +262,14 @@ def run(
             tables are the unshared run's unless float rounding flips an argmax.
 
     Example:
-        >>> tests = niah.build_tests(tiny_model, niah.load_needles(), haystack, [200], 2, 8)
-        >>> result = run(tiny_model, tests, RetrievalConfig(max_new_tokens=8))  # doctest: +SKIP
+        >>> from interp.tiny_models import tiny_llama
+        >>> from probes import niah
+        >>> model = tiny_llama()
+        >>> needles, haystack = niah.load_needles()[:1], niah.load_haystack()
+        >>> tests = niah.build_tests(model, needles, haystack, [200], 2, 8)
+        >>> result = run(model, tests, RetrievalConfig(max_new_tokens=8))
+        >>> len(result.tests), result.scores.data["label"].tolist()[:2]
+        (2, ['L0H0', 'L0H1'])
     """
     config = config or RetrievalConfig()
     if not tests:

@@ -145,7 +145,7 @@ class ACT:
         config: beta and the sink rule.
 
     Example:
-        >>> from tests.tiny import tiny_llama
+        >>> from interp.tiny_models import tiny_llama
         >>> model = tiny_llama()
         >>> ids = model.encode("hello world").input_ids
         >>> with ACT(HeadSet(["L1H0", "L1H3"])).applied(model):
