@@ -26,7 +26,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	@grep -iE '^(torch|transformers|accelerate|sae-lens|transformer-lens)==' $(VENV)/resolved.txt | tr '\n' ' '; echo
-	$(BIN)/python -m pytest -q --nbmake tests notebooks
+	$(BIN)/python -m pytest -q --nbmake --doctest-modules tests notebooks interp probes circuits
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

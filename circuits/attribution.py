@@ -58,8 +58,8 @@ def attribution_patching(model: Model, task: CircuitTask) -> Attribution:
     """Estimate every head's activation-patching effect from one forward and one backward.
 
     Example:
-        >>> from tests.tiny import tiny_llama
-        >>> from tests.circuits.tiny_task import tiny_task
+        >>> from interp.tiny_models import tiny_llama
+        >>> from circuits.tiny_task import tiny_task
         >>> model = tiny_llama()
         >>> result = attribution_patching(model, tiny_task(model))
         >>> len(result.heads) == model.geometry.n_layers * model.geometry.n_heads

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from circuits.templates import locate
 from interp.encoding import Encoding
-from interp.errors import ConfigError, InputError, did_you_mean
+from interp.errors import InputError
 from interp.models import Model
 from interp.results import hash_inputs
 
@@ -236,9 +236,3 @@ def balanced_templates(rng: np.random.Generator, capacity: Sequence[int], n: int
                 used[t] += 1
                 order.append(t)
     return order
-
-
-def check_choice(value: str, options: Sequence[str], what: str) -> str:
-    if value not in options:
-        raise ConfigError(f"Unknown {what} {value!r}." + did_you_mean(str(value), options))
-    return value

@@ -4,7 +4,7 @@
 whether the answer beats the other candidates (default) or is the argmax over the whole
 vocabulary. `last_logits` runs the model without gradients in batches and keeps only the
 last position's logits (HF `logits_to_keep=1`): memory one [batch, vocab] float32 row per
-prompt. `evaluate` puts both metrics of every row in a table with provenance.
+prompt. `prompt_metrics` puts both metrics of every row in a table with provenance.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def logit_differences(
     return logit_difference(last_logits(model, batch, batch_size=batch_size), task)
 
 
-def evaluate(model: Model, task: CircuitTask, *, batch_size: int = 64) -> ItemTable:
+def prompt_metrics(model: Model, task: CircuitTask, *, batch_size: int = 64) -> ItemTable:
     """One row per prompt: logit differences (clean, corrupted) and both accuracies.
 
     Columns: row, family, template, prompt, corrupted_prompt, answer, wrong,
@@ -110,7 +110,7 @@ def evaluate(model: Model, task: CircuitTask, *, batch_size: int = 64) -> ItemTa
     )
     provenance = Provenance(
         **model.provenance_fields(),
-        analyzer="circuits.tasks.evaluate",
+        analyzer="circuits.tasks.prompt_metrics",
         config=task.config,
         inputs_hash=task.inputs_hash(),
         n_inputs=len(task),

@@ -40,7 +40,7 @@ from interp.encoding import Encoding
 from interp.errors import ConfigError, InputError, UnsupportedModelError, did_you_mean
 from interp.heads import Head
 from interp.hook_points import HeadPatch, hooked, patched
-from interp.hooks import check_resumable, decoder_from
+from interp.hooks import check_midway_start, decoder_from
 from interp.models import Model
 from interp.results import HeadScores, Provenance
 
@@ -82,9 +82,12 @@ def activation_patching(
         InputError: the corruption leaves the mean logit difference unchanged.
 
     Example:
-        >>> from circuits.tasks import ioi  # doctest: +SKIP
-        >>> scores = activation_patching(model, ioi(model, 20))  # doctest: +SKIP
-        >>> scores.top(5)  # doctest: +SKIP
+        >>> from circuits.tiny_task import tiny_task
+        >>> from interp.tiny_models import tiny_llama
+        >>> model = tiny_llama()
+        >>> scores = activation_patching(model, tiny_task(model))
+        >>> len(scores.top(5))
+        5
     """
     named = dict(task.positions)
     if positions not in ("all", "each", *named):
@@ -96,10 +99,10 @@ def activation_patching(
     by_layer = _heads_by_layer(heads, geometry.n_layers, geometry.n_heads)
     clean, corrupted = _on(task.clean, model), _on(task.corrupted, model)
     answer, wrong = task.answer_ids.to(model.device), task.wrong_ids.to(model.device)
-    resumable = _resumable(model)
+    midway = _starts_midway(model)
     resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in by_layer]
     z_names = {layer: f"blocks.{layer}.attn.hook_z" for layer in by_layer}
-    resid, clean_logits = _run(model, clean, resid_names if resumable else [])
+    resid, clean_logits = _run(model, clean, resid_names if midway else [])
     source, corrupted_logits = _run(model, corrupted, list(z_names.values()))
     ld_clean = _logit_difference(clean_logits, answer, wrong)
     ld_corrupt = _logit_difference(corrupted_logits, answer, wrong)
@@ -121,7 +124,7 @@ def activation_patching(
                 for i, (prompt, head, pos) in enumerate(chunk)
             ]
             with patched(hf, {z_names[layer]: source[z_names[layer]]}, patches):
-                logits = _forward(model, clean, prompts, resid, layer if resumable else None)
+                logits = _forward(model, clean, prompts, resid, layer if midway else None)
             ld = _logit_difference(logits, answer[prompts], wrong[prompts])
             delta = (ld - ld_clean[prompts]).double().cpu().tolist()
             for (_, head, pos), value in zip(chunk, delta, strict=True):
@@ -152,9 +155,10 @@ def _on(batch: Encoding, model: Model) -> dict[str, Tensor]:
     return {key: value.to(model.device) for key, value in batch.items()}
 
 
-def _resumable(model: Model) -> bool:
+def _starts_midway(model: Model) -> bool:
+    """Whether a patched forward can start at the patched layer from the cached residual."""
     try:
-        check_resumable(model.hf)
+        check_midway_start(model.hf)
     except UnsupportedModelError:
         return False
     return True

@@ -177,8 +177,8 @@ def path_patching(
             no head lies below the receivers.
 
     Example:
-        >>> from tests.tiny import tiny_llama
-        >>> from tests.circuits.tiny_task import tiny_task
+        >>> from interp.tiny_models import tiny_llama
+        >>> from circuits.tiny_task import tiny_task
         >>> model = tiny_llama()
         >>> scores = path_patching(model, tiny_task(model))
         >>> len(scores) == model.geometry.n_layers * model.geometry.n_heads

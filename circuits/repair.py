@@ -105,7 +105,7 @@ class Repair:
 
     Example:
         >>> import torch
-        >>> from tests.tiny import tiny_llama
+        >>> from interp.tiny_models import tiny_llama
         >>> model = tiny_llama()
         >>> batch = model.encode(["The red cup and the blue pen."])
         >>> with Repair("L1H0", torch.tensor([[4, 17]])).applied(model):

@@ -138,9 +138,8 @@ def overlap(
         shared_share, jaccard; one row per (other task, stage) and an "all" row per task.
 
     Example:
-        >>> from interp.results import HeadScores
-        >>> from tests.interp.test_results import provenance
-        >>> s = HeadScores.from_matrix(np.eye(3), provenance())
+        >>> from interp.results import HeadScores, Provenance
+        >>> s = HeadScores.from_matrix(np.eye(3), Provenance("tiny", "abc", "test", {}, "h", 2))
         >>> table = overlap("a", {"a": {"logits": s}, "b": {"logits": s}})
         >>> table.data[["task", "stage", "shared_share"]].values.tolist()
         [['b', 'logits', 1.0], ['b', 'all', 1.0]]

@@ -19,7 +19,7 @@ tokenizer; fillers the user passes must be one token, or the task is refused nam
 word. Sampling is seeded (numpy `default_rng`); the rows are distinct clean prompts, and
 templates take turns (each round in a shuffled order), so families and templates are
 balanced where Wang et al. draw a template per prompt at random.
-Metrics (`logit_difference`, `accuracy`, `last_logits`, `logit_differences`, `evaluate`)
+Metrics (`logit_difference`, `accuracy`, `last_logits`, `logit_differences`, `prompt_metrics`)
 live in `circuits.metrics` and are re-exported here.
 """
 
@@ -35,15 +35,20 @@ from circuits.circuit_task import (
     PromptPair,
     assemble,
     balanced_templates,
-    check_choice,
     check_n,
     check_seed,
 )
 from circuits.colored_objects import colored_objects
-from circuits.metrics import accuracy, evaluate, last_logits, logit_difference, logit_differences
+from circuits.metrics import (
+    accuracy,
+    last_logits,
+    logit_difference,
+    logit_differences,
+    prompt_metrics,
+)
 from circuits.name_recall import name_recall
 from circuits.templates import Template, fillers, load_templates, shipped
-from interp.errors import InputError
+from interp.errors import InputError, check_choice
 from interp.models import Model
 from interp.prompts import as_texts, data_path
 
@@ -51,13 +56,13 @@ __all__ = [
     "CircuitTask",
     "accuracy",
     "colored_objects",
-    "evaluate",
     "ioi",
     "ioi_templates",
     "last_logits",
     "logit_difference",
     "logit_differences",
     "name_recall",
+    "prompt_metrics",
 ]
 
 Corruption = Literal["abc", "s2_io"]

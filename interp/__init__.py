@@ -4,8 +4,10 @@ The public surface is small; names load lazily so `import interp` (and the `inte
 `--help`) stays fast and free of side effects until a model is needed.
 
 Example:
-    >>> from interp import load_model  # doctest: +SKIP
+    >>> from interp import load_model
     >>> model = load_model()  # SmolLM2-135M-Instruct, offline
+    >>> model.geometry.n_layers
+    30
 """
 
 from __future__ import annotations

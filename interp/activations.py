@@ -152,7 +152,7 @@ def collect_tokens(
         InputError: an unknown or wrongly shaped hook, a layer out of range, no texts.
 
     Example:
-        >>> from tests.tiny import tiny_llama
+        >>> from interp.tiny_models import tiny_llama
         >>> acts = collect_tokens(tiny_llama(), ["hello", "hi"], "blocks.1.hook_resid_post")
         >>> acts.values.shape
         torch.Size([7, 64])
@@ -221,7 +221,7 @@ def collect_heads(
         Activations with values [texts, len(layers) x n_heads, d_model] float32 on the CPU.
 
     Example:
-        >>> from tests.tiny import tiny_llama
+        >>> from interp.tiny_models import tiny_llama
         >>> acts = collect_heads(tiny_llama(), ["hello", "hi"])
         >>> acts.values.shape, acts.heads[5].label
         (torch.Size([2, 12, 64]), 'L1H1')

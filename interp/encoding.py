@@ -33,7 +33,7 @@ class Encoding(Mapping[str, Tensor]):
         attention_mask: [batch, pos] 1 on real tokens, 0 on padding.
 
     Example:
-        >>> from tests.tiny import tiny_llama
+        >>> from interp.tiny_models import tiny_llama
         >>> model = tiny_llama()
         >>> batch = model.encode(["hello", "hi"])
         >>> batch.input_ids.shape, batch.lengths

@@ -40,3 +40,14 @@ def did_you_mean(got: str, options: Iterable[str], limit: int = 5) -> str:
     shown = ", ".join(repr(o) for o in options[:limit])
     more = f", ... ({len(options)} in all)" if len(options) > limit else ""
     return f" Valid options: {shown}{more}."
+
+
+def check_choice(value: str, options: Iterable[str], what: str) -> str:
+    """`value` if it is one of `options`; else a ConfigError naming `what` and close matches.
+
+    One check for library arguments and command-line options, so both refuse alike.
+    """
+    options = tuple(options)
+    if value not in options:
+        raise ConfigError(f"Unknown {what} {value!r}." + did_you_mean(str(value), options))
+    return value

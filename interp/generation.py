@@ -321,7 +321,7 @@ def generate(
             positions, which the decode steps cannot continue.
 
     Example:
-        >>> from tests.tiny import tiny_llama
+        >>> from interp.tiny_models import tiny_llama
         >>> model = tiny_llama()
         >>> out = generate(model, ["abc", "hello"], GenerationConfig(max_new_tokens=4))
         >>> [len(g.response_ids) for g in out], out[0].finish_reason

@@ -97,7 +97,7 @@ def hooked(hf: nn.Module, fns: Mapping[str, HookFn]) -> Iterator[None]:
     `finally`; nests with itself and every `interp.hooks` context.
 
     Example:
-        >>> from tests.tiny import tiny_llama
+        >>> from interp.tiny_models import tiny_llama
         >>> model = tiny_llama()
         >>> ids = model.encode("hello").input_ids
         >>> with hooked(model.hf, {"blocks.1.attn.hook_z": lambda z: z * 0}):
@@ -203,7 +203,7 @@ def record(
         {name: tensor}, shapes as TransformerBridge gives them (`HOOK_POINTS`).
 
     Example:
-        >>> from tests.tiny import tiny_llama
+        >>> from interp.tiny_models import tiny_llama
         >>> model = tiny_llama()
         >>> acts = record(model, model.encode("hello"), ["blocks.1.attn.hook_pattern"])
         >>> acts["blocks.1.attn.hook_pattern"].shape
@@ -318,7 +318,7 @@ def patched(
     else is bit-for-bit the unpatched forward. Gradients flow through the patched tensors.
 
     Example:
-        >>> from tests.tiny import tiny_llama
+        >>> from interp.tiny_models import tiny_llama
         >>> model = tiny_llama()
         >>> clean, corrupt = model.encode(["abcd", "abcd"]), model.encode(["abce", "abcf"])
         >>> source = record(model, corrupt, ["blocks.1.attn.hook_z"])

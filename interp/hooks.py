@@ -1,6 +1,6 @@
 """The one place that touches model internals: attention rows, head outputs, residuals.
 
-Three hook families, each a context manager that removes everything it installed in
+Seven hook families, each a context manager that removes everything it installed in
 `finally` (exceptions and Ctrl-C included) and that nests:
 
 * `attention_hooks(model, *hooks)`: the model runs through a registered HF attention
@@ -403,22 +403,22 @@ def decoder_input_hooks(hf: nn.Module, fn: DecoderInputFn) -> Iterator[None]:
 # position embedding added), rotary angles from `position_ids`, one mask for every layer,
 # then the layers in order. For these, `inputs_embeds` = the resid_pre of layer l, fed to
 # the layer list cut to layers[l:], reproduces the full forward from layer l on.
-_RESUMABLE = frozenset({"llama", "mistral", "mixtral", "olmo", "olmo2", "phi3", "qwen3_moe"})
+_MIDWAY_START = frozenset({"llama", "mistral", "mixtral", "olmo", "olmo2", "phi3", "qwen3_moe"})
 # These index a per-layer mask by position in the layer list: right only if all are alike.
-_RESUMABLE_UNIFORM_LAYERS = frozenset({"qwen2", "qwen3", "smollm3"})
+_MIDWAY_START_UNIFORM_LAYERS = frozenset({"qwen2", "qwen3", "smollm3"})
 
 
-def check_resumable(hf: nn.Module) -> None:
+def check_midway_start(hf: nn.Module) -> None:
     """Raise UnsupportedModelError unless `decoder_from` is exact for `hf`'s architecture."""
     config = hf.config
     model_type = getattr(config, "model_type", "")
     uniform = len(set(getattr(config, "layer_types", None) or ["one"])) == 1
-    if model_type in _RESUMABLE or (model_type in _RESUMABLE_UNIFORM_LAYERS and uniform):
+    if model_type in _MIDWAY_START or (model_type in _MIDWAY_START_UNIFORM_LAYERS and uniform):
         return
     raise UnsupportedModelError(
         f"Cannot start {type(hf).__name__} (model_type {model_type!r}) at a middle layer:"
         " its forward scales or adds to inputs_embeds, or picks masks by layer position."
-        f" Supported: {', '.join(sorted(_RESUMABLE | _RESUMABLE_UNIFORM_LAYERS))}."
+        f" Supported: {', '.join(sorted(_MIDWAY_START | _MIDWAY_START_UNIFORM_LAYERS))}."
     )
 
 
@@ -438,7 +438,7 @@ def decoder_from(hf: nn.Module, start: int, stop: int | None = None) -> Iterator
     Raises:
         UnsupportedModelError: the architecture's forward does more than embed then layers.
     """
-    check_resumable(hf)
+    check_midway_start(hf)
     layers = decoder_layers(hf)
     if not 0 <= start < len(layers) or (stop is not None and not start < stop <= len(layers)):
         raise HookError(f"Cannot run layers {start}..{stop} of a {len(layers)}-layer decoder.")

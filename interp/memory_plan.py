@@ -128,8 +128,8 @@ def plan_memory(
             the largest edit).
 
     Example:
-        >>> from tests.tiny import tiny_llama
-        >>> plan = plan_memory(tiny_llama().hf.config, 1024)
+        >>> from interp.tiny_models import tiny_llama
+        >>> plan = plan_memory(tiny_llama().hf.config, 512)
         >>> plan.peak("sinks") > plan.peak("forward") > plan.extra("weights")
         True
     """

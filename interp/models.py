@@ -108,7 +108,7 @@ class Model:
 
         Example:
             >>> from transformers import LlamaConfig, LlamaForCausalLM
-            >>> from tests.tiny import byte_tokenizer
+            >>> from interp.tiny_models import byte_tokenizer
             >>> config = LlamaConfig(
             ...     vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             ...     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
@@ -170,7 +170,7 @@ class Model:
             InputError: a text is empty after tokenization or longer than the context.
 
         Example:
-            >>> from tests.tiny import tiny_llama
+            >>> from interp.tiny_models import tiny_llama
             >>> tiny_llama().encode("abc").input_ids.shape
             torch.Size([1, 3])
         """
@@ -258,7 +258,7 @@ def load_model(
         InputError: an unknown device, dtype or strategy, or device together with device_map.
 
     Example:
-        >>> model = load_model()  # doctest: +SKIP
+        >>> model = load_model()
         >>> model.geometry.n_layers, model.geometry.n_heads, model.geometry.n_kv_heads
         (30, 9, 3)
         >>> split = {f"model.layers.{i}": "disk" if i >= 20 else "cpu" for i in range(30)}

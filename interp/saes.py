@@ -264,10 +264,10 @@ def train_sae(
 
     Example:
         >>> from interp.activations import collect_tokens
-        >>> from tests.tiny import tiny_llama
+        >>> from interp.tiny_models import tiny_llama
         >>> acts = collect_tokens(tiny_llama(), ["hello world"], "blocks.1.hook_resid_post")
-        >>> trained = train_sae(acts, SAETrainConfig(d_sae=32, epochs=2))  # doctest: +SKIP
-        >>> trained.sae.cfg.d_sae  # doctest: +SKIP
+        >>> trained = train_sae(acts, SAETrainConfig(d_sae=32, epochs=2))
+        >>> trained.sae.cfg.d_sae
         32
     """
     config = config or SAETrainConfig()

@@ -406,7 +406,7 @@ def run(
             folder to resume a stopped run. A folder of another run is refused.
 
     Example:
-        >>> from tests.tiny import tiny_llama
+        >>> from interp.tiny_models import tiny_llama
         >>> model = tiny_llama()
         >>> trace = Trace("t", tuple(range(3, 40)), n_prompt=7)
         >>> result = run(model, [trace], AnchorConfig(h_lo=2, h_hi=8))

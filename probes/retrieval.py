@@ -34,7 +34,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Int
 from torch import Tensor
 
 from interp.config import Config, check_range
@@ -109,30 +109,6 @@ class RetrievalResult(Bundle):
 
     scores: HeadScores
     tests: ItemTable = field(repr=False)
-
-
-def step_hits(
-    argmax: Int[Tensor, "layer head"],
-    token: int,
-    input_ids: Int[Tensor, " pos"],
-    span: tuple[int, int],
-) -> Bool[Tensor, "layer head"]:
-    """Which heads hit at one decode step (Wu et al., Eq. 1), for all heads at once.
-
-    Args:
-        argmax: top-1 attended key position of every head at this step.
-        token: the token generated at this step.
-        input_ids: the prompt, so x_{j*} can be read.
-        span: (start, stop) of the needle (or answer) span.
-
-    Returns:
-        True where j* lies in the span and the token there is the generated one (which
-        implies the token is a needle token).
-    """
-    start, stop = span
-    in_span = (argmax >= start) & (argmax < stop)
-    safe = argmax.clamp(0, len(input_ids) - 1)
-    return in_span & (input_ids.to(argmax.device)[safe] == token)
 
 
 def needle_scores(
@@ -284,8 +260,14 @@ def run(
             tests) is refused.
 
     Example:
-        >>> tests = niah.build_tests(tiny_model, niah.load_needles(), haystack, [200], 2, 8)
-        >>> result = run(tiny_model, tests, RetrievalConfig(max_new_tokens=8))  # doctest: +SKIP
+        >>> from interp.tiny_models import tiny_llama
+        >>> from probes import niah
+        >>> model = tiny_llama()
+        >>> needles, haystack = niah.load_needles()[:1], niah.load_haystack()
+        >>> tests = niah.build_tests(model, needles, haystack, [200], 2, 8)
+        >>> result = run(model, tests, RetrievalConfig(max_new_tokens=8))
+        >>> len(result.tests), result.scores.data["label"].tolist()[:2]
+        (2, ['L0H0', 'L0H1'])
     """
     config = config or RetrievalConfig()
     if not tests:

@@ -80,11 +80,11 @@ def top_latents(
     Example:
         >>> from interp.activations import collect_tokens
         >>> from interp.saes import SAETrainConfig, train_sae
-        >>> from tests.tiny import tiny_llama
+        >>> from interp.tiny_models import tiny_llama
         >>> model = tiny_llama()
         >>> acts = collect_tokens(model, ["hello world"], "blocks.1.hook_resid_post")
-        >>> sae = train_sae(acts, SAETrainConfig(d_sae=16, l1_coefficient=0.0))  # doctest: +SKIP
-        >>> top_latents(model, sae, "hi there", k=2).data.columns.tolist()  # doctest: +SKIP
+        >>> sae = train_sae(acts, SAETrainConfig(d_sae=16, l1_coefficient=0.0))
+        >>> top_latents(model, sae, "hi there", k=2).data.columns.tolist()
         ['example', 'position', 'token', 'rank', 'latent', 'activation']
     """
     trained.check(model)

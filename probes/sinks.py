@@ -186,8 +186,10 @@ def run(
         progress: called as progress(done, total) after each prompt.
 
     Example:
-        >>> result = run(tiny_model, ["The cat sat on the mat."])  # doctest: +SKIP
-        >>> result.heads.per_head()[["label", "score"]].head(2)  # doctest: +SKIP
+        >>> from interp.tiny_models import tiny_llama
+        >>> result = run(tiny_llama(), ["The cat sat on the mat."])
+        >>> result.heads.per_head()["label"].tolist()[:2]
+        ['L0H0', 'L0H1']
     """
     config = config or SinkConfig()
     prompts = as_texts(prompts)

@@ -116,11 +116,11 @@ def _analyse(
     Returns the summary fields, the figures and the discovery (stage scores and circuit).
     """
     from circuits.discovery import faithfulness
-    from circuits.tasks import evaluate
+    from circuits.tasks import prompt_metrics
     from interp.figures import head_heatmap
     from interp.results import HeadScores
 
-    items = evaluate(loaded, task, batch_size=batch_size)
+    items = prompt_metrics(loaded, task, batch_size=batch_size)
     _save(items, folder, f"{task.name}_items", record)
     found = _discover(loaded, task, stages, options, task.name)
     _save(found.scores, folder, f"{task.name}_path_patching", record)

@@ -18,6 +18,7 @@ import typer
 from tqdm.auto import tqdm
 
 from interp.errors import InputError, InterpError
+from interp.errors import check_choice as check_choice  # the commands import it from here
 
 if TYPE_CHECKING:
     from interp.runs import RunRecord
@@ -212,14 +213,6 @@ def export_figures(figures: dict[str, Any], folder: Path, static: bool) -> list[
             err=True,
         )
     return export(figures, folder / "figures", formats)
-
-
-def check_choice(value: str, options: tuple[str, ...], what: str) -> None:
-    """A command-line choice outside `options` is an input error naming the option."""
-    from interp.errors import InputError, did_you_mean
-
-    if value not in options:
-        raise InputError(f"Unknown {what} {value!r}." + did_you_mean(value, options))
 
 
 def distinct_sweep(values: list[float] | None, option: str, default: float) -> list[float]:

@@ -82,31 +82,29 @@ def act_candidates(geometry: HeadGeometry) -> HeadSet:
 
 
 def hidden_sinks(
-    probs: Float[Tensor, "batch head query key"],
-    visible: Bool[Tensor, "batch query key"],
-    config: ActConfig,
+    sums: Float[Tensor, "batch head key"], seen_by: Float[Tensor, "batch key"], config: ActConfig
 ) -> Bool[Tensor, "batch head key"]:
-    """S' per batch row and head from prefill attention: sinks minus the first one.
+    """S' per batch row and head: the sink rule's keys minus the first one.
 
-    `probs` must hold every query row of the prompt (query i = key i). Padded tokens count
-    neither as queries nor as keys.
+    `sums` and `seen_by` are `column_sums` over every query row of the prompt, added up
+    over the blocks of rows when the prompt came in several (as `Calibrator` does).
     """
-    sums, seen_by = _valid_column_sums(
-        probs, visible, torch.arange(probs.shape[2], device=probs.device)
-    )
     return _without_first(sink_mask(sums, seen_by[:, None], config)[0])
 
 
-def _valid_column_sums(
+def column_sums(
     probs: Float[Tensor, "batch head query key"],
     visible: Bool[Tensor, "batch query key"],
-    query_positions: Int[Tensor, " query"],
+    query_positions: Int[Tensor, " query"] | None = None,
 ) -> tuple[Float[Tensor, "batch head key"], Float[Tensor, "batch key"]]:
     """Per key, the attention it receives from valid (non-padded) query rows, and their count.
 
     A query row is padding iff it cannot see its own position (the padding mask hides a
     padded token from every row). Sums over blocks of rows add up to those of the prompt.
+    `query_positions` defaults to 0..query-1: `probs` holds the prompt's rows from the first.
     """
+    if query_positions is None:
+        query_positions = torch.arange(probs.shape[2], device=probs.device)
     n_keys = visible.shape[-1]
     own = query_positions.clamp(max=n_keys - 1).expand(visible.shape[0], -1)[..., None]
     valid = visible.gather(-1, own)[..., 0] & (query_positions < n_keys)  # [batch, query]
@@ -147,7 +145,7 @@ class ACT:
         config: beta and the sink rule.
 
     Example:
-        >>> from tests.tiny import tiny_llama
+        >>> from interp.tiny_models import tiny_llama
         >>> model = tiny_llama()
         >>> ids = model.encode("hello world").input_ids
         >>> with ACT(HeadSet(["L1H0", "L1H3"])).applied(model):
@@ -199,7 +197,7 @@ class Calibrator:
 
     def prepare(self, rows: AttentionRows, index: Tensor) -> None:
         probs = rows.probs.detach()[:, index]  # S' is boolean: no gradient flows through it
-        sums, seen_by = _valid_column_sums(probs, rows.visible, rows.query_positions)
+        sums, seen_by = column_sums(probs, rows.visible, rows.query_positions)
         batch, n_heads, n_rows, end = probs.shape
         if rows.layer not in self.pending:
             self.pending[rows.layer] = (
@@ -214,9 +212,7 @@ class Calibrator:
             self.pending[rows.layer] = (total, total_seen, done + n_rows)
             return
         del self.pending[rows.layer]
-        self.carried[rows.layer] = _without_first(
-            sink_mask(total, total_seen[:, None], self.config)[0]
-        )
+        self.carried[rows.layer] = hidden_sinks(total, total_seen, self.config)
 
     def __call__(self, rows: AttentionRows, index: Tensor) -> Tensor:
         probs = rows.probs[:, index]

@@ -175,7 +175,7 @@ def search_heads(
 
     Example:
         >>> from interp.tasks import load_task
-        >>> from tests.tiny import tiny_llama
+        >>> from interp.tiny_models import tiny_llama
         >>> task = load_task("sentiment", "calibration").subsample(4)
         >>> found = search_heads(tiny_llama(), [task], candidates=HeadSet(["L1H0", "L2H3"]))
         >>> found.scores.data["label"].tolist()

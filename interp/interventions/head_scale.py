@@ -42,8 +42,13 @@ class HeadScale:
             (see `mean_head_outputs`).
 
     Example:
-        >>> with HeadScale("L3H1", alpha=0.0).applied(model):  # doctest: +SKIP
-        ...     model.hf.generate(ids, max_new_tokens=20)
+        >>> from interp.tiny_models import tiny_llama
+        >>> model = tiny_llama()
+        >>> ids = model.encode("hello").input_ids
+        >>> with HeadScale("L2H1", alpha=0.0).applied(model):
+        ...     out = model.hf.generate(ids, max_new_tokens=3, do_sample=False)
+        >>> tuple(out.shape)
+        (1, 8)
     """
 
     heads: HeadSet

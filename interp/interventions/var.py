@@ -124,25 +124,13 @@ def sink_ratio(
     return phi, where
 
 
-def redistribute(
-    probs: Float[Tensor, "batch head query key"],
-    sinks: Bool[Tensor, "batch key"],
-    image: Bool[Tensor, "batch key"],
-    scope: Bool[Tensor, "batch query"],
-    config: VarConfig,
-) -> Float[Tensor, "batch head query key"]:
-    """VAR's row edit on the rows it selects; every other row is returned unchanged.
-
-    `scope` marks the rows VAR may edit (after the image); a batch row without a visual
-    sink is never edited.
-    """
-    scope = scope & (sinks & image).any(-1, keepdim=True)
-    return _redistribute(probs, _key_classes(sinks, image), scope, config)
-
-
 def _key_classes(sinks: Bool[Tensor, "batch key"], image: Bool[Tensor, "batch key"]) -> Tensor:
-    """[batch, key, 3] float: image token, non-sink image token (V'), sink (S)."""
-    return torch.stack([image, image & ~sinks, sinks], -1).float()
+    """[batch, key, 3] float: image token, non-sink image token (V'), sink (S).
+
+    All zero in a batch row without a visual sink: VAR never edits it.
+    """
+    has_visual_sink = (sinks & image).any(-1)[:, None, None]
+    return torch.stack([image, image & ~sinks, sinks], -1).float() * has_visual_sink
 
 
 def _redistribute(
@@ -262,8 +250,7 @@ class _Redistributor:
         real = self.prompt.mask.bool().to(x.device)  # type: ignore[union-attr]
         sinks = (sink_ratio(x, self.config.sink_dims)[0] >= self.config.tau) & real
         image = self.prompt.image.to(x.device)
-        has_visual_sink = (sinks & image).any(-1)  # [batch]: rows without one are never edited
-        self.keys[layer] = _key_classes(sinks, image) * has_visual_sink[:, None, None]
+        self.keys[layer] = _key_classes(sinks, image)
 
     def __call__(self, rows: AttentionRows) -> Tensor | None:
         if self._foreign(rows.probs.shape[0]):

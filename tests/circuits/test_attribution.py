@@ -9,9 +9,9 @@ import torch
 
 from circuits.attribution import attribution_patching, rank_correlation
 from circuits.tasks import logit_difference
+from circuits.tiny_task import tiny_task
 from interp.errors import InputError
 from interp.results import HeadScores, head_frame
-from tests.circuits.tiny_task import tiny_task
 from tests.tiny import tiny_llama
 
 

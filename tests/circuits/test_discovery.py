@@ -17,10 +17,10 @@ from circuits.discovery import (
     refine,
 )
 from circuits.tasks import ioi, logit_difference
+from circuits.tiny_task import tiny_task
 from interp.errors import ConfigError, InputError
 from interp.heads import HeadSet
 from interp.results import HeadScores, Provenance
-from tests.circuits.tiny_task import tiny_task
 from tests.tiny import tiny_llama
 
 

@@ -1,5 +1,5 @@
-"""Per-head activation patching: the batched, resumed sweep equals one full forward per head,
-and equals the same patching done through TransformerLens's bridge (`hook_z`)."""
+"""Per-head activation patching: the batched sweep started at the patched layer equals one full
+forward per head, and equals the same patching done through TransformerLens's bridge (`hook_z`)."""
 
 import pytest
 import torch
@@ -97,13 +97,13 @@ def test_each_position_sums_to_its_rows_and_skips_padding(tiny):
     assert (scores[scores["position"] < first_real]["logit_difference"] == clean).all()
 
 
-def test_resuming_at_the_layer_changes_nothing_but_the_cost(tiny, monkeypatch):
+def test_starting_at_the_patched_layer_changes_nothing_but_the_cost(tiny, monkeypatch):
     task = tiny_task(tiny)
-    resumed = activation_patching(tiny, task).data
-    monkeypatch.setattr(patching_module, "_resumable", lambda model: False)
+    midway = activation_patching(tiny, task).data
+    monkeypatch.setattr(patching_module, "_starts_midway", lambda model: False)
     full = activation_patching(tiny, task).data
     assert torch.allclose(
-        torch.tensor(resumed["score"].to_numpy()), torch.tensor(full["score"].to_numpy()), atol=1e-5
+        torch.tensor(midway["score"].to_numpy()), torch.tensor(full["score"].to_numpy()), atol=1e-5
     )
 
 

@@ -9,9 +9,9 @@ import torch
 
 from circuits.path_patching import PathPatchingConfig, ioi_stage, path_patching
 from circuits.tasks import logit_difference
+from circuits.tiny_task import tiny_task
 from interp.errors import ConfigError, InputError
 from interp.heads import HeadSet
-from tests.circuits.tiny_task import tiny_task
 from tests.tiny import tiny_llama
 
 

@@ -19,13 +19,13 @@ from circuits.tasks import (
     CircuitTask,
     accuracy,
     colored_objects,
-    evaluate,
     ioi,
     ioi_templates,
     last_logits,
     logit_difference,
     logit_differences,
     name_recall,
+    prompt_metrics,
 )
 from circuits.templates import Template, shipped
 from interp.errors import ConfigError, InputError
@@ -305,7 +305,7 @@ def test_batched_runner_matches_one_plain_forward(words: Model) -> None:
     for size in (1, 4, 64):
         assert torch.allclose(last_logits(words, task.clean, batch_size=size), plain, atol=1e-5)
     assert torch.allclose(logit_differences(words, task), logit_difference(plain, task))
-    table = evaluate(words, task)
+    table = prompt_metrics(words, task)
     assert len(table) == 9 and table.provenance.inputs_hash == task.inputs_hash()
     assert table.data["correct"].tolist() == accuracy(plain, task).tolist()
 

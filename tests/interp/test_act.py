@@ -15,6 +15,7 @@ from interp.interventions.act import (
     act_candidates,
     act_layers,
     calibrate_rows,
+    column_sums,
     hidden_sinks,
 )
 from interp.kv_cache import cache_kwargs, output_cache
@@ -46,6 +47,13 @@ def causal(n: int) -> torch.Tensor:
     return torch.ones(n, n, dtype=torch.bool).tril()[None]
 
 
+def whole_prompt_sinks(
+    probs: torch.Tensor, visible: torch.Tensor, config: ActConfig
+) -> torch.Tensor:
+    """S' from every row of a prompt at once: what ACT finds adding up blocks of rows."""
+    return hidden_sinks(*column_sums(probs, visible), config)
+
+
 def test_hidden_sinks_spare_the_first_sink() -> None:
     # Every row puts 0.5 on key 0 and 0.4 on key 2 once visible: both are sinks.
     probs = torch.zeros(1, 1, 5, 5)
@@ -56,15 +64,17 @@ def test_hidden_sinks_spare_the_first_sink() -> None:
     probs[0, 0, 2:, 1] = 0.1 - 0.05 * torch.arange(3)
     for row in range(2, 5):
         probs[0, 0, row, row] += 1 - probs[0, 0, row].sum()
-    sinks = hidden_sinks(probs, causal(5), ActConfig(min_queries=3))
+    sinks = whole_prompt_sinks(probs, causal(5), ActConfig(min_queries=3))
     assert sinks[0, 0].tolist() == [False, False, True, False, False]
     # Move key 0's mass to key 1 (m_0 = 0.2 < 0.3): key 1 is the first sink and is spared.
     shifted = probs.clone()
     shifted[0, 0, 1:, 1] += shifted[0, 0, 1:, 0]
     shifted[0, 0, 1:, 0] = 0
-    sinks = hidden_sinks(shifted, causal(5), ActConfig(min_queries=3, threshold=0.3))
+    sinks = whole_prompt_sinks(shifted, causal(5), ActConfig(min_queries=3, threshold=0.3))
     assert sinks[0, 0].tolist() == [False, False, True, False, False]
-    assert hidden_sinks(shifted, causal(5), ActConfig(min_queries=3, threshold=0.45)).sum() == 0
+    assert (
+        whole_prompt_sinks(shifted, causal(5), ActConfig(min_queries=3, threshold=0.45)).sum() == 0
+    )
 
 
 def test_hidden_sinks_ignore_left_padding() -> None:
@@ -79,10 +89,10 @@ def test_hidden_sinks_ignore_left_padding() -> None:
     padded_visible = torch.zeros(1, n + pad, n + pad, dtype=torch.bool)
     padded_visible[:, pad:, pad:] = visible
     config = ActConfig(threshold=0.15)
-    plain = hidden_sinks(probs, visible, config)
+    plain = whole_prompt_sinks(probs, visible, config)
     assert plain.any()
-    assert torch.equal(hidden_sinks(padded, padded_visible, config)[..., pad:], plain)
-    assert not hidden_sinks(padded, padded_visible, config)[..., :pad].any()
+    assert torch.equal(whole_prompt_sinks(padded, padded_visible, config)[..., pad:], plain)
+    assert not whole_prompt_sinks(padded, padded_visible, config)[..., :pad].any()
 
 
 def logits(model: Model, text: str = TEXT) -> torch.Tensor:
@@ -133,7 +143,7 @@ def test_decode_rows_reuse_prefill_sinks(tiny: Model, monkeypatch, block_rows) -
     assert len(prefill) == (1 if block_rows is None else -(-ids.shape[1] // block_rows))
     probs, visible = whole(prefill)
     index = torch.tensor(HEADS.heads_in(1))
-    sinks = hidden_sinks(probs[:, index], visible, config)
+    sinks = whole_prompt_sinks(probs[:, index], visible, config)
     assert sinks.any()
     decode = [(b, a) for b, a in zip(before.seen, after.seen, strict=True) if b.is_decode]
     assert len(decode) == 3
@@ -202,7 +212,7 @@ def test_act_end_to_end_on_the_default_model(default_model: Model) -> None:
     recorder = Recorder([12])
     with torch.no_grad(), attention_hooks(default_model.hf, recorder):
         default_model.hf(default_model.encode(task.text(task.items[0])).input_ids)
-    assert hidden_sinks(recorder.seen[0].probs, recorder.seen[0].visible, ActConfig()).any()
+    assert whole_prompt_sinks(recorder.seen[0].probs, recorder.seen[0].visible, ActConfig()).any()
 
     # Search one layer's heads: gains are taken against the identity arm (same kernel), so
     # ACT with beta = 1 gains exactly 0 on every head; real ACT moves the metric far more.

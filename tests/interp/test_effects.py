@@ -15,13 +15,15 @@ from interp.effects import Effects, EffectsConfig, compare, interval, measure, p
 from interp.errors import InputError
 from interp.figures import effects_bars
 from interp.heads import HeadSet
+from interp.hooks import attention_hooks
 from interp.interventions import AttentionEdit, HeadScale, uniform_attention
 from interp.interventions.act import ACT, ActConfig
 from interp.interventions.act_search import HeadSearch, SearchConfig, search_heads, selected_heads
 from interp.interventions.attention_edit import unchanged_rows
 from interp.models import Model
 from interp.results import HeadScores
-from interp.tasks import TASKS_DIR, choice_logprob, load_task
+from interp.tasks import TASKS_DIR, choice_logprob, evaluate, load_task
+from tests.interp.helpers import Recorder
 from tests.tiny import tiny_llama
 
 CONFIG = EffectsConfig(n_boot=500)
@@ -101,16 +103,22 @@ def test_measure_warns_against_its_tasks_chance_level(tiny: Model) -> None:
     assert row["warnings"].split("; ") == [*expected, "the intervention changed no item's score"]
 
 
-def test_identity_has_no_effect_and_results_round_trip(tiny: Model, tmp_path) -> None:
+def test_table_rows_summarise_the_items_and_results_round_trip(tiny: Model, tmp_path) -> None:
     tasks = [load_task("sentiment").subsample(4), load_task("larger").subsample(3)]
-    identity = HeadScale(["L1H0"], alpha=1.0)
-    effects = measure(tiny, tasks, identity, CONFIG)
-    table = effects.table.data
-    assert table["task"].tolist() == ["sentiment", "larger"]
-    assert table["difference"].eq(0).all() and table[["improved", "worsened"]].eq(0).all().all()
-    assert table[["ci_low", "ci_high"]].eq(0).all().all() and table["constant"].all()
-    assert len(effects.per_item) == 7
-    assert effects.table.provenance.config["intervention"] == identity.to_dict()
+    ablation = HeadScale(["L1H0"], alpha=0.0)
+    effects = measure(tiny, tasks, ablation, CONFIG, metric=choice_logprob)
+    table, items = effects.table.data, effects.per_item.data
+    assert table["task"].tolist() == ["sentiment", "larger"] and len(items) == 7
+    for task, row in zip(tasks, table.itertuples(), strict=True):
+        mine = items[items["task"] == task.name]
+        # The baseline arm is the plain model (alpha = 1 is bit-identical to it).
+        assert mine["baseline_score"].tolist() == choice_logprob(evaluate(tiny, task)).tolist()
+        moved = mine["intervened_score"] - mine["baseline_score"]
+        assert moved.abs().max() > 1e-4  # the ablation moves every task's scores
+        assert row.difference == pytest.approx(moved.mean())
+        assert (row.improved, row.worsened) == ((moved > 0).sum(), (moved < 0).sum())
+        assert row.ci_low <= row.difference <= row.ci_high and not row.constant
+    assert effects.table.provenance.config["intervention"] == ablation.to_dict()
     written = effects.save(tmp_path / "run")
     assert {p.name for p in written} >= {"effects.parquet", "per_item.parquet", "per_item.csv"}
     assert Effects.load(tmp_path / "run") == effects
@@ -128,24 +136,32 @@ def test_measure_takes_any_task_metric(tiny: Model) -> None:
     )
 
 
-@pytest.mark.parametrize(
-    "identity",
-    [
-        ACT("L1H0,L2H3", ActConfig(beta=1.0, threshold=0.01)),
-        AttentionEdit("L1H0,L2H3", unchanged_rows),
-        uniform_attention("L1H0").identity(),
-        HeadScale("L1H0,L2H3", alpha=1.0),
-    ],
-    ids=["act_beta_1", "unedited_rows", "uniform_identity", "alpha_1"],
-)
-def test_identity_interventions_show_exactly_no_effect(tiny: Model, identity) -> None:
-    """The baseline runs the same kernels: not even float rounding (~1e-7) shows."""
+def test_the_baseline_arm_runs_the_identitys_kernels(tiny: Model) -> None:
+    """An identity edit shows exactly no effect because the baseline runs its kernels.
+
+    The unchanged rows, renormalised in float32, are ~1e-6 off the plain forward: a baseline
+    run without the identity would show that as an effect.
+    """
     task = load_task("sentiment").subsample(6)
-    effects = measure(tiny, [task], identity, CONFIG, metric=choice_logprob)
+    edit = AttentionEdit("L1H0,L2H3", unchanged_rows)
+    assert uniform_attention("L1H0,L2H3").identity() == edit  # what a masking run compares to
+    effects = measure(tiny, [task], edit, CONFIG, metric=choice_logprob)
     items = effects.per_item.data
+    plain = choice_logprob(evaluate(tiny, task))
+    assert not np.array_equal(items["baseline_score"].to_numpy(), plain)  # kernels differ
     assert (items.intervened_score == items.baseline_score).all()
     row = effects.table.data.iloc[0]
     assert row["difference"] == 0.0 and row["constant"]
+
+
+def test_act_at_beta_one_is_the_unedited_explicit_kernel(tiny: Model) -> None:
+    """beta = 1 leaves every row as computed: the explicit kernel's run without any edit."""
+    task = load_task("sentiment").subsample(6)
+    with attention_hooks(tiny.hf, Recorder([1, 2])):  # reads rows, so layers 1-2 run explicit
+        unedited = choice_logprob(evaluate(tiny, task))
+    act = ACT("L1H0,L2H3", ActConfig(beta=1.0, threshold=0.01))
+    items = measure(tiny, [task], act, CONFIG, metric=choice_logprob).per_item.data
+    assert items["intervened_score"].tolist() == unedited.tolist()
 
 
 def test_a_real_edit_moves_the_scores_the_identity_leaves(tiny: Model) -> None:

@@ -108,6 +108,8 @@ def test_intervention_with_cache_equals_full_forwards(tiny) -> None:
             for _ in range(5):
                 ids = torch.cat([ids, tiny.hf(ids).logits[:, -1].argmax(-1, keepdim=True)], 1)
     assert got.response_ids.tolist() == ids[0, len(prompt) :].tolist()
+    plain = generate(tiny, prompt, GenerationConfig(max_new_tokens=5))[0]
+    assert plain.response_ids.tolist() != got.response_ids.tolist()  # the edit changes tokens
 
 
 def test_chat_template_and_bad_prompts(tiny) -> None:

@@ -276,8 +276,8 @@ def test_decoder_from_a_layer_reproduces_the_full_forward(tiny):
     for start in (0, 2):
         with decoder_from(tiny.hf, start):
             assert len(tiny.hf.model.layers) == 3 - start
-            resumed = tiny.hf(inputs_embeds=cache[start], **inputs).logits
-        assert torch.equal(resumed, full)  # same kernels, same inputs: bit-exact
+            midway = tiny.hf(inputs_embeds=cache[start], **inputs).logits
+        assert torch.equal(midway, full)  # same kernels, same inputs: bit-exact
     assert tiny.hf.model.layers is layers
 
 

@@ -165,7 +165,7 @@ def test_intervention_effects_offloaded(
 
 @pytest.mark.integration
 def test_decoder_from_offloaded(offloaded) -> None:
-    """Resuming at an offloaded layer (the layer list swapped) gives the full logits."""
+    """Starting at an offloaded layer (the layer list swapped) gives the full logits."""
     start = OFFLOADED[0]
     batch = offloaded.encode(PROMPT)
     saved: dict[int, torch.Tensor] = {}
@@ -173,13 +173,13 @@ def test_decoder_from_offloaded(offloaded) -> None:
         full = offloaded.hf(**batch).logits
     positions = torch.arange(batch.input_ids.shape[1])[None]
     with torch.no_grad(), decoder_from(offloaded.hf, start):
-        resumed = offloaded.hf(
+        midway = offloaded.hf(
             inputs_embeds=saved[start],
             attention_mask=batch.attention_mask,
             position_ids=positions,
             use_cache=False,
         ).logits
-    torch.testing.assert_close(resumed, full, rtol=0, atol=1e-5)
+    torch.testing.assert_close(midway, full, rtol=0, atol=1e-5)
 
 
 @pytest.mark.integration

@@ -15,7 +15,14 @@ from interp.heads import Head, HeadSet
 from interp.hooks import attention_hooks, residual_hooks
 from interp.interventions import VHR, applied_all
 from interp.interventions.attention_edit import AttentionEdit
-from interp.interventions.var import VAR, VarConfig, redistribute, sink_ratio, var_layers
+from interp.interventions.var import (
+    VAR,
+    VarConfig,
+    _key_classes,
+    _redistribute,
+    sink_ratio,
+    var_layers,
+)
 from interp.models import Model
 from tests.interp.helpers import vlm_cached_and_reforwarded
 from tests.tiny import tiny_idefics3, tiny_llama, tiny_llava, tiny_llava_next
@@ -33,6 +40,17 @@ def vlm(request: pytest.FixtureRequest) -> Model:
 def _images() -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     return [rng.integers(0, 256, (24 + 8 * i, 40, 3), dtype=np.uint8) for i in range(2)]
+
+
+def redistribute(
+    probs: torch.Tensor,
+    sinks: torch.Tensor,
+    image: torch.Tensor,
+    scope: torch.Tensor,
+    config: VarConfig,
+) -> torch.Tensor:
+    """VAR's edit of attention rows, as its attention hook runs it on a prompt's sinks."""
+    return _redistribute(probs, _key_classes(sinks, image), scope, config)
 
 
 def test_redistribute_on_a_hand_made_row():

@@ -94,7 +94,15 @@ def test_block_keys_zeroes_later_attention_and_keeps_rows_distributions(tiny) ->
     assert torch.equal(torch.cat(seen, dim=2)[1], free)  # a row with nothing blocked
 
 
-def test_causal_check_runs_and_identity_rows_are_exact(tiny) -> None:
+def _later_logprob(model, ids: tuple[int, ...], first_blocked: int) -> float:
+    """Mean log-prob of the tokens after `first_blocked`, from one plain forward."""
+    with torch.no_grad():
+        logits = model.hf(torch.tensor([ids])).logits[0, :-1].float()
+    logprob = logits.log_softmax(-1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+    return float(logprob[torch.arange(1, len(ids)) > first_blocked].mean())
+
+
+def test_causal_check_rows_hold_their_values(tiny) -> None:
     rng = np.random.default_rng(0)
     traces = [Trace(f"t{i}", tuple(int(x) for x in rng.integers(3, 259, 40)), 8) for i in range(3)]
     config = anchors.AnchorConfig(h_lo=3, h_hi=15)
@@ -122,7 +130,26 @@ def test_causal_check_runs_and_identity_rows_are_exact(tiny) -> None:
         "jaccard",
     ]
     assert np.isfinite(summary.difference).all()
-    assert (pd.DataFrame(rows).logprob_change != 0).all()
+    table = pd.DataFrame(rows)
+    assert (table.logprob_change != 0).all()
+    np.testing.assert_allclose(
+        table.logprob_change, table.blocked_logprob - table.baseline_logprob, atol=1e-6
+    )
+    assert table.jaccard.between(0, 1).all()
+    for trace in traces:
+        mine = table[table.trace == trace.name]
+        anchors_here = result.tokens.data.query("trace == @trace.name and is_anchor").position
+        assert (mine.n_blocked == len(anchors_here)).all()  # random arms block as many keys
+        # The unedited row (nothing blocked, the edit's kernel) is the plain forward's.
+        first = int(anchors_here.min())
+        assert mine.baseline_logprob.iloc[0] == pytest.approx(
+            _later_logprob(tiny, trace.ids, first), abs=1e-4
+        )
+    by_comparison = summary.set_index(["comparison", "metric"]).difference
+    anchor_rows = table[table.arm == "anchors"]
+    assert by_comparison["anchors blocked vs none", "later_logprob"] == pytest.approx(
+        anchor_rows.logprob_change.mean(), abs=1e-6
+    )
 
 
 def test_causal_check_stopped_from_python_resumes_to_one_run(tiny, tmp_path, monkeypatch) -> None:

@@ -8,6 +8,8 @@ import torch
 from pandas.testing import assert_frame_equal
 
 from interp.errors import ConfigError, InputError
+from interp.explicit_attention import AttentionRows
+from interp.hooks import attention_hooks
 from interp.models import Model
 from probes import anchors
 from probes.anchor_traces import Trace
@@ -83,12 +85,29 @@ def test_paper_defaults_and_fai_to_the_response_end(tiny) -> None:
     _check_against_reference(tiny, traces, rl)
 
 
+class _BlockStarts:
+    """Attention hook that reads nothing but where each block of layer 0's query rows starts."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+
+    def wants(self, layer: int, n_queries: int) -> bool:
+        return layer == 0
+
+    def __call__(self, rows: AttentionRows) -> None:
+        self.starts.append(int(rows.query_positions[0]))
+
+
 def test_blocks_of_rows_give_the_same_metrics(tiny, monkeypatch) -> None:
     traces = _traces([(60, 10), (45, 8)], seed=3)
     config = anchors.AnchorConfig(window=5, h_lo=4, h_hi=20, batch_size=2)
-    whole = anchors.run(tiny, traces, config)
+    one, several = _BlockStarts(), _BlockStarts()
+    with attention_hooks(tiny.hf, one):
+        whole = anchors.run(tiny, traces, config)
     monkeypatch.setattr("interp.explicit_attention._BLOCK_BYTES", 4 * 2 * 4 * 60 * 7)
-    blocked = anchors.run(tiny, traces, config)
+    with attention_hooks(tiny.hf, several):
+        blocked = anchors.run(tiny, traces, config)
+    assert set(one.starts) == {0} and len(set(several.starts)) > 1  # one block, then several
     cols = ["waad", "fai", "delta_waad"]
     np.testing.assert_allclose(
         blocked.tokens.data[cols].to_numpy(), whole.tokens.data[cols].to_numpy(), atol=TOL

@@ -35,13 +35,13 @@ def _provenance() -> Provenance:
 # Pure hit computation on hand-made rows
 
 
-def test_step_hits_needs_span_and_same_token() -> None:
-    ids = torch.tensor([5, 6, 7, 8, 9, 7])
-    argmax = torch.tensor([[2, 5], [0, 3]])  # [layer, head]
-    hits = retrieval.step_hits(argmax, token=7, input_ids=ids, span=(1, 4))
+def test_a_hit_needs_the_span_and_the_generated_token() -> None:
+    ids = torch.tensor([5, 6, 7, 8, 9, 7])  # span (1, 4): tokens 6 7 8
+    argmaxes = torch.tensor([[[2, 5], [0, 3]]])  # one step generating 7: [step, layer, head]
     # L0H0 looks at position 2 (token 7, in span); L0H1 at 5 (token 7, outside the span);
     # L1H0 at 0 (outside); L1H1 at 3 (in span, but token 8 is not the generated 7).
-    assert hits.tolist() == [[True, False], [False, False]]
+    events = retrieval.needle_scores(argmaxes, [7], ids, (1, 4), "events")
+    np.testing.assert_allclose(events, [[1 / 3, 0.0], [0.0, 0.0]])
 
 
 def test_set_counts_distinct_tokens_events_count_every_hit() -> None:
@@ -69,8 +69,10 @@ def test_scores_ignore_wrong_token_and_empty_generation() -> None:
     np.testing.assert_allclose(
         retrieval.needle_scores(argmaxes, [11], ids, (1, 3), "set"), [[0.0, 0.5]]
     )
-    empty = torch.zeros(0, 2, 3, dtype=torch.long)
-    assert retrieval.needle_scores(empty, [], ids, (1, 3), "set").shape == (2, 3)
+    empty = torch.zeros(0, 2, 3, dtype=torch.long)  # nothing generated: every head scores 0
+    for count in ("set", "events"):
+        scores = retrieval.needle_scores(empty, [], ids, (1, 3), count)
+        np.testing.assert_array_equal(scores, np.zeros((2, 3)))
 
 
 def test_aggregate_filters_failed_tests() -> None:

@@ -1,4 +1,5 @@
-"""A random circuit task on the tiny byte-level model (tests.tiny), for unit tests."""
+"""A random circuit task on the tiny byte-level model (`interp.tiny_models`), for unit tests
+and the docstring examples of the circuit analyzers (IOI needs word-level tokens)."""
 
 from __future__ import annotations
 
