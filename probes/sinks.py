@@ -118,7 +118,9 @@ class _ColumnSums:
         seen = rows.visible[0].sum(dim=0)  # [block key]
         self.seen_by[rows.layer][: seen.shape[-1]] += seen  # type: ignore[index]
         if int(rows.query_positions[0]) == 0:
-            self.first_row[rows.layer] = rows.probs[0, :, 0, 0]
+            self.first_row[rows.layer] = rows.probs[
+                0, :, 0, 0
+            ].clone()  # a view keeps the block alive
 
 
 def sink_statistics(
