@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
@@ -9,14 +10,27 @@ import typer
 from typer._click import exceptions as click_errors  # typer >= 0.29 vendors click
 from typer.core import TyperGroup
 
-from interp.cli.anchors import score_anchors
 from interp.cli.effect import effect_act
 from interp.cli.effect_vision import effect_var, effect_vhr
 from interp.cli.models import models
-from interp.cli.retrieval import ablate_retrieval, score_retrieval
-from interp.cli.sinks import score_sinks
-from interp.cli.vision import score_vision
+from interp.cli.shapes import shapes_tasks
 from interp.version import toolkit_version
+
+# Commands whose workflows live above the core, as (group, name, "module:attribute"). They
+# are registered by name so that the core never imports an analyzer package (probes,
+# circuits); an analyzer package adds its commands here, not the other way round.
+COMMANDS_BY_NAME: tuple[tuple[str, str, str], ...] = (
+    ("score", "sinks", "probes.commands.sinks:score_sinks"),
+    ("score", "retrieval", "probes.commands.retrieval:score_retrieval"),
+    ("score", "anchors", "probes.commands.anchors:score_anchors"),
+    ("score", "vision", "probes.commands.vision:score_vision"),
+    ("ablate", "retrieval", "probes.commands.retrieval:ablate_retrieval"),
+    ("circuit", "ioi", "circuits.commands.circuit:circuit_ioi"),
+    ("circuit", "colored-objects", "circuits.commands.circuit:circuit_colored_objects"),
+    ("circuit", "overlap", "circuits.commands.circuit:circuit_overlap"),
+    ("circuit", "sae", "circuits.commands.sae_circuit:circuit_sae"),
+)
+GROUPS_BY_NAME: tuple[tuple[str, str], ...] = (("sae", "probes.commands.sae:sae_app"),)
 
 
 class _OneLineErrors(TyperGroup):
@@ -78,46 +92,31 @@ def _main(
     """Score, visualise and intervene on attention heads."""
 
 
-app.add_typer(score_app, name="score")
-app.add_typer(effect_app, name="effect")
-app.add_typer(ablate_app, name="ablate")
-app.command("models")(models)
-score_app.command("sinks")(score_sinks)
-score_app.command("retrieval")(score_retrieval)
-effect_app.command("act")(effect_act)
-effect_app.command("vhr")(effect_vhr)
-effect_app.command("var")(effect_var)
-ablate_app.command("retrieval")(ablate_retrieval)
-score_app.command("anchors")(score_anchors)
-score_app.command("vision")(score_vision)
+def _by_name(target: str) -> Any:
+    module, attribute = target.split(":")
+    return getattr(importlib.import_module(module), attribute)
 
-# shapes-llava's benchmarks (issue 13)
-from interp.cli.shapes import shapes_tasks  # noqa: E402
 
 shapes_app = typer.Typer(
     help="shapes-llava, the trained toy VLM: its held-out POPE and caption tasks.",
     no_args_is_help=True,
 )
-app.add_typer(shapes_app, name="shapes")
-shapes_app.command("tasks")(shapes_tasks)
-
-# circuits (issue 9)
-from interp.cli.circuit import circuit_colored_objects, circuit_ioi, circuit_overlap  # noqa: E402
-
 circuit_app = typer.Typer(
     help="Circuits: IOI and Colored Objects, discovery, faithfulness, reuse and repair.",
     no_args_is_help=True,
 )
-app.add_typer(circuit_app, name="circuit")
-circuit_app.command("ioi")(circuit_ioi)
-circuit_app.command("colored-objects")(circuit_colored_objects)
-circuit_app.command("overlap")(circuit_overlap)
-
-# sparse autoencoders (issue 10)
-from interp.cli.sae import sae_app  # noqa: E402
-from interp.cli.sae_circuit import circuit_sae  # noqa: E402
-
-app.add_typer(sae_app, name="sae")
-circuit_app.command("sae")(circuit_sae)
+groups = {"score": score_app, "effect": effect_app, "ablate": ablate_app, "circuit": circuit_app}
+for name, group in groups.items():
+    app.add_typer(group, name=name)
+app.add_typer(shapes_app, name="shapes")
+app.command("models")(models)
+effect_app.command("act")(effect_act)
+effect_app.command("vhr")(effect_vhr)
+effect_app.command("var")(effect_var)
+shapes_app.command("tasks")(shapes_tasks)
+for group_name, name, target in COMMANDS_BY_NAME:
+    groups[group_name].command(name)(_by_name(target))
+for name, target in GROUPS_BY_NAME:
+    app.add_typer(_by_name(target), name=name)
 
 __all__ = ["app"]

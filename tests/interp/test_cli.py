@@ -114,7 +114,7 @@ def test_circuit_ioi_writes_tables_summary_and_figures(tmp_path, words_model):
 def test_a_circuit_of_a_model_at_chance_or_without_logit_difference_is_flagged():
     from types import SimpleNamespace
 
-    from interp.cli.circuit import _warnings
+    from circuits.commands.circuit import _warnings
 
     task = SimpleNamespace(choice_ids=torch.zeros(4, 3))  # Colored Objects: 3 colours listed
     faithful = SimpleNamespace(

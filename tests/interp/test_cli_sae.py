@@ -8,9 +8,9 @@ from sae_lens import StandardSAE, StandardSAEConfig
 from typer.testing import CliRunner
 
 from interp.cli import app
-from interp.cli.sae import hook_name, split_texts
 from interp.errors import InputError
 from interp.saes import TrainedSAE
+from probes.commands.sae import hook_name, split_texts
 from tests.circuits.word_model import saved_words_tiny
 from tests.tiny import saved_tiny
 

@@ -77,8 +77,8 @@ def circuit_sae(
     with user_errors():
         import numpy as np
 
+        from circuits.commands.circuit import _check_counts, _finish
         from circuits.sae_circuits import SAECircuitConfig
-        from interp.cli.circuit import _check_counts, _finish
         from interp.effects import caveats
         from interp.errors import InputError
 
@@ -157,8 +157,8 @@ def _stored(loaded: Any, stored: Any, task: str) -> Any:
 
 def _discovered(loaded: Any, task: Any, folder: Path, record: Any) -> Any:
     """The reference circuit by staged path patching on the task's prompts (saved)."""
+    from circuits.commands.circuit import END_STAGES, _discover, _save
     from circuits.path_patching import IOI_STAGES
-    from interp.cli.circuit import END_STAGES, _discover, _save
 
     stages = tuple(IOI_STAGES) if task.name == "ioi" else END_STAGES
     found = _discover(loaded, task, stages, {}, task.name)
@@ -175,9 +175,9 @@ def _score(
     import numpy as np
     import pandas as pd
 
+    from circuits.commands.circuit import _save
     from circuits.sae_circuits import roc_auc, roc_points, score_heads
     from interp.activations import collect_heads
-    from interp.cli.circuit import _save
     from interp.figures import circuit_heatmaps, roc_curves
     from interp.results import HeadScores, ItemTable
 

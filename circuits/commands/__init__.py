@@ -1,0 +1,1 @@
+"""`interp circuit` commands; interp.cli registers them by name."""

@@ -1,0 +1,1 @@
+"""`interp` commands whose workflows live in probes; interp.cli registers them by name."""
