@@ -42,7 +42,15 @@ from interp.errors import InputError
 from interp.hooks import AttentionRows, attention_hooks, residual_hooks
 from interp.models import Model
 from interp.prompts import as_texts
-from interp.results import Bundle, HeadScores, Provenance, TokenScores, hash_inputs, head_frame
+from interp.results import (
+    Bundle,
+    HeadScores,
+    ItemTable,
+    Provenance,
+    TokenScores,
+    hash_inputs,
+    head_frame,
+)
 from interp.sink_rule import sink_mask
 
 ANALYZER = "sinks"
@@ -90,6 +98,27 @@ class SinkResult(Bundle):
     heads: HeadScores
     sink_tokens: TokenScores
     massive: TokenScores
+
+    def summaries(self) -> dict[str, HeadScores | ItemTable]:
+        """Per-head averages over the prompts and the massive dimensions, as tables."""
+        return {
+            "scores_per_head": HeadScores(self.heads.per_head(), self.heads.provenance),
+            "massive_dims": ItemTable(massive_dimensions(self.massive), self.massive.provenance),
+        }
+
+    def figures(self) -> dict[str, object]:
+        """Layer x head maps of the sink, first-token and hidden-sink shares."""
+        from interp.figures import head_heatmap
+
+        shares = {
+            "sink_share": ("score", "Attention share on sink tokens"),
+            "first_token_share": ("first_token_share", "Attention share on the first token"),
+            "hidden_sink_share": (
+                "hidden_sink_share",
+                "Attention share on hidden sinks (after token 0)",
+            ),
+        }
+        return {name: head_heatmap(self.heads, *args) for name, args in shares.items()}
 
 
 class _ColumnSums:

@@ -7,9 +7,10 @@ analyzers in `probes/` and `circuits/` (lazily, inside commands); the core never
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -213,6 +214,42 @@ def export_figures(figures: dict[str, Any], folder: Path, static: bool) -> list[
             err=True,
         )
     return export(figures, folder / "figures", formats)
+
+
+def write_outputs(
+    folder: Path,
+    record: RunRecord,
+    *,
+    bundles: Iterable[Any] = (),
+    tables: Mapping[str, Any] | None = None,
+    figures: Mapping[str, Any] | None = None,
+    static: bool = True,
+    summary: Mapping[str, Any] | None = None,
+    **manifest: Any,
+) -> list[Path]:
+    """The one output path of every command; returns the figure files it wrote.
+
+    Writes, in this order: each result bundle's tables (`Bundle.save`, parquet + CSV), each
+    named table as `<name>.parquet` (+ CSV), the figures (HTML, plus PNG/SVG/PDF when
+    `static`), `summary.json` when a summary is given (also copied into the manifest), and
+    last `manifest.json` with `manifest`'s fields, so a folder with a manifest is complete.
+    """
+    from interp.results import csv_path
+
+    for bundle in bundles:
+        record.wrote(bundle.save(folder))
+    for name, table in (tables or {}).items():
+        path = table.save(folder / f"{name}.parquet", csv=True)
+        record.wrote([path, csv_path(path)])
+    written = export_figures(dict(figures or {}), folder, static)
+    record.wrote(written)
+    if summary is not None:
+        path = folder / "summary.json"
+        path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        record.wrote([path])
+        manifest = {**manifest, "summary": summary}
+    record.write(folder, **manifest)
+    return written
 
 
 def distinct_sweep(values: list[float] | None, option: str, default: float) -> list[float]:

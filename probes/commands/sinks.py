@@ -15,13 +15,13 @@ from interp.cli.common import (
     ModelOption,
     OffloadFolderOption,
     StaticOption,
-    export_figures,
     load_model_or_fail,
     placement,
     progress_bar,
     result_folder,
     start_record,
     user_errors,
+    write_outputs,
 )
 
 
@@ -62,9 +62,7 @@ def score_sinks(
     """Score every head's attention sinks and write tables, a manifest and figures."""
     record = start_record("score sinks", locals())
     with user_errors():
-        from interp.figures import head_heatmap
         from interp.prompts import data_path, load_prompts
-        from interp.results import HeadScores, ItemTable, csv_path
         from probes import sinks
 
         config = sinks.SinkConfig(
@@ -82,30 +80,16 @@ def score_sinks(
         update, bar = progress_bar(len(texts), "sinks")
         with bar:
             result = sinks.run(loaded, texts, config, progress=update)
-        provenance = result.heads.provenance
-        per_head = result.heads.per_head()
-        dims = sinks.massive_dimensions(result.massive)
-        record.wrote(result.save(folder, csv=False))
-        for name, table in {
-            "scores_per_head": HeadScores(per_head, provenance),
-            "massive_dims": ItemTable(dims, result.massive.provenance),
-        }.items():
-            path = table.save(folder / f"{name}.parquet", csv=True)
-            record.wrote([path, csv_path(path)])
-        figures = {
-            "sink_share": head_heatmap(result.heads, "score", "Attention share on sink tokens"),
-            "first_token_share": head_heatmap(
-                result.heads, "first_token_share", "Attention share on the first token"
-            ),
-            "hidden_sink_share": head_heatmap(
-                result.heads, "hidden_sink_share", "Attention share on hidden sinks (after token 0)"
-            ),
-        }
-        written = export_figures(figures, folder, static)
-        record.wrote(written)
-        record.write(
+        summaries = result.summaries()
+        per_head, dims = (table.data for table in summaries.values())
+        written = write_outputs(
             folder,
-            provenance=provenance.to_dict(),
+            record,
+            bundles=[result],
+            tables=summaries,
+            figures=result.figures(),
+            static=static,
+            provenance=result.provenance.to_dict(),
             geometry=vars(loaded.geometry),
             rows=len(per_head),
         )
