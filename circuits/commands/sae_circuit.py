@@ -25,6 +25,14 @@ from interp.cli.common import (
 )
 
 TASKS = ("ioi", "colored-objects")
+ReferenceOption = typer.Option(
+    help="The reference circuit: a <task>_circuit.parquet of `interp circuit ioi` on"
+    " this model. Default: discovered here by path patching on the same prompts."
+)
+EdgeRuleOption = typer.Option(
+    help="Edge-ranking entries kept: 'all_heads' = (all heads)² // 2 (reference code);"
+    " 'per_layer' = heads-per-layer² // 2 (earlier toolkit)."
+)
 
 
 def circuit_sae(
@@ -37,13 +45,7 @@ def circuit_sae(
     seeds: Annotated[
         int, typer.Option(help="SAE seeds 0..N-1 (training prompts and initialisation).")
     ] = 1,
-    reference: Annotated[
-        Path | None,
-        typer.Option(
-            help="The reference circuit: a <task>_circuit.parquet of `interp circuit ioi` on"
-            " this model. Default: discovered here by path patching on the same prompts."
-        ),
-    ] = None,
+    reference: Annotated[Path | None, ReferenceOption] = None,
     d_sae: Annotated[int, typer.Option(help="Latents of the shared SAE (paper: 200).")] = 200,
     sparsity: Annotated[float, typer.Option(help="The paper's L1 weight λ (IOI: 0.02).")] = 0.02,
     lr: Annotated[float, typer.Option(help="Adam learning rate (paper: 1e-3).")] = 1e-3,
@@ -52,13 +54,7 @@ def circuit_sae(
     normalise: Annotated[
         bool, typer.Option(help="Divide node and edge counts by the codes seen at all.")
     ] = False,
-    edge_rule: Annotated[
-        str,
-        typer.Option(
-            help="Edge-ranking entries kept: 'all_heads' = (all heads)² // 2 (reference code);"
-            " 'per_layer' = heads-per-layer² // 2 (earlier toolkit)."
-        ),
-    ] = "all_heads",
+    edge_rule: Annotated[str, EdgeRuleOption] = "all_heads",
     batch_size: Annotated[int, typer.Option(help="Prompts per forward.")] = 16,
     out: Annotated[
         Path | None,
@@ -73,9 +69,7 @@ def circuit_sae(
         from circuits.commands.shared import check_counts, config_from, step_bars, write_result
         from circuits.sae_circuits import SAECircuitConfig
         from circuits.sae_identification import identify_circuit
-        from circuits.tasks import colored_objects, ioi
         from interp.errors import InputError
-        from interp.results import HeadScores
 
         check_choice(task, TASKS, "--task")
         check_choice(edge_rule, ("all_heads", "per_layer"), "--edge-rule")
@@ -83,24 +77,33 @@ def circuit_sae(
         config = config_from(SAECircuitConfig, locals(), seed=0)  # --seed seeds the prompts
         if n_train > 2 * n:
             raise InputError(f"--n-train {n_train} is more than the {2 * n} prompts.")
-        if reference is not None:
-            record.inputs([reference])
-        stored = HeadScores.load(reference) if reference is not None else None
+        stored = _read_reference(reference, record)
         folder = result_folder(out, f"circuit-sae-{task}", model, record)
         loaded = load_model_or_fail(model, device)
-        build = ioi if task == "ioi" else colored_objects
-        with step_bars() as progress:
+        built = _build(loaded, task, n, seed)
+        with step_bars() as bars:
             result = identify_circuit(
-                loaded,
-                build(loaded, n, seed=seed),
-                config,
-                seeds=seeds,
-                reference=stored,
-                progress=progress,
+                loaded, built, config, seeds=seeds, reference=stored, progress=bars
             )
         write_result(folder, record, result, static, reference=str(reference or "discovered"))
         _echo(task, result.summary)
         typer.echo(f"results and figures in {folder}")
+
+
+def _build(loaded: Any, task: str, n: int, seed: int) -> Any:
+    from circuits.tasks import colored_objects, ioi
+
+    return ioi(loaded, n, seed=seed) if task == "ioi" else colored_objects(loaded, n, seed=seed)
+
+
+def _read_reference(path: Path | None, record: Any) -> Any:
+    """The stored reference circuit (before the model loads), or None to discover one."""
+    if path is None:
+        return None
+    from interp.results import HeadScores
+
+    record.inputs([path])
+    return HeadScores.load(path)
 
 
 def _echo(task: str, summary: dict[str, Any]) -> None:
