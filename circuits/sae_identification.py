@@ -84,7 +84,8 @@ class SAEIdentification:
 
 
 def reference_heads(model: Model, stored: HeadScores, task: str) -> HeadSet:
-    """A stored reference circuit's heads, checked against the model."""
+    """A stored reference circuit's heads, checked against the model (`task`: the command
+    that makes one, named in the error)."""
     if stored.provenance.weights_hash != model.weights_hash:
         raise InputError(
             f"The reference circuit was found on {stored.provenance.model}, not on"
@@ -101,19 +102,17 @@ def identify_circuit(
     config: SAECircuitConfig | None = None,
     *,
     seeds: int = 1,
-    reference: HeadScores | None = None,
+    reference: HeadSet | None = None,
     progress: Progress | None = None,
 ) -> SAEIdentification:
     """Score every head with an SAE per seed 0..seeds-1 against the reference circuit.
 
-    `reference` is a stored circuit table (default: discovered here, IOI's four stages or
-    the stages read at the last token for other tasks).
+    `reference` is the circuit's heads (a stored one: `reference_heads`); default:
+    discovered here, IOI's four stages or the stages read at the last token for other tasks.
     """
     config = config or SAECircuitConfig()
-    discovered = None
-    if reference is not None:
-        circuit = reference_heads(model, reference, task.name.replace("_", "-"))
-    else:
+    circuit, discovered = reference, None
+    if circuit is None:
         stages = tuple(IOI_STAGES) if task.name == "ioi" else END_STAGES
         found = staged_discovery(model, task, CircuitConfig(stages=stages), progress)
         circuit, discovered = found.heads, found.circuit
@@ -145,7 +144,7 @@ def identify_circuit(
         "node_auc": _spread(table["node_auc"]),
         "edge_auc": _spread(table["edge_auc"]),
         "config": config.to_dict(),
-        "reference": "discovered" if reference is None else "stored",
+        "reference": "discovered" if reference is None else "given",
         "warnings": caveats(seeds=seeds),
     }
     return SAEIdentification(

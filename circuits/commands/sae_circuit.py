@@ -68,7 +68,7 @@ def circuit_sae(
     with user_errors():
         from circuits.commands.shared import check_counts, config_from, step_bars, write_result
         from circuits.sae_circuits import SAECircuitConfig
-        from circuits.sae_identification import identify_circuit
+        from circuits.sae_identification import identify_circuit, reference_heads
         from interp.errors import InputError
 
         check_choice(task, TASKS, "--task")
@@ -80,10 +80,11 @@ def circuit_sae(
         stored = _read_reference(reference, record)
         folder = result_folder(out, f"circuit-sae-{task}", model, record)
         loaded = load_model_or_fail(model, device)
+        circuit = reference_heads(loaded, stored, task) if stored is not None else None
         built = _build(loaded, task, n, seed)
         with step_bars() as bars:
             result = identify_circuit(
-                loaded, built, config, seeds=seeds, reference=stored, progress=bars
+                loaded, built, config, seeds=seeds, reference=circuit, progress=bars
             )
         write_result(folder, record, result, static, reference=str(reference or "discovered"))
         _echo(task, result.summary)
