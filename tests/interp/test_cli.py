@@ -114,21 +114,21 @@ def test_circuit_ioi_writes_tables_summary_and_figures(tmp_path, words_model):
 def test_a_circuit_of_a_model_at_chance_or_without_logit_difference_is_flagged():
     from types import SimpleNamespace
 
-    from circuits.commands.circuit import _warnings
+    from circuits.circuit_analysis import task_warnings
 
     task = SimpleNamespace(choice_ids=torch.zeros(4, 3))  # Colored Objects: 3 colours listed
     faithful = SimpleNamespace(
         data=pd.DataFrame({"condition": ["full", "circuit"], "logit_difference": [-0.2, -0.23]})
     )
     at_zero = SimpleNamespace(data=pd.DataFrame({"correct": [False] * 4}))
-    assert _warnings(at_zero, faithful, task).split("; ") == [
+    assert task_warnings(at_zero, faithful, task).split("; ") == [
         "baseline accuracy 0.000 is at or below chance (0.333)",
         "the full model's logit difference is -0.20: shares of it (faithfulness) are not"
         " meaningful",
     ]
     solved = SimpleNamespace(data=pd.DataFrame({"correct": [True, True, True, False]}))
     faithful.data.loc[0, "logit_difference"] = 1.5
-    assert _warnings(solved, faithful, task) == ""
+    assert task_warnings(solved, faithful, task) == ""
 
 
 def test_circuit_colored_objects_runs_the_stages_read_at_the_last_token(tmp_path, words_model):

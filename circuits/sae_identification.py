@@ -1,0 +1,180 @@
+"""SAE circuit identification over seeds, scored against a reference circuit, in one call.
+
+What `interp circuit sae` runs (`identify_circuit`): the reference circuit is given (a
+`<task>_circuit` table of `analyse_circuit` on this model) or discovered here by staged path
+patching on the task's prompts; every head's position-averaged output is collected once
+for the clean prompts (positives) and their corruptions (negatives); O'Neill & Bui's scoring
+(`circuits.sae_circuits.score_heads`) runs once per seed, each seed drawing its own training
+prompts and SAE. The result holds the per-seed and mean node scores, the node and
+edge-derived node ROC AUC per seed, the ROC curves, the summary and the figures. Method
+notes: docs/methods.md §11.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from circuits.circuit_analysis import END_STAGES, CircuitConfig, Progress, staged_discovery
+from circuits.circuit_task import CircuitTask
+from circuits.path_patching import IOI_STAGES
+from circuits.sae_circuits import SAECircuitConfig, roc_auc, roc_points, score_heads
+from interp.activations import collect_heads
+from interp.effects import caveats
+from interp.errors import InputError
+from interp.heads import HeadSet
+from interp.models import Model
+from interp.results import HeadScores, ItemTable
+
+__all__ = ["SAEIdentification", "identify_circuit", "reference_heads"]
+
+
+@dataclass(frozen=True)
+class SAEIdentification:
+    """What `identify_circuit` returns.
+
+    Attributes:
+        task: the task's name, the prefix of every table's name.
+        circuit: the reference circuit.
+        discovered: the circuit table when the reference was discovered here, else None.
+        per_seed: node and edge-derived scores per (seed, head), with `in_circuit`.
+        mean: the scores' mean over seeds per head (`score_std`: population std).
+        aucs: node and edge-derived node ROC AUC per seed.
+        curves: the node ROC curve of every seed (`run`, `fpr`, `tpr`, `auc`).
+        summary: the numbers `summary.json` holds.
+    """
+
+    task: str
+    circuit: HeadSet
+    discovered: HeadScores | None
+    per_seed: ItemTable
+    mean: HeadScores
+    aucs: ItemTable
+    curves: pd.DataFrame
+    summary: dict[str, Any]
+
+    def tables(self) -> dict[str, HeadScores | ItemTable]:
+        """Every table under the name the command saves it as."""
+        found = {} if self.discovered is None else {f"{self.task}_circuit": self.discovered}
+        return {
+            **found,
+            f"{self.task}_sae_nodes": self.per_seed,
+            f"{self.task}_sae_nodes_mean": self.mean,
+            f"{self.task}_sae_auc": self.aucs,
+        }
+
+    def figures(self) -> dict[str, Any]:
+        """The ROC curves and a head map of the mean node score with the circuit marked."""
+        from interp.figures import circuit_heatmaps, roc_curves
+
+        seeds = self.summary["seeds"]
+        title = f"{self.task}: SAE node scores vs path patching ({seeds} seed{'s' * (seeds > 1)})"
+        return {
+            f"{self.task}_sae_roc": roc_curves(self.curves, title),
+            f"{self.task}_sae_nodes": circuit_heatmaps(
+                {self.task: self.mean},
+                {self.task: self.circuit.labels},
+                f"{self.task}: SAE node score (mean over seeds); squares: reference circuit",
+                label="node score",
+            ),
+        }
+
+
+def reference_heads(model: Model, stored: HeadScores, task: str) -> HeadSet:
+    """A stored reference circuit's heads, checked against the model (`task`: the command
+    that makes one, named in the error)."""
+    if stored.provenance.weights_hash != model.weights_hash:
+        raise InputError(
+            f"The reference circuit was found on {stored.provenance.model}, not on"
+            f" {model.spec}: give one from `interp circuit {task}` on this model."
+        )
+    heads = HeadSet(zip(stored.data["layer"], stored.data["head"], strict=True))
+    heads.mask(model.geometry)  # a head the model lacks is an error
+    return heads
+
+
+def identify_circuit(
+    model: Model,
+    task: CircuitTask,
+    config: SAECircuitConfig | None = None,
+    *,
+    seeds: int = 1,
+    reference: HeadSet | None = None,
+    progress: Progress | None = None,
+) -> SAEIdentification:
+    """Score every head with an SAE per seed 0..seeds-1 against the reference circuit.
+
+    `reference` is the circuit's heads (a stored one: `reference_heads`); default:
+    discovered here, IOI's four stages or the stages read at the last token for other tasks.
+    """
+    config = config or SAECircuitConfig()
+    circuit, discovered = reference, None
+    if circuit is None:
+        stages = tuple(IOI_STAGES) if task.name == "ioi" else END_STAGES
+        found = staged_discovery(model, task, CircuitConfig(stages=stages), progress)
+        circuit, discovered = found.heads, found.circuit
+    texts = [*task.prompts, *task.corrupted_prompts]
+    report = (lambda what: lambda d, t: progress(what, d, t)) if progress else lambda what: None
+    acts = collect_heads(
+        model, texts, batch_size=config.batch_size, progress=report("head outputs")
+    )
+    rows, aucs, curves = [], [], []
+    for seed in range(seeds):
+        found_seed = score_heads(acts, len(task.prompts), replace(config, seed=seed))
+        node = roc_auc(found_seed.nodes, circuit)
+        edge = roc_auc(found_seed.edge_nodes, circuit)
+        edge_scores = found_seed.edge_nodes.data["score"].to_numpy()
+        rows.append(found_seed.nodes.data.assign(seed=seed, edge_score=edge_scores))
+        aucs.append({"seed": seed, "node_auc": node, "edge_auc": edge})
+        curves.append(roc_points(found_seed.nodes, circuit).assign(run=f"seed {seed}", auc=node))
+        if progress is not None:
+            progress("SAE seeds", seed + 1, seeds)
+    provenance = found_seed.nodes.provenance
+    per_seed = pd.concat(rows, ignore_index=True)
+    per_seed["in_circuit"] = per_seed["label"].isin(circuit.labels)
+    table = pd.DataFrame(aucs)
+    summary = {
+        "task": task.name,
+        "n": len(task),
+        "seeds": seeds,
+        "circuit": sorted(circuit.labels),
+        "node_auc": _spread(table["node_auc"]),
+        "edge_auc": _spread(table["edge_auc"]),
+        "config": config.to_dict(),
+        "reference": "discovered" if reference is None else "given",
+        "warnings": caveats(seeds=seeds),
+    }
+    return SAEIdentification(
+        task.name,
+        circuit,
+        discovered,
+        ItemTable(per_seed, provenance),
+        HeadScores(_mean(per_seed, circuit), provenance),
+        ItemTable(table, provenance),
+        pd.concat(curves, ignore_index=True),
+        summary,
+    )
+
+
+def _mean(per_seed: pd.DataFrame, circuit: HeadSet) -> pd.DataFrame:
+    mean = (
+        per_seed.groupby(["layer", "head", "label"], sort=False)
+        .agg(
+            score=("score", "mean"),
+            score_std=("score", lambda v: float(np.std(v, ddof=0))),
+            edge_score=("edge_score", "mean"),
+        )
+        .reset_index()
+    )
+    mean["in_circuit"] = mean["label"].isin(circuit.labels)
+    return mean
+
+
+def _spread(values: pd.Series) -> dict[str, Any]:
+    """Per seed, mean and population std (ddof 0, as the reference reports)."""
+    array = values.to_numpy()
+    std = float(np.std(array, ddof=0))
+    return {"per_seed": array.tolist(), "mean": float(array.mean()), "std": std, "ddof": 0}

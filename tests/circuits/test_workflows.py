@@ -1,0 +1,78 @@
+"""The circuit workflows from Python give exactly the tables and summary the commands write."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from circuits.circuit_analysis import CircuitConfig, analyse_circuit
+from circuits.overlap_repair import OverlapConfig, overlap_and_repair
+from circuits.sae_circuits import SAECircuitConfig
+from circuits.sae_identification import identify_circuit
+from circuits.tasks import ioi, ioi_templates
+from interp.cli import app
+from interp.models import load_model
+from tests.circuits.word_model import saved_words_tiny
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def words(tmp_path_factory):
+    folder = saved_words_tiny(tmp_path_factory.mktemp("words") / "model")
+    return folder, load_model(str(folder))
+
+
+def _written(words, tmp_path, argv):
+    """Run `interp <argv>` on the word model; its folder."""
+    out = tmp_path / "out"
+    result = runner.invoke(app, [*argv, "--model", str(words[0]), "--out", str(out), "--no-static"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _stamped(provenance):
+    """The provenance but its time stamp (the two runs differ only in when they ran)."""
+    return {k: v for k, v in provenance.to_dict().items() if k != "created"}
+
+
+def _assert_written(result, out):
+    """Every table of the result is in the folder, equal, and no other; the same summary."""
+    tables = result.tables()
+    on_disk = {str(p.relative_to(out).with_suffix("")) for p in out.rglob("*.parquet")}
+    assert on_disk == set(tables)
+    for name, table in tables.items():
+        saved = type(table).load(out / f"{name}.parquet")
+        assert saved.data.equals(table.data), name
+        assert _stamped(saved.provenance) == _stamped(table.provenance), name
+    assert json.loads((out / "summary.json").read_text()) == result.summary
+
+
+def test_circuit_analysis_is_what_circuit_ioi_writes(words, tmp_path):
+    out = _written(words, tmp_path, ["circuit", "ioi", "--n", "6", "--patching", "both"])
+    model = words[1]
+    heldout = ioi(model, 6, templates=ioi_templates("heldout"), seed=0)
+    result = analyse_circuit(
+        model, ioi(model, 6, seed=0), CircuitConfig(patching="both"), check=heldout
+    )
+    assert {"ioi_attribution_patching", "ioi_check_faithfulness"} <= set(result.tables())
+    _assert_written(result, out)
+
+
+def test_overlap_and_repair_is_what_circuit_overlap_writes(words, tmp_path):
+    argv = ["circuit", "overlap", "--n", "6", "--repair-n", "6", "--repair", "L1H0,L1H3"]
+    out = _written(words, tmp_path, [*argv, "--n-boot", "50", "--random-controls", "1"])
+    config = OverlapConfig(n=6, repair_n=6, repair=("L1H0", "L1H3"), n_boot=50, random_controls=1)
+    result = overlap_and_repair(words[1], config)
+    assert {"reuse", "repair/effects", "repair_random_0/per_item"} <= set(result.tables())
+    _assert_written(result, out)
+
+
+def test_identify_circuit_is_what_circuit_sae_writes(words, tmp_path):
+    out = _written(
+        words, tmp_path, ["circuit", "sae", "--n", "6", "--epochs", "20", "--seeds", "2"]
+    )
+    model = words[1]
+    result = identify_circuit(model, ioi(model, 6, seed=0), SAECircuitConfig(epochs=20), seeds=2)
+    assert result.discovered is not None and len(result.aucs) == 2
+    _assert_written(result, out)
