@@ -1,18 +1,19 @@
 """`interp score retrieval` and `interp ablate retrieval`: retrieval heads and the causal test.
 
-Both commands call the library's run (`probes.retrieval.run`, `run_ablation`) with the
-output folder: the tests run in batches of similar length (`--batch-size`, default suited
-to the device), the prompt prefix they share is prefilled once, and each finished test is
-recorded in the folder's work log as its batch ends (`interp.work`: `work.jsonl`, one line
-per test). Run again with the same `--out` and the tests already there are skipped, so a
-stopped long run loses at most one batch and resumes; the tables are built from all rows,
-in the tests' order, and do not depend on the batch size.
+Both commands call one library workflow (`probes.retrieval.run_niah`,
+`probes.retrieval_ablation.run_niah_ablation`) with the output folder: the tests run in
+batches of similar length (`--batch-size`, default suited to the device), the prompt prefix
+they share is prefilled once, and each finished test is recorded in the folder's work log
+as its batch ends (`interp.work`: `work.jsonl`, one line per test). Run again with the same
+`--out` and the tests already there are skipped, so a stopped long run loses at most one
+batch and resumes; the tables are built from all rows, in the tests' order, and do not
+depend on the batch size.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import TYPE_CHECKING, Annotated, get_args
 
 import typer
 
@@ -35,6 +36,9 @@ from interp.cli.common import (
     work_progress,
     write_outputs,
 )
+
+if TYPE_CHECKING:
+    from probes.niah import NiahInputs
 
 NeedlesOption = typer.Option(
     "--needles", help="JSONL with 'needle', 'question', 'answer' per line."
@@ -61,7 +65,7 @@ BatchOption = typer.Option(
 
 def _inputs(
     needles: Path | None, haystack: list[Path] | None, length_rule: str, batch_size: int | None
-) -> Any:
+) -> NiahInputs:
     """The NIAH inputs of both commands, checked before the model loads."""
     from probes.niah import LengthRule, NiahInputs
 

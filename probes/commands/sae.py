@@ -127,8 +127,8 @@ def sae_train(
             run = workflow.train_and_score(loaded, dataset, config, progress=update)
         saved = run.trained.save(folder / "sae")
         record.wrote(sorted(saved.iterdir()))
-        write_outputs(folder, record, summary=run.summary)
         summary = run.summary
+        write_outputs(folder, record, summary=summary)
         typer.echo(
             f"{config.hook}: {d_sae} latents trained on {summary['train_tokens']} tokens of"
             f" {summary['train_texts']} texts in {summary['train_s']:.0f} s"

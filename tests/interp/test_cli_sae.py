@@ -176,7 +176,14 @@ def test_train_and_score_is_what_train_writes(files, trained_folder):
     config = SAERunConfig(
         hook="blocks.1.hook_resid_post",
         holdout_every=3,
-        sae=SAETrainConfig(d_sae=16, epochs=2, batch_size=16),
+        sae=SAETrainConfig(  # the command's defaults, and SMALL
+            d_sae=16,
+            l1_coefficient=0.5,
+            lr=1e-3,
+            batch_size=16,
+            epochs=2,
+            normalize="constant_norm_rescale",
+        ),
     )
     model = load_model(str(files / "model"))
     run = train_and_score(model, load_texts([files / "texts.txt"]), config)
