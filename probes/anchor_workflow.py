@@ -189,7 +189,6 @@ def find_anchors(
         n_inputs=len(chosen),
     )
     log = open_log(folder, identity)
-
     items = (
         read_traces(traces, model) if traces else _generate(model, chosen, config, log, progress)
     )
@@ -199,7 +198,8 @@ def find_anchors(
     heads, tokens = scored.heads, scored.tokens
     effects = config.effects()
     empty = why_no_statistics(tokens, config.anchors.h_lo)
-    statistics = causal = None
+    statistics: EffectTable | None = None
+    causal: anchor_causal.CausalResult | None = None
     if empty is None:
         # the paper's statistic, and beside it the toolkit's earlier definition
         paper, earlier = (
