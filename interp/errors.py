@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import TypeVar
+
+Choice = TypeVar("Choice", bound=str)
 
 
 class InterpError(Exception):
@@ -42,12 +45,14 @@ def did_you_mean(got: str, options: Iterable[str], limit: int = 5) -> str:
     return f" Valid options: {shown}{more}."
 
 
-def check_choice(value: str, options: Iterable[str], what: str) -> str:
-    """`value` if it is one of `options`; else a ConfigError naming `what` and close matches.
+def check_choice(value: str, options: Iterable[Choice], what: str) -> Choice:
+    """The option equal to `value`; else a ConfigError naming `what` and close matches.
 
-    One check for library arguments and command-line options, so both refuse alike.
+    One check for library arguments and command-line options, so both refuse alike. Given
+    a `Literal`'s arguments, it returns a value of that type.
     """
     options = tuple(options)
-    if value not in options:
-        raise ConfigError(f"Unknown {what} {value!r}." + did_you_mean(str(value), options))
-    return value
+    for option in options:
+        if option == value:
+            return option
+    raise ConfigError(f"Unknown {what} {value!r}." + did_you_mean(str(value), options))

@@ -22,6 +22,7 @@ its share of the batches, keep its own log, and a merge can read the rank logs t
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -36,6 +37,14 @@ T = TypeVar("T")
 Row = dict[str, Any]
 # Where a run records its finished items: a folder, or a log the caller opened and shares.
 WorkFolder: TypeAlias = str | os.PathLike[str] | WorkLog
+
+# A workflow's progress through its stages: progress(stage, done, total).
+StageProgress: TypeAlias = Callable[[str, int, int], None]
+
+
+def for_stage(progress: StageProgress | None, stage: str) -> Callable[[int, int], None] | None:
+    """The progress(done, total) callback one stage of a workflow hands its analyzer."""
+    return None if progress is None else functools.partial(progress, stage)
 
 
 @dataclass(frozen=True)

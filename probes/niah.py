@@ -125,6 +125,53 @@ def load_haystack(paths: str | Path | Sequence[str | Path] | None = None) -> str
     return "\n\n".join(texts)
 
 
+@dataclass(frozen=True, kw_only=True)
+class NiahInputs:
+    """Where a NIAH workflow's tests come from, and how many run per forward.
+
+    Attributes:
+        needles: a needle JSONL file; None = the workflow's shipped set in data/needles.
+        haystack: haystack .txt files, joined in order; empty = data/haystacks/*.txt.
+        length_rule: how a grid length is measured (see `build_tests`).
+        batch_size: tests per forward (None: what suits the device). Tables do not depend
+            on it.
+    """
+
+    needles: Path | None = None
+    haystack: tuple[Path, ...] = ()
+    length_rule: LengthRule = "prompt"
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size is not None and self.batch_size < 1:
+            raise InputError(f"--batch-size must be at least 1, got {self.batch_size}.")
+
+    def files(self, shipped: str) -> list[Path]:
+        """The needle file (`shipped` in data/needles by default), then the haystack files."""
+        haystack = self.haystack or tuple(sorted(data_path("haystacks").glob("*.txt")))
+        return [self.needles or data_path("needles", shipped), *haystack]
+
+    def tests(
+        self,
+        model: Model,
+        shipped: str,
+        lengths: Sequence[int],
+        n_depths: int,
+        max_new_tokens: int,
+    ) -> list[NeedleTest]:
+        """Every needle at every (length, depth), tokenized for `model` (`build_tests`)."""
+        needle_file, *haystack = self.files(shipped)
+        return build_tests(
+            model,
+            load_needles(needle_file),
+            load_haystack(haystack),
+            lengths,
+            n_depths,
+            max_new_tokens,
+            length_rule=self.length_rule,
+        )
+
+
 def grid(lengths: Sequence[int], n_depths: int) -> list[tuple[int, float]]:
     """All (length, depth) pairs, depths linspace(0, 1, n_depths) (paper: 0..100%)."""
     if n_depths < 1 or not lengths or min(lengths) < 1:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -46,7 +47,7 @@ from interp.models import Model
 from interp.prefill import PrefixTree, prefill
 from interp.results import Bundle, HeadScores, ItemTable, Provenance, hash_inputs, head_frame
 from interp.work import WorkFolder, open_log
-from probes.niah import NeedleTest, batch_size_for, decoding, rouge1_recall, run_tests
+from probes.niah import NeedleTest, NiahInputs, batch_size_for, decoding, rouge1_recall, run_tests
 
 ANALYZER = "retrieval"
 
@@ -109,6 +110,19 @@ class RetrievalResult(Bundle):
 
     scores: HeadScores
     tests: ItemTable = field(repr=False)
+
+    def retrieval_heads(self) -> pd.DataFrame:
+        """The heads scoring above the run's threshold, highest first."""
+        table = self.scores.data
+        threshold = self.scores.provenance.config["threshold"]
+        return table[table.score > threshold].sort_values("score", ascending=False)
+
+    def figures(self) -> dict[str, object]:
+        """The layer x head map of the retrieval scores."""
+        from interp.figures import head_heatmap
+
+        title = f"Retrieval score ({self.scores.provenance.model})"
+        return {"retrieval_scores": head_heatmap(self.scores, "score", title)}
 
 
 def needle_scores(
@@ -288,6 +302,27 @@ def run(
     return aggregate(table, model.geometry.n_layers, model.geometry.n_heads, config, provenance)
 
 
+def run_niah(
+    model: Model,
+    config: RetrievalConfig | None = None,
+    inputs: NiahInputs | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    folder: WorkFolder | None = None,
+) -> RetrievalResult:
+    """`interp score retrieval` in one call: build the scoring tests of `inputs` on the
+    config's length grid (shipped needles: data/needles/scoring.jsonl), then `run` them.
+
+    Example:
+        >>> result = run_niah(model, RetrievalConfig(lengths=(1000,)))  # doctest: +SKIP
+        >>> result.retrieval_heads()  # doctest: +SKIP
+    """
+    config = config or RetrievalConfig()
+    inputs = inputs or NiahInputs()
+    lengths = config.grid_lengths(model)
+    tests = inputs.tests(model, "scoring.jsonl", lengths, config.n_depths, config.max_new_tokens)
+    return run(model, tests, config, progress, inputs.batch_size, folder=folder)
+
+
 def scored_rows(
     model: Model,
     tests: Sequence[NeedleTest],
@@ -339,6 +374,18 @@ def aggregate(
     table["n_tests"] = int(kept.sum())
     rows = tests.assign(kept=kept).reset_index(drop=True)
     return RetrievalResult(HeadScores(table, provenance), ItemTable(rows, provenance))
+
+
+def load_scores(path: str | Path) -> HeadScores:
+    """The per-head scores `interp score retrieval` saved (scores.parquet); InputError for
+    another analyzer's scores."""
+    scores = HeadScores.load(path)
+    if scores.provenance.analyzer != ANALYZER:
+        raise InputError(
+            f"{path} holds {scores.provenance.analyzer!r} scores; --scores takes the"
+            " scores.parquet of `interp score retrieval`."
+        )
+    return scores
 
 
 def retrieval_heads(scores: HeadScores, threshold: float = 0.1) -> HeadSet:

@@ -56,6 +56,7 @@ from interp.work import WorkFolder, open_log
 from probes.niah import (
     Answers,
     NeedleTest,
+    NiahInputs,
     answer_match,
     answer_match_scores,
     batch_size_for,
@@ -124,6 +125,14 @@ class AblationResult(Bundle):
     curve: ItemTable
     effects: EffectTable
     summary: ItemTable
+
+    def figures(self) -> dict[str, object]:
+        """Accuracy against K, top-K and random heads masked."""
+        from interp.figures import ablation_curve
+
+        provenance = self.tests.provenance
+        title = f"Masking retrieval heads ({provenance.model}, {provenance.config['masking']})"
+        return {"ablation_curve": ablation_curve(self.curve.data, title)}
 
 
 def row_masks(
@@ -348,6 +357,27 @@ def run_ablation(
     )
     rows = [row for rows in per_test for row in rows]
     return summarize(pd.DataFrame(rows), config, provenance, effects)
+
+
+def run_niah_ablation(
+    model: Model,
+    scores: HeadScores,
+    lengths: Sequence[int],
+    n_depths: int,
+    config: AblationConfig | None = None,
+    inputs: NiahInputs | None = None,
+    effects: EffectsConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    folder: WorkFolder | None = None,
+) -> AblationResult:
+    """`interp ablate retrieval` in one call: build held-out tests (shipped needles:
+    data/needles/heldout.jsonl) at `lengths` x `n_depths`, then `run_ablation` them."""
+    config = config or AblationConfig()
+    inputs = inputs or NiahInputs()
+    tests = inputs.tests(model, "heldout.jsonl", lengths, n_depths, config.max_new_tokens)
+    return run_ablation(
+        model, tests, scores, config, progress, effects, inputs.batch_size, folder=folder
+    )
 
 
 def summarize(

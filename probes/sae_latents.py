@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -43,6 +45,53 @@ __all__ = ["latent_attribution", "top_latents"]
 
 _RESIDUAL = re.compile(r"blocks\.(\d+)\.hook_resid_(pre|post)")
 _LINEAR_NORMALISATIONS = ("none", "constant_norm_rescale")  # one scale per residual vector
+
+
+@dataclass(frozen=True)
+class LatentReading:
+    """What `read_latents` returns: its tables by file name, and the figures.
+
+    Attributes:
+        latents: each token's top latents (`top_latents`).
+        heads: with a latent asked for, each head's direct contribution to it.
+        figures: with `heads`, its layer x head map.
+    """
+
+    latents: TokenScores
+    heads: HeadScores | None = None
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def tables(self) -> dict[str, TokenScores | HeadScores]:
+        """The tables by file name: latents, and latent_<j>_heads with a latent."""
+        if self.heads is None:
+            return {"latents": self.latents}
+        return {
+            "latents": self.latents,
+            f"latent_{self.heads.data.latent.iloc[0]}_heads": self.heads,
+        }
+
+
+def read_latents(
+    model: Model,
+    trained: TrainedSAE,
+    prompt: str,
+    *,
+    top_k: int = 5,
+    latent: int | None = None,
+    position: int = -1,
+) -> LatentReading:
+    """`interp sae latents` in one call: each token's top latents of `prompt` and, for
+    `latent`, the heads that write it at `position` (with their map)."""
+    from interp.figures import head_heatmap
+
+    trained.check(model)
+    table = top_latents(model, trained, prompt, k=top_k)
+    if latent is None:
+        return LatentReading(table)
+    heads = latent_attribution(model, trained, prompt, latent, position=position)
+    title = f"Direct contribution of each head to latent {latent} ({trained.hook})"
+    figure = head_heatmap(heads, "score", title, model.geometry, label="contribution")
+    return LatentReading(table, heads, {f"latent_{latent}_heads": figure})
 
 
 def _encode(trained: TrainedSAE, x: Tensor) -> Tensor:

@@ -106,6 +106,32 @@ def progress_bar(
     return update, bar
 
 
+@contextmanager
+def stage_bars(
+    units: str | Mapping[str, str] = "item", resumable: Iterable[str] = ()
+) -> Iterator[Callable[[str, int, int], None]]:
+    """The progress(stage, done, total) callback of a workflow (`interp.work.StageProgress`):
+    one tqdm bar per stage, each closed when the next starts; `units` is every stage's unit
+    or a map stage -> unit. The `resumable` stages' bars are `work_progress` bars, which
+    say when a run resumes."""
+    resumed = set(resumable)
+    with ExitStack() as bars:
+        updates: dict[str, Callable[[int, int], None]] = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage not in updates:
+                bars.close()
+                unit = units if isinstance(units, str) else units.get(stage, "item")
+                if stage in resumed:
+                    updates[stage], bar = work_progress(stage, unit)
+                else:
+                    updates[stage], bar = progress_bar(total, stage, unit)
+                bars.enter_context(bar)
+            updates[stage](done, total)
+
+        yield on_progress
+
+
 def work_progress(description: str, unit: str = "test") -> tuple[Callable[[int, int], None], Any]:
     """`progress_bar` for a run through the work driver (`interp.work`), which reports the
     total and the items its log already holds before any work: a resumed run says so."""
@@ -230,8 +256,8 @@ def write_outputs(
     """The one output path of every command; returns the figure files it wrote.
 
     Writes, in this order: each result bundle's tables (`Bundle.save`, parquet + CSV), each
-    named table as `<name>.parquet` (+ CSV), the figures (HTML, plus PNG/SVG/PDF when
-    `static`), `summary.json` when a summary is given (also copied into the manifest), and
+    named table as `<name>.parquet` (+ CSV), the figures if any (HTML, plus PNG/SVG/PDF
+    when `static`), `summary.json` when a summary is given (also copied into the manifest), and
     last `manifest.json` with `manifest`'s fields, so a folder with a manifest is complete.
     """
     from interp.results import csv_path
@@ -241,7 +267,7 @@ def write_outputs(
     for name, table in (tables or {}).items():
         path = table.save(folder / f"{name}.parquet", csv=True)
         record.wrote([path, csv_path(path)])
-    written = export_figures(dict(figures or {}), folder, static)
+    written = export_figures(dict(figures), folder, static) if figures else []
     record.wrote(written)
     if summary is not None:
         path = folder / "summary.json"

@@ -1,18 +1,19 @@
 """`interp score retrieval` and `interp ablate retrieval`: retrieval heads and the causal test.
 
-Both commands call the library's run (`probes.retrieval.run`, `run_ablation`) with the
-output folder: the tests run in batches of similar length (`--batch-size`, default suited
-to the device), the prompt prefix they share is prefilled once, and each finished test is
-recorded in the folder's work log as its batch ends (`interp.work`: `work.jsonl`, one line
-per test). Run again with the same `--out` and the tests already there are skipped, so a
-stopped long run loses at most one batch and resumes; the tables are built from all rows,
-in the tests' order, and do not depend on the batch size.
+Both commands call one library workflow (`probes.retrieval.run_niah`,
+`probes.retrieval_ablation.run_niah_ablation`) with the output folder: the tests run in
+batches of similar length (`--batch-size`, default suited to the device), the prompt prefix
+they share is prefilled once, and each finished test is recorded in the folder's work log
+as its batch ends (`interp.work`: `work.jsonl`, one line per test). Run again with the same
+`--out` and the tests already there are skipped, so a stopped long run loses at most one
+batch and resumes; the tables are built from all rows, in the tests' order, and do not
+depend on the batch size.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, get_args
 
 import typer
 
@@ -26,7 +27,6 @@ from interp.cli.common import (
     StaticOption,
     check_choice,
     echo_warnings,
-    export_figures,
     load_model_or_fail,
     parse_ints,
     placement,
@@ -34,7 +34,11 @@ from interp.cli.common import (
     start_record,
     user_errors,
     work_progress,
+    write_outputs,
 )
+
+if TYPE_CHECKING:
+    from probes.niah import NiahInputs
 
 NeedlesOption = typer.Option(
     "--needles", help="JSONL with 'needle', 'question', 'answer' per line."
@@ -59,41 +63,18 @@ BatchOption = typer.Option(
 )
 
 
-def _tests(
-    loaded: Any,
-    record: Any,
-    needles: Path | None,
-    default: str,
-    haystack: list[Path] | None,
-    lengths: tuple[int, ...],
-    depths: int,
-    max_new: int,
-    length_rule: str,
-) -> list[Any]:
-    from interp.prompts import data_path
-    from probes import niah
+def _inputs(
+    needles: Path | None, haystack: list[Path] | None, length_rule: str, batch_size: int | None
+) -> NiahInputs:
+    """The NIAH inputs of both commands, checked before the model loads."""
+    from probes.niah import LengthRule, NiahInputs
 
-    needle_file = needles or data_path("needles", default)
-    haystack_files = haystack or sorted(data_path("haystacks").glob("*.txt"))
-    record.inputs([needle_file, *haystack_files])
-    needle_set = niah.load_needles(needle_file)
-    text = niah.load_haystack(haystack_files)
-    return niah.build_tests(
-        loaded,
-        needle_set,
-        text,
-        lengths,
-        depths,
-        max_new,
-        length_rule=length_rule,  # type: ignore[arg-type]
+    return NiahInputs(
+        needles=needles,
+        haystack=tuple(haystack or ()),
+        length_rule=check_choice(length_rule, get_args(LengthRule), "--length-rule"),
+        batch_size=batch_size,
     )
-
-
-def _check_batch_size(batch_size: int | None) -> None:
-    from interp.errors import InputError
-
-    if batch_size is not None and batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {batch_size}.")
 
 
 def score_retrieval(
@@ -122,58 +103,44 @@ def score_retrieval(
     """Score every head's retrieval score on a needle-in-a-haystack grid (Wu et al. 2024)."""
     record = start_record("score retrieval", locals())
     with user_errors():
-        from interp.figures import head_heatmap
         from interp.runs import LOG_FILE
         from probes import retrieval
 
-        config = retrieval.RetrievalConfig(
-            lengths=parse_ints(lengths, minimum=1),
-            n_depths=depths,
-            max_new_tokens=max_new_tokens,
-            count=count,
-            span=span,
-            average=average,
-            threshold=threshold,  # type: ignore[arg-type]
+        config = retrieval.RetrievalConfig.from_dict(
+            {
+                "lengths": parse_ints(lengths, minimum=1),
+                "n_depths": depths,
+                "max_new_tokens": max_new_tokens,
+                "count": count,
+                "span": span,
+                "average": average,
+                "threshold": threshold,
+            }
         )
-        _check_batch_size(batch_size)
-        check_choice(length_rule, ("prompt", "reference"), "--length-rule")
+        inputs = _inputs(needles, haystack, length_rule, batch_size)
         folder = result_folder(out, "retrieval", model, record)
         loaded = load_model_or_fail(model, device, **placement(locals()))
-        grid = config.grid_lengths(loaded)
-        tests = _tests(
-            loaded,
-            record,
-            needles,
-            "scoring.jsonl",
-            haystack,
-            grid,
-            depths,
-            max_new_tokens,
-            length_rule,
-        )
+        record.inputs(inputs.files("scoring.jsonl"))
         update, bar = work_progress("retrieval")
         with bar:
-            result = retrieval.run(
-                loaded, tests, config, progress=update, batch_size=batch_size, folder=folder
-            )
-        record.wrote([folder / LOG_FILE, *result.save(folder)])
-        figure = head_heatmap(result.scores, "score", f"Retrieval score ({loaded.spec})")
-        written = export_figures({"retrieval_scores": figure}, folder, static)
-        record.wrote(written)
-        table = result.scores.data
-        found = table[table.score > threshold].sort_values("score", ascending=False)
-        successful = int(result.tests.data.success.sum())
-        record.write(
+            result = retrieval.run_niah(loaded, config, inputs, progress=update, folder=folder)
+        record.wrote([folder / LOG_FILE])
+        found, tests = result.retrieval_heads(), result.tests.data
+        written = write_outputs(
             folder,
+            record,
+            bundles=[result],
+            figures=result.figures(),
+            static=static,
             provenance=result.scores.provenance.to_dict(),
             geometry=vars(loaded.geometry),
             tests=len(tests),
-            successful_tests=successful,
+            successful_tests=int(tests.success.sum()),
             retrieval_heads=found.label.tolist(),
         )
-        typer.echo(f"{len(tests)} tests ({successful} successful) -> {folder}")
+        typer.echo(f"{len(tests)} tests ({int(tests.success.sum())} successful) -> {folder}")
         typer.echo(
-            f"{len(found)} of {len(table)} heads score > {threshold}: "
+            f"{len(found)} of {len(result.scores.data)} heads score > {threshold}: "
             + ", ".join(f"{r.label} ({r.score:.2f})" for r in found.head(15).itertuples())
         )
         typer.echo(f"{len(written)} figure files in {folder / 'figures'}")
@@ -219,74 +186,56 @@ def ablate_retrieval(
     record = start_record("ablate retrieval", locals())
     with user_errors():
         from interp.effects import EffectsConfig
-        from interp.errors import InputError
-        from interp.figures import ablation_curve
-        from interp.results import HeadScores
         from interp.runs import LOG_FILE
-        from probes import retrieval
-        from probes import retrieval_ablation as ablation
+        from probes import retrieval, retrieval_ablation
 
-        config = ablation.AblationConfig(
-            ks=parse_ints(ks, minimum=0) or (),
-            n_seeds=seeds,
-            masking=masking,
-            positions=positions,  # type: ignore[arg-type]
-            random_draw=random_draw,
-            metric=metric,
-            threshold=threshold,
-            max_new_tokens=max_new_tokens,  # type: ignore[arg-type]
+        config = retrieval_ablation.AblationConfig.from_dict(
+            {
+                "ks": parse_ints(ks, minimum=0) or (),
+                "n_seeds": seeds,
+                "masking": masking,
+                "positions": positions,
+                "random_draw": random_draw,
+                "metric": metric,
+                "threshold": threshold,
+                "max_new_tokens": max_new_tokens,
+            }
         )
-        effects = EffectsConfig(n_boot=n_boot, seed=seed, method=interval)  # type: ignore[arg-type]
-        head_scores = HeadScores.load(scores)
-        if head_scores.provenance.analyzer != retrieval.ANALYZER:
-            raise InputError(
-                f"{scores} holds {head_scores.provenance.analyzer!r} scores; --scores takes the"
-                " scores.parquet of `interp score retrieval`."
-            )
+        effects = EffectsConfig.from_dict({"n_boot": n_boot, "seed": seed, "method": interval})
+        head_scores = retrieval.load_scores(scores)
         record.inputs([scores])
-        _check_batch_size(batch_size)
-        check_choice(length_rule, ("prompt", "reference"), "--length-rule")
+        inputs = _inputs(needles, haystack, length_rule, batch_size)
         folder = result_folder(out, "ablation", model, record)
         loaded = load_model_or_fail(model, device, **placement(locals()))
-        grid = parse_ints(lengths, minimum=1) or ()
-        tests = _tests(
-            loaded,
-            record,
-            needles,
-            "heldout.jsonl",
-            haystack,
-            grid,
-            depths,
-            max_new_tokens,
-            length_rule,
-        )
+        record.inputs(inputs.files("heldout.jsonl"))
         update, bar = work_progress("ablation")
         with bar:
-            result = ablation.run_ablation(
+            result = retrieval_ablation.run_niah_ablation(
                 loaded,
-                tests,
                 head_scores,
+                parse_ints(lengths, minimum=1) or (),
+                depths,
                 config,
+                inputs,
+                effects,
                 progress=update,
-                effects=effects,
-                batch_size=batch_size,
                 folder=folder,
             )
-        record.wrote([folder / LOG_FILE, *result.save(folder)])
-        curve = result.curve.data
-        figure = ablation_curve(curve, f"Masking retrieval heads ({loaded.spec}, {masking})")
-        written = export_figures({"ablation_curve": figure}, folder, static)
-        record.wrote(written)
-        summary = result.summary.data
-        record.write(
+        record.wrote([folder / LOG_FILE])
+        summary, n_tests = result.summary.data, result.tests.data.condition.eq("none").sum()
+        written = write_outputs(
             folder,
+            record,
+            bundles=[result],
+            figures=result.figures(),
+            static=static,
             provenance=result.tests.provenance.to_dict(),
             scores=str(scores),
             scores_provenance=head_scores.provenance.to_dict(),
-            tests=len(tests),
-            summary=summary.to_dict("records"),
+            tests=int(n_tests),
+            ablation_summary=summary.to_dict("records"),
         )
-        typer.echo(f"{len(tests)} tests x {len(curve)} conditions -> {folder}")
+        typer.echo(f"{n_tests} tests x {len(result.curve.data)} conditions -> {folder}")
         shown = summary.drop(columns="warnings")
         typer.echo(shown.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
         echo_warnings(summary, lambda row: f"K={row.k}")

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from interp.cli import app
 from interp.errors import InputError
 from interp.saes import TrainedSAE
-from probes.commands.sae import hook_name, split_texts
+from interp.saes_workflow import hook_name, split_texts
 from tests.circuits.word_model import saved_words_tiny
 from tests.tiny import saved_tiny
 
@@ -164,3 +164,52 @@ def test_latents_of_a_plain_sae_lens_sae(files, tmp_path):
     StandardSAE(config).save_model(tmp_path / "narrow")
     argv[argv.index(str(tmp_path / "plain"))] = str(tmp_path / "narrow")
     assert "48-wide" in _one_error(runner.invoke(app, [*argv, "-o", str(tmp_path / "b")]))
+
+
+def test_train_and_score_is_what_train_writes(files, trained_folder):
+    import torch
+
+    from interp.models import load_model
+    from interp.saes import SAETrainConfig
+    from interp.saes_workflow import SAERunConfig, load_texts, train_and_score
+
+    config = SAERunConfig(
+        hook="blocks.1.hook_resid_post",
+        holdout_every=3,
+        sae=SAETrainConfig(  # the command's defaults, and SMALL
+            d_sae=16,
+            l1_coefficient=0.5,
+            lr=1e-3,
+            batch_size=16,
+            epochs=2,
+            normalize="constant_norm_rescale",
+        ),
+    )
+    model = load_model(str(files / "model"))
+    run = train_and_score(model, load_texts([files / "texts.txt"]), config)
+    written = json.loads((trained_folder / "summary.json").read_text())
+    timed = {key for key in written if key.endswith("_s")}  # wall times
+    assert timed and {k: v for k, v in run.summary.items() if k not in timed} == {
+        k: v for k, v in written.items() if k not in timed
+    }
+    saved = TrainedSAE.load(trained_folder / "sae").sae.state_dict()
+    mine = run.trained.sae.state_dict()
+    assert mine.keys() == saved.keys()
+    assert all(torch.equal(mine[key], saved[key]) for key in mine)
+
+
+def test_read_latents_is_what_latents_writes(files, trained_folder, tmp_path):
+    from interp.models import load_model
+    from probes.sae_latents import read_latents
+    from tests.written import assert_tables_written
+
+    sae, prompt = trained_folder / "sae", "The cat sat."
+    argv = ["sae", "latents", "--sae", str(sae), "--prompt", prompt, "--no-static"]
+    argv += ["--model", str(files / "model"), "--latent", "3", "-o", str(tmp_path / "a")]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    model = load_model(str(files / "model"))
+    reading = read_latents(model, TrainedSAE.load(sae), prompt, latent=3)
+    assert set(reading.tables()) == {"latents", "latent_3_heads"}
+    assert_tables_written(reading.tables(), tmp_path / "a", tmp_path / "py")
+    assert set(reading.figures) == {"latent_3_heads"}

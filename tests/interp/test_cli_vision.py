@@ -104,3 +104,21 @@ def test_score_vision_says_when_the_sink_patch_map_is_not_supported(tmp_path: Pa
         in result.output
     )
     assert (out / "vhd.csv").is_file() and not (out / "sink_patches.csv").exists()
+
+
+def test_score_images_is_what_score_vision_writes(tmp_path: Path):
+    from interp.models import load_model
+    from probes import vision_scores
+    from tests.written import assert_tables_written
+
+    saved, images = _folders(tmp_path)
+    out = tmp_path / "run"
+    args = ["score", "vision", "--model", str(saved), "--images", str(images), "--tau", "2.5"]
+    result = runner.invoke(app, [*args, "--out", str(out), "--no-static"])
+    assert result.exit_code == 0, result.output
+    files, texts = vision_scores.load_inputs(images)
+    config = vision_scores.VisionScoresConfig(tau=2.5)
+    scores = vision_scores.score_images(load_model(str(saved)), texts, files, config)
+    assert set(scores.tables) == {path.stem for path in out.glob("*.parquet")}
+    assert_tables_written(scores.tables, out, tmp_path / "py")
+    assert set(scores.figures) == {path.stem for path in (out / "figures").glob("*.html")}

@@ -108,3 +108,33 @@ def test_trace_files_and_budgets_are_refused_before_loading(tmp_path) -> None:
         assert result.exit_code == 2 and message in result.output, (option, result.output)
         assert result.output.count("error:") == 1 and "Traceback" not in result.output
         assert "loading" not in result.output and not (tmp_path / "x").exists()
+
+
+def test_find_anchors_is_what_score_anchors_writes(tmp_path) -> None:
+    from interp.generation import GenerationConfig
+    from interp.models import load_model
+    from probes.anchor_causal import CausalConfig
+    from probes.anchor_workflow import AnchorRunConfig, find_anchors
+    from probes.anchors import AnchorConfig
+    from tests.written import assert_tables_written
+
+    model = saved_tiny(tmp_path / "model")
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["score", "anchors", "--model", str(model), *ARGS, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    config = AnchorRunConfig(
+        anchors=AnchorConfig(h_lo=2, h_hi=8),
+        causal=CausalConfig(n_seeds=2, continuation=3),
+        generation=GenerationConfig(max_new_tokens=24, temperature=0.7),
+        problems=3,
+        chat=False,
+        n_boot=100,
+    )
+    run = find_anchors(load_model(str(model)), config)
+    assert run.causal is not None
+    tables = {**run.tables(), "causal_effects": run.causal.effects}
+    assert_tables_written(tables | {"causal_items": run.causal.per_item}, out, tmp_path / "py")
+    written = json.loads((out / "manifest.json").read_text())
+    fields = run.manifest_fields()
+    shared = ("traces", "response_tokens", "local_heads", "global_heads")
+    assert {k: fields[k] for k in shared} == {k: written[k] for k in shared}

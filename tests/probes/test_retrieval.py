@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from contextlib import nullcontext
@@ -17,7 +18,7 @@ from interp.generation import GenerationConfig, generate
 from interp.heads import HeadSet
 from interp.hooks import attention_hooks
 from interp.interventions import HeadScale, uniform_attention
-from interp.results import Provenance
+from interp.results import HeadScores, Provenance
 from probes import niah, retrieval
 from probes import retrieval_ablation as ablation
 
@@ -491,3 +492,48 @@ def test_one_haystack_path_is_one_file(tmp_path) -> None:
     path = tmp_path / "hay.txt"
     path.write_text("Some prose.")
     assert niah.load_haystack(str(path)) == niah.load_haystack(path) == "Some prose."
+
+
+def test_run_niah_and_its_ablation_are_what_the_commands_write(tiny, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from interp.cli import app
+    from interp.models import load_model
+    from tests.written import assert_tables_written
+
+    folder = tmp_path / "tiny"
+    tiny.hf.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    common = ["--model", str(folder), "--lengths", "250", "--depths", "2", "--no-static"]
+    common += ["--max-new-tokens", "4"]
+    score = CliRunner().invoke(app, ["score", "retrieval", *common, "--out", str(tmp_path / "s")])
+    assert score.exit_code == 0, score.output
+    ablate = [
+        "ablate", "retrieval", *common, "--scores", str(tmp_path / "s" / "scores.parquet"),
+        "--ks", "0,2", "--seeds", "1", "--n-boot", "50", "--out", str(tmp_path / "a"),
+    ]  # fmt: skip
+    masked = CliRunner().invoke(app, ablate)
+    assert masked.exit_code == 0, masked.output
+    model = load_model(str(folder))
+    config = retrieval.RetrievalConfig(lengths=(250,), n_depths=2, max_new_tokens=4)
+    scored = retrieval.run_niah(model, config)
+    tables = {"scores": scored.scores, "tests": scored.tests}
+    assert_tables_written(tables, tmp_path / "s", tmp_path / "py-s")
+    assert (
+        scored.retrieval_heads().label.tolist()
+        == json.loads((tmp_path / "s" / "manifest.json").read_text())["retrieval_heads"]
+    )
+    result = ablation.run_niah_ablation(
+        model,
+        retrieval.load_scores(tmp_path / "s" / "scores.parquet"),
+        (250,),
+        2,
+        ablation.AblationConfig(ks=(0, 2), n_seeds=1, max_new_tokens=4),
+        effects=EffectsConfig(n_boot=50),
+    )
+    tables = {name: getattr(result, name) for name in ("tests", "curve", "effects", "summary")}
+    assert_tables_written(tables, tmp_path / "a", tmp_path / "py-a")
+    other = dataclasses.replace(scored.scores.provenance, analyzer="sinks")
+    HeadScores(scored.scores.data, other).save(tmp_path / "sinks.parquet")
+    with pytest.raises(InputError, match=r"--scores takes the scores\.parquet"):
+        retrieval.load_scores(tmp_path / "sinks.parquet")
