@@ -61,14 +61,9 @@ from interp.config import Config, check_range
 from interp.encoding import Encoding
 from interp.errors import ConfigError, InputError
 from interp.heads import Head, HeadSet
-from interp.hooks import (
-    decoder_from,
-    head_output_hooks,
-    output_hooks,
-    qkv_hooks,
-    residual_hooks,
-)
+from interp.hooks import head_output_hooks, output_hooks, qkv_hooks, residual_hooks
 from interp.kv_cache import cache_kwargs, output_cache
+from interp.midway import decoder_from
 from interp.models import Model
 from interp.results import HeadScores, Provenance
 

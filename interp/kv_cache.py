@@ -1,6 +1,7 @@
 """The KV cache of a forward, found by its type rather than by an argument's name.
 
-Part of the hooks layer: the one place that knows how transformers passes its cache.
+Part of the hooks layer: the one place that knows how transformers passes its cache, and
+what a cache holds inside (`row_states`, `caches_full_attention` read its layers).
 transformers 5.x renamed the forward argument `past_key_values` to `cache` (and the output
 field likewise), keeping the old name as a deprecated alias for some releases. Code that
 looked for the keyword by name silently stopped seeing the cache: a decode step then looked
@@ -15,10 +16,19 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from torch import nn
-from transformers import Cache
+from torch import Tensor, nn
+from transformers import Cache, DynamicCache, PretrainedConfig
+from transformers.cache_utils import DynamicLayer
 
-__all__ = ["cache_kwargs", "forward_cache", "is_decode_step", "output_cache", "without_cache"]
+__all__ = [
+    "cache_kwargs",
+    "caches_full_attention",
+    "forward_cache",
+    "is_decode_step",
+    "output_cache",
+    "row_states",
+    "without_cache",
+]
 
 
 def forward_cache(kwargs: dict[str, Any]) -> Cache | None:
@@ -48,3 +58,20 @@ def output_cache(output: Any) -> Cache:
     """The cache a forward returned, under either name (no deprecation warning)."""
     cache = getattr(output, "cache", None)
     return output.past_key_values if cache is None else cache
+
+
+def row_states(cache: DynamicCache, row: int, positions: slice) -> list[tuple[Tensor, Tensor]]:
+    """Per layer, copies of one row's keys and values at `positions`
+    ([1, kv_head, pos, d_head] each), independent of the cache's later growth."""
+    return [
+        (
+            layer.keys[row : row + 1, :, positions].clone(),
+            layer.values[row : row + 1, :, positions].clone(),
+        )
+        for layer in cache.layers
+    ]
+
+
+def caches_full_attention(config: PretrainedConfig) -> bool:
+    """Whether a cache for `config` keeps every position in every layer (no sliding window)."""
+    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers)

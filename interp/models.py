@@ -38,6 +38,7 @@ from interp.cache import build_once
 from interp.encoding import Encoding
 from interp.errors import InputError, UnsupportedModelError
 from interp.heads import HeadGeometry, geometry_of
+from interp.hf_internals import hub_revision, name_architecture, offloaded_value
 from interp.inputs import ModelInputs, RowImages, is_vision_model, prepare
 from interp.placement import DeviceMap, Placement, describe, execution_device, parse_dtype
 from interp.prompts import as_texts
@@ -562,7 +563,7 @@ def _load_hub_files(name: str, load: _Load, *, local_files_only: bool) -> Model:
         hf, tokenizer, processor = _from_pretrained(name, load, local_files_only=local_files_only)
     except (OSError, ValueError, KeyError, ImportError) as exc:
         raise UnsupportedModelError(f"Cannot load model {name!r}: {_first_line(exc)}") from exc
-    revision = getattr(hf.config, "_commit_hash", None) or "unknown-revision"
+    revision = hub_revision(hf) or "unknown-revision"
     return _finish(hf, tokenizer, processor, name, f"hub:{revision}", load.placement.device)
 
 
@@ -608,31 +609,18 @@ def _parameter_fingerprint(hf: PreTrainedModel) -> str:
     digest = hashlib.sha256()
     for name, param in hf.state_dict().items():
         if param.is_meta:  # offloaded to disk by accelerate: read it from its weights map
-            param = _offloaded_value(hf, name)
+            param = offloaded_value(hf, name)
         head = param.detach().flatten()[:4096].to("cpu", torch.float32).contiguous()
         digest.update(f"{name}:{tuple(param.shape)}".encode())
         digest.update(head.numpy().tobytes())
     return "params:" + digest.hexdigest()
 
 
-def _offloaded_value(hf: PreTrainedModel, name: str) -> torch.Tensor:
-    module_path, _, leaf = name.rpartition(".")
-    hook = getattr(hf.get_submodule(module_path), "_hf_hook", None)
-    weights = getattr(hook, "weights_map", None)
-    if weights is None:
-        raise InputError(
-            f"Parameter {name} is on the meta device and no accelerate offload hook holds its"
-            " value: load the weights before wrapping the model."
-        )
-    return weights[leaf]
-
-
 def _boot_bridge(model: Model) -> Any:
     from transformer_lens.model_bridge import TransformerBridge
 
     hf = copy.deepcopy(model.hf)
-    if not hf.config.architectures:  # config-built models have none; the adapter needs it
-        hf.config.architectures = [type(hf).__name__]
+    name_architecture(hf)
     name = str(getattr(model.tokenizer, "name_or_path", "") or "")
     if not Path(name).is_dir():
         raise UnsupportedModelError(
