@@ -51,3 +51,8 @@ def check_choice(value: str, options: Iterable[str], what: str) -> str:
     if value not in options:
         raise ConfigError(f"Unknown {what} {value!r}." + did_you_mean(str(value), options))
     return value
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, for a one-line error that wraps it."""
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
