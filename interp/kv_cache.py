@@ -1,7 +1,8 @@
 """The KV cache of a forward, found by its type rather than by an argument's name.
 
 Part of the hooks layer: the one place that knows how transformers passes its cache, and
-what a cache holds inside (`row_states`, `caches_full_attention` read its layers).
+what a cache holds inside (`row_states`, `caches_full_attention` read its layers); it also
+builds the caches analyses reuse (`prefix_caches`, `repeated_rows`).
 transformers 5.x renamed the forward argument `past_key_values` to `cache` (and the output
 field likewise), keeping the old name as a deprecated alias for some releases. Code that
 looked for the keyword by name silently stopped seeing the cache: a decode step then looked
@@ -14,11 +15,15 @@ declares. Costs nothing: one pass over a forward's keyword arguments.
 from __future__ import annotations
 
 import inspect
+from copy import deepcopy
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from transformers import Cache, DynamicCache, PretrainedConfig
 from transformers.cache_utils import DynamicLayer
+
+from interp.encoding import Encoding
 
 __all__ = [
     "cache_kwargs",
@@ -26,6 +31,8 @@ __all__ = [
     "forward_cache",
     "is_decode_step",
     "output_cache",
+    "prefix_caches",
+    "repeated_rows",
     "row_states",
     "without_cache",
 ]
@@ -75,3 +82,36 @@ def row_states(cache: DynamicCache, row: int, positions: slice) -> list[tuple[Te
 def caches_full_attention(config: PretrainedConfig) -> bool:
     """Whether a cache for `config` keeps every position in every layer (no sliding window)."""
     return all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers)
+
+
+def prefix_caches(
+    hf: nn.Module, encoding: Encoding, position: Tensor, device: torch.device
+) -> dict[int, DynamicCache | None]:
+    """Per distinct p in `position` ([row]), the keys and values of positions 0..p-1 of the
+    rows at p (None for p = 0), from one forward per p; `encoding` lives on `device`."""
+    out: dict[int, DynamicCache | None] = {}
+    for p in position.unique().tolist():
+        rows = torch.nonzero(position == p).flatten().to(device)
+        out[p] = (
+            None
+            if p == 0
+            else output_cache(
+                hf(
+                    input_ids=encoding.input_ids[rows, :p],
+                    attention_mask=encoding.attention_mask[rows, :p],
+                    position_ids=encoding.position_ids[rows, :p],
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+            )
+        )
+    return out
+
+
+def repeated_rows(cache: DynamicCache | None, repeats: int) -> DynamicCache | None:
+    """A copy of `cache` with each row repeated `repeats` times (a forward extends its copy)."""
+    if cache is None:
+        return None
+    copy = deepcopy(cache)
+    copy.batch_repeat_interleave(repeats)
+    return copy
