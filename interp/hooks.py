@@ -36,7 +36,8 @@ only ones that read model internals (private attributes of transformers or accel
 cache's contents, per-architecture module paths and branches); every other module asks them
 through named functions, and tests/test_hooks_layer.py checks that it does:
 
-* `interp.layouts`: per-architecture module paths, found from the modules;
+* `interp.layouts`: per-architecture module paths, found from the modules, and a head's
+  OV path (`ov_path`);
 * `interp.attention_backend`: the attention function the attention hooks register;
 * `interp.explicit_attention`: the block-wise attention the hooks read and edit;
 * `interp.kv_cache`: a forward's cache found by its type, decode steps by its state, a

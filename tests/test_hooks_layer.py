@@ -14,7 +14,9 @@ fails this test when it
   `something.layers`), or imports `transformers.cache_utils` (the layer classes). A cache's
   public methods (`update`, `get_seq_length`, `batch_repeat_interleave`, ...) are fine;
 * branches on the architecture: reads `.model_type` or `.architectures`, or compares a
-  class name (`type(x).__name__`, `x.__class__.__name__`).
+  class name (`type(x).__name__`, `x.__class__.__name__`);
+* reads a module by an architecture's own name for it (`.self_attn`, `.o_proj`,
+  `.input_layernorm`, `.lm_head`, `.language_model`, ...), which `interp.layouts` finds.
 
 The allowlist is the layer's module list and nothing else: no per-line exemptions.
 """
@@ -33,6 +35,20 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("interp", "probes", "circuits")
 KV_TENSORS = {"keys", "values"}
 ARCHITECTURE = {"model_type", "architectures"}
+MODULE_NAMES = {
+    "self_attn",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "input_layernorm",
+    "post_attention_layernorm",
+    "embed_tokens",
+    "lm_head",
+    "language_model",
+    "vision_tower",
+    "multi_modal_projector",
+}
 
 
 def module_name(path: Path) -> str:
@@ -125,6 +141,8 @@ def violations(source: str) -> Iterator[str]:
             yield f"{where}: reads a cache layer's .{node.attr}"
         if node.attr in ARCHITECTURE:
             yield f"{where}: branches on .{node.attr}"
+        if node.attr in MODULE_NAMES:
+            yield f"{where}: reads the module .{node.attr} by its architecture's name"
 
 
 def library_modules() -> list[Path]:
@@ -155,6 +173,7 @@ def test_the_layer_exists() -> None:
         "from transformers.cache_utils import DynamicLayer",
         "if config.model_type == 'llava': pass",
         "same = type(hf).__name__ == 'LlavaForConditionalGeneration'",
+        "weight = layer.self_attn.o_proj.weight",
     ],
 )
 def test_each_rule_catches_its_internal(source: str) -> None:
