@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from interp.captions import caption_effects, load_caption_task
 from interp.effects import EffectsConfig, measure
-from interp.figures import effect_sweep, export, head_heatmap
+from interp.figure_export import export
+from interp.figures import effect_sweep, head_heatmap
 from interp.interventions.var import VAR, VarConfig
 from interp.interventions.vhr import VHR, VhrConfig
 from interp.models import Model, load_model

@@ -15,7 +15,7 @@ it moves it the other way. (Merullo et al.'s code stores -100 x score.)
 The sweep is batched: its rows are (prompt, head[, position]) pairs, grouped by layer, and
 one forward patches a different head and prompt in each row (`interp.hook_points.patched`).
 A patched run cannot differ from the clean one below its layer, so on architectures
-`interp.hooks.decoder_from` supports it starts at the patched layer from the clean run's
+`interp.midway.decoder_from` supports it starts at the patched layer from the clean run's
 cached resid_pre: all L x H heads cost about (L + 1) / 2L of L x H full forwards, plus the
 clean and corrupted runs. Elsewhere each patched run is a full forward (same scores).
 
@@ -40,7 +40,7 @@ from interp.encoding import Encoding
 from interp.errors import ConfigError, InputError, UnsupportedModelError, did_you_mean
 from interp.heads import Head
 from interp.hook_points import HeadPatch, hooked, patched
-from interp.hooks import check_midway_start, decoder_from
+from interp.midway import check_midway_start, decoder_from
 from interp.models import Model
 from interp.results import HeadScores, Provenance
 

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import ExitStack
-from copy import deepcopy
 from dataclasses import dataclass
 from typing import Literal
 
@@ -61,14 +60,9 @@ from interp.config import Config, check_range
 from interp.encoding import Encoding
 from interp.errors import ConfigError, InputError
 from interp.heads import Head, HeadSet
-from interp.hooks import (
-    decoder_from,
-    head_output_hooks,
-    output_hooks,
-    qkv_hooks,
-    residual_hooks,
-)
-from interp.kv_cache import cache_kwargs, output_cache
+from interp.hooks import head_output_hooks, output_hooks, qkv_hooks, residual_hooks
+from interp.kv_cache import cache_kwargs, prefix_caches, repeated_rows
+from interp.midway import decoder_from
 from interp.models import Model
 from interp.results import HeadScores, Provenance
 
@@ -299,7 +293,7 @@ def _clean_runs(
 
     z_clean, ld_clean, resid, z_full, mlp_clean = run(task.clean, full=True)
     z_corrupt, ld_corrupt, _, _, _ = run(task.corrupted, full=False)
-    prefixes = _prefixes(model, task, position) if receivers else {}
+    prefixes = prefix_caches(model.hf, task.clean, position, model.device) if receivers else {}
     return _Clean(z_clean, z_corrupt, mlp_clean, ld_clean, ld_corrupt, resid, z_full, prefixes)
 
 
@@ -413,7 +407,7 @@ def _step_two(
             z[:, :, siblings] = clean.z_full[layer][rows][:, p:, siblings].to(z.dtype)
             return z
 
-        cache = _repeated(clean.prefixes[p], n_senders)
+        cache = repeated_rows(clean.prefixes[p], n_senders)
         freeze_siblings = config.receiver != "q" and config.gqa_siblings == "freeze"
         with ExitStack() as stack:
             stack.enter_context(qkv_hooks(model.hf, patch, receivers.layers))
@@ -433,33 +427,3 @@ def _step_two(
         out[source] = logits
     assert out is not None
     return out
-
-
-def _prefixes(model: Model, task: CircuitTask, position: Tensor) -> dict[int, DynamicCache | None]:
-    """Per distinct p, the clean keys and values of positions 0..p-1 of the prompts at p."""
-    out: dict[int, DynamicCache | None] = {}
-    for p in position.unique().tolist():
-        rows = torch.nonzero(position == p).flatten().to(model.device)
-        out[p] = (
-            None
-            if p == 0
-            else output_cache(
-                model.hf(
-                    input_ids=task.clean.input_ids[rows, :p],
-                    attention_mask=task.clean.attention_mask[rows, :p],
-                    position_ids=task.clean.position_ids[rows, :p],
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-            )
-        )
-    return out
-
-
-def _repeated(cache: DynamicCache | None, repeats: int) -> DynamicCache | None:
-    """A copy of `cache` with each row repeated `repeats` times (a forward extends its copy)."""
-    if cache is None:
-        return None
-    copy = deepcopy(cache)
-    copy.batch_repeat_interleave(repeats)
-    return copy

@@ -39,9 +39,10 @@ from interp.effects import Effects, EffectsConfig, compare
 from interp.encoding import Encoding
 from interp.errors import HookError, InputError
 from interp.heads import HeadGeometry, HeadSet
-from interp.hooks import AttentionRows, decoder_layers
+from interp.hooks import AttentionRows
 from interp.interventions.attention_edit import AttentionEdit
 from interp.interventions.base import Intervention, tensor_digest
+from interp.layouts import ov_path
 from interp.models import Model
 from interp.results import EffectTable, HeadScores, ItemTable, Provenance
 
@@ -185,27 +186,25 @@ def ov_copy_scores(model: Model, heads: HeadSet, token_ids: Tensor) -> dict[str,
     output projections, the final norm and the unembedding, read at `token_ids`; the score
     is the mean over t of logit(t) minus the mean logit of the other tokens (Wang et al.'s
     copying test on the raw embedding, a toolkit choice; no MLP is applied first).
-    Llama-layout models (input_layernorm, v_proj, o_proj, model.norm).
+    Llama-layout models (input_layernorm, v_proj, o_proj, model.norm; `interp.layouts.ov_path`).
     """
     ids = torch.as_tensor(token_ids).unique().to(model.device)
     if len(ids) < 2:
         raise InputError(f"The OV copying test needs two or more tokens, got {len(ids)}.")
-    geometry, layers = model.geometry, decoder_layers(model.hf)
+    geometry = model.geometry
     embedded = model.hf.get_input_embeddings().weight[ids].float()
     unembed = model.hf.get_output_embeddings().weight[ids].float()  # [token, d_model]
-    final_norm = model.hf.model.norm
     n = len(ids)
     off = ~torch.eye(n, dtype=torch.bool, device=ids.device)
     out: dict[str, float] = {}
     for head in heads:
-        layer = layers[head.layer]
-        attention = layer.self_attn
-        x = layer.input_layernorm(embedded.to(attention.v_proj.weight.dtype))
+        ov = ov_path(model.hf, head.layer)
+        x = ov.input_norm(embedded.to(ov.value_projection.weight.dtype))
         kv = geometry.kv_head(head.head)
         d = geometry.d_head
-        values = attention.v_proj(x)[:, kv * d : (kv + 1) * d]
-        written = values @ attention.o_proj.weight[:, head.head * d : (head.head + 1) * d].T
-        logits = final_norm(written).float() @ unembed.T  # [source token, read token]
+        values = ov.value_projection(x)[:, kv * d : (kv + 1) * d]
+        written = values @ ov.output_projection.weight[:, head.head * d : (head.head + 1) * d].T
+        logits = ov.final_norm(written).float() @ unembed.T  # [source token, read token]
         others = (logits * off).sum(1) / (n - 1)
         out[head.label] = float((logits.diagonal() - others).mean())
     return out

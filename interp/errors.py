@@ -56,3 +56,8 @@ def check_choice(value: str, options: Iterable[Choice], what: str) -> Choice:
         if option == value:
             return option
     raise ConfigError(f"Unknown {what} {value!r}." + did_you_mean(str(value), options))
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, for a one-line error that wraps it."""
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"

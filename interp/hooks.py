@@ -29,9 +29,22 @@ Seven hook families, each a context manager that removes everything it installed
 * `decoder_input_hooks(model, fn)`: reads or replaces the keyword arguments of the decoder
   (the module holding the layers: a VLM's language model), after a VLM has merged its
   image features into `inputs_embeds`, and may run the decoder itself on other inputs.
+  `model_input_hooks(model, fn)` reads the inputs of the base model, before that merge.
 
-Module paths are found from the modules (`interp.layouts`); the kernels the attention
-hooks install live in `interp.attention_backend`.
+The hooks layer (`HOOKS_LAYER`) is this module and the modules it owns for the purpose, the
+only ones that read model internals (private attributes of transformers or accelerate, a KV
+cache's contents, per-architecture module paths and branches); every other module asks them
+through named functions, and tests/test_hooks_layer.py checks that it does:
+
+* `interp.layouts`: per-architecture module paths, found from the modules, and a head's
+  OV path (`ov_path`);
+* `interp.attention_backend`: the attention function the attention hooks register;
+* `interp.explicit_attention`: the block-wise attention the hooks read and edit;
+* `interp.kv_cache`: a forward's cache found by its type, decode steps by its state, a
+  cache's per-layer keys and values;
+* `interp.midway`: running the decoder from a middle layer;
+* `interp.hf_internals`: accelerate's per-module hook, transformers' private config fields;
+* `interp.image_layouts`: per-architecture facts of a VLM's image inputs.
 """
 
 from __future__ import annotations
@@ -51,7 +64,7 @@ from interp.attention_backend import (
     inline_attention,
     interface_check,
 )
-from interp.errors import HookError, UnsupportedModelError
+from interp.errors import HookError
 from interp.explicit_attention import AttentionHook, AttentionRows, PrepassHook
 from interp.heads import geometry_of
 from interp.layouts import (
@@ -64,8 +77,21 @@ from interp.layouts import (
 )
 from interp.layouts import get_path as _get
 
+# The hooks layer: the only modules that may read model internals (tests/test_hooks_layer.py).
+HOOKS_LAYER = (
+    "interp.hooks",
+    "interp.kv_cache",
+    "interp.layouts",
+    "interp.attention_backend",
+    "interp.explicit_attention",
+    "interp.midway",
+    "interp.hf_internals",
+    "interp.image_layouts",
+)
+
 __all__ = [
     "ATTENTION_IMPLEMENTATION",
+    "HOOKS_LAYER",
     "AttentionHook",
     "AttentionRows",
     "Layout",
@@ -76,6 +102,7 @@ __all__ = [
     "head_output_hooks",
     "head_result_hooks",
     "layout_of",
+    "model_input_hooks",
     "output_hooks",
     "qkv_hooks",
     "residual_hooks",
@@ -396,56 +423,18 @@ def decoder_input_hooks(hf: nn.Module, fn: DecoderInputFn) -> Iterator[None]:
         handle.remove()
 
 
-# ----------------------------------------------------------------------------------------
-# Running the decoder from a layer
-
-# Model types whose decoder forward is plain: `hidden = inputs_embeds` (no scaling, no
-# position embedding added), rotary angles from `position_ids`, one mask for every layer,
-# then the layers in order. For these, `inputs_embeds` = the resid_pre of layer l, fed to
-# the layer list cut to layers[l:], reproduces the full forward from layer l on.
-_MIDWAY_START = frozenset({"llama", "mistral", "mixtral", "olmo", "olmo2", "phi3", "qwen3_moe"})
-# These index a per-layer mask by position in the layer list: right only if all are alike.
-_MIDWAY_START_UNIFORM_LAYERS = frozenset({"qwen2", "qwen3", "smollm3"})
-
-
-def check_midway_start(hf: nn.Module) -> None:
-    """Raise UnsupportedModelError unless `decoder_from` is exact for `hf`'s architecture."""
-    config = hf.config
-    model_type = getattr(config, "model_type", "")
-    uniform = len(set(getattr(config, "layer_types", None) or ["one"])) == 1
-    if model_type in _MIDWAY_START or (model_type in _MIDWAY_START_UNIFORM_LAYERS and uniform):
-        return
-    raise UnsupportedModelError(
-        f"Cannot start {type(hf).__name__} (model_type {model_type!r}) at a middle layer:"
-        " its forward scales or adds to inputs_embeds, or picks masks by layer position."
-        f" Supported: {', '.join(sorted(_MIDWAY_START | _MIDWAY_START_UNIFORM_LAYERS))}."
-    )
+ModelInputFn = Callable[[tuple, dict[str, Any]], None]
 
 
 @contextmanager
-def decoder_from(hf: nn.Module, start: int, stop: int | None = None) -> Iterator[None]:
-    """Inside, `hf(inputs_embeds=resid_pre, ...)` runs only decoder layers start..stop-1.
-
-    Pass the resid_pre of layer `start` (see `residual_hooks`) as `inputs_embeds`, with the
-    attention mask and position ids of the original forward, and `use_cache=False`; the
-    logits are those of the full forward, computed from layer `start` on (up to float
-    reordering in batched kernels). With `stop`, the later layers are skipped and the logits
-    are meaningless; use it to read attention in layers before `stop`.
-
-    Enter `attention_hooks` and `residual_hooks` *outside* this context: they number layers
-    by the full list. The layer list is restored in `finally`.
-
-    Raises:
-        UnsupportedModelError: the architecture's forward does more than embed then layers.
-    """
-    check_midway_start(hf)
-    layers = decoder_layers(hf)
-    if not 0 <= start < len(layers) or (stop is not None and not start < stop <= len(layers)):
-        raise HookError(f"Cannot run layers {start}..{stop} of a {len(layers)}-layer decoder.")
-    parent_path, _, name = layout_of(hf).layers.rpartition(".")
-    parent = _get(hf, parent_path) if parent_path else hf
-    setattr(parent, name, nn.ModuleList(list(layers)[start:stop]))
+def model_input_hooks(hf: nn.Module, fn: ModelInputFn) -> Iterator[None]:
+    """Call `fn(args, kwargs)` with the inputs of each forward of the base model (the model
+    under the LM head: a VLM's ids and pixels before its image features are merged). Reads
+    only; `generate` and plain forwards both pass through it."""
+    handle = hf.base_model.register_forward_pre_hook(
+        lambda _module, args, kwargs: fn(args, kwargs), with_kwargs=True
+    )
     try:
         yield
     finally:
-        setattr(parent, name, layers)
+        handle.remove()

@@ -24,11 +24,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from interp.errors import InputError, UnsupportedModelError
+from interp.errors import InputError
+from interp.image_layouts import patch_grid, row_views
 from interp.inputs import ModelInputs, TokenKind
 from interp.models import Model
 
-SUPPORTED = ("llava", "idefics3")
 COLUMNS = ["position", "view", "token", "patch_row", "patch_col", "top", "left", "bottom", "right"]
 
 
@@ -57,21 +57,14 @@ def patch_table(model: Model, inputs: ModelInputs, row: int = 0) -> pd.DataFrame
         >>> patch_table(model, inputs).iloc[5][["patch_row", "patch_col", "top", "left"]].tolist()
         [1, 1, 8, 8]
     """
-    model_type = model.hf.config.model_type
-    if model_type not in SUPPORTED:
-        raise UnsupportedModelError(
-            f"The image token-to-patch map is not supported for {model_type}; it is exact for"
-            f" {', '.join(SUPPORTED)}."
-        )
+    config = model.hf.config
+    size, cls = patch_grid(config)
     kinds = inputs.kinds[row].cpu()
     real = (kinds != TokenKind.PADDING).nonzero().flatten()
     positions = (kinds[real] == TokenKind.IMAGE).nonzero().flatten().tolist()
-    config = model.hf.config
-    size = int(config.vision_config.patch_size) * int(getattr(config, "scale_factor", 1))
-    cls = model_type == "llava" and config.vision_feature_select_strategy == "full"
     height, width = inputs["pixel_values"].shape[-2:]
     grid = [(-1, -1)] * cls + [(r, c) for r in range(height // size) for c in range(width // size)]
-    first, n_views = _views(model_type, inputs, row, len(grid))
+    first, n_views = row_views(config, inputs, row, len(grid))
     boxes = [(r * size, c * size, (r + 1) * size, (c + 1) * size) for r, c in grid]
     records = [
         (view, token, r, c, *(box if r >= 0 else (-1, -1, -1, -1)))
@@ -86,18 +79,6 @@ def patch_table(model: Model, inputs: ModelInputs, row: int = 0) -> pd.DataFrame
     frame = pd.DataFrame(records, columns=COLUMNS[1:])
     frame.insert(0, "position", positions)
     return frame
-
-
-def _views(model_type: str, inputs: ModelInputs, row: int, per_view: int) -> tuple[int, int]:
-    """(index of the row's first view in the flattened pixel_values, its number of views)."""
-    pixels = inputs["pixel_values"]
-    if model_type == "idefics3":  # [batch, views, 3, H, W]; padding views are empty
-        mask = inputs.get("pixel_attention_mask")
-        present = (mask if mask is not None else pixels)[row].flatten(1).ne(0).any(-1)
-        return row * pixels.shape[1], int(present.sum())
-    # LLaVA: [images, 3, H, W] in row order, `per_view` tokens each.
-    counts = [n // per_view for n in inputs.n_image_tokens]
-    return sum(counts[:row]), counts[row]
 
 
 def view_image(model: Model, inputs: ModelInputs, view: int) -> np.ndarray:

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from interp.encoding import Encoding
 from interp.errors import InputError, UnsupportedModelError
+from interp.image_layouts import image_placeholder, image_token_id, numbers_own_positions
 from interp.prompts import as_texts
 
 if TYPE_CHECKING:
@@ -44,12 +45,8 @@ ImageLike: TypeAlias = "Image.Image | str | os.PathLike | np.ndarray"
 # Per text: no image, one image, or several (in placeholder order).
 RowImages: TypeAlias = "ImageLike | Sequence[ImageLike] | None"
 
-# The text an image takes in a prompt, where it is more than the processor's image token.
-_PLACEHOLDER_FORMAT = {"qwen2_5_vl": "<|vision_start|>{}<|vision_end|>"}
 # The kwargs `ModelInputs.extended` rebuilds: everything else is per image.
 PER_POSITION = frozenset({"input_ids", "attention_mask", "position_ids"})
-# Models that compute their own (multimodal rotary) positions from the mask and image grid.
-_OWN_POSITIONS = frozenset({"qwen2_5_vl"})
 
 
 class TokenKind(IntEnum):
@@ -235,9 +232,7 @@ def prepare(model: Model, texts: str | Sequence[str], images: RowImages = None) 
             )
         return ModelInputs.from_encoding(model.encode(items))
     config = model.hf.config
-    token_id = getattr(config, "image_token_id", None)
-    if token_id is None:
-        token_id = getattr(config, "image_token_index", None)
+    token_id = image_token_id(config)
     if token_id is None:
         raise UnsupportedModelError(
             f"{type(model.hf).__name__}'s config names no image_token_id: cannot find its"
@@ -245,8 +240,8 @@ def prepare(model: Model, texts: str | Sequence[str], images: RowImages = None) 
         )
     inputs = prepare_images(
         model.processor,
-        config.model_type,
-        int(token_id),
+        config,
+        token_id,
         items,
         rows,
         model.device,
@@ -375,8 +370,8 @@ def _as_list(entry: Any) -> list[Any]:
 
 def prepare_images(
     processor: Any,
-    model_type: str,
-    image_token_id: int,
+    config: Any,
+    token_id: int,
     texts: list[str],
     images: list[list[Image.Image]],
     device: torch.device,
@@ -389,7 +384,7 @@ def prepare_images(
             a row's ids differ from the count the processor expanded its images into.
     """
     token = processor.image_token
-    placeholder = _PLACEHOLDER_FORMAT.get(model_type, "{}").format(token)
+    placeholder = image_placeholder(config, token)
     prompts = [
         _with_placeholders(index, text, len(row), token, placeholder)
         for index, (text, row) in enumerate(zip(texts, images, strict=True))
@@ -409,20 +404,20 @@ def prepare_images(
         raise InputError(f"The processor refused the inputs: {detail}") from exc
     offsets = batch.pop("text_replacement_offsets", [[] for _ in prompts])
     ids = batch["input_ids"]
-    is_image = ids == image_token_id
+    is_image = ids == token_id
     for row, replaced in enumerate(offsets):
         expected = sum(r["replacement"].count(token) for r in replaced if r["type"] == "image")
         found = int(is_image[row].sum())
         if found != expected:
             raise InputError(
-                f"Prompt {row} has {found} image tokens (id {image_token_id}) but the processor"
+                f"Prompt {row} has {found} image tokens (id {token_id}) but the processor"
                 f" expanded its images into {expected}: does the tokenizer know {token!r} as one"
                 " token, and does the model's image_token_id match the processor's?"
             )
     kinds = torch.full(ids.shape, int(TokenKind.TEXT), dtype=torch.int8)
     kinds[is_image] = TokenKind.IMAGE
     kinds[batch["attention_mask"] == 0] = TokenKind.PADDING
-    if model_type not in _OWN_POSITIONS:
+    if not numbers_own_positions(config):
         # As in interp.encoding: number each row's tokens as if it were alone.
         batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp_min(0)
     # Pixels in the model's dtype (a float16 LLaVA on a GPU takes float16 pixel_values).

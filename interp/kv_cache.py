@@ -1,6 +1,8 @@
 """The KV cache of a forward, found by its type rather than by an argument's name.
 
-Part of the hooks layer: the one place that knows how transformers passes its cache.
+Part of the hooks layer: the one place that knows how transformers passes its cache, and
+what a cache holds inside (`row_states`, `caches_full_attention` read its layers); it also
+builds the caches analyses reuse (`prefix_caches`, `repeated_rows`).
 transformers 5.x renamed the forward argument `past_key_values` to `cache` (and the output
 field likewise), keeping the old name as a deprecated alias for some releases. Code that
 looked for the keyword by name silently stopped seeing the cache: a decode step then looked
@@ -13,12 +15,27 @@ declares. Costs nothing: one pass over a forward's keyword arguments.
 from __future__ import annotations
 
 import inspect
+from copy import deepcopy
 from typing import Any
 
-from torch import nn
-from transformers import Cache
+import torch
+from torch import Tensor, nn
+from transformers import Cache, DynamicCache, PretrainedConfig
+from transformers.cache_utils import DynamicLayer
 
-__all__ = ["cache_kwargs", "forward_cache", "is_decode_step", "output_cache", "without_cache"]
+from interp.encoding import Encoding
+
+__all__ = [
+    "cache_kwargs",
+    "caches_full_attention",
+    "forward_cache",
+    "is_decode_step",
+    "output_cache",
+    "prefix_caches",
+    "repeated_rows",
+    "row_states",
+    "without_cache",
+]
 
 
 def forward_cache(kwargs: dict[str, Any]) -> Cache | None:
@@ -48,3 +65,53 @@ def output_cache(output: Any) -> Cache:
     """The cache a forward returned, under either name (no deprecation warning)."""
     cache = getattr(output, "cache", None)
     return output.past_key_values if cache is None else cache
+
+
+def row_states(cache: DynamicCache, row: int, positions: slice) -> list[tuple[Tensor, Tensor]]:
+    """Per layer, copies of one row's keys and values at `positions`
+    ([1, kv_head, pos, d_head] each), independent of the cache's later growth."""
+    return [
+        (
+            layer.keys[row : row + 1, :, positions].clone(),
+            layer.values[row : row + 1, :, positions].clone(),
+        )
+        for layer in cache.layers
+    ]
+
+
+def caches_full_attention(config: PretrainedConfig) -> bool:
+    """Whether a cache for `config` keeps every position in every layer (no sliding window)."""
+    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers)
+
+
+def prefix_caches(
+    hf: nn.Module, encoding: Encoding, position: Tensor, device: torch.device
+) -> dict[int, DynamicCache | None]:
+    """Per distinct p in `position` ([row]), the keys and values of positions 0..p-1 of the
+    rows at p (None for p = 0), from one forward per p; `encoding` lives on `device`."""
+    out: dict[int, DynamicCache | None] = {}
+    for p in position.unique().tolist():
+        rows = torch.nonzero(position == p).flatten().to(device)
+        out[p] = (
+            None
+            if p == 0
+            else output_cache(
+                hf(
+                    input_ids=encoding.input_ids[rows, :p],
+                    attention_mask=encoding.attention_mask[rows, :p],
+                    position_ids=encoding.position_ids[rows, :p],
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+            )
+        )
+    return out
+
+
+def repeated_rows(cache: DynamicCache | None, repeats: int) -> DynamicCache | None:
+    """A copy of `cache` with each row repeated `repeats` times (a forward extends its copy)."""
+    if cache is None:
+        return None
+    copy = deepcopy(cache)
+    copy.batch_repeat_interleave(repeats)
+    return copy

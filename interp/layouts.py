@@ -31,11 +31,13 @@ from interp.errors import UnsupportedModelError
 
 __all__ = [
     "Layout",
+    "OvPath",
     "check_mlp",
     "decoder_layers",
     "fused_split",
     "get_path",
     "layout_of",
+    "ov_path",
     "projection",
 ]
 
@@ -172,3 +174,36 @@ def fused_split(
     q = torch.arange(q_size).view(n_heads, d_head)
     k = torch.arange(q_size, q_size + kv_size).view(n_kv, d_head)
     return q, k, k + kv_size
+
+
+@dataclass(frozen=True)
+class OvPath:
+    """The modules a head's OV circuit passes, from a token's embedding to the logits."""
+
+    input_norm: nn.Module  # the layer's pre-attention norm
+    value_projection: nn.Module  # one d_head slice of output per KV head
+    output_projection: nn.Module  # one d_head block of columns per head
+    final_norm: nn.Module  # the decoder's norm before the unembedding
+
+
+def ov_path(hf: nn.Module, layer: int) -> OvPath:
+    """The OV path of decoder layer `layer` in a Llama-layout model (a pre-norm named
+    `input_layernorm`, a separate value projection, a final `norm` on the decoder).
+
+    Raises:
+        UnsupportedModelError: another layout (fused q/k/v, other norm names).
+    """
+    layout = layout_of(hf)
+    block = decoder_layers(hf)[layer]
+    attention = get_path(block, layout.attention)
+    parent = layout.layers.rpartition(".")[0]
+    decoder = get_path(hf, parent) if parent else hf
+    input_norm = getattr(block, "input_layernorm", None)
+    final_norm = getattr(decoder, "norm", None)
+    if layout.fused_qkv or input_norm is None or final_norm is None:
+        raise UnsupportedModelError(
+            f"{type(hf).__name__} is not Llama-layout (input_layernorm, v_proj, o_proj, a"
+            " final norm): its heads' OV path cannot be read."
+        )
+    value = projection(attention, layout.v)
+    return OvPath(input_norm, value, get_path(attention, layout.out_proj), final_norm)

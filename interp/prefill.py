@@ -39,12 +39,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from interp.encoding import Encoding
 from interp.errors import InputError, UnsupportedModelError
 from interp.inputs import PER_POSITION, ModelInputs
-from interp.kv_cache import cache_kwargs
+from interp.kv_cache import cache_kwargs, caches_full_attention, row_states
 from interp.models import Model
 
 __all__ = [
@@ -402,13 +401,7 @@ class PrefixTree:
         )
         for row, node in enumerate(nodes):
             own = slice(prefix, prefix + len(node.segment))
-            node.kv = [
-                (
-                    layer.keys[row : row + 1, :, own].clone(),
-                    layer.values[row : row + 1, :, own].clone(),
-                )
-                for layer in cache.layers
-            ]
+            node.kv = row_states(cache, row, own)
         self._forwards += 1
         self._stats["prefilled_tokens"] += sum(len(n.segment) for n in nodes)
         self._stats["forward_tokens"] += n_rows * width
@@ -435,5 +428,4 @@ def _layout(paths: Sequence[Sequence[_Node]], width: int) -> list[tuple[Tensor, 
 
 def supports_prefix_sharing(model: Model) -> bool:
     """Whether `PrefixTree` works on `model`: every layer caches full attention."""
-    cache = DynamicCache(config=model.hf.config)
-    return all(type(layer) is DynamicLayer for layer in cache.layers)
+    return caches_full_attention(model.hf.config)

@@ -230,7 +230,7 @@ def require_vision_model(spec: str | None, command: str) -> None:
 
 def export_figures(figures: dict[str, Any], folder: Path, static: bool) -> list[Path]:
     """Write figures; say so when static export is skipped for want of Chromium."""
-    from interp.figures import STATIC_FORMATS, chromium_path, export
+    from interp.figure_export import STATIC_FORMATS, chromium_path, export
 
     formats = STATIC_FORMATS if static else ()
     if static and chromium_path() is None:

@@ -30,7 +30,8 @@ def models(
 ) -> None:
     """Show the default model, the cached GGUF conversions and the accepted spec forms."""
     from interp.errors import InterpError
-    from interp.models import DEFAULT_MODEL, cache_dir, cached_conversions, default_gguf_path
+    from interp.gguf import cache_dir, cached_conversions, default_gguf_path
+    from interp.models import DEFAULT_MODEL
 
     if plan is not None:
         with user_errors():

@@ -25,7 +25,7 @@ reported with `skipped` = "no hidden sink" (score 0, exactly its gain).
 Cost. Per batch of calibration sequences: one plain forward that caches every searched
 layer's resid_pre; per searched layer, one forward of that layer alone to find which
 (sequence, head) pairs have hidden sinks, then one forward *from that layer on* (cached
-resid_pre as input, `interp.hooks.decoder_from`) whose batch rows are the identity arm and
+resid_pre as input, `interp.midway.decoder_from`) whose batch rows are the identity arm and
 every candidate pair, each row editing only its own head. So a candidate in layer l costs
 (L - l) / L of a forward on the prompts where it has sinks. Memory: the cached resid_pre,
 [searched layers, batch, pos, d_model] float32, plus one batch of (1 + heads) replicas.
@@ -52,9 +52,10 @@ from torch import Tensor
 from interp.config import Config, check_range
 from interp.errors import InputError
 from interp.heads import Head, HeadSet
-from interp.hooks import AttentionRows, attention_hooks, decoder_from, residual_hooks
+from interp.hooks import AttentionRows, attention_hooks, residual_hooks
 from interp.interventions.act import ActConfig, Calibrator, act_candidates, calibrate_rows
 from interp.interventions.attention_edit import AttentionEdit
+from interp.midway import decoder_from
 from interp.models import Model
 from interp.results import HeadScores, Provenance, csv_path, hash_inputs
 from interp.runs import WorkLog, run_identity
@@ -162,7 +163,7 @@ def search_heads(
     """Score each candidate head by the calibration-metric gain ACT on it alone gives.
 
     Args:
-        model: a loaded model (an architecture `interp.hooks.decoder_from` supports).
+        model: a loaded model (an architecture `interp.midway.decoder_from` supports).
         tasks: calibration tasks (e.g. `load_task(name, "calibration")`).
         act: beta and the sink rule used for every candidate.
         config: selection threshold, subsampling, batch size.

@@ -16,9 +16,11 @@ from typing import Any
 
 import torch
 from jaxtyping import Bool
-from torch import Tensor, nn
+from torch import Tensor
 
 from interp.errors import HookError, UnsupportedModelError
+from interp.hooks import model_input_hooks
+from interp.image_layouts import image_token_id as image_token_id_of
 from interp.kv_cache import is_decode_step
 from interp.models import Model
 
@@ -41,8 +43,8 @@ class PromptState:
         self.decoding = False
         self._prompt: tuple[Tensor, Tensor | None] | None = None
 
-    def read(self, _module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        """Forward pre-hook (with kwargs) on the base model (LLaVA-NeXT passes ids first)."""
+    def read(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        """Reads a base-model forward's inputs (LLaVA-NeXT passes ids first)."""
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None:
             raise HookError(f"{self.name} needs input_ids in the model's forward, not embeddings.")
@@ -96,20 +98,15 @@ class PromptState:
 
 def image_token_id(model: Model, name: str) -> int:
     """The model's image token id; UnsupportedModelError for a text-only model."""
-    token_id = getattr(model.hf.config, "image_token_id", None)
-    if token_id is None:
-        token_id = getattr(model.hf.config, "image_token_index", None)
+    token_id = image_token_id_of(model.hf.config)
     if token_id is None:
         raise UnsupportedModelError(f"{model.spec} has no image token: {name} needs a VLM.")
-    return int(token_id)
+    return token_id
 
 
 @contextmanager
 def prompt_state(model: Model, name: str) -> Iterator[PromptState]:
-    """A `PromptState` fed by a pre-hook on the base model, removed on exit."""
+    """A `PromptState` fed by the base model's inputs (`model_input_hooks`), until exit."""
     state = PromptState(name, image_token_id(model, name))
-    handle = model.hf.base_model.register_forward_pre_hook(state.read, with_kwargs=True)
-    try:
+    with model_input_hooks(model.hf, state.read):
         yield state
-    finally:
-        handle.remove()

@@ -284,7 +284,7 @@ def _step(
             input_ids=ids, attention_mask=mask, pixel_values=images, use_cache=False
         ).last_hidden_state
         targets = labels[:, 1:] != -100  # position p predicts token p + 1
-        logits = model.hf.lm_head(hidden[:, :-1][targets]).float()
+        logits = model.hf.get_output_embeddings()(hidden[:, :-1][targets]).float()
     wanted = labels[:, 1:][targets]
     yes_no = (wanted == answers[0]) | (wanted == answers[1])  # each question's answer token
     correct = (logits[yes_no].argmax(-1) == wanted[yes_no]).float().mean().item()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from interp.models import default_gguf_path
+from interp.gguf import default_gguf_path
 from tests.interp.test_bad_inputs import BAD_PROVENANCE, _with_provenance
 from tests.tiny import bomb_png, write_image_task
 

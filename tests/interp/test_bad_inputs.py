@@ -205,7 +205,8 @@ def test_head_scores_with_non_integer_heads_are_refused(tmp_path):
 
 @pytest.mark.parametrize("keep", [10, 1000, 100_000, 5_000_000])
 def test_truncated_gguf_files_are_refused_before_reading_a_config(tmp_path, monkeypatch, keep):
-    from interp.models import default_gguf_path, load_config
+    from interp.gguf import default_gguf_path
+    from interp.models import load_config
 
     monkeypatch.setenv("INTERP_CACHE", str(tmp_path / "cache"))
     path = tmp_path / "cut.gguf"

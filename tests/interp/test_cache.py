@@ -67,7 +67,7 @@ def test_a_failed_build_leaves_nothing(tmp_path):
 
 
 def test_cached_conversions_ignore_temporary_folders(tmp_path, monkeypatch):
-    from interp.models import cached_conversions
+    from interp.gguf import cached_conversions
 
     monkeypatch.setenv("INTERP_CACHE", str(tmp_path))
     for name in ("0123456789abcdef", "0123456789abcdef.tmp999"):

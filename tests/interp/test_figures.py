@@ -3,7 +3,7 @@ import contextlib
 import numpy as np
 import pytest
 
-from interp import figures
+from interp import figure_export, figures
 from interp.errors import ConfigError
 from interp.heads import HeadGeometry
 from interp.results import HeadScores, Provenance
@@ -25,15 +25,15 @@ def test_heatmap_is_drawn_from_the_result():
 
 
 def test_export_writes_html_without_static_formats(tmp_path):
-    written = figures.export({"heat": figures.head_heatmap(SCORES)}, tmp_path, formats=())
+    written = figure_export.export({"heat": figures.head_heatmap(SCORES)}, tmp_path, formats=())
     assert [p.name for p in written] == ["heat.html"]
     assert "plotly" in written[0].read_text()[:5000].lower()
 
 
-@pytest.mark.skipif(figures.chromium_path() is None, reason="static export needs a Chromium")
+@pytest.mark.skipif(figure_export.chromium_path() is None, reason="static export needs a Chromium")
 def test_static_export_shares_one_browser(tmp_path):
     figs = {"a": figures.head_heatmap(SCORES), "b": figures.head_heatmap(SCORES, title="B")}
-    written = figures.export(figs, tmp_path, formats=("png", "pdf"), scale=2.0)
+    written = figure_export.export(figs, tmp_path, formats=("png", "pdf"), scale=2.0)
     assert sorted(p.name for p in written) == [
         "a.html",
         "a.pdf",
@@ -76,7 +76,7 @@ def test_paper_presets_set_width_and_font_at_the_stated_dpi():
     two = figures.head_heatmap(SCORES, paper="two-column")
     assert one.layout.width == round(3.25 * 96) and two.layout.width == round(6.75 * 96)
     assert one.layout.font.size == pytest.approx(8 * 96 / 72)
-    assert figures.PAPER["one-column"].scale == pytest.approx(300 / 96)
+    assert figure_export.PAPER["one-column"].scale == pytest.approx(300 / 96)
     # An explicit size still wins over the preset.
     assert figures.head_heatmap(SCORES, paper="one-column", width=400).layout.width == 400
     with pytest.raises(ConfigError, match="one-column"):
@@ -94,28 +94,30 @@ def test_kv_groups_are_marked_between_query_head_groups():
 
 
 def test_export_takes_one_format_as_a_string(tmp_path, monkeypatch):
-    monkeypatch.setattr(figures, "chromium_path", lambda: "/usr/bin/chromium")
+    monkeypatch.setattr(figure_export, "chromium_path", lambda: "/usr/bin/chromium")
     written = []
-    monkeypatch.setattr(figures, "_browser", contextlib.nullcontext)
-    monkeypatch.setattr(figures.pio, "write_image", lambda f, path, **kw: written.append(path))
-    figures.export({"heat": figures.head_heatmap(SCORES)}, tmp_path, formats="png")
+    monkeypatch.setattr(figure_export, "_browser", contextlib.nullcontext)
+    monkeypatch.setattr(
+        figure_export.pio, "write_image", lambda f, path, **kw: written.append(path)
+    )
+    figure_export.export({"heat": figures.head_heatmap(SCORES)}, tmp_path, formats="png")
     assert [p.name for p in written] == ["heat.png"]
 
 
 def test_notebook_renderer_adds_a_png_fallback(monkeypatch):
-    monkeypatch.setattr(figures.pio.renderers, "default", "plotly_mimetype")
-    monkeypatch.setattr(figures, "chromium_path", lambda: "/usr/bin/chromium")
-    assert figures.use_notebook_renderer() == "plotly_mimetype+png"
-    monkeypatch.setattr(figures, "chromium_path", lambda: None)
+    monkeypatch.setattr(figure_export.pio.renderers, "default", "plotly_mimetype")
+    monkeypatch.setattr(figure_export, "chromium_path", lambda: "/usr/bin/chromium")
+    assert figure_export.use_notebook_renderer() == "plotly_mimetype+png"
+    monkeypatch.setattr(figure_export, "chromium_path", lambda: None)
     with pytest.warns(UserWarning, match="No Chromium"):
-        assert figures.use_notebook_renderer() == "plotly_mimetype"
+        assert figure_export.use_notebook_renderer() == "plotly_mimetype"
 
 
-@pytest.mark.skipif(figures.chromium_path() is None, reason="static export needs a Chromium")
+@pytest.mark.skipif(figure_export.chromium_path() is None, reason="static export needs a Chromium")
 def test_notebook_renderer_bundle_holds_json_and_png(monkeypatch):
-    monkeypatch.setattr(figures.pio.renderers, "default", figures.pio.renderers.default)
-    figures.use_notebook_renderer()
-    bundle = figures.pio.renderers._build_mime_bundle(figures.head_heatmap(SCORES).to_dict())
+    monkeypatch.setattr(figure_export.pio.renderers, "default", figure_export.pio.renderers.default)
+    figure_export.use_notebook_renderer()
+    bundle = figure_export.pio.renderers._build_mime_bundle(figures.head_heatmap(SCORES).to_dict())
     assert set(bundle) == {"application/vnd.plotly.v1+json", "image/png"}
 
 

@@ -263,7 +263,7 @@ def test_gradients_through_read_only_head_output_and_residual_hooks_are_exact(ti
 
 @torch.no_grad()
 def test_decoder_from_a_layer_reproduces_the_full_forward(tiny):
-    from interp.hooks import decoder_from
+    from interp.midway import decoder_from
     from tests.interp.helpers import left_padded
 
     ids, mask = left_padded(tiny, ["The quick brown fox", "Hi"])
@@ -285,7 +285,7 @@ def test_decoder_from_restores_layers_and_refuses_scaled_embeddings(tiny):
     from transformers import GemmaConfig, GemmaForCausalLM
 
     from interp.errors import HookError, UnsupportedModelError
-    from interp.hooks import decoder_from
+    from interp.midway import decoder_from
 
     layers = tiny.hf.model.layers
     with pytest.raises(RuntimeError, match="boom"), decoder_from(tiny.hf, 1, 2):

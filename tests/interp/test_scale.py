@@ -19,9 +19,10 @@ import interp.models
 from interp.cli import app
 from interp.effects import Effects, EffectsConfig, measure
 from interp.errors import InputError
-from interp.hooks import decoder_from, decoder_layers, residual_hooks
+from interp.hooks import decoder_layers, residual_hooks
 from interp.interventions import HeadScale
 from interp.interventions.act import ACT
+from interp.midway import decoder_from
 from interp.models import Model, load_model
 from interp.placement import parse_device_map, parse_dtype, parse_max_memory
 from interp.prompts import data_path

@@ -1,0 +1,76 @@
+"""Per-architecture facts of a VLM's image inputs, looked up by the config's model type.
+
+Part of the hooks layer (`interp.hooks.HOOKS_LAYER`): the one place that branches on a
+vision-language model's architecture for its inputs. `interp.inputs` asks it how an image
+is written into a prompt and who numbers the positions; `interp.image_patches` asks it how
+image tokens tile the vision tower's views.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from interp.errors import UnsupportedModelError
+
+__all__ = [
+    "PATCH_MAPS",
+    "image_placeholder",
+    "image_token_id",
+    "numbers_own_positions",
+    "patch_grid",
+    "row_views",
+]
+
+# The text an image takes in a prompt, where it is more than the processor's image token.
+_PLACEHOLDER_FORMAT = {"qwen2_5_vl": "<|vision_start|>{}<|vision_end|>"}
+# Models that compute their own (multimodal rotary) positions from the mask and image grid.
+_OWN_POSITIONS = frozenset({"qwen2_5_vl"})
+# Architectures whose image-token-to-patch map `interp.image_patches` knows exactly.
+PATCH_MAPS = ("llava", "idefics3")
+
+
+def image_token_id(config: Any) -> int | None:
+    """The id of the image token, under either name configs give it (None: no images)."""
+    token_id = getattr(config, "image_token_id", None)
+    if token_id is None:
+        token_id = getattr(config, "image_token_index", None)
+    return None if token_id is None else int(token_id)
+
+
+def image_placeholder(config: Any, token: str) -> str:
+    """What one image is written as in a prompt, given the processor's image token."""
+    return _PLACEHOLDER_FORMAT.get(config.model_type, "{}").format(token)
+
+
+def numbers_own_positions(config: Any) -> bool:
+    """Whether the model computes its position ids itself (so the caller must not)."""
+    return config.model_type in _OWN_POSITIONS
+
+
+def patch_grid(config: Any) -> tuple[int, bool]:
+    """(pixels per image token's side, whether each view starts with a CLS token).
+
+    Raises:
+        UnsupportedModelError: an architecture outside `PATCH_MAPS`.
+    """
+    model_type = config.model_type
+    if model_type not in PATCH_MAPS:
+        raise UnsupportedModelError(
+            f"The image token-to-patch map is not supported for {model_type}; it is exact for"
+            f" {', '.join(PATCH_MAPS)}."
+        )
+    size = int(config.vision_config.patch_size) * int(getattr(config, "scale_factor", 1))
+    cls = model_type == "llava" and config.vision_feature_select_strategy == "full"
+    return size, cls
+
+
+def row_views(config: Any, inputs: Any, row: int, per_view: int) -> tuple[int, int]:
+    """(index of the row's first view in the flattened pixel_values, its number of views)."""
+    pixels = inputs["pixel_values"]
+    if config.model_type == "idefics3":  # [batch, views, 3, H, W]; padding views are empty
+        mask = inputs.get("pixel_attention_mask")
+        present = (mask if mask is not None else pixels)[row].flatten(1).ne(0).any(-1)
+        return row * pixels.shape[1], int(present.sum())
+    # LLaVA: [images, 3, H, W] in row order, `per_view` tokens each.
+    counts = [n // per_view for n in inputs.n_image_tokens]
+    return sum(counts[:row]), counts[row]
