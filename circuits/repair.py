@@ -22,7 +22,7 @@ two forwards of the task; the edited layers run explicit attention.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -30,12 +30,12 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from torch import Tensor
 
 from circuits.circuit_task import CircuitTask
 from circuits.metrics import accuracy, last_logits, logit_difference
-from interp.effects import Effects, EffectsConfig, compare
+from interp.effects import Effects, EffectsConfig, Score, measure_arms
 from interp.encoding import Encoding
 from interp.errors import HookError, InputError
 from interp.heads import HeadGeometry, HeadSet
@@ -45,8 +45,11 @@ from interp.interventions.base import Intervention, tensor_digest
 from interp.layouts import ov_path
 from interp.models import Model
 from interp.results import EffectTable, HeadScores, ItemTable, Provenance
+from interp.work import Item
 
 ANALYZER = "circuit_repair"
+ARMS = ("baseline", "intervened")
+METRICS = ("accuracy", "logit_difference")
 
 
 class _FinalRowOnto:
@@ -304,22 +307,6 @@ def wrong_color_positions(task: CircuitTask) -> Int[Tensor, "batch 2"]:
     return listed[keep].reshape(len(task), 2)
 
 
-def _last_logits(
-    model: Model, task: CircuitTask, intervention: Callable[[int, int], Intervention], size: int
-) -> Float[Tensor, "batch vocab"]:
-    """Clean last-position logits, rows start..stop-1 under `intervention(start, stop)`.
-
-    Slices keep the batch's padded width, so the repair's positions stay where they were.
-    """
-    out = []
-    for start in range(0, len(task), size):
-        stop = min(start + size, len(task))
-        part = Encoding(task.clean.input_ids[start:stop], task.clean.attention_mask[start:stop])
-        with intervention(start, stop).applied(model):
-            out.append(last_logits(model, part, batch_size=size))
-    return torch.cat(out)
-
-
 def repair_effects(
     model: Model, task: CircuitTask, repair: Repair, config: EffectsConfig | None = None
 ) -> Effects:
@@ -342,26 +329,44 @@ def repair_effects(
             f"The repair has positions for {repair.positions.shape[0]} prompts, the task"
             f" {task.name!r} has {len(task)}."
         )
-    size = config.batch_size
-    base = _last_logits(model, task, lambda a, b: repair.rows(a, b).identity(), size)
-    edited = _last_logits(model, task, repair.rows, size)
-    scores = {
-        name: (fn(base).float().numpy(), fn(edited).float().numpy())
-        for name, fn in (
-            ("accuracy", lambda logits: accuracy(logits, task)),
-            ("logit_difference", lambda logits: logit_difference(logits, task)),
-        )
-    }
-    rows = [{"task": task.name, **compare(b, a, name, config)} for name, (b, a) in scores.items()]
+
+    def scored(rows: list[int], arm: Intervention) -> list[dict[str, float]]:
+        """Both metrics of rows start..stop-1 (padded width kept: positions stay put)."""
+        start, stop = rows[0], rows[-1] + 1
+        part = Encoding(task.clean.input_ids[start:stop], task.clean.attention_mask[start:stop])
+        edit = arm.rows(start, stop) if isinstance(arm, Repair) else arm
+        with edit.applied(model):
+            logits = last_logits(model, part, batch_size=len(rows))
+        answers = task.select(slice(start, stop))  # only its answer and choice ids are read
+        correct = accuracy(logits, answers).float().numpy()
+        difference = logit_difference(logits, answers).float().numpy()
+        return [
+            {"accuracy": float(a), "logit_difference": float(d)}
+            for a, d in zip(correct, difference, strict=True)
+        ]
+
+    measured = measure_arms(
+        [Item(str(row), row) for row in range(len(task))],
+        [repair],
+        scored,
+        [Score("accuracy"), Score("logit_difference")],
+        config,
+    )
+    per_item = measured.per_item
     items = pd.DataFrame(
         {
             "task": task.name,
-            "item": np.arange(len(task)),
+            "item": per_item["item"],
             "prompt": task.prompts,
-            **{f"baseline_{name}": pair[0] for name, pair in scores.items()},
-            **{f"intervened_{name}": pair[1] for name, pair in scores.items()},
+            **{
+                f"{arm}_{name}": per_item[f"{arm}_{name}"].astype(np.float32)  # the metrics' dtype
+                for arm in ARMS
+                for name in METRICS
+            },
         }
     )
+    rows = measured.summary.assign(task=task.name)
+    rows = rows[["task", *(c for c in rows if c != "task")]]
     provenance = Provenance(
         **model.provenance_fields(),
         analyzer=ANALYZER,
@@ -369,4 +374,4 @@ def repair_effects(
         inputs_hash=task.inputs_hash(),
         n_inputs=len(task),
     )
-    return Effects(EffectTable(pd.DataFrame(rows), provenance), ItemTable(items, provenance))
+    return Effects(EffectTable(rows, provenance), ItemTable(items, provenance))

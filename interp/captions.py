@@ -26,20 +26,27 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import pandas as pd
 
-from interp.effects import Effects, EffectsConfig, compare, image_digests
+from interp.effects import (
+    Effects,
+    EffectsConfig,
+    Score,
+    image_digests,
+    measure_arms,
+    setting_major,
+)
 from interp.errors import InputError
 from interp.generation import GenerationConfig, generate
 from interp.interventions.base import Intervention
 from interp.models import Model
 from interp.prompts import read_jsonl, read_text
 from interp.results import EffectTable, ItemTable, Provenance, hash_inputs
+from interp.work import Item, WorkFolder, open_log
 
 ANALYZER = "captions"
 # Per caption: (metric, lower is better).
@@ -208,10 +215,16 @@ def captions(model: Model, task: CaptionTask, batch_size: int = 16) -> list[str]
 def caption_effects(
     model: Model,
     tasks: Sequence[CaptionTask],
-    intervention: Intervention,
+    intervention: Intervention | Sequence[Intervention],
     config: EffectsConfig | None = None,
+    *,
+    values: Sequence[object] | None = None,
+    folder: WorkFolder | None = None,
 ) -> Effects:
     """An intervention's effect on CHAIR: per caption, paired, with 95% intervals.
+
+    Measured by `interp.effects.measure_arms`, one work batch per task (`folder` records
+    finished tasks); a list of interventions with their `values` is a sweep.
 
     Returns:
         `Effects`: one table row per (task, metric) (`interp.effects.compare` columns plus
@@ -220,38 +233,14 @@ def caption_effects(
     config = config or EffectsConfig()
     if not tasks:
         raise InputError("caption_effects needs at least one caption task.")
-    rows, items = [], []
-    for task in tasks:
-        truths = [item.objects for item in task.items]
-        arms = []
-        for arm in (intervention.identity(), intervention):
-            with arm.applied(model):
-                said = captions(model, task, config.batch_size)
-            counts = caption_objects(said, truths, task.vocabulary)
-            counts["chair_s"] = (counts.hallucinated > 0).astype(float)
-            arms.append((said, counts))
-        (base_text, base), (edited_text, edited) = arms
-        for metric, lower in METRICS:
-            before, after = base[metric].to_numpy(float), edited[metric].to_numpy(float)
-            row = compare(before, after, metric, config, lower_is_better=lower)
-            rows.append({"task": task.name, **row})
-            items.append(
-                pd.DataFrame(
-                    {
-                        "task": task.name,
-                        "item": np.arange(len(task.items)),
-                        "metric": metric,
-                        "baseline_caption": base_text,
-                        "intervened_caption": edited_text,
-                        "baseline_score": before,
-                        "intervened_score": after,
-                    }
-                )
-            )
+    arms = list(intervention) if isinstance(intervention, list | tuple) else [intervention]
     provenance = Provenance(
         **model.provenance_fields(),
         analyzer=ANALYZER,
-        config={**config.to_dict(), "intervention": intervention.to_dict()},
+        config={
+            **config.to_dict(),
+            "intervention": arms[0].to_dict() if len(arms) == 1 else [a.to_dict() for a in arms],
+        },
         inputs_hash=hash_inputs(
             [
                 [t.name, t.vocabulary, t.items, image_digests(i.image for i in t.items)]
@@ -260,7 +249,53 @@ def caption_effects(
         ),
         n_inputs=sum(len(t.items) for t in tasks),
     )
+    log = open_log(folder, provenance)
+    summaries, items = [], []
+    for t, task in enumerate(tasks):
+
+        def scored(
+            batch: list[CaptionItem], arm: Intervention, task: CaptionTask = task
+        ) -> list[dict[str, Any]]:
+            with arm.applied(model):
+                said = captions(model, replace(task, items=tuple(batch)), config.batch_size)
+            counts = caption_objects(said, [item.objects for item in batch], task.vocabulary)
+            counts["chair_s"] = (counts.hallucinated > 0).astype(float)
+            return [
+                {"caption": text, **{m: float(row[m]) for m, _ in METRICS}}
+                for text, (_, row) in zip(said, counts.iterrows(), strict=True)
+            ]
+
+        measured = measure_arms(
+            [Item(f"caption/{t}/{task.name}/{i}", item) for i, item in enumerate(task.items)],
+            arms,
+            scored,
+            [Score(metric, lower_is_better=lower) for metric, lower in METRICS],
+            config,
+            values=values,
+            batch_size=len(task.items),
+            folder=log,
+        )
+        summaries.append(measured.summary.assign(task=task.name))
+        items.append(_per_metric(measured.per_item).assign(task=task.name))
     return Effects(
-        EffectTable(pd.DataFrame(rows), provenance),
-        ItemTable(pd.concat(items, ignore_index=True), provenance),
+        EffectTable(_task_first(setting_major(summaries)), provenance),
+        ItemTable(_task_first(setting_major(items)), provenance),
     )
+
+
+def _per_metric(per_item: pd.DataFrame) -> pd.DataFrame:
+    """The wide per-item layout as one row per (item, metric): captions and that score."""
+    captions = ["baseline_caption", "intervened_caption"]
+    extra = ["parameter"] if "parameter" in per_item else []
+    parts = [
+        per_item.assign(metric=m, baseline_score=per_item[f"baseline_{m}"])
+        .assign(intervened_score=per_item[f"intervened_{m}"])
+        .loc[:, ["item", "metric", *captions, "baseline_score", "intervened_score", *extra]]
+        for m, _ in METRICS
+    ]
+    return setting_major(parts)
+
+
+def _task_first(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with its `task` column first, where the earlier layout had it."""
+    return table[["task", *(c for c in table if c != "task")]]

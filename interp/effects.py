@@ -20,21 +20,24 @@ Degenerate case: when every value is equal (e.g. an identity intervention: all d
 0), every resample has the same mean, BCa is undefined (scipy returns NaN with a warning),
 and the interval reported is the point [value, value]; the `constant` flag names it.
 
-`measure(model, tasks, intervention)` does this for multiple-choice tasks, with or without
-images (items with an `image` go through the model's processor, `interp.tasks`), and returns
-`Effects`: the table and `per_item`, every item's answer, predictions and both scores. Like
-with like: the baseline arm runs `intervention.identity()`, the same hooks and attention
-kernels changing nothing, so float rounding between a fused and an explicit kernel never
-shows as an effect, and an identity intervention gives exactly zero on every item.
-Cost: two task evaluations (forward passes) per task, plus n_boot resamples per interval.
+`measure_arms` is the one measurement every paired effect goes through: items (through the
+work driver `interp.work`, resumable), the identity arm and one or more intervention arms
+(a sweep), one evaluation callable per batch; it returns one per-item and one summary
+layout. Like with like: the baseline arm runs `intervention.identity()`, the same hooks and
+attention kernels changing nothing, so float rounding between a fused and an explicit
+kernel never shows as an effect, and an identity intervention gives exactly zero on every
+item. `measure(model, tasks, intervention)` is it for multiple-choice tasks, with or
+without images (`interp.tasks`): `Effects`, the table and `per_item`, every item's answer,
+predictions and both scores. Cost: two task evaluations per task (one per distinct
+identity and intervention in a sweep), plus n_boot resamples per interval.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import ClassVar, Literal, Protocol, TypeVar
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -45,11 +48,14 @@ from interp.errors import InputError
 from interp.interventions.base import Intervention
 from interp.models import Model
 from interp.results import Bundle, EffectTable, ItemTable, Provenance, hash_inputs, sha256_file
+from interp.tasks import Item as TaskItem
 from interp.tasks import Task, choice_accuracy, evaluate, image_paths
+from interp.work import Item, Row, Work, WorkFolder, open_log
 
 ANALYZER = "effects"
 MIN_ITEMS = 10  # fewer paired items: the bootstrap interval is too rough to trust
 RunT_contra = TypeVar("RunT_contra", contravariant=True)
+T = TypeVar("T")
 
 
 class Metric(Protocol[RunT_contra]):
@@ -207,15 +213,144 @@ def compare(
     }
 
 
+Evaluate = Callable[[list[T], Intervention], Sequence[Mapping[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Score:
+    """A per-item metric `evaluate` returns, and how `compare` reads it.
+
+    Attributes:
+        name: the metric, as the summary names it.
+        field: the per-item field holding it (default: `name`).
+        lower_is_better: e.g. hallucination counts (see `interp.effects.compare`).
+        chance: the metric's chance level (accuracies), for the baseline caveat.
+    """
+
+    name: str
+    field: str | None = None
+    lower_is_better: bool = False
+    chance: float | None = None
+
+
+@dataclass(frozen=True)
+class Arms:
+    """What `measure_arms` returns: the per-item and the summary table (see measure_arms)."""
+
+    per_item: pd.DataFrame
+    summary: pd.DataFrame
+
+
+def measure_arms(
+    items: Sequence[Item[T]],
+    interventions: Sequence[Intervention],
+    evaluate: Evaluate[T],
+    scores: Sequence[Score],
+    config: EffectsConfig,
+    *,
+    values: Sequence[object] | None = None,
+    batch_size: int | None = None,
+    folder: WorkFolder | None = None,
+    identity: Mapping[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Arms:
+    """Run every arm over `items` in work batches and pair each intervention with its identity.
+
+    Args:
+        items: work items (`interp.work.Item`: stable key, value for `evaluate`, length).
+        interventions: the intervened arms (one, or one per swept value).
+        evaluate: (batch values, arm) -> one field mapping per value.
+        scores: the fields compared between arms.
+        config: bootstrap settings.
+        values: each intervention's swept value (the `parameter` column).
+        batch_size: items per `evaluate` call (default `config.batch_size`).
+        folder: record finished batches there, to resume; `identity` names the run.
+        progress: progress(done, total) items, before the work and after each batch.
+
+    Raises:
+        InputError: no items or no interventions, or `values` of another length.
+    """
+    if not items or not interventions:
+        raise InputError("measure_arms needs at least one item and one intervention.")
+    if values is not None and len(values) != len(interventions):
+        raise InputError(f"{len(values)} swept values for {len(interventions)} interventions.")
+    baselines: list[Intervention] = []
+    for intervention in interventions:
+        if intervention.identity() not in baselines:
+            baselines.append(intervention.identity())
+
+    def process(batch: list[T]) -> list[list[dict[str, Any]]]:
+        base = [list(evaluate(batch, arm)) for arm in baselines]
+        rows: list[list[dict[str, Any]]] = [[] for _ in batch]
+        for intervention in interventions:
+            before = base[baselines.index(intervention.identity())]
+            after = evaluate(batch, intervention)
+            for out, b, a in zip(rows, before, after, strict=True):
+                out.append({"baseline": dict(b), "intervened": dict(a)})
+        return rows
+
+    log = open_log(folder, dict(identity or {}))
+    work = Work(list(items), log, batch_size or config.batch_size)
+    per_item = work.run(process, progress)
+    return _tables(per_item, scores, config, values)
+
+
+def _tables(
+    per_item: list[list[dict[str, Any]]],
+    scores: Sequence[Score],
+    config: EffectsConfig,
+    values: Sequence[object] | None,
+) -> Arms:
+    """The per-item and summary layouts, setting-major, from each item's per-setting rows."""
+    tagged = values is not None and len({repr(v) for v in values}) > 1
+    items, rows = [], []
+    for setting in range(len(per_item[0])):
+        arms = [item[setting] for item in per_item]
+        table = pd.DataFrame(
+            {"item": range(len(arms))}
+            | {
+                f"{arm}_{field}": [a[arm][field] for a in arms]
+                for field in arms[0]["baseline"]
+                for arm in ("baseline", "intervened")
+            }
+        )
+        summary = pd.DataFrame(
+            [
+                compare(
+                    table[f"baseline_{score.field or score.name}"].to_numpy(float),
+                    table[f"intervened_{score.field or score.name}"].to_numpy(float),
+                    score.name,
+                    config,
+                    lower_is_better=score.lower_is_better,
+                    chance=score.chance,
+                )
+                for score in scores
+            ]
+        )
+        if tagged:
+            assert values is not None
+            table = table.assign(parameter=values[setting])
+            summary = summary.assign(parameter=values[setting])
+        items.append(table)
+        rows.append(summary)
+    return Arms(pd.concat(items, ignore_index=True), pd.concat(rows, ignore_index=True))
+
+
 def measure(
     model: Model,
     tasks: Sequence[Task],
-    intervention: Intervention,
+    intervention: Intervention | Sequence[Intervention],
     config: EffectsConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
     metric: Metric = choice_accuracy,
+    *,
+    values: Sequence[object] | None = None,
+    folder: WorkFolder | None = None,
 ) -> Effects:
     """Score `tasks` without and with `intervention` by `metric`; see the module docstring.
+
+    A list of interventions with their `values` is a sweep (a `parameter` column). A task is
+    one work batch (its floats never depend on a resume); `folder` records finished tasks.
 
     Example:
         >>> from interp.interventions import HeadScale
@@ -229,66 +364,74 @@ def measure(
     config = config or EffectsConfig()
     if not tasks:
         raise InputError("measure needs at least one task.")
-    rows, items = [], []
-    for done, task in enumerate(tasks, start=1):
-        with intervention.identity().applied(model):  # same kernels as the intervened arm
-            base = evaluate(model, task, config.batch_size)
-        with intervention.applied(model):
-            edited = evaluate(model, task, config.batch_size)
-        before, after = metric(base), metric(edited)
-        chance = task.chance if metric is choice_accuracy else None
-        row = compare(before, after, metric.__name__, config, chance=chance)
-        rows.append({"task": task.name, **row})
-        items.append(
-            pd.DataFrame(
-                {
-                    "task": task.name,
-                    "item": np.arange(len(task.items)),
-                    "answer": base.answers,
-                    "baseline_prediction": base.predictions,
-                    "intervened_prediction": edited.predictions,
-                    "baseline_score": before,
-                    "intervened_score": after,
-                }
-            )
-        )
-        if progress:
-            progress(done, len(tasks))
+    arms = list(intervention) if isinstance(intervention, list | tuple) else [intervention]
     provenance = Provenance(
         **model.provenance_fields(),
         analyzer=ANALYZER,
         config={
             **config.to_dict(),
             "metric": metric.__name__,
-            "intervention": intervention.to_dict(),
+            "intervention": arms[0].to_dict() if len(arms) == 1 else [a.to_dict() for a in arms],
         },
         inputs_hash=hash_inputs(
             [[t.name, t.prefix, t.items, image_digests(image_paths(t))] for t in tasks]
         ),
         n_inputs=sum(len(t.items) for t in tasks),
     )
+    log = open_log(folder, provenance)
+    parts = []
+    for t, task in enumerate(tasks):
+
+        def scored(items: list[TaskItem], arm: Intervention, task: Task = task) -> list[Row]:
+            with arm.applied(model):
+                run = evaluate(model, replace(task, items=tuple(items)), config.batch_size)
+            return [
+                {"prediction": int(p), "score": float(s)}
+                for p, s in zip(run.predictions, metric(run), strict=True)
+            ]
+
+        chance = task.chance if metric is choice_accuracy else None
+        measured = measure_arms(
+            [Item(f"choice/{t}/{task.name}/{i}", item) for i, item in enumerate(task.items)],
+            arms,
+            scored,
+            [Score(metric.__name__, "score", chance=chance)],
+            config,
+            values=values,
+            batch_size=len(task.items),
+            folder=log,
+        )
+        answers = [item.answer for item in task.items]
+        per_item = measured.per_item
+        per_item.insert(0, "task", task.name)
+        per_item.insert(2, "answer", np.tile(answers, len(per_item) // len(answers)))
+        measured.summary.insert(0, "task", task.name)
+        parts.append(measured)
+        if progress:
+            progress(t + 1, len(tasks))
     return Effects(
-        EffectTable(pd.DataFrame(rows), provenance),
-        ItemTable(pd.concat(items, ignore_index=True), provenance),
+        EffectTable(setting_major([p.summary for p in parts]), provenance),
+        ItemTable(setting_major([p.per_item for p in parts]), provenance),
     )
 
 
-def combine_effects(parts: Sequence[Effects], values: Sequence[object]) -> Effects:
-    """Several measurements (multiple-choice and caption tasks, sweep settings) as one result.
+def setting_major(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Parts' tables as one; a sweep's rows (tagged `parameter`) ordered by setting, stably."""
+    table = pd.concat(tables, ignore_index=True)
+    if "parameter" not in table:
+        return table
+    setting = pd.factorize(table.parameter.map(repr))[0]
+    return table.iloc[np.argsort(setting, kind="stable")].reset_index(drop=True)
 
-    Rows keep their columns, plus `parameter` (each part's value) when the values differ. The
-    provenance is the first part's, with every part's config in `config["runs"]`, their
+
+def combine_effects(parts: Sequence[Effects]) -> Effects:
+    """Several measurements (multiple-choice and caption tasks) as one result, setting-major.
+
+    The provenance is the first part's, with every part's config in `config["runs"]`, their
     inputs hashed together and `n_inputs` the items scored over all parts.
     """
     if len(parts) == 1:
         return parts[0]
-    tagged = len({repr(v) for v in values}) > 1
-
-    def rows(tables: list[pd.DataFrame]) -> pd.DataFrame:
-        if tagged:
-            tables = [t.assign(parameter=v) for t, v in zip(tables, values, strict=True)]
-        return pd.concat(tables, ignore_index=True)
-
     provenances = [part.table.provenance for part in parts]
     provenance = replace(
         provenances[0],
@@ -297,8 +440,8 @@ def combine_effects(parts: Sequence[Effects], values: Sequence[object]) -> Effec
         n_inputs=sum(p.n_inputs for p in provenances),
     )
     return Effects(
-        EffectTable(rows([part.table.data for part in parts]), provenance),
-        ItemTable(rows([part.per_item.data for part in parts]), provenance),
+        EffectTable(setting_major([part.table.data for part in parts]), provenance),
+        ItemTable(setting_major([part.per_item.data for part in parts]), provenance),
     )
 
 

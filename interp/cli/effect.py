@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -15,7 +16,6 @@ from interp.cli.common import (
     ModelOption,
     OffloadFolderOption,
     StaticOption,
-    export_figures,
     load_model_or_fail,
     placement,
     progress_bar,
@@ -23,6 +23,7 @@ from interp.cli.common import (
     start_record,
     user_errors,
     work_progress,
+    write_outputs,
 )
 
 if TYPE_CHECKING:
@@ -78,20 +79,12 @@ def effect_act(
     """Run ACT: find heads on calibration splits (or load them), measure test accuracy."""
     record = start_record("effect act", locals())
     with user_errors():
-        from interp.effects import EffectsConfig, measure
-        from interp.errors import InputError
-        from interp.figures import effects_bars, head_heatmap
-        from interp.interventions.act import ACT, ActConfig
-        from interp.interventions.act_search import (
-            DEFAULT_TASKS,
-            HeadSearch,
-            SearchConfig,
-            search_heads,
-        )
+        from interp.act_effects import load_act_tasks, run_act
+        from interp.effects import EffectsConfig
+        from interp.interventions.act import ActConfig
+        from interp.interventions.act_search import HeadSearch, SearchConfig
         from interp.runs import LOG_FILE
-        from interp.tasks import TASKS_DIR, load_task
 
-        names = task or list(DEFAULT_TASKS)
         act = ActConfig(beta=beta, threshold=threshold)
         search = SearchConfig(
             metric=metric,  # type: ignore[arg-type]
@@ -100,55 +93,44 @@ def effect_act(
             seed=seed,
         )
         effects_config = EffectsConfig(n_boot=n_boot, seed=seed)  # checked before any work
-        tests = [load_task(n, "test").subsample(test_items or None, seed) for n in names]
-        calibration = [
-            load_task(n, "calibration").subsample(calibration_items or None, seed)
-            for n in names
-            if not n.endswith(".jsonl")
-        ]
-        if heads is None and not calibration:
-            raise InputError("The head search needs a task with a calibration split, or --heads.")
-        record.inputs(
-            Path(n) if Path(n).suffix == ".jsonl" or Path(n).is_dir() else TASKS_DIR / n
-            for n in names
+        searching = heads is None
+        tasks = load_act_tasks(
+            task, calibration_items or None, test_items or None, seed, search=searching
         )
-        if heads is not None:
-            record.inputs([heads])
+        record.inputs([*tasks.sources, *([] if heads is None else [heads])])
         folder = result_folder(out, "act", model, record)
         loaded = load_model_or_fail(model, device, **placement(locals()))
-        if heads is None:
-            update, bar = work_progress("head search", unit="sequence")
-            with bar:
-                found = search_heads(
-                    loaded, calibration, act, search, progress=update, folder=folder
-                )
-            record.wrote([folder / LOG_FILE])
-            skipped = int((found.scores.data["skipped"] != "").sum())
-            typer.echo(
-                f"searched {len(found.scores) - skipped} heads, skipped {skipped} without"
-                f" hidden sinks; noise floor {found.noise_floor:.2e}"
+        update, bar = (
+            work_progress("head search", "sequence") if searching else (None, nullcontext())
+        )
+        effects_update, effects_bar = progress_bar(len(tasks.tests), "effects", unit="task")
+        with bar, effects_bar:
+            result = run_act(
+                loaded,
+                tasks,
+                act,
+                search,
+                effects_config,
+                None if heads is None else HeadSearch.load(heads),
+                search_progress=update,
+                progress=effects_update,
+                folder=folder,
             )
-        else:
-            found = HeadSearch.load(heads)
-        scores, chosen = found.scores, found.selected
-        record.wrote(found.save(folder / "head_scores.parquet"))
-        update, bar = progress_bar(len(tests), "effects", unit="task")
-        with bar:
-            effects = measure(loaded, tests, ACT(chosen, act), effects_config, update)
-        figures = {
-            "effects": effects_bars(effects.table, f"ACT on {len(chosen)} heads: test accuracy"),
-            "head_search": head_heatmap(scores, "score", f"ACT head search: {metric} change"),
-        }
-        typer.echo(f"ACT on {len(chosen)} heads: {', '.join(chosen.labels) or 'none selected'}")
+        if searching:
+            record.wrote([folder / LOG_FILE])
+        for line in result.summary_lines(searched=searching):
+            typer.echo(line)
+        found = result.search
         report_effects(
-            effects,
+            result.effects,
             folder,
             record,
-            figures,
+            result.figures(metric),
             static,
-            tasks=names,
-            heads=chosen.labels,
-            head_search=scores.provenance.to_dict(),
+            tables={"head_scores": found.scores},
+            tasks=tasks.names,
+            heads=found.selected.labels,
+            head_search=found.scores.provenance.to_dict(),
         )
 
 
@@ -158,13 +140,20 @@ def report_effects(
     record: RunRecord,
     figures: dict[str, Any],
     static: bool,
+    tables: dict[str, Any] | None = None,
     **manifest: Any,
 ) -> None:
-    """Save the effects tables and figures, write the manifest, print a line per task."""
-    record.wrote(effects.save(folder))
-    written = export_figures(figures, folder, static)
-    record.wrote(written)
-    record.write(folder, **manifest, effects=effects.table.provenance.to_dict())
+    """Write the effects tables, `tables`, figures and manifest; print a line per task."""
+    written = write_outputs(
+        folder,
+        record,
+        bundles=[effects],
+        tables=tables,
+        figures=figures,
+        static=static,
+        **manifest,
+        effects=effects.table.provenance.to_dict(),
+    )
     table = effects.table.data
     several_metrics = table.metric.nunique() > 1
     for row in table.itertuples():

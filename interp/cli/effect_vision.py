@@ -36,7 +36,6 @@ from interp.cli.common import (
 from interp.cli.effect import report_effects
 
 if TYPE_CHECKING:
-    from interp.effects import Effects
     from interp.interventions.base import Intervention
     from interp.runs import RunRecord
 
@@ -183,103 +182,34 @@ def _run(
     interventions: list[Intervention],
     params: dict[str, Any],
 ) -> None:
-    """Load the tasks (checking every image), the model; measure each setting; write, report."""
-    from interp.captions import caption_effects, load_caption_task
-    from interp.effects import EffectsConfig, combine_effects, measure
-    from interp.errors import InputError
-    from interp.inputs import load_image
-    from interp.tasks import choice_accuracy, choice_logprob, image_paths, load_task
+    """Load and check the tasks, then the model; measure every setting; write and report."""
+    from interp.effects import EffectsConfig
+    from interp.image_effects import choice_metric, effect_figures, image_effects, load_image_tasks
 
-    metrics = {"accuracy": choice_accuracy, "log_prob": choice_logprob}
-    if params["metric"] not in metrics:
-        raise InputError(f"Unknown metric {params['metric']!r}: use 'accuracy' or 'log_prob'.")
+    metric = choice_metric(params["metric"])
     config = EffectsConfig(
         n_boot=params["n_boot"], seed=params["seed"], batch_size=params["batch_size"]
     )
-    if params["items"] < 0:
-        raise InputError(f"--items must be 0 (all) or more, got {params['items']}.")
     task_args, caption_args = params["task"] or [], params["captions"] or []
-    if not task_args and not caption_args:
-        raise InputError("Give a --task (multiple choice) or --captions (CHAIR) folder, or both.")
+    inputs = load_image_tasks(task_args, caption_args, params["items"], config.seed, job.upper())
     require_vision_model(params["model"], f"effect {job}")
-    tasks = [
-        load_task(t, "test").subsample(params["items"] or None, config.seed) for t in task_args
-    ]
-    caption_tasks = [load_caption_task(c) for c in caption_args]
-    for t in tasks:
-        if not image_paths(t):
-            raise InputError(f"Task {t.name!r} has no images: {job.upper()} acts on image tasks.")
-    images = sorted(
-        {path for t in tasks for path in image_paths(t)}
-        | {item.image for t in caption_tasks for item in t.items}
-    )
-    for path in images:  # a bad file fails here, before the model loads
-        load_image(path)
-    record.inputs([*task_args, *caption_args, *images])
+    record.inputs([*task_args, *caption_args, *inputs.images])
     folder = result_folder(params["out"], job, params["model"], record)
     loaded = load_model_or_fail(params["model"], params["device"], **placement(params))
     values = [intervention.to_dict()[_PARAMETER[job]] for intervention in interventions]
-    per_setting = len(tasks) + len(caption_tasks)
-    update, bar = progress_bar(len(interventions) * per_setting, "effects", unit="task")
-    parts, part_values = [], []
+    update, bar = progress_bar(len(inputs.tasks) + len(inputs.captions), "effects", unit="task")
     with bar:
-        for step, (intervention, value) in enumerate(zip(interventions, values, strict=True)):
-            done = step * per_setting
-            if tasks:
-                parts.append(
-                    measure(
-                        loaded,
-                        tasks,
-                        intervention,
-                        config,
-                        lambda n, _t, done=done: update(done + n, 0),
-                        metrics[params["metric"]],
-                    )
-                )
-                part_values.append(value)
-            if caption_tasks:
-                parts.append(caption_effects(loaded, caption_tasks, intervention, config))
-                part_values.append(value)
-                update(done + per_setting, 0)
-    effects = combine_effects(parts, part_values)
+        effects = image_effects(
+            loaded, inputs, interventions, values, config, metric, update, folder
+        )
     settings = [i.to_dict() for i in interventions]
     report_effects(
         effects,
         folder,
         record,
-        _figures(effects, parameter, values, params["metric"]),
+        effect_figures(effects, parameter, values, params["metric"]),
         params["static"],
         tasks=task_args,
         captions=caption_args,
         intervention=settings[0] if len(settings) == 1 else settings,
     )
-
-
-def _figures(effects: Effects, parameter: str, values: list[float], metric: str) -> dict[str, Any]:
-    """Bars per task (and CHAIR metric) for one setting; the sweep figure for several."""
-    from interp.captions import METRICS
-    from interp.figures import effect_sweep, effects_bars
-    from interp.results import EffectTable
-
-    table, provenance = effects.table.data, effects.table.provenance
-    if len(values) > 1:
-        rows = table.assign(series=table.task + ": " + table.metric)
-        return {"sweep": effect_sweep(rows, parameter, f"{parameter} sweep: difference (95% CI)")}
-    title = f"{parameter} {values[0]:g}"
-    captioned = table.metric.isin([name for name, _ in METRICS])
-    figures = {}
-    if (~captioned).any():
-        figures["effects"] = effects_bars(
-            EffectTable(table[~captioned], provenance), f"{title}: {metric}"
-        )
-        if metric != "accuracy":
-            figures["effects"].update_yaxes(title=metric, range=None, autorange=True)
-    if captioned.any():
-        rows = table[captioned].assign(task=table.task + ": " + table.metric)
-        figures["chair"] = effects_bars(
-            EffectTable(rows, provenance), f"{title}: CHAIR per caption"
-        )
-        figures["chair"].update_yaxes(
-            title="per caption (chair_s, hallucinated: lower is better)", range=None, autorange=True
-        )
-    return figures
