@@ -19,6 +19,7 @@ from interp.cli.common import (
     check_choice,
     load_model_or_fail,
     result_folder,
+    stage_bars,
     start_record,
     user_errors,
 )
@@ -72,7 +73,7 @@ def _single(command: str, params: dict[str, Any], prepare: Any, stages: tuple[st
     record = start_record(command, params)
     with user_errors():
         from circuits.circuit_analysis import PATCHING, CircuitConfig, analyse_circuit
-        from circuits.commands.shared import check_counts, config_from, step_bars, write_result
+        from circuits.commands.shared import check_counts, config_from, write_result
 
         check_counts(n=params["n"], seed=params["seed"])
         check_choice(params["patching"], PATCHING, "--patching")
@@ -83,7 +84,7 @@ def _single(command: str, params: dict[str, Any], prepare: Any, stages: tuple[st
         folder = result_folder(params["out"], job, params["model"], record)
         loaded = load_model_or_fail(params["model"], params["device"])
         task, unseen = build(loaded)
-        with step_bars() as progress:
+        with stage_bars("step") as progress:
             result = analyse_circuit(loaded, task, config, check=unseen, progress=progress)
         write_result(folder, record, result, params["static"])
         _echo_task(result.summary)
@@ -201,7 +202,7 @@ def circuit_overlap(
     """Circuit reuse: IOI vs name recall (control: Colored Objects), and the repair."""
     record = start_record("circuit overlap", locals())
     with user_errors():
-        from circuits.commands.shared import check_counts, config_from, step_bars, write_result
+        from circuits.commands.shared import check_counts, config_from, write_result
         from circuits.overlap_repair import OverlapConfig, overlap_and_repair
         from interp.errors import InputError
         from interp.heads import HeadSet
@@ -215,7 +216,7 @@ def circuit_overlap(
         config = config_from(OverlapConfig, locals(), repair=tuple(chosen))
         folder = result_folder(out, "circuit-overlap", model, record)
         loaded = load_model_or_fail(model, device)
-        with step_bars() as progress:
+        with stage_bars("step") as progress:
             result = overlap_and_repair(loaded, config, progress=progress)
         write_result(folder, record, result, static)
         _echo_overlap(result)

@@ -20,6 +20,7 @@ from interp.cli.common import (
     check_choice,
     load_model_or_fail,
     result_folder,
+    stage_bars,
     start_record,
     user_errors,
 )
@@ -66,7 +67,7 @@ def circuit_sae(
     """SAE circuit identification (O'Neill & Bui 2024): node/edge scores and ROC AUC."""
     record = start_record("circuit sae", locals())
     with user_errors():
-        from circuits.commands.shared import check_counts, config_from, step_bars, write_result
+        from circuits.commands.shared import check_counts, config_from, write_result
         from circuits.sae_circuits import SAECircuitConfig
         from circuits.sae_identification import identify_circuit, reference_heads
         from interp.errors import InputError
@@ -82,7 +83,7 @@ def circuit_sae(
         loaded = load_model_or_fail(model, device)
         circuit = reference_heads(loaded, stored, task) if stored is not None else None
         built = _build(loaded, task, n, seed)
-        with step_bars() as bars:
+        with stage_bars("step") as bars:
             result = identify_circuit(
                 loaded, built, config, seeds=seeds, reference=circuit, progress=bars
             )

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from interp.cli.common import progress_bar, write_outputs
+from interp.cli.common import write_outputs
 
 
 def check_counts(**values: int) -> None:
@@ -33,25 +31,6 @@ def config_from(kind: type, options: dict[str, Any], **given: Any) -> Any:
     sets fields the options do not (or that mean something else there)."""
     names = {field.name for field in dataclasses.fields(kind)}
     return kind(**{**{k: v for k, v in options.items() if k in names}, **given})
-
-
-@contextmanager
-def step_bars() -> Iterator[Callable[[str, int, int], None]]:
-    """The progress(step, done, total) a workflow takes, as one bar per step in turn."""
-    current: list[Any] = []  # [step, update, bar] of the step running
-
-    def progress(step: str, done: int, total: int) -> None:
-        if not current or current[0] != step:
-            if current:
-                current[2].close()
-            current[:] = [step, *progress_bar(total, step, unit="step")]
-        current[1](done, total)
-
-    try:
-        yield progress
-    finally:
-        if current:
-            current[2].close()
 
 
 def write_result(folder: Path, record: Any, result: Any, static: bool, **summary: Any) -> None:

@@ -111,23 +111,24 @@ def stage_bars(
     units: str | Mapping[str, str] = "item", resumable: Iterable[str] = ()
 ) -> Iterator[Callable[[str, int, int], None]]:
     """The progress(stage, done, total) callback of a workflow (`interp.work.StageProgress`):
-    one tqdm bar per stage, each closed when the next starts; `units` is every stage's unit
+    one tqdm bar per stage, each closed when another starts; `units` is every stage's unit
     or a map stage -> unit. The `resumable` stages' bars are `work_progress` bars, which
     say when a run resumes."""
     resumed = set(resumable)
     with ExitStack() as bars:
-        updates: dict[str, Callable[[int, int], None]] = {}
+        current: list[Any] = []  # [stage, update] of the stage running
 
         def on_progress(stage: str, done: int, total: int) -> None:
-            if stage not in updates:
+            if not current or current[0] != stage:  # a stage met again gets a new bar
                 bars.close()
                 unit = units if isinstance(units, str) else units.get(stage, "item")
                 if stage in resumed:
-                    updates[stage], bar = work_progress(stage, unit)
+                    update, bar = work_progress(stage, unit)
                 else:
-                    updates[stage], bar = progress_bar(total, stage, unit)
+                    update, bar = progress_bar(total, stage, unit)
                 bars.enter_context(bar)
-            updates[stage](done, total)
+                current[:] = [stage, update]
+            current[1](done, total)
 
         yield on_progress
 
