@@ -2,35 +2,70 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 from typing import Any
 
 import typer
+from typer._click import core as click
 from typer._click import exceptions as click_errors  # typer >= 0.29 vendors click
 from typer.core import TyperGroup
 
-from interp.cli.effect import effect_act
-from interp.cli.effect_vision import effect_var, effect_vhr
 from interp.cli.models import models
-from interp.cli.shapes import shapes_tasks
 from interp.version import toolkit_version
 
-# Commands whose workflows live above the core, as (group, name, "module:attribute"). They
-# are registered by name so that the core never imports an analyzer package (probes,
-# circuits); an analyzer package adds its commands here, not the other way round.
+# Every command, as (group, name, "module:function"), loaded only when it runs or its help
+# is asked for: `interp --help` stays instant, and the core reaches the commands of the
+# analyzer packages (probes, circuits) by name, never by an import.
 COMMANDS_BY_NAME: tuple[tuple[str, str, str], ...] = (
     ("score", "sinks", "probes.commands.sinks:score_sinks"),
     ("score", "retrieval", "probes.commands.retrieval:score_retrieval"),
     ("score", "anchors", "probes.commands.anchors:score_anchors"),
     ("score", "vision", "probes.commands.vision:score_vision"),
     ("ablate", "retrieval", "probes.commands.retrieval:ablate_retrieval"),
+    ("effect", "act", "interp.cli.effect:effect_act"),
+    ("effect", "vhr", "interp.cli.effect_vision:effect_vhr"),
+    ("effect", "var", "interp.cli.effect_vision:effect_var"),
     ("circuit", "ioi", "circuits.commands.circuit:circuit_ioi"),
     ("circuit", "colored-objects", "circuits.commands.circuit:circuit_colored_objects"),
     ("circuit", "overlap", "circuits.commands.circuit:circuit_overlap"),
     ("circuit", "sae", "circuits.commands.sae_circuit:circuit_sae"),
+    ("sae", "train", "probes.commands.sae:sae_train"),
+    ("sae", "latents", "probes.commands.sae:sae_latents"),
+    ("shapes", "tasks", "interp.cli.shapes:shapes_tasks"),
 )
-GROUPS_BY_NAME: tuple[tuple[str, str], ...] = (("sae", "probes.commands.sae:sae_app"),)
+GROUPS = {
+    "score": "Score every head of a model with an analyzer.",
+    "effect": "Apply an intervention and measure its effect on tasks.",
+    "ablate": "Mask heads and measure what breaks (the causal tests).",
+    "circuit": "Circuits: IOI and Colored Objects, discovery, faithfulness, reuse and repair.",
+    "sae": "Sparse autoencoders: train them on a model's activations, read their latents.",
+    "shapes": "shapes-llava, the trained toy VLM: its held-out POPE and caption tasks.",
+}
+
+
+@functools.cache
+def load_command(name: str, target: str) -> click.Command:
+    """The click command of the function `target` ("module:function"), imported now."""
+    module, attribute = target.split(":")
+    single = typer.Typer(add_completion=False)
+    single.command(name)(getattr(importlib.import_module(module), attribute))
+    return typer.main.get_command(single)
+
+
+def _lazy_group(group: str) -> type[TyperGroup]:
+    """A group class whose commands are imported when one is asked for."""
+    targets = {name: target for g, name, target in COMMANDS_BY_NAME if g == group}
+
+    class LazyGroup(TyperGroup):
+        def list_commands(self, ctx: click.Context) -> list[str]:
+            return list(targets)
+
+        def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+            return load_command(name, targets[name]) if name in targets else None
+
+    return LazyGroup
 
 
 class _OneLineErrors(TyperGroup):
@@ -64,13 +99,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-score_app = typer.Typer(help="Score every head of a model with an analyzer.", no_args_is_help=True)
-effect_app = typer.Typer(
-    help="Apply an intervention and measure its effect on tasks.", no_args_is_help=True
-)
-ablate_app = typer.Typer(
-    help="Mask heads and measure what breaks (the causal tests).", no_args_is_help=True
-)
 
 
 def _print_version(value: bool) -> None:
@@ -92,31 +120,8 @@ def _main(
     """Score, visualise and intervene on attention heads."""
 
 
-def _by_name(target: str) -> Any:
-    module, attribute = target.split(":")
-    return getattr(importlib.import_module(module), attribute)
-
-
-shapes_app = typer.Typer(
-    help="shapes-llava, the trained toy VLM: its held-out POPE and caption tasks.",
-    no_args_is_help=True,
-)
-circuit_app = typer.Typer(
-    help="Circuits: IOI and Colored Objects, discovery, faithfulness, reuse and repair.",
-    no_args_is_help=True,
-)
-groups = {"score": score_app, "effect": effect_app, "ablate": ablate_app, "circuit": circuit_app}
-for name, group in groups.items():
-    app.add_typer(group, name=name)
-app.add_typer(shapes_app, name="shapes")
 app.command("models")(models)
-effect_app.command("act")(effect_act)
-effect_app.command("vhr")(effect_vhr)
-effect_app.command("var")(effect_var)
-shapes_app.command("tasks")(shapes_tasks)
-for group_name, name, target in COMMANDS_BY_NAME:
-    groups[group_name].command(name)(_by_name(target))
-for name, target in GROUPS_BY_NAME:
-    app.add_typer(_by_name(target), name=name)
+for group, text in GROUPS.items():
+    app.add_typer(typer.Typer(cls=_lazy_group(group), help=text, no_args_is_help=True), name=group)
 
 __all__ = ["app"]

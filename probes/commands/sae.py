@@ -28,10 +28,6 @@ from interp.cli.common import (
     write_outputs,
 )
 
-sae_app = typer.Typer(
-    help="Sparse autoencoders: train them on a model's activations, read their latents.",
-    no_args_is_help=True,
-)
 OutOption = typer.Option(
     "--out", "-o", help="Output folder. Default: results/sae-<command>-<model>-<time>."
 )
@@ -43,7 +39,6 @@ UNITS = {
 }
 
 
-@sae_app.command("train")
 def sae_train(
     layer: Annotated[
         int | None, typer.Option(help="Layer of the hook point (0-based). Required with a point.")
@@ -142,7 +137,6 @@ def sae_train(
         typer.echo(f"SAE (sae-lens format) in {saved}")
 
 
-@sae_app.command("latents")
 def sae_latents(
     sae: Annotated[
         Path,
