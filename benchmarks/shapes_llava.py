@@ -33,11 +33,11 @@ from interp.figures import effect_sweep, head_heatmap
 from interp.interventions.var import VAR, VarConfig
 from interp.interventions.vhr import VHR, VhrConfig
 from interp.models import Model, load_model
-from interp.shapes.hallucination import SETTINGS, pope_questions
-from interp.shapes.model import prompt
-from interp.shapes.scenes import eval_seeds, render, scenes
-from interp.shapes.task_folders import write_task_folders
 from interp.tasks import load_task
+from probes.organisms.shapes.hallucination import SETTINGS, pope_questions
+from probes.organisms.shapes.model import prompt
+from probes.organisms.shapes.scenes import eval_seeds, render, scenes
+from probes.organisms.shapes.task_folders import write_task_folders
 from probes.vision import image_attention, vision_head_divergence
 from probes.visual_sinks import sink_dimensions, visual_sinks
 

@@ -297,9 +297,9 @@ def load_model(
 class Builder:
     """How `load_model` makes a model known by name, from code the loader does not import.
 
-    A model built from parts (shapes-llava: the default LM plus a trained vision tower)
-    lives above the loader, so it registers itself here (`register_builder`) rather than
-    the loader importing it.
+    A model built from parts (shapes-llava: the default LM plus a trained vision tower, in
+    probes.organisms) lives above the loader, so it registers itself here
+    (`register_builder`) rather than the loader importing it.
 
     Attributes:
         build: called as `build(placement, dtype)`; returns the Model. It refuses a
@@ -315,11 +315,14 @@ class Builder:
 
 
 _BUILDERS: dict[str, Builder] = {}
-# Names whose module registers their builder when imported; the loader imports it the first
-# time the name is asked for, by its path, so it never depends on the module. (A Python
-# entry point would do the same for other distributions, but a new one is invisible to an
-# existing editable install until it is reinstalled.)
-_DECLARED = {"shapes-llava": "interp.shapes.model"}
+# Names whose module registers their builder when imported; the loader imports it by its
+# dotted path the first time the name is asked for, so it never depends on the module. The
+# module may live above the core (shapes-llava is a model organism of probes): the core
+# names it, as interp.cli names the analyzer commands, and never imports it, so the name
+# loads with only interp imported. (A Python entry point would do the same for other
+# distributions, but a new one is invisible to an existing editable install until it is
+# reinstalled.)
+_DECLARED = {"shapes-llava": "probes.organisms.shapes.model"}
 
 
 def register_builder(

@@ -143,6 +143,17 @@ def test_the_cli_registers_analyzer_commands_by_name_only():
         assert callable(getattr(importlib.import_module(module), attribute))
 
 
+def test_the_loader_declares_builders_above_the_core_by_name_only():
+    """The loader reaches a model organism (shapes-llava, in probes) through a dotted module
+    name, never an import: each declared module exists and registers its name when imported."""
+    from interp import models
+
+    assert models._DECLARED  # the check below must have something to check
+    for name, module in models._DECLARED.items():
+        assert module.partition(".")[0] in PACKAGES
+        assert models.registered_builder(name) is models._BUILDERS[name]
+
+
 def test_importing_interp_is_light():
     code = "import sys, interp; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

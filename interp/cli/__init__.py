@@ -33,7 +33,7 @@ COMMANDS_BY_NAME: tuple[tuple[str, str, str], ...] = (
     ("circuit", "sae", "circuits.commands.sae_circuit:circuit_sae"),
     ("sae", "train", "probes.commands.sae:sae_train"),
     ("sae", "latents", "probes.commands.sae:sae_latents"),
-    ("shapes", "tasks", "interp.cli.shapes:shapes_tasks"),
+    ("shapes", "tasks", "probes.commands.shapes:shapes_tasks"),
 )
 GROUPS = {
     "score": "Score every head of a model with an analyzer.",

@@ -315,7 +315,7 @@ def test_task_subsamples_refuse_a_negative_seed(tmp_path):
 
 @pytest.mark.parametrize("n", [0, -5, 100_001, 10**30, 1.5, True])
 def test_shapes_evaluation_takes_only_held_out_scenes(n):
-    from interp.shapes.scenes import eval_seeds
+    from probes.organisms.shapes.scenes import eval_seeds
 
     assert "held-out scenes" in _one_line_error(lambda: eval_seeds(n))
 
@@ -325,7 +325,7 @@ def test_shapes_evaluation_takes_only_held_out_scenes(n):
     [(["--scenes", "0"], "held-out scenes"), (["--threads", "0"], "--threads")],
 )
 def test_shapes_evaluation_script_refuses_in_one_line(monkeypatch, argv, message):
-    from interp.shapes import evaluate
+    from probes.organisms.shapes import evaluate
 
     monkeypatch.setattr("sys.argv", ["evaluate", *argv])
     with pytest.raises(SystemExit) as stopped:
@@ -335,7 +335,7 @@ def test_shapes_evaluation_script_refuses_in_one_line(monkeypatch, argv, message
 
 @pytest.mark.parametrize("content", [b"", b"not safetensors", b"\xff" * 64])
 def test_shapes_llava_refuses_weights_that_are_not_safetensors(tmp_path, content):
-    from interp.shapes.model import load_shapes_llava
+    from probes.organisms.shapes.model import load_shapes_llava
 
     path = tmp_path / "tower.safetensors"
     path.write_bytes(content)

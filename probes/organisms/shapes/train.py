@@ -1,4 +1,4 @@
-"""Train shapes-llava's vision tower and projector: `python -m interp.shapes.train`.
+"""Train shapes-llava's vision tower and projector: `python -m probes.organisms.shapes.train`.
 
 The language model (SmolLM2-135M-Instruct) stays frozen; only the CLIP tower and the
 projector (1.1M parameters) learn, in three phases on scenes from the "train" seed range:
@@ -48,7 +48,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from interp.models import Model, load_model
-from interp.shapes.model import (
+from probes.organisms.shapes.model import (
     ANSWERS,
     CAPTION_QUESTION,
     PATCH,
@@ -59,7 +59,7 @@ from interp.shapes.model import (
     prompt,
     tower_state,
 )
-from interp.shapes.scenes import (
+from probes.organisms.shapes.scenes import (
     IMAGE_SIZE,
     OBJECTS,
     PARTNER,

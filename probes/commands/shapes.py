@@ -3,7 +3,7 @@
 Writes POPE in its three settings (`pope-random`, `pope-popular`, `pope-adversarial`,
 multiple-choice folders for `interp effect vhr|var --task`) and the caption task
 (`captions`, for `--captions`: CHAIR) on the first `--scenes` held-out scenes
-(`interp.shapes.task_folders`).
+(`probes.organisms.shapes.task_folders`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def shapes_tasks(
     """Write shapes-llava's POPE and caption tasks on held-out scenes."""
     with user_errors():
         from interp.errors import InputError
-        from interp.shapes.task_folders import write_task_folders
+        from probes.organisms.shapes.task_folders import write_task_folders
 
         if scenes < 1:
             raise InputError(f"--scenes must be at least 1, got {scenes}.")

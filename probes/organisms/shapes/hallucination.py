@@ -2,7 +2,7 @@
 
 CHAIR (Rohrbach et al., EMNLP 2018; `interp.captions`) parses a caption for objects of a
 closed vocabulary and compares them with the image's objects. Here the vocabulary is the 12
-"colour shape" objects of `interp.shapes.scenes`, so parsing is exact.
+"colour shape" objects of `probes.organisms.shapes.scenes`, so parsing is exact.
 
 POPE (Li et al., EMNLP 2023) asks "Is there a <object> in the image?" for each object in
 the image (answer yes) and as many absent ones (answer no), drawn three ways: "random"
@@ -33,7 +33,7 @@ import pandas as pd
 
 from interp import captions
 from interp.errors import ConfigError, InputError
-from interp.shapes.scenes import OBJECTS, Scene
+from probes.organisms.shapes.scenes import OBJECTS, Scene
 
 Setting = Literal["random", "popular", "adversarial"]
 SETTINGS: tuple[Setting, ...] = ("random", "popular", "adversarial")

@@ -1,7 +1,7 @@
 """Held-out scenes as task folders: POPE for `interp.effects`, captions for `interp.captions`.
 
 `write_pope_task(folder, setting)` renders the first `n_scenes` scenes of the "eval" seed
-range as PNG files and writes their POPE questions (`interp.shapes.hallucination`) as a
+range as PNG files and writes their POPE questions (`probes.organisms.shapes.hallucination`) as a
 task folder `interp.tasks.load_task` reads: `test.jsonl` with one item per question (the
 shapes-llava prompt with its image placeholder, choices "Yes"/"No", the answer, the image),
 `calibration.jsonl` (the same items: nothing here is calibrated) and `task.json` (zero
@@ -24,9 +24,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from interp.shapes.hallucination import SETTINGS, Setting, pope_questions
-from interp.shapes.model import ANSWERS, CAPTION_QUESTION, prompt
-from interp.shapes.scenes import OBJECTS, Scene, eval_seeds, render, scenes
+from probes.organisms.shapes.hallucination import SETTINGS, Setting, pope_questions
+from probes.organisms.shapes.model import ANSWERS, CAPTION_QUESTION, prompt
+from probes.organisms.shapes.scenes import OBJECTS, Scene, eval_seeds, render, scenes
 
 CAPTION_TOKENS = 40
 

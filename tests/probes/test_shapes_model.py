@@ -10,11 +10,11 @@ import torch
 
 from interp.errors import InputError, UnsupportedModelError
 from interp.models import Model, load_model
-from interp.shapes.evaluate import respond
-from interp.shapes.hallucination import chair, parse_yes_no, pope_questions, pope_scores
-from interp.shapes.model import CAPTION_QUESTION, load_shapes_llava, prompt
-from interp.shapes.scenes import eval_seeds, make_scene, render, scenes
-from interp.shapes.train import _tokenize, conversation, patch_targets, pixels
+from probes.organisms.shapes.evaluate import respond
+from probes.organisms.shapes.hallucination import chair, parse_yes_no, pope_questions, pope_scores
+from probes.organisms.shapes.model import CAPTION_QUESTION, load_shapes_llava, prompt
+from probes.organisms.shapes.scenes import eval_seeds, make_scene, render, scenes
+from probes.organisms.shapes.train import _tokenize, conversation, patch_targets, pixels
 
 
 @pytest.fixture(scope="module")

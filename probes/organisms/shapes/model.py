@@ -3,7 +3,7 @@
 `load_shapes_llava()` (or `load_model("shapes-llava")`, which it registers) assembles a standard
 `LlavaForConditionalGeneration` at load time: the language model's weights come from
 `load_model()` unchanged (so its heads and sinks are the default model's), and a small
-vision tower and projector trained by `python -m interp.shapes.train` come from
+vision tower and projector trained by `python -m probes.organisms.shapes.train` come from
 `data/shapes/tower.safetensors` (about 6 MB). Nothing is downloaded.
 
 Vision tower: a CLIP vision encoder from scratch, 64x64 images in 16x16 patches, 3 layers of
@@ -39,7 +39,7 @@ from interp.errors import InputError, UnsupportedModelError
 from interp.models import Model, load_config, load_model, register_builder
 from interp.placement import Placement
 from interp.prompts import DATA_DIR
-from interp.shapes.scenes import IMAGE_SIZE
+from probes.organisms.shapes.scenes import IMAGE_SIZE
 
 SPEC = "shapes-llava"
 WEIGHTS = DATA_DIR / "shapes" / "tower.safetensors"
@@ -79,11 +79,12 @@ def load_shapes_llava(
 
     Raises:
         UnsupportedModelError: the weights file is missing (train it with
-            `python -m interp.shapes.train`).
+            `python -m probes.organisms.shapes.train`).
     """
     if not Path(weights).is_file():
         raise UnsupportedModelError(
-            f"No shapes-llava weights at {weights}: train them with python -m interp.shapes.train."
+            f"No shapes-llava weights at {weights}: train them with"
+            " python -m probes.organisms.shapes.train."
         )
     try:
         tower = load_file(str(weights))

@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 
 from interp.errors import ConfigError, InputError
-from interp.shapes.hallucination import (
+from interp.tasks import load_task
+from probes.organisms.shapes.hallucination import (
     chair,
     mentioned_objects,
     parse_yes_no,
     pope_questions,
     pope_scores,
 )
-from interp.shapes.scenes import (
+from probes.organisms.shapes.scenes import (
     CELLS,
     IMAGE_SIZE,
     OBJECTS,
@@ -30,8 +31,7 @@ from interp.shapes.scenes import (
     render,
     scenes,
 )
-from interp.shapes.task_folders import write_pope_task
-from interp.tasks import load_task
+from probes.organisms.shapes.task_folders import write_pope_task
 
 MANY = scenes(range(400))
 

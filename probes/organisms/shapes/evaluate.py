@@ -1,10 +1,10 @@
 """POPE and CHAIR of a vision-language model on held-out scenes, with the image and blank.
 
-`python -m interp.shapes.evaluate` loads shapes-llava and prints both benchmarks on the first
-`--scenes` scenes of the "eval" seed range, once with each scene's image and once with a
-blank image (the scene's background, no shapes) scored against the same ground truth: a
-model that uses the image should drop to about 50% POPE accuracy (always "no", or guessing)
-and hallucinate in its captions. Answers come from greedy generation (`interp.generation`
+`python -m probes.organisms.shapes.evaluate` loads shapes-llava and prints both benchmarks on
+the first `--scenes` scenes of the "eval" seed range, once with each scene's image and once
+with a blank image (the scene's background, no shapes) scored against the same ground truth:
+a model that uses the image should drop to about 50% POPE accuracy (always "no", or
+guessing) and hallucinate in its captions. Answers come from greedy generation (`interp.generation`
 with images), parsed as POPE and CHAIR parse them. A question asked in several POPE
 settings is answered once.
 
@@ -25,15 +25,15 @@ import torch
 from interp.errors import InputError, InterpError
 from interp.generation import GenerationConfig, generate
 from interp.models import Model
-from interp.shapes.hallucination import (
+from probes.organisms.shapes.hallucination import (
     SETTINGS,
     chair,
     parse_yes_no,
     pope_questions,
     pope_scores,
 )
-from interp.shapes.model import CAPTION_QUESTION, WEIGHTS, load_shapes_llava, prompt
-from interp.shapes.scenes import Scene, eval_seeds, render, scenes
+from probes.organisms.shapes.model import CAPTION_QUESTION, WEIGHTS, load_shapes_llava, prompt
+from probes.organisms.shapes.scenes import Scene, eval_seeds, render, scenes
 
 CONDITIONS = ("image", "blank")
 
