@@ -288,14 +288,7 @@ def score_heads(
     per_layer = len(acts.heads) // len(acts.layers)
     by_rule = len(acts.heads) if config.edge_rule == "all_heads" else per_layer
     entries = config.edge_entries or by_rule**2 // 2
-    provenance = Provenance(
-        model=acts.model,
-        weights_hash=acts.weights_hash,
-        analyzer=ANALYZER,
-        config=config.to_dict(),
-        inputs_hash=hash_inputs([acts.data_hash, n_positive]),
-        n_inputs=acts.n_texts,
-    )
+    provenance = scores_provenance(acts, n_positive, config)
     heads = {
         "layer": [head.layer for head in acts.heads],
         "head": [head.head for head in acts.heads],
@@ -305,6 +298,18 @@ def score_heads(
     edge_nodes = pd.DataFrame({**heads, "score": edge_node_scores(edges, entries)})
     return SAECircuit(
         HeadScores(nodes, provenance), edges, HeadScores(edge_nodes, provenance), trained
+    )
+
+
+def scores_provenance(acts: Activations, n_positive: int, config: SAECircuitConfig) -> Provenance:
+    """The provenance of `score_heads(acts, n_positive, config)`'s tables, known before it runs."""
+    return Provenance(
+        model=acts.model,
+        weights_hash=acts.weights_hash,
+        analyzer=ANALYZER,
+        config=config.to_dict(),
+        inputs_hash=hash_inputs([acts.data_hash, n_positive]),
+        n_inputs=acts.n_texts,
     )
 
 

@@ -21,13 +21,21 @@ import pandas as pd
 from circuits.circuit_analysis import END_STAGES, CircuitConfig, Progress, staged_discovery
 from circuits.circuit_task import CircuitTask
 from circuits.path_patching import IOI_STAGES
-from circuits.sae_circuits import SAECircuitConfig, roc_auc, roc_points, score_heads
-from interp.activations import collect_heads
+from circuits.sae_circuits import (
+    SAECircuitConfig,
+    roc_auc,
+    roc_points,
+    score_heads,
+    scores_provenance,
+)
+from interp.activations import Activations, collect_heads
 from interp.effects import caveats
 from interp.errors import InputError
 from interp.heads import HeadSet
 from interp.models import Model
 from interp.results import HeadScores, ItemTable
+from interp.runs import run_identity
+from interp.work import Item, Row, Work, WorkFolder, for_stage, open_log
 
 __all__ = ["SAEIdentification", "identify_circuit", "reference_heads"]
 
@@ -104,11 +112,15 @@ def identify_circuit(
     seeds: int = 1,
     reference: HeadSet | None = None,
     progress: Progress | None = None,
+    folder: WorkFolder | None = None,
 ) -> SAEIdentification:
     """Score every head with an SAE per seed 0..seeds-1 against the reference circuit.
 
     `reference` is the circuit's heads (a stored one: `reference_heads`); default:
     discovered here, IOI's four stages or the stages read at the last token for other tasks.
+    With `folder`, each finished seed is recorded in its work log, so a stopped run given
+    the same folder resumes at the first seed it lacks (discovery and the head outputs,
+    which every seed shares, are recomputed).
     """
     config = config or SAECircuitConfig()
     circuit, discovered = reference, None
@@ -117,25 +129,29 @@ def identify_circuit(
         found = staged_discovery(model, task, CircuitConfig(stages=stages), progress)
         circuit, discovered = found.heads, found.circuit
     texts = [*task.prompts, *task.corrupted_prompts]
-    report = (lambda what: lambda d, t: progress(what, d, t)) if progress else lambda what: None
     acts = collect_heads(
-        model, texts, batch_size=config.batch_size, progress=report("head outputs")
+        model,
+        texts,
+        batch_size=config.batch_size,
+        progress=for_stage(progress, "head outputs"),
     )
-    rows, aucs, curves = [], [], []
-    for seed in range(seeds):
-        found_seed = score_heads(acts, len(task.prompts), replace(config, seed=seed))
-        node = roc_auc(found_seed.nodes, circuit)
-        edge = roc_auc(found_seed.edge_nodes, circuit)
-        edge_scores = found_seed.edge_nodes.data["score"].to_numpy()
-        rows.append(found_seed.nodes.data.assign(seed=seed, edge_score=edge_scores))
-        aucs.append({"seed": seed, "node_auc": node, "edge_auc": edge})
-        curves.append(roc_points(found_seed.nodes, circuit).assign(run=f"seed {seed}", auc=node))
-        if progress is not None:
-            progress("SAE seeds", seed + 1, seeds)
-    provenance = found_seed.nodes.provenance
-    per_seed = pd.concat(rows, ignore_index=True)
+    n_positive = len(task.prompts)
+    identity = {
+        **run_identity(scores_provenance(acts, n_positive, config)),
+        "circuit": sorted(circuit.labels),
+    }
+    work = Work([Item(f"seed {seed}", seed) for seed in range(seeds)], open_log(folder, identity))
+    done = [
+        rows[0]
+        for rows in work.run(
+            lambda batch: [_seed_rows(acts, n_positive, config, circuit, s) for s in batch],
+            for_stage(progress, "SAE seeds"),
+        )
+    ]
+    provenance = scores_provenance(acts, n_positive, replace(config, seed=seeds - 1))
+    per_seed = pd.concat([pd.DataFrame(row["nodes"]) for row in done], ignore_index=True)
     per_seed["in_circuit"] = per_seed["label"].isin(circuit.labels)
-    table = pd.DataFrame(aucs)
+    table = pd.DataFrame([row["auc"] for row in done])
     summary = {
         "task": task.name,
         "n": len(task),
@@ -154,9 +170,22 @@ def identify_circuit(
         ItemTable(per_seed, provenance),
         HeadScores(_mean(per_seed, circuit), provenance),
         ItemTable(table, provenance),
-        pd.concat(curves, ignore_index=True),
+        pd.concat([pd.DataFrame(row["curve"]) for row in done], ignore_index=True),
         summary,
     )
+
+
+def _seed_rows(
+    acts: Activations, n_positive: int, config: SAECircuitConfig, circuit: HeadSet, seed: int
+) -> list[Row]:
+    """One seed's scoring as one work-log row: its node table, ROC AUCs and ROC curve."""
+    found = score_heads(acts, n_positive, replace(config, seed=seed))
+    node = roc_auc(found.nodes, circuit)
+    edge_scores = found.edge_nodes.data["score"].to_numpy()
+    nodes = found.nodes.data.assign(seed=seed, edge_score=edge_scores)
+    curve = roc_points(found.nodes, circuit).assign(run=f"seed {seed}", auc=node)
+    auc = {"seed": seed, "node_auc": node, "edge_auc": roc_auc(found.edge_nodes, circuit)}
+    return [{"nodes": nodes.to_dict("list"), "auc": auc, "curve": curve.to_dict("list")}]
 
 
 def _mean(per_seed: pd.DataFrame, circuit: HeadSet) -> pd.DataFrame:

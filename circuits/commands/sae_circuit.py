@@ -85,7 +85,7 @@ def circuit_sae(
         built = _build(loaded, task, n, seed)
         with stage_bars("step") as bars:
             result = identify_circuit(
-                loaded, built, config, seeds=seeds, reference=circuit, progress=bars
+                loaded, built, config, seeds=seeds, reference=circuit, progress=bars, folder=folder
             )
         write_result(folder, record, result, static, reference=str(reference or "discovered"))
         _echo(task, result.summary)

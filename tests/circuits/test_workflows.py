@@ -3,16 +3,21 @@
 import json
 
 import pytest
+from pandas.testing import assert_frame_equal
 from typer.testing import CliRunner
 
+from circuits import sae_identification
 from circuits.circuit_analysis import CircuitConfig, analyse_circuit
 from circuits.overlap_repair import OverlapConfig, overlap_and_repair
 from circuits.sae_circuits import SAECircuitConfig
 from circuits.sae_identification import identify_circuit
 from circuits.tasks import ioi, ioi_templates
 from interp.cli import app
+from interp.heads import HeadSet
 from interp.models import load_model
+from interp.runs import run_identity
 from tests.circuits.word_model import saved_words_tiny
+from tests.stops import Stop, count_items, logged, stop_after
 
 runner = CliRunner()
 
@@ -76,3 +81,40 @@ def test_identify_circuit_is_what_circuit_sae_writes(words, tmp_path):
     result = identify_circuit(model, ioi(model, 6, seed=0), SAECircuitConfig(epochs=20), seeds=2)
     assert result.discovered is not None and len(result.aucs) == 2
     _assert_written(result, out)
+
+
+def test_identify_circuit_resumes_at_the_first_seed_a_stopped_run_lacks(
+    words, tmp_path, monkeypatch
+):
+    model = words[1]
+    task = ioi(model, 6, seed=0)
+    config = SAECircuitConfig(epochs=20, sparsity=0.0)  # no L1: the seeds' scores differ
+    reference = HeadSet([(0, 0), (1, 1)])
+    whole = identify_circuit(model, task, config, seeds=3, reference=reference)
+    stop = stop_after(1)
+
+    def stop_in_seeds(stage: str, done: int, total: int) -> None:
+        if stage == "SAE seeds":
+            stop(done, total)
+
+    with pytest.raises(Stop):
+        identify_circuit(
+            model,
+            task,
+            config,
+            seeds=3,
+            reference=reference,
+            progress=stop_in_seeds,
+            folder=tmp_path,
+        )
+    assert logged(tmp_path) == 1
+    scored = count_items(monkeypatch, sae_identification, "_seed_rows", arg=4)
+    resumed = identify_circuit(model, task, config, seeds=3, reference=reference, folder=tmp_path)
+    assert scored == [1, 1] and logged(tmp_path) == 3  # seed 0 came from the log
+    assert resumed.summary == whole.summary
+    by_seed = whole.per_seed.data.pivot(index="label", columns="seed", values="score")
+    assert not by_seed[0].equals(by_seed[1])  # each seed scores the heads its own way
+    for name, table in whole.tables().items():
+        assert_frame_equal(resumed.tables()[name].data, table.data, check_exact=True)
+        assert run_identity(resumed.tables()[name].provenance) == run_identity(table.provenance)
+    assert_frame_equal(resumed.curves, whole.curves, check_exact=True)
