@@ -23,7 +23,7 @@ def shapes() -> Model:
 
 
 def test_missing_weights_and_a_device_map_are_one_line_errors(tmp_path: Path) -> None:
-    with pytest.raises(UnsupportedModelError, match=r"python -m interp\.shapes\.train"):
+    with pytest.raises(UnsupportedModelError, match=r"python -m probes\.organisms\.shapes\.train"):
         load_shapes_llava(tmp_path / "tower.safetensors")
     with pytest.raises(InputError, match="one device"):
         load_model("shapes-llava", device_map="auto")
