@@ -12,7 +12,6 @@ depend on the batch size.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,6 +43,7 @@ Rule = Annotated[
         " + needle have length - 200 and the question follows (Wu et al.'s code)."
     ),
 ]
+ABLATION = {"ks": (0, 5, 10, 20, 30, 50)}  # the command's default: fewer, smaller K than the paper
 Batch = Annotated[
     int | None, typer.Option(help="Tests per forward (default: what suits the device).")
 ]
@@ -80,12 +80,11 @@ def score_retrieval(
 @command("ablate retrieval", folder="ablation")
 def ablate_retrieval(
     run: Run,
-    config: Annotated[AblationConfig, Fields(rename={"n_seeds": "seeds"}, skip=("ks",))],
+    config: Annotated[AblationConfig, Fields(rename={"n_seeds": "seeds"}, defaults=ABLATION)],
     effects: Annotated[EffectsConfig, Fields(rename={"method": "interval"}, skip=("batch_size",))],
     scores: Annotated[
         Path, typer.Option(help="scores.parquet written by `interp score retrieval`.")
     ],
-    ks: Annotated[str, typer.Option(help="Numbers of heads to mask.")] = "0,5,10,20,30,50",
     lengths: Annotated[str, typer.Option(help="Comma-separated prompt lengths.")] = "1000,2000",
     depths: Annotated[int, typer.Option(help="Needle depths: linspace(0, 100%, N).")] = 3,
     needles: Needles = None,
@@ -97,7 +96,6 @@ def ablate_retrieval(
     from probes.retrieval import load_scores
     from probes.retrieval_ablation import run_niah_ablation
 
-    config = dataclasses.replace(config, ks=parse_ints(ks, minimum=0) or ())
     head_scores = load_scores(scores)
     run.record.inputs([scores])
     inputs = _inputs(needles, haystack, length_rule, batch_size)
