@@ -15,6 +15,7 @@ import datetime as dt
 import hashlib
 import json
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -144,6 +145,21 @@ class _Table:
 
     def __len__(self) -> int:
         return len(self.data)
+
+    def console_lines(
+        self,
+        label: str,
+        columns: Sequence[str] | None = None,
+        float_format: Callable[[float], str] | None = None,
+    ) -> list[str]:
+        """The table as text (`columns`, default all but `warnings`), then a `warning:` line
+        for each row whose `warnings` says to take care, named by `label` ("K={k}")."""
+        shown = self.data[list(columns)] if columns else self.data.drop(columns="warnings")
+        warned = self.data[self.data.warnings.astype(bool)]
+        return [
+            shown.to_string(index=False, float_format=float_format),
+            *(f"warning: {label.format(**row)}: {row.warnings}" for _, row in warned.iterrows()),
+        ]
 
     def save(self, path: str | Path, *, csv: bool = False) -> Path:
         """Write parquet with provenance in the schema metadata; returns the parquet path.

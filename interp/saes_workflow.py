@@ -104,6 +104,18 @@ class SAERun:
     trained: TrainedSAE
     summary: dict[str, Any]
 
+    def summary_lines(self) -> list[str]:
+        """What the SAE was trained on, and how well it does on the held-out texts."""
+        s = self.summary
+        return [
+            f"{s['hook']}: {s['d_sae']} latents trained on {s['train_tokens']} tokens of"
+            f" {s['train_texts']} texts in {s['train_s']:.0f} s",
+            f"held out ({s['heldout_texts']} texts): variance explained"
+            f" {s['variance_explained']:.3f}, L0 {s['l0']:.1f}; next-token loss"
+            f" {s['loss_clean']:.3f} clean, {s['loss_spliced']:.3f} spliced"
+            f" ({s['loss_increase']:+.3f} nats over {s['predicted_tokens']} tokens)",
+        ]
+
 
 def train_and_score(
     model: Model,

@@ -135,6 +135,19 @@ class AnchorRun:
             tables["statistics"] = self.statistics
         return tables
 
+    def summary_lines(self) -> list[str]:
+        """The counts, the peak statistics and the causal check with their warnings."""
+        lines = [f"{len(self.traces)} traces, {len(self.tokens)} response tokens"]
+        columns = EffectTable.required
+        if self.statistics is None:
+            lines.append(f"no statistics or causal check: {self.statistics_empty}")
+        else:
+            lines += self.statistics.console_lines("{statistic}", ["statistic", *columns])
+        if self.causal is not None:
+            effects = self.causal.effects
+            lines += effects.console_lines("{comparison}", ["comparison", *columns])
+        return lines
+
     def save_files(self, folder: Path, credit: anchor_credit.CreditConfig) -> list[Path]:
         """Write the per-token credit (credit.jsonl) and the traces (traces.jsonl)."""
         traces = folder / "traces.jsonl"

@@ -117,6 +117,16 @@ class RetrievalResult(Bundle):
         threshold = self.scores.provenance.config["threshold"]
         return table[table.score > threshold].sort_values("score", ascending=False)
 
+    def summary_lines(self) -> list[str]:
+        """How many tests succeeded, and the retrieval heads (the first 15), for a console."""
+        tests, found = self.tests.data, self.retrieval_heads()
+        threshold = self.scores.provenance.config["threshold"]
+        listed = ", ".join(f"{r.label} ({r.score:.2f})" for r in found.head(15).itertuples())
+        return [
+            f"{len(tests)} tests ({int(tests.success.sum())} successful)",
+            f"{len(found)} of {len(self.scores.data)} heads score > {threshold}: {listed}",
+        ]
+
     def figures(self) -> dict[str, object]:
         """The layer x head map of the retrieval scores."""
         from interp.figures import head_heatmap

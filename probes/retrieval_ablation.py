@@ -126,6 +126,12 @@ class AblationResult(Bundle):
     effects: EffectTable
     summary: ItemTable
 
+    def summary_lines(self) -> list[str]:
+        """The tests and conditions run, then the per-K summary and its warnings."""
+        n_tests = self.tests.data.condition.eq("none").sum()
+        head = f"{n_tests} tests x {len(self.curve.data)} conditions"
+        return [head, *self.summary.console_lines("K={k}", float_format="{:.1f}".format)]
+
     def figures(self) -> dict[str, object]:
         """Accuracy against K, top-K and random heads masked."""
         from interp.figures import ablation_curve

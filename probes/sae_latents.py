@@ -61,6 +61,23 @@ class LatentReading:
     heads: HeadScores | None = None
     figures: dict[str, Any] = field(default_factory=dict)
 
+    def summary_lines(self) -> list[str]:
+        """Each token's top latents; with `heads`, the heads that write the latent most."""
+        lines = []
+        for pos, rows in self.latents.data.groupby("position"):
+            listed = ", ".join(f"{r.latent} ({r.activation:.2f})" for r in rows.itertuples())
+            lines.append(f"{pos:4d} {rows.token.iloc[0]!r:>14}: {listed}")
+        if self.heads is not None:
+            heads = self.heads.data
+            top = heads.reindex(heads.score.abs().sort_values(ascending=False).index)
+            listed = ", ".join(f"{r.label} {r.score:+.2f}" for r in top.head(5).itertuples())
+            lines.append(
+                f"latent {heads.latent.iloc[0]} at position {heads.position.iloc[0]}:"
+                f" pre-activation {heads.pre_activation.iloc[0]:.2f};"
+                f" heads {top.score.sum():+.2f}, top: {listed}"
+            )
+        return lines
+
     def tables(self) -> dict[str, TokenScores | HeadScores]:
         """The tables by file name: latents, and latent_<j>_heads with a latent."""
         if self.heads is None:

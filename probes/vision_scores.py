@@ -95,6 +95,17 @@ class VisionScores:
     figures: dict[str, Any]
     patch_note: str | None
 
+    def summary_lines(self) -> list[str]:
+        """The heads of highest VHD, and the visual sinks and candidate sink dimensions."""
+        sinks = self.tables["visual_sinks"]
+        top = self.tables["vhd_per_head"].data.nlargest(5, "score")
+        dims = self.tables["sink_dims"].data["dim"].head(5).tolist()
+        return [
+            "highest VHD: " + ", ".join(f"{r.label} ({r.score:.3g})" for r in top.itertuples()),
+            f"visual sinks: {int(sinks.data.visual_sink.sum())} (layer, image token) pairs at"
+            f" tau {sinks.provenance.config['tau']:g}; candidate sink dims: {dims}",
+        ]
+
 
 def score_images(
     model: Model,

@@ -209,13 +209,6 @@ def load_model_or_fail(
     return load_model(spec, dtype=dtype, **chosen)
 
 
-def echo_warnings(table: Any, label: Callable[[Any], str]) -> None:
-    """A `warning:` line for each row of a table whose `warnings` column says to take care."""
-    for row in table.itertuples():
-        if row.warnings:
-            typer.echo(f"warning: {label(row)}: {row.warnings}")
-
-
 def require_vision_model(spec: str | None, command: str) -> None:
     """Refuse a text-only model from its config, before any weights load."""
     from interp.models import DEFAULT_MODEL, takes_images

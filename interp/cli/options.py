@@ -21,7 +21,7 @@ import functools
 import inspect
 import re
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -48,10 +48,12 @@ if typing.TYPE_CHECKING:
 @dataclasses.dataclass(frozen=True)
 class Fields:
     """How a config's fields become options: `rename` maps a field to its option's name
-    (without dashes, underscores allowed), `skip` fields keep their default."""
+    (without dashes, underscores allowed), `skip` fields keep their default, `defaults`
+    gives a field's option the command's own default instead of the class's."""
 
     rename: Mapping[str, str] = dataclasses.field(default_factory=dict)
     skip: tuple[str, ...] = ()
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 _PLACEMENT_HELP = {
@@ -111,6 +113,12 @@ class Run:
         with bar:
             yield update
 
+    def report(self, lines: Iterable[str]) -> None:
+        """Echo a result's summary lines, then where the run's outputs are."""
+        for line in lines:
+            typer.echo(line)
+        typer.echo(f"results in {self.folder()}")
+
     def write(self, **outputs: Any) -> list[Path]:
         """`write_outputs` into this run's folder, with its figure-export choice."""
         return write_outputs(self.folder(), self.record, static=self.static, **outputs)
@@ -163,6 +171,7 @@ class _ConfigParam:
 
     cls: type[Config]
     options: dict[str, str]
+    defaults: Mapping[str, Any]
 
     def build(self, values: Mapping[str, Any]) -> Config:
         hints = typing.get_type_hints(self.cls)
@@ -171,6 +180,8 @@ class _ConfigParam:
             value, item = values[option], _tuple_item(hints[field])
             if item is not None:
                 value = _parse_items(value, item, "--" + option.replace("_", "-"))
+            if value is None:
+                value = self.defaults.get(field)
             if value is not None or _default(self.cls, field) is None:
                 given[field] = value
         return self.cls(**given)
@@ -194,16 +205,18 @@ def _option(name: str, annotation: Any, default: Any, help: str, flags: tuple = 
 
 
 def _config_options(cls: type[Config], fields: Fields) -> dict[str, inspect.Parameter]:
-    hints, helps = typing.get_type_hints(cls), field_help(cls)
+    hints = typing.get_type_hints(cls)
+    helps = {k: v for base in reversed(cls.__mro__) for k, v in field_help(base).items()}
     out = {}
     for spec in dataclasses.fields(cls):
         if spec.name in fields.skip or not spec.init or spec.name.startswith("_"):
             continue
         name = fields.rename.get(spec.name, spec.name)
-        annotation, default = hints[spec.name], _default(cls, spec.name)
+        annotation, default = hints[spec.name], fields.defaults.get(spec.name)
+        if default is None:
+            default = _default(cls, spec.name)
         if _tuple_item(annotation) is not None:
-            annotation, default = str | None, None
-            shown = _default(cls, spec.name)
+            annotation, default, shown = str | None, None, default
             helps[spec.name] = helps.get(spec.name, "") + (
                 f" Comma-separated (default: {','.join(map(str, shown))})." if shown else ""
             )
@@ -246,7 +259,8 @@ def command(
             elif isinstance(base, type) and issubclass(base, Config):
                 fields = next((e for e in extras if isinstance(e, Fields)), Fields())
                 options = _config_options(base, fields)
-                configs[param.name] = _ConfigParam(base, {f: p.name for f, p in options.items()})
+                names = {f: p.name for f, p in options.items()}
+                configs[param.name] = _ConfigParam(base, names, fields.defaults)
                 for option in options.values():
                     _merge(params, option, body.__qualname__)
             else:

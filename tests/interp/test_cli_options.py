@@ -122,3 +122,34 @@ def test_a_shared_name_with_two_defaults_is_refused_when_the_command_is_made():
         @command("toy clash", placement=False)
         def clash(config: ToyConfig, other: OtherConfig) -> None:
             """Two configs whose `depth` fields differ."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChildConfig(ToyConfig):
+    """A subclass that says nothing of its fields: their help is the base's."""
+
+
+def _run_with_defaults(*args: str) -> dict:
+    seen: dict = {}
+
+    @command("toy defaults", placement=False, figures=False)
+    def toy(
+        run: Run, config: Annotated[ChildConfig, Fields(defaults={"depth": 7, "sizes": (2, 3)})]
+    ) -> None:
+        """A command whose own defaults are not the config's."""
+        seen.update(config=config)
+
+    seen["result"] = runner.invoke(_app(toy), list(args), env={"COLUMNS": "200"})
+    return seen
+
+
+def test_the_commands_own_defaults_replace_the_classes_and_given_values_win():
+    assert _run_with_defaults()["config"] == ChildConfig(depth=7, sizes=(2, 3))
+    given = _run_with_defaults("--depth", "2", "--sizes", "5")["config"]
+    assert given == ChildConfig(depth=2, sizes=(5,))
+
+
+def test_help_shows_the_commands_defaults_and_the_base_classes_field_help():
+    help_text = _run_with_defaults("--help")["result"].output
+    assert "how deep, a positive count" in help_text and "[default: 7]" in help_text
+    assert "Comma-separated (default: 2,3)" in help_text

@@ -70,7 +70,7 @@ def test_score_vision_errors_are_one_line(tmp_path: Path):
     cases = {
         "No image files": [*base, "--images", str(tmp_path / "model")],
         "3 prompts for 2 images": [*base, "--images", str(images), "--prompts", str(prompts)],
-        "comma-separated integers": [*base, "--images", str(images), "--sink-dims", "x"],
+        "comma-separated int": [*base, "--images", str(images), "--sink-dims", "x"],
     }
     for message, argv in cases.items():
         result = runner.invoke(app, argv)
