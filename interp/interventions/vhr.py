@@ -133,10 +133,16 @@ def without_images(kwargs: dict[str, Any], image: Bool[Tensor, "batch pos"]) -> 
     positions = kwargs.get("position_ids")
     if positions is None:
         positions = torch.arange(width, device=embeds.device).expand(batch, -1)
-    if positions.dim() != 2 or mask.dim() != 2:
+    if not isinstance(mask, Tensor) or mask.dim() != 2:
         raise UnsupportedModelError(
-            "VHD builds its no-image branch from [batch, pos] masks and positions; this model"
-            f" passes position ids of shape {tuple(positions.shape)} (multimodal rotary)."
+            "VHD builds its no-image branch from a [batch, pos] mask; this model hands its"
+            " language model a built attention mask (Gemma 3's and PaliGemma's bidirectional"
+            " image or prefix blocks)."
+        )
+    if positions.dim() != 2:
+        raise UnsupportedModelError(
+            "VHD builds its no-image branch from [batch, pos] positions; this model passes"
+            f" position ids of shape {tuple(positions.shape)} (multimodal rotary)."
         )
     if bool(image[:, -1].any()):
         raise InputError("A prompt ends with its image: VHD compares the text after the image.")

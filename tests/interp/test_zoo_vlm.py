@@ -5,8 +5,8 @@ prefix: image and prompt) hand their attention a mask that is not causal; the ex
 kernel must use it as given. Each cell runs a left-padded batch with an image a row:
 recorded patterns against eager `output_attentions`, image attention shares against shares
 computed from those patterns, HeadScale(1) against the plain forward (bit-exact), and greedy
-generation through the driver against `hf.generate`. Mllama (cross-attention layers) is
-refused in one line.
+generation through the driver against `hf.generate` (Qwen2-VL's multimodal rotary positions
+carried through the decode steps). Mllama (cross-attention layers) is refused in one line.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ import torch
 from torch import Tensor
 
 from interp.errors import UnsupportedModelError
-from interp.generation import GenerationConfig, generate
+from interp.generation import GenerationConfig, Step, generate
 from interp.hook_points import record
 from interp.hooks import attention_hooks
 from interp.image_patches import patch_table
 from interp.inputs import ModelInputs
-from interp.interventions import HeadScale
+from interp.interventions import VHR, HeadScale, VhrConfig
 from interp.models import Model
 from probes.vision import ImageAttentionConfig, image_attention
 from tests.interp.helpers import Recorder, eager_forward, eager_image_shares, whole
@@ -103,13 +103,31 @@ def test_head_scale_one_is_the_plain_forward(name: str) -> None:
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_greedy_generation_with_images_equals_hf_generate(name: str) -> None:
+    """Each step's logits too: a wrong rotary position (Qwen2-VL's offsets) moves them by
+    ~1e-3 on these tiny models before it changes a greedy token."""
     m = vlm(name)
     config = GenerationConfig(max_new_tokens=4, stop_at_eos=False)
-    out = generate(m, TEXTS, config, images=images(), batch_size=2)
-    for text, image, got in zip(TEXTS, images(), out, strict=True):
+    steps: dict[int, list[Tensor]] = {row: [] for row in range(len(TEXTS))}
+
+    def keep(step: Step) -> None:
+        for index, row in enumerate(step.rows):  # the batch is in length order
+            steps[row].append(step.logits[index])
+
+    out = generate(m, TEXTS, config, images=images(), batch_size=2, on_step=keep)
+    for row, (text, image, got) in enumerate(zip(TEXTS, images(), out, strict=True)):
         inputs = m.prepare(text, image)
-        reference = m.hf.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
-        assert got.response_ids.tolist() == reference[0, inputs.input_ids.shape[1] :].tolist()
+        reference = m.hf.generate(
+            **inputs,
+            max_new_tokens=4,
+            min_new_tokens=4,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        response = reference.sequences[0, inputs.input_ids.shape[1] :]
+        assert got.response_ids.tolist() == response.tolist()
+        expected = torch.cat(reference.logits)  # [step, vocab]
+        torch.testing.assert_close(torch.stack(steps[row]), expected, atol=1e-5, rtol=0)
 
 
 def test_mllama_cross_attention_is_refused_in_one_line() -> None:
@@ -138,3 +156,26 @@ def test_the_docs_table_is_the_vlm_zoos() -> None:
     """docs/models.md lists what this file checks (`python -m tests.interp.zoo_models`)."""
     docs = (Path(__file__).resolve().parents[2] / "docs" / "models.md").read_text()
     assert f"{VLM_DOCS_START}\n{vlm_table()}\n{VLM_DOCS_END}" in docs
+
+
+def test_text_only_generation_on_qwen2_5_vl_takes_text_positions() -> None:
+    """No image: the model's own positions are the text positions, so none are offset."""
+    m = vlm("qwen2_5_vl")
+    config = GenerationConfig(max_new_tokens=3, stop_at_eos=False)
+    for text, got in zip(TEXTS, generate(m, TEXTS, config, batch_size=2), strict=True):
+        ids = m.encode(text).input_ids
+        reference = m.hf.generate(ids, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+        assert got.response_ids.tolist() == reference[0, ids.shape[1] :].tolist()
+
+
+@pytest.mark.parametrize("name", ["gemma3", "paligemma", "qwen2_5_vl"])
+def test_vhr_refuses_built_masks_and_multimodal_positions_in_one_line(name: str) -> None:
+    """VHD's no-image branch is rebuilt from [batch, pos] masks and positions."""
+    m = vlm(name)
+    config = GenerationConfig(max_new_tokens=1, stop_at_eos=False)
+    with (
+        pytest.raises(UnsupportedModelError, match="no-image branch") as refused,
+        VHR(VhrConfig(alpha=2.0, last_layers=1)).applied(m),
+    ):
+        generate(m, TEXTS, config, images=images())
+    assert "\n" not in str(refused.value)

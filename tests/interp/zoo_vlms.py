@@ -27,7 +27,13 @@ from transformers import (
     PaliGemmaForConditionalGeneration,
     PaliGemmaProcessor,
     PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
     Qwen2Config,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLProcessor,
     SiglipVisionConfig,
 )
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
@@ -35,6 +41,7 @@ from transformers.models.llava_onevision.image_processing_pil_llava_onevision im
     LlavaOnevisionImageProcessorPil,
 )
 from transformers.models.mllama.configuration_mllama import MllamaTextConfig, MllamaVisionConfig
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 from interp.image_layouts import PATCH_MAPS
@@ -92,7 +99,10 @@ def tiny_gemma3(seed: int = 0) -> Model:
         eoi_token_index=tokenizer.eoi_token_id,
         image_token_index=tokenizer.image_token_id,
     )
-    return _wrap(Gemma3ForConditionalGeneration, config, processor, "tiny-gemma3", seed)
+    model = _wrap(Gemma3ForConditionalGeneration, config, processor, "tiny-gemma3", seed)
+    with torch.no_grad():  # initialised to zeros: every image token would be the same
+        model.hf.model.multi_modal_projector.mm_input_projection_weight.normal_(std=0.5)
+    return model
 
 
 def tiny_paligemma(seed: int = 0) -> Model:
@@ -113,14 +123,26 @@ def tiny_paligemma(seed: int = 0) -> Model:
     return _wrap(PaliGemmaForConditionalGeneration, config, processor, "tiny-paligemma", seed)
 
 
-class _ImagesOnlyOnevisionProcessor(LlavaOnevisionProcessor):
-    """LLaVA-OneVision's processor without its video processor, which needs torchvision
-    (it does not import beside this CPU torch); images are processed as by the original."""
+class _NoVideoProcessor:
+    """A processor built without its video processor, which needs torchvision (it does not
+    import beside this CPU torch); images are processed as by the original."""
 
     def check_argument_for_proper_class(self, argument_name: str, argument: object) -> object:
         if argument_name == "video_processor" and argument is None:
             return None
-        return super().check_argument_for_proper_class(argument_name, argument)
+        return super().check_argument_for_proper_class(argument_name, argument)  # type: ignore[misc]
+
+
+class _OnevisionImagesOnly(_NoVideoProcessor, LlavaOnevisionProcessor):
+    pass
+
+
+class _Qwen2VLImagesOnly(_NoVideoProcessor, Qwen2VLProcessor):
+    pass
+
+
+class _Qwen25VLImagesOnly(_NoVideoProcessor, Qwen2_5_VLProcessor):
+    pass
 
 
 def tiny_llava_onevision(seed: int = 0) -> Model:
@@ -132,7 +154,7 @@ def tiny_llava_onevision(seed: int = 0) -> Model:
     image_processor = LlavaOnevisionImageProcessorPil(
         size=_IMAGE_SIZE, image_grid_pinpoints=pinpoints
     )
-    processor = _ImagesOnlyOnevisionProcessor(
+    processor = _OnevisionImagesOnly(
         image_processor=image_processor,
         tokenizer=tokenizer,
         num_image_tokens=16,
@@ -152,6 +174,49 @@ def tiny_llava_onevision(seed: int = 0) -> Model:
         vision_feature_select_strategy="full",
     )
     return _wrap(LlavaOnevisionForConditionalGeneration, config, processor, "tiny-onevision", seed)
+
+
+def _tiny_qwen_vl(version: str, seed: int = 0) -> Model:
+    """Qwen2.5-VL-3B (or Qwen2-VL-2B) scaled: 14px patches merged 2x2 (8px here), dynamic
+    resolution (an image's tokens follow its size), multimodal rotary positions (time,
+    height, width sections of each head's frequencies: 16, 24, 24 of 64; 1, 1, 2 of 4 here)
+    that the model numbers itself. Qwen2.5-VL's tower attends in windows (112px; 16 here)
+    with some full-attention blocks."""
+    tokenizer = _tokenizer(
+        image_token="<|image_pad|>",
+        video_token="<|video_pad|>",
+        vision_start_token="<|vision_start|>",
+        vision_end_token="<|vision_end|>",
+    )
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=8, merge_size=2, size={"shortest_edge": 16 * 16, "longest_edge": 64 * 64}
+    )
+    processor_class = _Qwen25VLImagesOnly if version == "2.5" else _Qwen2VLImagesOnly
+    processor = processor_class(image_processor=image_processor, tokenizer=tokenizer)
+    text = {
+        **{k: v for k, v in _TEXT.items() if k != "head_dim"},
+        "vocab_size": len(tokenizer),
+        "num_key_value_heads": 2,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [1, 1, 2]},
+    }
+    vision = dict(
+        depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=8,
+        spatial_merge_size=2, temporal_patch_size=2,
+    )  # fmt: skip
+    if version == "2.5":
+        vision.update(window_size=16, out_hidden_size=32, fullatt_block_indexes=[1])
+        config_class, model_class = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    else:
+        vision.update(embed_dim=32, mlp_ratio=2)
+        config_class, model_class = Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    config = config_class(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=tokenizer.image_token_id,
+        video_token_id=tokenizer.video_token_id,
+        vision_start_token_id=tokenizer.vision_start_token_id,
+    )
+    return _wrap(model_class, config, processor, f"tiny-qwen{version}-vl", seed)
 
 
 def tiny_mllama(seed: int = 0) -> Model:
@@ -189,6 +254,8 @@ VLM_ZOO: dict[str, tuple[Callable[[], Model], str, str]] = {
     "gemma3": (tiny_gemma3, "Gemma-3-4B", "causal; bidirectional among an image's tokens"),
     "paligemma": (tiny_paligemma, "PaliGemma-3B-224", "bidirectional prefix (image, prompt)"),
     "llava_onevision": (tiny_llava_onevision, "llava-onevision-qwen2-0.5b-ov", "causal"),
+    "qwen2_5_vl": (lambda: _tiny_qwen_vl("2.5"), "Qwen2.5-VL-3B", "causal"),
+    "qwen2_vl": (lambda: _tiny_qwen_vl("2"), "Qwen2-VL-2B", "causal"),
 }
 VLM_DOCS_START, VLM_DOCS_END = "<!-- vlm zoo table: start -->", "<!-- vlm zoo table: end -->"
 
