@@ -131,8 +131,8 @@ def _check_uniform(hf: nn.Module, layers: nn.ModuleList, attention: str) -> None
         if _attention_path(layer) != attention:
             raise UnsupportedModelError(
                 f"Decoder layer {index} of {type(hf).__name__} is a {type(layer).__name__}"
-                f" without the {attention!r} attention of layer 0 (cross-attention to the"
-                " image, as in Mllama): decoders mixing layer kinds are not supported."
+                f" without the {attention!r} attention of layer 0: decoders mixing layer"
+                " kinds (Mllama's cross-attention to the image) are not supported."
             )
 
 
