@@ -55,6 +55,7 @@ _IMPLIED = frozenset(
         "output_router_logits",
         "use_cache",
         "num_items_in_batch",
+        "logits_to_keep",  # LLaVA-OneVision passes its forward's along
     }
 )
 _IMPLEMENTED = frozenset({"softcap", "s_aux", "is_causal"})

@@ -46,7 +46,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from interp.config import Config, check_range
-from interp.errors import ConfigError, InputError, UnsupportedModelError
+from interp.errors import ConfigError, InputError
 from interp.inputs import RowImages
 from interp.kv_cache import cache_kwargs
 from interp.models import Model
@@ -219,7 +219,8 @@ def decode(
     pad = model.tokenizer.pad_token_id or 0
     lengths = batch.lengths
     padding = torch.tensor([width - n for n in lengths], device=device)
-    padded = bool((padding > 0).any())
+    offsets = prefilled.position_offsets  # multimodal rotary: positions passed every step
+    padded = bool((padding > 0).any()) or offsets is not None
     streams = [np.random.default_rng([config.seed, row]) for row in prefilled.rows]
     longest_stop = max((len(s) for s in config.stop), default=0)
     responses: list[list[int]] = [[] for _ in range(n_rows)]
@@ -232,7 +233,8 @@ def decode(
         if index == 0 and prefilled.first_logits is not None:
             logits = prefilled.first_logits
         else:
-            extra = {"attention_mask": mask, "position_ids": positions} if padded else {}
+            at = positions if offsets is None else positions[None] + offsets
+            extra = {"attention_mask": mask, "position_ids": at} if padded else {}
             cached = cache_kwargs(model.hf, cache)
             logits = model.hf(current, **extra, **cached, use_cache=True).logits[:, -1]
         tokens = _choose(logits, config, [streams[row] for row in live])
@@ -263,6 +265,7 @@ def decode(
             cache.batch_select_indices(stay)
             live = [live[i] for i in stay.tolist()]
             tokens, done, mask, positions = tokens[stay], done[stay], mask[stay], positions[stay]
+            offsets = None if offsets is None else offsets[:, stay]
         current = torch.where(done, pad, tokens)[:, None]
         if padded:
             mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
@@ -302,6 +305,8 @@ def generate(
             prompt's forward (`interp.prefill.prefill_inputs`), so interventions that choose
             on the whole prompt (VHR's head selection, VAR's sinks) see all of it.
             `Generation.prompt_ids` are then the ids after the processor expanded each image.
+            Qwen2-VL's multimodal rotary positions continue through the decode steps as
+            under `generate` (each row's text position plus its offset on every axis).
         chat: wrap each text as a user message in the tokenizer's chat template.
         on_step: called after every decode step of every batch (see `Step`).
         batch_size: prompts per batch (default: `default_batch_size` for the longest).
@@ -317,8 +322,6 @@ def generate(
     Raises:
         InputError: a prompt is empty or, with the budget, longer than the context; images
             not one entry per prompt, with token-id prompts, or with `share_prefix`.
-        UnsupportedModelError: images for a model that numbers its own (multimodal)
-            positions, which the decode steps cannot continue.
 
     Example:
         >>> from interp.tiny_models import tiny_llama
@@ -378,16 +381,7 @@ def _image_prompt_lengths(
     model: Model, texts: Sequence[str], images: Sequence[RowImages]
 ) -> list[int]:
     """Each prompt's length after its images are expanded (prepared alone, pixels dropped)."""
-    lengths = []
-    for text, row in zip(texts, images, strict=True):
-        inputs = model.prepare(text, row)
-        if "position_ids" not in inputs.kwargs:
-            raise UnsupportedModelError(
-                f"{model.spec} numbers its own multimodal positions, which the decode steps"
-                " of interp.generation do not continue; use model.hf.generate for it."
-            )
-        lengths.append(inputs.lengths[0])
-    return lengths
+    return [model.prepare(text, row).lengths[0] for text, row in zip(texts, images, strict=True)]
 
 
 def _chat_text(model: Model, text: str) -> str:

@@ -8,7 +8,11 @@ image tokens tile the vision tower's views.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
+
+from torch import Tensor
 
 from interp.errors import UnsupportedModelError
 
@@ -18,15 +22,18 @@ __all__ = [
     "image_token_id",
     "numbers_own_positions",
     "patch_grid",
+    "position_offsets",
     "row_views",
 ]
 
 # The text an image takes in a prompt, where it is more than the processor's image token.
-_PLACEHOLDER_FORMAT = {"qwen2_5_vl": "<|vision_start|>{}<|vision_end|>"}
+_PLACEHOLDER_FORMAT = dict.fromkeys(["qwen2_vl", "qwen2_5_vl"], "<|vision_start|>{}<|vision_end|>")
 # Models that compute their own (multimodal rotary) positions from the mask and image grid.
-_OWN_POSITIONS = frozenset({"qwen2_5_vl"})
+_OWN_POSITIONS = frozenset({"qwen2_vl", "qwen2_5_vl"})
+# What their position computation (`get_rope_index`) reads of the inputs besides the ids.
+_ROPE_INPUTS = ("attention_mask", "mm_token_type_ids", "image_grid_thw", "video_grid_thw")
 # Architectures whose image-token-to-patch map `interp.image_patches` knows exactly.
-PATCH_MAPS = ("llava", "idefics3")
+PATCH_MAPS = ("llava", "idefics3", "paligemma", "gemma3")
 
 
 def image_token_id(config: Any) -> int | None:
@@ -47,6 +54,18 @@ def numbers_own_positions(config: Any) -> bool:
     return config.model_type in _OWN_POSITIONS
 
 
+def position_offsets(hf: Any, inputs: Mapping[str, Tensor]) -> Tensor | None:
+    """[3, batch, 1] what a model that numbers its own positions (Qwen2-VL's multimodal
+    rotary: time, height, width) adds to a row's text position on each axis for the tokens
+    after its prompt, as its `generate` does; None for a model that takes text positions.
+    A decode step's position ids are the row's text position plus these offsets."""
+    if not numbers_own_positions(hf.config) or not any(k.endswith("_grid_thw") for k in inputs):
+        return None  # without images or videos its positions are the text positions
+    found = {key: inputs[key] for key in _ROPE_INPUTS if key in inputs}
+    _, deltas = hf.model.get_rope_index(inputs["input_ids"], **found)  # [batch, 1]
+    return deltas[None].expand(3, -1, -1)
+
+
 def patch_grid(config: Any) -> tuple[int, bool]:
     """(pixels per image token's side, whether each view starts with a CLS token).
 
@@ -59,7 +78,11 @@ def patch_grid(config: Any) -> tuple[int, bool]:
             f"The image token-to-patch map is not supported for {model_type}; it is exact for"
             f" {', '.join(PATCH_MAPS)}."
         )
-    size = int(config.vision_config.patch_size) * int(getattr(config, "scale_factor", 1))
+    patch = int(config.vision_config.patch_size)
+    size = patch * int(getattr(config, "scale_factor", 1))  # Idefics3's pixel shuffle
+    if model_type == "gemma3":  # tokens average-pooled over square blocks of patches
+        per_side = int(config.vision_config.image_size) // patch
+        size = patch * (per_side // math.isqrt(int(config.mm_tokens_per_image)))
     cls = model_type == "llava" and config.vision_feature_select_strategy == "full"
     return size, cls
 
@@ -71,6 +94,6 @@ def row_views(config: Any, inputs: Any, row: int, per_view: int) -> tuple[int, i
         mask = inputs.get("pixel_attention_mask")
         present = (mask if mask is not None else pixels)[row].flatten(1).ne(0).any(-1)
         return row * pixels.shape[1], int(present.sum())
-    # LLaVA: [images, 3, H, W] in row order, `per_view` tokens each.
+    # LLaVA, PaliGemma, Gemma 3: [images, 3, H, W] in row order, `per_view` tokens each.
     counts = [n // per_view for n in inputs.n_image_tokens]
     return sum(counts[:row]), counts[row]

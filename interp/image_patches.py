@@ -14,8 +14,12 @@ Exact for:
 * Idefics3 (`idefics3`): each view (the image, or with splitting each tile then the global
   image, in the processor's order) gives (grid / s)^2 tokens after the pixel shuffle, token
   k covering the s x s patches of block (k // (grid / s), k % (grid / s)).
-Refused (one line): LLaVA-NeXT, whose tiles are unpadded to the image's aspect and
-interleaved with newline tokens, and every other architecture. Memory: the table.
+* PaliGemma (`paligemma`): each image is one view, one token a patch, row-major.
+* Gemma 3 (`gemma3`): each image is one view; its patches are average-pooled over square
+  blocks into `mm_tokens_per_image` tokens, row-major, each covering its block's pixels.
+  Pan-and-scan crops are refused.
+Refused (one line): LLaVA-NeXT and LLaVA-OneVision, whose tiles are unpadded to the image's
+aspect and interleaved with newline tokens, and every other architecture. Memory: the table.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from interp.errors import InputError
+from interp.errors import InputError, UnsupportedModelError
 from interp.image_layouts import patch_grid, row_views
 from interp.inputs import ModelInputs, TokenKind
 from interp.models import Model
@@ -36,7 +40,7 @@ def patch_table(model: Model, inputs: ModelInputs, row: int = 0) -> pd.DataFrame
     """Every image token of one prepared row, with its view and pixel box.
 
     Args:
-        model: a LLaVA-1.5 or Idefics3 model with its processor.
+        model: a LLaVA-1.5, Idefics3, PaliGemma or Gemma 3 model with its processor.
         inputs: `model.prepare(...)` of the batch.
         row: the batch row.
 
@@ -47,7 +51,8 @@ def patch_table(model: Model, inputs: ModelInputs, row: int = 0) -> pd.DataFrame
         `top`, `left`, `bottom`, `right` (pixels of the view, bottom/right exclusive).
 
     Raises:
-        UnsupportedModelError: another architecture (LLaVA-NeXT included).
+        UnsupportedModelError: another architecture (LLaVA-NeXT included), or Gemma 3's
+            pan-and-scan crops.
         InputError: a row whose image tokens do not fill its views' grids.
 
     Example:
@@ -59,6 +64,11 @@ def patch_table(model: Model, inputs: ModelInputs, row: int = 0) -> pd.DataFrame
     """
     config = model.hf.config
     size, cls = patch_grid(config)
+    if getattr(model.processor.image_processor, "do_pan_and_scan", False):
+        raise UnsupportedModelError(
+            "The image token-to-patch map does not follow pan-and-scan crops: turn"
+            " do_pan_and_scan off in the image processor."
+        )
     kinds = inputs.kinds[row].cpu()
     real = (kinds != TokenKind.PADDING).nonzero().flatten()
     positions = (kinds[real] == TokenKind.IMAGE).nonzero().flatten().tolist()

@@ -389,29 +389,33 @@ def prepare_images(
         _with_placeholders(index, text, len(row), token, placeholder)
         for index, (text, row) in enumerate(zip(texts, images, strict=True))
     ]
-    flat = [image for row in images for image in row]
+    any_image = any(images)
     try:
-        batch = processor(
+        batch = processor(  # images nested per row: Gemma 3's and PaliGemma's processors need it
             text=prompts,
-            images=flat or None,
+            images=images if any_image else None,
             padding=True,
             padding_side="left",
             return_tensors="pt",
-            return_text_replacement_offsets=bool(flat),
+            return_text_replacement_offsets=any_image,
         )
     except ValueError as exc:  # the processor's own checks (token counts, truncation)
         detail = str(exc).strip().split("\n")[0] or type(exc).__name__
         raise InputError(f"The processor refused the inputs: {detail}") from exc
     offsets = batch.pop("text_replacement_offsets", [[] for _ in prompts])
+    batch.pop("labels", None)  # PaliGemma's training targets: the forward would add a loss
     ids = batch["input_ids"]
     is_image = ids == token_id
+    # The token the image's features fill, which differs from the placeholder where the
+    # expansion wraps them in other tokens (Gemma 3: <start_of_image> gives soft tokens).
+    filled = getattr(processor.tokenizer, "image_token", None) or token
     for row, replaced in enumerate(offsets):
-        expected = sum(r["replacement"].count(token) for r in replaced if r["type"] == "image")
+        expected = sum(r["replacement"].count(filled) for r in replaced if r["type"] == "image")
         found = int(is_image[row].sum())
         if found != expected:
             raise InputError(
                 f"Prompt {row} has {found} image tokens (id {token_id}) but the processor"
-                f" expanded its images into {expected}: does the tokenizer know {token!r} as one"
+                f" expanded its images into {expected}: does the tokenizer know {filled!r} as one"
                 " token, and does the model's image_token_id match the processor's?"
             )
     kinds = torch.full(ids.shape, int(TokenKind.TEXT), dtype=torch.int8)

@@ -114,6 +114,7 @@ def layout_of(hf: nn.Module) -> Layout:
         if isinstance(module, nn.ModuleList) and len(module):
             layout = _layout_in(".".join(p for p in (prefix, name) if p), module[0])
             if layout is not None:
+                _check_uniform(hf, module, layout.attention)
                 return layout
     model_type = getattr(hf.config, "model_type", "")
     raise UnsupportedModelError(
@@ -121,6 +122,18 @@ def layout_of(hf: nn.Module) -> Layout:
         f" no layer list whose layers hold an attention module ({'/'.join(_ATTENTION)})"
         f" with an output projection ({'/'.join(_OUT_PROJ)})."
     )
+
+
+def _check_uniform(hf: nn.Module, layers: nn.ModuleList, attention: str) -> None:
+    """Refuse decoder layers of another kind among the first's (Mllama's cross-attention
+    layers, which attend to the image's states instead of the sequence)."""
+    for index, layer in enumerate(layers):
+        if _attention_path(layer) != attention:
+            raise UnsupportedModelError(
+                f"Decoder layer {index} of {type(hf).__name__} is a {type(layer).__name__}"
+                f" without the {attention!r} attention of layer 0: decoders mixing layer"
+                " kinds (Mllama's cross-attention to the image) are not supported."
+            )
 
 
 def decoder_layers(hf: nn.Module) -> nn.ModuleList:

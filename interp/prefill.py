@@ -42,6 +42,7 @@ from transformers import DynamicCache
 
 from interp.encoding import Encoding
 from interp.errors import InputError, UnsupportedModelError
+from interp.image_layouts import position_offsets
 from interp.inputs import PER_POSITION, ModelInputs
 from interp.kv_cache import cache_kwargs, caches_full_attention, row_states
 from interp.models import Model
@@ -78,12 +79,16 @@ class Prefilled:
             `first_logits` is set.
         first_logits: [batch, vocab] the whole prompts' last-position logits (the first
             response token is chosen from them), or None.
+        position_offsets: [3, batch, 1] what a model that numbers its own multimodal
+            positions adds to each row's text positions after the prompt
+            (`interp.image_layouts.position_offsets`), or None.
     """
 
     batch: Encoding
     rows: tuple[int, ...]
     cache: DynamicCache
     first_logits: Tensor | None = None
+    position_offsets: Tensor | None = None
 
     def select(self, rows: Sequence[int]) -> Prefilled:
         """An independent copy of batch rows `rows` (in that order), to decode once.
@@ -97,7 +102,9 @@ class Prefilled:
             cache.batch_select_indices(index)
         batch = Encoding(self.batch.input_ids[index], self.batch.attention_mask[index])
         first = None if self.first_logits is None else self.first_logits[index]
-        return Prefilled(batch, tuple(self.rows[i] for i in rows), cache, first)
+        offsets = self.position_offsets
+        offsets = None if offsets is None else offsets[:, index]
+        return Prefilled(batch, tuple(self.rows[i] for i in rows), cache, first, offsets)
 
 
 def default_batch_size(model: Model, n_tokens: int, *, shared_prefill: bool = False) -> int:
@@ -165,22 +172,25 @@ def prefill_inputs(
     stop = None if whole_prompt else -1
     cache = DynamicCache(config=model.hf.config)
     first = None
+    offsets = position_offsets(model.hf, inputs)
     if whole_prompt or batch.input_ids.shape[1] > 1:
         other = {k: v for k, v in inputs.kwargs.items() if k not in PER_POSITION}
+        padding = _padding_kwargs(batch, slice(None, stop))
+        if offsets is not None:  # the model numbers its own positions, as under generate
+            padding.pop("position_ids", None)
         # logits_to_keep=1: all positions' logits would be [batch, pos, vocab] floats
         # (1.5 GB per row at 8k tokens for a 49k vocabulary); only the last is ever read.
         out = model.hf(
             batch.input_ids[:, :stop],
-            **_padding_kwargs(batch, slice(None, stop)),
+            **padding,
             **other,
             **cache_kwargs(model.hf, cache),
             use_cache=True,
             logits_to_keep=1,
         )
         first = out.logits[:, -1] if whole_prompt else None
-    return Prefilled(
-        batch, tuple(range(batch.input_ids.shape[0]) if rows is None else rows), cache, first
-    )
+    rows = tuple(range(batch.input_ids.shape[0]) if rows is None else rows)
+    return Prefilled(batch, rows, cache, first, offsets)
 
 
 def _padding_kwargs(batch: Encoding, columns: slice) -> dict[str, Tensor]:

@@ -120,7 +120,7 @@ def without_images(kwargs: dict[str, Any], image: Bool[Tensor, "batch pos"]) -> 
 
     Raises:
         InputError: a row whose last position is an image token (nothing to compare).
-        UnsupportedModelError: position ids that are not [batch, pos] (multimodal rotary).
+        UnsupportedModelError: a built (not [batch, pos]) attention mask.
     """
     embeds = kwargs.get("inputs_embeds")
     if embeds is None:
@@ -133,10 +133,16 @@ def without_images(kwargs: dict[str, Any], image: Bool[Tensor, "batch pos"]) -> 
     positions = kwargs.get("position_ids")
     if positions is None:
         positions = torch.arange(width, device=embeds.device).expand(batch, -1)
-    if positions.dim() != 2 or mask.dim() != 2:
+    if not isinstance(mask, Tensor) or mask.dim() != 2:
         raise UnsupportedModelError(
-            "VHD builds its no-image branch from [batch, pos] masks and positions; this model"
-            f" passes position ids of shape {tuple(positions.shape)} (multimodal rotary)."
+            "VHD builds its no-image branch from a [batch, pos] mask; this model hands its"
+            " language model a built attention mask (Gemma 3's and PaliGemma's bidirectional"
+            " image or prefix blocks)."
+        )
+    if positions.dim() not in (2, 3):
+        raise UnsupportedModelError(
+            "VHD builds its no-image branch from [batch, pos] or [axis, batch, pos] positions;"
+            f" this model passes position ids of shape {tuple(positions.shape)}."
         )
     if bool(image[:, -1].any()):
         raise InputError("A prompt ends with its image: VHD compares the text after the image.")
@@ -149,11 +155,13 @@ def without_images(kwargs: dict[str, Any], image: Bool[Tensor, "batch pos"]) -> 
         cf_embeds[row, width - count :] = embeds[row, keep[row]]
         cf_mask[row, width - count :] = 1
     cf_positions = (cf_mask.cumsum(-1) - 1).clamp_min(0).to(positions.dtype)
+    if positions.dim() == 3:  # multimodal rotary [axis, batch, pos]: text is equal on each
+        cf_positions = cf_positions.expand(positions.shape[0], -1, -1)
     return {
         **without_cache(kwargs),
         "inputs_embeds": torch.cat([embeds, cf_embeds]),
         "attention_mask": torch.cat([mask, cf_mask]),
-        "position_ids": torch.cat([positions, cf_positions]),
+        "position_ids": torch.cat([positions, cf_positions], dim=-2),
     }
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
 import torch
 from torch import Tensor
 from torch.nn.functional import pad
@@ -92,3 +96,34 @@ def vlm_cached_and_reforwarded(
         ids = torch.cat([ids, token], 1)
         mask = torch.cat([mask, torch.ones_like(token)], 1)
     return cached, ids[:, -steps:]
+
+
+@torch.no_grad()
+def eager_forward(model: Model, inputs: Mapping[str, Tensor], **options: Any) -> Any:
+    """HF's own forward under its eager attention (the reference for patterns), then back."""
+    before = model.hf.config._attn_implementation
+    model.hf.set_attn_implementation("eager")
+    try:
+        return model.hf(**inputs, output_attentions=True, **options)
+    finally:
+        model.hf.set_attn_implementation(before)
+
+
+def eager_image_shares(
+    model: Model, texts: list[str], images: list[Any], queries: str
+) -> np.ndarray:
+    """[example, layer, head] mean image share (probes.vision's definition) from HF's eager
+    attention weights: over the text rows after each row's image, or the last row."""
+    inputs = model.prepare(texts, images)
+    probs = torch.stack(eager_forward(model, inputs).attentions, 1)  # [b, layer, head, q, k]
+    image = inputs.image_mask.float()
+    vis = (probs * image[:, None, None, None, :]).sum(-1)  # [batch, layer, head, query]
+    width = image.shape[1]
+    chosen = torch.zeros_like(image, dtype=torch.bool)
+    for row in range(len(texts)):
+        if queries == "last":
+            chosen[row, -1] = True
+        else:
+            chosen[row, inputs.image_span(row)[1] : width] = True
+    weights = chosen.float()[:, None, None, :]
+    return ((vis * weights).sum(-1) / weights.sum(-1)).numpy()

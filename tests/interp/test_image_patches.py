@@ -1,4 +1,5 @@
-"""The image token -> patch map (interp.image_patches) on tiny LLaVA-1.5 and Idefics3.
+"""The image token -> patch map (interp.image_patches) on tiny LLaVA-1.5, Idefics3,
+PaliGemma and Gemma 3.
 
 The check is causal: with vision towers that do not mix patches (LLaVA's attention output
 zeroed, Idefics3's encoder layers removed), changing the pixels of the box
@@ -6,6 +7,8 @@ the map gives a token must change that token's input embedding and no other.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -17,15 +20,26 @@ from interp.hooks import decoder_input_hooks
 from interp.image_patches import patch_table, view_image
 from interp.inputs import ModelInputs
 from interp.models import Model
+from tests.interp.zoo_vlms import tiny_gemma3, tiny_paligemma
 from tests.tiny import tiny_idefics3, tiny_llava, tiny_llava_next
+
+
+def _unmixed(model: Model, encoder: torch.nn.Module) -> Model:
+    """The model with its tower's attention adding nothing: no patch sees another."""
+    for layer in encoder.layers:
+        torch.nn.init.zeros_(layer.self_attn.out_proj.weight)
+        torch.nn.init.zeros_(layer.self_attn.out_proj.bias)
+    return model
 
 
 def _llava(strategy: str) -> Model:
     model = tiny_llava(strategy=strategy)
-    for layer in model.hf.model.vision_tower.encoder.layers:  # attention adds nothing: no mixing
-        torch.nn.init.zeros_(layer.self_attn.out_proj.weight)
-        torch.nn.init.zeros_(layer.self_attn.out_proj.bias)
-    return model
+    return _unmixed(model, model.hf.model.vision_tower.encoder)
+
+
+def _siglip_tower(build: Callable[[], Model]) -> Model:  # Gemma 3, PaliGemma
+    model = build()
+    return _unmixed(model, model.hf.model.vision_tower.encoder)
 
 
 def _idefics3(split: bool) -> Model:
@@ -39,6 +53,8 @@ BUILDERS = {
     "llava_full": lambda: _llava("full"),
     "idefics3": lambda: _idefics3(False),
     "idefics3_split": lambda: _idefics3(True),
+    "gemma3": lambda: _siglip_tower(tiny_gemma3),
+    "paligemma": lambda: _siglip_tower(tiny_paligemma),
 }
 
 
@@ -58,7 +74,9 @@ def test_changing_a_tokens_box_changes_that_token_only(name: str) -> None:
     model = BUILDERS[name]()
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(20, 30), (64, 40)]]
-    inputs = model.prepare(["<image> one", "<image> two <image> three"], [images[0], images])
+    image = model.processor.image_token
+    texts = [f"{image} one", f"{image} two {image} three"]
+    inputs = model.prepare(texts, [images[0], images])
     base = _embeds(model, inputs, inputs["pixel_values"])
     flat_shape = (-1, *inputs["pixel_values"].shape[-3:])
     checked = 0

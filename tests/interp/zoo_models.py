@@ -355,10 +355,16 @@ def build(name: str, seed: int = 0) -> Model:
     return Model.from_hf(hf, byte_tokenizer(), spec=f"tiny-{name}")
 
 
-if __name__ == "__main__":  # rewrite the table in docs/models.md
+def _rewritten(text: str, start: str, end: str, table: str) -> str:
+    head, rest = text.split(start)
+    return f"{head}{start}\n{table}\n{end}{rest.split(end)[1]}"
+
+
+if __name__ == "__main__":  # rewrite the tables in docs/models.md
     from pathlib import Path
 
+    from tests.interp.zoo_vlms import VLM_DOCS_END, VLM_DOCS_START, vlm_table
+
     docs = Path(__file__).resolve().parents[2] / "docs" / "models.md"
-    text = docs.read_text()
-    head, rest = text.split(DOCS_START)
-    docs.write_text(f"{head}{DOCS_START}\n{support_table()}\n{DOCS_END}{rest.split(DOCS_END)[1]}")
+    text = _rewritten(docs.read_text(), DOCS_START, DOCS_END, support_table())
+    docs.write_text(_rewritten(text, VLM_DOCS_START, VLM_DOCS_END, vlm_table()))

@@ -9,6 +9,7 @@ import torch
 from interp.errors import ConfigError, InputError
 from interp.models import Model
 from probes.vision import ImageAttentionConfig, image_attention
+from tests.interp.helpers import eager_forward, eager_image_shares
 from tests.tiny import tiny_idefics3, tiny_llava
 
 BUILDERS = {"llava": tiny_llava, "idefics3": tiny_idefics3}
@@ -25,35 +26,11 @@ def _images() -> list[np.ndarray]:
     return [rng.integers(0, 256, (24, 40, 3), dtype=np.uint8) for _ in TEXTS]
 
 
-def _eager_shares(model: Model, queries: str) -> np.ndarray:
-    """[example, layer, head] mean image share from HF's own eager attention weights."""
-    inputs = model.prepare(TEXTS, _images())
-    before = model.hf.config._attn_implementation
-    model.hf.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            attentions = model.hf(**inputs, output_attentions=True).attentions
-    finally:
-        model.hf.set_attn_implementation(before)
-    probs = torch.stack(attentions, 1)  # [batch, layer, head, query, key]
-    image = inputs.image_mask.float()
-    vis = (probs * image[:, None, None, None, :]).sum(-1)  # [batch, layer, head, query]
-    width = image.shape[1]
-    chosen = torch.zeros_like(image, dtype=torch.bool)
-    for row in range(len(TEXTS)):
-        if queries == "last":
-            chosen[row, -1] = True
-        else:
-            chosen[row, inputs.image_span(row)[1] : width] = True
-    weights = chosen.float()[:, None, None, :]
-    return ((vis * weights).sum(-1) / weights.sum(-1)).numpy()
-
-
 @pytest.mark.parametrize("queries", ["after_image", "last"])
 def test_image_share_equals_the_share_in_hfs_eager_attention(vlm, queries):
     config = ImageAttentionConfig(queries=queries, batch_size=2)
     scores = image_attention(vlm, TEXTS, _images(), config).data
-    expected = _eager_shares(vlm, queries)
+    expected = eager_image_shares(vlm, TEXTS, _images(), queries)
     got = np.stack(
         [
             scores[scores.example == e]
@@ -79,13 +56,7 @@ def test_nonsink_share_equals_the_share_in_hfs_eager_attention(vlm):
     config = ImageAttentionConfig(tau=2.5, batch_size=2)
     scores = image_attention(vlm, TEXTS, _images(), config).data
     inputs = vlm.prepare(TEXTS, _images())
-    before = vlm.hf.config._attn_implementation
-    vlm.hf.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            out = vlm.hf(**inputs, output_attentions=True, output_hidden_states=True)
-    finally:
-        vlm.hf.set_attn_implementation(before)
+    out = eager_forward(vlm, inputs, output_hidden_states=True)
     image = inputs.image_mask
     real = inputs.attention_mask.bool()
     found_sinks = False

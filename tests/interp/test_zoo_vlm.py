@@ -1,0 +1,202 @@
+"""The VLM zoo: the toolkit against plain transformers on tiny vision-language models.
+
+Gemma 3 (bidirectional attention among an image's tokens) and PaliGemma (a bidirectional
+prefix: image and prompt) hand their attention a mask that is not causal; the explicit
+kernel must use it as given. Each cell runs a left-padded batch with an image a row:
+recorded patterns against eager `output_attentions`, image attention shares against shares
+computed from those patterns, HeadScale(1) against the plain forward (bit-exact), and greedy
+generation through the driver against `hf.generate` (Qwen2-VL's multimodal rotary positions
+carried through the decode steps). Mllama (cross-attention layers) is refused in one line.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor
+
+from interp.errors import UnsupportedModelError
+from interp.generation import GenerationConfig, Step, generate
+from interp.hook_points import record
+from interp.hooks import attention_hooks
+from interp.image_patches import patch_table
+from interp.inputs import ModelInputs
+from interp.interventions import VHR, HeadScale, VhrConfig
+from interp.models import Model
+from probes.vision import ImageAttentionConfig, image_attention
+from tests.interp.helpers import Recorder, eager_forward, eager_image_shares, whole
+from tests.interp.zoo_vlms import (
+    VHR_REFUSED,
+    VLM_DOCS_END,
+    VLM_DOCS_START,
+    VLM_ZOO,
+    tiny_mllama,
+    vlm_table,
+)
+
+TEXTS = ["what is in the picture?", "of what?"]  # the second row is left-padded
+FAMILIES = sorted(VLM_ZOO)
+# Families whose mask lets some query see a later key (image tokens, or PaliGemma's prefix).
+BIDIRECTIONAL = frozenset({"gemma3", "paligemma"})
+
+
+@cache
+def vlm(name: str) -> Model:
+    return VLM_ZOO[name][0]()
+
+
+def images() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (24, 40, 3), dtype=np.uint8) for _ in TEXTS]
+
+
+def prepared(m: Model) -> ModelInputs:
+    return m.prepare(TEXTS, images())
+
+
+@torch.no_grad()
+def logits(m: Model) -> Tensor:
+    return m.hf(**prepared(m)).logits
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_patterns_equal_eager_with_images_on_a_left_padded_batch(name: str) -> None:
+    m = vlm(name)
+    inputs = prepared(m)
+    assert inputs.attention_mask[1, 0] == 0 and all(inputs.n_image_tokens)
+    recorder = Recorder(list(range(m.geometry.n_layers)))
+    with attention_hooks(m.hf, recorder):
+        logits(m)
+    eager = eager_forward(m, inputs).attentions
+    valid = inputs.attention_mask.bool()  # padded query rows are left out
+    for layer, expected in enumerate(eager):
+        probs, _ = whole([r for r in recorder.seen if r.layer == layer])
+        assert probs.shape == expected.shape
+        rows = valid[:, None, :, None].expand_as(probs)
+        assert torch.allclose(probs[rows], expected[rows].float(), atol=1e-5), layer
+        later = probs.triu(1).sum().item()  # attention on keys after the query
+        assert (later > 0.1) == (name in BIDIRECTIONAL), (layer, later)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_image_share_equals_the_share_in_eager_patterns(name: str) -> None:
+    m = vlm(name)
+    table = image_attention(m, TEXTS, images(), ImageAttentionConfig(batch_size=2)).data
+    expected = eager_image_shares(m, TEXTS, images(), "after_image")
+    got = np.stack(
+        [
+            table[table.example == row].pivot(index="layer", columns="head", values="score")
+            for row in range(len(TEXTS))
+        ]
+    )
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert (got > 0).all()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_head_scale_one_is_the_plain_forward(name: str) -> None:
+    m = vlm(name)
+    plain = logits(m)
+    heads = [(0, 1), (1, m.geometry.n_heads - 1)]
+    with HeadScale(heads, alpha=1.0).applied(m):
+        assert torch.equal(logits(m), plain)
+    with HeadScale(heads, alpha=0.0).applied(m):
+        assert not torch.equal(logits(m), plain)  # the hooks reach the language model
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_greedy_generation_with_images_equals_hf_generate(name: str) -> None:
+    """Each step's logits too: a wrong rotary position (Qwen2-VL's offsets) moves them by
+    ~1e-3 on these tiny models before it changes a greedy token."""
+    m = vlm(name)
+    config = GenerationConfig(max_new_tokens=4, stop_at_eos=False)
+    steps: dict[int, list[Tensor]] = {row: [] for row in range(len(TEXTS))}
+
+    def keep(step: Step) -> None:
+        for index, row in enumerate(step.rows):  # the batch is in length order
+            steps[row].append(step.logits[index])
+
+    out = generate(m, TEXTS, config, images=images(), batch_size=2, on_step=keep)
+    for row, (text, image, got) in enumerate(zip(TEXTS, images(), out, strict=True)):
+        inputs = m.prepare(text, image)
+        reference = m.hf.generate(
+            **inputs,
+            max_new_tokens=4,
+            min_new_tokens=4,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        response = reference.sequences[0, inputs.input_ids.shape[1] :]
+        assert got.response_ids.tolist() == response.tolist()
+        expected = torch.cat(reference.logits)  # [step, vocab]
+        torch.testing.assert_close(torch.stack(steps[row]), expected, atol=1e-5, rtol=0)
+
+
+def test_mllama_cross_attention_is_refused_in_one_line() -> None:
+    m = tiny_mllama()
+    ids = m.encode("hello")
+    for attempt in (
+        lambda: attention_hooks(m.hf, Recorder([0])).__enter__(),
+        lambda: HeadScale([(0, 0)], alpha=0.0).applied(m).__enter__(),
+        lambda: record(m, ids, ["blocks.0.hook_resid_post"]),
+    ):
+        with pytest.raises(UnsupportedModelError) as refused:
+            attempt()
+        message = str(refused.value)
+        assert "cross-attention" in message and "Mllama" in message and "\n" not in message
+
+
+def test_onevision_patch_map_is_refused_in_one_line() -> None:
+    """Tiles unpadded to the image's aspect and newline tokens, as LLaVA-NeXT's: no exact map."""
+    m = vlm("llava_onevision")
+    with pytest.raises(UnsupportedModelError, match="llava_onevision") as refused:
+        patch_table(m, prepared(m))
+    assert "\n" not in str(refused.value)
+
+
+def test_the_docs_table_is_the_vlm_zoos() -> None:
+    """docs/models.md lists what this file checks (`python -m tests.interp.zoo_models`)."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "models.md").read_text()
+    assert f"{VLM_DOCS_START}\n{vlm_table()}\n{VLM_DOCS_END}" in docs
+
+
+def test_text_only_generation_on_qwen2_5_vl_takes_text_positions() -> None:
+    """No image: the model's own positions are the text positions, so none are offset."""
+    m = vlm("qwen2_5_vl")
+    config = GenerationConfig(max_new_tokens=3, stop_at_eos=False)
+    for text, got in zip(TEXTS, generate(m, TEXTS, config, batch_size=2), strict=True):
+        ids = m.encode(text).input_ids
+        reference = m.hf.generate(ids, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+        assert got.response_ids.tolist() == reference[0, ids.shape[1] :].tolist()
+
+
+@pytest.mark.parametrize("name", sorted(VLM_ZOO.keys() - VHR_REFUSED))
+def test_vhr_generation_with_images_equals_hf_generate_under_vhr(name: str) -> None:
+    """VHD's no-image branch is text (for Qwen2-VL: equal positions on every rotary axis)."""
+    m = vlm(name)
+    config = GenerationConfig(max_new_tokens=4, stop_at_eos=False)
+    inputs = m.prepare(TEXTS[0], images()[0])
+    with VHR(VhrConfig(alpha=8.0, last_layers=1)).applied(m):
+        ours = generate(m, TEXTS[:1], config, images=images()[:1])[0].response_ids.tolist()
+        theirs = m.hf.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    plain = generate(m, TEXTS[:1], config, images=images()[:1])[0].response_ids.tolist()
+    assert ours == theirs[0, inputs.input_ids.shape[1] :].tolist()
+    assert ours != plain  # the heads VHR scales change the tokens: the match is not vacuous
+
+
+@pytest.mark.parametrize("name", sorted(VHR_REFUSED))
+def test_vhr_refuses_built_masks_in_one_line(name: str) -> None:
+    """VHD's no-image branch is rebuilt from a [batch, pos] mask."""
+    m = vlm(name)
+    config = GenerationConfig(max_new_tokens=1, stop_at_eos=False)
+    with (
+        pytest.raises(UnsupportedModelError, match="no-image branch") as refused,
+        VHR(VhrConfig(alpha=2.0, last_layers=1)).applied(m),
+    ):
+        generate(m, TEXTS, config, images=images())
+    assert "\n" not in str(refused.value)
