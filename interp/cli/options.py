@@ -115,6 +115,13 @@ class Run:
         """`write_outputs` into this run's folder, with its figure-export choice."""
         return write_outputs(self.folder(), self.record, static=self.static, **outputs)
 
+    def report(self, result: Any, **summary: Any) -> None:
+        """Write a workflow's result (its `tables()`, `figures()` and `summary`, to which
+        `summary` adds fields) and echo its `summary_lines()`."""
+        figures = result.figures()
+        self.write(tables=result.tables(), figures=figures, summary={**result.summary, **summary})
+        typer.echo("\n".join([*result.summary_lines(), f"results and figures in {self.folder()}"]))
+
 
 def field_help(cls: type) -> dict[str, str]:
     """Each field's text in the class docstring's `Attributes:` section (Google style)."""
