@@ -38,7 +38,6 @@ CheckOption = typer.Option(
     help='JSONL of IOI templates ({"template": ...} per line) to check the circuit\'s'
     " faithfulness on. Default: the shipped held-out templates."
 )
-Tasks = Callable[["Model"], tuple["CircuitTask", "CircuitTask | None"]]
 
 
 @command("circuit ioi", folder="circuit-ioi")
@@ -87,7 +86,11 @@ def circuit_colored_objects(
     _analyse(run, config, lambda model: (colored_objects(model, n, seed=seed), None))
 
 
-def _analyse(run: Run, config: CircuitConfig, tasks: Tasks) -> None:
+def _analyse(
+    run: Run,
+    config: CircuitConfig,
+    tasks: Callable[[Model], tuple[CircuitTask, CircuitTask | None]],
+) -> None:
     """Analyse the task `tasks(model)` gives, and check its circuit on the second if any."""
     from circuits.circuit_analysis import analyse_circuit
 

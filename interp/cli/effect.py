@@ -62,32 +62,23 @@ def effect_act(
     run.record.inputs([*tasks.sources, *([] if heads is None else [heads])])
     folder = run.folder()
     model = run.load_model()
-    update, bar = work_progress("head search", "sequence") if searching else (None, nullcontext())
-    with bar, run.progress(len(tasks.tests), "effects", unit="task") as effects_update:
-        loaded = None if heads is None else HeadSearch.load(heads)
-        result = run_act(
-            model,
-            tasks,
-            act,
-            search,
-            effects,
-            loaded,
-            search_progress=update,
-            progress=effects_update,
-            folder=folder,
-        )
+    found, bar = work_progress("head search", "sequence") if searching else (None, nullcontext())
+    with bar, run.progress(len(tasks.tests), "effects", unit="task") as done:
+        saved = None if heads is None else HeadSearch.load(heads)
+        result = run_act(model, tasks, act, search, effects, saved, search_progress=found,
+                         progress=done, folder=folder)  # fmt: skip
     if searching:
         run.record.wrote([folder / LOG_FILE])
     typer.echo("\n".join(result.summary_lines(searched=searching)))
-    found = result.search
+    scores = result.search.scores
     report_effects(
         run,
         result.effects,
         result.figures(search.metric),
-        tables={"head_scores": found.scores},
+        tables={"head_scores": scores},
         tasks=tasks.names,
-        heads=found.selected.labels,
-        head_search=found.scores.provenance.to_dict(),
+        heads=result.search.selected.labels,
+        head_search=scores.provenance.to_dict(),
     )
 
 
