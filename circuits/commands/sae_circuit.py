@@ -28,7 +28,9 @@ ReferenceOption = typer.Option(
 def circuit_sae(
     run: Run,
     config: Annotated[SAECircuitConfig, Fields(skip=("seed",))],  # SAE seeds: --seeds
-    task: Annotated[Literal["ioi", "colored-objects"], typer.Option(help="The task.")] = "ioi",
+    task: Annotated[
+        Literal["ioi", "colored-objects"], typer.Option(help="The circuit task.")
+    ] = "ioi",
     n: Annotated[
         int, typer.Option(help="Clean prompts (as many corrupted ones; reference: 250).")
     ] = 250,
@@ -49,7 +51,7 @@ def circuit_sae(
         raise InputError(f"--n-train {config.n_train} is more than the {2 * n} prompts.")
     run.record.inputs([] if reference is None else [reference])
     stored = None if reference is None else HeadScores.load(reference)  # before the model
-    run.name = f"circuit-sae-{task}"
+    run.name = f"circuit-sae-{task}"  # the default folder names the task
     run.folder()
     model = run.load_model()
     circuit = None if stored is None else reference_heads(model, stored, task)
