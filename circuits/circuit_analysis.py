@@ -50,10 +50,16 @@ class CircuitConfig(Config):
     """Discovery's choices and the per-head maps to add.
 
     Attributes:
-        stages, per_stage, max_heads, rank_by, batch_size: as `DiscoveryConfig`
-            (batch_size is also the rows per prompt-metrics and activation-patching forward).
+        stages: the path-patching stages to run, in order (`DiscoveryConfig`).
+        per_stage: heads chosen per path-patching stage (0: Merullo's 2% of all heads).
+        max_heads: cap on the circuit's size (the union over stages).
+        rank_by: "score" (heads whose corruption lowers the logit difference) or "abs"
+            (|score|).
         patching: per-head maps besides path patching: "attribution" (one forward and
-            backward), "activation" (every head patched), "both" or "none".
+            backward), "activation" (every head patched), "both" (with their rank
+            correlation) or "none".
+        batch_size: rows per patched forward (path patching, prompt metrics, activation
+            patching).
     """
 
     stages: tuple[str, ...] = tuple(IOI_STAGES)
@@ -111,6 +117,28 @@ class CircuitAnalysis:
         if self.check is not None:
             tables[f"{self.task}_check_faithfulness"] = self.check
         return tables
+
+    def summary_lines(self) -> list[str]:
+        """The task's accuracy, the circuit's faithfulness (also on the unseen templates),
+        and its warnings, for a console."""
+        s = self.summary
+        lines = [
+            f"{s['task']}: accuracy {s['accuracy']:.1%}, logit difference"
+            f" {s['logit_difference']:+.2f} over {s['n']} prompts",
+            f"circuit of {len(s['circuit'])} heads keeps {s['faithfulness']:.0%} of the logit"
+            f" difference; ablating it leaves {s['faithfulness_complement']:.0%}:"
+            f" {', '.join(s['circuit'])}",
+        ]
+        if s["warnings"]:
+            lines.append(f"  warning: {s['warnings']}")
+        if "check" in s:
+            check = s["check"]
+            lines.append(
+                f"on {check['n']} prompts of {check['templates']} templates discovery did not"
+                f" see, it keeps {check['faithfulness']:.0%}; ablating it leaves"
+                f" {check['faithfulness_complement']:.0%}"
+            )
+        return lines
 
     def figures(self) -> dict[str, Any]:
         """A layer x head map per path-patching stage and per patching map."""

@@ -123,6 +123,25 @@ class OverlapResult:
             tables |= {f"{folder}/effects": effects.table, f"{folder}/per_item": effects.per_item}
         return tables
 
+    def summary_lines(self) -> list[str]:
+        """The reuse shares, each repair arm's effects and the tasks' warnings, for a console."""
+        lines = []
+        if len(self.stages) < len(END_STAGES):
+            lines.append(f"note: comparing stages {self.stages}; a task's chain ended early")
+        for row in self.reuse.data[self.reuse.data.stage == "all"].itertuples():
+            lines.append(
+                f"ioi vs {row.task}{' (control)' if row.control else ''}: shared"
+                f" {row.n_shared}/{row.n_reference} = {row.shared_share:.0%},"
+                f" Jaccard {row.jaccard:.2f}"
+            )
+        for arm, effects in self.repairs.items():
+            lines.append(f"repair, {arm} heads ({', '.join(self.arms[arm].labels)}):")
+            lines += ["  " + line for line in effects.table.summary_lines()]
+        for name, task in self.tasks.items():
+            if task.summary["warnings"]:
+                lines.append(f"{name}: warning: {task.summary['warnings']}")
+        return lines
+
     def figures(self) -> dict[str, Any]:
         """Each task's maps, the logits stage of IOI and name recall side by side with their
         circuits, and the repair's accuracy per arm."""

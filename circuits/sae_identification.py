@@ -74,6 +74,21 @@ class SAEIdentification:
             f"{self.task}_sae_auc": self.aucs,
         }
 
+    def summary_lines(self) -> list[str]:
+        """The node AUC per seed and its spread, the edge-derived AUC and any warning."""
+        summary = self.summary
+        nodes, edges, seeds = summary["node_auc"], summary["edge_auc"], summary["seeds"]
+        per_seed = ", ".join(f"{v:.3f}" for v in nodes["per_seed"])
+        spread = f" ± {nodes['std']:.3f} (population std over seeds, ddof 0)" if seeds > 1 else ""
+        lines = [
+            f"{self.task}: node ROC AUC against the {len(summary['circuit'])}-head reference"
+            f" circuit {nodes['mean']:.3f}{spread}; per seed {per_seed}",
+            f"edge-derived node AUC {edges['mean']:.3f} (max {max(edges['per_seed']):.3f})",
+        ]
+        if summary["warnings"]:
+            lines.append(f"  warning: {summary['warnings']}")
+        return lines
+
     def figures(self) -> dict[str, Any]:
         """The ROC curves and a head map of the mean node score with the circuit marked."""
         from interp.figures import circuit_heatmaps, roc_curves

@@ -315,6 +315,25 @@ class EffectTable(_Table):
         "ci_high",
     )
 
+    def summary_lines(self) -> list[str]:
+        """A line per effect measured by `interp.effects` (and a line per warning), for a
+        console: baseline -> intervened, the difference with its interval, items moved."""
+        table = self.data
+        several_metrics = table.metric.nunique() > 1
+        lines = []
+        for row in table.itertuples():
+            label = f"{row.task} {row.metric}" if several_metrics else row.task
+            if "parameter" in table:
+                label = f"[{row.parameter:g}] {label}"
+            lines.append(
+                f"{label}: {row.baseline:.3f} -> {row.intervened:.3f}"
+                f" ({row.difference:+.3f}, 95% CI [{row.ci_low:+.3f}, {row.ci_high:+.3f}],"
+                f" +{row.improved}/-{row.worsened} of {row.n})"
+            )
+            if row.warnings:
+                lines.append(f"  warning: {row.warnings}")
+        return lines
+
 
 class Bundle:
     """Mixin for a frozen dataclass whose fields are all tables: a result saved as a folder.

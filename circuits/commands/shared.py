@@ -1,12 +1,6 @@
-"""What the circuit commands share: count checks, config from options, progress, output."""
+"""What the circuit commands share: the checks of the tasks' sizes and seeds."""
 
 from __future__ import annotations
-
-import dataclasses
-from pathlib import Path
-from typing import Any
-
-from interp.cli.common import write_outputs
 
 
 def check_counts(**values: int) -> None:
@@ -24,22 +18,3 @@ def check_counts(**values: int) -> None:
                 f"--{name.replace('_', '-')} {value}: a task takes at most {MAX_PROMPTS}"
                 " prompts (each is built, held and patched per head)."
             )
-
-
-def config_from(kind: type, options: dict[str, Any], **given: Any) -> Any:
-    """The workflow config `kind` from the command's options of its fields' names; `given`
-    sets fields the options do not (or that mean something else there)."""
-    names = {field.name for field in dataclasses.fields(kind)}
-    return kind(**{**{k: v for k, v in options.items() if k in names}, **given})
-
-
-def write_result(folder: Path, record: Any, result: Any, static: bool, **summary: Any) -> None:
-    """A workflow result's tables, figures and summary (`summary` adds or replaces fields)."""
-    write_outputs(
-        folder,
-        record,
-        tables=result.tables(),
-        figures=result.figures(),
-        static=static,
-        summary={**result.summary, **summary},
-    )

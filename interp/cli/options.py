@@ -123,6 +123,13 @@ class Run:
         """`write_outputs` into this run's folder, with its figure-export choice."""
         return write_outputs(self.folder(), self.record, static=self.static, **outputs)
 
+    def write_result(self, result: Any, **summary: Any) -> None:
+        """Write a workflow's result (its `tables()`, `figures()` and `summary`, to which
+        `summary` adds fields) and report its `summary_lines()`."""
+        figures = result.figures()
+        self.write(tables=result.tables(), figures=figures, summary={**result.summary, **summary})
+        self.report(result.summary_lines())
+
 
 def field_help(cls: type) -> dict[str, str]:
     """Each field's text in the class docstring's `Attributes:` section (Google style)."""

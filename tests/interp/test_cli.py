@@ -176,13 +176,13 @@ def test_circuit_overlap_writes_reuse_table_figure_and_repair_interval(tmp_path,
     ("argv", "message"),
     [
         (["circuit", "ioi", "--n", "0"], "--n must be at least 1"),
-        (["circuit", "overlap", "--seed", "-1"], "--seed must be at least 0"),
-        (["circuit", "ioi", "--patching", "bogus"], "Unknown --patching"),
+        (["circuit", "overlap", "--seed", "-1"], "seed must lie in [0"),
+        (["circuit", "ioi", "--patching", "bogus"], "'bogus' is not one of"),
         (["circuit", "colored-objects", "--max-heads", "0"], "max_heads"),
         (["circuit", "overlap", "--repair", "L99H0"], "L99H0"),
         (["circuit", "overlap", "--top-fraction", "0"], "top_fraction"),
-        (["circuit", "overlap", "--negative-rule", "lowest"], "Unknown --negative-rule"),
-        (["circuit", "sae", "--edge-rule", "layer"], "Unknown --edge-rule"),
+        (["circuit", "overlap", "--negative-rule", "lowest"], "'lowest' is not one of"),
+        (["circuit", "sae", "--edge-rule", "layer"], "'layer' is not one of"),
     ],
 )
 def test_circuit_bad_inputs_are_one_line_errors(tmp_path, words_model, argv, message):

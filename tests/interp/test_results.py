@@ -8,7 +8,15 @@ import torch
 
 from interp.errors import InputError
 from interp.heads import HeadSet
-from interp.results import Bundle, HeadScores, ItemTable, Provenance, TokenScores, csv_path
+from interp.results import (
+    Bundle,
+    EffectTable,
+    HeadScores,
+    ItemTable,
+    Provenance,
+    TokenScores,
+    csv_path,
+)
 
 
 def provenance(**overrides):
@@ -117,3 +125,31 @@ def test_bundles_save_every_table_and_load_equal(tmp_path):
     ]
     assert _Pair.load(tmp_path / "out") == pair
     assert pair.provenance == provenance()
+
+
+def test_effect_lines_name_the_swept_value_the_metric_when_several_and_each_warning():
+    rows = pd.DataFrame(
+        {
+            "parameter": [2.0, 2.0],
+            "task": ["pope", "pope"],
+            "metric": ["accuracy", "log_prob"],
+            "n": [10, 10],
+            "baseline": [0.5, -1.25],
+            "intervened": [0.625, -1.5],
+            "difference": [0.125, -0.25],
+            "ci_low": [0.0, -0.5],
+            "ci_high": [0.25, 0.0],
+            "improved": [2, 0],
+            "worsened": [1, 3],
+            "warnings": ["", "interval from 10 items"],
+        }
+    )
+    assert EffectTable(rows, provenance()).summary_lines() == [
+        "[2] pope accuracy: 0.500 -> 0.625 (+0.125, 95% CI [+0.000, +0.250], +2/-1 of 10)",
+        "[2] pope log_prob: -1.250 -> -1.500 (-0.250, 95% CI [-0.500, +0.000], +0/-3 of 10)",
+        "  warning: interval from 10 items",
+    ]
+    one = EffectTable(rows.iloc[:1].drop(columns="parameter"), provenance())
+    assert one.summary_lines() == [
+        "pope: 0.500 -> 0.625 (+0.125, 95% CI [+0.000, +0.250], +2/-1 of 10)"
+    ]
