@@ -19,35 +19,9 @@ import typer
 from tqdm.auto import tqdm
 
 from interp.errors import InputError, InterpError
-from interp.errors import check_choice as check_choice  # the commands import it from here
 
 if TYPE_CHECKING:
     from interp.runs import RunRecord
-
-ModelOption = typer.Option(
-    "--model",
-    "-m",
-    help="Model spec: a hub id, a checkpoint folder or a .gguf file."
-    " Default: SmolLM2-135M-Instruct, offline.",
-)
-DeviceOption = typer.Option("--device", help="Torch device, e.g. cpu or cuda.")
-DeviceMapOption = typer.Option(
-    "--device-map",
-    help="Split the model with accelerate instead of --device: auto, balanced,"
-    ' balanced_low_0, sequential, or a JSON map of every module to a device or "disk".',
-)
-MaxMemoryOption = typer.Option(
-    "--max-memory", help="Per-device limits for --device-map, e.g. cpu=4GiB,0=20GiB."
-)
-OffloadFolderOption = typer.Option(
-    "--offload-folder", help="Where weights offloaded to disk are written, if they must be."
-)
-DtypeOption = typer.Option(
-    "--dtype", help="Weight dtype: float32, bfloat16 or float16. Default: the checkpoint's."
-)
-StaticOption = typer.Option(
-    "--static/--no-static", help="Also export PNG/SVG/PDF figures (needs Chromium)."
-)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -174,11 +148,6 @@ def parse_ints(text: str | None, minimum: int) -> tuple[int, ...] | None:
 
 
 PLACEMENT = ("device_map", "dtype", "max_memory", "offload_folder")
-
-
-def placement(params: dict[str, Any]) -> dict[str, Any]:
-    """The placement options among a command's parameters, for `load_model_or_fail`."""
-    return {name: params[name] for name in PLACEMENT}
 
 
 def load_model_or_fail(

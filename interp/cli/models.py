@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from interp.cli.common import DtypeOption, user_errors
+from interp.cli.common import user_errors
+from interp.cli.options import PLACEMENT_HELP
 
 
 def models(
@@ -23,7 +24,7 @@ def models(
         typer.Option(help="Prompt length N of the plan (default 4096, or the context if less)."),
     ] = None,
     batch: Annotated[int, typer.Option(help="Prompts per forward in the plan.")] = 1,
-    dtype: Annotated[str | None, DtypeOption] = None,
+    dtype: Annotated[str | None, typer.Option(help=PLACEMENT_HELP["dtype"])] = None,
     device: Annotated[
         str, typer.Option(help="Device the plan is for (sets the explicit-attention block).")
     ] = "cpu",

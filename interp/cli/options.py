@@ -56,7 +56,7 @@ class Fields:
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
-_PLACEMENT_HELP = {
+PLACEMENT_HELP = {
     "model": "Model spec: a hub id, a checkpoint folder or a .gguf file."
     " Default: SmolLM2-135M-Instruct, offline.",
     "device": "Torch device, e.g. cpu or cuda.",
@@ -253,34 +253,13 @@ def command(
     name = folder or job.split()[-1]
 
     def decorate(body: Callable[..., None]) -> Any:
-        hints = typing.get_type_hints(body, include_extras=True)
-        signature = inspect.signature(body)
-        params: dict[str, inspect.Parameter] = {}
-        configs: dict[str, _ConfigParam] = {}
-        run_name = None
-        for param in signature.parameters.values():
-            hint = hints.get(param.name)
-            base, *extras = typing.get_args(hint) if _is_annotated(hint) else (hint,)
-            if base is Run:
-                run_name = param.name
-            elif isinstance(base, type) and issubclass(base, Config):
-                fields = next((e for e in extras if isinstance(e, Fields)), Fields())
-                options = _config_options(base, fields)
-                names = {f: p.name for f, p in options.items()}
-                configs[param.name] = _ConfigParam(base, names, fields.defaults)
-                for option in options.values():
-                    _merge(params, option, body.__qualname__)
-            else:
-                own = param.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hint)
-                _merge(params, own, body.__qualname__)
+        params, configs, run_name = _body_parameters(body)
         for option, annotation, default, flags in _SHARED if placement else ():
-            helped = _OUT_HELP.format(job=name) if option == "out" else _PLACEMENT_HELP[option]
+            helped = _OUT_HELP.format(job=name) if option == "out" else PLACEMENT_HELP[option]
             _merge(params, _option(option, annotation, default, helped, flags), job)
         if figures:
             _merge(params, _option("static", bool, True, _STATIC_HELP), job)
-        own_names = [
-            name for name in signature.parameters if name != run_name and name not in configs
-        ]
+        own = [key for key in inspect.signature(body).parameters if key not in configs]
 
         @functools.wraps(body)
         def wrapper(**values: Any) -> None:
@@ -288,13 +267,10 @@ def command(
             with user_errors():
                 shared = {option: values.get(option) for option, *_ in _SHARED}
                 where = {key: shared[key] for key in PLACEMENT}
-                device = shared["device"] or "cpu"
-                static = values.get("static", False)
+                device, static = shared["device"] or "cpu", values.get("static", False)
                 run = Run(name, record, shared["model"], device, where, shared["out"], static)
                 kwargs = {key: spec.build(values) for key, spec in configs.items()}
-                kwargs |= {key: values[key] for key in own_names}
-                if run_name:
-                    kwargs[run_name] = run
+                kwargs |= {key: run if key == run_name else values[key] for key in own}
                 body(**kwargs)
 
         wrapper.__signature__ = inspect.Signature(list(params.values()))  # type: ignore[attr-defined]
@@ -305,5 +281,28 @@ def command(
     return decorate
 
 
-def _is_annotated(hint: Any) -> bool:
-    return typing.get_origin(hint) is Annotated
+def _body_parameters(
+    body: Callable[..., None],
+) -> tuple[dict[str, inspect.Parameter], dict[str, _ConfigParam], str | None]:
+    """The options of a command body's own parameters and configs; its configs; the name
+    of its `Run` parameter."""
+    hints = typing.get_type_hints(body, include_extras=True)
+    params: dict[str, inspect.Parameter] = {}
+    configs: dict[str, _ConfigParam] = {}
+    run_name = None
+    for param in inspect.signature(body).parameters.values():
+        hint = hints.get(param.name)
+        base, *extras = typing.get_args(hint) if typing.get_origin(hint) is Annotated else (hint,)
+        if base is Run:
+            run_name = param.name
+        elif isinstance(base, type) and issubclass(base, Config):
+            fields = next((e for e in extras if isinstance(e, Fields)), Fields())
+            options = _config_options(base, fields)
+            names = {f: p.name for f, p in options.items()}
+            configs[param.name] = _ConfigParam(base, names, fields.defaults)
+            for option in options.values():
+                _merge(params, option, body.__qualname__)
+        else:
+            own = param.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hint)
+            _merge(params, own, body.__qualname__)
+    return params, configs, run_name
