@@ -37,7 +37,7 @@ from torch import Tensor
 
 from interp.config import Config, check_range
 from interp.errors import HookError
-from interp.heads import Head, HeadGeometry, HeadSet
+from interp.heads import Head, HeadGeometry, Heads, HeadSet, as_heads
 from interp.hooks import AttentionRows
 from interp.interventions.attention_edit import AttentionEdit
 from interp.models import Model
@@ -141,7 +141,8 @@ class ACT:
     """Attention calibration on `heads`, applied with `with ACT(heads).applied(model):`.
 
     Attributes:
-        heads: the searched heads (see `interp.interventions.act_search.search_heads`).
+        heads: the searched heads (see `interp.interventions.act_search.search_heads`), or
+            `RowHeads`: each batch row calibrates its own set.
         config: beta and the sink rule.
 
     Example:
@@ -154,11 +155,11 @@ class ACT:
         (1, 11, 259)
     """
 
-    heads: HeadSet
+    heads: Heads
     config: ActConfig = field(default_factory=ActConfig)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "heads", HeadSet(self.heads))
+        object.__setattr__(self, "heads", as_heads(self.heads))
 
     def to_dict(self) -> dict[str, Any]:
         """The reproducible record: heads and every ACT parameter."""
