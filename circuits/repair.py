@@ -44,8 +44,9 @@ from interp.interventions.attention_edit import AttentionEdit
 from interp.interventions.base import Intervention, tensor_digest
 from interp.layouts import ov_path
 from interp.models import Model
-from interp.results import EffectTable, HeadScores, ItemTable, Provenance
-from interp.work import Item
+from interp.results import EffectTable, HeadScores, ItemTable, Provenance, hash_inputs
+from interp.runs import run_identity
+from interp.work import Item, WorkFolder
 
 ANALYZER = "circuit_repair"
 ARMS = ("baseline", "intervened")
@@ -308,13 +309,19 @@ def wrong_color_positions(task: CircuitTask) -> Int[Tensor, "batch 2"]:
 
 
 def repair_effects(
-    model: Model, task: CircuitTask, repair: Repair, config: EffectsConfig | None = None
+    model: Model,
+    task: CircuitTask,
+    repair: Repair,
+    config: EffectsConfig | None = None,
+    folder: WorkFolder | None = None,
 ) -> Effects:
     """The repair's effect on the task's accuracy and logit difference, with intervals.
 
     The baseline arm is `repair.identity()` (same heads, same explicit kernel, rows
     unchanged), so only the edit shows. Accuracy is `circuits.metrics.accuracy` (the answer
     above the other listed choices), the logit difference logit(answer) - logit(wrong).
+    With `folder` (a folder, or a log shared by several repairs: the items are keyed by the
+    repair) each finished batch is recorded, and a stopped run resumes (`interp.work`).
 
     Returns:
         Effects: one EffectTable row per metric ("accuracy", "logit_difference") with
@@ -345,12 +352,22 @@ def repair_effects(
             for a, d in zip(correct, difference, strict=True)
         ]
 
+    provenance = Provenance(
+        **model.provenance_fields(),
+        analyzer=ANALYZER,
+        config={**config.to_dict(), "task": task.config, "intervention": repair.to_dict()},
+        inputs_hash=task.inputs_hash(),
+        n_inputs=len(task),
+    )
+    key = f"{ANALYZER}/{hash_inputs(repair.to_dict())[:16]}"
     measured = measure_arms(
-        [Item(str(row), row) for row in range(len(task))],
+        [Item(f"{key}/{row}", row) for row in range(len(task))],
         [repair],
         scored,
         [Score("accuracy"), Score("logit_difference")],
         config,
+        folder=folder,
+        identity=run_identity(provenance),
     )
     per_item = measured.per_item
     items = pd.DataFrame(
@@ -367,11 +384,4 @@ def repair_effects(
     )
     rows = measured.summary.assign(task=task.name)
     rows = rows[["task", *(c for c in rows if c != "task")]]
-    provenance = Provenance(
-        **model.provenance_fields(),
-        analyzer=ANALYZER,
-        config={**config.to_dict(), "task": task.config, "intervention": repair.to_dict()},
-        inputs_hash=task.inputs_hash(),
-        n_inputs=len(task),
-    )
     return Effects(EffectTable(rows, provenance), ItemTable(items, provenance))

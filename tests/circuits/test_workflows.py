@@ -76,3 +76,27 @@ def test_identify_circuit_is_what_circuit_sae_writes(words, tmp_path):
     result = identify_circuit(model, ioi(model, 6, seed=0), SAECircuitConfig(epochs=20), seeds=2)
     assert result.discovered is not None and len(result.aucs) == 2
     _assert_written(result, out)
+
+
+def test_overlap_repairs_stopped_from_python_resume_to_one_run(words, tmp_path, monkeypatch):
+    import circuits.repair
+    from tests.stops import Stop, count_items
+
+    config = OverlapConfig(n=6, repair_n=6, repair=("L1H0", "L1H3"), n_boot=50, random_controls=1)
+
+    def stop_after_first_arm(step: str, done: int, total: int) -> None:
+        if step == "repair" and done == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        overlap_and_repair(words[1], config, progress=stop_after_first_arm, folder=tmp_path)
+    forwards = count_items(monkeypatch, circuits.repair, "last_logits")
+    resumed = overlap_and_repair(words[1], config, folder=tmp_path)
+    assert len(forwards) == 2  # the second arm's identity and repair; the first came logged
+    whole = overlap_and_repair(words[1], config)
+    assert len(forwards) == 6
+    for arm in ("chosen", "random_0"):
+        for name in ("table", "per_item"):
+            got, want = getattr(resumed.repairs[arm], name), getattr(whole.repairs[arm], name)
+            assert got.data.equals(want.data), (arm, name)
+    assert resumed.summary == whole.summary
