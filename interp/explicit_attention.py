@@ -128,7 +128,7 @@ class RowsHook(AttentionHook, Protocol):
     with only its own edits.
     """
 
-    def rows(self, layer: int) -> Bool[Tensor, " batch"] | None:
+    def edited_rows(self, layer: int) -> Bool[Tensor, " batch"] | None:
         """The batch rows this hook edits in `layer` (None: every row)."""
         ...
 
@@ -137,7 +137,7 @@ def rows_edited(hooks: list[AttentionHook], layer: int) -> Tensor | None:
     """[batch] True where some hook edits the row in `layer`; None when every row is."""
     edited = None
     for hook in hooks:
-        rows = hook.rows(layer) if isinstance(hook, RowsHook) else None
+        rows = hook.edited_rows(layer) if isinstance(hook, RowsHook) else None
         if rows is None:
             return None
         edited = rows if edited is None else edited | rows.to(edited.device)

@@ -103,7 +103,7 @@ class _EditHook:
         self.by_layer = edit.heads.index_by_layer()
         self.per_row = per_row  # [layer, row, head] for RowHeads, else None
 
-    def rows(self, layer: int) -> Tensor | None:
+    def edited_rows(self, layer: int) -> Tensor | None:
         return None if self.per_row is None else self.per_row[layer].any(-1)
 
     def wants(self, layer: int, n_queries: int) -> bool:
