@@ -12,7 +12,7 @@ prompts all end) becomes uniform over that row's `positions`, and every other ro
 as the model computed it. It is an `AttentionEdit` (prefill only), so rows sum to 1 and the
 identity arm runs the same explicit kernel. Positions are in the padded coordinates of the
 batch the repair runs on (a `CircuitTask`'s `positions`), so one `Repair` belongs to one
-batch; `rows(start, stop)` gives the repair of a slice of it.
+batch; `select(rows)` gives the repair of some of its rows (`interp.interventions.base.PerRow`).
 
 `wrong_color_positions(task)` gives a Colored Objects task's two wrong listed colours per
 row; `repair_effects` measures a repair on a task through `interp.effects.compare` (paired
@@ -22,7 +22,7 @@ two forwards of the task; the edited layers run explicit attention.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -41,7 +41,7 @@ from interp.errors import HookError, InputError
 from interp.heads import HeadGeometry, HeadSet
 from interp.hooks import AttentionRows
 from interp.interventions.attention_edit import AttentionEdit
-from interp.interventions.base import Intervention, tensor_digest
+from interp.interventions.base import Intervention, for_rows, tensor_digest
 from interp.layouts import ov_path
 from interp.models import Model
 from interp.results import EffectTable, HeadScores, ItemTable, Provenance, hash_inputs
@@ -79,7 +79,7 @@ class _FinalRowOnto:
         if positions.shape[0] != batch:
             raise HookError(
                 f"Repair positions are for {positions.shape[0]} rows, the forward has {batch}:"
-                " build the repair for this batch (Repair.rows for a slice)."
+                " build the repair for this batch (Repair.select for some of its rows)."
             )
         if int(positions.max()) >= n_keys:
             raise InputError(
@@ -144,9 +144,9 @@ class Repair:
         fn = _FinalRowOnto(self.positions, self._digest["sha256"])
         return AttentionEdit(self.heads, fn, phase="prefill")
 
-    def rows(self, start: int, stop: int) -> Repair:
-        """The repair of batch rows start..stop-1 (to run a batch in slices)."""
-        return Repair(self.heads, self.positions[start:stop])
+    def select(self, rows: Sequence[int]) -> Repair:
+        """The repair of batch rows `rows` (to run a batch in slices)."""
+        return Repair(self.heads, self.positions[list(rows)])
 
     def identity(self) -> Intervention:
         """The same heads through the same explicit kernel, rows unchanged."""
@@ -341,8 +341,7 @@ def repair_effects(
         """Both metrics of rows start..stop-1 (padded width kept: positions stay put)."""
         start, stop = rows[0], rows[-1] + 1
         part = Encoding(task.clean.input_ids[start:stop], task.clean.attention_mask[start:stop])
-        edit = arm.rows(start, stop) if isinstance(arm, Repair) else arm
-        with edit.applied(model):
+        with for_rows(arm, rows).applied(model):
             logits = last_logits(model, part, batch_size=len(rows))
         answers = task.select(slice(start, stop))  # only its answer and choice ids are read
         correct = accuracy(logits, answers).float().numpy()

@@ -8,7 +8,7 @@ attention (GQA) `g = n_heads // n_kv_heads` query heads share one key/value head
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -285,6 +285,10 @@ class RowHeads:
     def mask(self, geometry: HeadGeometry) -> torch.Tensor:
         """Boolean [layer, row, head] tensor, True where the row's set holds the head."""
         return torch.stack([row.mask(geometry) for row in self.rows], dim=1)
+
+    def select(self, rows: Sequence[int]) -> RowHeads:
+        """The sets of batch rows `rows`, in that order (a batch cut into slices)."""
+        return RowHeads(self.rows[row] for row in rows)
 
 
 Heads = HeadSet | RowHeads

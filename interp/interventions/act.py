@@ -26,7 +26,7 @@ one block; a prompt that fits one block is scored once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -37,7 +37,7 @@ from torch import Tensor
 
 from interp.config import Config, check_range
 from interp.errors import HookError
-from interp.heads import Head, HeadGeometry, Heads, HeadSet, as_heads
+from interp.heads import Head, HeadGeometry, Heads, HeadSet, RowHeads, as_heads
 from interp.hooks import AttentionRows
 from interp.interventions.attention_edit import AttentionEdit
 from interp.models import Model
@@ -164,6 +164,12 @@ class ACT:
     def to_dict(self) -> dict[str, Any]:
         """The reproducible record: heads and every ACT parameter."""
         return {"intervention": "ACT", "heads": self.heads.labels, **self.config.to_dict()}
+
+    def select(self, rows: Sequence[int]) -> ACT:
+        """The calibration of batch rows `rows` (itself unless `heads` is per row)."""
+        if not isinstance(self.heads, RowHeads):
+            return self
+        return ACT(self.heads.select(rows), self.config)
 
     def identity(self) -> ACT:
         """beta = 1: the same sink detection and row edit, which then change nothing."""

@@ -12,9 +12,9 @@ for the selected layers only (see interp.hooks); other layers keep the fused ker
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
@@ -23,7 +23,7 @@ from torch import Tensor
 from interp.errors import ConfigError, HookError
 from interp.heads import Heads, RowHeads, as_heads
 from interp.hooks import AttentionRows, attention_hooks
-from interp.interventions.base import function_name
+from interp.interventions.base import PerRow, function_name
 from interp.models import Model
 
 # fn(rows, head_index) -> new probs [batch, len(head_index), query, key] for those heads,
@@ -88,6 +88,12 @@ class AttentionEdit:
     def identity(self) -> AttentionEdit:
         """The same heads, phase and renormalisation, with the rows left as they are."""
         return AttentionEdit(self.heads, unchanged_rows, self.phase, self.renormalize)
+
+    def select(self, rows: Sequence[int]) -> AttentionEdit:
+        """The edit of batch rows `rows`: per-row heads and a per-row `fn` (`PerRow`) cut."""
+        heads = self.heads.select(rows) if isinstance(self.heads, RowHeads) else self.heads
+        fn = self.fn.select(rows) if isinstance(self.fn, PerRow) else self.fn
+        return replace(self, heads=heads, fn=fn)  # type: ignore[arg-type]
 
     @contextmanager
     def applied(self, model: Model) -> Iterator[None]:

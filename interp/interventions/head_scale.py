@@ -85,6 +85,12 @@ class HeadScale:
         """alpha = 1 on the same heads: bit-for-bit the plain model (z is read, not changed)."""
         return HeadScale(self.heads, alpha=1.0)
 
+    def select(self, rows: Sequence[int]) -> HeadScale:
+        """The intervention of batch rows `rows` (itself unless `heads` is per row)."""
+        if not isinstance(self.heads, RowHeads):
+            return self
+        return HeadScale(self.heads.select(rows), self.alpha, self.mode, self.reference)
+
     def _key(self) -> tuple[object, ...]:
         d = self._digest
         reference = (d["sha256"], tuple(d["shape"]), d["dtype"]) if d else None

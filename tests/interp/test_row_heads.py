@@ -11,7 +11,7 @@ from interp.errors import HookError, InputError
 from interp.heads import HeadSet, RowHeads
 from interp.interventions import ACT, HeadScale, uniform_attention
 from interp.interventions.act import ActConfig
-from interp.interventions.base import Intervention
+from interp.interventions.base import Intervention, for_rows
 from interp.models import Model
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "A cat sat.", "Rain falls on the hill"]
@@ -84,6 +84,19 @@ def test_row_heads_are_values_with_a_record() -> None:
     for bad in ("L1H0", HeadSet("L1H0"), [], 3):
         with pytest.raises(InputError):
             RowHeads(bad)  # type: ignore[arg-type]
+
+
+def test_select_cuts_per_row_interventions_to_some_rows() -> None:
+    from probes.anchor_causal import block_keys
+
+    picked = RowHeads([ROWS[2], ROWS[0]])
+    assert HeadScale(ROWS).select([2, 0]) == HeadScale(picked)
+    assert ACT(ROWS).select([2, 0]) == ACT(picked)
+    assert for_rows(uniform_attention(ROWS), [2, 0]) == uniform_attention(picked)
+    whole = HeadScale("L1H0")
+    assert for_rows(whole, [1]) is whole  # a whole-batch intervention is every row's
+    edit = block_keys(ROWS, [[1], [2, 3], []]).select([1])
+    assert edit.heads == RowHeads([ROWS[1]]) and edit.fn.keys == ((2, 3),)
 
 
 def _geometry():
