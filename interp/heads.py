@@ -3,6 +3,8 @@
 A head is a (layer, query head) pair, 0-based, labelled `L{l}H{h}`. With grouped-query
 attention (GQA) `g = n_heads // n_kv_heads` query heads share one key/value head, labelled
 `L{l}KV{k}`; editing a KV head touches its whole group, so the toolkit addresses query heads.
+`RowHeads` is one HeadSet per batch row, for interventions that act on other heads in
+each row of a batch.
 """
 
 from __future__ import annotations
