@@ -42,6 +42,7 @@ from interp.effects import Effects, EffectsConfig
 from interp.heads import HeadSet
 from interp.models import Model
 from interp.results import EffectTable, HeadScores, ItemTable
+from interp.work import WorkFolder, open_log
 
 __all__ = ["OverlapConfig", "OverlapResult", "build_tasks", "overlap_and_repair"]
 
@@ -189,6 +190,7 @@ def overlap_and_repair(
     tasks: Mapping[str, CircuitTask] | None = None,
     repair_task: CircuitTask | None = None,
     progress: Progress | None = None,
+    folder: WorkFolder | None = None,
 ) -> OverlapResult:
     """Discover each task's circuit, compare them with IOI's, and repair Colored Objects.
 
@@ -198,6 +200,8 @@ def overlap_and_repair(
         tasks: "ioi", "name_recall" and "colored_objects" tasks (default: `build_tasks`).
         repair_task: the Colored Objects task the repair runs on (default: `build_tasks`).
         progress: called as progress(step, done, total).
+        folder: record the repair arms' finished batches there (`interp.work`); run again
+            with the same folder to resume them. A folder of another run is refused.
     """
     config = config or OverlapConfig()
     chosen = HeadSet(config.repair) if config.repair else None
@@ -234,10 +238,19 @@ def overlap_and_repair(
     for draw in range(config.random_controls):
         arms[f"random_{draw}"] = random_heads_like(heads, model.geometry, config.seed + draw)
     positions = wrong_color_positions(repair_task)
+    log = open_log(
+        folder,
+        {
+            "analyzer": "circuit_overlap_repair",
+            **model.provenance_fields(),
+            "config": config.to_dict(),
+            "repair_task": repair_task.inputs_hash(),
+        },
+    )
     repairs = {}
     for done, (arm, arm_heads) in enumerate(arms.items(), start=1):
         repair = Repair(arm_heads, positions)
-        repairs[arm] = repair_effects(model, repair_task, repair, config.effects())
+        repairs[arm] = repair_effects(model, repair_task, repair, config.effects(), log)
         if progress is not None:
             progress("repair", done, len(arms))
     summaries = {name: a.summary for name, a in analyses.items()}

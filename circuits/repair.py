@@ -12,7 +12,7 @@ prompts all end) becomes uniform over that row's `positions`, and every other ro
 as the model computed it. It is an `AttentionEdit` (prefill only), so rows sum to 1 and the
 identity arm runs the same explicit kernel. Positions are in the padded coordinates of the
 batch the repair runs on (a `CircuitTask`'s `positions`), so one `Repair` belongs to one
-batch; `rows(start, stop)` gives the repair of a slice of it.
+batch; `select(rows)` gives the repair of some of its rows (`interp.interventions.base.PerRow`).
 
 `wrong_color_positions(task)` gives a Colored Objects task's two wrong listed colours per
 row; `repair_effects` measures a repair on a task through `interp.effects.compare` (paired
@@ -22,7 +22,7 @@ two forwards of the task; the edited layers run explicit attention.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -41,11 +41,12 @@ from interp.errors import HookError, InputError
 from interp.heads import HeadGeometry, HeadSet
 from interp.hooks import AttentionRows
 from interp.interventions.attention_edit import AttentionEdit
-from interp.interventions.base import Intervention, tensor_digest
+from interp.interventions.base import Intervention, for_rows, tensor_digest
 from interp.layouts import ov_path
 from interp.models import Model
-from interp.results import EffectTable, HeadScores, ItemTable, Provenance
-from interp.work import Item
+from interp.results import EffectTable, HeadScores, ItemTable, Provenance, hash_inputs
+from interp.runs import run_identity
+from interp.work import Item, WorkFolder
 
 ANALYZER = "circuit_repair"
 ARMS = ("baseline", "intervened")
@@ -78,7 +79,7 @@ class _FinalRowOnto:
         if positions.shape[0] != batch:
             raise HookError(
                 f"Repair positions are for {positions.shape[0]} rows, the forward has {batch}:"
-                " build the repair for this batch (Repair.rows for a slice)."
+                " build the repair for this batch (Repair.select for some of its rows)."
             )
         if int(positions.max()) >= n_keys:
             raise InputError(
@@ -143,9 +144,9 @@ class Repair:
         fn = _FinalRowOnto(self.positions, self._digest["sha256"])
         return AttentionEdit(self.heads, fn, phase="prefill")
 
-    def rows(self, start: int, stop: int) -> Repair:
-        """The repair of batch rows start..stop-1 (to run a batch in slices)."""
-        return Repair(self.heads, self.positions[start:stop])
+    def select(self, rows: Sequence[int]) -> Repair:
+        """The repair of batch rows `rows` (to run a batch in slices)."""
+        return Repair(self.heads, self.positions[list(rows)])
 
     def identity(self) -> Intervention:
         """The same heads through the same explicit kernel, rows unchanged."""
@@ -308,13 +309,19 @@ def wrong_color_positions(task: CircuitTask) -> Int[Tensor, "batch 2"]:
 
 
 def repair_effects(
-    model: Model, task: CircuitTask, repair: Repair, config: EffectsConfig | None = None
+    model: Model,
+    task: CircuitTask,
+    repair: Repair,
+    config: EffectsConfig | None = None,
+    folder: WorkFolder | None = None,
 ) -> Effects:
     """The repair's effect on the task's accuracy and logit difference, with intervals.
 
     The baseline arm is `repair.identity()` (same heads, same explicit kernel, rows
     unchanged), so only the edit shows. Accuracy is `circuits.metrics.accuracy` (the answer
     above the other listed choices), the logit difference logit(answer) - logit(wrong).
+    With `folder` (a folder, or a log shared by several repairs: the items are keyed by the
+    repair) each finished batch is recorded, and a stopped run resumes (`interp.work`).
 
     Returns:
         Effects: one EffectTable row per metric ("accuracy", "logit_difference") with
@@ -334,8 +341,7 @@ def repair_effects(
         """Both metrics of rows start..stop-1 (padded width kept: positions stay put)."""
         start, stop = rows[0], rows[-1] + 1
         part = Encoding(task.clean.input_ids[start:stop], task.clean.attention_mask[start:stop])
-        edit = arm.rows(start, stop) if isinstance(arm, Repair) else arm
-        with edit.applied(model):
+        with for_rows(arm, rows).applied(model):
             logits = last_logits(model, part, batch_size=len(rows))
         answers = task.select(slice(start, stop))  # only its answer and choice ids are read
         correct = accuracy(logits, answers).float().numpy()
@@ -345,12 +351,22 @@ def repair_effects(
             for a, d in zip(correct, difference, strict=True)
         ]
 
+    provenance = Provenance(
+        **model.provenance_fields(),
+        analyzer=ANALYZER,
+        config={**config.to_dict(), "task": task.config, "intervention": repair.to_dict()},
+        inputs_hash=task.inputs_hash(),
+        n_inputs=len(task),
+    )
+    key = f"{ANALYZER}/{hash_inputs(repair.to_dict())[:16]}"
     measured = measure_arms(
-        [Item(str(row), row) for row in range(len(task))],
+        [Item(f"{key}/{row}", row) for row in range(len(task))],
         [repair],
         scored,
         [Score("accuracy"), Score("logit_difference")],
         config,
+        folder=folder,
+        identity=run_identity(provenance),
     )
     per_item = measured.per_item
     items = pd.DataFrame(
@@ -367,11 +383,4 @@ def repair_effects(
     )
     rows = measured.summary.assign(task=task.name)
     rows = rows[["task", *(c for c in rows if c != "task")]]
-    provenance = Provenance(
-        **model.provenance_fields(),
-        analyzer=ANALYZER,
-        config={**config.to_dict(), "task": task.config, "intervention": repair.to_dict()},
-        inputs_hash=task.inputs_hash(),
-        n_inputs=len(task),
-    )
     return Effects(EffectTable(rows, provenance), ItemTable(items, provenance))

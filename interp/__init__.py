@@ -21,6 +21,7 @@ _EXPORTS = {
     "Encoding": "interp.encoding",
     "Head": "interp.heads",
     "HeadSet": "interp.heads",
+    "RowHeads": "interp.heads",
     "HeadGeometry": "interp.heads",
     "HeadScores": "interp.results",
     "TokenScores": "interp.results",

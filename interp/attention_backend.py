@@ -25,7 +25,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask, sdpa_mask
 
 from interp.errors import HookError, UnsupportedModelError
-from interp.explicit_attention import AttentionHook, explicit_attention
+from interp.explicit_attention import AttentionHook, explicit_attention, rows_edited
 
 __all__ = [
     "ATTENTION_IMPLEMENTATION",
@@ -143,7 +143,9 @@ def inline_attention(hf: nn.Module, attention: nn.Module) -> Iterator[None]:
                 padding = padding > torch.finfo(padding.dtype).min / 2
             visible = visible & padding
         out = explicit_attention(entry[0], hooks, query, key, value, visible, 1.0, True)  # type: ignore[index]
-        return out.transpose(1, 2), None
+        return with_base_rows(
+            hooks, entry[0], out.transpose(1, 2), lambda: own(query, key, value, attention_mask)[0]
+        ), None
 
     attention._attn = _attn
     try:
@@ -193,6 +195,9 @@ def _bloom_attention(attention: nn.Module) -> Iterator[None]:
         bias = attention.beta * alibi.view(batch, n_heads, 1, -1) + attention_mask
         layer = entry[0]  # type: ignore[index]
         scale = attention.inv_norm_factor
+        edited = rows_edited(hooks, layer)
+        if edited is not None and not bool(edited.all()):  # own() would update the cache
+            raise UnsupportedModelError("Per-row attention edits are not supported on BLOOM.")
         out = explicit_attention(layer, hooks, query, key, value, bias, scale, True)
         context = attention.dense(out.reshape(batch, n_queries, -1))
         return dropout_add(context, residual, attention.hidden_dropout, False), None
@@ -224,11 +229,15 @@ def _interp_attention(
     entry = ACTIVE.get(id(module))
     n_queries = query.shape[2]
     hooks = [h for h in entry[1] if h.wants(entry[0], n_queries)] if entry else []
-    if not hooks:
+
+    def own() -> tuple[Tensor, Tensor | None]:
         kernel = sdpa_attention_forward if base == "sdpa" else _eager_kernel(module)
         return kernel(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
+
+    if not hooks:
+        return own()
     unknown = [k for k, v in kwargs.items() if v is not None and k not in _IMPLIED | _IMPLEMENTED]
     if unknown:
         raise UnsupportedModelError(
@@ -256,7 +265,27 @@ def _interp_attention(
         softcap=kwargs.get("softcap"),
         sinks=kwargs.get("s_aux"),
     )
-    return out, None
+    return with_base_rows(hooks, layer, out, lambda: own()[0]), None
+
+
+def with_base_rows(
+    hooks: list[AttentionHook], layer: int, explicit: Tensor, base: Callable[[], Tensor]
+) -> Tensor:
+    """`explicit` in the batch rows some hook edits, the model's own kernel (`base`) elsewhere.
+
+    So a row that no hook edits in this layer computes exactly the plain forward's output,
+    whatever other rows of its batch edit (`interp.explicit_attention.RowsHook`).
+    """
+    edited = rows_edited(hooks, layer)
+    if edited is None or bool(edited.all()):
+        return explicit
+    if edited.shape[0] != explicit.shape[0]:
+        raise HookError(
+            f"A per-row attention edit lists {edited.shape[0]} rows; the batch has"
+            f" {explicit.shape[0]}."
+        )
+    chosen = edited.to(explicit.device).view(-1, *[1] * (explicit.ndim - 1))
+    return torch.where(chosen, explicit, base())
 
 
 def _register(base: str, name: str, mask: Callable[..., Any]) -> None:

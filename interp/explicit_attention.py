@@ -120,6 +120,31 @@ class AttentionHook(Protocol):
 
 
 @runtime_checkable
+class RowsHook(AttentionHook, Protocol):
+    """An attention hook that edits some batch rows of a layer only (per-row interventions).
+
+    The rows it does not edit, where no other hook edits them either, get the model's own
+    kernel's output (`rows_edited`), so each row computes exactly what it computes when run
+    with only its own edits.
+    """
+
+    def edited_rows(self, layer: int) -> Bool[Tensor, " batch"] | None:
+        """The batch rows this hook edits in `layer` (None: every row)."""
+        ...
+
+
+def rows_edited(hooks: list[AttentionHook], layer: int) -> Tensor | None:
+    """[batch] True where some hook edits the row in `layer`; None when every row is."""
+    edited = None
+    for hook in hooks:
+        rows = hook.edited_rows(layer) if isinstance(hook, RowsHook) else None
+        if rows is None:
+            return None
+        edited = rows if edited is None else edited | rows.to(edited.device)
+    return edited
+
+
+@runtime_checkable
 class PrepassHook(AttentionHook, Protocol):
     """An attention hook whose edit of any row depends on all rows of the layer (ACT's m_j).
 

@@ -3,12 +3,14 @@
 A head is a (layer, query head) pair, 0-based, labelled `L{l}H{h}`. With grouped-query
 attention (GQA) `g = n_heads // n_kv_heads` query heads share one key/value head, labelled
 `L{l}KV{k}`; editing a KV head touches its whole group, so the toolkit addresses query heads.
+`RowHeads` is one HeadSet per batch row, for interventions that act on other heads in
+each row of a batch.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -222,3 +224,78 @@ class HeadSet:
     def difference(self, other: Iterable[Head]) -> HeadSet:
         drop = set(other)
         return HeadSet(h for h in self._heads if h not in drop)
+
+
+class RowHeads:
+    """One HeadSet per batch row: the heads a per-row intervention acts on in each row.
+
+    `HeadScale`, `AttentionEdit` (and the edits built on it) and `ACT` accept it wherever
+    they accept a HeadSet; in batch row r they then act on `rows[r]` only, and compute
+    for that row exactly what the intervention on the HeadSet `rows[r]` computes for it
+    (tests/interp/test_row_heads.py). A batch of another size is refused. Rows may be
+    HeadSets or anything a HeadSet reads; an empty row leaves its batch row unchanged.
+    """
+
+    def __init__(self, rows: Iterable[HeadSet | Iterable[HeadLike] | HeadLike]) -> None:
+        if isinstance(rows, HeadSet | str | Head) or not isinstance(rows, Iterable):
+            raise InputError(
+                f"RowHeads takes one head set per batch row, got {rows!r}: give a list such"
+                " as [HeadSet('L1H0'), HeadSet()]."
+            )
+        self.rows: tuple[HeadSet, ...] = tuple(
+            row if isinstance(row, HeadSet) else HeadSet(row) for row in rows
+        )
+        if not self.rows:
+            raise InputError("RowHeads needs at least one row.")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[HeadSet]:
+        return iter(self.rows)
+
+    def __getitem__(self, row: int) -> HeadSet:
+        return self.rows[row]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RowHeads) and self.rows == other.rows
+
+    def __hash__(self) -> int:
+        return hash(self.rows)
+
+    def __repr__(self) -> str:
+        return f"RowHeads({list(self.rows)!r})"
+
+    @property
+    def labels(self) -> list[list[str]]:
+        """Each row's labels: the reproducible record of the sets."""
+        return [row.labels for row in self.rows]
+
+    @property
+    def all_heads(self) -> HeadSet:
+        """The union of the rows' sets: the heads some row acts on."""
+        return HeadSet(h for row in self.rows for h in row)
+
+    @property
+    def layers(self) -> list[int]:
+        return self.all_heads.layers
+
+    def index_by_layer(self) -> dict[int, torch.Tensor]:
+        """{layer: the heads some row acts on there}, as `HeadSet.index_by_layer`."""
+        return self.all_heads.index_by_layer()
+
+    def mask(self, geometry: HeadGeometry) -> torch.Tensor:
+        """Boolean [layer, row, head] tensor, True where the row's set holds the head."""
+        return torch.stack([row.mask(geometry) for row in self.rows], dim=1)
+
+    def select(self, rows: Sequence[int]) -> RowHeads:
+        """The sets of batch rows `rows`, in that order (a batch cut into slices)."""
+        return RowHeads(self.rows[row] for row in rows)
+
+
+Heads = HeadSet | RowHeads
+
+
+def as_heads(heads: Heads | Iterable[HeadLike] | HeadLike) -> Heads:
+    """RowHeads as they are, anything else read as one HeadSet for the whole batch."""
+    return heads if isinstance(heads, RowHeads) else HeadSet(heads)

@@ -36,7 +36,7 @@ from interp.config import Config, check_range
 from interp.effects import EffectsConfig, compare
 from interp.errors import InputError
 from interp.generation import GenerationConfig, generate
-from interp.heads import HeadSet
+from interp.heads import Heads, HeadSet
 from interp.hooks import AttentionRows
 from interp.interventions import AttentionEdit
 from interp.models import Model
@@ -69,8 +69,12 @@ class BlockKeys:
         hidden = later[None] & blocked.to(probs.device)[:, None]  # [batch, query, key]
         return probs.masked_fill(hidden[:, None], 0.0)
 
+    def select(self, rows: Sequence[int]) -> BlockKeys:
+        """The keys of batch rows `rows` (`AttentionEdit.select` cuts a per-row edit)."""
+        return BlockKeys(tuple(self.keys[row] for row in rows))
 
-def block_keys(heads: HeadSet, keys: Sequence[Sequence[int]]) -> AttentionEdit:
+
+def block_keys(heads: Heads, keys: Sequence[Sequence[int]]) -> AttentionEdit:
     """The AttentionEdit that blocks later tokens' attention to `keys[b]` in batch row b."""
     return AttentionEdit(
         heads, BlockKeys(tuple(tuple(sorted(int(k) for k in row)) for row in keys))

@@ -11,9 +11,12 @@ which puts a floor under the masked curve.
 
 Masking computes what the toolkit's interventions compute, per batch row: `masking="zero"`
 is `HeadScale(alpha=0)` (the head's output z is 0), `masking="uniform"` is
-`uniform_attention` (the paper's query zeroing: the head outputs the mean of V). Tests run
-in left-padded batches through `interp.generation`, one batch per condition, each row with
-its own heads (random draws differ per test), so the tables equal a batch-of-one run.
+`uniform_attention` (the paper's query zeroing: the head outputs the mean of V). Like with
+like: under "uniform" every condition, the unmasked K = 0 included, runs the explicit
+attention kernel in every layer, so no arm differs from another by kernel rounding (zeroing
+z needs no other kernel). Tests run in left-padded batches through `interp.generation`, one
+batch per condition, each row masking its own heads (`interp.heads.RowHeads`: random draws
+differ per test), so the tables equal a batch-of-one run.
 `positions="decode"` (default, as the reference code) masks the decode steps only, from
 the step that yields the first answer token; the prompts' KV cache is then the same for
 every condition, so it is built once per batch and each condition decodes from a copy.
@@ -34,21 +37,20 @@ puts them on one row per K, in percent.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import Tensor
 
 from interp.config import Config, check_range
 from interp.effects import EffectsConfig, Metric, compare
 from interp.errors import ConfigError, InputError
 from interp.generation import decode
-from interp.heads import Head, HeadSet
-from interp.hooks import AttentionRows, attention_hooks, head_output_hooks
+from interp.heads import Head, HeadSet, RowHeads
+from interp.interventions import HeadScale, uniform_attention
+from interp.interventions.base import applied_all
 from interp.models import Model
 from interp.prefill import PrefixTree, prefill
 from interp.results import Bundle, EffectTable, HeadScores, ItemTable, Provenance, hash_inputs
@@ -141,48 +143,18 @@ class AblationResult(Bundle):
         return {"ablation_curve": ablation_curve(self.curve.data, title)}
 
 
-def row_masks(
-    model: Model, heads: Sequence[HeadSet], config: AblationConfig
-) -> AbstractContextManager[None]:
+def masked(model: Model, heads: RowHeads, config: AblationConfig) -> AbstractContextManager[None]:
     """The context that masks `heads[row]` in each batch row (nothing where a set is empty).
 
-    Per row it computes exactly what `HeadScale(heads, alpha=0)` (`masking="zero"`) or
-    `uniform_attention(heads)` (`"uniform"`) computes for that row; for "uniform", only
-    among rows that mask the same layers (see `_kernel_groups`).
+    `masking="zero"` is `HeadScale(heads, alpha=0)`, exact per row for any rows. Under
+    `"uniform"` every condition, K = 0 included, runs the explicit kernel in every layer
+    (`uniform_attention` of all heads' `identity()` under the per-row edit), so all arms of
+    the curve share their kernels and differ by the masking alone (like with like).
     """
-    if not any(len(h) for h in heads):
-        return nullcontext()
-    geometry = model.geometry
-    selected = torch.stack([h.mask(geometry) for h in heads], dim=1)  # [layer, row, head]
-    layers = sorted({layer for h in heads for layer in h.layers})
     if config.masking == "zero":
-        # HeadScale's factors, one row each: z * 0 on masked heads, z * 1 (exact) elsewhere.
-        factors = torch.where(selected, 0.0, 1.0).to(model.device, model.hf.dtype)[..., None]
-
-        def zero(layer: int, z: Tensor) -> Tensor:
-            # [row, 1, head, 1] over [row, pos, head, d], on the layer's device
-            return z * factors[layer].to(z.device)[:, None]
-
-        return head_output_hooks(model.hf, zero, layers=layers)
-    return attention_hooks(model.hf, _UniformRows(selected.to(model.device), layers))
-
-
-class _UniformRows:
-    """Per-row `uniform_attention`: chosen (row, head) pairs attend uniformly to visible keys."""
-
-    def __init__(self, selected: Tensor, layers: list[int]) -> None:
-        self.selected = selected  # [layer, row, head] bool; rows x heads in the hook
-        self.layers = set(layers)
-
-    def wants(self, layer: int, n_queries: int) -> bool:
-        return layer in self.layers
-
-    def __call__(self, rows: AttentionRows) -> Tensor:
-        # AttentionEdit's arithmetic for uniform_rows: 1 on visible keys, renormalised.
-        uniform = rows.visible[:, None].float()
-        uniform = uniform / uniform.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-        chosen = self.selected[rows.layer].to(rows.probs.device)[:, :, None, None]
-        return torch.where(chosen, uniform, rows.probs)
+        return HeadScale(heads, alpha=0.0).applied(model)
+    everywhere = uniform_attention(model.geometry.all_heads()).identity()
+    return applied_all(model, everywhere, uniform_attention(heads))
 
 
 def conditions(scores: HeadScores, config: AblationConfig) -> list[Condition]:
@@ -225,20 +197,14 @@ def ablate_tests(
         shared = prefixes.prefill(prompts) if prefixes else prefill(model, prompts)
     rows: list[list[dict[str, object]]] = [[] for _ in tests]
     for condition, k, seed, top, pool in grid:
-        heads = [_heads(test, condition, k, seed, top, pool, config) for test in tests]
-        responses: dict[int, str] = {}
-        for group in _kernel_groups(heads, config):
-            masks = row_masks(model, [heads[i] for i in group], config)
+        heads = RowHeads(_heads(test, condition, k, seed, top, pool, config) for test in tests)
+        with masked(model, heads, config):
             if shared is None:  # positions="all": build the cache under the mask
-                with masks:
-                    out = decode(model, prefill(model, [prompts[i] for i in group]), generation)
+                out = decode(model, prefill(model, prompts), generation)
             else:
-                batch = shared.select(group)
-                with masks:
-                    out = decode(model, batch, generation)
-            responses.update((i, g.text) for i, g in zip(group, out, strict=True))
-        for index, test in enumerate(tests):
-            response = responses[index]
+                out = decode(model, shared.select(range(len(tests))), generation)
+        for index, (test, generated) in enumerate(zip(tests, out, strict=True)):
+            response = generated.text
             rows[index].append(
                 {
                     **test.key(),
@@ -272,21 +238,6 @@ def _heads(
     key = [seed, k] if config.random_draw == "per_seed" else [seed, k, *where]
     chosen = np.random.default_rng(key).choice(len(pool), size=k, replace=False)
     return HeadSet(pool[i] for i in chosen)
-
-
-def _kernel_groups(heads: Sequence[HeadSet], config: AblationConfig) -> list[list[int]]:
-    """Rows that can share a forward and still compute exactly as they would alone.
-
-    Zeroing z acts after attention, so any rows can. Uniform attention runs the explicit
-    kernel in the masked layers, so only rows masking the same layers share a forward
-    (another row's layer would move this row's unmasked layer off the fused kernel).
-    """
-    if config.masking == "zero":
-        return [list(range(len(heads)))]
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for index, chosen in enumerate(heads):
-        groups.setdefault(tuple(chosen.layers), []).append(index)
-    return list(groups.values())
 
 
 def ablation_provenance(

@@ -117,7 +117,7 @@ def circuit_overlap(
     if repair is not None and not chosen:
         raise InputError("--repair names no heads: give labels such as 'L12H3,L13H4'.")
     config = dataclasses.replace(config, repair=tuple(chosen))
-    run.folder()
+    folder = run.folder()  # the repair arms resume from its work log
     model = run.load_model()
-    with stage_bars("step") as progress:
-        run.write_result(overlap_and_repair(model, config, progress=progress))
+    with stage_bars("step", resumable=("repair",)) as progress:
+        run.write_result(overlap_and_repair(model, config, progress=progress, folder=folder))

@@ -26,7 +26,7 @@ one block; a prompt that fits one block is scored once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -37,7 +37,7 @@ from torch import Tensor
 
 from interp.config import Config, check_range
 from interp.errors import HookError
-from interp.heads import Head, HeadGeometry, HeadSet
+from interp.heads import Head, HeadGeometry, Heads, HeadSet, RowHeads, as_heads
 from interp.hooks import AttentionRows
 from interp.interventions.attention_edit import AttentionEdit
 from interp.models import Model
@@ -141,7 +141,8 @@ class ACT:
     """Attention calibration on `heads`, applied with `with ACT(heads).applied(model):`.
 
     Attributes:
-        heads: the searched heads (see `interp.interventions.act_search.search_heads`).
+        heads: the searched heads (see `interp.interventions.act_search.search_heads`), or
+            `RowHeads`: each batch row calibrates its own set.
         config: beta and the sink rule.
 
     Example:
@@ -154,15 +155,21 @@ class ACT:
         (1, 11, 259)
     """
 
-    heads: HeadSet
+    heads: Heads
     config: ActConfig = field(default_factory=ActConfig)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "heads", HeadSet(self.heads))
+        object.__setattr__(self, "heads", as_heads(self.heads))
 
     def to_dict(self) -> dict[str, Any]:
         """The reproducible record: heads and every ACT parameter."""
         return {"intervention": "ACT", "heads": self.heads.labels, **self.config.to_dict()}
+
+    def select(self, rows: Sequence[int]) -> ACT:
+        """The calibration of batch rows `rows` (itself unless `heads` is per row)."""
+        if not isinstance(self.heads, RowHeads):
+            return self
+        return ACT(self.heads.select(rows), self.config)
 
     def identity(self) -> ACT:
         """beta = 1: the same sink detection and row edit, which then change nothing."""

@@ -51,10 +51,11 @@ from torch import Tensor
 
 from interp.config import Config, check_range
 from interp.errors import InputError
-from interp.heads import Head, HeadSet
+from interp.heads import Head, HeadSet, RowHeads
 from interp.hooks import AttentionRows, attention_hooks, residual_hooks
-from interp.interventions.act import ActConfig, Calibrator, act_candidates, calibrate_rows
-from interp.interventions.attention_edit import AttentionEdit
+from interp.interventions.act import ACT, ActConfig, Calibrator, act_candidates
+from interp.interventions.attention_edit import AttentionEdit, unchanged_rows
+from interp.interventions.base import applied_all
 from interp.midway import decoder_from
 from interp.models import Model
 from interp.results import HeadScores, Provenance, csv_path, hash_inputs
@@ -337,13 +338,15 @@ def _batch_arms(
             _forward(model, mask, positions, 1, inputs_embeds=cache[layer])
         pairs = probe.found.nonzero().tolist()  # (batch row, position in `heads`)
         rows = torch.tensor(list(range(len(keys))) + [row for row, _ in pairs])
-        owner = torch.tensor([-1] * len(keys) + [slot for _, slot in pairs])
-        edit = AttentionEdit(
-            HeadSet(Head(layer, int(h)) for h in heads),
-            _RowCalibrator(act, owner),
-            renormalize=False,
-        )
-        with edit.applied(model), decoder_from(model.hf, layer):
+        # Every row through the explicit kernel (the identity arm: rows as computed), and
+        # each replica row calibrates its own head: ACT of that head alone, per row.
+        layer_heads = HeadSet(Head(layer, int(h)) for h in heads)
+        explicit = AttentionEdit(layer_heads, unchanged_rows, renormalize=False)
+        owners = [HeadSet()] * len(keys) + [HeadSet(Head(layer, int(heads[s]))) for _, s in pairs]
+        with (
+            applied_all(model, explicit, ACT(RowHeads(owners), act)),
+            decoder_from(model.hf, layer),
+        ):
             logits = _forward(
                 model, mask[rows], positions[rows], keep, inputs_embeds=cache[layer][rows]
             )
@@ -419,28 +422,3 @@ class _SinkProbe:
     def found(self) -> Tensor:
         """[batch, head] True where the head has a hidden sink in that row's prompt."""
         return self.calibrator.carried[self.layer].any(-1).cpu()
-
-
-class _RowCalibrator(Calibrator):
-    """ACT edit for batch-row replicas: row r calibrates only head `owner[r]` (-1: none).
-
-    `owner` indexes the edit's selected heads of the layer. Per (row, head) this is exactly
-    `ACT`'s edit of that head alone: the same two-pass sink detection and `calibrate_rows`.
-    """
-
-    def __init__(self, config: ActConfig, owner: Tensor) -> None:
-        super().__init__(config)
-        self.owner = owner
-
-    def __call__(self, rows: AttentionRows, index: Tensor) -> Tensor:
-        probs = rows.probs[:, index]  # a copy: [batch, selected head, query, key]
-        owner = self.owner.to(probs.device)
-        edited = (owner >= 0).nonzero().flatten()
-        if len(edited) == 0:
-            return probs
-        slots = owner[edited]
-        sinks = self._carried(rows.layer, probs.shape[0], rows.n_keys)[..., : probs.shape[-1]]
-        one = probs[edited, slots][:, None]  # [pair, 1, query, key]
-        calibrated = calibrate_rows(one, sinks[edited, slots][:, None], self.config.beta)
-        probs[edited, slots] = calibrated[:, 0]
-        return probs

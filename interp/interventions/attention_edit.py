@@ -12,18 +12,18 @@ for the selected layers only (see interp.hooks); other layers keep the fused ker
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-from interp.errors import ConfigError
-from interp.heads import HeadSet
+from interp.errors import ConfigError, HookError
+from interp.heads import Heads, RowHeads, as_heads
 from interp.hooks import AttentionRows, attention_hooks
-from interp.interventions.base import function_name
+from interp.interventions.base import PerRow, function_name
 from interp.models import Model
 
 # fn(rows, head_index) -> new probs [batch, len(head_index), query, key] for those heads,
@@ -54,19 +54,22 @@ class AttentionEdit:
     module-level function for a reproducible record (a lambda is recorded as `<lambda>`).
 
     Attributes:
-        heads: query heads to edit (per query head, never a shared KV head).
+        heads: query heads to edit (per query head, never a shared KV head); `RowHeads`
+            edits each batch row's own set: `fn` sees the union of the rows' heads in a
+            layer, each row keeps its unselected heads' rows, and a row with no head in a
+            layer gets the model's own kernel there (`interp.explicit_attention.RowsHook`).
         fn: the edit; receives all heads' rows and the selected heads' indices in this layer.
         phase: "all" (prefill and decode), "prefill" or "decode" forwards only.
         renormalize: rescale edited rows to sum to 1 over visible keys.
     """
 
-    heads: HeadSet
+    heads: Heads
     fn: EditFn
     phase: Phase = "all"
     renormalize: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "heads", HeadSet(self.heads))
+        object.__setattr__(self, "heads", as_heads(self.heads))
         if self.phase not in ("all", "prefill", "decode"):
             raise ConfigError(
                 f"AttentionEdit.phase must be all/prefill/decode, got {self.phase!r}."
@@ -86,17 +89,28 @@ class AttentionEdit:
         """The same heads, phase and renormalisation, with the rows left as they are."""
         return AttentionEdit(self.heads, unchanged_rows, self.phase, self.renormalize)
 
+    def select(self, rows: Sequence[int]) -> AttentionEdit:
+        """The edit of batch rows `rows`: per-row heads and a per-row `fn` (`PerRow`) cut."""
+        heads = self.heads.select(rows) if isinstance(self.heads, RowHeads) else self.heads
+        fn = self.fn.select(rows) if isinstance(self.fn, PerRow) else self.fn
+        return replace(self, heads=heads, fn=fn)  # type: ignore[arg-type]
+
     @contextmanager
     def applied(self, model: Model) -> Iterator[None]:
-        self.heads.mask(model.geometry)  # validates the heads
-        with attention_hooks(model.hf, _EditHook(self)):
+        selected = self.heads.mask(model.geometry)  # validates the heads
+        per_row = selected if isinstance(self.heads, RowHeads) else None
+        with attention_hooks(model.hf, _EditHook(self, per_row)):
             yield
 
 
 class _EditHook:
-    def __init__(self, edit: AttentionEdit) -> None:
+    def __init__(self, edit: AttentionEdit, per_row: Tensor | None) -> None:
         self.edit = edit
         self.by_layer = edit.heads.index_by_layer()
+        self.per_row = per_row  # [layer, row, head] for RowHeads, else None
+
+    def edited_rows(self, layer: int) -> Tensor | None:
+        return None if self.per_row is None else self.per_row[layer].any(-1)
 
     def wants(self, layer: int, n_queries: int) -> bool:
         phase = self.edit.phase
@@ -124,6 +138,14 @@ class _EditHook:
             new = new / new.sum(-1, keepdim=True).clamp_min(torch.finfo(new.dtype).tiny)
             if rows.mass is not None:  # a learned sink keeps its share of each row
                 new = new * rows.mass[:, index, :, None]
+        if self.per_row is not None:  # each row edits its own heads only
+            chosen = self.per_row[rows.layer].to(rows.probs.device)[:, index]
+            if chosen.shape[0] != new.shape[0]:
+                raise HookError(
+                    f"AttentionEdit has heads for {chosen.shape[0]} rows; the batch has"
+                    f" {new.shape[0]}."
+                )
+            new = torch.where(chosen[:, :, None, None], new, rows.probs[:, index])
         probs = rows.probs.clone()
         probs[:, index] = new
         return probs
@@ -140,7 +162,7 @@ def uniform_rows(rows: AttentionRows, index: Tensor) -> Tensor:
     return rows.visible[:, None].expand(shape).float()
 
 
-def uniform_attention(heads: HeadSet, phase: Phase = "all") -> AttentionEdit:
+def uniform_attention(heads: Heads, phase: Phase = "all") -> AttentionEdit:
     """Each selected head attends uniformly to its visible keys: it outputs mean(V), not 0.
 
     This is Wu et al.'s retrieval-head masking (their code zeroes the query, which gives

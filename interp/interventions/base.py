@@ -10,9 +10,9 @@ reproducible form recorded in provenance: plain JSON, functions by qualified nam
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -51,6 +51,19 @@ def function_name(fn: Callable[..., Any]) -> str:
     """`module:qualname` of a function (or a callable's class), never its memory address."""
     target = fn if hasattr(fn, "__qualname__") else type(fn)
     return f"{target.__module__}:{target.__qualname__}"
+
+
+@runtime_checkable
+class PerRow(Protocol):
+    """An intervention built for the rows of one batch (`interp.heads.RowHeads`, a repair's
+    positions): `select(rows)` is the intervention of those rows, to run them as a batch."""
+
+    def select(self, rows: Sequence[int]) -> Intervention: ...
+
+
+def for_rows(intervention: Intervention, rows: Sequence[int]) -> Intervention:
+    """The intervention of batch rows `rows`: its `select` if it is per row, else itself."""
+    return intervention.select(rows) if isinstance(intervention, PerRow) else intervention
 
 
 @contextmanager

@@ -18,8 +18,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp.errors import ConfigError
-from interp.heads import HeadGeometry, HeadSet
+from interp.errors import ConfigError, HookError
+from interp.heads import HeadGeometry, Heads, RowHeads, as_heads
 from interp.hooks import head_output_hooks
 from interp.interventions.base import tensor_digest
 from interp.models import Model
@@ -35,7 +35,7 @@ class HeadScale:
 
     Attributes:
         heads: query heads to act on: a HeadSet, labels ("L18H8", ["L18H8", "L3H1"]) or
-            (layer, head) pairs.
+            (layer, head) pairs; or `RowHeads`, one set per batch row.
         alpha: factor for mode "scale" (0 masks, 1 is bit-for-bit the identity).
         mode: "scale", or "mean" to replace z by `reference`.
         reference: [layer, head, d_head] mean z, required for mode "mean"
@@ -51,14 +51,14 @@ class HeadScale:
         (1, 8)
     """
 
-    heads: HeadSet
+    heads: Heads
     alpha: float = 0.0
     mode: Literal["scale", "mean"] = "scale"
     reference: Tensor | None = None
     _digest: dict[str, Any] | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "heads", HeadSet(self.heads))
+        object.__setattr__(self, "heads", as_heads(self.heads))
         if self.mode not in ("scale", "mean"):
             raise ConfigError(f"HeadScale.mode must be 'scale' or 'mean', got {self.mode!r}.")
         if self.mode == "mean" and self.reference is None:
@@ -85,6 +85,12 @@ class HeadScale:
         """alpha = 1 on the same heads: bit-for-bit the plain model (z is read, not changed)."""
         return HeadScale(self.heads, alpha=1.0)
 
+    def select(self, rows: Sequence[int]) -> HeadScale:
+        """The intervention of batch rows `rows` (itself unless `heads` is per row)."""
+        if not isinstance(self.heads, RowHeads):
+            return self
+        return HeadScale(self.heads.select(rows), self.alpha, self.mode, self.reference)
+
     def _key(self) -> tuple[object, ...]:
         d = self._digest
         reference = (d["sha256"], tuple(d["shape"]), d["dtype"]) if d else None
@@ -99,8 +105,14 @@ class HeadScale:
     @contextmanager
     def applied(self, model: Model) -> Iterator[None]:
         selected = self.heads.mask(model.geometry)  # validates the heads
+        rows = len(self.heads) if isinstance(self.heads, RowHeads) else None
+
+        def per_head(layer_values: Tensor) -> Tensor:
+            """[head] -> [head, 1], or per row [row, head] -> [row, 1, head, 1], over z."""
+            return layer_values[:, None] if rows is None else layer_values[:, None, :, None]
+
         if self.mode == "scale":
-            factors = torch.where(selected, self.alpha, 1.0)[..., None]  # [layer, head, 1]
+            factors = torch.where(selected, self.alpha, 1.0)  # [layer, (row,) head]
         else:
             _check_reference(self.reference, self.heads, model.geometry)  # type: ignore[arg-type]
         # Each layer's operands, moved once to the device and dtype of its z (under a
@@ -108,12 +120,14 @@ class HeadScale:
         operands: dict[int, tuple[Tensor, ...]] = {}
 
         def edit(layer: int, z: Float[Tensor, "batch pos head d_head"]) -> Tensor:
+            if rows is not None and z.shape[0] != rows:
+                raise HookError(f"HeadScale has heads for {rows} rows; the batch has {z.shape[0]}.")
             if layer not in operands:
                 if self.mode == "scale":
-                    operands[layer] = (factors[layer].to(z.device, z.dtype),)
+                    operands[layer] = (per_head(factors[layer]).to(z.device, z.dtype),)
                 else:
                     mean = self.reference[layer].to(z.device, z.dtype)  # type: ignore[index]
-                    operands[layer] = (selected[layer, :, None].to(z.device), mean)
+                    operands[layer] = (per_head(selected[layer]).to(z.device), mean)
             if self.mode == "scale":
                 return z * operands[layer][0]
             chosen, mean = operands[layer]
@@ -123,10 +137,9 @@ class HeadScale:
             yield
 
 
-def _check_reference(
-    reference: Tensor, heads: HeadSet, geometry: HeadGeometry | None = None
-) -> None:
+def _check_reference(reference: Tensor, heads: Heads, geometry: HeadGeometry | None = None) -> None:
     """Raise ConfigError unless `reference` is [layer, head, d_head] covering `heads`."""
+    heads = heads.all_heads if isinstance(heads, RowHeads) else heads
     shape = tuple(reference.shape)
     if geometry is not None:
         ok = shape == (geometry.n_layers, geometry.n_heads, geometry.d_head)

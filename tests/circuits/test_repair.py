@@ -20,6 +20,7 @@ from interp.errors import HookError, InputError
 from interp.heads import HeadSet
 from interp.hooks import attention_hooks
 from interp.interventions.attention_edit import AttentionEdit, unchanged_rows
+from interp.interventions.base import for_rows
 from interp.models import Model
 from tests.interp.helpers import Recorder
 from tests.tiny import tiny_llama
@@ -128,7 +129,7 @@ def test_repair_effects_pairs_identity_and_repair(tiny: Model) -> None:
     assert table.loc["logit_difference", "difference"] != 0.0
     assert {"ci_low", "ci_high"} <= set(table.columns)
     with pytest.raises(InputError, match="positions for 1 prompts"):
-        repair_effects(tiny, task, repair.rows(0, 1))
+        repair_effects(tiny, task, repair.select([0]))
 
 
 def test_bad_positions_are_one_line_errors(tiny: Model) -> None:
@@ -152,7 +153,8 @@ def test_repairs_are_values_with_a_record() -> None:
     record = a.to_dict()
     assert record["heads"] == ["L1H0", "L2H3"] and record["row"] == "final"
     assert len(record["positions"]["sha256"]) == 64
-    assert a.rows(1, 2).positions.tolist() == [[24, 35]]
+    assert a.select([1]).positions.tolist() == [[24, 35]]
+    assert for_rows(a, [1, 0]) == Repair(HEADS, POSITIONS[[1, 0]])
 
 
 def _stage_scores():

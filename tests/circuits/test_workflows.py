@@ -118,3 +118,27 @@ def test_identify_circuit_resumes_at_the_first_seed_a_stopped_run_lacks(
         assert_frame_equal(resumed.tables()[name].data, table.data, check_exact=True)
         assert run_identity(resumed.tables()[name].provenance) == run_identity(table.provenance)
     assert_frame_equal(resumed.curves, whole.curves, check_exact=True)
+
+
+def test_overlap_repairs_stopped_from_python_resume_to_one_run(words, tmp_path, monkeypatch):
+    import circuits.repair
+    from tests.stops import Stop, count_items
+
+    config = OverlapConfig(n=6, repair_n=6, repair=("L1H0", "L1H3"), n_boot=50, random_controls=1)
+
+    def stop_after_first_arm(step: str, done: int, total: int) -> None:
+        if step == "repair" and done == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        overlap_and_repair(words[1], config, progress=stop_after_first_arm, folder=tmp_path)
+    forwards = count_items(monkeypatch, circuits.repair, "last_logits")
+    resumed = overlap_and_repair(words[1], config, folder=tmp_path)
+    assert len(forwards) == 2  # the second arm's identity and repair; the first came logged
+    whole = overlap_and_repair(words[1], config)
+    assert len(forwards) == 6
+    for arm in ("chosen", "random_0"):
+        for name in ("table", "per_item"):
+            got, want = getattr(resumed.repairs[arm], name), getattr(whole.repairs[arm], name)
+            assert got.data.equals(want.data), (arm, name)
+    assert resumed.summary == whole.summary

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from contextlib import nullcontext
 
 import numpy as np
 import pandas as pd
@@ -15,9 +14,10 @@ import torch
 from interp.effects import EffectsConfig, compare
 from interp.errors import ConfigError, InputError
 from interp.generation import GenerationConfig, generate
-from interp.heads import HeadSet
+from interp.heads import HeadSet, RowHeads
 from interp.hooks import attention_hooks
 from interp.interventions import HeadScale, uniform_attention
+from interp.interventions.base import applied_all
 from interp.results import HeadScores, Provenance
 from probes import niah, retrieval
 from probes import retrieval_ablation as ablation
@@ -305,29 +305,34 @@ def test_ablation_conditions_and_shared_cache(tiny) -> None:
         assert getattr(again, name).data.equals(getattr(result, name).data), name
 
 
-def test_row_masks_equal_the_interventions_row_by_row(tiny) -> None:
+def test_masks_are_the_per_row_interventions_and_uniform_runs_every_layer_explicit(tiny) -> None:
     tests = niah.build_tests(tiny, [NEEDLE], HAYSTACK, [150], 1, 8) * 3
     batch = tiny.encode([tiny.tokenizer.decode(t.input_ids) for t in tests])
-    # Uniform attention is exact per row only among rows masking the same layers (the
-    # ablation batches them so); zeroing z is exact for any rows.
-    cases = {
-        "zero": (lambda h: HeadScale(h, alpha=0.0), ["L1H0,L2H3", "", "L0H1"]),
-        "uniform": (uniform_attention, ["L1H0,L2H3", "L1H1,L2H0", "L1H3,L2H3"]),
+    heads = RowHeads(["L1H0,L2H3", HeadSet(), "L0H1"])
+    everywhere = uniform_attention(tiny.geometry.all_heads()).identity()
+    cases = {  # each row alone: its own heads (the K = 0 identity of "uniform" included)
+        "zero": lambda h: HeadScale(h, alpha=0.0).applied(tiny),
+        "uniform": lambda h: applied_all(tiny, everywhere, uniform_attention(h)),
     }
     with torch.no_grad():
         plain = tiny.hf(**batch).logits[:, -1]
-        for masking, (intervention, labels) in cases.items():
-            heads = [HeadSet(label.split(",") if label else []) for label in labels]
+        for masking, alone_under in cases.items():
             config = ablation.AblationConfig(masking=masking, positions="all")
-            with ablation.row_masks(tiny, heads, config):
+            with ablation.masked(tiny, heads, config):
                 edited = tiny.hf(**batch).logits[:, -1]
             assert (edited[0] - plain[0]).abs().max() > 1e-4
             for row, chosen in enumerate(heads):
-                with intervention(chosen).applied(tiny) if len(chosen) else nullcontext():
+                with alone_under(chosen):
                     alone = tiny.hf(**batch).logits[row, -1]
                 assert torch.equal(edited[row], alone), (masking, row)
-        with ablation.row_masks(tiny, [HeadSet()] * 3, ablation.AblationConfig()):
+        with ablation.masked(tiny, RowHeads([HeadSet()] * 3), ablation.AblationConfig()):
             assert torch.equal(tiny.hf(**batch).logits[:, -1], plain)
+        uniform = ablation.AblationConfig(masking="uniform")
+        with ablation.masked(tiny, RowHeads([HeadSet()] * 3), uniform):
+            baseline = tiny.hf(**batch).logits[:, -1]
+        with everywhere.applied(tiny):  # K = 0 under "uniform": the explicit identity
+            assert torch.equal(baseline, tiny.hf(**batch).logits[:, -1])
+        assert not torch.equal(baseline, plain)  # not SDPA's rounding
 
 
 # Responses of the batch-1 decode loop from before the generation driver (sha256 prefix).
