@@ -32,11 +32,11 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from interp.effect_provenance import arms_provenance, image_digests
 from interp.effects import (
     Effects,
     EffectsConfig,
     Score,
-    image_digests,
     measure_arms,
     setting_major,
 )
@@ -45,7 +45,7 @@ from interp.generation import GenerationConfig, generate
 from interp.interventions.base import Intervention
 from interp.models import Model
 from interp.prompts import read_jsonl, read_text
-from interp.results import EffectTable, ItemTable, Provenance, hash_inputs
+from interp.results import EffectTable, ItemTable
 from interp.work import Item, WorkFolder, open_log
 
 ANALYZER = "captions"
@@ -233,21 +233,13 @@ def caption_effects(
     config = config or EffectsConfig()
     if not tasks:
         raise InputError("caption_effects needs at least one caption task.")
-    arms = list(intervention) if isinstance(intervention, list | tuple) else [intervention]
-    provenance = Provenance(
-        **model.provenance_fields(),
-        analyzer=ANALYZER,
-        config={
-            **config.to_dict(),
-            "intervention": arms[0].to_dict() if len(arms) == 1 else [a.to_dict() for a in arms],
-        },
-        inputs_hash=hash_inputs(
-            [
-                [t.name, t.vocabulary, t.items, image_digests(i.image for i in t.items)]
-                for t in tasks
-            ]
-        ),
-        n_inputs=sum(len(t.items) for t in tasks),
+    arms, provenance = arms_provenance(
+        model,
+        ANALYZER,
+        intervention,
+        config.to_dict(),
+        [[t.name, t.vocabulary, t.items, image_digests(i.image for i in t.items)] for t in tasks],
+        sum(len(t.items) for t in tasks),
     )
     log = open_log(folder, provenance)
     summaries, items = [], []

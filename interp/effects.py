@@ -34,9 +34,8 @@ identity and intervention in a sweep), plus n_boot resamples per interval.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import numpy as np
@@ -44,10 +43,11 @@ import pandas as pd
 from scipy import stats
 
 from interp.config import Config, check_range
+from interp.effect_provenance import arms_provenance, image_digests
 from interp.errors import InputError
 from interp.interventions.base import Intervention
 from interp.models import Model
-from interp.results import Bundle, EffectTable, ItemTable, Provenance, hash_inputs, sha256_file
+from interp.results import Bundle, EffectTable, ItemTable, hash_inputs
 from interp.tasks import Item as TaskItem
 from interp.tasks import Task, choice_accuracy, evaluate, image_paths
 from interp.work import Item, Row, Work, WorkFolder, open_log
@@ -364,19 +364,13 @@ def measure(
     config = config or EffectsConfig()
     if not tasks:
         raise InputError("measure needs at least one task.")
-    arms = list(intervention) if isinstance(intervention, list | tuple) else [intervention]
-    provenance = Provenance(
-        **model.provenance_fields(),
-        analyzer=ANALYZER,
-        config={
-            **config.to_dict(),
-            "metric": metric.__name__,
-            "intervention": arms[0].to_dict() if len(arms) == 1 else [a.to_dict() for a in arms],
-        },
-        inputs_hash=hash_inputs(
-            [[t.name, t.prefix, t.items, image_digests(image_paths(t))] for t in tasks]
-        ),
-        n_inputs=sum(len(t.items) for t in tasks),
+    arms, provenance = arms_provenance(
+        model,
+        ANALYZER,
+        intervention,
+        {**config.to_dict(), "metric": metric.__name__},
+        [[t.name, t.prefix, t.items, image_digests(image_paths(t))] for t in tasks],
+        sum(len(t.items) for t in tasks),
     )
     log = open_log(folder, provenance)
     parts = []
@@ -443,8 +437,3 @@ def combine_effects(parts: Sequence[Effects]) -> Effects:
         EffectTable(setting_major([part.table.data for part in parts]), provenance),
         ItemTable(setting_major([part.per_item.data for part in parts]), provenance),
     )
-
-
-def image_digests(paths: Iterable[str]) -> dict[str, str]:
-    """SHA-256 of each image file a task's items name, so provenance follows the pixels."""
-    return {path: sha256_file(Path(path)) for path in sorted(set(paths))}

@@ -196,9 +196,6 @@ def head_output_hooks(
     `fn` returns a replacement z or None. z is the input of the output projection, so
     scaling it scales exactly the head's contribution (the bias is added after the sum).
     """
-    layout = layout_of(hf)
-    modules = decoder_layers(hf)
-    wanted = range(len(modules)) if layers is None else layers
     n_heads = geometry_of(hf).n_heads
 
     def pre_hook(layer: int) -> Callable[..., Any]:
@@ -211,10 +208,17 @@ def head_output_hooks(
         return hook
 
     with ExitStack() as stack:
-        for layer in wanted:
-            proj = _get(_get(modules[layer], layout.attention), layout.out_proj)
+        for layer, proj in _output_projections(hf, layers):
             stack.callback(proj.register_forward_pre_hook(pre_hook(layer)).remove)
         yield
+
+
+def _output_projections(hf: nn.Module, layers: list[int] | None) -> list[tuple[int, nn.Module]]:
+    """(layer, attention output projection) of each wanted layer (all when None)."""
+    layout = layout_of(hf)
+    modules = decoder_layers(hf)
+    wanted = range(len(modules)) if layers is None else layers
+    return [(i, _get(_get(modules[i], layout.attention), layout.out_proj)) for i in wanted]
 
 
 @contextmanager
@@ -321,9 +325,6 @@ def head_result_hooks(
     leaves the output untouched (the projection's own product, not the sum, so a read is
     exact). Memory: one [batch, pos, head, d_model] tensor per hooked layer and forward.
     """
-    layout = layout_of(hf)
-    modules = decoder_layers(hf)
-    wanted = range(len(modules)) if layers is None else layers
     geometry = geometry_of(hf)
     shape = (geometry.n_heads, geometry.d_head, geometry.d_model)
 
@@ -344,8 +345,7 @@ def head_result_hooks(
         return hook
 
     with ExitStack() as stack:
-        for layer in wanted:
-            proj = _get(_get(modules[layer], layout.attention), layout.out_proj)
+        for layer, proj in _output_projections(hf, layers):
             stack.callback(proj.register_forward_hook(forward_hook(layer)).remove)
         yield
 
