@@ -22,11 +22,12 @@ and the interval reported is the point [value, value]; the `constant` flag names
 
 `measure_arms` is the one measurement every paired effect goes through: items (through the
 work driver `interp.work`, resumable), the identity arm and one or more intervention arms
-(a sweep), one evaluation callable per batch; it returns one per-item and one summary
-layout. Like with like: the baseline arm runs `intervention.identity()`, the same hooks and
-attention kernels changing nothing, so float rounding between a fused and an explicit
-kernel never shows as an effect, and an identity intervention gives exactly zero on every
-item. `measure(model, tasks, intervention)` is it for multiple-choice tasks, with or
+(a sweep; an arm may be built per batch, `interp.interventions.base.PerItem`, when its
+heads differ per item), one evaluation callable per batch; it returns one per-item and
+one summary layout. Like with like: the baseline arm runs `intervention.identity()`, the
+same hooks and attention kernels changing nothing, so float rounding between a fused and
+an explicit kernel never shows as an effect, and an identity intervention gives exactly
+zero on every item. `measure(model, tasks, intervention)` is it for multiple-choice tasks, with or
 without images (`interp.tasks`): `Effects`, the table and `per_item`, every item's answer,
 predictions and both scores. Cost: two task evaluations per task (one per distinct
 identity and intervention in a sweep), plus n_boot resamples per interval.
@@ -45,7 +46,7 @@ from scipy import stats
 from interp.config import Config, check_range
 from interp.effect_provenance import arms_provenance, image_digests
 from interp.errors import InputError
-from interp.interventions.base import Intervention
+from interp.interventions.base import Arm, Intervention, for_items
 from interp.models import Model
 from interp.results import Bundle, EffectTable, ItemTable, hash_inputs
 from interp.tasks import Item as TaskItem
@@ -243,13 +244,15 @@ class Arms:
 
 def measure_arms(
     items: Sequence[Item[T]],
-    interventions: Sequence[Intervention],
+    interventions: Sequence[Arm],
     evaluate: Evaluate[T],
     scores: Sequence[Score],
     config: EffectsConfig,
     *,
     values: Sequence[object] | None = None,
     batch_size: int | None = None,
+    similar: float | None = None,
+    prepare: Callable[[list[T]], None] | None = None,
     folder: WorkFolder | None = None,
     identity: Mapping[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -258,12 +261,15 @@ def measure_arms(
 
     Args:
         items: work items (`interp.work.Item`: stable key, value for `evaluate`, length).
-        interventions: the intervened arms (one, or one per swept value).
-        evaluate: (batch values, arm) -> one field mapping per value.
-        scores: the fields compared between arms.
+        interventions: the intervened arms (one, or one per swept value); an arm built per
+            batch (`interp.interventions.base.PerItem`) is evaluated as `for_items(batch)`.
+        evaluate: (batch values, the arm's intervention) -> one field mapping per value.
+        scores: the fields compared between arms (none: the caller pairs the arms itself).
         config: bootstrap settings.
         values: each intervention's swept value (the `parameter` column).
-        batch_size: items per `evaluate` call (default `config.batch_size`).
+        batch_size: items per `evaluate` call (default `config.batch_size`); `similar`: the
+            length ratio a batch may span (`interp.work.batches`).
+        prepare: called once with the values of the batches still to run, before them.
         folder: record finished batches there, to resume; `identity` names the run.
         progress: progress(done, total) items, before the work and after each batch.
 
@@ -274,23 +280,25 @@ def measure_arms(
         raise InputError("measure_arms needs at least one item and one intervention.")
     if values is not None and len(values) != len(interventions):
         raise InputError(f"{len(values)} swept values for {len(interventions)} interventions.")
-    baselines: list[Intervention] = []
+    baselines: list[Arm] = []
     for intervention in interventions:
         if intervention.identity() not in baselines:
             baselines.append(intervention.identity())
 
     def process(batch: list[T]) -> list[list[dict[str, Any]]]:
-        base = [list(evaluate(batch, arm)) for arm in baselines]
+        base = [list(evaluate(batch, for_items(arm, batch))) for arm in baselines]
         rows: list[list[dict[str, Any]]] = [[] for _ in batch]
         for intervention in interventions:
             before = base[baselines.index(intervention.identity())]
-            after = evaluate(batch, intervention)
+            after = evaluate(batch, for_items(intervention, batch))
             for out, b, a in zip(rows, before, after, strict=True):
                 out.append({"baseline": dict(b), "intervened": dict(a)})
         return rows
 
     log = open_log(folder, dict(identity or {}))
-    work = Work(list(items), log, batch_size or config.batch_size)
+    work = Work(list(items), log, batch_size or config.batch_size, similar)
+    if prepare is not None:
+        prepare(work.todo)
     per_item = work.run(process, progress)
     return _tables(per_item, scores, config, values)
 

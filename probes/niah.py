@@ -41,7 +41,7 @@ REFERENCE_QUESTION_ROOM = 200  # Wu et al.'s code: haystack + needle to length -
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+")
 _WORD = re.compile(r"\w+")
 # Prompts batched together are at most this many times as long as the batch's shortest.
-_SIMILAR = 1.1
+SIMILAR = 1.1
 
 
 @dataclass(frozen=True)
@@ -354,21 +354,23 @@ def run_tests(
 ) -> list[list[Row]]:
     """Each test's rows from `process(batch, tree)`, through the work driver (`interp.work`).
 
-    Tests of similar prompt length share a batch (at most `_SIMILAR` times as long as the
+    Tests of similar prompt length share a batch (at most `SIMILAR` times as long as the
     batch's shortest, so padding wastes at most that share of a prefill, and the grid's
     lengths fall into separate batches); with `log`, batches it holds are skipped and each
     finished batch is recorded. With `share_prefix`, `tree` is one prefix tree over the
     tests still to run (`shared_prefixes`), so the context they share is prefilled once.
     """
-    items = [Item(_work_key(t), t, len(t.input_ids)) for t in tests]
-    work = Work(items, log, batch_size, similar=_SIMILAR)
+    work = Work(needle_items(tests), log, batch_size, similar=SIMILAR)
     todo = work.todo
     tree = shared_prefixes(model, todo) if share_prefix and todo else None
     return work.run(lambda batch: process(batch, tree), progress)
 
 
-def _work_key(test: NeedleTest) -> str:
-    return "/".join(str(value) for value in test.key().values())
+def needle_items(tests: Sequence[NeedleTest]) -> list[Item[NeedleTest]]:
+    """The tests as work items: keyed by needle, length and depth, batched by prompt length."""
+    return [
+        Item("/".join(str(value) for value in t.key().values()), t, len(t.input_ids)) for t in tests
+    ]
 
 
 @functools.cache

@@ -14,9 +14,10 @@ is `HeadScale(alpha=0)` (the head's output z is 0), `masking="uniform"` is
 `uniform_attention` (the paper's query zeroing: the head outputs the mean of V). Like with
 like: under "uniform" every condition, the unmasked K = 0 included, runs the explicit
 attention kernel in every layer, so no arm differs from another by kernel rounding (zeroing
-z needs no other kernel). Tests run in left-padded batches through `interp.generation`, one
-batch per condition, each row masking its own heads (`interp.heads.RowHeads`: random draws
-differ per test), so the tables equal a batch-of-one run.
+z needs no other kernel). Tests run through `interp.effects.measure_arms` in left-padded
+batches (`interp.generation`), one batch per condition, each row masking its own heads
+(a `probes.retrieval_masks.Condition` is the `Mask` of each batch's tests: random draws
+differ per test), so the tables equal a batch-of-one run; K = 0 is every arm's identity.
 `positions="decode"` (default, as the reference code) masks the decode steps only, from
 the step that yields the first answer token; the prompts' KV cache is then the same for
 every condition, so it is built once per batch and each condition decodes from a copy.
@@ -41,21 +42,21 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import pandas as pd
 
 from interp.config import Config, check_range
-from interp.effects import EffectsConfig, Metric, compare
+from interp.effects import EffectsConfig, Metric, compare, measure_arms
 from interp.errors import ConfigError, InputError
 from interp.generation import decode
-from interp.heads import Head, HeadSet, RowHeads
-from interp.interventions import HeadScale, uniform_attention
-from interp.interventions.base import applied_all
+from interp.heads import HeadSet, RowHeads
+from interp.interventions.base import Intervention
 from interp.models import Model
-from interp.prefill import PrefixTree, prefill
+from interp.prefill import Prefilled, PrefixTree, prefill
 from interp.results import Bundle, EffectTable, HeadScores, ItemTable, Provenance, hash_inputs
-from interp.work import WorkFolder, open_log
+from interp.runs import WorkLog
+from interp.work import Row, WorkFolder, open_log
 from probes.niah import (
+    SIMILAR,
     Answers,
     NeedleTest,
     NiahInputs,
@@ -63,15 +64,17 @@ from probes.niah import (
     answer_match_scores,
     batch_size_for,
     decoding,
+    needle_items,
     rouge1_recall,
     rouge1_recall_scores,
-    run_tests,
+    shared_prefixes,
 )
+from probes.retrieval_masks import Condition, Mask
 
 ANALYZER = "retrieval-ablation"
 METRICS: dict[str, Metric[Answers]] = {"match": answer_match_scores, "rouge1": rouge1_recall_scores}
 KEY = ["needle", "length", "depth"]
-Condition = tuple[str, int, int, HeadSet, list[Head]]
+RESPONSE = ("response", "recall", "match")  # what a test's decode under one condition gives
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,21 +147,12 @@ class AblationResult(Bundle):
 
 
 def masked(model: Model, heads: RowHeads, config: AblationConfig) -> AbstractContextManager[None]:
-    """The context that masks `heads[row]` in each batch row (nothing where a set is empty).
-
-    `masking="zero"` is `HeadScale(heads, alpha=0)`, exact per row for any rows. Under
-    `"uniform"` every condition, K = 0 included, runs the explicit kernel in every layer
-    (`uniform_attention` of all heads' `identity()` under the per-row edit), so all arms of
-    the curve share their kernels and differ by the masking alone (like with like).
-    """
-    if config.masking == "zero":
-        return HeadScale(heads, alpha=0.0).applied(model)
-    everywhere = uniform_attention(model.geometry.all_heads()).identity()
-    return applied_all(model, everywhere, uniform_attention(heads))
+    """The context that masks `heads[row]` in each batch row (nothing where a set is empty)."""
+    return Mask(heads, config.masking).applied(model)
 
 
 def conditions(scores: HeadScores, config: AblationConfig) -> list[Condition]:
-    """(condition, k, seed, top-k heads, random pool) for every curve point; K = 0 always."""
+    """Every curve point, K = 0 (the unmasked baseline) first and always."""
     ranked = scores.ranked()
     retrieval = set(scores.above(config.threshold))
     out: list[Condition] = []
@@ -166,13 +160,16 @@ def conditions(scores: HeadScores, config: AblationConfig) -> list[Condition]:
         if k > len(ranked):
             raise InputError(f"Cannot mask {k} heads: the model has {len(ranked)}.")
         top = HeadSet(ranked[:k])
-        out.append(("top", k, 0, top, []))
+        out.append(Condition("top", k, 0, top, (), config.masking, config.random_draw))
         if k == 0:
             continue
-        pool = [h for h in ranked[k:] if h not in retrieval]
+        pool = tuple(h for h in ranked[k:] if h not in retrieval)
         if len(pool) < k:
             raise InputError(f"Only {len(pool)} non-retrieval heads to draw {k} random ones.")
-        out.extend(("random", k, seed, top, pool) for seed in range(config.n_seeds))
+        out.extend(
+            Condition("random", k, seed, top, pool, config.masking, config.random_draw)
+            for seed in range(config.n_seeds)
+        )
     return out
 
 
@@ -181,63 +178,85 @@ def ablate_tests(
     tests: Sequence[NeedleTest],
     grid: Sequence[Condition],
     config: AblationConfig,
-    prefixes: PrefixTree | None = None,
-) -> list[list[dict[str, object]]]:
-    """Each test's rows: its greedy response under every condition of `grid`.
+    batch_size: int,
+    *,
+    share_prefix: bool = True,
+    log: WorkLog | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Row]:
+    """Every test's rows, test by test: its greedy response under each condition of `grid`.
 
-    The tests run as one left-padded batch per condition, each row masked with its own
-    heads (random draws differ per test). With `positions="decode"` the unmasked prompt
-    cache is built once (from `prefixes`, a tree holding the tests' prompts, if given) and
-    every condition decodes from a copy of it.
+    Through `interp.effects.measure_arms`, K = 0 (`grid[0]`) being every condition's
+    identity arm. Tests of similar prompt length run as one left-padded batch per condition,
+    each row masked with its own heads (random draws differ per test); with `log`, batches
+    it holds are skipped. With `positions="decode"` a batch's unmasked prompt cache is built
+    once (with `share_prefix`, from one prefix tree over the tests to run) and every
+    condition decodes from a copy of it.
     """
-    generation = decoding(config.max_new_tokens)
-    prompts = [t.input_ids for t in tests]
-    shared = None
-    if config.positions == "decode":
-        shared = prefixes.prefill(prompts) if prefixes else prefill(model, prompts)
-    rows: list[list[dict[str, object]]] = [[] for _ in tests]
-    for condition, k, seed, top, pool in grid:
-        heads = RowHeads(_heads(test, condition, k, seed, top, pool, config) for test in tests)
-        with masked(model, heads, config):
-            if shared is None:  # positions="all": build the cache under the mask
-                out = decode(model, prefill(model, prompts), generation)
-            else:
-                out = decode(model, shared.select(range(len(tests))), generation)
-        for index, (test, generated) in enumerate(zip(tests, out, strict=True)):
-            response = generated.text
-            rows[index].append(
-                {
-                    **test.key(),
-                    "answer": test.answer,
-                    "condition": "none" if k == 0 else condition,
-                    "k": k,
-                    "seed": seed,
-                    "heads": ",".join(heads[index].labels),
-                    "response": response,
-                    "recall": rouge1_recall(test.answer, response),
-                    "match": answer_match(test.answer, response),
-                }
-            )
+    tree: list[PrefixTree | None] = [None]
+    cache: dict[tuple[object, ...], Prefilled] = {}  # the running batch's unmasked prefill
+
+    def prepare(todo: list[NeedleTest]) -> None:
+        tree[0] = shared_prefixes(model, todo) if share_prefix and todo else None
+
+    def respond(batch: list[NeedleTest], mask: Intervention) -> list[Row]:
+        if config.positions == "all":
+            return masked_responses(model, batch, mask, config, None)
+        key = tuple(tuple(t.key().values()) for t in batch)
+        if key not in cache:  # the batch's first arm
+            prompts = [t.input_ids for t in batch]
+            cache.clear()
+            cache[key] = tree[0].prefill(prompts) if tree[0] else prefill(model, prompts)
+        return masked_responses(model, batch, mask, config, cache[key])
+
+    measured = measure_arms(
+        needle_items(tests),
+        grid[1:] or grid[:1],  # K = 0 alone: its own identity
+        respond,
+        (),  # paired by `summarize`: random K is each test's mean over seeds
+        EffectsConfig(),
+        batch_size=batch_size,
+        similar=SIMILAR,
+        prepare=prepare,
+        folder=log,
+        progress=progress,
+    )
+    arms = measured.per_item.to_dict("records")  # setting-major: grid[1:] in order
+    rows = []
+    for index, test in enumerate(tests):
+        for setting, condition in enumerate(grid):
+            arm = "intervened" if setting else "baseline"
+            measured_row = arms[max(setting - 1, 0) * len(tests) + index]
+            rows.append(condition.row(test) | {f: measured_row[f"{arm}_{f}"] for f in RESPONSE})
     return rows
 
 
-def _heads(
-    test: NeedleTest,
-    condition: str,
-    k: int,
-    seed: int,
-    top: HeadSet,
-    pool: list[Head],
+def masked_responses(
+    model: Model,
+    tests: Sequence[NeedleTest],
+    mask: Intervention,
     config: AblationConfig,
-) -> HeadSet:
-    """The heads one test masks under one condition."""
-    if condition != "random":
-        return top
-    # Seeded by (seed, k[, test]), so runs are reproducible and their tables merge.
-    where = [test.needle_index, test.length, round(test.depth * 1e4)]
-    key = [seed, k] if config.random_draw == "per_seed" else [seed, k, *where]
-    chosen = np.random.default_rng(key).choice(len(pool), size=k, replace=False)
-    return HeadSet(pool[i] for i in chosen)
+    prompts: Prefilled | None,
+) -> list[Row]:
+    """Each test's greedy response under `mask` (one batch), its ROUGE-1 recall and match.
+
+    Decoded from a copy of `prompts`, the tests' unmasked prompt cache; None: the prompts
+    are prefilled under the mask (`positions="all"`).
+    """
+    with mask.applied(model):
+        if prompts is None:
+            prefilled = prefill(model, [t.input_ids for t in tests])
+        else:
+            prefilled = prompts.select(range(len(tests)))
+        out = decode(model, prefilled, decoding(config.max_new_tokens))
+    return [
+        {
+            "response": g.text,
+            "recall": rouge1_recall(t.answer, g.text),
+            "match": answer_match(t.answer, g.text),
+        }
+        for t, g in zip(tests, out, strict=True)
+    ]
 
 
 def ablation_provenance(
@@ -303,16 +322,10 @@ def run_ablation(
     size = batch_size_for(model, tests, config.max_new_tokens, share)
     size = size if batch_size is None else batch_size
     provenance = ablation_provenance(model, tests, scores, config, effects)
-    per_test = run_tests(
-        model,
-        tests,
-        lambda batch, tree: ablate_tests(model, batch, grid, config, tree),
-        size,
-        share_prefix=share,
-        log=open_log(folder, provenance),
-        progress=progress,
+    log = open_log(folder, provenance)
+    rows = ablate_tests(
+        model, tests, grid, config, size, share_prefix=share, log=log, progress=progress
     )
-    rows = [row for rows in per_test for row in rows]
     return summarize(pd.DataFrame(rows), config, provenance, effects)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import torch
 
@@ -64,6 +64,26 @@ class PerRow(Protocol):
 def for_rows(intervention: Intervention, rows: Sequence[int]) -> Intervention:
     """The intervention of batch rows `rows`: its `select` if it is per row, else itself."""
     return intervention.select(rows) if isinstance(intervention, PerRow) else intervention
+
+
+@runtime_checkable
+class PerItem(Protocol):
+    """An effects arm whose intervention depends on the work items it runs on (heads drawn
+    per item): `for_items(values)` is the intervention of one batch of them, `identity()` the
+    arm it is measured against; arms compare equal and hash as values."""
+
+    def for_items(self, values: Sequence[Any]) -> Intervention: ...
+
+    def identity(self) -> Any: ...
+
+
+# What `interp.effects.measure_arms` sweeps: an intervention, or an arm built per batch.
+Arm: TypeAlias = Intervention | PerItem
+
+
+def for_items(arm: Arm, values: Sequence[Any]) -> Intervention:
+    """The intervention of `arm` on a batch of items: its `for_items`, or the arm itself."""
+    return arm.for_items(values) if isinstance(arm, PerItem) else arm
 
 
 @contextmanager

@@ -169,6 +169,45 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
     assert resumed_evaluate.calls[0][0] == [4.0, 5.0]
 
 
+@dataclass(frozen=True)
+class Lift:
+    """An arm built per batch (`PerItem`): the batch's Shift is `scale` x its largest value."""
+
+    scale: float
+
+    def for_items(self, values: list[float]) -> Shift:
+        return Shift(self.scale * max(values))
+
+    def identity(self) -> Lift:
+        return Lift(0.0)
+
+
+def test_an_arm_built_per_batch_runs_as_that_batchs_intervention():
+    evaluate, prepared = Counted(), []
+    arms = measure_arms(
+        numbers(6), [Lift(1.0), Lift(2.0)], evaluate, [Score("score")], CONFIG,
+        prepare=prepared.append,
+    )  # fmt: skip
+    values = np.arange(6.0)
+    batch_max = values + (values % 2 == 0)  # batches of 2: [0, 1] -> 1, [2, 3] -> 3, ...
+    expected = np.concatenate([values + batch_max, values + 2 * batch_max])
+    assert arms.per_item.intervened_score.tolist() == expected.tolist()
+    assert arms.per_item.baseline_score.tolist() == values.tolist() * 2
+    assert prepared == [values.tolist()]  # once, with every item still to run
+    # Both arms share the identity Lift(0.0): it runs once per batch, as Shift(0.0).
+    assert [amount for _, amount in evaluate.calls] == [
+        0.0,
+        1.0,
+        2.0,
+        0.0,
+        3.0,
+        6.0,
+        0.0,
+        5.0,
+        10.0,
+    ]
+
+
 def test_no_items_or_mismatched_values_are_refused():
     with pytest.raises(InputError, match="at least one item"):
         measure_arms([], [Shift(1.0)], Counted(), [Score("score")], CONFIG)

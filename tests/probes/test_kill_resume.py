@@ -160,9 +160,9 @@ def test_ablation_stopped_from_python_resumes_to_one_run(tiny, tmp_path, monkeyp
     with pytest.raises(Stop):
         run(batch_size=3, progress=stop_after(4), folder=tmp_path)
     assert logged(tmp_path) == 4  # batches of 3 and 1: the prompt lengths differ by > 10%
-    sizes = count_items(monkeypatch, ablation, "ablate_tests")
+    sizes = count_items(monkeypatch, ablation, "masked_responses")
     resumed = run(batch_size=3, folder=tmp_path)
-    assert sizes == [3, 1]
+    assert sizes == [3] * 4 + [1] * 4  # the unlogged batches, under K = 0, top-2, 2 random
     for name in ("tests", "curve", "effects", "summary"):
         assert_frame_equal(getattr(resumed, name).data, getattr(once, name).data, check_exact=True)
     with pytest.raises(InputError, match="another config"):
