@@ -217,7 +217,7 @@ def test_act_end_to_end_on_the_default_model(default_model: Model) -> None:
     # Search one layer's heads: gains are taken against the identity arm (same kernel), so
     # ACT with beta = 1 gains exactly 0 on every head; real ACT moves the metric far more.
     calibration = [load_task("continents", "calibration").subsample(4)]
-    candidates = HeadSet(f"L12H{h}" for h in range(9))
+    candidates = HeadSet(f"L12H{h}" for h in range(4))
     config = SearchConfig(metric="log_prob")
     search = search_heads(default_model, calibration, ActConfig(), config, candidates)
     identity = search_heads(default_model, calibration, ActConfig(beta=1.0), config, candidates)
