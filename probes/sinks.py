@@ -106,6 +106,23 @@ class SinkResult(Bundle):
             "massive_dims": ItemTable(massive_dimensions(self.massive), self.massive.provenance),
         }
 
+    def summary_lines(self) -> list[str]:
+        """What a reader checks first: how many heads have the first token as their dominant
+        sink from layer 3 on, the strongest hidden sinks, the massive dimensions."""
+        per_head = self.heads.per_head()
+        dims = massive_dimensions(self.massive)
+        dominant = per_head[per_head.layer >= 3]["first_token_dominant"].gt(0.5).mean()
+        top = per_head.nlargest(5, "hidden_sink_share")
+        strongest = ", ".join(f"{r.label} ({r.hidden_sink_share:.2f})" for r in top.itertuples())
+        lines = [
+            f"{len(per_head)} heads scored over {self.provenance.n_inputs} prompts",
+            f"first token is the dominant sink for {dominant:.0%} of heads in layers >= 3",
+            f"strongest hidden sinks: {strongest}",
+        ]
+        if not dims.empty:
+            lines.append(f"massive-activation dims: {dims['dim'].head(5).tolist()}")
+        return lines
+
     def figures(self) -> dict[str, object]:
         """Layer x head maps of the sink, first-token and hidden-sink shares."""
         from interp.figures import head_heatmap

@@ -29,7 +29,7 @@ def score_sinks(
     from probes import sinks
 
     check_min_queries(run.model_spec, config.min_queries)
-    folder = run.folder()
+    run.folder()  # claimed before the long work
     prompt_file = prompts or data_path("prompts", "sinks.jsonl")
     texts = load_prompts(prompt_file)
     run.record.inputs([prompt_file])
@@ -37,24 +37,15 @@ def score_sinks(
     with run.progress(len(texts), "sinks") as update:
         result = sinks.run(loaded, texts, config, progress=update)
     summaries = result.summaries()
-    per_head, dims = (table.data for table in summaries.values())
-    written = run.write(
+    run.write(
         bundles=[result],
         tables=summaries,
         figures=result.figures(),
         provenance=result.provenance.to_dict(),
         geometry=vars(loaded.geometry),
-        rows=len(per_head),
+        rows=len(summaries["scores_per_head"].data),
     )
-    dominant = per_head[per_head.layer >= 3]["first_token_dominant"].gt(0.5).mean()
-    top = per_head.nlargest(5, "hidden_sink_share")
-    typer.echo(f"{len(per_head)} heads scored over {len(texts)} prompts -> {folder}")
-    typer.echo(f"first token is the dominant sink for {dominant:.0%} of heads in layers >= 3")
-    strongest = ", ".join(f"{r.label} ({r.hidden_sink_share:.2f})" for r in top.itertuples())
-    typer.echo(f"strongest hidden sinks: {strongest}")
-    if not dims.empty:
-        typer.echo(f"massive-activation dims: {dims['dim'].head(5).tolist()}")
-    typer.echo(f"{len(written)} figure files in {folder / 'figures'}")
+    run.report(result.summary_lines())
 
 
 def check_min_queries(model: str | None, min_queries: int) -> None:

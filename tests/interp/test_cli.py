@@ -77,6 +77,9 @@ def test_score_sinks_writes_a_complete_result_folder(tmp_path, default_model):
     assert (out / "figures" / "sink_share.html").is_file()
     late = table[table.layer >= 3]
     assert (late.first_token_dominant > 0.5).mean() > 0.5
+    share = (late.first_token_dominant > 0.5).mean()  # the summary line reads the table
+    assert f"the dominant sink for {share:.0%} of heads in layers >= 3" in result.output
+    assert f"270 heads scored over {manifest['provenance']['n_inputs']} prompts" in result.output
 
 
 # ---- interp circuit (issue 9) -------------------------------------------------------------
