@@ -132,18 +132,23 @@ def start_record(command: str, params: dict[str, Any]) -> RunRecord:
     return RunRecord(command, sys.argv, params)
 
 
-def parse_ints(text: str | None, minimum: int) -> tuple[int, ...] | None:
-    """Comma-separated integers >= `minimum` (None stays None: the command's default)."""
+def parse_items(text: str | None, item: type, flag: str) -> tuple[Any, ...] | None:
+    """A comma-separated option's values as `item`s (None stays None: the default)."""
     if text is None:
         return None
-    from interp.errors import InputError
-
     try:
-        values = tuple(int(part) for part in text.split(","))
+        return tuple(item(part) for part in text.split(","))
     except ValueError:
-        values = ()
-    if not values or min(values) < minimum:
-        raise InputError(f"Expected comma-separated integers >= {minimum}, got {text!r}.")
+        raise InputError(
+            f"{flag} takes comma-separated {item.__name__} values, got {text!r}."
+        ) from None
+
+
+def parse_ints(text: str | None, minimum: int, flag: str) -> tuple[int, ...] | None:
+    """Comma-separated integers >= `minimum` (None stays None: the command's default)."""
+    values = parse_items(text, int, flag)
+    if values is not None and min(values) < minimum:
+        raise InputError(f"{flag} takes integers >= {minimum}, got {text!r}.")
     return values
 
 

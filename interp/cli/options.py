@@ -31,6 +31,7 @@ import typer
 from interp.cli.common import (
     PLACEMENT,
     load_model_or_fail,
+    parse_items,
     progress_bar,
     result_folder,
     start_record,
@@ -38,7 +39,6 @@ from interp.cli.common import (
     write_outputs,
 )
 from interp.config import Config
-from interp.errors import InputError
 
 if typing.TYPE_CHECKING:
     from interp.models import Model
@@ -161,17 +161,6 @@ def _tuple_item(annotation: Any) -> type | None:
     return None
 
 
-def _parse_items(text: str | None, item: type, flag: str) -> tuple[Any, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(item(part) for part in text.split(","))
-    except ValueError:
-        raise InputError(
-            f"{flag} takes comma-separated {item.__name__} values, got {text!r}."
-        ) from None
-
-
 @dataclasses.dataclass(frozen=True)
 class _ConfigParam:
     """A command parameter built from a config: its class and field -> option name."""
@@ -186,7 +175,7 @@ class _ConfigParam:
         for field, option in self.options.items():
             value, item = values[option], _tuple_item(hints[field])
             if item is not None:
-                value = _parse_items(value, item, "--" + option.replace("_", "-"))
+                value = parse_items(value, item, "--" + option.replace("_", "-"))
             if value is None:
                 value = self.defaults.get(field)
             if value is not None or _default(self.cls, field) is None:

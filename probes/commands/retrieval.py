@@ -99,7 +99,7 @@ def ablate_retrieval(
     head_scores = load_scores(scores)
     run.record.inputs([scores])
     inputs = _inputs(needles, haystack, length_rule, batch_size)
-    grid = parse_ints(lengths, minimum=1) or ()
+    grid = parse_ints(lengths, 1, "--lengths") or ()
     with _logged(run, inputs, "heldout.jsonl") as (model, update):
         result = run_niah_ablation(
             model,
