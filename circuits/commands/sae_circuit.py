@@ -56,7 +56,7 @@ def circuit_sae(
     model = run.load_model()
     circuit = None if stored is None else reference_heads(model, stored, task)
     build = ioi if task == "ioi" else colored_objects
-    with stage_bars("step") as bars:
+    with stage_bars("step", resumable=("SAE seeds",)) as bars:  # its seeds resume
         result = identify_circuit(
             model,
             build(model, n, seed=seed),
