@@ -13,12 +13,13 @@ same pool (tokens with a defined FAI), over `n_seeds` draws. Per trace it measur
   (`continuation` tokens) of the trace cut at `cut` of its response, with and without
   the block (keys before the cut only; the random arm draws as many from before the cut).
 
-The unedited arm runs in the same batch through the same edit with nothing blocked (what
-the edit's `identity()` computes: same heads, kernels and renormalisation), so only the block
-shows. `summarize` pairs the per-trace values through `interp.effects.compare`: each arm
-against no block, and anchors against random (random = the mean over seeds). Cost per trace:
-one forward and one greedy continuation of a batch of 2 + n_seeds identical rows, explicit
-attention in the band's layers.
+Both go through `interp.effects.measure_arms`, each trace a work item: every arm (an
+`AttentionEdit` per trace, `Blocked`) is measured against the arm that blocks nothing, the
+same edit with no key listed (its `identity()`: same heads, kernels and renormalisation), so
+only the block shows. `summarize` pairs the per-trace values through `interp.effects.compare`:
+each arm against no block, and anchors against random (random = the mean over seeds). Cost
+per trace: 2 + n_seeds forwards and as many greedy continuations, explicit attention in the
+band's layers.
 """
 
 from __future__ import annotations
@@ -33,17 +34,18 @@ import torch
 from torch import Tensor
 
 from interp.config import Config, check_range
-from interp.effects import EffectsConfig, compare
+from interp.effects import EffectsConfig, compare, measure_arms
 from interp.errors import InputError
 from interp.generation import GenerationConfig, generate
 from interp.heads import Heads, HeadSet
 from interp.hooks import AttentionRows
 from interp.interventions import AttentionEdit
+from interp.interventions.base import Intervention
 from interp.models import Model
 from interp.results import Bundle, EffectTable, ItemTable, Provenance, TokenScores
 from interp.runs import run_identity
-from interp.work import WorkFolder, open_log
-from probes.anchor_traces import Trace, trace_work
+from interp.work import Item, Row, WorkFolder, open_log
+from probes.anchor_traces import Trace
 
 
 @dataclass(frozen=True)
@@ -111,72 +113,90 @@ class CausalResult(Bundle):
     per_item: ItemTable
 
 
-def _logprobs(model: Model, ids: Tensor, edit: AttentionEdit) -> np.ndarray:
-    """[row, pos - 1] log p(token i + 1) of each row of the batch `ids` under `edit`."""
+@dataclass(frozen=True)
+class Blocked:
+    """One arm of the check as an effects arm built per batch of traces
+    (`interp.interventions.base.PerItem`): the keys it blocks in each trace, by name.
+
+    Its identity blocks nothing (`block_keys` with no keys: same heads, kernel and
+    renormalisation), the baseline every arm is measured against.
+    """
+
+    heads: HeadSet
+    name: str
+    keys: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    def for_items(self, traces: Sequence[Trace]) -> AttentionEdit:
+        by_trace = dict(self.keys)
+        return block_keys(self.heads, [by_trace.get(t.name, ()) for t in traces])
+
+    def identity(self) -> Blocked:
+        return Blocked(self.heads, "none")
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One arm's keys in one trace: all of them, and those before the cut."""
+
+    arm: str
+    seed: int
+    keys: np.ndarray
+    early: np.ndarray
+
+    @property
+    def label(self) -> str:
+        return self.arm if self.seed < 0 else f"{self.arm}:{self.seed}"
+
+
+def draws(trace: Trace, tokens: pd.DataFrame, config: CausalConfig) -> list[Draw]:
+    """The arms' keys in one trace: its anchors, then as many random tokens per seed.
+
+    Random keys come from the tokens with a defined FAI; each arm's `early` keys (those the
+    continuation blocks) are its keys before the cut, drawn as many for the random arms.
+    """
+    anchors = tokens.position[tokens.is_anchor].to_numpy()
+    cut = _cut(trace, config)
+    pool = tokens.position[np.isfinite(tokens.fai)].to_numpy()
+    early = pool[pool < cut]
+    n_early = min(len(early), int((anchors < cut).sum()))
+    arms = [Draw("anchors", -1, anchors, anchors[anchors < cut])]
+    for seed in range(config.seed, config.seed + config.n_seeds):
+        rng = np.random.default_rng([seed, len(trace.ids)])
+        keys = rng.choice(pool, len(anchors), replace=False)
+        arms.append(Draw("random", seed, keys, rng.choice(early, n_early, replace=False)))
+    return arms
+
+
+def _ints(keys: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(k) for k in keys)
+
+
+def _cut(trace: Trace, config: CausalConfig) -> int:
+    """Where the continuation's context ends: `cut` of the response, at least one token."""
+    return trace.n_prompt + max(1, int(config.cut * trace.n_response))
+
+
+def _logprobs(model: Model, traces: list[Trace], edit: Intervention) -> list[Row]:
+    """Each trace's log p(token i + 1) for every i, teacher-forced under `edit`."""
+    ids = torch.tensor([t.ids for t in traces], device=model.device)
     with torch.no_grad(), edit.applied(model):
         logits = model.hf(ids, use_cache=False).logits[:, :-1].float()
     logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
-    return logp.double().cpu().numpy()
+    return [{"logprob": row.tolist()} for row in logp.double().cpu()]
 
 
-def _continuations(model: Model, context: Tensor, edit: AttentionEdit, n: int) -> list[set[int]]:
-    rows = len(edit.fn.keys)  # type: ignore[attr-defined]
+def _continuations(
+    model: Model, traces: list[Trace], edit: Intervention, config: CausalConfig
+) -> list[Row]:
+    """Each trace's greedy continuation from its cut under `edit`: the set of its token ids."""
+    contexts = [list(t.ids[: _cut(t, config)]) for t in traces]
     with torch.no_grad(), edit.applied(model):
-        out = generate(model, [context] * rows, GenerationConfig(max_new_tokens=n), batch_size=rows)
-    return [set(g.response_ids.tolist()) for g in out]
+        out = generate(model, contexts, GenerationConfig(max_new_tokens=config.continuation))
+    return [{"tokens": sorted(set(g.response_ids.tolist()))} for g in out]
 
 
 def _jaccard(a: set[int], b: set[int]) -> float:
     return 1.0 if not a | b else len(a & b) / len(a | b)
-
-
-def trace_effects(
-    model: Model, trace: Trace, tokens: pd.DataFrame, heads: HeadSet, config: CausalConfig
-) -> list[dict[str, object]]:
-    """Per arm (anchors, and random per seed) of one trace: logprob_change and jaccard.
-
-    All arms and the unedited row run as one batch of identical sequences, the unedited
-    row through the same edit with nothing blocked (what `identity()` computes).
-
-    Args:
-        tokens: the trace's rows of the per-token table (`probes.anchors`).
-        heads: the global heads.
-    """
-    anchors = tokens.position[tokens.is_anchor].to_numpy()
-    if not len(anchors):
-        return []
-    cut = trace.n_prompt + max(1, int(config.cut * trace.n_response))
-    pool = tokens.position[np.isfinite(tokens.fai)].to_numpy()
-    early = pool[pool < cut]
-    n_early = min(len(early), int((anchors < cut).sum()))
-    arms = [("anchors", -1, anchors, anchors[anchors < cut])]
-    for seed in range(config.seed, config.seed + config.n_seeds):
-        rng = np.random.default_rng([seed, len(trace.ids)])
-        keys = rng.choice(pool, len(anchors), replace=False)
-        arms.append(("random", seed, keys, rng.choice(early, n_early, replace=False)))
-    batch = len(arms) + 1
-    ids = torch.tensor([trace.ids] * batch, device=model.device)
-    logprob = _logprobs(model, ids, block_keys(heads, [(), *(a[2] for a in arms)]))
-    texts = _continuations(
-        model, ids[0, :cut], block_keys(heads, [(), *(a[3] for a in arms)]), config.continuation
-    )
-    rows = []
-    for row, (arm, seed, keys, _) in enumerate(arms, start=1):
-        later = np.arange(1, len(trace.ids)) > keys.min()  # logprob index i is token i + 1
-        rows.append(
-            {
-                "trace": trace.name,
-                "arm": arm,
-                "seed": seed,
-                "n_blocked": len(keys),
-                "n_later": int(later.sum()),
-                "baseline_logprob": float(logprob[0, later].mean()),
-                "blocked_logprob": float(logprob[row, later].mean()),
-                "logprob_change": float((logprob[row] - logprob[0])[later].mean()),
-                "jaccard": _jaccard(texts[0], texts[row]),
-            }
-        )
-    return rows
 
 
 def run(
@@ -189,29 +209,99 @@ def run(
     progress: Callable[[int, int], None] | None = None,
     folder: WorkFolder | None = None,
 ) -> CausalResult:
-    """The causal check on every trace (`trace_effects`), one work item per trace, summarized.
+    """The causal check on every trace with anchors, through `interp.effects.measure_arms`.
+
+    Two measurements, each trace a work item: the teacher-forced log-probs with each arm's
+    keys blocked, and the continuation from the cut with its early keys blocked; both
+    against the arm that blocks nothing. A trace without anchors has nothing to block and
+    is left out.
 
     Args:
         tokens: the per-token table of the traces (`probes.anchors.run(...).tokens`); the
             result carries its provenance.
         heads: the global heads (`probes.anchors.heads_with_role(heads, "global")`).
-        progress: called as progress(done, total) before the work and after each trace.
+        progress: called as progress(done, total) over both measurements' traces.
         folder: record each finished trace there (`interp.work`); run again with the same
             folder to resume a stopped run. A folder of another run is refused.
+
+    Raises:
+        InputError: no trace has an anchor.
     """
     config = config or CausalConfig()
+    effects = effects or EffectsConfig()
     identity = {
         **run_identity(tokens.provenance),
         "causal": config.to_dict(),
         "heads": heads.labels,
     }
     by_trace = dict(tuple(tokens.data.groupby("trace", sort=False)))
-    per_trace = trace_work("causal check", traces, open_log(folder, identity)).run(
-        lambda batch: [trace_effects(model, t, by_trace[t.name], heads, config) for t in batch],
-        progress,
-    )
-    rows = [row for trace_rows in per_trace for row in trace_rows]
-    return summarize(pd.DataFrame(rows), tokens.provenance, effects)
+    chosen = [t for t in traces if by_trace[t.name].is_anchor.any()]
+    if not chosen:
+        raise InputError("No trace has an anchor token: the causal check has nothing to block.")
+    drawn = {t.name: draws(t, by_trace[t.name], config) for t in chosen}
+    labels = [d.label for d in drawn[chosen[0].name]]
+    log = open_log(folder, identity)
+    measured = []
+    for stage, (part, evaluate) in enumerate(
+        (
+            ("keys", lambda batch, edit: _logprobs(model, batch, edit)),
+            ("early", lambda batch, edit: _continuations(model, batch, edit, config)),
+        )
+    ):
+        arms = [
+            Blocked(heads, label, tuple((n, _ints(getattr(d[i], part))) for n, d in drawn.items()))
+            for i, label in enumerate(labels)
+        ]
+        measured.append(
+            measure_arms(
+                [Item(f"causal {part}/{t.name}", t) for t in chosen],
+                arms,
+                evaluate,
+                [],
+                effects,
+                values=labels,
+                batch_size=1,
+                folder=log,
+                progress=_offset(progress, stage * len(chosen), 2 * len(chosen)),
+            ).per_item
+        )
+    return summarize(_rows(chosen, drawn, *measured), tokens.provenance, effects)
+
+
+def _offset(
+    progress: Callable[[int, int], None] | None, before: int, total: int
+) -> Callable[[int, int], None] | None:
+    """progress(done, _) of one measurement reported as a share of `total` after `before`."""
+    if progress is None:
+        return None
+    return lambda done, _: progress(before + done, total)
+
+
+def _rows(
+    traces: list[Trace], drawn: dict[str, list[Draw]], logprobs: pd.DataFrame, texts: pd.DataFrame
+) -> pd.DataFrame:
+    """The per-arm rows of every trace (trace-major) from the two measurements' items."""
+    rows = []
+    for item, trace in enumerate(traces):
+        for draw in drawn[trace.name]:
+            lp = logprobs[(logprobs.item == item) & (logprobs.parameter == draw.label)].iloc[0]
+            tx = texts[(texts.item == item) & (texts.parameter == draw.label)].iloc[0]
+            before, after = np.array(lp.baseline_logprob), np.array(lp.intervened_logprob)
+            later = np.arange(1, len(trace.ids)) > draw.keys.min()  # index i is token i + 1
+            rows.append(
+                {
+                    "trace": trace.name,
+                    "arm": draw.arm,
+                    "seed": draw.seed,
+                    "n_blocked": len(draw.keys),
+                    "n_later": int(later.sum()),
+                    "baseline_logprob": float(before[later].mean()),
+                    "blocked_logprob": float(after[later].mean()),
+                    "logprob_change": float((after - before)[later].mean()),
+                    "jaccard": _jaccard(set(tx.baseline_tokens), set(tx.intervened_tokens)),
+                }
+            )
+    return pd.DataFrame(rows)
 
 
 def summarize(

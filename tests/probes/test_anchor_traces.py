@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from pandas.testing import assert_frame_equal
@@ -108,16 +107,17 @@ def test_causal_check_rows_hold_their_values(tiny) -> None:
     config = anchors.AnchorConfig(h_lo=3, h_hi=15)
     result = anchors.run(tiny, traces, config)
     glob = anchors.heads_with_role(result.heads, "global")
-    rows = []
-    for trace in traces:
-        table = result.tokens.data[result.tokens.data.trace == trace.name]
-        rows += causal.trace_effects(
-            tiny, trace, table, glob, causal.CausalConfig(n_seeds=2, continuation=4)
-        )
+    checked = causal.run(
+        tiny, traces, result.tokens, glob, causal.CausalConfig(n_seeds=2, continuation=4)
+    )
+    rows = checked.per_item.data
     assert len(rows) == 3 * 3
-    summary = causal.summarize(pd.DataFrame(rows), result.tokens.provenance).effects.data
+    assert_frame_equal(
+        checked.effects.data, causal.summarize(rows, result.tokens.provenance).effects.data
+    )
+    summary = checked.effects.data
     assert (summary.warnings.str.startswith("interval from 3 items")).all()
-    first_draws = pd.DataFrame(rows).drop_duplicates(["trace", "arm"])  # one random draw each
+    first_draws = rows.drop_duplicates(["trace", "arm"])  # one random draw each
     one_seed = causal.summarize(first_draws, result.tokens.provenance).effects.data
     assert one_seed.warnings.str.contains("one seed").tolist() == [False, False, *[True] * 4]
     assert not summary.warnings.str.contains("one seed").any()
@@ -130,7 +130,7 @@ def test_causal_check_rows_hold_their_values(tiny) -> None:
         "jaccard",
     ]
     assert np.isfinite(summary.difference).all()
-    table = pd.DataFrame(rows)
+    table = rows
     assert (table.logprob_change != 0).all()
     np.testing.assert_allclose(
         table.logprob_change, table.blocked_logprob - table.baseline_logprob, atol=1e-6
@@ -166,9 +166,11 @@ def test_causal_check_stopped_from_python_resumes_to_one_run(tiny, tmp_path, mon
     with pytest.raises(Stop):
         run(progress=stop_after(1), folder=tmp_path)
     assert logged(tmp_path) == 1
-    calls = count_items(monkeypatch, causal, "trace_effects")
+    forwards = count_items(monkeypatch, causal, "_logprobs")
+    continued = count_items(monkeypatch, causal, "_continuations")
     resumed = run(folder=tmp_path)
-    assert len(calls) == 2 and logged(tmp_path) == 3
+    # 2 traces' log-probs and 3 continuations were left, each under 1 + 2 seeds + anchors arms
+    assert len(forwards) == 2 * 4 and len(continued) == 3 * 4 and logged(tmp_path) == 6
     assert_frame_equal(resumed.per_item.data, once.per_item.data, check_exact=True)
     assert_frame_equal(resumed.effects.data, once.effects.data, check_exact=True)
     with pytest.raises(InputError, match="another causal"):
