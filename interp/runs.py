@@ -9,7 +9,9 @@ an item is either recorded whole or not at all; a line cut short by a crash is d
 when the log is reopened. The run's identity (a provenance record minus its date: model,
 weights, analyzer, config, inputs) is stored in `run.json` when the folder is first used;
 reopening the log with another identity (another model, config or input set) is refused
-with the fields that differ, so a resume can never mix rows of two runs.
+with the fields that differ, so a resume can never mix rows of two runs. The identity also
+holds `LOG_LAYOUT`, the form of the recorded rows: a folder written by a toolkit whose rows
+had another form is refused in one line rather than misread.
 
 `claim_folder(folder, record)` holds a result folder for one command: an exclusive lock
 (`.lock`, released when the command ends or its process dies) refuses a second live run,
@@ -42,6 +44,9 @@ LOG_FILE = "work.jsonl"
 IDENTITY_FILE = "run.json"
 MANIFEST_FILE = "manifest.json"
 LOCK_FILE = ".lock"
+# The form of the rows in work.jsonl: raised whenever a release changes what an item records
+# (2: effects arms record {"baseline", "intervened"} per item, the ablation and causal check too).
+LOG_LAYOUT = 2
 # Fields of an identity that may change between a run and its resumption.
 _RESUMABLE_ACROSS = ("toolkit_version", "created")
 
@@ -60,6 +65,7 @@ class WorkLog:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.path = self.folder / LOG_FILE
+        identity = {**identity, "log_layout": LOG_LAYOUT}
         identity_path = self.folder / IDENTITY_FILE
         if not identity_path.is_file():
             identity_path.write_text(_dumps(identity) + "\n", encoding="utf-8")
@@ -70,6 +76,12 @@ class WorkLog:
             if name not in _RESUMABLE_ACROSS
             and _dumps(identity.get(name)) != _dumps(self.stored_identity.get(name))
         ]
+        if differ == ["log_layout"]:
+            raise InputError(
+                f"{self.folder} holds work recorded by an earlier release of the toolkit, in a"
+                " form this one cannot read. Use another --out (or delete the folder to start"
+                " over)."
+            )
         if differ:
             raise InputError(
                 f"{self.folder} holds a run with another {', '.join(differ)}; resuming would"

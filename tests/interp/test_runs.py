@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from interp.cli import app
 from interp.errors import InputError
-from interp.runs import LOG_FILE, RunRecord, WorkLog, run_identity
+from interp.runs import IDENTITY_FILE, LOG_FILE, LOG_LAYOUT, RunRecord, WorkLog, run_identity
 from tests.interp.test_results import provenance
 from tests.tiny import saved_tiny
 
@@ -27,7 +27,7 @@ def test_work_log_drops_a_line_cut_short_and_keeps_its_identity(tmp_path: Path) 
     reopened.record(["b"], [{"x": 2}])
     lines = (tmp_path / LOG_FILE).read_text().splitlines()
     assert [json.loads(line)["key"] for line in lines] == [["a"], ["b"]]
-    assert reopened.stored_identity == IDENTITY  # the first run's identity stays
+    assert reopened.stored_identity == {**IDENTITY, "log_layout": LOG_LAYOUT}  # the first run's
     (tmp_path / LOG_FILE).write_text("not json\n")
     with pytest.raises(InputError, match=f"{LOG_FILE}:1"):
         WorkLog(tmp_path, IDENTITY)
@@ -47,6 +47,16 @@ def test_resuming_another_run_is_refused_naming_what_differs(tmp_path: Path, cha
     (name,) = change
     with pytest.raises(InputError, match=f"another {name}; resuming would mix"):
         WorkLog(tmp_path, {**IDENTITY, **change})
+
+
+def test_a_folder_of_an_earlier_row_layout_is_refused_in_one_line(tmp_path: Path) -> None:
+    WorkLog(tmp_path, IDENTITY).record(["a"], [{"x": 1}])
+    written = json.loads((tmp_path / IDENTITY_FILE).read_text())
+    earlier = {k: v for k, v in written.items() if k != "log_layout"}  # before layouts
+    (tmp_path / IDENTITY_FILE).write_text(json.dumps(earlier))
+    with pytest.raises(InputError, match="recorded by an earlier release") as refused:
+        WorkLog(tmp_path, IDENTITY)
+    assert "\n" not in str(refused.value)
 
 
 def test_run_record_lists_inputs_outputs_versions_and_time(tmp_path: Path) -> None:
