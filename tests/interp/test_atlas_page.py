@@ -162,4 +162,8 @@ def test_page_in_a_browser_recolours_and_shows_a_clicked_head(tmp_path):
         truth = example["patterns"][head.layer, head.head]
         lower = np.tril(np.ones_like(truth, dtype=bool))
         np.testing.assert_allclose(pattern[lower], truth[lower], atol=0.5 / 255)
+        drawn = page.evaluate("() => document.getElementById('relations').data[0].x")
+        assert drawn == [
+            atlas_label(m) for m in dict.fromkeys([*relations.method_a, *relations.method_b])
+        ]
     assert errors == []
