@@ -18,6 +18,7 @@ import base64
 import html
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -93,6 +94,19 @@ def atlas_page(
     }
     # One pass, so nothing inserted (a token, plotly.js) is itself searched for markers.
     return re.sub(r"@@(\w+)@@", lambda m: parts[m.group(1)], _TEMPLATE)
+
+
+def write_atlas_page(
+    path: str | Path,
+    heads: pd.DataFrame,
+    relations: pd.DataFrame,
+    provenance: Provenance,
+    example: dict[str, Any] | None = None,
+) -> Path:
+    """Write the page (`atlas_page`, default title) to `path` in UTF-8; returns the path."""
+    path = Path(path)
+    path.write_text(atlas_page(heads, relations, provenance, example), encoding="utf-8")
+    return path
 
 
 def _columns(heads: pd.DataFrame) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from playwright.sync_api import Page, sync_playwright
 
-from interp.atlas_page import atlas_page
+from interp.atlas_page import write_atlas_page
 from interp.figure_export import chromium_path
 from interp.heads import Head
 from interp.results import Provenance
@@ -151,9 +151,7 @@ def main() -> None:
     parser.add_argument("--method", help="the column to colour by (default: the page's first)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        page = args.page or Path(folder) / "atlas.html"
-        if not args.page:
-            page.write_text(atlas_page(*synthetic_atlas()), encoding="utf-8")
+        page = args.page or write_atlas_page(Path(folder) / "atlas.html", *synthetic_atlas())
         screenshot(page, args.out, Head.parse(args.head), args.method)
     print(f"wrote {args.out}")
 

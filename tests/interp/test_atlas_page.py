@@ -16,7 +16,7 @@ import pytest
 from plotly.offline import get_plotlyjs
 
 from interp.atlas_figures import atlas_label, method_columns, write_atlas_figures
-from interp.atlas_page import atlas_page
+from interp.atlas_page import atlas_page, write_atlas_page
 from interp.errors import InputError
 from interp.figure_export import chromium_path
 from interp.heads import Head
@@ -123,8 +123,7 @@ def test_grid_figure_draws_the_column_with_kv_groups():
 @pytest.mark.skipif(chromium_path() is None, reason="the page test needs a Chromium")
 def test_page_in_a_browser_recolours_and_shows_a_clicked_head(tmp_path):
     heads, relations, provenance, example = ATLAS
-    path = tmp_path / "atlas.html"
-    path.write_text(atlas_page(heads, relations, provenance, example), encoding="utf-8")
+    path = write_atlas_page(tmp_path / "atlas.html", heads, relations, provenance, example)
     methods = method_columns(heads)
     with opened(path) as (page, errors):
         before = np.array(grid_z(page), dtype=float)
