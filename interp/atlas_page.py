@@ -297,7 +297,9 @@ _SCRIPT = """
       z.push(ex.tokens.map((_, k) => (k <= q ? bytes[row + k] / ex.levels : null)));
       text.push(ex.tokens.map((t, k) => escape(ex.tokens[q]) + " → " + escape(t)));
     }
-    const ticks = { tickvals: ex.tokens.map((_, k) => k), ticktext: ex.tokens.map(escape) };
+    const every = Math.ceil(n / 32); // a label per token up to 32 tokens; hover names all
+    const shown = ex.tokens.map((_, k) => k).filter((k) => k % every === 0);
+    const ticks = { tickvals: shown, ticktext: shown.map((k) => escape(ex.tokens[k])) };
     const frame = D.pattern.layout;
     Plotly.react("head-pattern", [Object.assign({}, D.pattern.data[0], { z: z, text: text })],
       Object.assign({}, frame, {
