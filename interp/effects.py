@@ -22,15 +22,12 @@ and the interval reported is the point [value, value]; the `constant` flag names
 
 `measure_arms` is the one measurement every paired effect goes through: items (through the
 work driver `interp.work`, resumable), the identity arm and one or more intervention arms
-(a sweep; an arm may be built per batch, `interp.interventions.base.PerItem`, when its
-heads differ per item), one evaluation callable per batch; it returns one per-item and
-one summary layout. Like with like: the baseline arm runs `intervention.identity()`, the
-same hooks and attention kernels changing nothing, so float rounding between a fused and
-an explicit kernel never shows as an effect, and an identity intervention gives exactly
-zero on every item. `measure(model, tasks, intervention)` is it for multiple-choice tasks, with or
-without images (`interp.tasks`): `Effects`, the table and `per_item`, every item's answer,
-predictions and both scores. Cost: two task evaluations per task (one per distinct
-identity and intervention in a sweep), plus n_boot resamples per interval.
+(a sweep; an arm may be built per batch, `interp.interventions.base.PerItem`), one
+evaluation callable per batch; one per-item and one summary layout. Like with like: the
+baseline arm runs `intervention.identity()`, the same hooks and kernels changing nothing,
+so an identity intervention gives exactly zero on every item. `measure(model, tasks,
+intervention)` is it for multiple-choice tasks, with or without images: `Effects`, the
+table and `per_item` (every item's answer, predictions and both scores).
 """
 
 from __future__ import annotations
@@ -256,6 +253,7 @@ def measure_arms(
     folder: WorkFolder | None = None,
     identity: Mapping[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    stack: Callable[[list[Intervention]], Intervention] | None = None,
 ) -> Arms:
     """Run every arm over `items` in work batches and pair each intervention with its identity.
 
@@ -272,6 +270,8 @@ def measure_arms(
         prepare: called once with the values of the batches still to run, before them.
         folder: record finished batches there, to resume; `identity` names the run.
         progress: progress(done, total) items, before the work and after each batch.
+        stack: arms' interventions -> one whose rows are theirs in turn (per-row edits): all
+            arms, identities first, then run as one `evaluate` of the batch repeated per arm.
 
     Raises:
         InputError: no items or no interventions, or `values` of another length.
@@ -280,17 +280,20 @@ def measure_arms(
         raise InputError("measure_arms needs at least one item and one intervention.")
     if values is not None and len(values) != len(interventions):
         raise InputError(f"{len(values)} swept values for {len(interventions)} interventions.")
-    baselines: list[Arm] = []
-    for intervention in interventions:
-        if intervention.identity() not in baselines:
-            baselines.append(intervention.identity())
+    identities: list[Arm] = [intervention.identity() for intervention in interventions]
+    baselines = [arm for n, arm in enumerate(identities) if arm not in identities[:n]]
 
     def process(batch: list[T]) -> list[list[dict[str, Any]]]:
-        base = [list(evaluate(batch, for_items(arm, batch))) for arm in baselines]
+        edits = [for_items(arm, batch) for arm in [*baselines, *interventions]]
+        if stack is None:
+            outs = [list(evaluate(batch, edit)) for edit in edits]
+        else:
+            flat = list(evaluate(batch * len(edits), stack(edits)))
+            outs = [flat[i * len(batch) : (i + 1) * len(batch)] for i in range(len(edits))]
+        base = outs[: len(baselines)]
         rows: list[list[dict[str, Any]]] = [[] for _ in batch]
-        for intervention in interventions:
+        for intervention, after in zip(interventions, outs[len(baselines) :], strict=True):
             before = base[baselines.index(intervention.identity())]
-            after = evaluate(batch, for_items(intervention, batch))
             for out, b, a in zip(rows, before, after, strict=True):
                 out.append({"baseline": dict(b), "intervened": dict(a)})
         return rows

@@ -16,10 +16,11 @@ same pool (tokens with a defined FAI), over `n_seeds` draws. Per trace it measur
 Both go through `interp.effects.measure_arms`, each trace a work item: every arm (an
 `AttentionEdit` per trace, `Blocked`) is measured against the arm that blocks nothing, the
 same edit with no key listed (its `identity()`: same heads, kernels and renormalisation), so
-only the block shows. `summarize` pairs the per-trace values through `interp.effects.compare`:
-each arm against no block, and anchors against random (random = the mean over seeds). Cost
-per trace: 2 + n_seeds forwards and as many greedy continuations, explicit attention in the
-band's layers.
+only the block shows. All arms of a trace run as rows of one batch (`stack`).
+`summarize` pairs the per-trace values through `interp.effects.compare`: each arm against
+no block, and anchors against random (random = the mean over seeds). Cost per trace: one
+forward and one greedy continuation of 2 + n_seeds rows, explicit attention in the band's
+layers.
 """
 
 from __future__ import annotations
@@ -167,6 +168,17 @@ def draws(trace: Trace, tokens: pd.DataFrame, config: CausalConfig) -> list[Draw
     return arms
 
 
+def _stacked(heads: HeadSet, edits: Sequence[Intervention]) -> AttentionEdit:
+    """The arms' edits of one batch as one: their rows in turn, so all arms of a trace (and
+    the row that blocks nothing) run as one batch of identical sequences."""
+    keys = []
+    for edit in edits:
+        if not (isinstance(edit, AttentionEdit) and isinstance(edit.fn, BlockKeys)):
+            raise TypeError(f"Only the causal check's own edits stack, not {edit!r}.")
+        keys += edit.fn.keys
+    return block_keys(heads, keys)
+
+
 def _ints(keys: np.ndarray) -> tuple[int, ...]:
     return tuple(int(k) for k in keys)
 
@@ -191,7 +203,12 @@ def _continuations(
     """Each trace's greedy continuation from its cut under `edit`: the set of its token ids."""
     contexts = [list(t.ids[: _cut(t, config)]) for t in traces]
     with torch.no_grad(), edit.applied(model):
-        out = generate(model, contexts, GenerationConfig(max_new_tokens=config.continuation))
+        out = generate(
+            model,
+            contexts,
+            GenerationConfig(max_new_tokens=config.continuation),
+            batch_size=len(contexts),  # one batch: the edit blocks keys per row
+        )
     return [{"tokens": sorted(set(g.response_ids.tolist()))} for g in out]
 
 
@@ -262,6 +279,7 @@ def run(
                 values=labels,
                 batch_size=1,
                 folder=log,
+                stack=lambda edits: _stacked(heads, edits),
                 progress=_offset(progress, stage * len(chosen), 2 * len(chosen)),
             ).per_item
         )

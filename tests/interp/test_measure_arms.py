@@ -208,6 +208,36 @@ def test_an_arm_built_per_batch_runs_as_that_batchs_intervention():
     ]
 
 
+@dataclass(frozen=True)
+class Stacked:
+    """Shifts stacked as rows (`measure_arms(stack=...)`): block i of the rows gets amounts[i]."""
+
+    amounts: tuple[float, ...]
+
+
+def test_stacked_arms_run_as_one_call_and_give_each_arms_results():
+    calls = []
+
+    def evaluate(values: list[float], arm: Stacked) -> list[dict[str, float]]:
+        calls.append((list(values), arm.amounts))
+        block = len(values) // len(arm.amounts)
+        return [{"score": v + arm.amounts[i // block]} for i, v in enumerate(values)]
+
+    arms = [Shift(1.0), Shift(2.0)]
+    stacked = measure_arms(
+        numbers(4), arms, evaluate, [Score("score")], CONFIG,
+        stack=lambda edits: Stacked(tuple(e.amount for e in edits)),
+    )  # fmt: skip
+    alone = measure_arms(
+        numbers(4), arms, lambda values, arm: [{"score": v + arm.amount} for v in values],
+        [Score("score")], CONFIG,
+    )  # fmt: skip
+    pd.testing.assert_frame_equal(stacked.per_item, alone.per_item, check_exact=True)
+    pd.testing.assert_frame_equal(stacked.summary, alone.summary, check_exact=True)
+    # one call per batch of 2: the batch repeated per arm, the identity's rows first
+    assert calls == [([0.0, 1.0] * 3, (0.0, 1.0, 2.0)), ([2.0, 3.0] * 3, (0.0, 1.0, 2.0))]
+
+
 def test_no_items_or_mismatched_values_are_refused():
     with pytest.raises(InputError, match="at least one item"):
         measure_arms([], [Shift(1.0)], Counted(), [Score("score")], CONFIG)

@@ -169,8 +169,9 @@ def test_causal_check_stopped_from_python_resumes_to_one_run(tiny, tmp_path, mon
     forwards = count_items(monkeypatch, causal, "_logprobs")
     continued = count_items(monkeypatch, causal, "_continuations")
     resumed = run(folder=tmp_path)
-    # 2 traces' log-probs and 3 continuations were left, each under 1 + 2 seeds + anchors arms
-    assert len(forwards) == 2 * 4 and len(continued) == 3 * 4 and logged(tmp_path) == 6
+    # 2 traces' log-probs and 3 continuations were left, each one batch of its 4 arms' rows
+    # (no block, anchors, 2 seeds)
+    assert forwards == [4] * 2 and continued == [4] * 3 and logged(tmp_path) == 6
     assert_frame_equal(resumed.per_item.data, once.per_item.data, check_exact=True)
     assert_frame_equal(resumed.effects.data, once.effects.data, check_exact=True)
     with pytest.raises(InputError, match="another causal"):
