@@ -13,7 +13,9 @@ patching, and gives each head of the model:
 - `attribution`: its attribution-patching score (`circuits.attribution`).
 
 The analysis records no work to resume: the atlas keeps it as one item. Quick mode reads
-`QUICK_PROMPTS` prompts instead of the command's `PROMPTS`.
+`QUICK_PROMPTS` prompts instead of the command's `PROMPTS`. Cost and memory: the analysis's
+(four path-patching runs, mean-ablation faithfulness, one attribution forward and backward;
+docs/methods.md §8), all growing with the prompts.
 """
 
 from __future__ import annotations

@@ -15,7 +15,9 @@ The search records each calibration sequence in `folder` (`interp.work`), so a s
 atlas resumes it there. Quick mode takes `QUICK_ITEMS` calibration items per task (seeded
 by the atlas's seed) instead of all of them, and scores them by the log-probability of the
 right choice, the search's continuous metric for small calibration sets: accuracy on a few
-items moves in steps of 1/items and leaves most gains at exactly 0.
+items moves in steps of 1/items and leaves most gains at exactly 0. Cost and memory: the
+search's (`interp.interventions.act_search`), which grows with the calibration items and
+the candidate heads.
 """
 
 from __future__ import annotations

@@ -16,7 +16,9 @@ model, as means over the prompts:
 
 shapes-llava reads its prompts in its chat format; another VLM gets the bare question with
 its image in front. A text-only model raises `NotApplicable`. The scores record no work to
-resume. Quick mode reads `QUICK_SCENES` scenes instead of `SCENES`.
+resume. Quick mode reads `QUICK_SCENES` scenes instead of `SCENES`. Cost: the workflow's,
+three forwards of the prompts (one of twice the batch, for VHD) and its figures; memory
+[batch, layer, head] scores (docs/methods.md §10).
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def vision(
     if model.spec == SPEC:
         texts = [prompt(text) for text in texts]
     config = VisionScoresConfig()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:  # the workflow reads image files
         files = []
         for index, image in enumerate(images):
             files.append(Path(tmp) / f"scene_{index:03d}.png")
