@@ -33,7 +33,7 @@ Search = Annotated[
 ]
 
 
-@command("effect act", folder="act")
+@command("effect act", folder="act", resumable=True)
 def effect_act(
     run: Run,
     act: ActConfig,
@@ -52,7 +52,7 @@ def effect_act(
     """Run ACT: find heads on calibration splits (or load them), measure test accuracy."""
     from interp.act_effects import load_act_tasks, run_act
     from interp.interventions.act_search import HeadSearch
-    from interp.runs import LOG_FILE
+    from interp.runs import log_files
 
     search = dataclasses.replace(search, max_heads=max_heads or None)
     searching = heads is None
@@ -68,7 +68,7 @@ def effect_act(
         result = run_act(model, tasks, act, search, effects, saved, search_progress=found,
                          progress=done, folder=folder)  # fmt: skip
     if searching:
-        run.record.wrote([folder / LOG_FILE])
+        run.record.wrote(log_files(folder))
     typer.echo("\n".join(result.summary_lines(searched=searching)))
     scores = result.search.scores
     report_effects(
