@@ -9,8 +9,9 @@ scheduler of our own. `current_shard()` says where this process stands:
   share, waits for the others at `barrier()`, then reads every rank's rows, so every rank
   holds the single-process result and rank 0 alone writes it;
 - separate jobs (`--shard i/N`, e.g. a Slurm array through submitit): `Shard(i, N,
-  "jobs")`; a job runs its share, logs it and stops (`ShardStopped`); `interp merge`
-  builds the tables once every job is done;
+  "jobs")`; a job runs its share and logs it, then stops (`ShardStopped`) where it would
+  need another's rows, or at its end, writing no tables; `interp merge` writes them once
+  every job is done;
 - the merge itself (`Shard(0, N, "merge")`): it computes nothing, and names the shards
   whose work is missing.
 
@@ -72,9 +73,15 @@ class Shard:
         return f"{self.index}-of-{self.count}"
 
     @property
-    def writes(self) -> bool:
-        """Whether this process writes the run's tables, figures and manifest (and prints)."""
+    def reports(self) -> bool:
+        """Whether this process prints and shows progress: all but ranks after the first."""
         return self.mode != "ranks" or self.index == 0
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run's tables, figures and manifest: one process,
+        rank 0 or the merge (a separately launched shard leaves them to the merge)."""
+        return self.reports and self.mode != "jobs"
 
 
 _CHOSEN: list[Shard] = []  # the shard a command or a merge set (use_shard), innermost last

@@ -21,8 +21,8 @@ their padded token counts) and runs only its own, into its own log file. Under t
 ranks then wait for each other and read every shard's rows, so each returns exactly what one
 process would; a separately launched shard (`--shard i/N`) stops once its share is logged
 (`ShardStopped`), unless the log already holds the rest; a merge (`interp merge`) computes
-nothing and names the shards whose items are missing. Only a process that writes the run's
-outputs (rank 0) reports progress, counting every shard's items.
+nothing and names the shards whose items are missing. Under torchrun only rank 0 reports
+progress, counting every shard's items.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ class Work(Generic[T]):
             process: a batch of values -> one list of JSON-serialisable rows per value.
             progress: called as progress(done, total) once before any work (done = items
                 the log already held) and after each batch is recorded; done counts every
-                shard's items. Only a process that writes the outputs (rank 0) calls it.
+                shard's items. Under torchrun only rank 0 calls it.
 
         Raises:
             TypeError: a row holds a value JSON cannot represent.
@@ -181,7 +181,7 @@ class Work(Generic[T]):
         if self.log is None and self.shard.mode in ("jobs", "merge"):
             raise InputError("A shard run separately (--shard) needs an output folder.")
         total = len(self.items)
-        report = progress if self.shard.writes else None
+        report = progress if self.shard.reports else None
         pending = self._pending()
         if report is not None:
             report(len(self._rows), total)
@@ -203,7 +203,7 @@ class Work(Generic[T]):
                     self._take_logged()
                 report(len(self._rows), total)
         self._join()
-        if report is not None and pending:
+        if report is not None and self.shard.count > 1:  # the other shards' items joined
             report(len(self._rows), total)
         return [self._rows[item.key] for item in self.items]
 

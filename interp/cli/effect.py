@@ -69,7 +69,8 @@ def effect_act(
                          progress=done, folder=folder)  # fmt: skip
     if searching:
         run.record.wrote(log_files(folder))
-    typer.echo("\n".join(result.summary_lines(searched=searching)))
+    if run.writes:  # a separately launched shard leaves the results to the merge
+        typer.echo("\n".join(result.summary_lines(searched=searching)))
     scores = result.search.scores
     report_effects(
         run,
@@ -84,7 +85,9 @@ def effect_act(
 
 def report_effects(run: Run, effects: Effects, figures: dict[str, Any], **outputs: Any) -> None:
     """Write the effects tables, figures and `outputs` (more tables, manifest fields);
-    print a line per effect."""
+    print a line per effect (not in a separately launched shard: the merge does)."""
+    if not run.writes:
+        return
     written = run.write(
         bundles=[effects], figures=figures, **outputs, effects=effects.table.provenance.to_dict()
     )

@@ -33,7 +33,7 @@ _NOT_REPEATED = ("shard", "out")  # the merge gives its own folder, and is no sh
 
 def shard_done(folder: Path, command: str, message: str | None = None) -> None:
     """Leave the record of a shard of `command` ("score retrieval") whose share is logged,
-    for the merge (module doc); print `message` (what comes next)."""
+    for the merge (module doc); print `message`, or what comes next."""
     from interp.shards import current_shard
 
     shard = current_shard()
@@ -45,8 +45,12 @@ def shard_done(folder: Path, command: str, message: str | None = None) -> None:
     }
     path = folder / f"shard.{shard.label}.json"
     path.write_text(json.dumps(entry, indent=2) + "\n", encoding="utf-8")
-    if message:
-        typer.echo(message, err=True)
+    typer.echo(
+        message
+        or f"shard {shard.index}/{shard.count} logged its share in {folder}; once every shard"
+        f" has run, `interp merge {folder}` writes the results.",
+        err=True,
+    )
 
 
 def _given_options(ctx: Context) -> list[str]:
@@ -69,14 +73,14 @@ def merge(
     folder: Annotated[Path, typer.Argument(help="The --out folder the shards wrote.")],
 ) -> None:
     """Write the results of a run split with --shard i/N, once every shard has run."""
-    from interp.cli import app
     from interp.shards import Shard, use_shard
 
+    root = get_current_context().find_root().command  # the `interp` group
     with user_errors():
         command, args, count = _split_of(folder)
         with use_shard(Shard(0, count, "merge")):
             try:
-                code = typer.main.get_command(app).main(
+                code = root.main(
                     [*command.split(), *args, "--out", str(folder)],
                     prog_name="interp",
                     standalone_mode=False,

@@ -121,10 +121,18 @@ class Run:
 
     @property
     def writes(self) -> bool:
-        """Whether this process writes the outputs (every process but ranks after the first)."""
+        """Whether this process writes the outputs and reports them (`Shard.writes`: not
+        the ranks after the first, nor a separately launched shard)."""
         from interp.shards import current_shard
 
         return current_shard().writes
+
+    @property
+    def reports(self) -> bool:
+        """Whether this process prints (`Shard.reports`: not the ranks after the first)."""
+        from interp.shards import current_shard
+
+        return current_shard().reports
 
     @contextmanager
     def progress(
@@ -296,7 +304,7 @@ def command(
                 device, static = shared["device"] or "cpu", values.get("static", False)
                 run = Run(name, record, shared["model"], device, where, shared["out"], static)
                 shard = Shard.parse(values["shard"]) if values.get("shard") else None
-                with use_shard(shard), silent_unless(run.writes):
+                with use_shard(shard), silent_unless(run.reports):
                     kwargs = {key: spec.build(values) for key, spec in configs.items()}
                     kwargs |= {key: run if key == run_name else values[key] for key in own}
                     try:
@@ -304,7 +312,7 @@ def command(
                     except ShardStopped as stopped:
                         shard_done(run.folder(), job, str(stopped))
                     else:
-                        if shard is not None:  # the last shard to finish wrote the results
+                        if shard is not None:  # its share is done, the tables are the merge's
                             shard_done(run.folder(), job)
 
         wrapper.__signature__ = inspect.Signature(list(params.values()))  # type: ignore[attr-defined]
