@@ -11,8 +11,8 @@ items of a batch are written with one `write` and flushed, so an item is either 
 whole or not at all; a line cut short by a crash is dropped (cut from this process's own
 file when the log is opened; skipped in another shard's, which may be mid-write). The
 run's identity (a provenance record minus its date: model, weights, analyzer, config,
-inputs) is stored in `run.json` when the folder is first used, written whole by one atomic
-rename (ranks started together race to it);
+inputs) is stored in `run.json` when the folder is first used, created whole by one atomic
+link (of ranks started together, the first wins and the others check against it);
 reopening the log with another identity (another model, config or input set) is refused
 with the fields that differ, so a resume can never mix rows of two runs. The identity also
 holds `LOG_LAYOUT`, the form of the recorded rows: a folder written by a toolkit whose rows
@@ -99,7 +99,8 @@ class WorkLog:
             )
         self.done: dict[str, list[dict[str, Any]]] = {}
         self._read: dict[Path, tuple[int, int]] = {}  # file -> (bytes, lines) read so far
-        self._cut_short_line()
+        if self.shard.mode != "merge":  # a merge writes nothing, not even a cut
+            self._cut_short_line()
         self.refresh()
 
     def _cut_short_line(self) -> None:
