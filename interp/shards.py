@@ -18,6 +18,9 @@ scheduler of our own. `current_shard()` says where this process stands:
 `split(costs, count)` deals the work driver's batches to the shards, balanced by cost:
 largest first, each to the least loaded shard; it depends on the costs alone, so every
 process computes the same split. `rank_device` puts each rank on its own GPU.
+
+Memory: every process holds its own copy of the model (docs/distributed.md plans it per
+rank), and once it has read the other shards' logs, the rows of the whole run.
 """
 
 from __future__ import annotations
