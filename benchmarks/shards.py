@@ -7,8 +7,9 @@ torchrun gives each rank one thread). Each run is a fresh command, so both pay t
 start-up (imports, the model load: each rank loads its own copy, in parallel). Prints each
 run's wall time, the manifest's wall_s (the command's body: model load and work, imports
 excluded; rank 0's under torchrun), their ratios, whether the two runs' tables are equal
-(exactly), and the load average before and after: the ratio means something only on cores
-nothing else is using.
+(exactly), the CPU time of all the processes of each run (load-independent: what the split
+costs in work, model loads and prefixes each rank prefills for itself included), and the
+load average before and after: the wall ratio means something only on free cores.
 
 Usage: python benchmarks/shards.py [--lengths 500,1000] [--depths 2] [--keep FOLDER]
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -30,13 +32,17 @@ import pandas as pd
 TABLES = ("scores", "tests")
 
 
-def timed(command: list[str], env: dict[str, str]) -> float:
-    """Run `command` to its end; its wall time in seconds (it must succeed)."""
+def timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Run `command` to its end (it must succeed): its wall time and the CPU time (user +
+    system) of all its processes, in seconds."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"{' '.join(command[:6])} ... failed:\n{done.stderr[-3000:]}")
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 def main() -> None:
@@ -54,7 +60,10 @@ def main() -> None:
     one = [sys.executable, "-m", "interp.cli", *grid, "--out", str(root / "one")]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     two = [*launcher, "--nproc_per_node", "2", "-m", "interp.cli", *grid]
-    walls = [timed(one, env), timed([*two, "--out", str(root / "two")], env)]
+    (wall_one, cpu_one), (wall_two, cpu_two) = (
+        timed(one, env),
+        timed([*two, "--out", str(root / "two")], env),
+    )
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     work = [json.loads((root / n / "manifest.json").read_text())["wall_s"] for n in ("one", "two")]
     equal = all(
@@ -66,8 +75,13 @@ def main() -> None:
     tests = len(pd.read_parquet(root / "one" / "tests.parquet"))
     print(f"{tests} tests")
     print(f"{'':>22} {'1 rank':>8} {'2 ranks':>8} {'speed-up':>8}")
-    print(f"{'command wall s':>22} {walls[0]:8.1f} {walls[1]:8.1f} {walls[0] / walls[1]:7.2f}x")
+    print(f"{'command wall s':>22} {wall_one:8.1f} {wall_two:8.1f} {wall_one / wall_two:7.2f}x")
     print(f"{'manifest wall_s':>22} {work[0]:8.1f} {work[1]:8.1f} {work[0] / work[1]:7.2f}x")
+    print(f"{'CPU s, all processes':>22} {cpu_one:8.1f} {cpu_two:8.1f}")
+    print(
+        f"on 2 free cores the 2 ranks would take about {cpu_two / 2:.1f} s of CPU each:"
+        f" {cpu_one / (cpu_two / 2):.2f}x (their CPU time, shared out, against one process's)"
+    )
     print(f"tables equal: {equal}")
     if args.keep is None:
         shutil.rmtree(root)
