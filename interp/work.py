@@ -209,7 +209,7 @@ class Work(Generic[T]):
 
     def _join(self) -> None:
         """Take the other shards' rows: under torchrun after every rank's share, else what
-        their logs hold now; stop a separate shard, or fail a merge, that lacks some."""
+        their logs hold now; stop a separate shard that lacks some, or fail (a merge, a rank)."""
         if self.shard.count == 1:
             return
         if self.shard.mode == "ranks":
@@ -229,16 +229,20 @@ class Work(Generic[T]):
             return
         lacking = sum(item.key not in self._rows for item in self.items)
         where = self.log.folder if self.log is not None else "the run"
-        if self.shard.mode == "merge":
-            names = ", ".join(f"{i}/{self.shard.count}" for i in sorted(missing))
-            raise InputError(
-                f"{where} lacks {lacking} of {len(self.items)} items of shards {names}: run"
-                " them (the same command with --shard i/N), then merge again."
+        if self.shard.mode == "jobs":
+            raise ShardStopped(
+                f"shard {self.shard.index}/{self.shard.count} logged its share in {where};"
+                f" {lacking} of {len(self.items)} items are other shards'. Once every shard"
+                f" has run, `interp merge {where}` writes the results."
             )
-        raise ShardStopped(
-            f"shard {self.shard.index}/{self.shard.count} logged its share in {where};"
-            f" {lacking} of {len(self.items)} items are other shards'. Once every shard has"
-            f" run, `interp merge {where}` writes the results."
+        names = ", ".join(f"{i}/{self.shard.count}" for i in sorted(missing))
+        raise InputError(
+            f"{where} lacks {lacking} of {len(self.items)} items of shards {names}: "
+            + (
+                "run them (the same command with --shard i/N), then merge again."
+                if self.shard.mode == "merge"
+                else "their ranks passed the barrier without logging them."
+            )
         )
 
 

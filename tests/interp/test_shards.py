@@ -171,6 +171,7 @@ def test_torchrun_ranks_write_the_tables_of_one_process(grid, tmp_path) -> None:
     assert sorted(p.name for p in log_files(tmp_path)) == ["work.0-of-2.jsonl", "work.1-of-2.jsonl"]
     assert logged(tmp_path) == len(grid["tables"]["tests"])
     assert done.stdout.count("results in") == 1  # rank 0 alone reports
+    assert not list(tmp_path.glob("shard.*"))  # no rank stopped as a separate shard does
 
 
 def test_a_submitit_array_of_two_shards_then_a_merge_equals_one_process(
