@@ -210,7 +210,7 @@ class Work(Generic[T]):
     def _join(self) -> None:
         """Take the other shards' rows: under torchrun after every rank's share, else what
         their logs hold now; stop a separate shard that lacks some, or fail (a merge, a rank)."""
-        if self.shard.count == 1:
+        if self.shard.mode == "single":
             return
         if self.shard.mode == "ranks":
             barrier()

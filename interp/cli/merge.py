@@ -61,8 +61,8 @@ def _given_options(ctx: Context) -> list[str]:
         if name in _NOT_REPEATED or ctx.get_parameter_source(name) is ParameterSource.DEFAULT:
             continue
         value = ctx.params[name]
-        if getattr(param, "is_flag", False) and param.secondary_opts:
-            words.append(param.opts[0] if value else param.secondary_opts[0])
+        if getattr(param, "is_flag", False):  # --static/--no-static, or a lone switch
+            words += [param.opts[0]] if value else param.secondary_opts[:1]
             continue
         for one in value if getattr(param, "multiple", False) else [value]:
             words += [param.opts[0], str(one.value if isinstance(one, enum.Enum) else one)]
