@@ -15,9 +15,14 @@ size) runs whole again and records what it lacks. `run` returns every item's row
 order, always as their JSON line decodes, logged or not, so a result never depends on
 whether, or where, the run was resumed.
 
-The shape leaves room to split a run across processes: keys are stable strings, the plan
-is a function of the items alone and the log is append-only JSON lines, so a rank can take
-its share of the batches, keep its own log, and a merge can read the rank logs together.
+A run splits across processes (`interp.shards`): the plan is a function of the items alone,
+so every process deals the same batches to the shards (`interp.shards.split`, balanced by
+their padded token counts) and runs only its own, into its own log file. Under torchrun the
+ranks then wait for each other and read every shard's rows, so each returns exactly what one
+process would; a separately launched shard (`--shard i/N`) stops once its share is logged
+(`ShardStopped`), unless the log already holds the rest; a merge (`interp merge`) computes
+nothing and names the shards whose items are missing. Under torchrun only rank 0 reports
+progress, counting every shard's items.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import Any, Generic, TypeAlias, TypeVar
 from interp.errors import InputError
 from interp.results import Provenance
 from interp.runs import WorkLog, run_identity
+from interp.shards import Shard, ShardStopped, barrier, current_shard, gather, split
 
 T = TypeVar("T")
 Row = dict[str, Any]
@@ -107,8 +113,10 @@ class Work(Generic[T]):
         log: WorkLog | None = None,
         batch_size: int = 1,
         similar: float | None = None,
+        shard: Shard | None = None,
     ) -> None:
-        """Plan the batches (see `batches`; `similar`: the length ratio a batch may span).
+        """Plan the batches (see `batches`; `similar`: the length ratio a batch may span) and
+        this process's share of them (`shard`, default `interp.shards.current_shard()`).
 
         Raises:
             InputError: two items share a key, or `batch_size` is below 1.
@@ -119,18 +127,34 @@ class Work(Generic[T]):
             raise InputError(f"Work items need distinct keys; repeated: {repeated[:5]}.")
         self.items = list(items)
         self.log = log
-        self._rows: dict[str, list[Row]] = {
-            key: log.rows(key) for key in keys if log is not None and log.is_done(key)
-        }
+        self.shard = shard or current_shard()
+        self._rows: dict[str, list[Row]] = {}
+        self._take_logged()
         plan = batches([item.length for item in self.items], batch_size, similar)
         self.plan = [[self.items[i] for i in group] for group in plan]
+        costs = [len(batch) * max(1, batch[-1].length) for batch in self.plan]  # padded tokens
+        self.owners = split(costs, self.shard.count)
+
+    def _take_logged(self) -> None:
+        """Take the rows the log holds for this run's items (others' shards' included)."""
+        if self.log is not None:
+            for item in self.items:
+                if item.key not in self._rows and self.log.is_done(item.key):
+                    self._rows[item.key] = self.log.rows(item.key)
 
     def _pending(self) -> list[list[Item[T]]]:
-        return [batch for batch in self.plan if any(i.key not in self._rows for i in batch)]
+        """This process's batches the log lacks (the merge runs none)."""
+        mine = [
+            batch
+            for batch, owner in zip(self.plan, self.owners, strict=True)
+            if self.shard.mode == "single"
+            or (self.shard.mode != "merge" and owner == self.shard.index)
+        ]
+        return [batch for batch in mine if any(i.key not in self._rows for i in batch)]
 
     @property
     def todo(self) -> list[T]:
-        """The values of the items in the batches still to run, in item order."""
+        """The values of the items in this process's batches still to run, in item order."""
         keys = {item.key for batch in self._pending() for item in batch}
         return [item.value for item in self.items if item.key in keys]
 
@@ -139,21 +163,28 @@ class Work(Generic[T]):
         process: Callable[[list[T]], Sequence[list[Row]]],
         progress: Callable[[int, int], None] | None = None,
     ) -> list[list[Row]]:
-        """Run the batches the log lacks; every item's rows, in item order.
+        """Run this process's batches the log lacks; every item's rows, in item order.
 
         Args:
             process: a batch of values -> one list of JSON-serialisable rows per value.
             progress: called as progress(done, total) once before any work (done = items
-                the log already held) and after each batch is recorded.
+                the log already held) and after each batch is recorded; done counts every
+                shard's items. Under torchrun only rank 0 calls it.
 
         Raises:
             TypeError: a row holds a value JSON cannot represent.
             ValueError: `process` returned another number of row lists than values.
+            ShardStopped: a separately launched shard logged its share; others' are missing.
+            InputError: a merge finds items no shard logged (it names those shards), or
+                a separately launched shard has no log to write to.
         """
+        if self.log is None and self.shard.mode in ("jobs", "merge"):
+            raise InputError("A shard run separately (--shard) needs an output folder.")
         total = len(self.items)
+        report = progress if self.shard.reports else None
         pending = self._pending()
-        if progress is not None:
-            progress(len(self._rows), total)
+        if report is not None:
+            report(len(self._rows), total)
         for batch in pending:
             out = process([item.value for item in batch])
             if len(out) != len(batch):
@@ -166,9 +197,53 @@ class Work(Generic[T]):
             if self.log is not None:
                 self.log.record_all(new)
             self._rows.update(new)
-            if progress is not None:
-                progress(len(self._rows), total)
+            if report is not None:
+                if self.shard.count > 1 and self.log is not None:
+                    self.log.refresh()  # the whole sweep's progress: the other shards' items
+                    self._take_logged()
+                report(len(self._rows), total)
+        self._join()
+        if report is not None and self.shard.count > 1:  # the other shards' items joined
+            report(len(self._rows), total)
         return [self._rows[item.key] for item in self.items]
+
+    def _join(self) -> None:
+        """Take the other shards' rows: under torchrun after every rank's share, else what
+        their logs hold now; stop a separate shard that lacks some, or fail (a merge, a rank)."""
+        if self.shard.mode == "single":
+            return
+        if self.shard.mode == "ranks":
+            barrier()
+            if self.log is None:  # no files to meet in: the ranks send each other their rows
+                for rows in gather(self._rows):
+                    self._rows.update(rows)
+        if self.log is not None:
+            self.log.refresh()
+            self._take_logged()
+        missing = {
+            owner
+            for batch, owner in zip(self.plan, self.owners, strict=True)
+            if any(item.key not in self._rows for item in batch)
+        }
+        if not missing:
+            return
+        lacking = sum(item.key not in self._rows for item in self.items)
+        where = self.log.folder if self.log is not None else "the run"
+        if self.shard.mode == "jobs":
+            raise ShardStopped(
+                f"shard {self.shard.index}/{self.shard.count} logged its share in {where};"
+                f" {lacking} of {len(self.items)} items are other shards'. Once every shard"
+                f" has run, `interp merge {where}` writes the results."
+            )
+        names = ", ".join(f"{i}/{self.shard.count}" for i in sorted(missing))
+        raise InputError(
+            f"{where} lacks {lacking} of {len(self.items)} items of shards {names}: "
+            + (
+                "run them (the same command with --shard i/N), then merge again."
+                if self.shard.mode == "merge"
+                else "their ranks passed the barrier without logging them."
+            )
+        )
 
 
 def _as_logged(rows: list[Row]) -> list[Row]:

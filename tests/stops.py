@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from interp.runs import LOG_FILE
+from interp.runs import log_files
 
 
 class Stop(Exception):
@@ -50,6 +50,5 @@ def count_items(monkeypatch: pytest.MonkeyPatch, module: Any, name: str, arg: in
 
 
 def logged(folder: Path) -> int:
-    """How many items the folder's work log holds."""
-    path = folder / LOG_FILE
-    return len(path.read_text("utf-8").splitlines()) if path.is_file() else 0
+    """How many complete item lines the folder's work log holds (every shard's file)."""
+    return sum(path.read_bytes().count(b"\n") for path in log_files(folder))

@@ -101,7 +101,7 @@ def _analyse(
         run.write_result(analyse_circuit(model, task, config, check=unseen, progress=progress))
 
 
-@command("circuit overlap", folder="circuit-overlap")
+@command("circuit overlap", folder="circuit-overlap", resumable=True)
 def circuit_overlap(
     run: Run,
     config: Annotated[OverlapConfig, Fields(skip=("repair",))],

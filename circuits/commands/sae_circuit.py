@@ -24,7 +24,7 @@ ReferenceOption = typer.Option(
 )
 
 
-@command("circuit sae", folder="circuit-sae")
+@command("circuit sae", folder="circuit-sae", resumable=True)
 def circuit_sae(
     run: Run,
     config: Annotated[SAECircuitConfig, Fields(skip=("seed",))],  # SAE seeds: --seeds

@@ -12,6 +12,7 @@ from typer._click import core as click
 from typer._click import exceptions as click_errors  # typer >= 0.29 vendors click
 from typer.core import TyperGroup
 
+from interp.cli.merge import merge
 from interp.cli.models import models
 from interp.version import toolkit_version
 
@@ -121,6 +122,7 @@ def _main(
 
 
 app.command("models")(models)
+app.command("merge")(merge)
 for group, text in GROUPS.items():
     app.add_typer(typer.Typer(cls=_lazy_group(group), help=text, no_args_is_help=True), name=group)
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,18 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
     finally:
         _HELD.close()
+
+
+@contextmanager
+def silent_unless(speaks: bool) -> Iterator[None]:
+    """Run the block with stdout and stderr dropped unless `speaks`: under torchrun the
+    ranks after the first print nothing (rank 0 shows the one progress view); an error
+    still gets its one line, printed by `user_errors` outside the block."""
+    if speaks:
+        yield
+        return
+    with open(os.devnull, "w") as null, redirect_stdout(null), redirect_stderr(null):
+        yield
 
 
 def result_folder(out: Path | None, job: str, model_spec: str | None, record: RunRecord) -> Path:

@@ -33,7 +33,7 @@ Search = Annotated[
 ]
 
 
-@command("effect act", folder="act")
+@command("effect act", folder="act", resumable=True)
 def effect_act(
     run: Run,
     act: ActConfig,
@@ -52,7 +52,7 @@ def effect_act(
     """Run ACT: find heads on calibration splits (or load them), measure test accuracy."""
     from interp.act_effects import load_act_tasks, run_act
     from interp.interventions.act_search import HeadSearch
-    from interp.runs import LOG_FILE
+    from interp.runs import log_files
 
     search = dataclasses.replace(search, max_heads=max_heads or None)
     searching = heads is None
@@ -68,8 +68,9 @@ def effect_act(
         result = run_act(model, tasks, act, search, effects, saved, search_progress=found,
                          progress=done, folder=folder)  # fmt: skip
     if searching:
-        run.record.wrote([folder / LOG_FILE])
-    typer.echo("\n".join(result.summary_lines(searched=searching)))
+        run.record.wrote(log_files(folder))
+    if run.writes:  # a separately launched shard leaves the results to the merge
+        typer.echo("\n".join(result.summary_lines(searched=searching)))
     scores = result.search.scores
     report_effects(
         run,
@@ -84,7 +85,9 @@ def effect_act(
 
 def report_effects(run: Run, effects: Effects, figures: dict[str, Any], **outputs: Any) -> None:
     """Write the effects tables, figures and `outputs` (more tables, manifest fields);
-    print a line per effect."""
+    print a line per effect (not in a separately launched shard: the merge does)."""
+    if not run.writes:
+        return
     written = run.write(
         bundles=[effects], figures=figures, **outputs, effects=effects.table.provenance.to_dict()
     )

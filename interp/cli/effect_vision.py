@@ -49,7 +49,7 @@ Captions = Annotated[list[str] | None, CaptionsOption]
 Metric = Annotated[Literal["accuracy", "log_prob"], MetricOption]
 
 
-@command("effect vhr", folder="vhr")
+@command("effect vhr", folder="vhr", resumable=True)
 def effect_vhr(
     run: Run,
     config: Annotated[VhrConfig, Fields(skip=("alpha",))],
@@ -77,7 +77,7 @@ def effect_vhr(
     _measure(run, "VHR alpha", "alpha", arms, (task or [], captions or []), items, metric, effects)
 
 
-@command("effect var", folder="var")
+@command("effect var", folder="var", resumable=True)
 def effect_var(
     run: Run,
     config: Annotated[VarConfig, Fields(skip=("p",))],

@@ -11,7 +11,12 @@ with the field's type (a `Literal` lists its choices in `--help`), default, and 
 the class docstring's `Attributes:` section; a tuple field is one comma-separated option.
 `Annotated[SinkConfig, Fields(...)]` renames or leaves out fields. A name met in several
 configs (or also among the command's own options, e.g. `seed`) is one option feeding all.
-The shared options (model, placement, output) are declared once, here.
+The shared options (model, placement, output) are declared once, here, and so is `--shard`
+of the commands that log their work (`resumable`), which splits them across jobs.
+
+Under torchrun or accelerate launch, or with `--shard i/N` (`interp.shards`), each process
+runs its share of the work; one writes the outputs and prints (rank 0), the others run
+silent, and a separately launched shard stops once its share is logged (exit 0).
 """
 
 from __future__ import annotations
@@ -34,10 +39,12 @@ from interp.cli.common import (
     parse_items,
     progress_bar,
     result_folder,
+    silent_unless,
     start_record,
     user_errors,
     write_outputs,
 )
+from interp.cli.merge import shard_done
 from interp.config import Config
 
 if typing.TYPE_CHECKING:
@@ -76,6 +83,11 @@ _SHARED = (
     ("dtype", str | None, None, ()),
 )
 _STATIC_HELP = "Also export PNG/SVG/PDF figures (needs Chromium)."
+_SHARD_HELP = (
+    "Run share i of N (e.g. 0/4) of the work, as one of N separately launched jobs (a Slurm"
+    " array) writing the same --out; `interp merge` then writes the results. Under torchrun"
+    " or accelerate launch the ranks split the work without it."
+)
 _OUT_HELP = (
     "Output folder. Default: results/{job}-<model>-<UTC time>. A stopped run resumes when"
     " given the same folder (commands that log their work)."
@@ -102,7 +114,25 @@ class Run:
         return self._folder
 
     def load_model(self) -> Model:
-        return load_model_or_fail(self.model_spec, self.device, **self.placement)
+        """The model, on this rank's own GPU under torchrun (`interp.shards.rank_device`)."""
+        from interp.shards import rank_device
+
+        return load_model_or_fail(self.model_spec, rank_device(self.device), **self.placement)
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the outputs and reports them (`Shard.writes`: not
+        the ranks after the first, nor a separately launched shard)."""
+        from interp.shards import current_shard
+
+        return current_shard().writes
+
+    @property
+    def reports(self) -> bool:
+        """Whether this process prints (`Shard.reports`: not the ranks after the first)."""
+        from interp.shards import current_shard
+
+        return current_shard().reports
 
     @contextmanager
     def progress(
@@ -115,12 +145,17 @@ class Run:
 
     def report(self, lines: Iterable[str]) -> None:
         """Echo a result's summary lines, then where the run's outputs are."""
+        if not self.writes:
+            return
         for line in lines:
             typer.echo(line)
         typer.echo(f"results in {self.folder()}")
 
     def write(self, **outputs: Any) -> list[Path]:
-        """`write_outputs` into this run's folder, with its figure-export choice."""
+        """`write_outputs` into this run's folder, with its figure-export choice (rank 0
+        only: under torchrun the other ranks write nothing)."""
+        if not self.writes:
+            return []
         return write_outputs(self.folder(), self.record, static=self.static, **outputs)
 
     def write_result(self, result: Any, **summary: Any) -> None:
@@ -231,13 +266,19 @@ def _merge(params: dict[str, inspect.Parameter], new: inspect.Parameter, where: 
 
 
 def command(
-    job: str, *, folder: str | None = None, placement: bool = True, figures: bool = True
+    job: str,
+    *,
+    folder: str | None = None,
+    placement: bool = True,
+    figures: bool = True,
+    resumable: bool = False,
 ) -> Callable[[Callable[..., None]], Any]:
     """Make a command of `body(run: Run, <configs>, <own options>)` (module docstring).
 
     `job` is the command as typed ("score sinks"), recorded in the run's manifest; `folder`
     names its default output folder (default: the job's last word); `placement` adds the
-    model and placement options, `figures` the static-export switch.
+    model and placement options, `figures` the static-export switch, `resumable` (a
+    command whose work goes through its folder's work log) the `--shard` option.
     """
     name = folder or job.split()[-1]
 
@@ -248,19 +289,31 @@ def command(
             _merge(params, _option(option, annotation, default, helped, flags), job)
         if figures:
             _merge(params, _option("static", bool, True, _STATIC_HELP), job)
+        if resumable:
+            _merge(params, _option("shard", str | None, None, _SHARD_HELP), job)
         own = [key for key in inspect.signature(body).parameters if key not in configs]
 
         @functools.wraps(body)
         def wrapper(**values: Any) -> None:
+            from interp.shards import Shard, ShardStopped, use_shard
+
             record = start_record(job, values)
             with user_errors():
                 shared = {option: values.get(option) for option, *_ in _SHARED}
                 where = {key: shared[key] for key in PLACEMENT}
                 device, static = shared["device"] or "cpu", values.get("static", False)
                 run = Run(name, record, shared["model"], device, where, shared["out"], static)
-                kwargs = {key: spec.build(values) for key, spec in configs.items()}
-                kwargs |= {key: run if key == run_name else values[key] for key in own}
-                body(**kwargs)
+                shard = Shard.parse(values["shard"]) if values.get("shard") else None
+                with use_shard(shard), silent_unless(run.reports):
+                    kwargs = {key: spec.build(values) for key, spec in configs.items()}
+                    kwargs |= {key: run if key == run_name else values[key] for key in own}
+                    try:
+                        body(**kwargs)
+                    except ShardStopped as stopped:
+                        shard_done(run.folder(), job, str(stopped))
+                    else:
+                        if shard is not None:  # its share is done, the tables are the merge's
+                            shard_done(run.folder(), job)
 
         wrapper.__signature__ = inspect.Signature(list(params.values()))  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in params.values()}

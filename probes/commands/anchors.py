@@ -31,7 +31,7 @@ TracesOption = typer.Option(
 )
 
 
-@command("score anchors")
+@command("score anchors", resumable=True)
 def score_anchors(
     run: Run,
     config: Annotated[AnchorRunConfig, Fields(rename={"run_causal": "causal"}, skip=STAGES)],
@@ -56,7 +56,8 @@ def score_anchors(
     run.record.inputs([traces or data_path("problems", "problems.jsonl")])
     with stage_bars(UNITS, resumable=("anchor passes", "causal check")) as update:
         found = find_anchors(model, config, traces, update, folder=folder)
-    run.record.wrote(found.save_files(folder, config.credit))
+    if run.writes:  # rank 0 alone under torchrun
+        run.record.wrote(found.save_files(folder, config.credit))
     run.write(
         bundles=[found.causal] if found.causal is not None else [],
         tables=found.tables(),

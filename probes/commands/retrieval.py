@@ -49,7 +49,7 @@ Batch = Annotated[
 ]
 
 
-@command("score retrieval")
+@command("score retrieval", resumable=True)
 def score_retrieval(
     run: Run,
     config: Annotated[RetrievalConfig, Fields(rename={"n_depths": "depths"})],
@@ -77,7 +77,7 @@ def score_retrieval(
     run.report(result.summary_lines())
 
 
-@command("ablate retrieval", folder="ablation")
+@command("ablate retrieval", folder="ablation", resumable=True)
 def ablate_retrieval(
     run: Run,
     config: Annotated[AblationConfig, Fields(rename={"n_seeds": "seeds"}, defaults=ABLATION)],
@@ -139,7 +139,7 @@ def _logged(
 ) -> Iterator[tuple[Model, Callable[[int, int], None]]]:
     """Claim the folder and load the model; the work inside goes through the folder's work
     log (recorded in the run), with a bar that says when a run resumes."""
-    from interp.runs import LOG_FILE
+    from interp.runs import log_files
 
     folder = run.folder()
     model = run.load_model()
@@ -147,4 +147,4 @@ def _logged(
     update, bar = work_progress(run.name)
     with bar:
         yield model, update
-    run.record.wrote([folder / LOG_FILE])
+    run.record.wrote(log_files(folder))

@@ -1,0 +1,195 @@
+"""Sweeps split across processes (`interp.shards`): each way of splitting equals one process.
+
+The split and the shard logs are checked on a toy workload; the commands on a tiny saved
+Llama: `--shard` jobs and `interp merge` in-process, torchrun's two gloo ranks in a
+subprocess, a shard stopped as a kill would and rerun, and a submitit array of two jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from pandas.testing import assert_frame_equal
+from typer.testing import CliRunner
+
+from interp.cli import app
+from interp.errors import InputError
+from interp.models import load_model
+from interp.runs import WorkLog, log_files
+from interp.shards import Shard, ShardStopped, split, use_shard
+from interp.work import Item, Work
+from probes import niah, retrieval
+from tests.stops import Stop, count_items, logged, stop_after
+from tests.tiny import saved_tiny
+
+ROOT = Path(__file__).resolve().parents[2]
+IDENTITY = {"analyzer": "squares"}
+TABLES = ("scores", "tests")
+
+
+def test_split_balances_cost_and_depends_on_the_costs_alone() -> None:
+    costs = [8.0, 1.0, 3.0, 4.0, 2.0, 6.0]
+    owner = split(costs, 2)
+    loads = [sum(c for c, o in zip(costs, owner, strict=True) if o == s) for s in (0, 1)]
+    assert loads == [12.0, 12.0] and owner == split(list(costs), 2)
+    assert split(costs, 1) == [0] * 6 and sorted(set(split(costs, 4))) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("text", ["2/2", "1", "a/b", "-1/2"])
+def test_a_bad_shard_is_refused(text: str) -> None:
+    with pytest.raises(InputError, match="i/N"):
+        Shard.parse(text)
+    assert Shard.parse(" 1 / 3 ") == Shard(1, 3, "jobs")
+
+
+def _squares(seen: list[int]):
+    def process(values: list[int]) -> list[list[dict]]:
+        seen.extend(values)
+        return [[{"n": v, "square": v * v}] for v in values]
+
+    return process
+
+
+def _work(folder: Path, shard: Shard) -> Work[int]:
+    items = [Item(f"n/{n}", n, length=n % 5) for n in range(12)]
+    with use_shard(shard):
+        return Work(items, WorkLog(folder, IDENTITY), batch_size=2)
+
+
+def test_jobs_run_their_share_and_a_merge_computes_nothing(tmp_path) -> None:
+    alone = Work([Item(f"n/{n}", n, length=n % 5) for n in range(12)], batch_size=2)
+    expected = alone.run(_squares([]))
+    merge = Shard(0, 2, "merge")
+    with pytest.raises(InputError, match="12 items of shards 0/2, 1/2"):
+        _work(tmp_path, merge).run(_squares([]))
+    first: list[int] = []
+    with pytest.raises(ShardStopped, match="shard 0/2"):
+        _work(tmp_path, Shard(0, 2, "jobs")).run(_squares(first))
+    with pytest.raises(InputError, match="items of shards 1/2:"):
+        _work(tmp_path, merge).run(_squares([]))
+    second: list[int] = []
+    assert _work(tmp_path, Shard(1, 2, "jobs")).run(_squares(second)) == expected
+    assert sorted(first + second) == list(range(12)) and not set(first) & set(second)
+    assert [p.name for p in log_files(tmp_path)] == ["work.0-of-2.jsonl", "work.1-of-2.jsonl"]
+    merged: list[int] = []
+    assert _work(tmp_path, merge).run(_squares(merged)) == expected and merged == []
+    assert Work(alone.items, WorkLog(tmp_path, IDENTITY)).run(_squares(merged)) == expected
+    assert merged == []  # one process resumes from the shard logs too
+
+
+def test_a_shard_log_of_another_configuration_is_refused(tmp_path) -> None:
+    with pytest.raises(ShardStopped):
+        _work(tmp_path, Shard(0, 2, "jobs")).run(_squares([]))
+    with use_shard(Shard(1, 2, "jobs")), pytest.raises(InputError, match="another analyzer"):
+        WorkLog(tmp_path, {"analyzer": "cubes"})
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory) -> dict:
+    """A tiny saved model, three needles, and the tables of one process's `score retrieval`."""
+    root = tmp_path_factory.mktemp("shards")
+    saved_tiny(root / "model")
+    needles = [
+        {"needle": f"The key number {i} is {w}.", "question": f"Key {i}?", "answer": w}
+        for i, w in enumerate(["red", "blue", "green"])
+    ]
+    (root / "needles.jsonl").write_text("".join(json.dumps(n) + "\n" for n in needles))
+    args = [
+        "score", "retrieval", "--model", str(root / "model"), "--needles",
+        str(root / "needles.jsonl"), "--lengths", "200", "--depths", "2",
+        "--max-new-tokens", "2", "--average", "all", "--batch-size", "2", "--no-static",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, [*args, "--out", str(root / "single")])
+    assert result.exit_code == 0, result.output
+    return {"root": root, "args": args, "tables": _tables(root / "single")}
+
+
+def _tables(folder: Path) -> dict[str, pd.DataFrame]:
+    return {name: pd.read_parquet(folder / f"{name}.parquet") for name in TABLES}
+
+
+def _assert_same_tables(folder: Path, expected: dict[str, pd.DataFrame]) -> None:
+    for name, table in _tables(folder).items():
+        assert_frame_equal(table, expected[name], check_exact=True)
+
+
+def test_shard_jobs_then_merge_equal_one_process(grid, tmp_path) -> None:
+    out = ["--out", str(tmp_path)]
+    first = CliRunner().invoke(app, [*grid["args"], *out, "--shard", "1/2"])
+    assert first.exit_code == 0 and "shard 1/2 logged its share" in first.output
+    assert not (tmp_path / "tests.parquet").exists()
+    missing = CliRunner().invoke(app, ["merge", str(tmp_path)])
+    assert missing.exit_code == 2 and "lacks shards 0/2" in missing.output
+    second = CliRunner().invoke(app, [*grid["args"], *out, "--shard", "0/2"])
+    assert second.exit_code == 0 and not (tmp_path / "tests.parquet").exists()
+    merged = CliRunner().invoke(app, ["merge", str(tmp_path)])
+    assert merged.exit_code == 0, merged.output
+    _assert_same_tables(tmp_path, grid["tables"])
+    assert logged(tmp_path) == len(grid["tables"]["tests"])  # each test logged once
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert {"work.0-of-2.jsonl", "work.1-of-2.jsonl"} <= set(manifest["files"])
+
+
+def test_a_shard_stopped_mid_run_resumes_to_the_uninterrupted_tables(
+    grid, tmp_path, monkeypatch
+) -> None:
+    root = grid["root"]
+    model = load_model(str(root / "model"))
+    config = retrieval.RetrievalConfig(lengths=(200,), n_depths=2, max_new_tokens=2, average="all")
+    inputs = niah.NiahInputs(needles=root / "needles.jsonl", batch_size=2)
+    with use_shard(Shard(1, 2, "jobs")), pytest.raises(Stop):
+        retrieval.run_niah(model, config, inputs, stop_after(1), folder=tmp_path)
+    with (tmp_path / "work.1-of-2.jsonl").open("a") as log:
+        log.write('{"key": "cut short by the kill')  # a write the kill cut in half
+    before = logged(tmp_path)
+    runs = count_items(monkeypatch, retrieval, "scored_rows")
+    for shard in (Shard(1, 2, "jobs"), Shard(0, 2, "jobs")):
+        with use_shard(shard), pytest.raises(ShardStopped) if shard.index else nullcontext():
+            retrieval.run_niah(model, config, inputs, folder=tmp_path)
+    assert sum(runs) == len(grid["tables"]["tests"]) - before  # nothing logged ran again
+    with use_shard(Shard(0, 2, "merge")):
+        retrieval.run_niah(model, config, inputs, folder=tmp_path).save(tmp_path)
+    _assert_same_tables(tmp_path, grid["tables"])
+
+
+def test_torchrun_ranks_write_the_tables_of_one_process(grid, tmp_path) -> None:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "interp.cli", *grid["args"], "--out", str(tmp_path),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    _assert_same_tables(tmp_path, grid["tables"])
+    assert sorted(p.name for p in log_files(tmp_path)) == ["work.0-of-2.jsonl", "work.1-of-2.jsonl"]
+    assert logged(tmp_path) == len(grid["tables"]["tests"])
+    assert done.stdout.count("results in") == 1  # rank 0 alone reports
+    assert not list(tmp_path.glob("shard.*"))  # no rank stopped as a separate shard does
+
+
+def test_a_submitit_array_of_two_shards_then_a_merge_equals_one_process(
+    tmp_path, monkeypatch
+) -> None:
+    submitit = pytest.importorskip("submitit")
+    from tests.interp import shard_jobs
+
+    monkeypatch.setenv("PYTHONPATH", f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+
+    executor = submitit.LocalExecutor(folder=tmp_path / "jobs")
+    executor.update_parameters(timeout_min=5)
+    out = str(tmp_path / "run")
+    jobs = executor.map_array(shard_jobs.share, [out, out], [0, 1], [2, 2])
+    outcomes = sorted(job.result() for job in jobs)
+    assert outcomes in (["stopped", "stopped"], ["all", "stopped"])  # the later may see all
+    assert len(log_files(out)) == 2 and logged(Path(out)) == 12
+    expected = Work(shard_jobs.items(), batch_size=2).run(shard_jobs.squares)
+    with use_shard(Shard(0, 2, "merge")):
+        work = Work(shard_jobs.items(), WorkLog(out, shard_jobs.IDENTITY), batch_size=2)
+        assert work.run(shard_jobs.squares) == expected
