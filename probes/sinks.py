@@ -11,7 +11,9 @@ form some descriptions give). Per head the table reports:
   sum_{j in S} A_ij (row 0 can only attend to itself and is left out),
 * `first_token_share`: the same for key 0 alone, `hidden_sink_share` for sinks after it,
 * `n_sinks`: sinks per prompt, `first_token_dominant`: share of prompts whose argmax_j m_j
-  is key 0.
+  is key 0,
+* `massive_share`: the same share on the keys whose residual entering the head's layer
+  holds a massive activation (below): how much the head reads the massive-activation tokens.
 
 Activation view (massive activations, Sun et al. 2024; VAR, Kang et al. 2025): for the
 residual x entering each layer, phi_d(x) = |x_d| / RMS(x) with RMS = sqrt(mean x^2 + 1e-6),
@@ -208,6 +210,23 @@ def sink_statistics(
     }
 
 
+def massive_share(
+    column_sums: Float[Tensor, "layer head key"],
+    first_row: Float[Tensor, "layer head"],
+    massive: dict[int, tuple[np.ndarray, ...]],
+) -> np.ndarray:
+    """[layer, head] attention share of query rows 1..N-1 on the keys that hold a massive
+    activation entering the layer (`massive_activations`' positions; 0 where none does)."""
+    received = column_sums.clone()
+    received[..., 0] -= first_row  # row 0 only sees key 0, as in `sink_statistics`
+    share = np.zeros(received.shape[:2])
+    n_rows = max(received.shape[-1] - 1, 1)
+    for layer, (positions, *_) in massive.items():
+        keys = torch.as_tensor(np.unique(positions), dtype=torch.long)
+        share[layer] = (received[layer][:, keys].sum(-1) / n_rows).numpy()
+    return share
+
+
 def massive_activations(
     residual: Float[Tensor, "pos d_model"], threshold: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -272,6 +291,7 @@ def run(
         seen_by = torch.stack([s.float().cpu() for s in column_sums.seen_by])  # type: ignore[union-attr]
         first_row = torch.stack([f.float().cpu() for f in column_sums.first_row])  # type: ignore[union-attr]
         stats = sink_statistics(sums, config, seen_by, first_row)
+        stats["massive_share"] = massive_share(sums, first_row, massive)
         tokens = model.tokenizer.convert_ids_to_tokens(batch.ids().tolist())
         head_frames.append(_head_frame(stats, example, len(tokens)))
         sink_frames.append(_sink_frame(stats, example, tokens))
@@ -293,7 +313,14 @@ def run(
 
 
 def _head_frame(stats: dict[str, np.ndarray], example: int, n_tokens: int) -> pd.DataFrame:
-    columns = ["score", "first_token_share", "hidden_sink_share", "n_sinks", "first_token_dominant"]
+    columns = [
+        "score",
+        "first_token_share",
+        "hidden_sink_share",
+        "n_sinks",
+        "first_token_dominant",
+        "massive_share",
+    ]
     frame = head_frame({c: stats[c] for c in columns})
     frame.insert(3, "example", example)
     frame.insert(4, "n_tokens", n_tokens)

@@ -18,8 +18,10 @@ from interp.version import toolkit_version
 
 # Every command, as (group, name, "module:function"), loaded only when it runs or its help
 # is asked for: `interp --help` stays instant, and the core reaches the commands of the
-# analyzer packages (probes, circuits) by name, never by an import.
+# analyzer packages (probes, circuits) by name, never by an import. Group "": a top-level
+# command (`interp atlas`).
 COMMANDS_BY_NAME: tuple[tuple[str, str, str], ...] = (
+    ("", "atlas", "probes.commands.atlas:atlas"),
     ("score", "sinks", "probes.commands.sinks:score_sinks"),
     ("score", "retrieval", "probes.commands.retrieval:score_retrieval"),
     ("score", "anchors", "probes.commands.anchors:score_anchors"),
@@ -56,21 +58,25 @@ def load_command(name: str, target: str) -> click.Command:
 
 
 def _lazy_group(group: str) -> type[TyperGroup]:
-    """A group class whose commands are imported when one is asked for."""
+    """A group class whose commands of `group` are imported when one is asked for, beside
+    the commands added to it directly."""
     targets = {name: target for g, name, target in COMMANDS_BY_NAME if g == group}
 
     class LazyGroup(TyperGroup):
         def list_commands(self, ctx: click.Context) -> list[str]:
-            return list(targets)
+            return [*super().list_commands(ctx), *targets]
 
         def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-            return load_command(name, targets[name]) if name in targets else None
+            if name in targets:
+                return load_command(name, targets[name])
+            return super().get_command(ctx, name)
 
     return LazyGroup
 
 
-class _OneLineErrors(TyperGroup):
-    """Usage errors (a bad option value, a missing option) as one `error:` line, exit 2.
+class _OneLineErrors(_lazy_group("")):
+    """The top-level group: its lazily imported commands (group ""), and usage errors (a
+    bad option value, a missing option) as one `error:` line, exit 2.
 
     Click and typer print them as a usage block or a rich panel; the toolkit's own errors
     are one line (interp.cli.common.fail), and so are these. Help requested by giving no
