@@ -48,7 +48,7 @@ class AtlasSettings(Config):
     Attributes:
         quick: small settings for a first look (minutes, not the methods' full grids).
         top_k: heads per method for overlaps, flags and masking.
-        seed: seed of every random draw (random tokens, random heads, bootstrap).
+        seed: seed of the random draws the methods make (random tokens, bootstrap).
     """
 
     quick: bool = False
