@@ -4,12 +4,12 @@ Runs `interp.atlas.build_atlas` with the output folder as its work folder: each 
 works (and resumes) in `<out>/<method>/`, each finished method is recorded in the folder's
 work log, so a stopped atlas resumes with the same `--out`. Writes heads, relations and
 flagged (parquet + CSV), each method's tables under `<method>/`, the example attention
-(`example.npz`), the atlas page when its module is installed, and the manifest.
+(`example.npz`), the atlas page (`atlas.html`, `interp.atlas_page`), each method's grid
+and the relations figure under `figures/` (`interp.atlas_figures`), and the manifest.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -22,8 +22,6 @@ from interp.cli.options import Run, command
 if TYPE_CHECKING:
     from interp.atlas import Atlas
 
-# The atlas page, reached by name as the methods are: the command writes it once it exists.
-PAGE_WRITER = "interp.atlas_page:write_atlas_page"
 UNITS = {"atlas": "method", "generation": "problem", "anchor passes": "trace-pass"}
 # The atlas stage comes back after each method's own stages, so its bar is a plain one.
 RESUMABLE = ("retrieval tests", "retrieval masking", "anchor passes")
@@ -34,7 +32,7 @@ Methods = Annotated[
 ]
 
 
-@command("atlas", figures=False)
+@command("atlas")
 def atlas(run: Run, settings: AtlasSettings, methods: Methods = None) -> None:
     """Score every head with every method; one per-head table, relations, flagged heads."""
     from interp.atlas import build_atlas, check_methods
@@ -45,7 +43,7 @@ def atlas(run: Run, settings: AtlasSettings, methods: Methods = None) -> None:
     model = run.load_model()
     with stage_bars(UNITS, resumable=RESUMABLE) as progress:
         found = build_atlas(model, chosen, settings, folder, progress)
-    run.record.wrote([*found.save(folder), *write_page(folder, found), folder / LOG_FILE])
+    run.record.wrote([*found.save(folder), *draw(folder, found, run.static), folder / LOG_FILE])
     run.write(
         provenance=found.provenance.to_dict(),
         geometry=vars(model.geometry),
@@ -57,15 +55,15 @@ def atlas(run: Run, settings: AtlasSettings, methods: Methods = None) -> None:
     run.report(found.summary_lines())
 
 
-def write_page(folder: Path, found: Atlas) -> list[Path]:
-    """The atlas page (atlas.html) by `PAGE_WRITER`; nothing while its module is absent."""
-    module, attribute = PAGE_WRITER.split(":")
-    try:
-        writer = getattr(importlib.import_module(module), attribute)
-    except ModuleNotFoundError:
-        typer.echo(f"note: no atlas page ({module} is not installed).", err=True)
-        return []
+def draw(folder: Path, found: Atlas, static: bool) -> list[Path]:
+    """The atlas page (atlas.html) and the figures (figures/: HTML, and PNG/SVG/PDF when
+    `static` and a Chromium exists); returns the files written."""
+    from interp.atlas_figures import write_atlas_figures
+    from interp.atlas_page import write_atlas_page
+    from interp.figure_export import STATIC_FORMATS
+
+    heads, relations, provenance = found.heads.data, found.relations.data, found.provenance
     example = {"tokens": found.example.tokens, "patterns": found.example.patterns}
-    path = folder / "atlas.html"
-    writer(path, found.heads.data, found.relations.data, found.provenance, example)
-    return [path]
+    page = write_atlas_page(folder / "atlas.html", heads, relations, provenance, example)
+    formats = STATIC_FORMATS if static else ()
+    return [page, *write_atlas_figures(folder / "figures", heads, relations, provenance, formats)]

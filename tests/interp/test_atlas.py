@@ -189,7 +189,7 @@ def test_the_command_writes_the_atlas_and_refuses_unknown_methods(tmp_path) -> N
     ]
     model = saved_tiny(tmp_path / "tiny")
     out = tmp_path / "out"
-    args = ["atlas", "--methods", "head_kinds,sinks", "--quick", "--top-k", "2"]
+    args = ["atlas", "--methods", "head_kinds,sinks", "--quick", "--top-k", "2", "--no-static"]
     done = runner.invoke(app, [*args, "-m", str(model), "-o", str(out)])
     assert done.exit_code == 0, done.output
     heads = pd.read_parquet(out / "heads.parquet")
@@ -197,4 +197,5 @@ def test_the_command_writes_the_atlas_and_refuses_unknown_methods(tmp_path) -> N
     best = heads.sort_values(["head_kinds_induction", "layer", "head"]).label.iloc[-1]
     assert f"head_kinds_induction: {best} (" in done.output
     assert (out / "manifest.json").is_file() and (out / "head_kinds" / "scores.parquet").is_file()
-    assert Path(out / "example.npz").is_file()
+    assert Path(out / "example.npz").is_file() and (out / "atlas.html").is_file()
+    assert (out / "figures" / "grid_head_kinds_induction.html").is_file()
