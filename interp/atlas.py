@@ -187,7 +187,7 @@ def load_method(name: str) -> AtlasMethod | str:
     try:
         loaded = importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        if exc.name is None or not module.startswith(exc.name):
+        if exc.name is None or not f"{module}.".startswith(f"{exc.name}."):
             raise  # the module exists but one of its own imports is missing: a real error
         return f"its module {module} is not installed"
     return getattr(loaded, attribute)
@@ -305,7 +305,8 @@ def check_part(name: str, part: AtlasPart, model: Model) -> None:
     whole = {(i, h) for i in range(geometry.n_layers) for h in range(geometry.n_heads)}
     if keys != whole or len(table) != len(whole):
         raise InterpError(f"Atlas method {name!r} did not return one row per head.")
-    foreign = [c for c in table.columns if c not in ("layer", "head") and not c.startswith(name)]
+    own = ("layer", "head")
+    foreign = [c for c in table.columns if c not in own and not c.startswith(f"{name}_")]
     if foreign:
         raise InterpError(f"Atlas method {name!r} returned columns not named for it: {foreign}.")
 

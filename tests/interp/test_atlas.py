@@ -24,6 +24,7 @@ from interp.errors import InputError
 from interp.generation import GenerationConfig
 from interp.models import load_model
 from interp.prompts import data_path, load_prompts
+from interp.runs import LOG_FILE
 from probes import atlas_methods, head_kinds, sinks
 from probes.anchor_workflow import AnchorRunConfig, find_anchors
 from probes.retrieval import RetrievalConfig, run_niah
@@ -51,17 +52,23 @@ def model(tmp_path_factory):
 
 
 def test_each_column_equals_its_analyzer_on_the_same_settings(model, tmp_path) -> None:
-    found = build_atlas(model, ANALYZERS, QUICK, tmp_path / "atlas")
+    folder = tmp_path / "atlas"
+    found = build_atlas(model, ANALYZERS, QUICK, folder)
     heads = found.heads.data
     assert heads.columns[:4].tolist() == ["layer", "head", "kv_group", "label"]
     assert len(heads) == 12 and heads.kv_group.tolist() == [0, 0, 1, 1] * 3
     prompts = load_prompts(data_path("prompts", "sinks.jsonl"))[:2]
     sink_heads = sinks.run(model, prompts).heads.per_head()
-    retrieval = run_niah(model, RetrievalConfig(**SMALL["retrieval"])).scores.data
+    # The resumable analyzers read the atlas's work logs (their own runs on these settings,
+    # or they would refuse the folder) instead of decoding and generating again.
+    assert (folder / "retrieval" / "scoring" / LOG_FILE).is_file()
+    assert (folder / "anchors" / LOG_FILE).is_file()
+    config = RetrievalConfig(**SMALL["retrieval"])
+    retrieval = run_niah(model, config, folder=folder / "retrieval" / "scoring").scores.data
     kinds = head_kinds.run(model, head_kinds.HeadKindConfig(**SMALL["head_kinds"])).data
     generation = GenerationConfig(max_new_tokens=8)
-    config = AnchorRunConfig(problems=1, generation=generation, run_causal=False, chat=False)
-    anchors = find_anchors(model, config).heads.data
+    setup = AnchorRunConfig(problems=1, generation=generation, run_causal=False, chat=False)
+    anchors = find_anchors(model, setup, folder=folder / "anchors").heads.data
     expected = {
         "sinks_sink_share": sink_heads.score,
         "sinks_first_token_share": sink_heads.first_token_share,
