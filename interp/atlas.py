@@ -15,6 +15,8 @@ finished, then joins the parts on (layer, head): layer, head, kv_group, label, t
 method's columns in registry order. Relations between the methods (`interp.atlas_relations`)
 and one prompt's attention for every head (`interp.attention_example`) complete it.
 
+The types a method deals in (`AtlasSettings`, `AtlasPart`, `AtlasMethod`, `NotApplicable`)
+live in `interp.atlas_part`, which the analyzer packages import; they are re-exported here.
 Memory and time are the methods' own; the join and the relations cost milliseconds.
 """
 
@@ -22,65 +24,35 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from interp.atlas_part import AtlasMethod, AtlasPart, AtlasSettings, NotApplicable
 from interp.atlas_relations import flagged, ranked, relations, score_columns
 from interp.attention_example import AttentionExample, attention_example
-from interp.config import Config, check_range
 from interp.errors import InputError, InterpError, did_you_mean
 from interp.models import Model
 from interp.results import ItemTable, Provenance, hash_inputs
 from interp.work import Item, StageProgress, Work, WorkFolder, open_log
 
-ANALYZER = "atlas"
-
-
-@dataclass(frozen=True)
-class AtlasSettings(Config):
-    """What every method receives.
-
-    Attributes:
-        quick: small settings for a first look (minutes, not the methods' full grids).
-        top_k: heads per method for overlaps, flags and masking.
-        seed: seed of the random draws the methods make (random tokens, bootstrap).
-    """
-
-    quick: bool = False
-    top_k: int = 10
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_range(self, "top_k", 1)
-
-
-@dataclass(frozen=True)
-class AtlasPart:
-    """What every method returns.
-
-    Attributes:
-        heads: one row per (layer, head) of the model: layer, head, then the method's score
-            columns prefixed with its name ("retrieval_score"), intervals as
-            <col>_low/<col>_high where it has them.
-        tables: the method's full results, saved beside the atlas (<method>/<name>.parquet).
-        settings: the settings it ran with, JSON (they go into the atlas's provenance).
-    """
-
-    heads: pd.DataFrame
-    tables: dict[str, pd.DataFrame]
-    settings: dict[str, Any]
-
-
-# The Path is the method's own work folder (None: no resume), handed to its workflow.
-AtlasMethod: TypeAlias = Callable[
-    [Model, AtlasSettings, Path | None, StageProgress | None], AtlasPart
+__all__ = [
+    "METHODS_BY_NAME",
+    "Atlas",
+    "AtlasMethod",
+    "AtlasPart",
+    "AtlasSettings",
+    "NotApplicable",
+    "build_atlas",
+    "check_methods",
 ]
+ANALYZER = "atlas"
+DEFAULTS = AtlasSettings()  # frozen: one shared default is safe
+
 
 # name -> "package.module:function"; the order is the atlas's column order.
 METHODS_BY_NAME: dict[str, str] = {
@@ -92,11 +64,6 @@ METHODS_BY_NAME: dict[str, str] = {
     "act": "probes.atlas_act:act",
     "vision": "probes.atlas_vision:vision",
 }
-
-
-class NotApplicable(InputError):
-    """Raised by a method that does not apply to the model (vision on a text model): the
-    atlas skips it with this message."""
 
 
 @dataclass(frozen=True)
@@ -196,7 +163,7 @@ def load_method(name: str) -> AtlasMethod | str:
 def build_atlas(
     model: Model,
     methods: Sequence[str] | None = None,
-    settings: AtlasSettings = AtlasSettings(),
+    settings: AtlasSettings = DEFAULTS,
     folder: WorkFolder | None = None,
     progress: StageProgress | None = None,
 ) -> Atlas:

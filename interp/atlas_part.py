@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import numpy as np
 import pandas as pd
 
+from interp.config import Config, check_range
 from interp.errors import InputError
 from interp.heads import HeadGeometry
 from interp.work import StageProgress
@@ -27,18 +28,23 @@ __all__ = ["AtlasMethod", "AtlasPart", "AtlasSettings", "NotApplicable", "method
 
 
 @dataclass(frozen=True)
-class AtlasSettings:
-    """The atlas's choices every method reads.
+class AtlasSettings(Config):
+    """The atlas's choices every method reads (a config: checked, and its fields are the
+    options of `interp atlas`).
 
     Attributes:
-        quick: small inputs for a first look (each method says which).
-        top_k: heads a method counts as flagged when it ranks them.
-        seed: seeds every sampled input.
+        quick: small settings for a first look (each method says which).
+        top_k: heads per method for overlaps, flags and masking.
+        seed: seed of the random draws the methods make (random tokens, bootstrap).
     """
 
     quick: bool = False
     top_k: int = 10
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self, "top_k", 1)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from interp.atlas import AtlasPart, AtlasSettings
+from interp.atlas_part import AtlasPart, AtlasSettings
 from interp.effects import EffectsConfig
 from interp.generation import GenerationConfig
 from interp.models import Model
