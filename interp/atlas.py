@@ -123,13 +123,18 @@ class Atlas:
                 f" top-{row.k} Jaccard {row.jaccard:.2f}"
             )
         every = ", ".join(self.flagged_by_all()) or "none"
-        lines.append(f"flagged by all {len(self.parts)} methods: {every}")
+        lines.append(f"flagged by all {len(self.ranking_methods())} ranking methods: {every}")
         return lines
 
+    def ranking_methods(self) -> list[str]:
+        """The methods with a score column (`interp.atlas_relations.score_columns`): those
+        that can flag a head."""
+        return list(dict.fromkeys(score_columns(self.heads.data, list(self.parts)).values()))
+
     def flagged_by_all(self) -> list[str]:
-        """The labels of the heads in the top k of every method that ran (two or more)."""
+        """The labels of the heads in the top k of every ranking method (two or more)."""
         table = self.flagged.data
-        return table[table.n_methods == len(self.parts)].label.tolist()
+        return table[table.n_methods == len(self.ranking_methods())].label.tolist()
 
 
 def check_methods(names: Sequence[str] | None) -> list[str]:
