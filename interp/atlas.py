@@ -38,6 +38,7 @@ from interp.attention_example import AttentionExample, attention_example
 from interp.errors import InputError, InterpError, did_you_mean
 from interp.models import Model
 from interp.results import ItemTable, Provenance, hash_inputs
+from interp.shards import Shard
 from interp.work import Item, StageProgress, Work, WorkFolder, open_log
 
 __all__ = [
@@ -216,7 +217,9 @@ def build_atlas(
         check_part(name, part, model)
         return [[part_row(part)]]
 
-    work = Work([Item(name, name) for name in runnable], log)
+    # Every process runs every method (Shard()): the methods' own work items are what
+    # processes split (interp.shards), and each method waits for all ranks at its end.
+    work = Work([Item(name, name) for name in runnable], log, shard=Shard())
     report = None if progress is None else lambda done, total: progress("atlas", done, total)
     rows = work.run(run_one, report)
     parts = {}

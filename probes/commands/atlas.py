@@ -36,14 +36,16 @@ Methods = Annotated[
 def atlas(run: Run, settings: AtlasSettings, methods: Methods = None) -> None:
     """Score every head with every method; one per-head table, relations, flagged heads."""
     from interp.atlas import build_atlas, check_methods
-    from interp.runs import LOG_FILE
+    from interp.runs import log_files
 
     chosen = check_methods(parse_items(methods, str, "--methods"))
     folder = run.folder()
     model = run.load_model()
     with stage_bars(UNITS, resumable=RESUMABLE) as progress:
         found = build_atlas(model, chosen, settings, folder, progress)
-    run.record.wrote([*found.save(folder), *draw(folder, found, run.static), folder / LOG_FILE])
+    if run.writes:  # rank 0 alone under torchrun
+        run.record.wrote([*found.save(folder), *draw(folder, found, run.static)])
+    run.record.wrote(log_files(folder))
     run.write(
         provenance=found.provenance.to_dict(),
         geometry=vars(model.geometry),
