@@ -29,7 +29,8 @@ class AttentionExample:
 
     Attributes:
         prompt: the text.
-        tokens: its tokens as the tokenizer writes them.
+        tokens: its tokens as text, one per position (each decoded alone: a leading
+            space shows as a space, not as the tokenizer's marker).
         patterns: [layer, head, query, key] post-softmax attention, float32.
     """
 
@@ -80,5 +81,5 @@ def attention_example(model: Model, prompt: str = EXAMPLE_PROMPT) -> AttentionEx
     names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.geometry.n_layers)]
     acts = record(model, batch, names)
     patterns = torch.stack([acts[name][0].float().cpu() for name in names])
-    tokens = model.tokenizer.convert_ids_to_tokens(ids.tolist())
-    return AttentionExample(prompt, [str(t) for t in tokens], patterns.numpy())
+    tokens = [model.tokenizer.decode([i]) for i in ids.tolist()]
+    return AttentionExample(prompt, tokens, patterns.numpy())
