@@ -24,7 +24,7 @@ from pathlib import Path
 
 from circuits.circuit_analysis import CircuitConfig, analyse_circuit
 from circuits.tasks import ioi
-from interp.atlas_part import AtlasPart, AtlasSettings, method_heads
+from interp.atlas_part import AtlasPart, AtlasSettings, method_heads, require_midway_start
 from interp.models import Model
 from interp.work import StageProgress
 
@@ -55,6 +55,7 @@ def circuits(
         270
     """
     del folder
+    require_midway_start(model)
     config = CircuitConfig(patching="attribution")
     n = QUICK_PROMPTS if settings.quick else PROMPTS
     analysis = analyse_circuit(model, ioi(model, n, seed=settings.seed), config, progress=progress)

@@ -17,14 +17,22 @@ import numpy as np
 import pandas as pd
 
 from interp.config import Config, check_range
-from interp.errors import InputError
+from interp.errors import InputError, UnsupportedModelError
 from interp.heads import HeadGeometry
+from interp.midway import check_midway_start
 from interp.work import StageProgress
 
 if TYPE_CHECKING:
     from interp.models import Model
 
-__all__ = ["AtlasMethod", "AtlasPart", "AtlasSettings", "NotApplicable", "method_heads"]
+__all__ = [
+    "AtlasMethod",
+    "AtlasPart",
+    "AtlasSettings",
+    "NotApplicable",
+    "method_heads",
+    "require_midway_start",
+]
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,15 @@ AtlasMethod: TypeAlias = Callable[
 
 class NotApplicable(InputError):
     """The method does not apply to this model (a vision method on a text-only model)."""
+
+
+def require_midway_start(model: Model) -> None:
+    """Raise NotApplicable unless `model` can run from a middle layer (path patching, the
+    ACT head search), so an atlas of a model that cannot skips those methods."""
+    try:
+        check_midway_start(model.hf)
+    except UnsupportedModelError as exc:
+        raise NotApplicable(str(exc)) from exc
 
 
 def method_heads(geometry: HeadGeometry, method: str, columns: pd.DataFrame) -> pd.DataFrame:

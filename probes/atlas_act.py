@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from interp.atlas_part import AtlasPart, AtlasSettings, method_heads
+from interp.atlas_part import AtlasPart, AtlasSettings, method_heads, require_midway_start
 from interp.heads import HeadGeometry
 from interp.interventions.act import ActConfig
 from interp.interventions.act_search import (
@@ -57,6 +57,7 @@ def act(
         >>> part.heads.columns.tolist()  # doctest: +SKIP
         ['layer', 'head', 'act_gain', 'act_no_hidden_sink', 'act_selected']
     """
+    require_midway_start(model)
     tasks = calibration_tasks(settings)
     config, search = ActConfig(), search_config(settings)
     report = for_stage(progress, "act head search")

@@ -29,7 +29,7 @@ from probes import atlas_methods, head_kinds, sinks
 from probes.anchor_workflow import AnchorRunConfig, find_anchors
 from probes.retrieval import RetrievalConfig, run_niah
 from tests.stops import Stop, count_items, stop_after
-from tests.tiny import saved_tiny
+from tests.tiny import saved_tiny, tiny_llava
 
 SMALL = {
     "sinks": {"prompts": 2},
@@ -157,6 +157,13 @@ def test_missing_and_inapplicable_methods_are_skipped(model, tmp_path, monkeypat
     np.testing.assert_allclose(found.example.patterns.sum(-1), 1.0, atol=1e-5)
     with pytest.raises(InputError, match=r"Unknown atlas method 'risng'\. Did you mean 'rising'"):
         check_methods(["risng"])
+
+
+def test_methods_that_start_at_a_middle_layer_skip_a_model_that_cannot() -> None:
+    found = build_atlas(tiny_llava(), ["head_kinds", "circuits", "act"], AtlasSettings(quick=True))
+    assert list(found.parts) == ["head_kinds"]
+    assert set(found.skipped) == {"circuits", "act"}
+    assert all("at a middle layer" in why for why in found.skipped.values())
 
 
 def test_relations_and_flags_rank_the_score_columns() -> None:
