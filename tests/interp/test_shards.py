@@ -26,6 +26,7 @@ from interp.runs import WorkLog, log_files
 from interp.shards import Shard, ShardStopped, split, use_shard
 from interp.work import Item, Work
 from probes import niah, retrieval
+from tests.interp.test_act_search import _task_folder
 from tests.stops import Stop, count_items, logged, stop_after
 from tests.tiny import saved_tiny
 
@@ -172,6 +173,63 @@ def test_torchrun_ranks_write_the_tables_of_one_process(grid, tmp_path) -> None:
     assert logged(tmp_path) == len(grid["tables"]["tests"])
     assert done.stdout.count("results in") == 1  # rank 0 alone reports
     assert not list(tmp_path.glob("shard.*"))  # no rank stopped as a separate shard does
+
+
+def _inputs(root: Path) -> dict[str, str]:
+    """A tiny model with the layers the ACT search needs (it leaves out the first two and the
+    last), two needles and a multiple-choice task folder."""
+    needles = [
+        {"needle": "The key is red.", "question": "Key?", "answer": "red"},
+        {"needle": "The code is 7.", "question": "Code?", "answer": "7"},
+    ]
+    (root / "needles.jsonl").write_text("".join(json.dumps(n) + "\n" for n in needles))
+    model = saved_tiny(root / "model", n_layers=5)
+    task = _task_folder(root, "words")
+    return {"model": str(model), "needles": str(root / "needles.jsonl"), "task": task}
+
+
+def _workflows(inputs: dict[str, str], out: Path) -> dict[str, list[str]]:
+    """argv of every resumable workflow (retrieval first: the ablation reads its scores)."""
+    small = ["--model", inputs["model"], "--no-static"]
+    grid = ["--needles", inputs["needles"], "--lengths", "120,200", "--depths", "2"]
+    argv = {
+        "retrieval": ["score", "retrieval", *small, *grid, "--max-new-tokens", "2",
+                      "--batch-size", "2"],
+        "ablate": ["ablate", "retrieval", *small, *grid, "--ks", "0,2", "--seeds", "1",
+                   "--scores", str(out / "retrieval" / "scores.parquet"),
+                   "--max-new-tokens", "2", "--n-boot", "50", "--batch-size", "2"],
+        "act": ["effect", "act", *small, "--task", inputs["task"], "--metric", "log_prob",
+                "--threshold", "0.04", "--n-boot", "50", "--search-batch-size", "2"],
+        "anchors": ["score", "anchors", *small, "--problems", "3", "--max-new-tokens", "16",
+                    "--no-chat", "--h-lo", "2", "--h-hi", "8", "--causal-seeds", "1",
+                    "--continuation", "3", "--n-boot", "50"],
+        "atlas": ["atlas", *small, "--quick", "--methods", "sinks,retrieval,head_kinds,anchors"],
+    }  # fmt: skip
+    return {name: [*args, "--out", str(out / name)] for name, args in argv.items()}
+
+
+def test_torchrun_ranks_equal_one_process_for_every_workflow(tmp_path) -> None:
+    inputs = _inputs(tmp_path)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    ranked = list(_workflows(inputs, tmp_path / "ranks").values())
+    launch = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "tests.interp.rank_commands", json.dumps(ranked),
+    ]  # fmt: skip
+    done = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name, argv in _workflows(inputs, tmp_path / "single").items():
+        result = CliRunner().invoke(app, argv)
+        assert result.exit_code == 0, result.output
+        single = tmp_path / "single" / name
+        tables = sorted(p.relative_to(single) for p in single.rglob("*.parquet"))
+        assert tables, name
+        for table in tables:
+            got = pd.read_parquet(tmp_path / "ranks" / name / table)
+            expected = pd.read_parquet(single / table)
+            assert_frame_equal(got, expected, check_exact=True, obj=f"{name}/{table}")
+    shares = [p.parent.name for p in (tmp_path / "ranks").rglob("work.1-of-2.jsonl")]
+    assert {"ablate", "act", "anchors", "retrieval"} <= set(shares)  # rank 1 took a share
 
 
 def test_a_submitit_array_of_two_shards_then_a_merge_equals_one_process(
