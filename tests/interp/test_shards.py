@@ -217,7 +217,7 @@ def test_torchrun_ranks_equal_one_process_for_every_workflow(tmp_path) -> None:
         "-m", "tests.interp.rank_commands", json.dumps(ranked),
     ]  # fmt: skip
     done = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     for name, argv in _workflows(inputs, tmp_path / "single").items():
         result = CliRunner().invoke(app, argv)
         assert result.exit_code == 0, result.output
