@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from interp.tiny_models import (
@@ -22,6 +23,7 @@ __all__ = [
     "tiny_llava",
     "tiny_llava_next",
     "write_image_task",
+    "write_needles",
 ]
 
 
@@ -51,4 +53,14 @@ def bomb_png(path: Path, width: int = 20000, height: int = 20000) -> Path:
     path.write_bytes(
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", row) + chunk(b"IEND", b"")
     )
+    return path
+
+
+def write_needles(path: Path) -> Path:
+    """Three key-number needles (red, blue, green) as a `--needles` JSONL file at `path`."""
+    needles = [
+        {"needle": f"The key number {i} is {w}.", "question": f"Key {i}?", "answer": w}
+        for i, w in enumerate(["red", "blue", "green"])
+    ]
+    path.write_text("".join(json.dumps(n) + "\n" for n in needles))
     return path

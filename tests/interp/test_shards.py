@@ -28,7 +28,7 @@ from interp.work import Item, Work
 from probes import niah, retrieval
 from tests.interp.test_act_search import _task_folder
 from tests.stops import Stop, count_items, logged, stop_after
-from tests.tiny import saved_tiny
+from tests.tiny import saved_tiny, write_needles
 
 ROOT = Path(__file__).resolve().parents[2]
 IDENTITY = {"analyzer": "squares"}
@@ -97,11 +97,7 @@ def grid(tmp_path_factory) -> dict:
     """A tiny saved model, three needles, and the tables of one process's `score retrieval`."""
     root = tmp_path_factory.mktemp("shards")
     saved_tiny(root / "model")
-    needles = [
-        {"needle": f"The key number {i} is {w}.", "question": f"Key {i}?", "answer": w}
-        for i, w in enumerate(["red", "blue", "green"])
-    ]
-    (root / "needles.jsonl").write_text("".join(json.dumps(n) + "\n" for n in needles))
+    write_needles(root / "needles.jsonl")
     args = [
         "score", "retrieval", "--model", str(root / "model"), "--needles",
         str(root / "needles.jsonl"), "--lengths", "200", "--depths", "2",
@@ -177,15 +173,11 @@ def test_torchrun_ranks_write_the_tables_of_one_process(grid, tmp_path) -> None:
 
 def _inputs(root: Path) -> dict[str, str]:
     """A tiny model with the layers the ACT search needs (it leaves out the first two and the
-    last), two needles and a multiple-choice task folder."""
-    needles = [
-        {"needle": "The key is red.", "question": "Key?", "answer": "red"},
-        {"needle": "The code is 7.", "question": "Code?", "answer": "7"},
-    ]
-    (root / "needles.jsonl").write_text("".join(json.dumps(n) + "\n" for n in needles))
+    last), three needles and a multiple-choice task folder."""
     model = saved_tiny(root / "model", n_layers=5)
     task = _task_folder(root, "words")
-    return {"model": str(model), "needles": str(root / "needles.jsonl"), "task": task}
+    needles = write_needles(root / "needles.jsonl")
+    return {"model": str(model), "needles": str(needles), "task": task}
 
 
 def _workflows(inputs: dict[str, str], out: Path) -> dict[str, list[str]]:

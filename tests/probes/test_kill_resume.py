@@ -13,7 +13,6 @@ uninterrupted run's and the tests already logged are not run again.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -35,7 +34,7 @@ from probes import retrieval_ablation as ablation
 from probes.retrieval import RetrievalResult
 from probes.retrieval_ablation import AblationResult
 from tests.stops import Stop, count_items, logged, stop_after
-from tests.tiny import saved_tiny
+from tests.tiny import saved_tiny, write_needles
 
 KILLS = 10
 GRID = ["--lengths", "200,250", "--depths", "3", "--max-new-tokens", "3", "--no-static"]
@@ -45,12 +44,8 @@ GRID = ["--lengths", "200,250", "--depths", "3", "--max-new-tokens", "3", "--no-
 def inputs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("kill")
     saved_tiny(root / "model")
-    needles = [
-        {"needle": f"The key number {i} is {w}.", "question": f"Key {i}?", "answer": w}
-        for i, w in enumerate(["red", "blue", "green"])
-    ]
-    (root / "needles.jsonl").write_text("".join(json.dumps(n) + "\n" for n in needles))
-    return {"root": root, "model": root / "model", "needles": root / "needles.jsonl"}
+    needles = write_needles(root / "needles.jsonl")
+    return {"root": root, "model": root / "model", "needles": needles}
 
 
 def _interp(*args: str) -> list[str]:
