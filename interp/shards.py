@@ -15,9 +15,10 @@ scheduler of our own. `current_shard()` says where this process stands:
 - the merge itself (`Shard(0, N, "merge")`): it computes nothing, and names the shards
   whose work is missing.
 
-`split(costs, count)` deals the work driver's batches to the shards, balanced by cost:
-largest first, each to the least loaded shard; it depends on the costs alone, so every
-process computes the same split. `rank_device` puts each rank on its own GPU.
+`split(units, count, load)` deals the work driver's batches to the shards, balanced by what
+they cost together: largest first, each to the shard whose load is least once it holds the
+batch; it depends on the loads alone, so every process computes the same split.
+`rank_device` puts each rank on its own GPU.
 
 Memory: every process holds its own copy of the model (docs/distributed.md plans it per
 rank), and once it has read the other shards' logs, the rows of the whole run.
@@ -28,7 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -127,18 +128,24 @@ def _launched() -> Shard | None:
     return Shard(rank, world, "ranks") if world > 1 else None
 
 
-def split(costs: Sequence[float], count: int) -> list[int]:
-    """The shard of each batch: largest cost first, each to the least loaded shard.
+def split(units: int, count: int, load: Callable[[list[int]], float]) -> list[int]:
+    """The shard of each of `units` work units: largest first, each to the shard whose
+    load is least once it holds the unit, where `load(units)` is what a set of units costs
+    one process.
 
-    Ties go to the earlier batch and the lower shard, so the split is a function of the
-    costs alone and every process computes the same one.
+    For a load that is a sum this is the least loaded shard. A load that is not (units
+    sharing a prompt prefix cost less together than apart) can send a unit where its
+    shared part is already computed. Ties go to the earlier unit and
+    the lower shard, so the split is a function of the loads alone and every process
+    computes the same one.
     """
-    loads = [0.0] * count
-    owner = [0] * len(costs)
-    for batch in sorted(range(len(costs)), key=lambda b: -costs[b]):
-        shard = min(range(count), key=lambda s: loads[s])
-        owner[batch] = shard
-        loads[shard] += costs[batch]
+    members: list[list[int]] = [[] for _ in range(count)]
+    owner = [0] * units
+    for unit in sorted(range(units), key=lambda u: -load([u])):
+        after = [load([*members[s], unit]) for s in range(count)]
+        shard = min(range(count), key=lambda s: after[s])
+        owner[unit] = shard
+        members[shard].append(unit)
     return owner
 
 

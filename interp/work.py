@@ -17,22 +17,27 @@ whether, or where, the run was resumed.
 
 A run splits across processes (`interp.shards`): the plan is a function of the items alone,
 so every process deals the same batches to the shards (`interp.shards.split`, balanced by
-their padded token counts) and runs only its own, into its own log file. Under torchrun the
-ranks then wait for each other and read every shard's rows, so each returns exactly what one
-process would; a separately launched shard (`--shard i/N`) stops once its share is logged
-(`ShardStopped`), unless the log already holds the rest; a merge (`interp merge`) computes
-nothing and names the shards whose items are missing. Under torchrun only rank 0 reports
-progress, counting every shard's items.
+their padded tokens, or by the distinct prompt tokens a prefix tree computes, so batches
+that share a prefix tend to share a shard) and runs only its own, into its own log file.
+Under torchrun the ranks then wait for each other and read every shard's rows, so each
+returns exactly what one process would; a separately launched shard (`--shard i/N`) stops
+once its share is logged (`ShardStopped`), unless the log already holds the rest; a merge
+(`interp merge`) computes nothing and names the shards whose items are missing. Under
+torchrun only rank 0 reports progress, counting every shard's items.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any, Generic, TypeAlias, TypeVar
+
+import numpy as np
 
 from interp.errors import InputError
 from interp.results import Provenance
@@ -60,16 +65,25 @@ class Item(Generic[T]):
     key: str
     value: T
     length: int = 0
+    order: float | None = None  # batched in this order among similar lengths (see batches)
+    # the ids a prefix tree serves: the split counts each distinct prefix token once a shard
+    prompt: Sequence[int] | None = field(default=None, compare=False, repr=False)
 
 
 def batches(
-    lengths: Sequence[int], batch_size: int, similar: float | None = None
+    lengths: Sequence[int],
+    batch_size: int,
+    similar: float | None = None,
+    order: Sequence[float] | None = None,
 ) -> list[list[int]]:
     """Indices into `lengths` in groups of at most `batch_size`, shortest first.
 
     Sorted by length, stably (equal lengths keep their order). With `similar`, a group also
     ends before a length more than `similar` times its first (shortest), so padding wastes
-    at most that share of a batch.
+    at most that share of a batch. With `order`, the items of each such run of similar
+    lengths are batched in that order instead, whole groups of one order value to a batch
+    where they fit (e.g. NIAH tests by needle: a needle's tests share prompt prefixes across
+    depths and lengths, so a split that keeps them together computes those once).
 
     Raises:
         InputError: `batch_size` is below 1.
@@ -80,12 +94,31 @@ def batches(
     for index in sorted(range(len(lengths)), key=lambda i: lengths[i]):
         if (
             not groups
-            or len(groups[-1]) == batch_size
+            or (order is None and len(groups[-1]) == batch_size)
             or (similar is not None and lengths[index] > similar * lengths[groups[-1][0]])
         ):
             groups.append([])
         groups[-1].append(index)
-    return groups
+    if order is None:
+        return groups
+    return [batch for run in groups for batch in _packed(run, order, batch_size)]
+
+
+def _packed(run: list[int], order: Sequence[float], batch_size: int) -> list[list[int]]:
+    """`run` in batches of at most `batch_size`, in `order`, each holding whole groups of
+    one order value where they fit (a group larger than a batch fills batches of its own)."""
+    out: list[list[int]] = [[]]
+    for _, members in itertools.groupby(
+        sorted(run, key=lambda i: order[i]), key=lambda i: order[i]
+    ):
+        group = list(members)
+        if len(out[-1]) + len(group) > batch_size:
+            out.append([])
+        while len(group) > batch_size:
+            out[-1:] = [group[:batch_size], []]
+            group = group[batch_size:]
+        out[-1].extend(group)
+    return [batch for batch in out if batch]
 
 
 def open_log(folder: WorkFolder | None, identity: Provenance | dict[str, Any]) -> WorkLog | None:
@@ -118,6 +151,12 @@ class Work(Generic[T]):
         """Plan the batches (see `batches`; `similar`: the length ratio a batch may span) and
         this process's share of them (`shard`, default `interp.shards.current_shard()`).
 
+        When every item has an `order`, items of similar length are batched in that order.
+        The split balances what each shard's batches cost: the distinct prefix tokens of
+        their prompts when every item has a `prompt` (what a prefix tree over them computes,
+        so a batch tends to go where its prefix is already computed), else their padded
+        tokens.
+
         Raises:
             InputError: two items share a key, or `batch_size` is below 1.
         """
@@ -130,10 +169,20 @@ class Work(Generic[T]):
         self.shard = shard or current_shard()
         self._rows: dict[str, list[Row]] = {}
         self._take_logged()
-        plan = batches([item.length for item in self.items], batch_size, similar)
-        self.plan = [[self.items[i] for i in group] for group in plan]
-        costs = [len(batch) * max(1, batch[-1].length) for batch in self.plan]  # padded tokens
-        self.owners = split(costs, self.shard.count)
+        lengths = [item.length for item in self.items]
+        orders = [item.order for item in self.items]
+        plan = batches(lengths, batch_size, similar, None if None in orders else orders)
+        self.plan = [[self.items[i] for i in batch] for batch in plan]
+        self.owners = split(len(plan), self.shard.count, self._load(plan))
+
+    def _load(self, plan: list[list[int]]) -> Callable[[list[int]], float]:
+        """What a set of the plan's batches costs one process: the distinct prefix tokens
+        of their items' prompts when every item has one, else their padded tokens."""
+        if all(item.prompt is not None for item in self.items):
+            distinct = DistinctPrefixTokens([item.prompt for item in self.items])  # type: ignore[misc]
+            return lambda chosen: distinct([i for b in chosen for i in plan[b]])
+        padded = [len(b) * max(1, *(self.items[i].length for i in b)) for b in plan]
+        return lambda chosen: sum(padded[b] for b in chosen)
 
     def _take_logged(self) -> None:
         """Take the rows the log holds for this run's items (others' shards' included)."""
@@ -244,6 +293,35 @@ class Work(Generic[T]):
                 else "their ranks passed the barrier without logging them."
             )
         )
+
+
+class DistinctPrefixTokens:
+    """How many distinct prefix tokens a set of prompts holds: the tokens a prefix tree over
+    them computes (`interp.prefill.PrefixTree`), where shared prefixes count once.
+
+    The prompts are sorted once, so prompts sharing a prefix sit side by side; a set's
+    count is its tokens less, for each prompt, the prefix it shares with the set's previous
+    one in that order (the least common prefix length of the neighbours between them).
+    """
+
+    def __init__(self, prompts: Sequence[Sequence[int]]) -> None:
+        ids = [np.asarray(p, dtype=np.int64) for p in prompts]
+        order = sorted(range(len(ids)), key=lambda i: ids[i].astype(">i8").tobytes())
+        self.rank = {index: r for r, index in enumerate(order)}
+        self.lengths = [len(p) for p in ids]
+        self.common = [0] + [_common_prefix(ids[a], ids[b]) for a, b in pairwise(order)]
+
+    def __call__(self, indices: Sequence[int]) -> int:
+        """The distinct prefix tokens of the prompts at `indices` (positions in the list)."""
+        ranks = sorted(self.rank[i] for i in indices)
+        shared = sum(min(self.common[a + 1 : b + 1]) for a, b in pairwise(ranks))
+        return sum(self.lengths[i] for i in indices) - shared
+
+
+def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(a[:n] != b[:n])
+    return int(differ[0]) if len(differ) else n
 
 
 def _as_logged(rows: list[Row]) -> list[Row]:

@@ -367,9 +367,18 @@ def run_tests(
 
 
 def needle_items(tests: Sequence[NeedleTest]) -> list[Item[NeedleTest]]:
-    """The tests as work items: keyed by needle, length and depth, batched by prompt length."""
+    """The tests as work items: keyed by needle, length and depth, batched by prompt length
+    and, among similar lengths, by depth (tests of one depth share the haystack before their
+    needle), with their prompts, so a split counts what a prefix tree computes."""
     return [
-        Item("/".join(str(value) for value in t.key().values()), t, len(t.input_ids)) for t in tests
+        Item(
+            "/".join(str(value) for value in t.key().values()),
+            t,
+            len(t.input_ids),
+            order=t.needle_index,
+            prompt=t.input_ids.cpu(),
+        )
+        for t in tests
     ]
 
 

@@ -14,6 +14,7 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from pandas.testing import assert_frame_equal
@@ -24,7 +25,7 @@ from interp.errors import InputError
 from interp.models import load_model
 from interp.runs import WorkLog, log_files
 from interp.shards import Shard, ShardStopped, split, use_shard
-from interp.work import Item, Work
+from interp.work import DistinctPrefixTokens, Item, Work
 from probes import niah, retrieval
 from tests.interp.test_act_search import _task_folder
 from tests.stops import Stop, count_items, logged, stop_after
@@ -37,10 +38,62 @@ TABLES = ("scores", "tests")
 
 def test_split_balances_cost_and_depends_on_the_costs_alone() -> None:
     costs = [8.0, 1.0, 3.0, 4.0, 2.0, 6.0]
-    owner = split(costs, 2)
+
+    def load(units: list[int]) -> float:
+        return sum(costs[u] for u in units)
+
+    owner = split(len(costs), 2, load)
     loads = [sum(c for c, o in zip(costs, owner, strict=True) if o == s) for s in (0, 1)]
-    assert loads == [12.0, 12.0] and owner == split(list(costs), 2)
-    assert split(costs, 1) == [0] * 6 and sorted(set(split(costs, 4))) == [0, 1, 2, 3]
+    assert loads == [12.0, 12.0] and owner == split(len(costs), 2, load)
+    assert split(6, 1, load) == [0] * 6 and sorted(set(split(6, 4, load))) == [0, 1, 2, 3]
+
+
+def test_distinct_prefix_tokens_count_each_shared_prefix_once() -> None:
+    rng = np.random.default_rng(0)
+    stem = rng.integers(0, 5, 30)
+    prompts = [
+        np.concatenate([stem[: rng.integers(0, 30)], rng.integers(0, 3, 12)]) for _ in range(9)
+    ]
+    distinct = DistinctPrefixTokens(prompts)
+    for chosen in ([0], [3, 1], [0, 2, 4, 6, 8], list(range(9))):
+        by_hand = {tuple(prompts[i][:k]) for i in chosen for k in range(1, len(prompts[i]) + 1)}
+        assert distinct(chosen) == len(by_hand)
+
+
+def test_the_split_balances_distinct_prompt_tokens_and_follows_shared_prefixes() -> None:
+    # Group y: 6 prompts of 40 tokens, nothing shared. Groups x1-x3: 6 prompts each of 39
+    # shared tokens and a last one of their own. Batches of 4 then 2 of each (by `order`). By
+    # distinct tokens (largest first, each batch where the shard's load ends least), y's
+    # batches cost 160 and 80, an x group's first 43 and its second 41 alone, but 2 where
+    # its first batch is: shards {y 4, x3} = 205 and {y 2, x1, x2} = 170. By padded
+    # tokens every first batch weighs 160 and every second 80: {y, x2} = 285 and {x1, x3}.
+    rng = np.random.default_rng(1)
+    items = [Item(f"y{n}", n, 40, order=0, prompt=rng.integers(10, 99, 40)) for n in range(6)]
+    items += [
+        Item(f"{g}{n}", n, 40, order=int(g[1]), prompt=[int(g[1])] * 39 + [n])
+        for g in ("x1", "x2", "x3")
+        for n in range(6)
+    ]
+    keys = [i.key for i in items]
+    distinct = DistinctPrefixTokens([i.prompt for i in items])
+    shard = Shard(0, 2, "ranks")
+
+    def shards(work: Work) -> list[set[str]]:
+        return [
+            {i.key for b, o in zip(work.plan, work.owners, strict=True) if o == s for i in b}
+            for s in (0, 1)
+        ]
+
+    work = Work(items, batch_size=4, shard=shard)
+    assert [{i.key[:-1] for i in b} for b in work.plan] == [
+        {g} for g in ("y", "y", "x1", "x1", "x2", "x2", "x3", "x3")
+    ]
+    assert [distinct([keys.index(k) for k in s]) for s in shards(work)] == [205, 170]
+    assert shards(work)[1] >= {f"x{g}{n}" for g in (1, 2) for n in range(6)}
+    plain = Work(
+        [Item(i.key, i.value, i.length, order=i.order) for i in items], batch_size=4, shard=shard
+    )
+    assert [distinct([keys.index(k) for k in s]) for s in shards(plain)] == [285, 90]
 
 
 @pytest.mark.parametrize("text", ["2/2", "1", "a/b", "-1/2"])

@@ -43,6 +43,16 @@ def test_batches_sort_by_length_and_split_dissimilar_lengths() -> None:
         batches(lengths, 0)
 
 
+def test_batches_in_order_hold_whole_groups_of_an_order_value_where_they_fit() -> None:
+    # Similar lengths (50 and 52, within 1.1) are batched by order, not length: groups 0
+    # and 1 (3 items each) do not fit in one batch of 4; group 2 (5 items) fills one and
+    # shares the next with group 3. Length 90 is not similar: a run of its own.
+    lengths = [50] * 10 + [52, 50, 90]
+    order = [1, 0, 0, 1, 0, 1, 2, 2, 2, 2, 2, 3, 0]
+    expected = [[1, 2, 4], [0, 3, 5], [6, 7, 8, 9], [10, 11], [12]]
+    assert batches(lengths, 4, 1.1, order) == expected
+
+
 def test_work_runs_each_batch_once_and_resumes(tmp_path: Path) -> None:
     calls: list[list[int]] = []
     first = Work(_items([3, 1, 2]), WorkLog(tmp_path, IDENTITY), 2).run(_squares(calls))
