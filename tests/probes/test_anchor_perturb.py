@@ -45,6 +45,15 @@ def test_positions_are_the_highest_and_lowest_fai_with_a_full_rollout_after() ->
     assert perturb.choose_positions(flat, rollout=2) is None  # high and low coincide
 
 
+def test_alternatives_are_the_top_k_other_than_the_original() -> None:
+    # Logits by id: 0: 0.1, 1: 3.0, 2: 2.0, 3: 3.0, 4: -1.0. Descending, ties by the lower id:
+    # 1, 3, 2, 0, 4. Without the original (1) the top 3 are 3, 2, 0; an original outside
+    # the top (4) leaves the top 3 as they are: 1, 3, 2.
+    logits = torch.tensor([0.1, 3.0, 2.0, 3.0, -1.0])
+    assert perturb.alternatives(logits, original=1, k=3) == [3, 2, 0]
+    assert perturb.alternatives(logits, original=4, k=3) == [1, 3, 2]
+
+
 def _scored(tiny, seed: int, n: int = 3) -> tuple[list[Trace], anchors.AnchorResult]:
     rng = np.random.default_rng(seed)
     traces = [Trace(f"t{i}", tuple(int(x) for x in rng.integers(3, 259, 40)), 8) for i in range(n)]
