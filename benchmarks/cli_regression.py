@@ -127,6 +127,7 @@ COMMANDS: tuple[Command, ...] = (
         (
             "score", "anchors", "--problems", "2", "--max-new-tokens", "48", "--batch-size", "2",
             "--causal-seeds", "1", "--continuation", "8", "--n-boot", "200",
+            "--causal-checks", "perturb,block", "--alternatives", "3", "--rollout", "16",
             "--out", "score-anchors", "--no-static",
         ),
     ),

@@ -3,10 +3,14 @@
 Li et al. 2025. Generates reasoning traces for the shipped problems (or reads the user's),
 splits the band's heads into local and global by back-distance (`probes.anchors.run`),
 scores every response token, reports the paper's peak statistics beside the toolkit's
-earlier definition (`probes.anchor_stats`) and the causal check with intervals
-(`probes.anchor_causal.run`), and draws the figures. Every stage records its finished work
+earlier definition (`probes.anchor_stats`) and the causal checks with intervals, and draws
+the figures. Two causal checks, chosen by `causal_checks`: "perturb", the paper's experiment
+and the default (`probes.anchor_perturb.run`: force the top-k alternatives at a high- and a
+low-FAI token, roll out greedily, content-word Jaccard), and "block", the toolkit's
+attention-blocking check (`probes.anchor_causal.run`). Every stage records its finished work
 in one work log whose identity covers them all (`interp.work`): generation as one item,
-each pass and the causal check per trace, so a stopped run resumes with the same folder.
+each pass and each causal check per trace or position, so a stopped run resumes with the
+same folder.
 """
 
 from __future__ import annotations
@@ -20,16 +24,18 @@ import pandas as pd
 
 from interp.config import Config
 from interp.effects import EffectsConfig
-from interp.errors import InputError
+from interp.errors import ConfigError, InputError
 from interp.generation import GenerationConfig, Step
 from interp.models import Model
 from interp.prompts import data_path, read_jsonl, read_text
 from interp.results import EffectTable, HeadScores, Provenance, TokenScores, hash_inputs
 from interp.runs import WorkLog
 from interp.work import Item, StageProgress, Work, WorkFolder, for_stage, open_log
-from probes import anchor_causal, anchor_credit, anchor_figures, anchors
+from probes import anchor_causal, anchor_credit, anchor_figures, anchor_perturb, anchors
 from probes.anchor_stats import EARLIER, PeakStatsConfig, peak_statistics, why_no_statistics
 from probes.anchor_traces import Problem, Trace, generate_traces, load_problems, read_traces
+
+CHECKS = ("perturb", "block")  # the causal checks, the paper's first
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,8 +45,11 @@ class AnchorRunConfig(Config):
     Attributes:
         anchors: the head split and token scores.
         credit: the per-token credit rule exported as credit.jsonl.
-        causal: the causal check's draws.
-        run_causal: run the causal check.
+        perturb: the perturbation experiment's k and rollout length.
+        causal: the blocking check's draws.
+        run_causal: run the causal checks (`causal_checks`).
+        causal_checks: which: "perturb" (the paper's experiment) and/or "block" (attention
+            to the anchors blocked in the global heads).
         generation: how the shipped problems are answered (ignored with traces given).
         problems: how many shipped problems to answer.
         chat: wrap generated prompts in the chat template.
@@ -50,8 +59,10 @@ class AnchorRunConfig(Config):
 
     anchors: anchors.AnchorConfig = field(default_factory=anchors.AnchorConfig)
     credit: anchor_credit.CreditConfig = field(default_factory=anchor_credit.CreditConfig)
+    perturb: anchor_perturb.PerturbConfig = field(default_factory=anchor_perturb.PerturbConfig)
     causal: anchor_causal.CausalConfig = field(default_factory=anchor_causal.CausalConfig)
     run_causal: bool = True
+    causal_checks: tuple[str, ...] = ("perturb",)
     generation: GenerationConfig = field(
         default_factory=lambda: GenerationConfig(max_new_tokens=256)
     )
@@ -63,6 +74,12 @@ class AnchorRunConfig(Config):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.effects()  # its range checks, before any work
+        unknown = sorted(set(self.causal_checks) - set(CHECKS))
+        if unknown or not self.causal_checks:
+            raise ConfigError(
+                f"causal_checks takes one or more of {', '.join(CHECKS)}; got"
+                f" {','.join(self.causal_checks) or 'none'}."
+            )
 
     def effects(self) -> EffectsConfig:
         """The intervals' bootstrap settings."""
@@ -73,7 +90,9 @@ class AnchorRunConfig(Config):
         return {
             **self.anchors.to_dict(),
             **self.credit.to_dict(),
+            **self.perturb.to_dict(),
             **self.causal.to_dict(),
+            "causal_checks": list(self.causal_checks),
             **self.generation.to_dict(),
             "chat": self.chat,
             "n_boot": self.n_boot,
@@ -113,7 +132,8 @@ class AnchorRun:
         tokens: every response token's WAAD, FAI, preplan and anchor flags.
         statistics: the peak statistics, paper's and earlier definition; None when there
             are none (`statistics_empty` says why).
-        causal: the causal check's effects and per-item rows, or None.
+        causal: the blocking check's effects and per-item rows, or None.
+        perturb: the perturbation experiment's effects and per-item rows, or None.
         figures: head distances, the first trace's token strip and local-head map.
     """
 
@@ -123,10 +143,11 @@ class AnchorRun:
     statistics: EffectTable | None
     statistics_empty: str | None
     causal: anchor_causal.CausalResult | None
+    perturb: anchor_perturb.PerturbResult | None
     figures: dict[str, Any]
 
     def tables(self) -> dict[str, HeadScores | TokenScores | EffectTable]:
-        """The tables by file name (the causal check's are in `causal`, a bundle)."""
+        """The tables by file name (the causal checks' are in `bundles()`)."""
         tables: dict[str, HeadScores | TokenScores | EffectTable] = {
             "heads": self.heads,
             "tokens": self.tokens,
@@ -135,17 +156,20 @@ class AnchorRun:
             tables["statistics"] = self.statistics
         return tables
 
+    def bundles(self) -> list[anchor_perturb.PerturbResult | anchor_causal.CausalResult]:
+        """The causal checks' results that ran, each a bundle of tables."""
+        return [b for b in (self.perturb, self.causal) if b is not None]
+
     def summary_lines(self) -> list[str]:
-        """The counts, the peak statistics and the causal check with their warnings."""
+        """The counts, the peak statistics and the causal checks with their warnings."""
         lines = [f"{len(self.traces)} traces, {len(self.tokens)} response tokens"]
         columns = EffectTable.required
         if self.statistics is None:
             lines.append(f"no statistics or causal check: {self.statistics_empty}")
         else:
             lines += self.statistics.console_lines("{statistic}", ["statistic", *columns])
-        if self.causal is not None:
-            effects = self.causal.effects
-            lines += effects.console_lines("{comparison}", ["comparison", *columns])
+        for bundle in self.bundles():
+            lines += bundle.effects.console_lines("{comparison}", ["comparison", *columns])
         return lines
 
     def save_files(self, folder: Path, credit: anchor_credit.CreditConfig) -> list[Path]:
@@ -168,6 +192,8 @@ class AnchorRun:
             fields["statistics_empty"] = self.statistics_empty
         else:
             fields["statistics"] = self.statistics.data.to_dict("records")
+        if self.perturb is not None:
+            fields["perturb"] = self.perturb.effects.data.to_dict("records")
         if self.causal is not None:
             fields["causal"] = self.causal.effects.data.to_dict("records")
         return fields
@@ -187,7 +213,7 @@ def find_anchors(
         config: every stage's parameters.
         traces: a JSONL of traces ('prompt'/'response' text or ids), used as they are.
         progress: called as progress(stage, done, total) for the stages "generation",
-            "anchor passes" and "causal check".
+            "anchor passes", "perturbation" and "causal check" (blocking).
         folder: record each stage's finished work there; run again to resume.
     """
     config = config or AnchorRunConfig()
@@ -213,6 +239,7 @@ def find_anchors(
     empty = why_no_statistics(tokens, config.anchors.h_lo)
     statistics: EffectTable | None = None
     causal: anchor_causal.CausalResult | None = None
+    perturb: anchor_perturb.PerturbResult | None = None
     if empty is None:
         # the paper's statistic, and beside it the toolkit's earlier definition
         paper, earlier = (
@@ -221,7 +248,17 @@ def find_anchors(
         )
         both = pd.concat([paper.data, earlier.data], ignore_index=True)
         statistics = EffectTable(both, paper.provenance)
-    if config.run_causal and empty is None:  # the check blocks anchors: none here
+    if config.run_causal and empty is None and "perturb" in config.causal_checks:
+        perturb = anchor_perturb.run(
+            model,
+            items,
+            tokens,
+            config.perturb,
+            effects,
+            for_stage(progress, "perturbation"),
+            log,
+        )
+    if config.run_causal and empty is None and "block" in config.causal_checks:
         global_heads = anchors.heads_with_role(heads, "global")
         causal = anchor_causal.run(
             model,
@@ -234,7 +271,7 @@ def find_anchors(
             log,
         )
     return AnchorRun(
-        items, heads, tokens, statistics, empty, causal, _figures(model, items, scored)
+        items, heads, tokens, statistics, empty, causal, perturb, _figures(model, items, scored)
     )
 
 

@@ -15,6 +15,7 @@ from tests.tiny import saved_tiny
 runner = CliRunner()
 ARGS = ["--problems", "3", "--max-new-tokens", "24", "--no-chat", "--h-lo", "2", "--h-hi", "8"]
 ARGS += ["--causal-seeds", "2", "--continuation", "3", "--n-boot", "100", "--no-static"]
+ARGS += ["--causal-checks", "perturb,block", "--alternatives", "2", "--rollout", "3"]
 
 
 def test_score_anchors_writes_tables_credit_figures_and_resumes(tmp_path) -> None:
@@ -30,8 +31,10 @@ def test_score_anchors_writes_tables_credit_figures_and_resumes(tmp_path) -> Non
     assert [len(r["gamma"]) for r in credit] == tokens.data.groupby("trace").size().tolist()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["traces"] == 3 and len(manifest["causal"]) == 6
+    assert [r["metric"] for r in manifest["perturb"]] == ["jaccard", "jaccard_trace"]
     assert {"figures/token_strip.html", "figures/local_head_map.html"} <= set(manifest["files"])
     causal = pd.read_parquet(out / "causal_effects.parquet")
+    perturbed = pd.read_parquet(out / "perturb_items.parquet")
     statistics = pd.read_parquet(out / "statistics.parquet")
 
     # Stop after the generation and two traces of pass 1: the rerun finishes the same run.
@@ -42,6 +45,7 @@ def test_score_anchors_writes_tables_credit_figures_and_resumes(tmp_path) -> Non
     assert "resuming anchor passes: 2 of 6 trace-passes already done" in again.output
     assert TokenScores.load(out / "tokens.parquet").data.equals(tokens.data)
     assert pd.read_parquet(out / "causal_effects.parquet").equals(causal)
+    assert pd.read_parquet(out / "perturb_items.parquet").equals(perturbed)
     assert pd.read_parquet(out / "statistics.parquet").equals(statistics)
 
 
@@ -65,6 +69,8 @@ def test_bad_options_are_one_error_line_before_loading(tmp_path) -> None:
         (["--problems", "0"], "--problems must lie in 1..44"),
         (["--h-lo", "50", "--h-hi", "20"], "is below h_lo"),
         (["--band", "top"], "Invalid value for '--band'"),
+        (["--causal-checks", "perturb,ablate"], "causal_checks takes one or more of"),
+        (["--rollout", "0"], "PerturbConfig.rollout must lie in"),
     ):
         result = runner.invoke(app, ["score", "anchors", *option, "--out", str(tmp_path / "x")])
         assert result.exit_code == 2 and message in result.output, (option, result.output)
@@ -114,6 +120,7 @@ def test_find_anchors_is_what_score_anchors_writes(tmp_path) -> None:
     from interp.generation import GenerationConfig
     from interp.models import load_model
     from probes.anchor_causal import CausalConfig
+    from probes.anchor_perturb import PerturbConfig
     from probes.anchor_workflow import AnchorRunConfig, find_anchors
     from probes.anchors import AnchorConfig
     from tests.written import assert_tables_written
@@ -124,15 +131,18 @@ def test_find_anchors_is_what_score_anchors_writes(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     config = AnchorRunConfig(
         anchors=AnchorConfig(h_lo=2, h_hi=8),
+        perturb=PerturbConfig(alternatives=2, rollout=3),
         causal=CausalConfig(n_seeds=2, continuation=3),
+        causal_checks=("perturb", "block"),
         generation=GenerationConfig(max_new_tokens=24, temperature=0.7),
         problems=3,
         chat=False,
         n_boot=100,
     )
     run = find_anchors(load_model(str(model)), config)
-    assert run.causal is not None
+    assert run.causal is not None and run.perturb is not None
     tables = {**run.tables(), "causal_effects": run.causal.effects}
+    tables |= {"perturb_effects": run.perturb.effects, "perturb_items": run.perturb.per_item}
     assert_tables_written(tables | {"causal_items": run.causal.per_item}, out, tmp_path / "py")
     written = json.loads((out / "manifest.json").read_text())
     fields = run.manifest_fields()
