@@ -3,7 +3,8 @@
 Part of the hooks layer (`interp.hooks.HOOKS_LAYER`): the one place that branches on a
 vision-language model's architecture for its inputs. `interp.inputs` asks it how an image
 is written into a prompt and who numbers the positions; `interp.image_patches` asks it how
-image tokens tile the vision tower's views.
+image tokens tile the vision tower's views; VHD asks it the mask the model would hand its
+language model for other inputs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor
+from transformers.masking_utils import create_masks_for_generate
 
 from interp.errors import UnsupportedModelError
 
@@ -20,6 +22,7 @@ __all__ = [
     "PATCH_MAPS",
     "image_placeholder",
     "image_token_id",
+    "language_model_mask",
     "numbers_own_positions",
     "patch_grid",
     "position_offsets",
@@ -64,6 +67,26 @@ def position_offsets(hf: Any, inputs: Mapping[str, Tensor]) -> Tensor | None:
     found = {key: inputs[key] for key in _ROPE_INPUTS if key in inputs}
     _, deltas = hf.model.get_rope_index(inputs["input_ids"], **found)  # [batch, 1]
     return deltas[None].expand(3, -1, -1)
+
+
+def language_model_mask(
+    hf: Any, embeds: Tensor, mask: Tensor, positions: Tensor, token_types: Tensor | None
+) -> Tensor | dict[str, Tensor] | None:
+    """The attention mask `hf` hands its language model for these inputs, built from their
+    [batch, pos] padding mask as its `generate` builds it: the model's own builder (Gemma 3's
+    bidirectional blocks over each image, PaliGemma's bidirectional prefix, both read from
+    `token_type_ids`), else transformers' causal one (a dict keyed by layer type where the
+    layers differ, e.g. sliding windows)."""
+    build = getattr(hf, "create_masks_for_generate", create_masks_for_generate)
+    return build(
+        config=hf.config,
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        cache=None,
+        position_ids=positions,
+        token_type_ids=token_types,
+        is_first_iteration=True,
+    )
 
 
 def patch_grid(config: Any) -> tuple[int, bool]:

@@ -27,10 +27,15 @@ from interp.image_patches import patch_table
 from interp.inputs import ModelInputs
 from interp.interventions import VHR, HeadScale, VhrConfig
 from interp.models import Model
-from probes.vision import ImageAttentionConfig, image_attention
-from tests.interp.helpers import Recorder, eager_forward, eager_image_shares, whole
+from probes.vision import ImageAttentionConfig, VhdConfig, image_attention, vision_head_divergence
+from tests.interp.helpers import (
+    Recorder,
+    eager_forward,
+    eager_image_shares,
+    vhd_by_hand,
+    whole,
+)
 from tests.interp.zoo_vlms import (
-    VHR_REFUSED,
     VLM_DOCS_END,
     VLM_DOCS_START,
     VLM_ZOO,
@@ -175,28 +180,49 @@ def test_text_only_generation_on_qwen2_5_vl_takes_text_positions() -> None:
         assert got.response_ids.tolist() == reference[0, ids.shape[1] :].tolist()
 
 
-@pytest.mark.parametrize("name", sorted(VLM_ZOO.keys() - VHR_REFUSED))
+@pytest.mark.parametrize("name", FAMILIES)
+def test_vhd_equals_the_prompt_and_its_text_alone(name: str) -> None:
+    """Against two unbatched forwards: the prompt, and its text alone with the model's own
+    mask for it. Gemma 3's prompt rows need their image blocks, PaliGemma's both branches
+    their bidirectional prefix: a causal mask in either branch moves VHD."""
+    m = vlm(name)
+    scores = vision_head_divergence(m, TEXTS, images(), VhdConfig(batch_size=2)).data
+    for example, (text, image) in enumerate(zip(TEXTS, images(), strict=True)):
+        vhd, activation = vhd_by_hand(m, text, image)
+        frame = scores[scores.example == example]
+        for column, expected, tolerance in (
+            ("vhd", vhd, {"atol": 1e-5}),
+            ("text_activation", activation, {"rtol": 1e-5}),
+        ):
+            got = frame.pivot(index="layer", columns="head", values=column).to_numpy()
+            np.testing.assert_allclose(got, expected.numpy(), **tolerance)
+        assert (vhd > 0).all()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
 def test_vhr_generation_with_images_equals_hf_generate_under_vhr(name: str) -> None:
-    """VHD's no-image branch is text (for Qwen2-VL: equal positions on every rotary axis)."""
+    """Tokens and each step's logits. VHD's no-image branch is text (for Qwen2-VL: equal
+    positions on every rotary axis; for Gemma 3 and PaliGemma: the model's mask for it)."""
     m = vlm(name)
     config = GenerationConfig(max_new_tokens=4, stop_at_eos=False)
     inputs = m.prepare(TEXTS[0], images()[0])
+    steps: list[Tensor] = []
     with VHR(VhrConfig(alpha=8.0, last_layers=1)).applied(m):
-        ours = generate(m, TEXTS[:1], config, images=images()[:1])[0].response_ids.tolist()
-        theirs = m.hf.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
-    plain = generate(m, TEXTS[:1], config, images=images()[:1])[0].response_ids.tolist()
-    assert ours == theirs[0, inputs.input_ids.shape[1] :].tolist()
-    assert ours != plain  # the heads VHR scales change the tokens: the match is not vacuous
-
-
-@pytest.mark.parametrize("name", sorted(VHR_REFUSED))
-def test_vhr_refuses_built_masks_in_one_line(name: str) -> None:
-    """VHD's no-image branch is rebuilt from a [batch, pos] mask."""
-    m = vlm(name)
-    config = GenerationConfig(max_new_tokens=1, stop_at_eos=False)
-    with (
-        pytest.raises(UnsupportedModelError, match="no-image branch") as refused,
-        VHR(VhrConfig(alpha=2.0, last_layers=1)).applied(m),
-    ):
-        generate(m, TEXTS, config, images=images())
-    assert "\n" not in str(refused.value)
+        ours = generate(
+            m, TEXTS[:1], config, images=images()[:1], on_step=lambda s: steps.append(s.logits[0])
+        )
+        theirs = m.hf.generate(
+            **inputs,
+            max_new_tokens=4,
+            min_new_tokens=4,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    plain: list[Tensor] = []
+    generate(m, TEXTS[:1], config, images=images()[:1], on_step=lambda s: plain.append(s.logits[0]))
+    response = theirs.sequences[0, inputs.input_ids.shape[1] :]
+    assert ours[0].response_ids.tolist() == response.tolist()
+    torch.testing.assert_close(torch.stack(steps), torch.cat(theirs.logits), atol=1e-5, rtol=0)
+    # The heads VHR scales move the first step's logits: the match is not vacuous.
+    assert (steps[0] - plain[0]).abs().max() > 1e-2
