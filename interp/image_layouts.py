@@ -25,6 +25,7 @@ __all__ = [
     "language_model_mask",
     "numbers_own_positions",
     "patch_grid",
+    "patch_layout",
     "position_offsets",
     "row_views",
 ]
@@ -35,8 +36,18 @@ _PLACEHOLDER_FORMAT = dict.fromkeys(["qwen2_vl", "qwen2_5_vl"], "<|vision_start|
 _OWN_POSITIONS = frozenset({"qwen2_vl", "qwen2_5_vl"})
 # What their position computation (`get_rope_index`) reads of the inputs besides the ids.
 _ROPE_INPUTS = ("attention_mask", "mm_token_type_ids", "image_grid_thw", "video_grid_thw")
-# Architectures whose image-token-to-patch map `interp.image_patches` knows exactly.
-PATCH_MAPS = ("llava", "idefics3", "paligemma", "gemma3")
+# Architectures whose image-token-to-patch map `interp.image_patches` knows exactly, and
+# how their tokens tile the views: one grid a view, any-resolution tiles, merged patches.
+PATCH_MAPS = {
+    "llava": "grid",
+    "idefics3": "grid",
+    "paligemma": "grid",
+    "gemma3": "grid",
+    "llava_next": "anyres",
+    "llava_onevision": "anyres",
+    "qwen2_vl": "merged",
+    "qwen2_5_vl": "merged",
+}
 
 
 def image_token_id(config: Any) -> int | None:
@@ -89,18 +100,25 @@ def language_model_mask(
     )
 
 
-def patch_grid(config: Any) -> tuple[int, bool]:
-    """(pixels per image token's side, whether each view starts with a CLS token).
+def patch_layout(config: Any) -> str:
+    """How image tokens tile the views: "grid", "anyres" or "merged" (`PATCH_MAPS`).
 
     Raises:
         UnsupportedModelError: an architecture outside `PATCH_MAPS`.
     """
-    model_type = config.model_type
-    if model_type not in PATCH_MAPS:
+    layout = PATCH_MAPS.get(config.model_type)
+    if layout is None:
         raise UnsupportedModelError(
-            f"The image token-to-patch map is not supported for {model_type}; it is exact for"
-            f" {', '.join(PATCH_MAPS)}."
+            f"The image token-to-patch map is not supported for {config.model_type}; it is"
+            f" exact for {', '.join(PATCH_MAPS)}."
         )
+    return layout
+
+
+def patch_grid(config: Any) -> tuple[int, bool]:
+    """(pixels per image token's side, whether each view starts with a CLS token), for an
+    architecture of the "grid" layout."""
+    model_type = config.model_type
     patch = int(config.vision_config.patch_size)
     size = patch * int(getattr(config, "scale_factor", 1))  # Idefics3's pixel shuffle
     if model_type == "gemma3":  # tokens average-pooled over square blocks of patches

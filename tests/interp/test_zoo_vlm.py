@@ -6,7 +6,9 @@ kernel must use it as given. Each cell runs a left-padded batch with an image a 
 recorded patterns against eager `output_attentions`, image attention shares against shares
 computed from those patterns, HeadScale(1) against the plain forward (bit-exact), and greedy
 generation through the driver against `hf.generate` (Qwen2-VL's multimodal rotary positions
-carried through the decode steps). Mllama (cross-attention layers) is refused in one line.
+carried through the decode steps), VHD against two unbatched forwards and generation under
+VHR against `hf.generate` under VHR, and a planted visual sink placed on its patch by the
+token-to-patch map. Mllama (cross-attention layers) is refused in one line.
 """
 
 from __future__ import annotations
@@ -20,14 +22,17 @@ import torch
 from torch import Tensor
 
 from interp.errors import UnsupportedModelError
+from interp.figures import sink_patch_figure
 from interp.generation import GenerationConfig, Step, generate
 from interp.hook_points import record
-from interp.hooks import attention_hooks
-from interp.image_patches import patch_table
+from interp.hooks import attention_hooks, decoder_input_hooks
+from interp.image_patches import patch_table, view_image
 from interp.inputs import ModelInputs
 from interp.interventions import VHR, HeadScale, VhrConfig
 from interp.models import Model
+from interp.results import TokenScores
 from probes.vision import ImageAttentionConfig, VhdConfig, image_attention, vision_head_divergence
+from probes.visual_sinks import VisualSinkConfig, sink_patches, visual_sinks
 from tests.interp.helpers import (
     Recorder,
     eager_forward,
@@ -156,12 +161,33 @@ def test_mllama_cross_attention_is_refused_in_one_line() -> None:
         assert "cross-attention" in message and "Mllama" in message and "\n" not in message
 
 
-def test_onevision_patch_map_is_refused_in_one_line() -> None:
-    """Tiles unpadded to the image's aspect and newline tokens, as LLaVA-NeXT's: no exact map."""
-    m = vlm("llava_onevision")
-    with pytest.raises(UnsupportedModelError, match="llava_onevision") as refused:
-        patch_table(m, prepared(m))
-    assert "\n" not in str(refused.value)
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_planted_visual_sink_is_outlined_on_its_patch(name: str) -> None:
+    """One image token's input embedding blown up in one dimension is a visual sink in
+    layer 0 (phi <= sqrt(d_model) = 5.7, reached by that token alone); `sink_patches` puts
+    it on its patch of the map, and the figure outlines exactly that box."""
+    m = vlm(name)
+    text, image = TEXTS[0], images()[0]
+    inputs = m.prepare(text, image)
+    patches = patch_table(m, inputs)
+    boxed = patches[patches.patch_row >= 0]
+    target = boxed.iloc[len(boxed) // 2]
+
+    def plant(_decoder: torch.nn.Module, kwargs: dict) -> dict:
+        embeds = kwargs["inputs_embeds"].clone()
+        embeds[0, int(target.position), 3] = 1e4
+        return {**kwargs, "inputs_embeds": embeds}
+
+    with decoder_input_hooks(m.hf, plant):
+        sinks = visual_sinks(m, text, image, VisualSinkConfig(tau=5.0, batch_size=1))
+    first = TokenScores(sinks.data[sinks.data.layer == 0], sinks.provenance)
+    table = sink_patches(m, text, image, first)
+    assert table[table.n_layers > 0].position.tolist() == [target.position]
+    view = table[table.view == target.view]
+    figure = sink_patch_figure(view_image(m, inputs, int(target.view)), view, name)
+    (shape,) = figure.layout.shapes
+    box = (shape.y0 + 0.5, shape.x0 + 0.5, shape.y1 + 0.5, shape.x1 + 0.5)
+    assert box == (target.top, target.left, target.bottom, target.right)
 
 
 def test_the_docs_table_is_the_vlm_zoos() -> None:

@@ -266,7 +266,7 @@ def vlm_table() -> str:
         "| model_type (tiny model from) | mask with an image | patterns = eager, HeadScale(1)"
         " = plain forward | image attention share = eager | greedy generation = `hf.generate`"
         " | VHD = two unbatched forwards; generation under VHR = `hf.generate` under VHR"
-        " | image token-to-patch map |",
+        " | token-to-patch map: a planted visual sink on its patch |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, (_, checkpoint, mask) in sorted(VLM_ZOO.items()):
