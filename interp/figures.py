@@ -346,7 +346,7 @@ def sink_patch_figure(image: np.ndarray, patches: pd.DataFrame, title: str) -> g
         title: the figure's title.
     """
     figure = go.Figure(go.Image(z=image, hoverinfo="skip"))
-    marked = patches[patches.n_layers > 0]
+    marked = patches[(patches.n_layers > 0) & (patches.top >= 0)]  # CLS, newlines: no box
     most = max(int(marked.n_layers.max()), 1) if len(marked) else 1
     for patch in marked.itertuples():
         figure.add_shape(

@@ -3,7 +3,8 @@
 Part of the hooks layer (`interp.hooks.HOOKS_LAYER`): the one place that branches on a
 vision-language model's architecture for its inputs. `interp.inputs` asks it how an image
 is written into a prompt and who numbers the positions; `interp.image_patches` asks it how
-image tokens tile the vision tower's views.
+image tokens tile the vision tower's views; VHD asks it the mask the model would hand its
+language model for other inputs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor
+from transformers.masking_utils import create_masks_for_generate
 
 from interp.errors import UnsupportedModelError
 
@@ -20,8 +22,10 @@ __all__ = [
     "PATCH_MAPS",
     "image_placeholder",
     "image_token_id",
+    "language_model_mask",
     "numbers_own_positions",
     "patch_grid",
+    "patch_layout",
     "position_offsets",
     "row_views",
 ]
@@ -32,8 +36,18 @@ _PLACEHOLDER_FORMAT = dict.fromkeys(["qwen2_vl", "qwen2_5_vl"], "<|vision_start|
 _OWN_POSITIONS = frozenset({"qwen2_vl", "qwen2_5_vl"})
 # What their position computation (`get_rope_index`) reads of the inputs besides the ids.
 _ROPE_INPUTS = ("attention_mask", "mm_token_type_ids", "image_grid_thw", "video_grid_thw")
-# Architectures whose image-token-to-patch map `interp.image_patches` knows exactly.
-PATCH_MAPS = ("llava", "idefics3", "paligemma", "gemma3")
+# Architectures whose image-token-to-patch map `interp.image_patches` knows exactly, and
+# how their tokens tile the views: one grid a view, any-resolution tiles, merged patches.
+PATCH_MAPS = {
+    "llava": "grid",
+    "idefics3": "grid",
+    "paligemma": "grid",
+    "gemma3": "grid",
+    "llava_next": "anyres",
+    "llava_onevision": "anyres",
+    "qwen2_vl": "merged",
+    "qwen2_5_vl": "merged",
+}
 
 
 def image_token_id(config: Any) -> int | None:
@@ -66,18 +80,45 @@ def position_offsets(hf: Any, inputs: Mapping[str, Tensor]) -> Tensor | None:
     return deltas[None].expand(3, -1, -1)
 
 
-def patch_grid(config: Any) -> tuple[int, bool]:
-    """(pixels per image token's side, whether each view starts with a CLS token).
+def language_model_mask(
+    hf: Any, embeds: Tensor, mask: Tensor, positions: Tensor, token_types: Tensor | None
+) -> Tensor | dict[str, Tensor] | None:
+    """The attention mask `hf` hands its language model for these inputs, built from their
+    [batch, pos] padding mask as its `generate` builds it: the model's own builder (Gemma 3's
+    bidirectional blocks over each image, PaliGemma's bidirectional prefix, both read from
+    `token_type_ids`), else transformers' causal one (a dict keyed by layer type where the
+    layers differ, e.g. sliding windows)."""
+    build = getattr(hf, "create_masks_for_generate", create_masks_for_generate)
+    return build(
+        config=hf.config,
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        cache=None,
+        position_ids=positions,
+        token_type_ids=token_types,
+        is_first_iteration=True,
+    )
+
+
+def patch_layout(config: Any) -> str:
+    """How image tokens tile the views: "grid", "anyres" or "merged" (`PATCH_MAPS`).
 
     Raises:
         UnsupportedModelError: an architecture outside `PATCH_MAPS`.
     """
-    model_type = config.model_type
-    if model_type not in PATCH_MAPS:
+    layout = PATCH_MAPS.get(config.model_type)
+    if layout is None:
         raise UnsupportedModelError(
-            f"The image token-to-patch map is not supported for {model_type}; it is exact for"
-            f" {', '.join(PATCH_MAPS)}."
+            f"The image token-to-patch map is not supported for {config.model_type}; it is"
+            f" exact for {', '.join(PATCH_MAPS)}."
         )
+    return layout
+
+
+def patch_grid(config: Any) -> tuple[int, bool]:
+    """(pixels per image token's side, whether each view starts with a CLS token), for an
+    architecture of the "grid" layout."""
+    model_type = config.model_type
     patch = int(config.vision_config.patch_size)
     size = patch * int(getattr(config, "scale_factor", 1))  # Idefics3's pixel shuffle
     if model_type == "gemma3":  # tokens average-pooled over square blocks of patches

@@ -18,18 +18,27 @@ Exact for:
 * Gemma 3 (`gemma3`): each image is one view; its patches are average-pooled over square
   blocks into `mm_tokens_per_image` tokens, row-major, each covering its block's pixels.
   Pan-and-scan crops are refused.
-Refused (one line): LLaVA-NeXT and LLaVA-OneVision, whose tiles are unpadded to the image's
-aspect and interleaved with newline tokens, and every other architecture. Memory: the table.
+* LLaVA-NeXT and LLaVA-OneVision (`llava_next`, `llava_onevision`): the base view, then the
+  tiles' joined grid cropped to the image's aspect, row-major, a newline token (no box)
+  after each row (`interp.image_tiles`). A OneVision image whose features the model
+  shrinks (more than `vision_aspect_ratio` allows) is refused: its tokens blend patches.
+* Qwen2-VL and Qwen2.5-VL (`qwen2_vl`, `qwen2_5_vl`): each image is one view of its
+  `image_grid_thw` patches; a token covers a merged square of `spatial_merge_size` patches,
+  row-major. The view is put back together from the processor's flattened patches.
+Refused (one line): every other architecture. Memory: the table.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from interp.errors import InputError, UnsupportedModelError
-from interp.image_layouts import patch_grid, row_views
+from interp.image_layouts import patch_grid, patch_layout, row_views
+from interp.image_tiles import Record, anyres_images, merged_images, merged_view
 from interp.inputs import ModelInputs, TokenKind
 from interp.models import Model
 
@@ -40,19 +49,20 @@ def patch_table(model: Model, inputs: ModelInputs, row: int = 0) -> pd.DataFrame
     """Every image token of one prepared row, with its view and pixel box.
 
     Args:
-        model: a LLaVA-1.5, Idefics3, PaliGemma or Gemma 3 model with its processor.
+        model: a VLM of `interp.image_layouts.PATCH_MAPS` with its processor.
         inputs: `model.prepare(...)` of the batch.
         row: the batch row.
 
     Returns:
         One row per image token: `position` (in the prompt alone, padding removed, as in
         `probes.visual_sinks`), `view` (index into `view_image`), `token` (its index in
-        its view), `patch_row`/`patch_col` (its block of the grid; -1 for CLS) and the box
-        `top`, `left`, `bottom`, `right` (pixels of the view, bottom/right exclusive).
+        its view), `patch_row`/`patch_col` (its block of the view's grid) and the box
+        `top`, `left`, `bottom`, `right` (pixels of the view, bottom/right exclusive);
+        a token without a box (LLaVA's CLS, LLaVA-NeXT's newlines) has -1 in all six.
 
     Raises:
-        UnsupportedModelError: another architecture (LLaVA-NeXT included), or Gemma 3's
-            pan-and-scan crops.
+        UnsupportedModelError: another architecture, Gemma 3's pan-and-scan crops, or a
+            OneVision image whose features the model shrinks.
         InputError: a row whose image tokens do not fill its views' grids.
 
     Example:
@@ -63,7 +73,7 @@ def patch_table(model: Model, inputs: ModelInputs, row: int = 0) -> pd.DataFrame
         [1, 1, 8, 8]
     """
     config = model.hf.config
-    size, cls = patch_grid(config)
+    layout = patch_layout(config)
     if getattr(model.processor.image_processor, "do_pan_and_scan", False):
         raise UnsupportedModelError(
             "The image token-to-patch map does not follow pan-and-scan crops: turn"
@@ -72,6 +82,23 @@ def patch_table(model: Model, inputs: ModelInputs, row: int = 0) -> pd.DataFrame
     kinds = inputs.kinds[row].cpu()
     real = (kinds != TokenKind.PADDING).nonzero().flatten()
     positions = (kinds[real] == TokenKind.IMAGE).nonzero().flatten().tolist()
+    if layout == "grid":
+        records, what = _grid_records(config, inputs, row)
+    else:
+        images = (anyres_images if layout == "anyres" else merged_images)(config, inputs)
+        records, what = _row_records(images, inputs.n_image_tokens, row)
+    if len(records) != len(positions):
+        raise InputError(
+            f"Row {row} has {len(positions)} image tokens, which do not fill its {what}."
+        )
+    frame = pd.DataFrame(records, columns=COLUMNS[1:])
+    frame.insert(0, "position", positions)
+    return frame
+
+
+def _grid_records(config: Any, inputs: ModelInputs, row: int) -> tuple[list[Record], str]:
+    """One grid a view (LLaVA-1.5, Idefics3, PaliGemma, Gemma 3)."""
+    size, cls = patch_grid(config)
     height, width = inputs["pixel_values"].shape[-2:]
     grid = [(-1, -1)] * cls + [(r, c) for r in range(height // size) for c in range(width // size)]
     first, n_views = row_views(config, inputs, row, len(grid))
@@ -81,26 +108,40 @@ def patch_table(model: Model, inputs: ModelInputs, row: int = 0) -> pd.DataFrame
         for view in range(first, first + n_views)
         for token, ((r, c), box) in enumerate(zip(grid, boxes, strict=True))
     ]
-    if len(records) != len(positions):
-        raise InputError(
-            f"Row {row} has {len(positions)} image tokens, which do not fill its {n_views}"
-            f" image view(s) of {len(grid)} tokens each."
-        )
-    frame = pd.DataFrame(records, columns=COLUMNS[1:])
-    frame.insert(0, "position", positions)
-    return frame
+    return records, f"{n_views} image view(s) of {len(grid)} tokens each"
+
+
+def _row_records(
+    images: list[list[Record]], counts: list[int], row: int
+) -> tuple[list[Record], str]:
+    """The records of a row's images, out of the batch's images in row order."""
+    start, stop = sum(counts[:row]), sum(counts[: row + 1])
+    records: list[Record] = []
+    seen, n_images = 0, 0
+    for image in images:
+        if start <= seen < stop:
+            records += image
+            n_images += 1
+        seen += len(image)
+    return records, f"{n_images} image(s) of {[len(i) for i in images]} tokens in the batch"
 
 
 def view_image(model: Model, inputs: ModelInputs, view: int) -> np.ndarray:
     """A view as the tower saw it: [height, width, 3] uint8, the processor's normalisation
     (mean, std, rescale) undone."""
-    pixels = inputs["pixel_values"]
-    flat = pixels.reshape(-1, *pixels.shape[-3:])  # Idefics3's [batch, views] flattened
-    if not 0 <= view < flat.shape[0]:
-        raise InputError(f"No view {view}: the inputs hold {flat.shape[0]}.")
+    config = model.hf.config
+    if patch_layout(config) == "merged":  # flattened patches, one view an image
+        n_views = len(inputs["image_grid_thw"])
+        pixels = merged_view(config, inputs, view) if 0 <= view < n_views else None
+    else:  # [views, 3, H, W], or [images or rows, views, 3, H, W] flattened
+        flat = inputs["pixel_values"].reshape(-1, *inputs["pixel_values"].shape[-3:])
+        n_views = flat.shape[0]
+        pixels = flat[view] if 0 <= view < n_views else None
+    if pixels is None:
+        raise InputError(f"No view {view}: the inputs hold {n_views}.")
     processor = model.processor.image_processor
     mean = torch.tensor(getattr(processor, "image_mean", None) or [0.0] * 3)
     std = torch.tensor(getattr(processor, "image_std", None) or [1.0] * 3)
     scale = float(getattr(processor, "rescale_factor", 1 / 255))
-    x = flat[view].detach().float().cpu() * std[:, None, None] + mean[:, None, None]
+    x = pixels.detach().float().cpu() * std[:, None, None] + mean[:, None, None]
     return (x / scale).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()

@@ -11,7 +11,8 @@ The same `phi` is what `interp.interventions.VAR` uses.
 Returns a `TokenScores` with one row per (example, layer, real position). Memory: the
 table itself plus one [batch, pos] ratio per layer; cost: one forward of the base model.
 `sink_patches` places the image tokens, with their sink counts, on the image's patches
-(`interp.image_patches`: exact for LLaVA-1.5 and Idefics3), for the sink-patch figure.
+(`interp.image_patches`: exact for the VLMs of `interp.image_layouts.PATCH_MAPS`), for the
+sink-patch figure.
 Method notes: docs/methods.md §10.
 """
 
@@ -155,7 +156,7 @@ def sink_patches(
     """Every image token's patch, with how often it is a visual sink: where sinks sit.
 
     Args:
-        model: the LLaVA-1.5 or Idefics3 model `sinks` came from.
+        model: the VLM `sinks` came from (`interp.image_layouts.PATCH_MAPS`).
         prompts, images: the inputs `visual_sinks` scored (same order).
         sinks: `visual_sinks(model, prompts, images, ...)`.
 

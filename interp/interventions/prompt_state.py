@@ -3,9 +3,10 @@
 VHR chooses its heads and VAR finds its sink tokens on a prompt, then reuse the choice for
 the rest of that generation: decode steps on the KV cache, or re-forwards of the prompt plus
 generated tokens without a cache (which must give the same tokens). `PromptState` reads each
-forward's `input_ids`, `attention_mask` and `pixel_values` through a pre-hook on the top
-model and says whether the forward is a decode step, a new prompt, or a continuation of the
-remembered one (its ids and pixels extend it). Memory: the remembered ids and pixels.
+forward's `input_ids`, `attention_mask`, `token_type_ids` and `pixel_values` through a
+pre-hook on the top model and says whether the forward is a decode step, a new prompt, or a
+continuation of the remembered one (its ids and pixels extend it). Memory: the remembered ids
+and pixels.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class PromptState:
     Attributes:
         ids: [batch, pos] the current forward's input ids (None before the first).
         mask: [batch, pos] its attention mask (ones if none was passed).
+        token_types: [batch, pos] its `token_type_ids` (None if none were passed).
         decoding: whether the current forward continues a non-empty KV cache.
         prompt_length: positions of the remembered prompt (None: nothing remembered).
     """
@@ -40,6 +42,7 @@ class PromptState:
         self.ids: Tensor | None = None
         self.mask: Tensor | None = None
         self.pixels: Tensor | None = None
+        self.token_types: Tensor | None = None
         self.decoding = False
         self._prompt: tuple[Tensor, Tensor | None] | None = None
 
@@ -52,6 +55,7 @@ class PromptState:
         mask = kwargs.get("attention_mask")
         self.ids, self.pixels = ids, kwargs.get("pixel_values")
         self.mask = torch.ones_like(ids) if mask is None else mask
+        self.token_types = kwargs.get("token_type_ids")
 
     @property
     def image(self) -> Bool[Tensor, "batch pos"]:

@@ -21,8 +21,10 @@ forward of the generation scales the same heads of each batch row at every posit
 How it runs. The counterfactual is built from the decoder's own inputs (`inputs_embeds`
 after the VLM merged the image features; `interp.hooks.decoder_input_hooks`): each row's
 image tokens are dropped and its text left-padded to the prompt's width, with positions
-renumbered as if it were alone. So the text embeddings are exactly the prompt's and every
-VLM family works the same way. Cost of VHR: one extra forward of twice the batch at the
+renumbered and its mask built as if it were alone (a model that hands its language model
+a built mask, Gemma 3 or PaliGemma, builds the text's mask with its own rules: causal text,
+a bidirectional prefix). So the text embeddings are exactly the prompt's and every VLM
+family works the same way. Cost of VHR: one extra forward of twice the batch at the
 prompt (the selection), then a multiply per chosen layer per forward. Memory: [batch,
 layer, head] scores; no attention pattern is kept.
 """
@@ -41,6 +43,7 @@ from torch import Tensor, nn
 from interp.config import Config, check_range
 from interp.errors import InputError, UnsupportedModelError
 from interp.hooks import decoder_input_hooks, head_output_hooks
+from interp.image_layouts import language_model_mask
 from interp.inputs import ModelInputs
 from interp.interventions.prompt_state import PromptState, prompt_state
 from interp.kv_cache import without_cache
@@ -112,33 +115,41 @@ class Divergence:
     chosen: Bool[Tensor, "batch layer head"]
 
 
-def without_images(kwargs: dict[str, Any], image: Bool[Tensor, "batch pos"]) -> dict[str, Any]:
+def without_images(
+    model: Model,
+    kwargs: dict[str, Any],
+    image: Bool[Tensor, "batch pos"],
+    padding: Tensor,
+    token_types: Tensor | None = None,
+) -> dict[str, Any]:
     """Decoder kwargs for the lockstep batch: the rows as given, then each without its image.
 
     Each counterfactual row keeps its text embeddings in order, left-padded to the same
-    width, with positions numbered from 0 over its real tokens.
+    width, with positions numbered on from its first token's as if it were alone. Its mask is
+    the one the model builds for that text alone: where the model hands its language model
+    a built mask (Gemma 3's bidirectional image blocks, PaliGemma's bidirectional prefix),
+    the model's own builder makes it from the text's padding and `token_type_ids`
+    (`interp.image_layouts.language_model_mask`); the prompt rows keep the mask given.
+
+    Args:
+        model: the VLM.
+        kwargs: the decoder's keyword arguments for the prompts.
+        image: [batch, pos] the prompts' image tokens.
+        padding: [batch, pos] the model inputs' attention mask (1 = real token).
+        token_types: [batch, pos] the model inputs' `token_type_ids`, if it takes them.
 
     Raises:
         InputError: a row whose last position is an image token (nothing to compare).
-        UnsupportedModelError: a built (not [batch, pos]) attention mask.
+        UnsupportedModelError: positions or a built mask of a form VHD cannot join.
     """
     embeds = kwargs.get("inputs_embeds")
     if embeds is None:
         raise UnsupportedModelError("VHD needs the decoder's inputs_embeds; this model passed ids.")
     batch, width = embeds.shape[:2]
-    mask = kwargs.get("attention_mask")
-    mask = (
-        torch.ones(batch, width, dtype=torch.long, device=embeds.device) if mask is None else mask
-    )
+    padding = padding.to(embeds.device)
     positions = kwargs.get("position_ids")
     if positions is None:
         positions = torch.arange(width, device=embeds.device).expand(batch, -1)
-    if not isinstance(mask, Tensor) or mask.dim() != 2:
-        raise UnsupportedModelError(
-            "VHD builds its no-image branch from a [batch, pos] mask; this model hands its"
-            " language model a built attention mask (Gemma 3's and PaliGemma's bidirectional"
-            " image or prefix blocks)."
-        )
     if positions.dim() not in (2, 3):
         raise UnsupportedModelError(
             "VHD builds its no-image branch from [batch, pos] or [axis, batch, pos] positions;"
@@ -146,23 +157,61 @@ def without_images(kwargs: dict[str, Any], image: Bool[Tensor, "batch pos"]) -> 
         )
     if bool(image[:, -1].any()):
         raise InputError("A prompt ends with its image: VHD compares the text after the image.")
-    keep = mask.bool() & ~image.to(mask.device)
+    keep = padding.bool() & ~image.to(padding.device)
     n_keep = keep.sum(-1)
     cf_embeds = embeds.new_zeros(embeds.shape)
-    cf_mask = torch.zeros_like(mask)
+    cf_padding = torch.zeros_like(padding)
+    cf_types = None if token_types is None else torch.zeros_like(token_types)
     for row in range(batch):  # setup only: one gather per batch row
         count = int(n_keep[row])
         cf_embeds[row, width - count :] = embeds[row, keep[row]]
-        cf_mask[row, width - count :] = 1
-    cf_positions = (cf_mask.cumsum(-1) - 1).clamp_min(0).to(positions.dtype)
-    if positions.dim() == 3:  # multimodal rotary [axis, batch, pos]: text is equal on each
-        cf_positions = cf_positions.expand(positions.shape[0], -1, -1)
+        cf_padding[row, width - count :] = 1
+        if cf_types is not None and token_types is not None:
+            cf_types[row, width - count :] = token_types[row, keep[row].to(token_types.device)]
+    first = padding.long().argmax(-1)  # each row's first real token
+    index = first[:, None].expand(*positions.shape[:-1], 1)
+    start = positions.gather(-1, index)  # its position (on every rotary axis)
+    cf_positions = start + (cf_padding.cumsum(-1) - 1).clamp_min(0).to(positions.dtype)
+    given = kwargs.get("attention_mask")
+    if given is None or (isinstance(given, Tensor) and given.dim() == 2):
+        mask: Any = torch.cat([padding if given is None else given, cf_padding])
+    else:
+        text_alone = language_model_mask(model.hf, cf_embeds, cf_padding, cf_positions, cf_types)
+        mask = _stacked(given, text_alone, batch)
     return {
         **without_cache(kwargs),
         "inputs_embeds": torch.cat([embeds, cf_embeds]),
-        "attention_mask": torch.cat([mask, cf_mask]),
+        "attention_mask": mask,
         "position_ids": torch.cat([positions, cf_positions], dim=-2),
     }
+
+
+def _stacked(prompts: Any, counterfactuals: Any, batch: int) -> Any:
+    """The prompt rows' built mask above the no-image rows' (per layer type for a dict)."""
+    if isinstance(prompts, dict) and isinstance(counterfactuals, dict):
+        if prompts.keys() == counterfactuals.keys():
+            return {key: _stacked(prompts[key], counterfactuals[key], batch) for key in prompts}
+    elif (
+        isinstance(prompts, Tensor)
+        and isinstance(counterfactuals, Tensor)
+        and prompts.dim() == 4
+        and prompts.shape[1:] == counterfactuals.shape[1:]
+        and prompts.dtype == counterfactuals.dtype
+    ):
+        parts = [m.expand(batch, *m.shape[1:]) for m in (prompts, counterfactuals)]
+        return torch.cat(parts)
+    raise UnsupportedModelError(
+        "VHD cannot stack its no-image branch's attention mask under the one this model hands"
+        f" its language model ({_form(prompts)} and {_form(counterfactuals)})."
+    )
+
+
+def _form(mask: Any) -> str:
+    if isinstance(mask, dict):
+        return "{" + ", ".join(f"{key}: {_form(value)}" for key, value in mask.items()) + "}"
+    if isinstance(mask, Tensor):
+        return f"{mask.dtype} {tuple(mask.shape)}"
+    return type(mask).__name__
 
 
 class _Selection:
@@ -212,7 +261,9 @@ def divergence(model: Model, inputs: ModelInputs, outlier_filter: bool = True) -
     selection = _Selection(config, set(), n_layers)
 
     def lockstep(_decoder: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
-        return without_images(kwargs, inputs.image_mask)
+        return without_images(
+            model, kwargs, inputs.image_mask, inputs.attention_mask, inputs.get("token_type_ids")
+        )
 
     with (
         torch.no_grad(),
@@ -257,7 +308,7 @@ class VHR:
     @contextmanager
     def applied(self, model: Model) -> Iterator[None]:
         with prompt_state(model, "VHR") as prompt:
-            state = _Reinforcer(self.config, model.geometry.n_layers, prompt)
+            state = _Reinforcer(self.config, model, prompt)
             with (
                 decoder_input_hooks(model.hf, state.before_decoder),
                 head_output_hooks(model.hf, state.edit),  # the selection scores every layer
@@ -268,9 +319,10 @@ class VHR:
 class _Reinforcer:
     """VHR's state in one context: the heads chosen on the current prompt, as factors."""
 
-    def __init__(self, config: VhrConfig, n_layers: int, prompt: PromptState) -> None:
-        self.config, self.n_layers, self.prompt = config, n_layers, prompt
-        self.layers = set(vhr_layers(n_layers, config))
+    def __init__(self, config: VhrConfig, model: Model, prompt: PromptState) -> None:
+        self.config, self.model, self.prompt = config, model, prompt
+        self.n_layers = model.geometry.n_layers
+        self.layers = set(vhr_layers(self.n_layers, config))
         self.factors: dict[int, Tensor] = {}  # layer -> [batch, head]
         self.selection: _Selection | None = None
 
@@ -285,7 +337,12 @@ class _Reinforcer:
         self.selection = _Selection(self.config, self.layers, self.n_layers)
         try:
             with torch.no_grad():
-                decoder(**without_images(kwargs, self.prompt.image))
+                prompt = self.prompt
+                decoder(
+                    **without_images(
+                        self.model, kwargs, prompt.image, prompt.mask, prompt.token_types
+                    )
+                )
             chosen = self.selection.result().chosen
         finally:
             self.selection = None

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.nn.functional import pad
 
-from interp.hooks import AttentionRows
+from interp.hooks import AttentionRows, head_output_hooks
 from interp.inputs import ModelInputs
 from interp.models import Model
 
@@ -127,3 +127,29 @@ def eager_image_shares(
             chosen[row, inputs.image_span(row)[1] : width] = True
     weights = chosen.float()[:, None, None, :]
     return ((vis * weights).sum(-1) / weights.sum(-1)).numpy()
+
+
+def _last_z(model: Model, **kwargs: Any) -> Tensor:
+    """[layer, head, d_head] z at the last position of one unpadded forward."""
+    found: dict[int, Tensor] = {}
+
+    def read(layer: int, z: Tensor) -> None:
+        found[layer] = z[0, -1].float()
+
+    with torch.no_grad(), head_output_hooks(model.hf, read):
+        model.hf(**kwargs)
+    return torch.stack([found[layer] for layer in sorted(found)])
+
+
+def vhd_by_hand(model: Model, text: str, image: Any) -> tuple[Tensor, Tensor]:
+    """([layer, head] VHD, text activation) of one prompt from two unbatched forwards: the
+    prompt, and its text alone (ids without image tokens, no pixels, and the prompt's
+    `token_type_ids` at those tokens where the model takes them: PaliGemma's prefix)."""
+    inputs = model.prepare(text, image)
+    with_image = _last_z(model, **inputs)
+    text_only = ~inputs.image_mask
+    alone = {"input_ids": inputs.input_ids[text_only][None]}
+    if "token_type_ids" in inputs:
+        alone["token_type_ids"] = inputs["token_type_ids"][text_only][None]
+    without = _last_z(model, **alone)
+    return (with_image - without).norm(dim=-1), without.pow(2).sum(-1)

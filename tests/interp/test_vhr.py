@@ -12,7 +12,7 @@ from interp.interventions.vhr import VHR, VhrConfig, above_median, filter_outlie
 from interp.kv_cache import output_cache
 from interp.models import Model
 from probes.vision import VhdConfig, vision_head_divergence
-from tests.interp.helpers import vlm_cached_and_reforwarded
+from tests.interp.helpers import vhd_by_hand, vlm_cached_and_reforwarded
 from tests.tiny import tiny_idefics3, tiny_llava, tiny_llava_next
 
 BUILDERS = {"llava": tiny_llava, "llava_next": tiny_llava_next, "idefics3": tiny_idefics3}
@@ -34,29 +34,11 @@ def _per_head(scores, column: str, example: int) -> np.ndarray:
     return frame.pivot(index="layer", columns="head", values=column).to_numpy()
 
 
-def _last_z(model: Model, **kwargs) -> torch.Tensor:
-    """[layer, head, d_head] z at the last position of one unpadded forward."""
-    found: dict[int, torch.Tensor] = {}
-
-    def read(layer: int, z: torch.Tensor) -> None:
-        found[layer] = z[0, -1].float()
-
-    with torch.no_grad(), head_output_hooks(model.hf, read):
-        model.hf(**kwargs)
-    return torch.stack([found[layer] for layer in sorted(found)])
-
-
 def test_vhd_equals_two_unbatched_forwards(vlm):
     """Reference: the prompt alone, and its ids without image tokens alone (no pixels)."""
     scores = vision_head_divergence(vlm, TEXTS, _images(), VhdConfig(batch_size=2))
-    token = vlm.hf.config.image_token_id
     for example, (text, image) in enumerate(zip(TEXTS, _images(), strict=True)):
-        inputs = vlm.prepare(text, image)
-        with_image = _last_z(vlm, **inputs)
-        ids = inputs.input_ids[inputs.input_ids != token][None]
-        without = _last_z(vlm, input_ids=ids)
-        vhd = (with_image - without).norm(dim=-1)
-        activation = without.pow(2).sum(-1)
+        vhd, activation = vhd_by_hand(vlm, text, image)
         filtered = filter_outliers(vhd, activation)
         np.testing.assert_allclose(_per_head(scores, "vhd", example), vhd.numpy(), atol=1e-5)
         np.testing.assert_allclose(

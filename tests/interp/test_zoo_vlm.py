@@ -6,7 +6,9 @@ kernel must use it as given. Each cell runs a left-padded batch with an image a 
 recorded patterns against eager `output_attentions`, image attention shares against shares
 computed from those patterns, HeadScale(1) against the plain forward (bit-exact), and greedy
 generation through the driver against `hf.generate` (Qwen2-VL's multimodal rotary positions
-carried through the decode steps). Mllama (cross-attention layers) is refused in one line.
+carried through the decode steps), VHD against two unbatched forwards and generation under
+VHR against `hf.generate` under VHR, and a planted visual sink placed on its patch by the
+token-to-patch map. Mllama (cross-attention layers) is refused in one line.
 """
 
 from __future__ import annotations
@@ -20,17 +22,25 @@ import torch
 from torch import Tensor
 
 from interp.errors import UnsupportedModelError
+from interp.figures import sink_patch_figure
 from interp.generation import GenerationConfig, Step, generate
 from interp.hook_points import record
-from interp.hooks import attention_hooks
-from interp.image_patches import patch_table
+from interp.hooks import attention_hooks, decoder_input_hooks
+from interp.image_patches import patch_table, view_image
 from interp.inputs import ModelInputs
 from interp.interventions import VHR, HeadScale, VhrConfig
 from interp.models import Model
-from probes.vision import ImageAttentionConfig, image_attention
-from tests.interp.helpers import Recorder, eager_forward, eager_image_shares, whole
+from interp.results import TokenScores
+from probes.vision import ImageAttentionConfig, VhdConfig, image_attention, vision_head_divergence
+from probes.visual_sinks import VisualSinkConfig, sink_patches, visual_sinks
+from tests.interp.helpers import (
+    Recorder,
+    eager_forward,
+    eager_image_shares,
+    vhd_by_hand,
+    whole,
+)
 from tests.interp.zoo_vlms import (
-    VHR_REFUSED,
     VLM_DOCS_END,
     VLM_DOCS_START,
     VLM_ZOO,
@@ -151,12 +161,33 @@ def test_mllama_cross_attention_is_refused_in_one_line() -> None:
         assert "cross-attention" in message and "Mllama" in message and "\n" not in message
 
 
-def test_onevision_patch_map_is_refused_in_one_line() -> None:
-    """Tiles unpadded to the image's aspect and newline tokens, as LLaVA-NeXT's: no exact map."""
-    m = vlm("llava_onevision")
-    with pytest.raises(UnsupportedModelError, match="llava_onevision") as refused:
-        patch_table(m, prepared(m))
-    assert "\n" not in str(refused.value)
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_planted_visual_sink_is_outlined_on_its_patch(name: str) -> None:
+    """One image token's input embedding blown up in one dimension is a visual sink in
+    layer 0 (phi <= sqrt(d_model) = 5.7, reached by that token alone); `sink_patches` puts
+    it on its patch of the map, and the figure outlines exactly that box."""
+    m = vlm(name)
+    text, image = TEXTS[0], images()[0]
+    inputs = m.prepare(text, image)
+    patches = patch_table(m, inputs)
+    boxed = patches[patches.patch_row >= 0]
+    target = boxed.iloc[len(boxed) // 2]
+
+    def plant(_decoder: torch.nn.Module, kwargs: dict) -> dict:
+        embeds = kwargs["inputs_embeds"].clone()
+        embeds[0, int(target.position), 3] = 1e4
+        return {**kwargs, "inputs_embeds": embeds}
+
+    with decoder_input_hooks(m.hf, plant):
+        sinks = visual_sinks(m, text, image, VisualSinkConfig(tau=5.0, batch_size=1))
+    first = TokenScores(sinks.data[sinks.data.layer == 0], sinks.provenance)
+    table = sink_patches(m, text, image, first)
+    assert table[table.n_layers > 0].position.tolist() == [target.position]
+    view = table[table.view == target.view]
+    figure = sink_patch_figure(view_image(m, inputs, int(target.view)), view, name)
+    (shape,) = figure.layout.shapes
+    box = (shape.y0 + 0.5, shape.x0 + 0.5, shape.y1 + 0.5, shape.x1 + 0.5)
+    assert box == (target.top, target.left, target.bottom, target.right)
 
 
 def test_the_docs_table_is_the_vlm_zoos() -> None:
@@ -175,28 +206,49 @@ def test_text_only_generation_on_qwen2_5_vl_takes_text_positions() -> None:
         assert got.response_ids.tolist() == reference[0, ids.shape[1] :].tolist()
 
 
-@pytest.mark.parametrize("name", sorted(VLM_ZOO.keys() - VHR_REFUSED))
+@pytest.mark.parametrize("name", FAMILIES)
+def test_vhd_equals_the_prompt_and_its_text_alone(name: str) -> None:
+    """Against two unbatched forwards: the prompt, and its text alone with the model's own
+    mask for it. Gemma 3's prompt rows need their image blocks, PaliGemma's both branches
+    their bidirectional prefix: a causal mask in either branch moves VHD."""
+    m = vlm(name)
+    scores = vision_head_divergence(m, TEXTS, images(), VhdConfig(batch_size=2)).data
+    for example, (text, image) in enumerate(zip(TEXTS, images(), strict=True)):
+        vhd, activation = vhd_by_hand(m, text, image)
+        frame = scores[scores.example == example]
+        for column, expected, tolerance in (
+            ("vhd", vhd, {"atol": 1e-5}),
+            ("text_activation", activation, {"rtol": 1e-5}),
+        ):
+            got = frame.pivot(index="layer", columns="head", values=column).to_numpy()
+            np.testing.assert_allclose(got, expected.numpy(), **tolerance)
+        assert (vhd > 0).all()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
 def test_vhr_generation_with_images_equals_hf_generate_under_vhr(name: str) -> None:
-    """VHD's no-image branch is text (for Qwen2-VL: equal positions on every rotary axis)."""
+    """Tokens and each step's logits. VHD's no-image branch is text (for Qwen2-VL: equal
+    positions on every rotary axis; for Gemma 3 and PaliGemma: the model's mask for it)."""
     m = vlm(name)
     config = GenerationConfig(max_new_tokens=4, stop_at_eos=False)
     inputs = m.prepare(TEXTS[0], images()[0])
+    steps: list[Tensor] = []
     with VHR(VhrConfig(alpha=8.0, last_layers=1)).applied(m):
-        ours = generate(m, TEXTS[:1], config, images=images()[:1])[0].response_ids.tolist()
-        theirs = m.hf.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
-    plain = generate(m, TEXTS[:1], config, images=images()[:1])[0].response_ids.tolist()
-    assert ours == theirs[0, inputs.input_ids.shape[1] :].tolist()
-    assert ours != plain  # the heads VHR scales change the tokens: the match is not vacuous
-
-
-@pytest.mark.parametrize("name", sorted(VHR_REFUSED))
-def test_vhr_refuses_built_masks_in_one_line(name: str) -> None:
-    """VHD's no-image branch is rebuilt from a [batch, pos] mask."""
-    m = vlm(name)
-    config = GenerationConfig(max_new_tokens=1, stop_at_eos=False)
-    with (
-        pytest.raises(UnsupportedModelError, match="no-image branch") as refused,
-        VHR(VhrConfig(alpha=2.0, last_layers=1)).applied(m),
-    ):
-        generate(m, TEXTS, config, images=images())
-    assert "\n" not in str(refused.value)
+        ours = generate(
+            m, TEXTS[:1], config, images=images()[:1], on_step=lambda s: steps.append(s.logits[0])
+        )
+        theirs = m.hf.generate(
+            **inputs,
+            max_new_tokens=4,
+            min_new_tokens=4,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    plain: list[Tensor] = []
+    generate(m, TEXTS[:1], config, images=images()[:1], on_step=lambda s: plain.append(s.logits[0]))
+    response = theirs.sequences[0, inputs.input_ids.shape[1] :]
+    assert ours[0].response_ids.tolist() == response.tolist()
+    torch.testing.assert_close(torch.stack(steps), torch.cat(theirs.logits), atol=1e-5, rtol=0)
+    # The heads VHR scales move the first step's logits: the match is not vacuous.
+    assert (steps[0] - plain[0]).abs().max() > 1e-2

@@ -257,9 +257,6 @@ VLM_ZOO: dict[str, tuple[Callable[[], Model], str, str]] = {
     "qwen2_5_vl": (lambda: _tiny_qwen_vl("2.5"), "Qwen2.5-VL-3B", "causal"),
     "qwen2_vl": (lambda: _tiny_qwen_vl("2"), "Qwen2-VL-2B", "causal"),
 }
-# VHR's no-image branch needs a [batch, pos] mask; these hand their language model a built
-# one (bidirectional blocks), so VHR refuses them.
-VHR_REFUSED = frozenset({"gemma3", "paligemma"})
 VLM_DOCS_START, VLM_DOCS_END = "<!-- vlm zoo table: start -->", "<!-- vlm zoo table: end -->"
 
 
@@ -268,13 +265,13 @@ def vlm_table() -> str:
     lines = [
         "| model_type (tiny model from) | mask with an image | patterns = eager, HeadScale(1)"
         " = plain forward | image attention share = eager | greedy generation = `hf.generate`"
-        " | generation under VHR = `hf.generate` under VHR | image token-to-patch map |",
+        " | VHD = two unbatched forwards; generation under VHR = `hf.generate` under VHR"
+        " | token-to-patch map: a planted visual sink on its patch |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, (_, checkpoint, mask) in sorted(VLM_ZOO.items()):
-        vhr = "refused in one line (built mask)" if name in VHR_REFUSED else "yes"
         patches = "exact" if name in PATCH_MAPS else "refused in one line"
-        lines.append(f"| `{name}` ({checkpoint}) | {mask} | yes | yes | yes | {vhr} | {patches} |")
+        lines.append(f"| `{name}` ({checkpoint}) | {mask} | yes | yes | yes | yes | {patches} |")
     refused = "refused in one line (cross-attention layers)"
     lines.append(
         f"| `mllama` (Llama-3.2-11B-Vision) | causal | {refused} | {refused} |"
