@@ -36,7 +36,7 @@ from interp.models import Model, load_model
 from interp.tasks import load_task
 from probes.organisms.shapes.hallucination import SETTINGS, pope_questions
 from probes.organisms.shapes.model import prompt
-from probes.organisms.shapes.scenes import eval_seeds, render, scenes
+from probes.organisms.shapes.scenes import held_out_seeds, render, scenes
 from probes.organisms.shapes.task_folders import write_task_folders
 from probes.vision import image_attention, vision_head_divergence
 from probes.visual_sinks import sink_dimensions, visual_sinks
@@ -48,7 +48,7 @@ SWEEP_TITLE = "shapes-llava, POPE adversarial: accuracy difference"
 
 def heads(model: Model, n_scenes: int, out: Path) -> None:
     """VHD and image attention per head on one POPE prompt per scene; heatmaps."""
-    truths = scenes(eval_seeds(n_scenes))
+    truths = scenes(held_out_seeds(n_scenes))
     questions = pope_questions(truths, "adversarial")
     first = {q.scene: q for q in reversed(questions)}  # one question per scene
     texts = [prompt(first[i].text) for i in range(n_scenes)]

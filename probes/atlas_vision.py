@@ -36,7 +36,7 @@ from interp.models import Model
 from interp.work import StageProgress
 from probes.organisms.shapes.hallucination import pope_questions
 from probes.organisms.shapes.model import SPEC, prompt
-from probes.organisms.shapes.scenes import eval_seeds, render, scenes
+from probes.organisms.shapes.scenes import held_out_seeds, render, scenes
 from probes.vision_scores import VisionScoresConfig, score_images
 
 METHOD = "vision"
@@ -90,7 +90,7 @@ def vision(
 
 def pope_prompts(n: int) -> tuple[list[str], list[Image.Image]]:
     """The first POPE question (adversarial) and the image of each of `n` held-out scenes."""
-    truths = scenes(eval_seeds(n))
+    truths = scenes(held_out_seeds(n))
     first = {q.scene: q for q in reversed(pope_questions(truths, "adversarial"))}
     return [first[i].text for i in range(n)], [render(scene) for scene in truths]
 

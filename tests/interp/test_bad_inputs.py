@@ -315,9 +315,9 @@ def test_task_subsamples_refuse_a_negative_seed(tmp_path):
 
 @pytest.mark.parametrize("n", [0, -5, 100_001, 10**30, 1.5, True])
 def test_shapes_evaluation_takes_only_held_out_scenes(n):
-    from probes.organisms.shapes.scenes import eval_seeds
+    from probes.organisms.shapes.scenes import held_out_seeds
 
-    assert "held-out scenes" in _one_line_error(lambda: eval_seeds(n))
+    assert "held-out scenes" in _one_line_error(lambda: held_out_seeds(n))
 
 
 @pytest.mark.parametrize(

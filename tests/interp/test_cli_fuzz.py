@@ -218,7 +218,10 @@ def vision_effect_commands(f: dict[str, Path]) -> dict[str, tuple[list[str], dic
         "--seed": "non_negative",
     }
     return {
-        "shapes tasks": (["--scenes", "1"], {"--scenes": "count", "--out": "out"}),
+        "shapes tasks": (
+            ["--scenes", "1"],
+            {"--scenes": "count", "--out": "out", "--split": "choice"},
+        ),
         "effect vhr": (
             [*valid, "--no-static"],
             {**shared, "--alpha": "finite", "--last-layers": "non_negative"},

@@ -13,7 +13,7 @@ from interp.models import Model, load_model
 from probes.organisms.shapes.evaluate import respond
 from probes.organisms.shapes.hallucination import chair, parse_yes_no, pope_questions, pope_scores
 from probes.organisms.shapes.model import CAPTION_QUESTION, load_shapes_llava, prompt
-from probes.organisms.shapes.scenes import eval_seeds, make_scene, render, scenes
+from probes.organisms.shapes.scenes import held_out_seeds, make_scene, render, scenes
 from probes.organisms.shapes.train import _tokenize, conversation, patch_targets, pixels
 
 
@@ -40,7 +40,7 @@ def test_its_language_model_is_the_default_model(shapes: Model, default_model: M
 
 @pytest.mark.integration
 def test_its_captions_name_objects_of_the_image_and_none_without_it(shapes: Model) -> None:
-    truths = scenes(eval_seeds(6))
+    truths = scenes(held_out_seeds(6))
     seen = chair(respond(shapes, [CAPTION_QUESTION] * 6, truths, max_new_tokens=24), truths)
     blank = respond(shapes, [CAPTION_QUESTION] * 6, truths, blank=True, max_new_tokens=24)
     assert seen["recall"] >= 0.5  # held-out scenes: it reads them from the pixels
@@ -49,7 +49,7 @@ def test_its_captions_name_objects_of_the_image_and_none_without_it(shapes: Mode
 
 @pytest.mark.integration
 def test_training_inputs_match_what_the_processor_makes(shapes: Model) -> None:
-    truths = scenes(eval_seeds(3))
+    truths = scenes(held_out_seeds(3))
     images = [render(s) for s in truths]
     processor = shapes.processor.image_processor
     mean, std = torch.tensor(processor.image_mean), torch.tensor(processor.image_std)
@@ -64,7 +64,7 @@ def test_training_inputs_match_what_the_processor_makes(shapes: Model) -> None:
 
 
 def test_alignment_targets_weight_object_words_by_covered_share() -> None:
-    scene = make_scene(eval_seeds(1)[0])  # its bottom-left cell is empty
+    scene = make_scene(held_out_seeds(1)[0])  # its bottom-left cell is empty
     words = {w: torch.full((4,), float(i)) for i, w in enumerate(["red", "green", "blue"])}
     words |= {w: torch.zeros(4) for w in ["yellow", "circle", "square", "triangle"]}
     empty = torch.full((4,), -1.0)
@@ -78,7 +78,7 @@ def test_alignment_targets_weight_object_words_by_covered_share() -> None:
 
 @pytest.mark.integration
 def test_its_pope_answers_read_the_image_and_fall_to_chance_without_it(shapes: Model) -> None:
-    truths = scenes(eval_seeds(12))
+    truths = scenes(held_out_seeds(12))
     questions = pope_questions(truths, "adversarial")
     asked = [q.text for q in questions]
     seen = [truths[q.scene] for q in questions]

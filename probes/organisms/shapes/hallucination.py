@@ -12,9 +12,12 @@ the absent object not yet chosen that co-occurs most often with *that* object
 (`adversarial="per_object"`); `"summed"` (the toolkit's earlier rule) ranks absent objects
 by co-occurrence summed over all the image's objects. Frequencies and co-occurrences are
 counted over the scenes evaluated, as POPE counts them over its annotation set. Scores:
-accuracy, precision, recall, F1 and the share of "yes" answers; an answer that names neither
-yes nor no counts as "yes", as POPE's evaluation code does (it answers "no" only when the
-first sentence has "no" or "not"); `unparsed="wrong"` is the earlier rule.
+accuracy, precision, recall, F1 and the share of "yes" answers. Answers are parsed as POPE's
+evaluation code parses them (`parse_yes_no`: "no" only when the first sentence has the word
+"no", "No" or "not", otherwise "yes"); `rule="first_word"` (the toolkit's earlier parse)
+takes the first yes/no word and leaves an answer with neither unparsed, which
+`pope_scores` counts as "yes" by default or, with `unparsed="wrong"` (the earlier rule), as
+wrong.
 
 Everything here is pure Python on scene descriptions and strings; no model.
 """
@@ -39,6 +42,7 @@ Setting = Literal["random", "popular", "adversarial"]
 SETTINGS: tuple[Setting, ...] = ("random", "popular", "adversarial")
 
 _YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
+_POPE_NO = frozenset({"no", "No", "not"})  # POPE's code: words that make an answer "no"
 
 
 def mentioned_objects(caption: str) -> frozenset[str]:
@@ -134,8 +138,22 @@ def pope_questions(
     return questions
 
 
-def parse_yes_no(answer: str) -> bool | None:
-    """True for yes, False for no (the first of the two words in the answer), None if neither."""
+def parse_yes_no(answer: str, rule: Literal["pope", "first_word"] = "pope") -> bool | None:
+    """Whether an answer says yes (True) or no (False).
+
+    "pope" (POPE's evaluation code): keep the text before the first ".", drop commas, split
+    at spaces; the answer is no if a word is exactly "no", "No" or "not", else yes (never
+    None). "first_word": the first "yes" or "no" (any case, whole word), None if neither,
+    for `pope_scores(unparsed=...)` to count.
+
+    Raises:
+        ConfigError: an unknown rule.
+    """
+    if rule == "pope":
+        words = answer.split(".")[0].replace(",", "").split(" ")
+        return not _POPE_NO.intersection(words)
+    if rule != "first_word":
+        raise ConfigError(f"POPE parse rule must be 'pope' or 'first_word', not {rule!r}.")
     match = _YES_NO.search(answer)
     return None if match is None else match.group(1).lower() == "yes"
 

@@ -57,6 +57,7 @@ TOWER = {
 # Trainable parts, by their key prefix in the assembled model's state dict.
 TOWER_PREFIXES = ("model.vision_tower.", "model.multi_modal_projector.")
 CAPTION_QUESTION = "Describe the image."
+CAPTION_TOKENS = 40  # the generation budget of a caption
 # POPE answers, with the leading space `interp.tasks` joins a choice with, so scoring the
 # choices "Yes"/"No" there reads the very tokens the model was trained to answer with.
 ANSWERS = {True: " Yes", False: " No"}
