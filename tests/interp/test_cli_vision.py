@@ -89,7 +89,10 @@ def test_score_vision_refuses_a_text_only_model_before_loading_it(tmp_path: Path
         assert "loading" not in result.output  # load_model_or_fail's status line
 
 
-def test_score_vision_says_when_the_sink_patch_map_is_not_supported(tmp_path: Path):
+def test_score_vision_maps_sink_patches_on_llava_next(tmp_path: Path):
+    # LLaVA-NeXT's tiled image tokens have a token-to-patch map (interp.image_tiles): the
+    # command no longer notes it as unsupported (the refusals are tested in
+    # test_image_patches).
     model = tiny_llava_next()
     saved = tmp_path / "next"
     model.hf.save_pretrained(saved)
@@ -99,11 +102,8 @@ def test_score_vision_says_when_the_sink_patch_map_is_not_supported(tmp_path: Pa
     args = ["score", "vision", "--model", str(saved), "--images", str(images), "--out", str(out)]
     result = runner.invoke(app, [*args, "--no-static"])
     assert result.exit_code == 0, result.output
-    assert (
-        "note: no sink-patch figure: The image token-to-patch map is not supported for llava_next"
-        in result.output
-    )
-    assert (out / "vhd.csv").is_file() and not (out / "sink_patches.csv").exists()
+    assert "no sink-patch figure" not in result.output
+    assert (out / "vhd.csv").is_file()
 
 
 def test_score_images_is_what_score_vision_writes(tmp_path: Path):

@@ -114,8 +114,15 @@ def test_sinks_offloaded(default_model, offloaded, offloaded_bf16) -> None:
         ("bfloat16", "device_map"),
     ]
     assert "disk" in split.heads.provenance.placement
+    # A head's score sums the shares of the keys past the sink threshold (m_j > 0.1): a key
+    # near it may cross in bf16, a jump of its whole share (seen: L11H7, 11 -> 13 sinks,
+    # +0.143, on a fresh venv of this commit's pins). Such jumps are few and come with a
+    # changed sink count; elsewhere the score moves only by rounding.
+    flipped = plain.heads.data.n_sinks != low.data.n_sinks
     deviation = (plain.heads.data.score - low.data.score).abs()
-    assert deviation.max() <= 0.1  # seen: 0.057 (scores span 0.46..1)
+    assert deviation[~flipped].max() <= 0.1  # seen: 0.058 (scores span 0.46..1)
+    jumps = deviation > 0.1
+    assert jumps.sum() <= 3 and flipped[jumps].all()  # seen: 1 of 270
     assert deviation.mean() <= 0.01  # seen: 0.003
 
 

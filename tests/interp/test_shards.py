@@ -247,7 +247,8 @@ def _workflows(inputs: dict[str, str], out: Path) -> dict[str, list[str]]:
                 "--threshold", "0.04", "--n-boot", "50", "--search-batch-size", "2"],
         "anchors": ["score", "anchors", *small, "--problems", "3", "--max-new-tokens", "16",
                     "--no-chat", "--h-lo", "2", "--h-hi", "8", "--causal-seeds", "1",
-                    "--continuation", "3", "--n-boot", "50"],
+                    "--continuation", "3", "--n-boot", "50", "--causal-checks", "perturb,block",
+                    "--alternatives", "2", "--rollout", "3"],
         "atlas": ["atlas", *small, "--quick", "--methods", "sinks,retrieval,head_kinds,anchors"],
     }  # fmt: skip
     return {name: [*args, "--out", str(out / name)] for name, args in argv.items()}
