@@ -108,6 +108,9 @@ class CausalConfig(Config):
 
 @dataclass(frozen=True)
 class CausalResult(Bundle):
+    """A causal check's tables: its effects with intervals and its per-item rows (the
+    blocking check's; `probes.anchor_perturb.PerturbResult` names the same two its own way)."""
+
     FILES: ClassVar[dict[str, str]] = {"effects": "causal_effects", "per_item": "causal_items"}
 
     effects: EffectTable

@@ -52,9 +52,10 @@ from interp.effects import EffectsConfig, compare
 from interp.errors import InputError
 from interp.generation import GenerationConfig, generate
 from interp.models import Model
-from interp.results import Bundle, EffectTable, ItemTable, Provenance, TokenScores
+from interp.results import EffectTable, ItemTable, Provenance, TokenScores
 from interp.runs import run_identity
 from interp.work import Item, Row, Work, WorkFolder, open_log
+from probes.anchor_causal import CausalResult
 from probes.anchor_traces import Trace
 
 Kind = Literal["high", "low"]
@@ -110,11 +111,8 @@ class PerturbConfig(Config):
 
 
 @dataclass(frozen=True)
-class PerturbResult(Bundle):
+class PerturbResult(CausalResult):
     FILES: ClassVar[dict[str, str]] = {"effects": "perturb_effects", "per_item": "perturb_items"}
-
-    effects: EffectTable
-    per_item: ItemTable
 
 
 @dataclass(frozen=True)
