@@ -18,7 +18,8 @@ scheduler of our own. `current_shard()` says where this process stands:
 `split(units, count, load)` deals the work driver's batches to the shards, balanced by what
 they cost together: largest first, each to the shard whose load is least once it holds the
 batch; it depends on the loads alone, so every process computes the same split.
-`rank_device` puts each rank on its own GPU.
+`rank_device` puts each rank on its own GPU; `rank_max_memory` gives a rank that splits its
+model with a device map its own group of the node's GPUs.
 
 Memory: every process holds its own copy of the model (docs/distributed.md plans it per
 rank), and once it has read the other shards' logs, the rows of the whole run.
@@ -195,3 +196,48 @@ def rank_device(device: str) -> str:
     if not torch.cuda.is_available():
         return device
     return f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
+
+
+def rank_max_memory(
+    device_map: Any, max_memory: dict[str | int, Any] | None
+) -> dict[str | int, Any] | None:
+    """This rank's own GPUs for a device-map strategy under torchrun: the node's GPUs dealt
+    to its ranks in equal runs (4 GPUs, 2 ranks a node: local rank 1 gets GPUs 2 and 3),
+    as the max_memory that confines accelerate's strategy to them. A GPU of the group keeps
+    its given limit, else its free memory; the CPU keeps its given limit, else an equal share
+    of the free RAM (the ranks of a node share it). Anything else keeps `max_memory`.
+
+    Raises:
+        InputError: more ranks on the node than GPUs, or an explicit map that names GPUs
+            (every rank would put the same modules on the same GPUs).
+    """
+    import torch
+
+    if current_shard().mode != "ranks" or device_map is None or not torch.cuda.is_available():
+        return max_memory
+    if not isinstance(device_map, str):
+        if any(str(where) not in ("cpu", "disk") for where in device_map.values()):
+            raise InputError(
+                "Under torchrun every rank would put a --device-map JSON map's modules on the"
+                " same GPUs: give a strategy (auto, balanced, ...), which places each rank on"
+                " its own GPUs, or launch --shard jobs with their own CUDA_VISIBLE_DEVICES."
+            )
+        return max_memory
+    ranks, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", 1)), torch.cuda.device_count()
+    per_rank = gpus // ranks
+    if per_rank == 0:
+        raise InputError(
+            f"{ranks} ranks on this node share {gpus} GPUs: a device map needs a GPU per rank;"
+            f" launch at most {gpus} ranks a node (--nproc_per_node) or give --device cuda."
+        )
+    first = int(os.environ.get("LOCAL_RANK", 0)) * per_rank
+    given = dict(max_memory or {})
+    limits: dict[str | int, Any] = {
+        gpu: given.get(gpu, torch.cuda.mem_get_info(gpu)[0])
+        for gpu in range(first, first + per_rank)
+    }
+    if "cpu" not in given:
+        import psutil
+
+        limits["cpu"] = psutil.virtual_memory().available // ranks
+    return limits | {where: size for where, size in given.items() if not isinstance(where, int)}

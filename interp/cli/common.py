@@ -180,9 +180,11 @@ def load_model_or_fail(
     """Load a model with a status line (the analyzers never print).
 
     With a device map the default --device (cpu) is ignored; another --device is an error.
+    Under torchrun a strategy places each rank on its own GPUs (`rank_max_memory`).
     """
     from interp.models import DEFAULT_MODEL, load_model
     from interp.placement import Placement, parse_device_map, parse_dtype, parse_max_memory
+    from interp.shards import rank_max_memory
 
     chosen = {
         "device": None if device_map is not None and device == "cpu" else device,
@@ -191,6 +193,7 @@ def load_model_or_fail(
         "offload_folder": offload_folder,
     }
     Placement.of(**chosen)  # checked before the status line: a bad value is the only line
+    chosen["max_memory"] = rank_max_memory(chosen["device_map"], chosen["max_memory"])
     parse_dtype(dtype)
     typer.echo(f"loading {spec or DEFAULT_MODEL} ...", err=True)
     return load_model(spec, dtype=dtype, **chosen)

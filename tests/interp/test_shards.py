@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
+import torch
 from pandas.testing import assert_frame_equal
 from typer.testing import CliRunner
 
@@ -24,7 +26,14 @@ from interp.cli import app
 from interp.errors import InputError
 from interp.models import load_model
 from interp.runs import WorkLog, log_files
-from interp.shards import Shard, ShardStopped, split, use_shard
+from interp.shards import (
+    Shard,
+    ShardStopped,
+    rank_device,
+    rank_max_memory,
+    split,
+    use_shard,
+)
 from interp.work import DistinctPrefixTokens, Item, Work
 from probes import niah, retrieval
 from tests.interp.test_act_search import _task_folder
@@ -297,3 +306,46 @@ def test_a_submitit_array_of_two_shards_then_a_merge_equals_one_process(
     with use_shard(Shard(0, 2, "merge")):
         work = Work(shard_jobs.items(), WorkLog(out, shard_jobs.IDENTITY), batch_size=2)
         assert work.run(shard_jobs.squares) == expected
+
+
+@pytest.fixture
+def four_gpus_two_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 1 of 2 on a node of 4 GPUs (of 1000 + i free bytes each), as torchrun sets it."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda gpu: (1000 + gpu, 5000))
+
+
+def test_each_rank_gets_its_own_gpu(four_gpus_two_ranks: None) -> None:
+    assert rank_device("cuda") == "cuda:1"
+    assert rank_device("cpu") == "cpu"
+
+
+def test_a_device_map_rank_gets_its_own_group_of_gpus(four_gpus_two_ranks: None) -> None:
+    given = {"cpu": "4GiB", 2: "10GiB", 0: "10GiB"}
+    assert rank_max_memory("auto", given) == {2: "10GiB", 3: 1003, "cpu": "4GiB"}
+    shared_ram = rank_max_memory("balanced", None)
+    assert shared_ram is not None and set(shared_ram) == {2, 3, "cpu"}
+    assert shared_ram[2] == 1002 and 0 < shared_ram["cpu"] < psutil.virtual_memory().total // 2
+    assert rank_max_memory(None, given) is given  # no device map: one device per rank
+    assert rank_max_memory({"model": "cpu"}, None) is None  # a map without GPUs is kept
+    with pytest.raises(InputError, match="same GPUs"):
+        rank_max_memory({"model.embed_tokens": 0, "model.layers": "cpu"}, None)
+
+
+def test_more_ranks_than_gpus_with_a_device_map_is_refused(
+    four_gpus_two_ranks: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "5")
+    with pytest.raises(InputError, match="5 ranks on this node share 4 GPUs"):
+        rank_max_memory("auto", None)
+
+
+def test_one_process_keeps_its_placement(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    given = {"cpu": "4GiB"}
+    assert rank_max_memory("auto", given) is given and rank_device("cuda") == "cuda"
