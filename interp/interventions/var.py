@@ -199,8 +199,9 @@ class VAR:
         layers = var_layers(geometry.n_layers, self.config)
         if not layers:
             raise UnsupportedModelError(
-                f"VAR edits layers 2..L-2 and {model.spec} has {geometry.n_layers} layers:"
-                " nothing to edit (include_last_layer=True adds layer L-1)."
+                f"VAR edits layers 2..L-2 (and L-1 with include_last_layer) and {model.spec}"
+                f" has {geometry.n_layers} layers: nothing to edit"
+                + (" unless include_last_layer=True." if geometry.n_layers == 3 else ".")
             )
         with prompt_state(model, "VAR") as prompt:
             state = _Redistributor(self.config, prompt, layers)

@@ -182,7 +182,10 @@ def test_errors():
     ):
         pass
     three_layers = tiny_llava(n_layers=3)
-    with pytest.raises(UnsupportedModelError, match="nothing to edit"), VAR().applied(three_layers):
+    refused = pytest.raises(UnsupportedModelError, match="nothing to edit unless include_last")
+    with refused, VAR().applied(three_layers):
+        pass
+    with VAR(VarConfig(include_last_layer=True)).applied(three_layers):
         pass
 
 

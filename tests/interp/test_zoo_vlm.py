@@ -6,15 +6,18 @@ kernel must use it as given. Each cell runs a left-padded batch with an image a 
 recorded patterns against eager `output_attentions`, image attention shares against shares
 computed from those patterns, HeadScale(1) against the plain forward (bit-exact), and greedy
 generation through the driver against `hf.generate` (Qwen2-VL's multimodal rotary positions
-carried through the decode steps), VHD against two unbatched forwards and generation under
-VHR against `hf.generate` under VHR, and a planted visual sink placed on its patch by the
-token-to-patch map. Mllama (cross-attention layers) is refused in one line.
+carried through the decode steps), VHD against two unbatched forwards, generation under
+VHR and under VAR against `hf.generate` under the same edit, and a planted visual sink
+placed on its patch by the token-to-patch map (4-layer language models: VAR edits layers
+2..L-2). Mllama (cross-attention layers) is refused in one line.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,7 +31,7 @@ from interp.hook_points import record
 from interp.hooks import attention_hooks, decoder_input_hooks
 from interp.image_patches import patch_table, view_image
 from interp.inputs import ModelInputs
-from interp.interventions import VHR, HeadScale, VhrConfig
+from interp.interventions import VAR, VHR, HeadScale, VarConfig, VhrConfig
 from interp.models import Model
 from interp.results import TokenScores
 from probes.vision import ImageAttentionConfig, VhdConfig, image_attention, vision_head_divergence
@@ -222,18 +225,35 @@ def test_vhd_equals_the_prompt_and_its_text_alone(name: str) -> None:
         ):
             got = frame.pivot(index="layer", columns="head", values=column).to_numpy()
             np.testing.assert_allclose(got, expected.numpy(), **tolerance)
-        assert (vhd > 0).all()
+        # Gemma 3's layer 0 slides a 4-token window over the text after the image: its last
+        # query cannot see the image there, so VHD is 0 up to rounding.
+        assert (vhd[1:] > 1e-3).all() and (name == "gemma3" or (vhd[0] > 1e-3).all())
 
 
+# Each edit, and the least it moves the first step's logits on every family (an identity
+# moves them by < 1e-7). VAR's sinks on a random model: |x_0| / RMS(x) >= 0.5, all of
+# their attention moved (p = 1) in every row.
+IMAGE_EDITS: dict[str, tuple[Callable[[], Any], float]] = {
+    "vhr": (lambda: VHR(VhrConfig(alpha=8.0, last_layers=1)), 1e-2),
+    "var": (
+        lambda: VAR(VarConfig(p=1.0, tau=0.5, sink_dims=(0,), rho=0.0, min_image_share=0.0)),
+        1e-4,
+    ),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(IMAGE_EDITS))
 @pytest.mark.parametrize("name", FAMILIES)
-def test_vhr_generation_with_images_equals_hf_generate_under_vhr(name: str) -> None:
+def test_generation_with_images_under_an_edit_equals_hf_generate(name: str, edit: str) -> None:
     """Tokens and each step's logits. VHD's no-image branch is text (for Qwen2-VL: equal
-    positions on every rotary axis; for Gemma 3 and PaliGemma: the model's mask for it)."""
+    positions on every rotary axis; for Gemma 3 and PaliGemma: the model's mask for it);
+    VAR's sinks are found at the prompt and kept through the decode steps."""
     m = vlm(name)
+    make, least_move = IMAGE_EDITS[edit]
     config = GenerationConfig(max_new_tokens=4, stop_at_eos=False)
     inputs = m.prepare(TEXTS[0], images()[0])
     steps: list[Tensor] = []
-    with VHR(VhrConfig(alpha=8.0, last_layers=1)).applied(m):
+    with make().applied(m):
         ours = generate(
             m, TEXTS[:1], config, images=images()[:1], on_step=lambda s: steps.append(s.logits[0])
         )
@@ -250,5 +270,5 @@ def test_vhr_generation_with_images_equals_hf_generate_under_vhr(name: str) -> N
     response = theirs.sequences[0, inputs.input_ids.shape[1] :]
     assert ours[0].response_ids.tolist() == response.tolist()
     torch.testing.assert_close(torch.stack(steps), torch.cat(theirs.logits), atol=1e-5, rtol=0)
-    # The heads VHR scales move the first step's logits: the match is not vacuous.
-    assert (steps[0] - plain[0]).abs().max() > 1e-2
+    # The edit moves the first step's logits: the match is not vacuous.
+    assert (steps[0] - plain[0]).abs().max() > least_move

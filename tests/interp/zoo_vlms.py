@@ -55,7 +55,7 @@ _SIGLIP = dict(
 )  # fmt: skip
 _IMAGE_SIZE = {"height": 32, "width": 32}
 _TEXT = dict(
-    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
     head_dim=8, pad_token_id=0, bos_token_id=1, eos_token_id=2,
 )  # fmt: skip
 
@@ -89,7 +89,7 @@ def tiny_gemma3(seed: int = 0) -> Model:
         num_key_value_heads=2,
         query_pre_attn_scalar=8,  # 4B: head_dim (256)
         sliding_window=4,
-        layer_types=["sliding_attention", "full_attention"],
+        layer_types=["sliding_attention", "full_attention"] * 2,
     )
     config = Gemma3Config(
         text_config=text,
@@ -265,7 +265,8 @@ def vlm_table() -> str:
     lines = [
         "| model_type (tiny model from) | mask with an image | patterns = eager, HeadScale(1)"
         " = plain forward | image attention share = eager | greedy generation = `hf.generate`"
-        " | VHD = two unbatched forwards; generation under VHR = `hf.generate` under VHR"
+        " | VHD = two unbatched forwards; generation under VHR and under VAR = `hf.generate`"
+        " under the same edit"
         " | token-to-patch map: a planted visual sink on its patch |",
         "|---|---|---|---|---|---|---|",
     ]
