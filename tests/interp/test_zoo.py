@@ -3,25 +3,36 @@
 Each cell compares the toolkit with plain transformers or plain torch on the same model:
 recorded patterns against eager `output_attentions` on a left-padded batch, HeadScale(0)
 against zeroing the head's slice of the output projection's input, identities against the
-plain forward (bit-exact), cached greedy generation under edits against re-forwards, and
-the q/k/v split against what the model hands its attention function.
+plain forward (bit-exact), cached greedy generation under edits against re-forwards, the
+q/k/v split against what the model hands its attention function, retrieval scores against
+the needle hits of eager argmaxes over plain greedy decoding, and activation (attribution)
+patching against swapping a head's slice of the output projection's input (its difference
+times the autograd gradient there).
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor
 from transformers import AttentionInterface, GPTNeoXJapaneseConfig, GPTNeoXJapaneseForCausalLM
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
+from circuits.attribution import attribution_patching
+from circuits.circuit_task import CircuitTask
+from circuits.patching import activation_patching
+from circuits.tiny_task import tiny_task
+from interp.encoding import Encoding
 from interp.errors import UnsupportedModelError
-from interp.heads import HeadSet, RowHeads
+from interp.heads import Head, HeadSet, RowHeads
 from interp.hook_points import HeadPatch, patched, record
 from interp.hooks import attention_hooks, head_result_hooks, qkv_hooks
 from interp.interventions import (
@@ -37,7 +48,16 @@ from interp.layouts import get_path
 from interp.models import Model
 from interp.tiny_models import byte_tokenizer
 from probes import sinks
-from tests.interp.helpers import Recorder, cached_greedy, full_greedy, left_padded, whole
+from probes.niah import NeedleTest
+from probes.retrieval import RetrievalConfig, score_tests
+from tests.interp.helpers import (
+    Recorder,
+    cached_greedy,
+    eager_forward,
+    full_greedy,
+    left_padded,
+    whole,
+)
 from tests.interp.zoo_models import (
     DOCS_END,
     DOCS_START,
@@ -439,3 +459,168 @@ def test_per_row_attention_edits_equal_each_rows_own_set(name: str) -> None:
             assert torch.allclose(per_row[row], alone, atol=1e-6), row
         else:
             assert torch.equal(per_row[row], alone), row
+
+
+# Retrieval scoring: a prompt of random bytes then the model's own greedy continuation, so a
+# model that falls into a loop generates tokens its prompt holds. The needle span is the
+# continuation's second half: the first half holds the same tokens outside the span.
+SEED_BYTES, CONTINUATION, DECODED = 4, 24, 6
+
+
+def _response(m: Model, prompt: Tensor) -> Tensor:
+    """Plain greedy tokens after `prompt` by re-forwards, cut by Wu et al.'s stop rule:
+    before an end-of-sequence token, after a newline."""
+    tokens = full_greedy(m, prompt[None], torch.ones_like(prompt)[None], DECODED)[0].tolist()
+    for step, token in enumerate(tokens):
+        if token == m.tokenizer.eos_token_id:
+            return torch.tensor(tokens[:step])
+        if token in m.tokenizer.encode("\n"):
+            return torch.tensor(tokens[: step + 1])
+    return torch.tensor(tokens)
+
+
+def _eager_hits(m: Model, prompt: Tensor, response: Tensor, span: tuple[int, int]) -> Tensor:
+    """[step, layer, head] whether the head hits: its eager argmax key, in the row of the
+    query that chose the step's token, lies in the span and holds that token."""
+    sequence = torch.cat([prompt, response])
+    attentions = eager_forward(m, {"input_ids": sequence[None, :-1]}).attentions
+    first = len(prompt) - 1  # the query row that chose response[0]
+    argmax = torch.stack([a[0, :, first:].argmax(-1) for a in attentions]).permute(2, 0, 1)
+    start, stop = span
+    in_span = (argmax >= start) & (argmax < stop)
+    return in_span & (sequence[argmax] == response[:, None, None])
+
+
+def _needle_test(m: Model, seed: int) -> tuple[NeedleTest, Tensor, Tensor]:
+    """(test, plain greedy response, eager hits) of the copying prompt drawn with `seed`."""
+    start = torch.randint(3, 259, (1, SEED_BYTES), generator=torch.Generator().manual_seed(seed))
+    continuation = cached_greedy(m, start, torch.ones_like(start), CONTINUATION)
+    prompt = torch.cat([start, continuation], 1)[0]
+    span = (SEED_BYTES + CONTINUATION // 2, len(prompt))
+    response = _response(m, prompt)
+    test = NeedleTest(0, len(prompt), 1.0, prompt, span, span, "")
+    return test, response, _eager_hits(m, prompt, response, span)
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_retrieval_scores_equal_eager_argmax_hits(name: str) -> None:
+    m = model(name)
+    for seed in range(8):  # a random model copies by chance: the first prompt where it does
+        test, response, hits = _needle_test(m, seed)
+        if hits.any():
+            break
+    assert hits.any(), "no head hits: the comparison would cover only zero scores"
+    start, stop = test.answer_span
+    span_ids = test.input_ids[start:stop].tolist()
+    n_layers, n_heads = hits.shape[1:]
+    distinct = [
+        [len(set(response[hits[:, i, j]].tolist())) for j in range(n_heads)]
+        for i in range(n_layers)
+    ]
+    expected = {
+        "events": hits.sum(0).double().numpy() / len(span_ids),
+        "set": np.array(distinct, dtype=np.float64) / len(set(span_ids)),
+    }
+    for count, want in expected.items():
+        config = RetrievalConfig(max_new_tokens=DECODED, count=count)
+        ((scores, text),) = score_tests(m, [test], config)
+        assert text == m.tokenizer.decode(response, skip_special_tokens=True)
+        np.testing.assert_allclose(scores, want, rtol=0, atol=1e-12, err_msg=count)
+
+
+# Activation and attribution patching on a small clean/corrupted task, logit difference.
+def _patched_heads(m: Model) -> list[Head]:
+    return [Head(0, 0), Head(1, m.geometry.n_heads - 1)]
+
+
+@contextmanager
+def _projection_pre_hook(m: Model, name: str, layer: int, hook: Any) -> Iterator[None]:
+    handle = get_path(m.hf, OUT_PROJ[name].format(layer)).register_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _slice(m: Model, head: Head) -> slice:
+    """The head's columns of its output projection's input."""
+    return slice(head.head * m.geometry.d_head, (head.head + 1) * m.geometry.d_head)
+
+
+def _mean_logit_difference(m: Model, task: CircuitTask, inputs: Encoding) -> Tensor:
+    last = m.hf(**inputs).logits[:, -1]
+    rows = torch.arange(len(task))
+    return (last[rows, task.answer_ids] - last[rows, task.wrong_ids]).mean()
+
+
+def _head_input(m: Model, name: str, head: Head, inputs: Encoding) -> Tensor:
+    """The head's slice of its output projection's input, [batch, pos, d_head]."""
+    seen: list[Tensor] = []
+    with _projection_pre_hook(m, name, head.layer, lambda _m, a: seen.append(a[0].clone())):
+        logits(m, **inputs)
+    return seen[0][..., _slice(m, head)]
+
+
+@torch.no_grad()
+def _swapped(m: Model, name: str, task: CircuitTask, head: Head, source: Tensor) -> float:
+    """Mean clean logit difference with the head's slice replaced by `source` everywhere."""
+
+    def swap(_module: Any, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        z = args[0].clone()
+        z[..., _slice(m, head)] = source
+        return (z, *args[1:])
+
+    with _projection_pre_hook(m, name, head.layer, swap):
+        return float(_mean_logit_difference(m, task, task.clean))
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_activation_patching_equals_swapping_the_heads_slice(name: str) -> None:
+    m = model(name)
+    task = tiny_task(m, n=3)
+    heads = _patched_heads(m)
+    table = activation_patching(m, task, heads=heads).data
+    with torch.no_grad():
+        clean = float(_mean_logit_difference(m, task, task.clean))
+        corrupt = float(_mean_logit_difference(m, task, task.corrupted))
+    effects = []
+    for row, head in zip(table.itertuples(), heads, strict=True):
+        patched_ld = _swapped(m, name, task, head, _head_input(m, name, head, task.corrupted))
+        assert (row.layer, row.head) == (head.layer, head.head)
+        assert row.logit_difference == pytest.approx(patched_ld, abs=1e-5)
+        assert row.score == pytest.approx((patched_ld - clean) / (corrupt - clean), abs=1e-4)
+        effects.append(abs(patched_ld - clean))
+    assert max(effects) > 1e-4  # a patching that changed nothing would fail
+
+
+def _input_and_gradient(
+    m: Model, name: str, task: CircuitTask, layer: int
+) -> tuple[Tensor, Tensor]:
+    """The clean output projection input of `layer` and d(mean LD)/d(it), by autograd."""
+    leaves: list[Tensor] = []
+
+    def leaf(_module: Any, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        leaves.append(args[0].detach().requires_grad_(True))
+        return (leaves[-1], *args[1:])
+
+    with _projection_pre_hook(m, name, layer, leaf):
+        (grad,) = torch.autograd.grad(_mean_logit_difference(m, task, task.clean), leaves)
+    return leaves[0].detach(), grad
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_attribution_patching_equals_the_gradient_times_the_difference(name: str) -> None:
+    m = model(name)
+    task = tiny_task(m, n=3)
+    table = attribution_patching(m, task).positions.data.set_index(["layer", "head"])
+    largest = 0.0
+    for head in _patched_heads(m):
+        clean, grad = _input_and_gradient(m, name, task, head.layer)
+        part = _slice(m, head)
+        difference = _head_input(m, name, head, task.corrupted) - clean[..., part]
+        # The gradient of the mean over prompts: the mean of each prompt's estimate, [pos].
+        want = (difference * grad[..., part]).sum(-1).sum(0).double().numpy()
+        got = table.loc[(head.layer, head.head)].sort_values("position")["delta"].to_numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
+        largest = max(largest, float(abs(want).max()))
+    assert largest > 1e-6  # a zero estimate would fail

@@ -319,8 +319,9 @@ def support_table() -> str:
         "| model_type (tiny config from) | attention hooks: patterns = eager, identities,"
         " edits in cached generation | head outputs, results, mean ablation, HeadScale,"
         " head patching | q/k/v hooks: split = what the attention receives"
-        " | hook_attn_out, hook_mlp_out |",
-        "|---|---|---|---|---|",
+        " | hook_attn_out, hook_mlp_out | retrieval scores, activation and attribution"
+        " patching |",
+        "|---|---|---|---|---|---|",
     ]
     for name in sorted(ZOO):
         attention = "yes (inline attention, adapted)" if name in INLINE else "yes"
@@ -339,7 +340,8 @@ def support_table() -> str:
             else "yes"
         )
         lines.append(
-            f"| `{model_type}` ({CHECKPOINTS[name]}) | {attention} | yes | {qkv} | {outputs} |"
+            f"| `{model_type}` ({CHECKPOINTS[name]}) | {attention} | yes | {qkv} | {outputs}"
+            " | yes |"
         )
     return "\n".join(lines)
 
