@@ -20,12 +20,18 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import AttentionInterface
+from transformers import AttentionInterface, Cache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask, sdpa_mask
 
 from interp.errors import HookError, UnsupportedModelError
-from interp.explicit_attention import AttentionHook, explicit_attention, rows_edited
+from interp.explicit_attention import (
+    AttentionHook,
+    at_absolute_positions,
+    explicit_attention,
+    rows_edited,
+)
+from interp.kv_cache import dropped_positions, forward_cache
 
 __all__ = [
     "ATTENTION_IMPLEMENTATION",
@@ -43,6 +49,8 @@ ACTIVE: dict[int, tuple[int, list[AttentionHook]]] = {}
 # ids of the attention modules that called an "interp" implementation in their current
 # forward (attention_hooks refuses a model whose attention never does).
 REACHED: set[int] = set()
+# id(attention module) -> the KV cache of its current forward (None: none).
+CACHES: dict[int, Cache | None] = {}
 
 # Keyword arguments the explicit kernel may ignore: the mask already holds what they say
 # (sliding_window, position_ids), or they are the model forward's flags passed along.
@@ -85,10 +93,12 @@ def _eager_kernel(module: nn.Module) -> Callable[..., tuple[Tensor, Tensor | Non
 
 @contextmanager
 def interface_check(hf: nn.Module, attention: nn.Module) -> Iterator[None]:
-    """Refuse, after its forward, an attention module that never called the interface."""
+    """Refuse, after its forward, an attention module that never called the interface;
+    keep its forward's cache meanwhile (the kernel reads which positions it dropped)."""
 
-    def before(module: nn.Module, _args: tuple) -> None:
+    def before(module: nn.Module, _args: tuple, kwargs: dict[str, Any]) -> None:
         REACHED.discard(id(module))
+        CACHES[id(module)] = forward_cache(kwargs)
 
     def after(module: nn.Module, _args: tuple, _out: Any) -> None:
         if id(module) not in REACHED:
@@ -98,12 +108,16 @@ def interface_check(hf: nn.Module, attention: nn.Module) -> Iterator[None]:
                 " it; head output, q/k/v, result and residual hooks work."
             )
 
-    handles = [attention.register_forward_pre_hook(before), attention.register_forward_hook(after)]
+    handles = [
+        attention.register_forward_pre_hook(before, with_kwargs=True),
+        attention.register_forward_hook(after),
+    ]
     try:
         yield
     finally:
         for handle in handles:
             handle.remove()
+        CACHES.pop(id(attention), None)
 
 
 @contextmanager
@@ -253,13 +267,18 @@ def _interp_attention(
     causal = kwargs.get("is_causal")
     causal = getattr(module, "is_causal", True) if causal is None else causal
     layer = entry[0]  # type: ignore[index]
+    keys, values, mask = key, value, attention_mask
+    cache_layer = getattr(module, "layer_idx", layer)
+    dropped = dropped_positions(CACHES.get(id(module)), cache_layer, key.shape[2])
+    if dropped:  # a sliding window's decode step: hooks see keys at their positions
+        keys, values, mask = at_absolute_positions(key, value, mask, causal, n_queries, dropped)
     out = explicit_attention(
         layer,
         hooks,
         query,
-        key,
-        value,
-        attention_mask,
+        keys,
+        values,
+        mask,
         scale,
         causal,
         softcap=kwargs.get("softcap"),

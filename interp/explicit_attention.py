@@ -63,9 +63,12 @@ class AttentionRows:
     forward's `n_keys` keys (cache included) and ends after the last key that some row of
     the block sees. Under the causal mask that is the block's last query position, so keys
     hidden from the whole block are neither scored nor stored; a decode step and a prompt's
-    last block hold all `n_keys` keys. A per-key reduction adds each block into the first
-    `probs.shape[-1]` entries of an [..., n_keys] accumulator, and a hook that replaces
-    probs returns a tensor of the block's (narrowed) shape.
+    last block hold all `n_keys` keys. On a sliding-window layer whose cache dropped its
+    first positions, the kernel puts them back as keys no query sees
+    (`at_absolute_positions`), so key indices are positions on every layer. A per-key
+    reduction adds each block into the first `probs.shape[-1]` entries of an [..., n_keys]
+    accumulator, and a hook that replaces probs returns a tensor of the block's (narrowed)
+    shape.
 
     Attributes:
         layer: decoder layer index.
@@ -236,6 +239,34 @@ def _keys_seen(allowed: Bool[Tensor, "batch query key"]) -> int:
     """How many leading keys a block needs: up to the last key any of its rows sees."""
     seen = allowed.any(1).any(0).nonzero()
     return int(seen[-1]) + 1 if len(seen) else 1
+
+
+def at_absolute_positions(
+    key: Float[Tensor, "batch kv_head key d_head"],
+    value: Float[Tensor, "batch kv_head key d_head"],
+    attention_mask: Tensor | None,
+    causal: bool,
+    n_queries: int,
+    dropped: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Keys, values and a mask whose key axis starts at position 0 again, for a layer whose
+    cache dropped its first `dropped` positions (a sliding window): those positions come
+    back as zero keys and values that no query sees, so hooks index keys by position on
+    every layer, and the output is the same.
+    """
+    batch, n_kv, n_keys, _ = key.shape
+    if attention_mask is None:  # the pattern the kernel would apply: causal or full
+        keys = torch.arange(n_keys, device=key.device)
+        queries = torch.arange(n_keys - n_queries, n_keys, device=key.device)
+        seen = keys[None, :] <= queries[:, None] if causal else keys[None, :] >= 0
+        attention_mask = seen[None, None]
+    hidden = False if attention_mask.dtype == torch.bool else torch.finfo(attention_mask.dtype).min
+    pad = attention_mask.new_full((*attention_mask.shape[:-1], dropped), hidden)
+
+    def padded(states: Tensor) -> Tensor:
+        return torch.cat([states.new_zeros(batch, n_kv, dropped, states.shape[-1]), states], 2)
+
+    return padded(key), padded(value), torch.cat([pad, attention_mask], dim=-1)
 
 
 def _block_rows(batch: int, n_heads: int, n_keys: int, device: torch.device) -> int:

@@ -140,8 +140,8 @@ class Step:
             rows and for an EOS that ends a row).
         logits: [batch, vocab] the logits the tokens were chosen from.
         padding: [batch] left padding of each row: key index k of a row's attention is
-            position k - padding[row] of its prompt-then-response sequence (in a layer
-            that keeps every key: a sliding-window layer's cache keeps only the last ones).
+            position k - padding[row] of its prompt-then-response sequence, on every layer
+            (attention hooks see a sliding window's dropped keys as positions none sees).
     """
 
     index: int

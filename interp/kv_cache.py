@@ -28,6 +28,7 @@ from interp.encoding import Encoding
 __all__ = [
     "cache_kwargs",
     "caches_full_attention",
+    "dropped_positions",
     "forward_cache",
     "is_decode_step",
     "output_cache",
@@ -41,6 +42,16 @@ __all__ = [
 def forward_cache(kwargs: dict[str, Any]) -> Cache | None:
     """The cache among a forward's keyword arguments, whatever its name (None: none)."""
     return next((value for value in kwargs.values() if isinstance(value, Cache)), None)
+
+
+def dropped_positions(cache: Cache | None, layer: int, n_keys: int) -> int:
+    """How many positions before the `n_keys` keys a forward's attention received the cache
+    of `layer` no longer holds: a sliding-window layer keeps only its last keys, so at a
+    decode step past the window its key axis starts that many positions late (0 for a
+    layer that keeps every key, or without a cache)."""
+    if cache is None or layer >= len(cache.layers):
+        return 0
+    return max(0, cache.layers[layer].get_seq_length() - n_keys)
 
 
 def is_decode_step(kwargs: dict[str, Any]) -> bool:

@@ -32,6 +32,7 @@ from circuits.patching import activation_patching
 from circuits.tiny_task import tiny_task
 from interp.encoding import Encoding
 from interp.errors import UnsupportedModelError
+from interp.explicit_attention import AttentionRows
 from interp.heads import Head, HeadSet, RowHeads
 from interp.hook_points import HeadPatch, patched, record
 from interp.hooks import attention_hooks, head_result_hooks, qkv_hooks
@@ -157,15 +158,30 @@ def test_identities_equal_the_plain_forward(name: str) -> None:
     assert torch.allclose(calibrated[valid], plain[valid], atol=1e-5)
 
 
+def _halve_first_key(rows: AttentionRows, index: Tensor) -> Tensor:
+    """An edit that reads key positions: half the attention on position 0 (renormalised)."""
+    probs = rows.probs[:, index].clone()
+    probs[..., 0] *= 0.5
+    return probs
+
+
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_cached_generation_under_edits_equals_reforwards(name: str) -> None:
+    """Past a sliding window the cache drops its first keys: an edit of key position 0
+    must still find position 0 there (which the window hides), not the window's first key."""
     m = model(name)
     ids, mask = left_padded(m, TEXTS)
-    for edit in (HeadScale(HEADS, alpha=0.0), uniform_attention(HEADS)):
+    by_position = AttentionEdit(HEADS, _halve_first_key)
+    for edit in (HeadScale(HEADS, alpha=0.0), uniform_attention(HEADS), by_position):
         with edit.applied(m):
             cached = cached_greedy(m, ids, mask, steps=5)
             full = full_greedy(m, ids, mask, steps=5)
         assert torch.equal(cached, full), edit.to_dict()
+    # ACT keeps the sinks it found at the prompt's positions through decoding, past a window.
+    with AttentionEdit(HEADS, unchanged_rows, renormalize=False).applied(m):
+        unchanged = cached_greedy(m, ids, mask, steps=5)
+    with ACT(HEADS, ActConfig(beta=1.0)).applied(m):
+        assert torch.equal(cached_greedy(m, ids, mask, steps=5), unchanged)
 
 
 def _capture(store: dict[int, tuple[Tensor, ...]]) -> Any:
