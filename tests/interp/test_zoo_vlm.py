@@ -135,19 +135,22 @@ def test_greedy_generation_with_images_equals_hf_generate(name: str) -> None:
 
     out = generate(m, TEXTS, config, images=images(), batch_size=2, on_step=keep)
     for row, (text, image, got) in enumerate(zip(TEXTS, images(), out, strict=True)):
-        inputs = m.prepare(text, image)
-        reference = m.hf.generate(
-            **inputs,
-            max_new_tokens=4,
-            min_new_tokens=4,
-            do_sample=False,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-        response = reference.sequences[0, inputs.input_ids.shape[1] :]
-        assert got.response_ids.tolist() == response.tolist()
-        expected = torch.cat(reference.logits)  # [step, vocab]
+        response, expected = hf_greedy(m, m.prepare(text, image), steps=4)
+        assert got.response_ids.tolist() == response
         torch.testing.assert_close(torch.stack(steps[row]), expected, atol=1e-5, rtol=0)
+
+
+def hf_greedy(m: Model, inputs: ModelInputs, steps: int) -> tuple[list[int], Tensor]:
+    """`hf.generate`'s greedy response to one prepared prompt and its [step, vocab] logits."""
+    out = m.hf.generate(
+        **inputs,
+        max_new_tokens=steps,
+        min_new_tokens=steps,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    return out.sequences[0, inputs.input_ids.shape[1] :].tolist(), torch.cat(out.logits)
 
 
 def test_mllama_cross_attention_is_refused_in_one_line() -> None:
@@ -251,24 +254,15 @@ def test_generation_with_images_under_an_edit_equals_hf_generate(name: str, edit
     m = vlm(name)
     make, least_move = IMAGE_EDITS[edit]
     config = GenerationConfig(max_new_tokens=4, stop_at_eos=False)
-    inputs = m.prepare(TEXTS[0], images()[0])
     steps: list[Tensor] = []
     with make().applied(m):
         ours = generate(
             m, TEXTS[:1], config, images=images()[:1], on_step=lambda s: steps.append(s.logits[0])
         )
-        theirs = m.hf.generate(
-            **inputs,
-            max_new_tokens=4,
-            min_new_tokens=4,
-            do_sample=False,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
+        response, expected = hf_greedy(m, m.prepare(TEXTS[0], images()[0]), steps=4)
     plain: list[Tensor] = []
     generate(m, TEXTS[:1], config, images=images()[:1], on_step=lambda s: plain.append(s.logits[0]))
-    response = theirs.sequences[0, inputs.input_ids.shape[1] :]
-    assert ours[0].response_ids.tolist() == response.tolist()
-    torch.testing.assert_close(torch.stack(steps), torch.cat(theirs.logits), atol=1e-5, rtol=0)
+    assert ours[0].response_ids.tolist() == response
+    torch.testing.assert_close(torch.stack(steps), expected, atol=1e-5, rtol=0)
     # The edit moves the first step's logits: the match is not vacuous.
     assert (steps[0] - plain[0]).abs().max() > least_move
