@@ -10,6 +10,7 @@ response positions. Traces come from three places:
   sampled.
 * `read_traces(path, model)`: the user's JSONL, one trace per line, either text
   (`prompt`, `response`) or token ids (`prompt_ids`, `response_ids`); an optional `id`.
+  The `traces.jsonl` a run writes (`name`, `ids`, `n_prompt`) reads back as it was.
   A line that is not a JSON object, lacks a field or has an empty response is an
   `InputError` naming the line.
 
@@ -148,7 +149,8 @@ def generate_traces(
 
 
 def read_traces(path: str | Path, model: Model, *, chat: bool = False) -> list[Trace]:
-    """The user's traces from JSONL: text (`prompt`, `response`) or ids per line.
+    """The user's traces from JSONL: text (`prompt`, `response`) or ids per line, or
+    the `traces.jsonl` of an earlier run (`name`, `ids`, `n_prompt`).
 
     Text prompts are encoded by the model's tokenizer (through its chat template when
     `chat`), responses without special tokens; id lines are used as given.
@@ -162,7 +164,7 @@ def read_traces(path: str | Path, model: Model, *, chat: bool = False) -> list[T
     for where, record in read_jsonl(path, "Trace"):
         if not isinstance(record, dict):
             raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}.")
-        name = str(record.get("id", f"line-{where.rsplit(':', 1)[1]}"))
+        name = str(record.get("id", record.get("name", f"line-{where.rsplit(':', 1)[1]}")))
         prompt, response = _line_ids(record, where, model, chat, vocab)
         traces.append(Trace(name, tuple(prompt + response), len(prompt)))
     if not traces:
@@ -176,7 +178,12 @@ def read_traces(path: str | Path, model: Model, *, chat: bool = False) -> list[T
 def _line_ids(
     record: dict[str, Any], where: str, model: Model, chat: bool, vocab: int
 ) -> tuple[list[int], list[int]]:
-    if "prompt_ids" in record or "response_ids" in record:
+    if "ids" in record and "n_prompt" in record:  # a run's own traces.jsonl
+        ids, n_prompt = _ids(record["ids"], where, "ids", vocab), record["n_prompt"]
+        if not isinstance(n_prompt, int) or isinstance(n_prompt, bool) or n_prompt < 0:
+            raise InputError(f"{where}: 'n_prompt' must be a non-negative integer.")
+        prompt, response = ids[:n_prompt], ids[n_prompt:]
+    elif "prompt_ids" in record or "response_ids" in record:
         fields = ("prompt_ids", "response_ids")
         missing = [k for k in fields if k not in record]
         if missing:

@@ -37,6 +37,12 @@ def test_reads_text_and_id_traces(tiny, tmp_path) -> None:
     assert second == Trace("line-2", (5, 6, 7, 8, 9), 3)
 
 
+def test_a_runs_own_traces_read_back_as_they_were(tiny, tmp_path) -> None:
+    traces = [Trace("math-00", (5, 6, 7, 8, 9), 3), Trace("logic-1", (4, 5, 6), 1)]
+    path = _write(tmp_path / "traces.jsonl", [t.to_dict() for t in traces])
+    assert read_traces(path, tiny) == traces
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
@@ -46,6 +52,10 @@ def test_reads_text_and_id_traces(tiny, tmp_path) -> None:
         ({"prompt_ids": [4], "response_ids": []}, "t.jsonl:2: empty response"),
         ({"prompt_ids": [4]}, "t.jsonl:2: missing field 'response_ids'"),
         ({"prompt_ids": [4], "response_ids": [9999]}, "t.jsonl:2: 'response_ids' must be"),
+        ({"ids": [4, 5], "n_prompt": "1"}, "t.jsonl:2: 'n_prompt' must be a non-negative"),
+        ({"ids": [4, 5], "n_prompt": -1}, "t.jsonl:2: 'n_prompt' must be a non-negative"),
+        ({"ids": [4, 5], "n_prompt": 2}, "t.jsonl:2: empty response"),
+        ({"ids": [4, 5], "n_prompt": 0}, "t.jsonl:2: empty prompt"),
         ("[1, 2]", "t.jsonl:2: expected a JSON object"),
         ("{not json", "t.jsonl:2: not valid JSON"),
     ],
