@@ -25,6 +25,8 @@ from interp.config import Config
 from interp.effects import caveats
 from interp.models import Model
 from interp.results import HeadScores, ItemTable
+from interp.runs import WorkLog
+from interp.work import WorkFolder, open_log
 
 __all__ = [
     "END_STAGES",
@@ -164,15 +166,24 @@ def analyse_circuit(
     *,
     check: CircuitTask | None = None,
     progress: Progress | None = None,
+    folder: WorkFolder | None = None,
 ) -> CircuitAnalysis:
     """Score `task`, discover its circuit, measure its faithfulness, patch every head.
 
     `check`, when given, is a second task (other templates, same kind) the circuit's
-    faithfulness is measured on again, unseen by discovery.
+    faithfulness is measured on again, unseen by discovery. `folder` records each finished
+    path-patching stage (`interp.work`): run again with the same folder to resume after
+    it; a folder of another run is refused.
     """
     config = config or CircuitConfig()
     items = prompt_metrics(model, task, batch_size=config.batch_size)
-    found = staged_discovery(model, task, config, progress)
+    identity = {
+        "analyzer": "circuit_analysis",
+        **model.provenance_fields(),
+        "config": config.to_dict(),
+        "task": task.inputs_hash(),
+    }
+    found = staged_discovery(model, task, config, progress, open_log(folder, identity))
     faithful = faithfulness(model, task, found.heads)
     share = faithful.data.set_index("condition")["share"]
     summary: dict[str, Any] = {
@@ -227,9 +238,13 @@ def by_stage(scores: HeadScores) -> dict[str, HeadScores]:
 
 
 def staged_discovery(
-    model: Model, task: CircuitTask, config: CircuitConfig, progress: Progress | None
+    model: Model,
+    task: CircuitTask,
+    config: CircuitConfig,
+    progress: Progress | None,
+    log: WorkLog | None = None,
 ) -> Discovery:
-    """Staged path patching, reporting the stages finished."""
+    """Staged path patching, reporting the stages finished (logged in `log`, if given)."""
     what, total = f"{task.name} path patching", len(config.stages)
     finished: set[str] = set()
 
@@ -239,7 +254,7 @@ def staged_discovery(
         if progress is not None:
             progress(what, len(finished), total)
 
-    found = discover_ioi(model, task, config.discovery(), progress=step)
+    found = discover_ioi(model, task, config.discovery(), progress=step, log=log)
     if progress is not None:
         progress(what, total, total)  # a chain that ends early skips its last stages
     return found

@@ -38,7 +38,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuits.path_patching import IOI_STAGES, ioi_stage, path_patching, task_provenance
+from circuits.path_patching import (
+    IOI_STAGES,
+    PathPatchingConfig,
+    ioi_stage,
+    path_patching,
+    task_provenance,
+)
 from circuits.tasks import CircuitTask, logit_difference
 from interp.config import Config, check_range
 from interp.encoding import Encoding
@@ -47,6 +53,8 @@ from interp.heads import Head, HeadSet
 from interp.hooks import head_output_hooks
 from interp.models import Model
 from interp.results import Bundle, HeadScores, ItemTable
+from interp.runs import WorkLog
+from interp.work import Item, Row, Work
 
 __all__ = [
     "Discovery",
@@ -133,10 +141,13 @@ def discover_ioi(
     config: DiscoveryConfig | None = None,
     *,
     progress: Progress | None = None,
+    log: WorkLog | None = None,
 ) -> Discovery:
     """Run the IOI stages, each stage's chosen heads the next one's receivers; choose the circuit.
 
-    `progress(stage, done, total)` is called after each chunk of senders.
+    `progress(stage, done, total)` is called after each chunk of senders. With a `log`
+    (`interp.work.open_log`), each stage's scores are a work item keyed by the task, the
+    stage and its receivers: a stopped run resumes after its last finished stage.
     """
     config = config or DiscoveryConfig()
     k = config.heads_per_stage(model.geometry.n_heads * model.geometry.n_layers)
@@ -146,13 +157,15 @@ def discover_ioi(
         stage_config = ioi_stage(
             stage, receivers, freeze_mlps=config.freeze_mlps, batch_size=config.batch_size
         )
-        scores = path_patching(
-            model,
-            task,
-            stage_config,
-            progress=(lambda d, t, s=stage: progress(s, d, t)) if progress else None,
-        )
-        table = _normalised(scores.data, config.rank_by)
+
+        def scored(configs: list[PathPatchingConfig], stage: str = stage) -> list[list[Row]]:
+            bar = (lambda d, t: progress(stage, d, t)) if progress else None
+            scores = path_patching(model, task, configs[0], progress=bar)
+            return [scores.data.to_dict("records")]
+
+        key = f"{task.name}/{stage}/{' '.join(receivers.labels) if receivers else '-'}"
+        (rows,) = Work([Item(key, stage_config)], log).run(scored)
+        table = _normalised(pd.DataFrame(rows), config.rank_by)
         tables.append(table)
         receivers = HeadSet(_top(table, k))
         if not receivers.layers or max(receivers.layers) == 0:

@@ -200,8 +200,9 @@ def overlap_and_repair(
         tasks: "ioi", "name_recall" and "colored_objects" tasks (default: `build_tasks`).
         repair_task: the Colored Objects task the repair runs on (default: `build_tasks`).
         progress: called as progress(step, done, total).
-        folder: record the repair arms' finished batches there (`interp.work`); run again
-            with the same folder to resume them. A folder of another run is refused.
+        folder: record each task's finished path-patching stages and the repair arms'
+            finished batches there (`interp.work`); run again with the same folder to
+            resume them. A folder of another run is refused.
     """
     config = config or OverlapConfig()
     chosen = HeadSet(config.repair) if config.repair else None
@@ -218,8 +219,18 @@ def overlap_and_repair(
         patching="none",
         batch_size=config.batch_size,
     )
+    log = open_log(
+        folder,
+        {
+            "analyzer": "circuit_overlap_repair",
+            **model.provenance_fields(),
+            "config": config.to_dict(),
+            "tasks": {name: task.inputs_hash() for name, task in tasks.items()},
+            "repair_task": repair_task.inputs_hash(),
+        },
+    )
     analyses = {
-        name: analyse_circuit(model, task, circuit_config, progress=progress)
+        name: analyse_circuit(model, task, circuit_config, progress=progress, folder=log)
         for name, task in tasks.items()
     }
     per_task = {name: by_stage(a.discovery.scores) for name, a in analyses.items()}
@@ -238,15 +249,6 @@ def overlap_and_repair(
     for draw in range(config.random_controls):
         arms[f"random_{draw}"] = random_heads_like(heads, model.geometry, config.seed + draw)
     positions = wrong_color_positions(repair_task)
-    log = open_log(
-        folder,
-        {
-            "analyzer": "circuit_overlap_repair",
-            **model.provenance_fields(),
-            "config": config.to_dict(),
-            "repair_task": repair_task.inputs_hash(),
-        },
-    )
     repairs = {}
     for done, (arm, arm_heads) in enumerate(arms.items(), start=1):
         repair = Repair(arm_heads, positions)

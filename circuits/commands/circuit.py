@@ -94,11 +94,13 @@ def _analyse(
     """Analyse the task `tasks(model)` gives, and check its circuit on the second if any."""
     from circuits.circuit_analysis import analyse_circuit
 
-    run.folder()
+    folder = run.folder()  # finished path-patching stages resume from its work log
     model = run.load_model()
     task, unseen = tasks(model)
     with stage_bars("step") as progress:
-        run.write_result(analyse_circuit(model, task, config, check=unseen, progress=progress))
+        run.write_result(
+            analyse_circuit(model, task, config, check=unseen, progress=progress, folder=folder)
+        )
 
 
 @command("circuit overlap", folder="circuit-overlap", resumable=True)

@@ -13,6 +13,7 @@ from circuits.sae_circuits import SAECircuitConfig
 from circuits.sae_identification import identify_circuit
 from circuits.tasks import ioi, ioi_templates
 from interp.cli import app
+from interp.errors import InputError
 from interp.heads import HeadSet
 from interp.models import load_model
 from interp.runs import run_identity
@@ -62,6 +63,31 @@ def test_circuit_analysis_is_what_circuit_ioi_writes(words, tmp_path):
     )
     assert {"ioi_attribution_patching", "ioi_check_faithfulness"} <= set(result.tables())
     _assert_written(result, out)
+
+
+def test_a_circuit_analysis_stopped_mid_discovery_resumes_after_its_finished_stages(
+    words, tmp_path, monkeypatch
+):
+    import circuits.discovery
+
+    model, config = words[1], CircuitConfig(patching="none", per_stage=2)  # 2 stages run
+    task = ioi(model, 6, seed=0)
+
+    def stop_in_the_second_stage(_step: str, finished: int, _total: int) -> None:
+        if finished == 2:  # inside the second stage's path patching, before it is logged
+            raise Stop
+
+    with pytest.raises(Stop):
+        analyse_circuit(model, task, config, progress=stop_in_the_second_stage, folder=tmp_path)
+    stages = count_items(monkeypatch, circuits.discovery, "path_patching")
+    resumed = analyse_circuit(model, task, config, folder=tmp_path)
+    whole = analyse_circuit(model, task, config)
+    ran = whole.discovery.scores.data["stage"].nunique()
+    assert ran >= 2 and len(stages) == 2 * ran - 1  # resumed: the first stage came logged
+    assert resumed.discovery.scores.data.equals(whole.discovery.scores.data)
+    assert resumed.summary == whole.summary
+    with pytest.raises(InputError, match="another"):  # another task's folder is refused
+        analyse_circuit(model, ioi(model, 6, seed=1), config, folder=tmp_path)
 
 
 def test_overlap_and_repair_is_what_circuit_overlap_writes(words, tmp_path):
