@@ -101,6 +101,7 @@ def interface_check(hf: nn.Module, attention: nn.Module) -> Iterator[None]:
         CACHES[id(module)] = forward_cache(kwargs)
 
     def after(module: nn.Module, _args: tuple, _out: Any) -> None:
+        CACHES.pop(id(module), None)  # hold no cache between forwards
         if id(module) not in REACHED:
             raise UnsupportedModelError(
                 f"{type(hf).__name__} computes attention inside {type(module).__name__}"

@@ -7,8 +7,11 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from interp import attention_backend
+from interp.hooks import attention_hooks
 from interp.kv_cache import (
     cache_kwargs,
+    dropped_positions,
     forward_cache,
     is_decode_step,
     output_cache,
@@ -57,3 +60,27 @@ def test_cache_kwargs_names_the_argument_the_forward_declares(tiny: Model) -> No
     with torch.no_grad():
         tiny.hf(torch.ones(1, 1, dtype=torch.long), **cache_kwargs(tiny.hf, filled))
     assert filled.get_seq_length() == before + 1
+
+
+def test_dropped_positions_count_what_a_sliding_window_no_longer_holds(tiny: Model) -> None:
+    full = _filled(tiny)
+    n = full.get_seq_length()
+    assert dropped_positions(full, 0, n) == 0  # a layer that keeps every key
+    assert dropped_positions(full, 0, 4) == n - 4  # a window of 4 keys at this step
+    assert dropped_positions(None, 0, 4) == 0
+    assert dropped_positions(full, len(full.layers), 4) == 0  # a layer the cache lacks
+
+
+def test_attention_hooks_hold_no_cache_between_forwards(tiny: Model) -> None:
+    cache = _filled(tiny)
+    seen: list[int] = []
+
+    class Reads:
+        def wants(self, layer: int, n_queries: int) -> bool:
+            seen.append(len(attention_backend.CACHES))
+            return False
+
+    with torch.no_grad(), attention_hooks(tiny.hf, Reads()):
+        tiny.hf(torch.ones(1, 1, dtype=torch.long), **cache_kwargs(tiny.hf, cache), use_cache=True)
+        assert seen and min(seen) >= 1  # each layer's forward had its cache at hand
+        assert not attention_backend.CACHES  # and let it go after its forward
