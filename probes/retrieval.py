@@ -180,26 +180,23 @@ class _ArgmaxHook:
         return n_queries == 1
 
     def __call__(self, rows: AttentionRows) -> None:
-        # [batch, head, query=1, key] -> [batch, head], counted back from the last key (the
-        # query's own): a sliding-window layer's cache keeps only the last keys, so an index
-        # on its key axis is not a position of the padded batch.
-        self.argmax[rows.layer] = rows.probs[:, :, -1].argmax(-1) - rows.probs.shape[-1]
+        # [batch, head, query=1, key] -> [batch, head]. A decode row's block holds every
+        # key, so an index on it is a key index of the padded batch.
+        self.argmax[rows.layer] = rows.probs[:, :, -1].argmax(-1)
 
 
 class _Argmaxes:
     """`on_step` callback: each row's argmax key positions at the steps that keep a token."""
 
-    def __init__(self, n_layers: int, width: int) -> None:
+    def __init__(self, n_layers: int) -> None:
         self.hook = _ArgmaxHook(n_layers)
         self.n_layers = n_layers
-        self.width = width  # of the padded prompts: step i's keys end at position width + i
         self.kept: dict[int, list[Tensor]] = {}  # prompt -> per kept step [layer, head]
 
     def __call__(self, step: Step) -> None:
         device = step.padding.device  # layers may live on several devices
         stacked = torch.stack([a.to(device) for a in self.hook.argmax], dim=1)  # type: ignore[union-attr]
-        end = self.width + step.index  # keys of the padded batch at this step
-        positions = stacked + end - step.padding[:, None, None]  # [row, layer, head] in each row
+        positions = stacked - step.padding[:, None, None]  # [row, layer, head] in each row
         for prompt in step.rows:
             self.kept.setdefault(prompt, [])
         for row in step.kept.nonzero()[:, 0].tolist():
@@ -230,7 +227,7 @@ def score_tests(
     """
     prompts = [t.input_ids for t in tests]
     prefilled = prefixes.prefill(prompts) if prefixes else prefill(model, prompts)
-    argmaxes = _Argmaxes(model.geometry.n_layers, prefilled.batch.input_ids.shape[1])
+    argmaxes = _Argmaxes(model.geometry.n_layers)
     with attention_hooks(model.hf, argmaxes.hook):
         generations = decode(
             model, prefilled, decoding(config.max_new_tokens), argmaxes, drop_finished=True

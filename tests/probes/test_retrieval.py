@@ -182,8 +182,7 @@ def test_user_files_and_shipped_sets(tmp_path) -> None:
 def test_hook_argmax_matches_eager_attention_in_a_padded_batch(tiny) -> None:
     tests = niah.build_tests(tiny, [NEEDLE], HAYSTACK, [150, 190], 1, 6)
     assert len(tests[0].input_ids) != len(tests[1].input_ids)  # the batch is padded
-    width = max(len(t.input_ids) for t in tests)  # of the left-padded batch
-    recorder = retrieval._Argmaxes(tiny.geometry.n_layers, width)
+    recorder = retrieval._Argmaxes(tiny.geometry.n_layers)
     config = GenerationConfig(max_new_tokens=6)
     with attention_hooks(tiny.hf, recorder.hook):
         out = generate(tiny, [t.input_ids for t in tests], config, on_step=recorder)
