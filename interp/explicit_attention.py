@@ -256,9 +256,9 @@ def at_absolute_positions(
     """
     batch, n_kv, n_keys, _ = key.shape
     if attention_mask is None:  # the pattern the kernel would apply: causal or full
-        keys = torch.arange(n_keys, device=key.device)
-        queries = torch.arange(n_keys - n_queries, n_keys, device=key.device)
-        seen = keys[None, :] <= queries[:, None] if causal else keys[None, :] >= 0
+        seen = torch.ones(n_queries, n_keys, dtype=torch.bool, device=key.device)
+        if causal:  # query i sits at key n_keys - n_queries + i
+            seen = seen.tril(n_keys - n_queries)
         attention_mask = seen[None, None]
     hidden = False if attention_mask.dtype == torch.bool else torch.finfo(attention_mask.dtype).min
     pad = attention_mask.new_full((*attention_mask.shape[:-1], dropped), hidden)
