@@ -180,12 +180,14 @@ def load_model_or_fail(
     """Load a model with a status line (the analyzers never print).
 
     With a device map the default --device (cpu) is ignored; another --device is an error.
-    Under torchrun a strategy places each rank on its own GPUs (`rank_max_memory`).
+    Under torchrun each rank gets its own GPU (`rank_device`), or with a device-map strategy
+    its own group of GPUs (`rank_max_memory`).
     """
     from interp.models import DEFAULT_MODEL, load_model
     from interp.placement import Placement, parse_device_map, parse_dtype, parse_max_memory
-    from interp.shards import rank_max_memory
+    from interp.shards import rank_device, rank_max_memory
 
+    device = rank_device(device)
     chosen = {
         "device": None if device_map is not None and device == "cpu" else device,
         "device_map": parse_device_map(device_map),

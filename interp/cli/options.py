@@ -114,10 +114,8 @@ class Run:
         return self._folder
 
     def load_model(self) -> Model:
-        """The model, on this rank's own GPU under torchrun (`interp.shards.rank_device`)."""
-        from interp.shards import rank_device
-
-        return load_model_or_fail(self.model_spec, rank_device(self.device), **self.placement)
+        """The model, on this rank's own GPU or GPUs under torchrun (`load_model_or_fail`)."""
+        return load_model_or_fail(self.model_spec, self.device, **self.placement)
 
     @property
     def writes(self) -> bool:
